@@ -1,0 +1,1 @@
+//! boot-dhcp: placeholder, see the crate's issue.

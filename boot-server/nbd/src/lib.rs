@@ -1,0 +1,1 @@
+//! boot-nbd: placeholder, see the crate's issue.

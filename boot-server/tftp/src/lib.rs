@@ -1,0 +1,1 @@
+//! boot-tftp: placeholder, see the crate's issue.
