@@ -1,0 +1,126 @@
+//! The request listener: receives RRQ/WRQ packets on the server port, drops and
+//! counts malformed ones, and hands each request to its own transfer (see
+//! [`crate::transfer`]) on tokio's blocking pool.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+
+use crate::packet::{error_code, parse_request};
+use crate::stats::TftpStats;
+use crate::transfer::{self, Shared};
+use crate::{TftpConfig, TransferObserver};
+
+/// A bound TFTP server; [`TftpServer::run`] serves until its future is dropped.
+pub struct TftpServer {
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    shared: Shared,
+}
+
+/// Sets the stop flag when `run` ends or its task is dropped, so running
+/// transfers end within a fraction of a second.
+struct StopOnDrop(Arc<AtomicBool>);
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Decrements the active-transfer gauge when a transfer ends (even on panic).
+struct ActiveGuard(Arc<TftpStats>);
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl TftpServer {
+    /// Binds the request socket (`config.listen`; port 0 picks a free port).
+    pub async fn bind(
+        config: TftpConfig,
+        observer: Arc<dyn TransferObserver>,
+    ) -> anyhow::Result<Self> {
+        let socket = UdpSocket::bind(config.listen)
+            .await
+            .with_context(|| format!("binding TFTP socket {}", config.listen))?;
+        let local_addr = socket.local_addr().context("TFTP socket address")?;
+        if config.roots.is_empty() {
+            warn!("tftp: no root directories configured; every request will fail");
+        }
+        Ok(TftpServer {
+            socket,
+            local_addr,
+            shared: Shared {
+                config: Arc::new(config),
+                observer,
+                stats: Arc::new(TftpStats::default()),
+                stop: Arc::new(AtomicBool::new(false)),
+            },
+        })
+    }
+
+    /// The bound address of the request socket.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<TftpStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Serves requests until the task is dropped or aborted.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let _stop = StopOnDrop(self.shared.stop.clone());
+        let local_ip: IpAddr = self.local_addr.ip();
+        let stats = self.shared.stats.clone();
+        info!(addr = %self.local_addr, roots = ?self.shared.config.roots, "tftp: serving");
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (n, peer) = match self.socket.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors and the like are per-datagram; keep serving.
+                    debug!("tftp: recv_from: {e}");
+                    continue;
+                }
+            };
+            let req = match parse_request(&buf[..n]) {
+                Ok(r) => r,
+                Err(e) => {
+                    TftpStats::inc(&stats.malformed_dropped);
+                    debug!(%peer, "tftp: dropped malformed request: {e}");
+                    continue;
+                }
+            };
+            TftpStats::inc(&stats.requests);
+            if stats.active.load(Ordering::Relaxed) >= self.shared.config.max_transfers as u64 {
+                TftpStats::inc(&stats.errors);
+                warn!(%peer, file = %req.filename, "tftp: too many transfers, refusing");
+                let filename = req.filename.clone();
+                let observer = self.shared.observer.clone();
+                tokio::task::spawn_blocking(move || {
+                    transfer::send_error_from_new_socket(
+                        local_ip,
+                        peer,
+                        error_code::NOT_DEFINED,
+                        "server busy, retry later",
+                    );
+                    observer.finished(peer, &filename, 0, Err("server busy".into()));
+                });
+                continue;
+            }
+            stats.active.fetch_add(1, Ordering::Relaxed);
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || {
+                let _active = ActiveGuard(shared.stats.clone());
+                transfer::serve(&shared, local_ip, peer, req);
+            });
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! One read transfer, from the accepted request to the last ACK, run on a
+//! blocking-pool thread with its own connected ephemeral UDP socket (a new
+//! TID per RFC 1350; the kernel drops datagrams from any other peer).
+//!
+//! Retransmission happens only on timeout, never on a duplicate ACK (that
+//! would be the Sorcerer's Apprentice bug). With an RFC 7440 window, a new
+//! ACK for block `k` slides the window to start at `k + 1` (for a partial ACK
+//! that means resending the rest), and a timeout resends the window from the
+//! last acknowledged block + 1. Block numbers wrap from 65535 to 0.
+//!
+//! Measured with `qemu-tests/bench/tftp.sh` (64 MiB, curl, loopback inside a
+//! private network namespace, 2-core machine shared with builds): see the
+//! crate README section of the integration report for the current figures.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::negotiate::negotiate;
+use crate::packet::{
+    encode_error, error_code, parse_client_packet, write_data_header, ClientPacket, Mode, Request,
+    RequestKind,
+};
+use crate::path::resolve_path;
+use crate::source::Source;
+use crate::stats::TftpStats;
+use crate::{TftpConfig, TransferObserver};
+
+/// Longest single blocking wait, so a stopped server's transfers end promptly.
+const POLL_SLICE: Duration = Duration::from_millis(200);
+
+/// Everything a transfer needs from the server.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub config: Arc<TftpConfig>,
+    pub observer: Arc<dyn TransferObserver>,
+    pub stats: Arc<TftpStats>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// How a transfer ended, before it is reported.
+enum Outcome {
+    Done(u64),
+    Probe,
+    Failed(u64, String),
+}
+
+/// Serves one request end to end and reports it to the observer and stats.
+pub(crate) fn serve(shared: &Shared, local_ip: IpAddr, peer: SocketAddr, req: Request) {
+    let sock = match open_socket(local_ip, peer) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(%peer, file = %req.filename, "tftp: cannot open transfer socket: {e}");
+            TftpStats::inc(&shared.stats.errors);
+            shared
+                .observer
+                .finished(peer, &req.filename, 0, Err(format!("transfer socket: {e}")));
+            return;
+        }
+    };
+    let outcome = run(shared, &sock, peer, &req);
+    let stats = &shared.stats;
+    match outcome {
+        Outcome::Done(bytes) => {
+            TftpStats::inc(&stats.completed);
+            shared.observer.finished(peer, &req.filename, bytes, Ok(()));
+        }
+        Outcome::Probe => {
+            TftpStats::inc(&stats.size_probes);
+            debug!(%peer, file = %req.filename, "tftp: client ended after OACK (size probe)");
+            shared.observer.finished(peer, &req.filename, 0, Ok(()));
+        }
+        Outcome::Failed(bytes, msg) => {
+            TftpStats::inc(&stats.errors);
+            shared
+                .observer
+                .finished(peer, &req.filename, bytes, Err(msg));
+        }
+    }
+}
+
+fn open_socket(local_ip: IpAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(SocketAddr::new(local_ip, 0))?;
+    sock.connect(peer)?;
+    sock.set_read_timeout(Some(POLL_SLICE))?;
+    Ok(sock)
+}
+
+/// Sends an ERROR packet and builds the failed outcome.
+fn refuse(sock: &UdpSocket, peer: SocketAddr, file: &str, code: u16, msg: String) -> Outcome {
+    info!(%peer, %file, code, "tftp: refused: {msg}");
+    let _ = sock.send(&encode_error(code, &msg));
+    Outcome::Failed(0, format!("error {code}: {msg}"))
+}
+
+fn run(shared: &Shared, sock: &UdpSocket, peer: SocketAddr, req: &Request) -> Outcome {
+    let file = req.filename.as_str();
+    if req.kind == RequestKind::Write {
+        return refuse(
+            sock,
+            peer,
+            file,
+            error_code::ACCESS_VIOLATION,
+            "write requests are not supported: this server is read-only".into(),
+        );
+    }
+    if req.mode == Mode::Mail {
+        return refuse(
+            sock,
+            peer,
+            file,
+            error_code::ILLEGAL_OPERATION,
+            "mail mode is not supported".into(),
+        );
+    }
+    let path = match resolve_path(&shared.config.roots, file) {
+        Ok(p) => p,
+        Err(e) => return refuse(sock, peer, file, e.tftp_code(), format!("{file}: {e}")),
+    };
+    let mut source = match Source::open(&path, req.mode) {
+        Ok(s) => s,
+        Err(e) => {
+            let code = if e.kind() == io::ErrorKind::PermissionDenied {
+                error_code::ACCESS_VIOLATION
+            } else {
+                error_code::NOT_DEFINED
+            };
+            return refuse(sock, peer, file, code, format!("{file}: cannot read: {e}"));
+        }
+    };
+    let neg = negotiate(&req.options, &shared.config, source.len());
+    shared.observer.started(peer, file, source.len());
+    debug!(%peer, %file, size = source.len(), blksize = neg.blksize, window = neg.windowsize, "tftp: transfer started");
+    let started = Instant::now();
+    let mut link = Link {
+        sock,
+        shared,
+        timeout: neg.timeout,
+        retries: shared.config.retries,
+    };
+
+    if let Some(oack) = &neg.oack {
+        match link.send_until_acked(oack, 0) {
+            Ok(()) => {}
+            Err(End::ClientError(_, _)) => return Outcome::Probe,
+            Err(end) => return Outcome::Failed(0, end.describe(file, peer)),
+        }
+    }
+
+    let result = send_blocks(&mut link, &mut source, neg.blksize, neg.windowsize);
+    match result {
+        Ok(bytes) => {
+            let secs = started.elapsed().as_secs_f64();
+            info!(%peer, %file, bytes, secs, mb_per_s = bytes as f64 / secs.max(1e-9) / 1e6, "tftp: transfer complete");
+            Outcome::Done(bytes)
+        }
+        Err((bytes, end)) => Outcome::Failed(bytes, end.describe(file, peer)),
+    }
+}
+
+/// Why a transfer stopped early.
+enum End {
+    ClientError(u16, String),
+    Timeout,
+    Stopped,
+    Io(io::Error),
+}
+
+impl End {
+    fn describe(&self, file: &str, peer: SocketAddr) -> String {
+        let msg = match self {
+            End::ClientError(code, m) => format!("client sent error {code}: {m}"),
+            End::Timeout => "timed out waiting for the client's ACK".to_string(),
+            End::Stopped => "server stopped".to_string(),
+            End::Io(e) => format!("I/O error: {e}"),
+        };
+        info!(%peer, %file, "tftp: transfer failed: {msg}");
+        msg
+    }
+}
+
+/// Events of interest while waiting on the transfer socket.
+enum Event {
+    Ack(u16),
+    Deadline,
+}
+
+struct Link<'a> {
+    sock: &'a UdpSocket,
+    shared: &'a Shared,
+    timeout: Duration,
+    retries: u32,
+}
+
+impl Link<'_> {
+    /// Waits until an ACK arrives or `deadline` passes. Malformed packets are
+    /// counted and skipped; a client ERROR ends the transfer.
+    fn wait(&self, deadline: Instant, buf: &mut [u8]) -> Result<Event, End> {
+        loop {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return Err(End::Stopped);
+            }
+            if Instant::now() >= deadline {
+                return Ok(Event::Deadline);
+            }
+            match self.sock.recv(buf) {
+                Ok(n) => match parse_client_packet(&buf[..n]) {
+                    Some(ClientPacket::Ack(b)) => return Ok(Event::Ack(b)),
+                    Some(ClientPacket::Error { code, message }) => {
+                        return Err(End::ClientError(code, message.to_string()))
+                    }
+                    Some(ClientPacket::Other(_)) | None => {
+                        TftpStats::inc(&self.shared.stats.malformed_dropped);
+                    }
+                },
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(End::Io(e)),
+            }
+        }
+    }
+
+    fn send(&self, pkt: &[u8]) -> Result<(), End> {
+        match self.sock.send(pkt) {
+            Ok(_) => Ok(()),
+            // A full socket buffer is like a lost packet: the timeout resends.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(End::Io(e)),
+        }
+    }
+
+    /// Counts a timeout; fails once the retries are used up.
+    fn on_timeout(&self, tries: &mut u32) -> Result<(), End> {
+        *tries += 1;
+        if *tries > self.retries {
+            return Err(End::Timeout);
+        }
+        TftpStats::inc(&self.shared.stats.retransmits);
+        Ok(())
+    }
+
+    /// Lock-step send of one packet (the OACK) until `block` is acknowledged.
+    fn send_until_acked(&self, pkt: &[u8], block: u16) -> Result<(), End> {
+        let mut buf = [0u8; 1024];
+        let mut tries = 0;
+        loop {
+            self.send(pkt)?;
+            let deadline = Instant::now() + self.timeout;
+            loop {
+                match self.wait(deadline, &mut buf)? {
+                    Event::Ack(b) if b == block => return Ok(()),
+                    Event::Ack(_) => {}
+                    Event::Deadline => break,
+                }
+            }
+            self.on_timeout(&mut tries)?;
+        }
+    }
+}
+
+/// Sends all blocks with a sliding window; returns the bytes delivered.
+fn send_blocks(
+    link: &mut Link<'_>,
+    source: &mut Source,
+    blksize: usize,
+    window: u16,
+) -> Result<u64, (u64, End)> {
+    let len = source.len();
+    let last: u64 = len / blksize as u64 + 1;
+    let window = u64::from(window.max(1));
+    let window_bytes = (window as usize).saturating_mul(blksize);
+    let mut pkt = vec![0u8; 4 + blksize];
+    let mut rbuf = [0u8; 1024];
+    // First unacknowledged block, and next block to send.
+    let mut base: u64 = 1;
+    let mut next: u64 = 1;
+    let mut tries = 0u32;
+    let delivered = |base: u64| ((base - 1) * blksize as u64).min(len);
+    let stats = &link.shared.stats;
+    loop {
+        while next < base + window && next <= last {
+            let data = source
+                .block(next, blksize, window_bytes)
+                .map_err(|e| (delivered(base), End::Io(e)))?;
+            let n = data.len();
+            pkt[4..4 + n].copy_from_slice(data);
+            let hdr: &mut [u8; 4] = (&mut pkt[..4]).try_into().expect("4-byte header");
+            write_data_header(hdr, next as u16);
+            link.send(&pkt[..4 + n]).map_err(|e| (delivered(base), e))?;
+            stats
+                .bytes_sent
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            next += 1;
+        }
+        let deadline = Instant::now() + link.timeout;
+        loop {
+            match link.wait(deadline, &mut rbuf) {
+                Ok(Event::Ack(wire)) => {
+                    // Distance of the ACKed block from the last acknowledged one.
+                    let dist = u64::from(wire.wrapping_sub((base - 1) as u16));
+                    if dist == 0 || dist >= next - (base - 1) {
+                        // Duplicate or stale ACK: ignored (no Sorcerer's Apprentice).
+                        continue;
+                    }
+                    let acked = base - 1 + dist;
+                    if acked == last {
+                        return Ok(len);
+                    }
+                    base = acked + 1;
+                    next = base;
+                    tries = 0;
+                    break;
+                }
+                Ok(Event::Deadline) => {
+                    link.on_timeout(&mut tries)
+                        .map_err(|e| (delivered(base), e))?;
+                    next = base;
+                    break;
+                }
+                Err(e) => return Err((delivered(base), e)),
+            }
+        }
+    }
+}
+
+/// Sends ERROR `code` from a fresh ephemeral socket (used by the listener for
+/// "server busy").
+pub(crate) fn send_error_from_new_socket(local_ip: IpAddr, peer: SocketAddr, code: u16, msg: &str) {
+    if let Ok(sock) = open_socket(local_ip, peer) {
+        let _ = sock.send(&encode_error(code, msg));
+    }
+}
