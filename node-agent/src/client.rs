@@ -1,0 +1,165 @@
+//! HTTP client for the server's `/api/agent/*` endpoints (plain HTTP via
+//! `minreq`), with the node token header and the retry/backoff policy.
+
+use boot_proto::{Command, CommandResult, Heartbeat, Hello, HelloReply, AGENT_TOKEN_HEADER};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why one call failed; every variant is retried by the caller.
+#[derive(Debug, Error)]
+pub enum CallError {
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("unauthorized (HTTP {0}): token rejected")]
+    Unauthorized(i32),
+    #[error("HTTP {status}: {body}")]
+    Status { status: i32, body: String },
+    #[error("bad reply body: {0}")]
+    Body(String),
+}
+
+/// Exponential backoff: 100 ms doubling to 5 s, with +-25% jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next_ms: u64,
+    rng: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32);
+        Backoff {
+            next_ms: 100,
+            rng: seed | 1,
+        }
+    }
+}
+
+impl Backoff {
+    pub const MIN_MS: u64 = 100;
+    pub const MAX_MS: u64 = 5000;
+
+    /// The next delay to sleep; doubles the following one up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        // xorshift64: jitter only, no need for a crypto RNG.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let base = self.next_ms;
+        let spread = base / 4;
+        let jitter = if spread == 0 {
+            0
+        } else {
+            self.rng % (2 * spread + 1)
+        };
+        self.next_ms = (self.next_ms * 2).min(Self::MAX_MS);
+        Duration::from_millis(base - spread + jitter)
+    }
+
+    pub fn reset(&mut self) {
+        self.next_ms = Self::MIN_MS;
+    }
+}
+
+/// Blocking client bound to one server and token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(base: &str, token: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    fn send(&self, req: minreq::Request) -> Result<minreq::Response, CallError> {
+        let resp = req
+            .with_header(AGENT_TOKEN_HEADER, &self.token)
+            .send()
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        match resp.status_code {
+            200..=299 => Ok(resp),
+            401 | 403 => Err(CallError::Unauthorized(resp.status_code)),
+            s => Err(CallError::Status {
+                status: s,
+                body: resp.as_str().unwrap_or("").chars().take(200).collect(),
+            }),
+        }
+    }
+
+    fn post<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: u64,
+    ) -> Result<minreq::Response, CallError> {
+        let req = minreq::post(format!("{}{path}", self.base))
+            .with_timeout(timeout)
+            .with_json(body)
+            .map_err(|e| CallError::Body(e.to_string()))?;
+        self.send(req)
+    }
+
+    fn json<T: DeserializeOwned>(resp: &minreq::Response) -> Result<T, CallError> {
+        serde_json::from_slice(resp.as_bytes()).map_err(|e| CallError::Body(e.to_string()))
+    }
+
+    pub fn hello(&self, h: &Hello) -> Result<HelloReply, CallError> {
+        let r = self.post("/api/agent/hello", h, 10)?;
+        Self::json(&r)
+    }
+
+    pub fn heartbeat(&self, h: &Heartbeat) -> Result<(), CallError> {
+        self.post("/api/agent/heartbeat", h, 10).map(|_| ())
+    }
+
+    pub fn result(&self, r: &CommandResult) -> Result<(), CallError> {
+        self.post("/api/agent/results", r, 10).map(|_| ())
+    }
+
+    /// Long poll; the HTTP timeout is the wait plus a margin.
+    pub fn commands(&self, wait_secs: u64) -> Result<Vec<Command>, CallError> {
+        let req = minreq::get(format!("{}/api/agent/commands?wait={wait_secs}", self.base))
+            .with_timeout(wait_secs + 10);
+        let r = self.send(req)?;
+        Self::json(&r)
+    }
+
+    /// Downloads a URL (kernel/initrd) into memory. No token header: image
+    /// URLs may point at any plain HTTP server.
+    pub fn download(url: &str, timeout: u64) -> anyhow::Result<Vec<u8>> {
+        let r = minreq::get(url)
+            .with_timeout(timeout)
+            .send()
+            .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+        if r.status_code != 200 {
+            anyhow::bail!("GET {url}: HTTP {}", r.status_code);
+        }
+        Ok(r.into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_cap_with_jitter() {
+        let mut b = Backoff::default();
+        let d: Vec<u64> = (0..10).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert!((75..=125).contains(&d[0]), "{d:?}");
+        assert!((150..=250).contains(&d[1]), "{d:?}");
+        assert!(d[9] <= 6250 && d[9] >= 3750, "{d:?}");
+        b.reset();
+        assert!(b.next_delay().as_millis() <= 125);
+    }
+}
