@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Builds the default "lab" boot image from Debian packages already on the machine
+# (no downloads): the Debian kernel (linux-image-amd64) copied to `vmlinuz`, and a
+# small initramfs `initrd.img` holding busybox (busybox-static), the node-agent and
+# only the kernel modules a node needs.
+#
+# Usage: images/build-lab-image.sh [--out DIR] [--agent PATH] [--compress KIND] [--force]
+#   --out DIR        output directory (default: images/build/lab/)
+#   --agent PATH     node-agent binary (default: $CARGO_TARGET_DIR or target/ release
+#                    build; built static with crt-static when missing)
+#   --no-agent       build the image without the agent (init keeps a shell)
+#   --compress KIND  initramfs compression: gzip | lz4 | zstd | xz | none (default: lz4,
+#                    the fastest to unpack under TCG, see images/lab/README.md)
+#   --kver VERSION   kernel version (default: newest /boot/vmlinuz-* with modules)
+#   --force          rebuild even if the stamp says the inputs are unchanged
+#
+# Cache: a stamp file in the output directory holds a hash of every input (kernel
+# version and image, busybox, agent, this script, module list, compression); the image
+# is rebuilt only when that hash changes.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+
+out="$here/build/lab"
+agent=""
+no_agent=0
+compress="lz4"
+kver=""
+force=0
+
+# Modules the node needs; their dependencies are pulled from modules.dep.
+# af_packet (udhcpc raw sockets), unix, 8250 serial and devtmpfs are built in.
+MODULES=(virtio_pci virtio_net e1000 virtio_blk nbd efivarfs)
+
+die() { echo "build-lab-image: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out) out="$2"; shift 2 ;;
+        --agent) agent="$2"; shift 2 ;;
+        --no-agent) no_agent=1; shift ;;
+        --compress) compress="$2"; shift 2 ;;
+        --kver) kver="$2"; shift 2 ;;
+        --force) force=1; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) die "unknown argument: $1" ;;
+    esac
+done
+
+# ---- inputs -------------------------------------------------------------------
+if [ -z "$kver" ]; then
+    for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V -r); do
+        if [ -d "/lib/modules/$k" ]; then kver="$k"; break; fi
+    done
+fi
+[ -n "$kver" ] || die "no /boot/vmlinuz-* with /lib/modules/<ver> (install linux-image-amd64)"
+kernel="/boot/vmlinuz-$kver"
+moddir="/lib/modules/$kver"
+[ -r "$kernel" ] || die "kernel $kernel not readable"
+[ -f "$moddir/modules.dep" ] || die "$moddir/modules.dep missing"
+
+busybox="$(command -v busybox || true)"
+[ -n "$busybox" ] || die "busybox not found (install busybox-static)"
+file -L "$busybox" | grep -q 'statically linked' || die "$busybox is not static (install busybox-static)"
+
+find_agent() {
+    local td="${CARGO_TARGET_DIR:-$repo/target}"
+    for p in "$td/x86_64-unknown-linux-gnu/release/node-agent" "$td/release/node-agent"; do
+        if [ -x "$p" ]; then echo "$p"; return 0; fi
+    done
+    return 1
+}
+if [ "$no_agent" = 0 ] && [ -z "$agent" ]; then
+    if ! agent="$(find_agent)"; then
+        echo "build-lab-image: node-agent missing, building it static" >&2
+        (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
+            cargo build --release -p node-agent --target x86_64-unknown-linux-gnu >&2)
+        agent="$(find_agent)" || die "node-agent build produced no binary"
+    fi
+fi
+if [ "$no_agent" = 0 ]; then
+    [ -x "$agent" ] || die "agent $agent not executable"
+    if file -L "$agent" | grep -q 'dynamically linked'; then
+        die "agent $agent is dynamically linked; build with RUSTFLAGS=\"-C target-feature=+crt-static\""
+    fi
+fi
+
+case "$compress" in
+    gzip) ccmd=(gzip -9 -n) ;;
+    lz4) ccmd=(lz4 -l -9 -q) ;;   # the kernel only unpacks the legacy lz4 format
+    zstd) ccmd=(zstd -19 -q --check) ;;
+    xz) ccmd=(xz -9 --check=crc32 -q) ;;  # kernel's xz needs crc32 (or none)
+    none) ccmd=(cat) ;;
+    *) die "unknown compression $compress" ;;
+esac
+
+# Resolve module files (with dependencies) in load order.
+resolve_modules() {
+    local -A seen=()
+    local order=()
+    visit() {
+        local rel="$1" deps d
+        [ -n "${seen[$rel]:-}" ] && return 0
+        seen[$rel]=1
+        deps="$(awk -v m="$rel:" '$1 == m { $1 = ""; print }' "$moddir/modules.dep")"
+        for d in $deps; do visit "$d"; done
+        order+=("$rel")
+    }
+    local m rel
+    for m in "${MODULES[@]}"; do
+        if grep -qE "/${m}\.ko$" "$moddir/modules.builtin" 2>/dev/null; then
+            continue
+        fi
+        rel="$(awk -F: -v m="$m" '{ n = $1; sub(/.*\//, "", n); sub(/\.ko.*$/, "", n); gsub(/-/, "_", n); if (n == m) { print $1; exit } }' "$moddir/modules.dep")"
+        [ -n "$rel" ] || die "module $m neither built in nor in $moddir"
+        visit "$rel"
+    done
+    printf '%s\n' "${order[@]}"
+}
+mapfile -t modfiles < <(resolve_modules)
+
+hash_inputs() {
+    {
+        echo "kver=$kver compress=$compress modules=${MODULES[*]}"
+        sha256sum "$kernel" "$busybox" "${BASH_SOURCE[0]}" "$here/lab/init" "$here/lab/udhcpc.script"
+        [ "$no_agent" = 1 ] && echo "no-agent" || sha256sum "$agent"
+        for f in "${modfiles[@]}"; do sha256sum "$moddir/$f"; done
+    } | sed "s|$repo/||" | sha256sum | cut -d' ' -f1
+}
+stamp_want="$(hash_inputs)"
+mkdir -p "$out"
+if [ "$force" = 0 ] && [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp_want" ] \
+    && [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ]; then
+    echo "build-lab-image: up to date ($out)"
+    exit 0
+fi
+
+# ---- build --------------------------------------------------------------------
+work="$(mktemp -d "${TMPDIR:-/tmp}/lab-image.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+root="$work/root"
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,run,tmp,root,var/run,mnt}
+mkdir -p "$root/usr/share/udhcpc" "$root/lib/modules/$kver"
+
+cp "$busybox" "$root/bin/busybox"
+# Applet symlinks at their canonical paths.
+"$busybox" --list-full | while read -r applet; do
+    [ "$applet" = "bin/busybox" ] && continue
+    mkdir -p "$root/$(dirname "$applet")"
+    [ -e "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
+done
+
+if [ "$no_agent" = 0 ]; then
+    install -m 0755 "$agent" "$root/bin/node-agent"
+    strip "$root/bin/node-agent" 2>/dev/null || true
+fi
+
+install -m 0755 "$here/lab/init" "$root/init"
+install -m 0755 "$here/lab/udhcpc.script" "$root/usr/share/udhcpc/default.script"
+
+: > "$root/etc/modules.load"
+for f in "${modfiles[@]}"; do
+    mkdir -p "$root/lib/modules/$kver/$(dirname "$f")"
+    cp "$moddir/$f" "$root/lib/modules/$kver/$f"
+    echo "/lib/modules/$kver/$f" >> "$root/etc/modules.load"
+done
+cp "$moddir/modules.builtin" "$root/lib/modules/$kver/"
+printf '%s\n' "${modfiles[@]}" > "$root/lib/modules/$kver/modules.order"
+[ -f "$moddir/modules.builtin.modinfo" ] && cp "$moddir/modules.builtin.modinfo" "$root/lib/modules/$kver/"
+depmod -b "$root" "$kver"
+
+cat > "$root/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+EOF
+echo "root:x:0:" > "$root/etc/group"
+echo "lab" > "$root/etc/hostname"
+cat > "$root/etc/image-release" <<EOF
+name=lab
+kernel=$kver
+compress=$compress
+inputs=$stamp_want
+EOF
+
+(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) \
+    | "${ccmd[@]}" > "$work/initrd.img"
+
+cp "$kernel" "$work/vmlinuz"
+mv -f "$work/vmlinuz" "$out/vmlinuz"
+mv -f "$work/initrd.img" "$out/initrd.img"
+echo "$stamp_want" > "$out/stamp"
+echo "build-lab-image: built $out (kernel $kver, initrd $(stat -c %s "$out/initrd.img") bytes, $compress, ${#modfiles[@]} modules)"
