@@ -5,3 +5,4 @@ pub mod bootptr;
 pub mod client;
 pub mod config;
 pub mod inventory;
+pub mod nbd;

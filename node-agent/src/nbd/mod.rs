@@ -1,0 +1,257 @@
+//! Virtual disk attach: NBD handshake in userspace, then the socket is handed
+//! to the kernel nbd driver over generic netlink (falling back to the legacy
+//! ioctl interface), then optionally mounted.
+
+pub mod handshake;
+pub mod netlink;
+
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const NBD_SET_SOCK: libc::c_ulong = 0xab00;
+const NBD_SET_BLKSIZE: libc::c_ulong = 0xab01;
+const NBD_DO_IT: libc::c_ulong = 0xab03;
+const NBD_CLEAR_SOCK: libc::c_ulong = 0xab04;
+const NBD_CLEAR_QUE: libc::c_ulong = 0xab05;
+const NBD_SET_SIZE_BLOCKS: libc::c_ulong = 0xab07;
+const NBD_SET_TIMEOUT: libc::c_ulong = 0xab09;
+const NBD_SET_FLAGS: libc::c_ulong = 0xab0a;
+
+/// Result of [`attach`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub index: u32,
+    pub device: PathBuf,
+    pub size: u64,
+    pub via: &'static str,
+    pub mounted: Option<(String, String)>,
+    pub handshake_ms: u64,
+    pub attach_ms: u64,
+}
+
+impl std::fmt::Display for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} size={} via {} (handshake {} ms, attach {} ms)",
+            self.device.display(),
+            self.size,
+            self.via,
+            self.handshake_ms,
+            self.attach_ms
+        )?;
+        if let Some((m, t)) = &self.mounted {
+            write!(f, "; mounted {t} at {m}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Connects and negotiates with the NBD server (transmission phase on return).
+pub fn connect(host: &str, port: u16, export: &str) -> Result<handshake::Negotiated> {
+    let addr = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolve {host}:{port}"))?
+        .next()
+        .with_context(|| format!("no address for {host}:{port}"))?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connect {addr}"))?;
+    handshake::handshake(s, export)
+        .with_context(|| format!("NBD handshake with {addr} export {export:?}"))
+}
+
+/// Block size for the kernel: 512 unless the server's minimum is larger
+/// (power of two, at most 4096 = PAGE_SIZE).
+pub fn kernel_block_size(server: Option<(u32, u32, u32)>) -> u64 {
+    let min = server.map_or(512, |(m, _, _)| m.max(512));
+    if min.is_power_of_two() && min <= 4096 {
+        u64::from(min)
+    } else {
+        512
+    }
+}
+
+/// Full attach: handshake, kernel hand-off, optional mount.
+pub fn attach(host: &str, port: u16, export: &str, mount: Option<&str>) -> Result<Attached> {
+    let t0 = Instant::now();
+    let neg = connect(host, port, export)?;
+    let handshake_ms = t0.elapsed().as_millis() as u64;
+    let t1 = Instant::now();
+    let bs = kernel_block_size(neg.block_size);
+    let params = netlink::ConnectParams {
+        index: None,
+        size_bytes: neg.size,
+        block_size: bs,
+        server_flags: u64::from(neg.flags),
+        timeout_secs: 30,
+        dead_conn_timeout_secs: 10,
+        client_flags: 0,
+    };
+    let (index, via) = match netlink::connect(&params, neg.stream.as_raw_fd()) {
+        Ok(i) => (i, "netlink"),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "nbd netlink connect failed, trying ioctls");
+            (
+                ioctl_attach(neg.stream, neg.size, bs, neg.flags)
+                    .context("nbd ioctl fallback (netlink failed too)")?,
+                "ioctl",
+            )
+        }
+    };
+    let device = ensure_dev_node(index)?;
+    wait_for_size(index, Duration::from_secs(5))?;
+    let attach_ms = t1.elapsed().as_millis() as u64;
+    let mounted = match mount {
+        Some(m) => {
+            let fstype = mount_auto(&device, Path::new(m))?;
+            Some((m.to_string(), fstype))
+        }
+        None => None,
+    };
+    Ok(Attached {
+        index,
+        device,
+        size: neg.size,
+        via,
+        mounted,
+        handshake_ms,
+        attach_ms,
+    })
+}
+
+/// `/dev/nbdN`, created from `/sys/block/nbdN/dev` if devtmpfs lacks it.
+pub fn ensure_dev_node(index: u32) -> Result<PathBuf> {
+    let dev = PathBuf::from(format!("/dev/nbd{index}"));
+    if dev.exists() {
+        return Ok(dev);
+    }
+    let mm = fs::read_to_string(format!("/sys/block/nbd{index}/dev"))
+        .with_context(|| format!("no /sys/block/nbd{index}/dev"))?;
+    let (maj, min) = mm
+        .trim()
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .with_context(|| format!("bad dev numbers {mm:?}"))?;
+    nix::sys::stat::mknod(
+        &dev,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(maj, min),
+    )
+    .with_context(|| format!("mknod {}", dev.display()))?;
+    Ok(dev)
+}
+
+fn wait_for_size(index: u32, limit: Duration) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let s = fs::read_to_string(format!("/sys/block/nbd{index}/size")).unwrap_or_default();
+        if s.trim().parse::<u64>().unwrap_or(0) > 0 {
+            return Ok(());
+        }
+        if t.elapsed() > limit {
+            bail!("nbd{index} has no size after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn ioctl(fd: i32, req: libc::c_ulong, arg: libc::c_ulong) -> std::io::Result<()> {
+    // SAFETY: nbd ioctls take an integer argument.
+    if unsafe { libc::ioctl(fd, req as _, arg) } < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Legacy interface: configure a free /dev/nbdN and park a thread in NBD_DO_IT.
+fn ioctl_attach(stream: TcpStream, size: u64, bs: u64, flags: u16) -> Result<u32> {
+    let mut index = None;
+    for i in 0..256u32 {
+        let sys = PathBuf::from(format!("/sys/block/nbd{i}"));
+        if !sys.exists() {
+            break;
+        }
+        let sz = fs::read_to_string(sys.join("size")).unwrap_or_default();
+        if !sys.join("pid").exists() && sz.trim() == "0" {
+            index = Some(i);
+            break;
+        }
+    }
+    let index = index.context("no free /dev/nbdN (is the nbd module loaded?)")?;
+    let dev = ensure_dev_node(index)?;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+        .with_context(|| format!("open {}", dev.display()))?;
+    let fd = f.as_raw_fd();
+    ioctl(fd, NBD_SET_BLKSIZE, bs as _).context("NBD_SET_BLKSIZE")?;
+    ioctl(fd, NBD_SET_SIZE_BLOCKS, (size / bs) as _).context("NBD_SET_SIZE_BLOCKS")?;
+    ioctl(fd, NBD_SET_FLAGS, flags as _).context("NBD_SET_FLAGS")?;
+    ioctl(fd, NBD_SET_TIMEOUT, 30).context("NBD_SET_TIMEOUT")?;
+    ioctl(fd, NBD_SET_SOCK, stream.as_raw_fd() as _).context("NBD_SET_SOCK")?;
+    std::thread::Builder::new()
+        .name(format!("nbd{index}-do-it"))
+        .spawn(move || {
+            let fd = f.as_raw_fd();
+            let r = ioctl(fd, NBD_DO_IT, 0);
+            tracing::info!(index, result = ?r, "NBD_DO_IT returned (disconnected)");
+            let _ = ioctl(fd, NBD_CLEAR_QUE, 0);
+            let _ = ioctl(fd, NBD_CLEAR_SOCK, 0);
+            drop(stream);
+        })
+        .context("spawn NBD_DO_IT thread")?;
+    Ok(index)
+}
+
+/// Block file systems the kernel knows, preferred ones first.
+pub fn fs_candidates(proc_filesystems: &str) -> Vec<String> {
+    let mut v: Vec<String> = proc_filesystems
+        .lines()
+        .filter(|l| !l.starts_with("nodev"))
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && l != "fuseblk")
+        .collect();
+    let rank = |f: &str| {
+        ["ext4", "xfs", "btrfs", "erofs", "squashfs"]
+            .iter()
+            .position(|p| *p == f)
+            .unwrap_or(99)
+    };
+    v.sort_by_key(|f| rank(f));
+    v
+}
+
+/// Mounts `dev` at `target`, trying each block file system in turn.
+pub fn mount_auto(dev: &Path, target: &Path) -> Result<String> {
+    fs::create_dir_all(target).with_context(|| format!("mkdir {}", target.display()))?;
+    let fss = fs_candidates(&fs::read_to_string("/proc/filesystems").unwrap_or_default());
+    let mut errs = Vec::new();
+    for t in &fss {
+        match nix::mount::mount(
+            Some(dev),
+            target,
+            Some(t.as_str()),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        ) {
+            Ok(()) => return Ok(t.clone()),
+            Err(e) => errs.push(format!("{t}: {e}")),
+        }
+    }
+    bail!(
+        "mount {} on {} failed: {}",
+        dev.display(),
+        target.display(),
+        errs.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests;
