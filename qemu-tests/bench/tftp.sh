@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# TFTP throughput: boot-tftp (example `tftpd`) against dnsmasq's built-in TFTP
+# server. Both run on the loopback of a private network namespace created here
+# (dnsmasq can only serve TFTP on port 69); curl fetches a 64 MiB file from
+# each, alternating, N times per block size, and the medians are printed.
+#
+#   sudo qemu-tests/bench/tftp.sh            # N=5, sizes 1468 and 512
+#   N=9 SIZE_MB=32 BLKSIZES="1468" qemu-tests/bench/tftp.sh
+#
+# Needs root (ip netns), dnsmasq and curl. Uses CARGO_TARGET_DIR if set.
+set -euo pipefail
+
+N=${N:-5}
+SIZE_MB=${SIZE_MB:-64}
+BLKSIZES=${BLKSIZES:-"1468 512"}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "tftp bench: SKIP (needs root for a network namespace)"
+  exit 0
+fi
+for t in dnsmasq curl ip; do
+  command -v "$t" >/dev/null || { echo "tftp bench: $t not installed" >&2; exit 1; }
+done
+
+echo "== building tftpd example (release)"
+(cd "$repo" && cargo build --quiet --release -p boot-tftp --example tftpd)
+target=${CARGO_TARGET_DIR:-$repo/target}
+tftpd="$target/release/examples/tftpd"
+
+ns="tftpbench$$"
+work=$(mktemp -d /tmp/tftpbench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  ip netns del "$ns" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+chmod 755 "$work"
+mkdir -m 755 "$work/root"
+head -c $((SIZE_MB * 1024 * 1024)) /dev/urandom > "$work/root/big"
+echo hello > "$work/root/small"
+chmod 644 "$work/root/"*
+
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+inns() { ip netns exec "$ns" "$@"; }
+
+inns dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --user=root \
+  --listen-address=127.0.0.1 --bind-interfaces --enable-tftp --tftp-root="$work/root" \
+  --quiet-tftp --pid-file="$work/dnsmasq.pid" --log-facility="$work/dnsmasq.log" &
+pids+=($!)
+inns "$tftpd" --listen 127.0.0.1:6969 --root "$work/root" > "$work/tftpd.out" 2> "$work/tftpd.log" &
+pids+=($!)
+
+# Wait (bounded) until both answer a real TFTP request.
+ready() { inns curl -sf --max-time 1 "tftp://127.0.0.1:$1/small" -o /dev/null; }
+for port in 69 6969; do
+  for _ in $(seq 100); do ready $port && break; sleep 0.1; done
+  ready $port || { echo "server on port $port did not come up" >&2; cat "$work"/*.log >&2; exit 1; }
+done
+
+# fetch PORT BLKSIZE -> prints MB/s (10^6 bytes), checks the bytes.
+fetch() {
+  local speed
+  speed=$(inns curl -sf --max-time 120 --tftp-blksize "$2" -w '%{speed_download}' \
+    "tftp://127.0.0.1:$1/big" -o "$work/out")
+  cmp -s "$work/out" "$work/root/big" || { echo "port $1: data differs" >&2; exit 1; }
+  awk -v s="$speed" 'BEGIN { printf "%.1f\n", s / 1e6 }'
+}
+median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+echo "== ${SIZE_MB} MiB file, N=$N runs per server and block size (MB/s = 10^6 B/s)"
+for bs in $BLKSIZES; do
+  ours=() theirs=()
+  for i in $(seq "$N"); do
+    if [ $((i % 2)) = 1 ]; then
+      ours+=("$(fetch 6969 "$bs")"); theirs+=("$(fetch 69 "$bs")")
+    else
+      theirs+=("$(fetch 69 "$bs")"); ours+=("$(fetch 6969 "$bs")")
+    fi
+  done
+  mo=$(printf '%s\n' "${ours[@]}" | median)
+  md=$(printf '%s\n' "${theirs[@]}" | median)
+  ratio=$(awk -v a="$mo" -v b="$md" 'BEGIN { printf "%.2f", a / b }')
+  echo "blksize $bs: boot-tftp median $mo MB/s [${ours[*]}], dnsmasq median $md MB/s [${theirs[*]}], ratio ours/dnsmasq $ratio"
+done
