@@ -1,8 +1,13 @@
 //! Node agent library: everything the `node-agent` binary does, split into
 //! small modules so each can be tested on its own.
 
+pub mod agent;
+pub mod app;
 pub mod bootptr;
 pub mod client;
+pub mod commands;
 pub mod config;
+pub mod freeze;
 pub mod inventory;
 pub mod nbd;
+pub mod power;

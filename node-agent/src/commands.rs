@@ -1,0 +1,136 @@
+//! Carries out one server [`CommandKind`] and says what must happen after
+//! its result has been reported (nothing, a cold reboot or a kexec jump).
+
+use crate::app::App;
+use crate::bootptr::{self, EfiVars};
+use crate::config::Config;
+use crate::{freeze, nbd, power};
+use boot_proto::CommandKind;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// What to do once the final result is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    Nothing,
+    Reboot,
+    KexecJump,
+}
+
+/// Result of a command: detail text, success flag, follow-up action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub ok: bool,
+    pub detail: String,
+    pub after: After,
+}
+
+impl Outcome {
+    fn from(r: anyhow::Result<String>, after_ok: After) -> Outcome {
+        match r {
+            Ok(detail) => Outcome {
+                ok: true,
+                detail,
+                after: after_ok,
+            },
+            Err(e) => Outcome {
+                ok: false,
+                detail: format!("{e:#}"),
+                after: After::Nothing,
+            },
+        }
+    }
+}
+
+/// Executes commands; owns the node-side state commands share.
+pub struct Executor {
+    pub cfg: Config,
+    pub app: App,
+    boot_mac: Option<String>,
+    frozen: Mutex<Vec<String>>,
+}
+
+impl Executor {
+    pub fn new(cfg: Config, app: App, boot_mac: Option<String>) -> Executor {
+        Executor {
+            cfg,
+            app,
+            boot_mac,
+            frozen: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn is_uefi(&self) -> bool {
+        self.cfg.efivars_dir.is_dir()
+    }
+
+    pub fn execute(&self, kind: &CommandKind) -> Outcome {
+        match kind {
+            CommandKind::Reboot => Outcome {
+                ok: true,
+                detail: "syncing and rebooting".into(),
+                after: After::Reboot,
+            },
+            CommandKind::Reprovision => Outcome::from(self.reprovision(), After::Reboot),
+            CommandKind::Kexec {
+                kernel_url,
+                initrd_url,
+                cmdline,
+            } => Outcome::from(
+                power::kexec_prepare(kernel_url, initrd_url.as_deref(), cmdline, self.cfg.dry_run)
+                    .map(|r| r.to_string()),
+                After::KexecJump,
+            ),
+            CommandKind::StartApp { timeout_secs } => Outcome::from(
+                self.app.start(Duration::from_secs(*timeout_secs)),
+                After::Nothing,
+            ),
+            CommandKind::StopApp { timeout_secs } => Outcome::from(
+                self.app.stop(Duration::from_secs(*timeout_secs)),
+                After::Nothing,
+            ),
+            CommandKind::Quiesce => Outcome::from(
+                freeze::quiesce().map(|r| {
+                    let mut f = self.frozen.lock().unwrap_or_else(|p| p.into_inner());
+                    *f = r.done.clone();
+                    format!("frozen: {r}")
+                }),
+                After::Nothing,
+            ),
+            CommandKind::Thaw => {
+                let list =
+                    std::mem::take(&mut *self.frozen.lock().unwrap_or_else(|p| p.into_inner()));
+                Outcome::from(
+                    freeze::thaw(&list).map(|r| format!("thawed: {r}")),
+                    After::Nothing,
+                )
+            }
+            CommandKind::AttachDisk {
+                export,
+                host,
+                port,
+                mount,
+            } => Outcome::from(
+                nbd::attach(host, *port, export, mount.as_deref()).map(|a| a.to_string()),
+                After::Nothing,
+            ),
+        }
+    }
+
+    fn reprovision(&self) -> anyhow::Result<String> {
+        if !self.is_uefi() {
+            return Ok(
+                "BIOS: no firmware boot pointer to change; the server's boot table \
+                       decides once the firmware network-boots; rebooting"
+                    .into(),
+            );
+        }
+        let vars = EfiVars::new(&self.cfg.efivars_dir);
+        let change = bootptr::set_network_boot(
+            &vars,
+            self.boot_mac.as_deref(),
+            self.cfg.http_boot_url.as_deref(),
+        )?;
+        Ok(format!("UEFI: {change}; rebooting"))
+    }
+}

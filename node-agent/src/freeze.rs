@@ -1,0 +1,226 @@
+//! Quiesce/thaw for live cloning: `sync`, then FIFREEZE on every writable,
+//! disk-backed file system in /proc/mounts (root last), FITHAW in reverse.
+
+use anyhow::{Context, Result};
+use std::os::fd::AsRawFd;
+
+const FIFREEZE: libc::c_ulong = 0xC004_5877; // _IOWR('X', 119, int)
+const FITHAW: libc::c_ulong = 0xC004_5878; // _IOWR('X', 120, int)
+
+/// File systems that are never frozen (virtual, memory-backed or read-only by nature).
+const SKIP: &[&str] = &[
+    "tmpfs",
+    "ramfs",
+    "rootfs",
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "cgroup",
+    "cgroup2",
+    "mqueue",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "pstore",
+    "bpf",
+    "autofs",
+    "fusectl",
+    "configfs",
+    "hugetlbfs",
+    "binfmt_misc",
+    "efivarfs",
+    "squashfs",
+    "erofs",
+    "iso9660",
+    "overlay",
+    "nsfs",
+    "selinuxfs",
+    "rpc_pipefs",
+    "nfsd",
+    "fuse",
+    "9p",
+    "virtiofs",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub source: String,
+    pub target: String,
+    pub fstype: String,
+    pub writable: bool,
+}
+
+/// Undoes /proc/mounts octal escapes (`\040` for space, ...).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn parse_mounts(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4).then(|| MountEntry {
+                source: unescape(f[0]),
+                target: unescape(f[1]),
+                fstype: f[2].to_string(),
+                writable: f[3].split(',').any(|o| o == "rw"),
+            })
+        })
+        .collect()
+}
+
+/// Mount points to freeze, in freeze order: one per source device, the
+/// root file system last.
+pub fn candidates(mounts: &[MountEntry]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut v: Vec<String> = Vec::new();
+    // Last mount on a point wins; iterate in reverse to keep the visible one.
+    for m in mounts.iter().rev() {
+        if !m.writable || SKIP.contains(&m.fstype.as_str()) || !m.source.starts_with('/') {
+            continue;
+        }
+        if seen.insert(m.source.clone()) && !v.contains(&m.target) {
+            v.push(m.target.clone());
+        }
+    }
+    // Deepest paths first, "/" last: freezing a parent first could block
+    // access to the children's mount points.
+    v.sort_by_key(|t| std::cmp::Reverse(if t == "/" { 0 } else { t.len() }));
+    v
+}
+
+fn fs_ioctl(path: &str, req: libc::c_ulong) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: FIFREEZE/FITHAW take an (ignored) int argument.
+    if unsafe { libc::ioctl(f.as_raw_fd(), req as _, 0) } < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Outcome of a quiesce or thaw.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FreezeReport {
+    pub done: Vec<String>,
+    pub unsupported: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+impl std::fmt::Display for FreezeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "done [{}] unsupported [{}] failed [{}]",
+            self.done.join(" "),
+            self.unsupported.join(" "),
+            self.failed.join(" ")
+        )
+    }
+}
+
+/// Syncs and freezes every candidate. Returns the report; the `done` list is
+/// what [`thaw`] must undo.
+pub fn quiesce() -> Result<FreezeReport> {
+    nix::unistd::sync();
+    let text = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
+    let mut r = FreezeReport::default();
+    for t in candidates(&parse_mounts(&text)) {
+        match fs_ioctl(&t, FIFREEZE) {
+            Ok(()) => r.done.push(t),
+            // EBUSY: already frozen (e.g. a retried Quiesce); count it as frozen.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => r.done.push(t),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::EINVAL)
+                ) =>
+            {
+                r.unsupported.push(t)
+            }
+            Err(e) => r.failed.push(format!("{t}: {e}")),
+        }
+    }
+    Ok(r)
+}
+
+/// Thaws `frozen` in reverse order; with an empty list, thaws every candidate
+/// (after an agent restart the list is lost).
+pub fn thaw(frozen: &[String]) -> Result<FreezeReport> {
+    let list: Vec<String> = if frozen.is_empty() {
+        let text = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
+        candidates(&parse_mounts(&text))
+    } else {
+        frozen.to_vec()
+    };
+    let mut r = FreezeReport::default();
+    for t in list.iter().rev() {
+        match fs_ioctl(t, FITHAW) {
+            Ok(()) => r.done.push(t.clone()),
+            // EINVAL: was not frozen.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY)
+                ) =>
+            {
+                r.unsupported.push(t.clone())
+            }
+            Err(e) => r.failed.push(format!("{t}: {e}")),
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+rootfs / rootfs rw 0 0
+sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0
+proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
+devtmpfs /dev devtmpfs rw,nosuid,size=1000k 0 0
+/dev/vda1 / ext4 rw,relatime 0 0
+/dev/nbd0 /srv/data xfs rw,relatime 0 0
+/dev/nbd0 /srv/bind xfs rw,relatime 0 0
+/dev/vdb /mnt/my\\040disk ext4 rw 0 0
+/dev/sr0 /media iso9660 ro 0 0
+/dev/vdc /ro ext4 ro,relatime 0 0
+tmpfs /run tmpfs rw,nosuid 0 0
+";
+
+    #[test]
+    fn parses_and_picks_candidates() {
+        let m = parse_mounts(SAMPLE);
+        assert_eq!(m.len(), 11);
+        assert_eq!(m[7].target, "/mnt/my disk");
+        assert!(!m[9].writable);
+        let c = candidates(&m);
+        assert_eq!(c, vec!["/mnt/my disk", "/srv/bind", "/"]);
+    }
+
+    #[test]
+    fn thaw_of_unfrozen_is_harmless() {
+        // /proc is not freezable: reported, never an error.
+        let r = thaw(&["/proc".to_string()]).unwrap();
+        assert!(r.failed.is_empty() || r.unsupported.is_empty());
+    }
+}
