@@ -1,0 +1,137 @@
+//! `NbdServer`: TCP listener, per-connection task (handshake then transmission), and the
+//! `ExportResolver` seam through which the boot server decides which peer may open what.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::handshake::handshake;
+use crate::store::DiskStore;
+use crate::transmit;
+
+/// What an export name maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportTarget {
+    /// A base image, served read-only.
+    Base(String),
+    /// An overlay (or snapshot), served read-write.
+    Overlay(String),
+}
+
+/// Decides which export names a peer may open.
+pub trait ExportResolver: Send + Sync + 'static {
+    /// The disk to serve for `name` requested by `peer`, or None (unknown / denied).
+    fn resolve(&self, name: &str, peer: SocketAddr) -> Option<ExportTarget>;
+    /// Names shown to `peer` by NBD_OPT_LIST.
+    fn list(&self, _peer: SocketAddr) -> Vec<String> {
+        vec![]
+    }
+}
+
+/// Resolver that allows every peer everything in a store: an export name is an overlay
+/// id if such an overlay exists, else a base name (read-only). For tools and tests.
+pub struct AllowAllResolver(pub Arc<DiskStore>);
+
+impl ExportResolver for AllowAllResolver {
+    fn resolve(&self, name: &str, _peer: SocketAddr) -> Option<ExportTarget> {
+        if !crate::store::valid_name(name) {
+            return None;
+        }
+        if self.0.root().join("overlays").join(name).join("map").exists() {
+            Some(ExportTarget::Overlay(name.to_string()))
+        } else if self.0.root().join("bases").join(format!("{name}.raw")).exists() {
+            Some(ExportTarget::Base(name.to_string()))
+        } else {
+            None
+        }
+    }
+
+    fn list(&self, _peer: SocketAddr) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .0
+            .list_overlays()
+            .map(|o| o.into_iter().map(|o| o.id).collect())
+            .unwrap_or_default();
+        if let Ok(b) = self.0.list_bases() {
+            for b in b {
+                if !v.contains(&b.name) {
+                    v.push(b.name);
+                }
+            }
+        }
+        v
+    }
+}
+
+/// Time a client gets to finish the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The NBD server.
+pub struct NbdServer {
+    listener: TcpListener,
+    store: Arc<DiskStore>,
+    resolver: Arc<dyn ExportResolver>,
+}
+
+impl NbdServer {
+    pub async fn bind(
+        listen: SocketAddr,
+        store: Arc<DiskStore>,
+        resolver: Arc<dyn ExportResolver>,
+    ) -> Result<Self> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("bind NBD listener on {listen}"))?;
+        Ok(NbdServer {
+            listener,
+            store,
+            resolver,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound TCP listener has a local address")
+    }
+
+    /// Accepts connections forever.
+    pub async fn run(self) -> Result<()> {
+        tracing::info!(addr = %self.local_addr(), "NBD server listening");
+        loop {
+            let (sock, peer) = match self.listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let store = self.store.clone();
+            let resolver = self.resolver.clone();
+            tokio::spawn(async move {
+                if let Err(e) = connection(sock, peer, store, resolver).await {
+                    tracing::info!(%peer, "NBD connection ended: {e:#}");
+                }
+            });
+        }
+    }
+}
+
+async fn connection(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    store: Arc<DiskStore>,
+    resolver: Arc<dyn ExportResolver>,
+) -> Result<()> {
+    sock.set_nodelay(true).ok();
+    let neg = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut sock, peer, &store, &resolver))
+        .await
+        .context("handshake timed out")??;
+    let Some(neg) = neg else { return Ok(()) };
+    tracing::debug!(%peer, export = neg.export, structured = neg.structured, "transmission");
+    transmit::serve(sock, neg).await
+}

@@ -1,0 +1,366 @@
+//! `DiskStore`: the directory that holds base images and overlays, and the registry that
+//! makes every connection to one export share one open `Overlay` object.
+//!
+//! Layout under the root: `bases/<name>.raw` (read-only raw images) and
+//! `overlays/<id>/{data,map}` (see `overlay` for the format). Snapshots are overlays too
+//! (their map header names the origin). Names and ids are limited to
+//! `[A-Za-z0-9._-]`, 1..=128 bytes, not starting with a dot, so they are safe as paths.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, Weak};
+
+use anyhow::{bail, Context, Result};
+
+use crate::overlay::{self, MapHeader, Overlay, CHUNK, ST_DATA};
+
+/// A base image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseInfo {
+    pub name: String,
+    pub size: u64,
+    pub path: PathBuf,
+}
+
+/// An overlay (or snapshot) and how much of it is allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayInfo {
+    pub id: String,
+    pub base: String,
+    pub size: u64,
+    pub allocated_bytes: u64,
+    /// Set for snapshots: the overlay it was taken from.
+    pub origin: Option<String>,
+    /// True when the snapshot's data was reflinked (O(1)) rather than copied.
+    pub reflinked: bool,
+}
+
+/// Read-only raw base, shared by every connection exporting it.
+pub struct BaseImage {
+    pub name: String,
+    pub file: File,
+    pub size: u64,
+}
+
+/// Disk store rooted at a directory.
+pub struct DiskStore {
+    root: PathBuf,
+    open_overlays: Mutex<HashMap<String, Weak<Overlay>>>,
+    open_bases: Mutex<HashMap<String, Weak<BaseImage>>>,
+    /// Serialises create/delete/snapshot so directory changes do not race.
+    admin: Mutex<()>,
+}
+
+/// Checks a base name or overlay id.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn check_name(kind: &str, name: &str) -> Result<()> {
+    if !valid_name(name) {
+        bail!("invalid {kind} name {name:?}: use [A-Za-z0-9._-], not starting with '.'");
+    }
+    Ok(())
+}
+
+fn sync_dir(p: &Path) -> Result<()> {
+    File::open(p)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync dir {}", p.display()))
+}
+
+/// Guess whether a source image needs `qemu-img convert` (qcow2, vmdk, vhdx, vdi, qed).
+fn needs_convert(src: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 72];
+    let mut f = File::open(src).with_context(|| format!("open {}", src.display()))?;
+    let n = f.read(&mut head)?;
+    let h = &head[..n];
+    Ok(h.starts_with(b"QFI\xfb")
+        || h.starts_with(b"KDMV")
+        || h.starts_with(b"vhdxfile")
+        || h.starts_with(b"QED\0")
+        || h.get(64..68) == Some(&[0x7f, 0x10, 0xda, 0xbe]))
+}
+
+impl DiskStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        for d in ["bases", "overlays"] {
+            std::fs::create_dir_all(root.join(d))
+                .with_context(|| format!("create {}", root.join(d).display()))?;
+        }
+        // Leftovers of interrupted creations.
+        for d in ["bases", "overlays"] {
+            for e in std::fs::read_dir(root.join(d))?.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let p = e.path();
+                    let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+                }
+            }
+        }
+        Ok(DiskStore {
+            root: root.to_path_buf(),
+            open_overlays: Mutex::new(HashMap::new()),
+            open_bases: Mutex::new(HashMap::new()),
+            admin: Mutex::new(()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn base_path(&self, name: &str) -> PathBuf {
+        self.root.join("bases").join(format!("{name}.raw"))
+    }
+
+    fn overlay_dir(&self, id: &str) -> PathBuf {
+        self.root.join("overlays").join(id)
+    }
+
+    fn admin(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        self.admin.lock().map_err(|_| anyhow::anyhow!("poisoned admin lock"))
+    }
+
+    /// Imports `src` as base `name`: raw files are copied, other formats converted with
+    /// `qemu-img convert -O raw`.
+    pub fn create_base_from_file(&self, name: &str, src: &Path) -> Result<BaseInfo> {
+        check_name("base", name)?;
+        let _a = self.admin()?;
+        let dst = self.base_path(name);
+        if dst.exists() {
+            bail!("base {name} already exists");
+        }
+        let tmp = self.root.join("bases").join(format!(".tmp-{name}.raw"));
+        if needs_convert(src)? {
+            let out = Command::new("qemu-img")
+                .arg("convert")
+                .arg("-O")
+                .arg("raw")
+                .arg(src)
+                .arg(&tmp)
+                .output()
+                .context("run qemu-img convert")?;
+            if !out.status.success() {
+                let _ = std::fs::remove_file(&tmp);
+                bail!("qemu-img convert failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        } else {
+            std::fs::copy(src, &tmp).with_context(|| format!("copy {}", src.display()))?;
+        }
+        let f = File::open(&tmp)?;
+        f.sync_all()?;
+        let mut perm = f.metadata()?.permissions();
+        perm.set_readonly(true);
+        std::fs::set_permissions(&tmp, perm)?;
+        std::fs::rename(&tmp, &dst)?;
+        sync_dir(&self.root.join("bases"))?;
+        self.base_info(name)
+    }
+
+    fn base_info(&self, name: &str) -> Result<BaseInfo> {
+        let path = self.base_path(name);
+        let size = std::fs::metadata(&path)
+            .with_context(|| format!("base {name} not found"))?
+            .len();
+        Ok(BaseInfo {
+            name: name.to_string(),
+            size,
+            path,
+        })
+    }
+
+    pub fn list_bases(&self) -> Result<Vec<BaseInfo>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(self.root.join("bases"))?.flatten() {
+            let f = e.file_name().to_string_lossy().to_string();
+            if let Some(name) = f.strip_suffix(".raw") {
+                if valid_name(name) {
+                    v.push(self.base_info(name)?);
+                }
+            }
+        }
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    /// Creates an empty overlay `id` on top of base `base`.
+    pub fn create_overlay(&self, id: &str, base: &str) -> Result<OverlayInfo> {
+        check_name("overlay", id)?;
+        check_name("base", base)?;
+        let _a = self.admin()?;
+        let b = self.base_info(base)?;
+        let dir = self.overlay_dir(id);
+        if dir.exists() {
+            bail!("overlay {id} already exists");
+        }
+        let tmp = self.root.join("overlays").join(format!(".tmp-{id}"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp)?;
+        let header = MapHeader {
+            base: base.to_string(),
+            size: b.size,
+            origin: None,
+        };
+        overlay::create_files(&tmp, &header)?;
+        sync_dir(&tmp)?;
+        std::fs::rename(&tmp, &dir)?;
+        sync_dir(&self.root.join("overlays"))?;
+        self.overlay_info(id)
+    }
+
+    fn overlay_info(&self, id: &str) -> Result<OverlayInfo> {
+        let (h, states) = overlay::read_map(&self.overlay_dir(id).join("map"))
+            .with_context(|| format!("overlay {id}"))?;
+        let allocated = states.iter().filter(|s| **s == ST_DATA).count() as u64 * CHUNK;
+        Ok(OverlayInfo {
+            id: id.to_string(),
+            base: h.base,
+            size: h.size,
+            allocated_bytes: allocated,
+            origin: h.origin,
+            reflinked: false,
+        })
+    }
+
+    /// Opens (or returns the already open) shared overlay object.
+    pub fn open_overlay(&self, id: &str) -> Result<Arc<Overlay>> {
+        check_name("overlay", id)?;
+        let mut reg = self
+            .open_overlays
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned registry"))?;
+        if let Some(o) = reg.get(id).and_then(Weak::upgrade) {
+            return Ok(o);
+        }
+        let dir = self.overlay_dir(id);
+        let (h, _) = overlay::read_map(&dir.join("map")).with_context(|| format!("overlay {id}"))?;
+        let o = Arc::new(Overlay::open(&dir, &self.base_path(&h.base))?);
+        reg.retain(|_, w| w.strong_count() > 0);
+        reg.insert(id.to_string(), Arc::downgrade(&o));
+        Ok(o)
+    }
+
+    /// Opens (or returns the already open) shared base image.
+    pub fn open_base(&self, name: &str) -> Result<Arc<BaseImage>> {
+        check_name("base", name)?;
+        let mut reg = self
+            .open_bases
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned registry"))?;
+        if let Some(b) = reg.get(name).and_then(Weak::upgrade) {
+            return Ok(b);
+        }
+        let path = self.base_path(name);
+        let file = File::open(&path).with_context(|| format!("base {name} not found"))?;
+        let size = file.metadata()?.len();
+        let b = Arc::new(BaseImage {
+            name: name.to_string(),
+            file,
+            size,
+        });
+        reg.retain(|_, w| w.strong_count() > 0);
+        reg.insert(name.to_string(), Arc::downgrade(&b));
+        Ok(b)
+    }
+
+    fn overlay_in_use(&self, id: &str) -> bool {
+        self.open_overlays
+            .lock()
+            .map(|r| r.get(id).map(|w| w.strong_count() > 0).unwrap_or(false))
+            .unwrap_or(true)
+    }
+
+    /// Freezes the current state of overlay `id` into a new overlay `snapshot_id` on the
+    /// same base. Reflinked (O(1)) where the filesystem can, else a copy of allocated
+    /// chunks only. Writers to `id` are paused for the duration.
+    pub fn snapshot_overlay(&self, id: &str, snapshot_id: &str) -> Result<OverlayInfo> {
+        check_name("overlay", snapshot_id)?;
+        let src = self.open_overlay(id)?;
+        let _a = self.admin()?;
+        let dir = self.overlay_dir(snapshot_id);
+        if dir.exists() {
+            bail!("overlay {snapshot_id} already exists");
+        }
+        let tmp = self.root.join("overlays").join(format!(".tmp-{snapshot_id}"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp)?;
+        let reflinked = match src.snapshot_into(&tmp, id) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e.context(format!("snapshot {id} -> {snapshot_id}")));
+            }
+        };
+        sync_dir(&tmp)?;
+        std::fs::rename(&tmp, &dir)?;
+        sync_dir(&self.root.join("overlays"))?;
+        let mut info = self.overlay_info(snapshot_id)?;
+        info.reflinked = reflinked;
+        Ok(info)
+    }
+
+    pub fn list_overlays(&self) -> Result<Vec<OverlayInfo>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(self.root.join("overlays"))?.flatten() {
+            let id = e.file_name().to_string_lossy().to_string();
+            if valid_name(&id) {
+                match self.overlay_info(&id) {
+                    Ok(i) => v.push(i),
+                    Err(err) => tracing::warn!("skipping overlay {id}: {err:#}"),
+                }
+            }
+        }
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+
+    /// Deletes an overlay; refused while a connection has it open.
+    pub fn delete_overlay(&self, id: &str) -> Result<()> {
+        check_name("overlay", id)?;
+        let _a = self.admin()?;
+        if self.overlay_in_use(id) {
+            bail!("overlay {id} is in use");
+        }
+        let dir = self.overlay_dir(id);
+        if !dir.exists() {
+            bail!("overlay {id} not found");
+        }
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+        sync_dir(&self.root.join("overlays"))
+    }
+
+    /// Deletes a base; refused while any overlay is built on it or it is exported.
+    pub fn delete_base(&self, name: &str) -> Result<()> {
+        check_name("base", name)?;
+        let _a = self.admin()?;
+        let users: Vec<String> = self
+            .list_overlays()?
+            .into_iter()
+            .filter(|o| o.base == name)
+            .map(|o| o.id)
+            .collect();
+        if !users.is_empty() {
+            bail!("base {name} is used by overlays {}", users.join(", "));
+        }
+        let open = self
+            .open_bases
+            .lock()
+            .map(|r| r.get(name).map(|w| w.strong_count() > 0).unwrap_or(false))
+            .unwrap_or(true);
+        if open {
+            bail!("base {name} is being exported");
+        }
+        let p = self.base_path(name);
+        std::fs::remove_file(&p).with_context(|| format!("remove {}", p.display()))?;
+        sync_dir(&self.root.join("bases"))
+    }
+}
