@@ -1,0 +1,144 @@
+//! Socket side of the DHCP server: binds port 67 (and the PXE port 4011) with
+//! SO_BROADCAST / SO_REUSEADDR / SO_BINDTODEVICE, hands every datagram to the
+//! [`Handler`] in its own task (so durable commits can batch), sends replies,
+//! and runs lease expiry.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::handler::{Handler, Ingress};
+use crate::stats::DhcpStats;
+use crate::types::{BootAdvisor, DhcpConfig, LeaseStore};
+
+/// Requests processed concurrently at most (back-pressure under floods).
+const MAX_IN_FLIGHT: usize = 8192;
+/// How often expired leases are swept.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The DHCPv4 server.
+pub struct DhcpServer {
+    handler: Arc<Handler>,
+    dhcp: Arc<UdpSocket>,
+    pxe: Option<Arc<UdpSocket>>,
+}
+
+/// A UDP socket bound to 0.0.0.0:`port`, optionally to a device.
+fn udp_socket(port: u16, interface: Option<&str>) -> anyhow::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).context("socket")?;
+    s.set_reuse_address(true).context("SO_REUSEADDR")?;
+    s.set_broadcast(true).context("SO_BROADCAST")?;
+    // Large buffers so bursts are not dropped while tasks run.
+    let _ = s.set_recv_buffer_size(8 << 20);
+    let _ = s.set_send_buffer_size(8 << 20);
+    if let Some(dev) = interface {
+        s.bind_device(Some(dev.as_bytes()))
+            .with_context(|| format!("SO_BINDTODEVICE {dev}"))?;
+    }
+    s.set_nonblocking(true)?;
+    let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+    s.bind(&addr.into())
+        .with_context(|| format!("binding UDP port {port}"))?;
+    UdpSocket::from_std(s.into()).context("registering socket with tokio")
+}
+
+impl DhcpServer {
+    /// Bind the sockets and load durable leases.
+    pub async fn bind(
+        config: DhcpConfig,
+        advisor: Arc<dyn BootAdvisor>,
+        leases: Arc<dyn LeaseStore>,
+    ) -> anyhow::Result<Self> {
+        let iface = config.interface.clone();
+        let dhcp = Arc::new(udp_socket(config.listen_port, iface.as_deref())?);
+        let pxe = if config.proxy_port != 0 {
+            Some(Arc::new(udp_socket(config.proxy_port, iface.as_deref())?))
+        } else {
+            None
+        };
+        let mode = config.mode;
+        let handler = Arc::new(Handler::new(config, advisor, leases));
+        let n = handler.load().await.context("loading leases")?;
+        info!(?mode, leases = n, interface = ?iface, "DHCP server bound");
+        Ok(DhcpServer { handler, dhcp, pxe })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Arc<DhcpStats> {
+        self.handler.stats()
+    }
+
+    /// Serve until an unrecoverable socket error.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let expiry = {
+            let h = self.handler.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    let n = h.expire().await;
+                    if n > 0 {
+                        info!(expired = n, "leases expired");
+                    }
+                }
+            })
+        };
+        let main = serve(
+            self.handler.clone(),
+            self.dhcp.clone(),
+            Ingress::Dhcp,
+            permits.clone(),
+        );
+        let res = match self.pxe.clone() {
+            Some(pxe) => {
+                let p = serve(self.handler.clone(), pxe, Ingress::Pxe, permits);
+                tokio::try_join!(main, p).map(|_| ())
+            }
+            None => main.await,
+        };
+        expiry.abort();
+        res
+    }
+}
+
+async fn serve(
+    handler: Arc<Handler>,
+    sock: Arc<UdpSocket>,
+    ingress: Ingress,
+    permits: Arc<Semaphore>,
+) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, src) = match sock.recv_from(&mut buf).await {
+            Ok(v) => v,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // ICMP errors surface here (ECONNREFUSED...): not fatal.
+                warn!("DHCP recv error: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let SocketAddr::V4(src) = src else { continue };
+        let packet = buf[..n].to_vec();
+        let permit = permits.clone().acquire_owned().await?;
+        let h = handler.clone();
+        let s = sock.clone();
+        tokio::spawn(async move {
+            if let Some(out) = h.handle(&packet, src, ingress).await {
+                if let Err(e) = s.send_to(&out.packet, out.dest).await {
+                    DhcpStats::inc(&h.stats().send_errors);
+                    warn!(dest = %out.dest, "sending DHCP reply: {e}");
+                }
+            }
+            drop(permit);
+        });
+    }
+}
