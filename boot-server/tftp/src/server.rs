@@ -1,6 +1,14 @@
 //! The request listener: receives RRQ/WRQ packets on the server port, drops and
 //! counts malformed ones, and hands each request to its own transfer (see
-//! [`crate::transfer`]) on tokio's blocking pool.
+//! [`crate::transfer`]) on a dedicated thread (not tokio's blocking pool, so
+//! many slow TFTP clients can never starve the host's `spawn_blocking` users;
+//! [`crate::TftpConfig::max_transfers`] bounds the thread count).
+//!
+//! A retransmitted RRQ (client impatient before our first reply) starts a
+//! second transfer; the client keeps the first TID and answers the other with
+//! ERROR 5, which ends it. Requests are deliberately not de-duplicated by peer
+//! address: EDK2 may reuse its port for the real RRQ right after the tsize
+//! probe, and dropping that would cost the client a 3 s retry.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,10 +125,17 @@ impl TftpServer {
             }
             stats.active.fetch_add(1, Ordering::Relaxed);
             let shared = self.shared.clone();
-            tokio::task::spawn_blocking(move || {
-                let _active = ActiveGuard(shared.stats.clone());
-                transfer::serve(&shared, local_ip, peer, req);
-            });
+            let guard = ActiveGuard(stats.clone());
+            let spawned = std::thread::Builder::new()
+                .name("tftp-transfer".into())
+                .spawn(move || {
+                    let _active = guard;
+                    transfer::serve(&shared, local_ip, peer, req);
+                });
+            if let Err(e) = spawned {
+                TftpStats::inc(&stats.errors);
+                warn!(%peer, "tftp: cannot start a transfer thread: {e}");
+            }
         }
     }
 }
