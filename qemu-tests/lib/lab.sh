@@ -23,6 +23,10 @@
 #       --tap TAP            tap to use (default created: t<n>-<pid>)
 #       --kernel F --initrd F --append S   direct kernel boot instead of netboot
 #       --mem MB             (default 512)
+#       --sga                add the Serial Graphics Adapter so SeaBIOS and the iPXE
+#                            ROM text (and iPXE script echo) reach the serial log
+#       --stamp              also write NAME.serial.ts: every serial line prefixed
+#                            with seconds since QEMU launch (phase breakdowns)
 #       --extra "ARGS"       more QEMU arguments (word-split)
 #     sets LAB_GUEST_PID[NAME], LAB_GUEST_LOG[NAME] (serial log), LAB_GUEST_T0[NAME]
 #   lab_wait_console GUEST REGEX TIMEOUT
@@ -38,6 +42,7 @@
 # Environment knobs: LAB_QEMU (default qemu-system-x86_64), LAB_OVMF_CODE,
 # LAB_OVMF_VARS, LAB_KEEP_LOGS=1 keeps $LAB_DIR after cleanup.
 
+LAB_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LAB_QEMU="${LAB_QEMU:-qemu-system-x86_64}"
 LAB_OVMF_CODE="${LAB_OVMF_CODE:-/usr/share/OVMF/OVMF_CODE_4M.fd}"
 LAB_OVMF_VARS="${LAB_OVMF_VARS:-/usr/share/OVMF/OVMF_VARS_4M.fd}"
@@ -120,7 +125,7 @@ lab_spawn() {
 
 lab_start_guest() {
     local name="" fw=bios nic=virtio-net-pci mac="" tap="" kernel="" initrd="" append=""
-    local mem=512 extra=""
+    local mem=512 extra="" sga=0 stamp=0
     while [ $# -gt 0 ]; do
         case "$1" in
             --name) name="$2"; shift 2 ;;
@@ -133,6 +138,8 @@ lab_start_guest() {
             --append) append="$2"; shift 2 ;;
             --mem) mem="$2"; shift 2 ;;
             --extra) extra="$2"; shift 2 ;;
+            --sga) sga=1; shift ;;
+            --stamp) stamp=1; shift ;;
             *) lab_log "lab_start_guest: unknown option $1"; return 1 ;;
         esac
     done
@@ -171,6 +178,7 @@ lab_start_guest() {
     else
         args+=(-boot n)
     fi
+    [ "$sga" = 1 ] && args+=(-device sga)
     # shellcheck disable=SC2206
     [ -n "$extra" ] && args+=($extra)
     echo "$LAB_QEMU ${args[*]}" > "$LAB_DIR/$name.cmd"
@@ -180,6 +188,7 @@ lab_start_guest() {
     LAB_GUEST_PID[$name]=$!
     LAB_GUEST_LOG[$name]="$log"
     LAB_GUESTS+=("$name")
+    [ "$stamp" = 1 ] && lab__stamp "$name"
     lab_log "guest $name ($fw, $nic, $mac) pid $! serial $log"
 }
 
@@ -210,6 +219,21 @@ lab_wait_console() {
         lab_log "guest $guest: QEMU ended before /$re/ (after ${LAB_ELAPSED}s)"
     fi
     return 1
+}
+
+# Follow GUEST's serial log, writing each line prefixed by seconds since launch.
+# serial-lines.pl drops escape sequences and splits sgabios screen drawing into lines.
+lab__stamp() {
+    local g="$1" t0="${LAB_GUEST_T0[$1]}"
+    (
+        tail -n +1 -F --pid="${LAB_GUEST_PID[$g]}" "${LAB_GUEST_LOG[$g]}" 2>/dev/null \
+            | perl "$LAB_LIB_DIR/serial-lines.pl" \
+            | while IFS= read -r line; do
+                [[ "$line" =~ [[:alnum:]] ]] || continue
+                printf '%s %s\n' "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%7.3f", b - a }')" "$line"
+            done > "${LAB_GUEST_LOG[$g]}.ts"
+    ) &
+    LAB_PID[stamp-$g]=$!
 }
 
 lab_stop_guest() {
