@@ -134,6 +134,11 @@ fn run(shared: &Shared, sock: &UdpSocket, peer: SocketAddr, req: &Request) -> Ou
     let neg = negotiate(&req.options, &shared.config, source.len());
     shared.observer.started(peer, file, source.len());
     debug!(%peer, %file, size = source.len(), blksize = neg.blksize, window = neg.windowsize, "tftp: transfer started");
+    // Wake up often enough that a retransmission is at most ~20 % late.
+    let slice = (neg.timeout / 5).clamp(Duration::from_millis(10), POLL_SLICE);
+    if let Err(e) = sock.set_read_timeout(Some(slice)) {
+        return Outcome::Failed(0, End::Io(e).describe(file, peer));
+    }
     let started = Instant::now();
     let mut link = Link {
         sock,
