@@ -134,7 +134,12 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 s.write_all(&out).await?;
                 let meta_alloc = matches!(&meta, Some((n, true)) if *n == name);
-                return Ok(Some(Negotiated { export: name, disk, structured, meta_alloc }));
+                return Ok(Some(Negotiated {
+                    export: name,
+                    disk,
+                    structured,
+                    meta_alloc,
+                }));
             }
             ClientOption::Abort => {
                 let _ = reply(s, opt, REP_ACK, &[]).await;
@@ -176,7 +181,12 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 reply(s, opt, REP_ACK, &[]).await?;
                 if opt == OPT_GO {
                     let meta_alloc = matches!(&meta, Some((n, true)) if *n == g.name);
-                    return Ok(Some(Negotiated { export: g.name, disk, structured, meta_alloc }));
+                    return Ok(Some(Negotiated {
+                        export: g.name,
+                        disk,
+                        structured,
+                        meta_alloc,
+                    }));
                 }
             }
             ClientOption::StructuredReply => {
@@ -186,7 +196,13 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             ClientOption::ListMetaContext(m) | ClientOption::SetMetaContext(m) => {
                 let list = opt == OPT_LIST_META_CONTEXT;
                 if !structured {
-                    reply(s, opt, REP_ERR_INVALID, b"structured replies not negotiated").await?;
+                    reply(
+                        s,
+                        opt,
+                        REP_ERR_INVALID,
+                        b"structured replies not negotiated",
+                    )
+                    .await?;
                     continue;
                 }
                 if resolver.resolve(&m.export, peer).is_none() {
@@ -215,7 +231,12 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn reply<S: AsyncWrite + Unpin>(s: &mut S, opt: u32, rtype: u32, payload: &[u8]) -> Result<()> {
+async fn reply<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    opt: u32,
+    rtype: u32,
+    payload: &[u8],
+) -> Result<()> {
     s.write_all(&option_reply(opt, rtype, payload)).await?;
     Ok(())
 }

@@ -11,6 +11,9 @@ pub mod server;
 pub mod store;
 pub mod transmit;
 
-pub use proto::{parse_go, parse_meta_context, parse_option, parse_request, ClientOption, Command, ParseError, Request};
+pub use proto::{
+    parse_go, parse_meta_context, parse_option, parse_request, ClientOption, Command, ParseError,
+    Request,
+};
 pub use server::{AllowAllResolver, ExportResolver, ExportTarget, NbdServer};
 pub use store::{BaseInfo, DiskStore, OverlayInfo};

@@ -204,7 +204,11 @@ pub fn file_extents(f: &File, off: u64, len: u64, out: &mut Vec<(u64, bool)>) {
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { end } else { (hole as u64).min(end) };
+        let hole = if hole < 0 {
+            end
+        } else {
+            (hole as u64).min(end)
+        };
         let d = hole.max(pos + 1).min(end) - pos;
         out.push((d, false));
         pos += d;
@@ -232,13 +236,26 @@ impl Overlay {
     /// Opens `dir/{data,map}` over the base file `base_path`.
     pub fn open(dir: &Path, base_path: &Path) -> anyhow::Result<Self> {
         let (header, states) = read_map(&dir.join("map"))?;
-        let base = File::open(base_path).with_context(|| format!("open base {}", base_path.display()))?;
+        let base =
+            File::open(base_path).with_context(|| format!("open base {}", base_path.display()))?;
         let blen = base.metadata()?.len();
         if blen != header.size {
-            bail!("base {} is {blen} bytes, overlay expects {}", header.base, header.size);
+            bail!(
+                "base {} is {blen} bytes, overlay expects {}",
+                header.base,
+                header.size
+            );
         }
-        let data = OpenOptions::new().read(true).write(true).open(dir.join("data")).context("open data")?;
-        let map = OpenOptions::new().read(true).write(true).open(dir.join("map")).context("open map")?;
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("data"))
+            .context("open data")?;
+        let map = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("map"))
+            .context("open map")?;
         Ok(Overlay {
             header,
             base,
@@ -266,7 +283,11 @@ impl Overlay {
 
     /// Bytes allocated in the overlay (chunks in state data).
     pub fn allocated_bytes(&self) -> u64 {
-        self.states.iter().filter(|s| s.load(Ordering::Relaxed) == ST_DATA).count() as u64 * CHUNK
+        self.states
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) == ST_DATA)
+            .count() as u64
+            * CHUNK
     }
 
     fn set_states(&self, chunks: &[u64], st: u8) -> io::Result<()> {
@@ -316,7 +337,9 @@ impl Overlay {
         let mut idx: Vec<usize> = chunks.iter().map(|c| (*c as usize) % STRIPES).collect();
         idx.sort_unstable();
         idx.dedup();
-        idx.iter().map(|i| self.stripes[*i].lock().map_err(lock_err)).collect()
+        idx.iter()
+            .map(|i| self.stripes[*i].lock().map_err(lock_err))
+            .collect()
     }
 
     fn write_inner(&self, buf: &[u8], off: u64) -> io::Result<()> {
@@ -375,6 +398,8 @@ impl Overlay {
                 let seg_end = ce.min(end);
                 if pos == cs && seg_end == ce && !no_hole {
                     whole.push(c);
+                } else if self.state(c) == ST_ZERO && !no_hole {
+                    // Already reads as zeros.
                 } else {
                     self.write_inner(&zeros[..(seg_end - pos) as usize], pos)?;
                 }
@@ -402,7 +427,9 @@ impl Overlay {
         if pending.is_empty() {
             return Ok(());
         }
-        let res = self.write_map_entries(&pending).and_then(|_| self.map.sync_data());
+        let res = self
+            .write_map_entries(&pending)
+            .and_then(|_| self.map.sync_data());
         if res.is_err() {
             // Put the entries back (newer values win) so a later flush retries them.
             if let Ok(mut d) = self.dirty.lock() {
@@ -470,11 +497,15 @@ impl Overlay {
     /// Writes a frozen, independent copy of this overlay into `dir` (which must exist
     /// and be empty) with `origin` recorded in its header.
     pub fn snapshot_into(&self, dir: &Path, origin: &str) -> anyhow::Result<bool> {
-        let _q = self.quiesce.write().map_err(|_| anyhow::anyhow!("poisoned lock"))?;
+        let _q = self
+            .quiesce
+            .write()
+            .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
         self.flush().context("flush before snapshot")?;
         let data = File::create(dir.join("data")).context("create snapshot data")?;
         // SAFETY: FICLONE on two valid fds.
-        let cloned = unsafe { libc::ioctl(data.as_raw_fd(), libc::FICLONE, self.data.as_raw_fd()) } == 0;
+        let cloned =
+            unsafe { libc::ioctl(data.as_raw_fd(), libc::FICLONE, self.data.as_raw_fd()) } == 0;
         if !cloned {
             data.set_len(self.header.size)?;
             let mut buf = vec![0u8; 1 << 20];
@@ -498,7 +529,10 @@ impl Overlay {
             }
         }
         data.sync_all()?;
-        let header = MapHeader { origin: Some(origin.to_string()), ..self.header.clone() };
+        let header = MapHeader {
+            origin: Some(origin.to_string()),
+            ..self.header.clone()
+        };
         let mut map = header.encode();
         map.extend(self.states.iter().map(|s| s.load(Ordering::Acquire)));
         let mf = File::create(dir.join("map"))?;

@@ -40,9 +40,22 @@ impl ExportResolver for AllowAllResolver {
         if !crate::store::valid_name(name) {
             return None;
         }
-        if self.0.root().join("overlays").join(name).join("map").exists() {
+        if self
+            .0
+            .root()
+            .join("overlays")
+            .join(name)
+            .join("map")
+            .exists()
+        {
             Some(ExportTarget::Overlay(name.to_string()))
-        } else if self.0.root().join("bases").join(format!("{name}.raw")).exists() {
+        } else if self
+            .0
+            .root()
+            .join("bases")
+            .join(format!("{name}.raw"))
+            .exists()
+        {
             Some(ExportTarget::Base(name.to_string()))
         } else {
             None
@@ -128,9 +141,12 @@ async fn connection(
     resolver: Arc<dyn ExportResolver>,
 ) -> Result<()> {
     sock.set_nodelay(true).ok();
-    let neg = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut sock, peer, &store, &resolver))
-        .await
-        .context("handshake timed out")??;
+    let neg = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&mut sock, peer, &store, &resolver),
+    )
+    .await
+    .context("handshake timed out")??;
     let Some(neg) = neg else { return Ok(()) };
     tracing::debug!(%peer, export = neg.export, structured = neg.structured, "transmission");
     transmit::serve(sock, neg).await

@@ -127,7 +127,9 @@ impl DiskStore {
     }
 
     fn admin(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
-        self.admin.lock().map_err(|_| anyhow::anyhow!("poisoned admin lock"))
+        self.admin
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned admin lock"))
     }
 
     /// Imports `src` as base `name`: raw files are copied, other formats converted with
@@ -151,7 +153,10 @@ impl DiskStore {
                 .context("run qemu-img convert")?;
             if !out.status.success() {
                 let _ = std::fs::remove_file(&tmp);
-                bail!("qemu-img convert failed: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "qemu-img convert failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         } else {
             std::fs::copy(src, &tmp).with_context(|| format!("copy {}", src.display()))?;
@@ -242,7 +247,8 @@ impl DiskStore {
             return Ok(o);
         }
         let dir = self.overlay_dir(id);
-        let (h, _) = overlay::read_map(&dir.join("map")).with_context(|| format!("overlay {id}"))?;
+        let (h, _) =
+            overlay::read_map(&dir.join("map")).with_context(|| format!("overlay {id}"))?;
         let o = Arc::new(Overlay::open(&dir, &self.base_path(&h.base))?);
         reg.retain(|_, w| w.strong_count() > 0);
         reg.insert(id.to_string(), Arc::downgrade(&o));
@@ -272,13 +278,6 @@ impl DiskStore {
         Ok(b)
     }
 
-    fn overlay_in_use(&self, id: &str) -> bool {
-        self.open_overlays
-            .lock()
-            .map(|r| r.get(id).map(|w| w.strong_count() > 0).unwrap_or(false))
-            .unwrap_or(true)
-    }
-
     /// Freezes the current state of overlay `id` into a new overlay `snapshot_id` on the
     /// same base. Reflinked (O(1)) where the filesystem can, else a copy of allocated
     /// chunks only. Writers to `id` are paused for the duration.
@@ -290,7 +289,10 @@ impl DiskStore {
         if dir.exists() {
             bail!("overlay {snapshot_id} already exists");
         }
-        let tmp = self.root.join("overlays").join(format!(".tmp-{snapshot_id}"));
+        let tmp = self
+            .root
+            .join("overlays")
+            .join(format!(".tmp-{snapshot_id}"));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp)?;
         let reflinked = match src.snapshot_into(&tmp, id) {
@@ -327,15 +329,24 @@ impl DiskStore {
     pub fn delete_overlay(&self, id: &str) -> Result<()> {
         check_name("overlay", id)?;
         let _a = self.admin()?;
-        if self.overlay_in_use(id) {
-            bail!("overlay {id} is in use");
-        }
         let dir = self.overlay_dir(id);
-        if !dir.exists() {
-            bail!("overlay {id} not found");
+        let doomed = self.root.join("overlays").join(format!(".tmp-del-{id}"));
+        {
+            // Holding the registry lock: no connection can open it while we move it away.
+            let reg = self
+                .open_overlays
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned registry"))?;
+            if reg.get(id).is_some_and(|w| w.strong_count() > 0) {
+                bail!("overlay {id} is in use");
+            }
+            if !dir.exists() {
+                bail!("overlay {id} not found");
+            }
+            std::fs::rename(&dir, &doomed).with_context(|| format!("move {}", dir.display()))?;
         }
-        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
-        sync_dir(&self.root.join("overlays"))
+        sync_dir(&self.root.join("overlays"))?;
+        std::fs::remove_dir_all(&doomed).with_context(|| format!("remove {}", doomed.display()))
     }
 
     /// Deletes a base; refused while any overlay is built on it or it is exported.

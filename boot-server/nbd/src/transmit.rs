@@ -75,7 +75,12 @@ impl Conn {
         }
         let (hdr, mut buf) = if self.structured {
             let mut b = vec![0u8; 28 + len];
-            let h = structured_header(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, req.cookie, 8 + req.length);
+            let h = structured_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                req.cookie,
+                8 + req.length,
+            );
             b[..20].copy_from_slice(&h);
             b[20..28].copy_from_slice(&req.offset.to_be_bytes());
             (28, b)
@@ -95,7 +100,11 @@ impl Conn {
 
     fn block_status(&self, req: &Request) -> Vec<u8> {
         let mut ext = self.disk.extents(req.offset, u64::from(req.length));
-        let max = if req.flags & CMD_FLAG_REQ_ONE != 0 { 1 } else { MAX_EXTENTS };
+        let max = if req.flags & CMD_FLAG_REQ_ONE != 0 {
+            1
+        } else {
+            MAX_EXTENTS
+        };
         ext.truncate(max);
         let mut v = structured_header(
             REPLY_FLAG_DONE,
@@ -121,7 +130,8 @@ impl Conn {
             Command::Flush => self.status(c, self.disk.flush()),
             Command::Trim => self.status(
                 c,
-                self.disk.zero_at(req.offset, u64::from(req.length), false, req.fua()),
+                self.disk
+                    .zero_at(req.offset, u64::from(req.length), false, req.fua()),
             ),
             Command::WriteZeroes => self.status(
                 c,
@@ -242,8 +252,11 @@ async fn read_loop(
         if let Some(err) = conn.validate(&req) {
             if req.command == Command::Write {
                 // Skip the payload so the stream stays in sync.
-                let n = tokio::io::copy(&mut (&mut *rd).take(u64::from(req.length)), &mut tokio::io::sink())
-                    .await?;
+                let n = tokio::io::copy(
+                    &mut (&mut *rd).take(u64::from(req.length)),
+                    &mut tokio::io::sink(),
+                )
+                .await?;
                 if n != u64::from(req.length) {
                     return Ok(());
                 }

@@ -42,13 +42,19 @@ fn nbdinfo_nbdcopy_qemu_img_roundtrip() {
     assert!(info.contains("67108864"), "nbdinfo output: {info}");
     assert!(info.contains("is_read_only: true"), "{info}");
     let info = run(Command::new("nbdinfo").arg(uri(addr, "node1")));
-    assert!(info.contains("67108864") && info.contains("can_multi_conn: true"), "{info}");
+    assert!(
+        info.contains("67108864") && info.contains("can_multi_conn: true"),
+        "{info}"
+    );
 
     // Base export and empty overlay both read back as the base.
     for name in ["deb", "node1"] {
         let out = dir.path().join(format!("{name}.out"));
         run(Command::new("nbdcopy").arg(uri(addr, name)).arg(&out));
-        assert!(std::fs::read(&out).unwrap() == base, "{name} differs from base");
+        assert!(
+            std::fs::read(&out).unwrap() == base,
+            "{name} differs from base"
+        );
     }
 
     // Random file into the overlay and back out.
@@ -57,7 +63,10 @@ fn nbdinfo_nbdcopy_qemu_img_roundtrip() {
     run(Command::new("nbdcopy").arg(&newf).arg(uri(addr, "node1")));
     let back = dir.path().join("back.img");
     run(Command::new("nbdcopy").arg(uri(addr, "node1")).arg(&back));
-    assert!(std::fs::read(&back).unwrap() == new, "overlay round trip differs");
+    assert!(
+        std::fs::read(&back).unwrap() == new,
+        "overlay round trip differs"
+    );
 
     let qi = run(Command::new("qemu-img").arg("info").arg(uri(addr, "node1")));
     assert!(qi.contains("67108864 bytes"), "qemu-img info: {qi}");
@@ -66,10 +75,17 @@ fn nbdinfo_nbdcopy_qemu_img_roundtrip() {
         .args(["convert", "-O", "raw"])
         .arg(uri(addr, "node1"))
         .arg(&conv));
-    assert!(std::fs::read(&conv).unwrap() == new, "qemu-img convert differs");
+    assert!(
+        std::fs::read(&conv).unwrap() == new,
+        "qemu-img convert differs"
+    );
 
     // Writing to the read-only base export is refused.
-    let w = Command::new("nbdcopy").arg(&newf).arg(uri(addr, "deb")).output().unwrap();
+    let w = Command::new("nbdcopy")
+        .arg(&newf)
+        .arg(uri(addr, "deb"))
+        .output()
+        .unwrap();
     assert!(!w.status.success(), "write to base export must fail");
 }
 
@@ -102,13 +118,19 @@ fn overlays_are_isolated_from_each_other_and_the_base() {
     let out_b = dir.path().join("b.out");
     run(Command::new("nbdcopy").arg(uri(addr, "a")).arg(&out_a));
     run(Command::new("nbdcopy").arg(uri(addr, "b")).arg(&out_b));
-    assert!(std::fs::read(&out_a).unwrap() == expect, "A does not show its writes");
+    assert!(
+        std::fs::read(&out_a).unwrap() == expect,
+        "A does not show its writes"
+    );
     assert!(std::fs::read(&out_b).unwrap() == base, "B sees A's writes");
     assert_eq!(sha(&base_file), before, "base file changed");
     let infos = store.list_overlays().unwrap();
     assert!(infos.iter().any(|o| o.id == "a" && o.allocated_bytes > 0));
     assert!(infos.iter().any(|o| o.id == "b" && o.allocated_bytes == 0));
-    assert!(store.delete_base("deb").is_err(), "delete_base must refuse while overlays use it");
+    assert!(
+        store.delete_base("deb").is_err(),
+        "delete_base must refuse while overlays use it"
+    );
 }
 
 struct Deny;
@@ -125,10 +147,19 @@ fn denied_export_gives_clean_error() {
     }
     let (_dir, store, _base) = setup();
     let addr = start_server(store, Arc::new(Deny));
-    let out = Command::new("nbdinfo").arg(uri(addr, "deb")).output().unwrap();
-    assert!(!out.status.success(), "nbdinfo must fail on a denied export");
+    let out = Command::new("nbdinfo")
+        .arg(uri(addr, "deb"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "nbdinfo must fail on a denied export"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("No such file") || err.contains("access denied"), "{err}");
+    assert!(
+        err.contains("No such file") || err.contains("access denied"),
+        "{err}"
+    );
     // Our own client sees NBD_REP_ERR_UNKNOWN.
     assert_eq!(Client::connect(addr, "deb").err(), Some((1 << 31) + 6));
     // The server still serves allowed names.
@@ -166,9 +197,17 @@ fn snapshot_keeps_old_contents() {
     expect_node[..v2.len()].copy_from_slice(&v2);
     let s_out = dir.path().join("snap.out");
     let n_out = dir.path().join("node.out");
-    run(Command::new("nbdcopy").arg(uri(addr, "node-snap")).arg(&s_out));
+    run(Command::new("nbdcopy")
+        .arg(uri(addr, "node-snap"))
+        .arg(&s_out));
     run(Command::new("nbdcopy").arg(uri(addr, "node")).arg(&n_out));
-    assert!(std::fs::read(&s_out).unwrap() == expect_snap, "snapshot changed");
-    assert!(std::fs::read(&n_out).unwrap() == expect_node, "origin lost writes");
+    assert!(
+        std::fs::read(&s_out).unwrap() == expect_snap,
+        "snapshot changed"
+    );
+    assert!(
+        std::fs::read(&n_out).unwrap() == expect_node,
+        "origin lost writes"
+    );
     assert!(store.delete_overlay("nope").is_err());
 }

@@ -36,7 +36,13 @@ fn flushed_writes_survive_kill_9() {
     c.write(5 * 1024 * 1024, &a[..65_536]); // exactly one chunk
     let (e, _) = c.call(CMD_WRITE_ZEROES, 0, 8 * 1024 * 1024, 200_000, &[]);
     assert_eq!(e, 0);
-    let (e, _) = c.call(CMD_WRITE, 1 /* FUA */, 10 * 1024 * 1024 + 7, 1000, &a[..1000]);
+    let (e, _) = c.call(
+        CMD_WRITE,
+        1, /* FUA */
+        10 * 1024 * 1024 + 7,
+        1000,
+        &a[..1000],
+    );
     assert_eq!(e, 0);
     c.flush();
     // An unflushed write: may be lost, but must read as old or new, never garbage.
@@ -76,10 +82,13 @@ fn pipelined_requests_and_multi_conn() {
         let piece = vec![i as u8 + 1; 40_000];
         sent.push(c1.send(CMD_WRITE, 0, i * 50_000 + 30_000, 40_000, &piece));
     }
-    let mut got: Vec<u64> = (0..64).map(|_| c1.recv()).map(|(k, e, _)| {
-        assert_eq!(e, 0);
-        k
-    }).collect();
+    let mut got: Vec<u64> = (0..64)
+        .map(|_| c1.recv())
+        .map(|(k, e, _)| {
+            assert_eq!(e, 0);
+            k
+        })
+        .collect();
     got.sort();
     assert_eq!(got, sent);
     // The other connection sees them (shared overlay object) after c1's flush.
@@ -113,7 +122,10 @@ fn trim_and_zero_read_back_zeros_and_limits_hold() {
     assert_eq!(c.call(CMD_WRITE_ZEROES, 2, 1_000_000, 131_072, &[]).0, 0);
     let d = c.read(0, 1_200_000);
     assert_eq!(&d[..1000], &base[..1000]);
-    assert!(d[1000..301_000].iter().all(|b| *b == 0), "trimmed range is not zero");
+    assert!(
+        d[1000..301_000].iter().all(|b| *b == 0),
+        "trimmed range is not zero"
+    );
     assert_eq!(&d[301_000..1_000_000], &base[301_000..1_000_000]);
     assert!(d[1_000_000..1_131_072].iter().all(|b| *b == 0));
     // Write into a zeroed chunk keeps the rest zero.

@@ -56,7 +56,9 @@ pub fn start_server(store: Arc<DiskStore>, resolver: Arc<dyn ExportResolver>) ->
 
 /// Runs a command, panicking with its output on failure; returns stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -72,7 +74,12 @@ pub fn uri(addr: SocketAddr, name: &str) -> String {
 
 pub fn example_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("examples").join("nbd-serve")
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("nbd-serve")
 }
 
 /// The example server as a child process; killed on drop.
@@ -89,7 +96,9 @@ impl ServerProc {
             .spawn()
             .expect("run examples/nbd-serve (built by cargo test)");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let addr = line
             .trim()
             .strip_prefix("listening on ")
@@ -178,7 +187,13 @@ impl Client {
                 e => return Err(e),
             }
         }
-        Ok(Client { s, size, flags, pending: HashMap::new(), next: 1 })
+        Ok(Client {
+            s,
+            size,
+            flags,
+            pending: HashMap::new(),
+            next: 1,
+        })
     }
 
     /// Sends a request without waiting; returns its cookie.
@@ -194,7 +209,8 @@ impl Client {
         h.extend_from_slice(&len.to_be_bytes());
         h.extend_from_slice(payload);
         self.s.write_all(&h).unwrap();
-        self.pending.insert(cookie, if cmd == CMD_READ { len } else { 0 });
+        self.pending
+            .insert(cookie, if cmd == CMD_READ { len } else { 0 });
         cookie
     }
 
@@ -203,7 +219,10 @@ impl Client {
         assert_eq!(be32(&mut self.s), 0x67446698, "simple reply magic");
         let err = be32(&mut self.s);
         let cookie = be64(&mut self.s);
-        let len = self.pending.remove(&cookie).expect("reply for a cookie we sent");
+        let len = self
+            .pending
+            .remove(&cookie)
+            .expect("reply for a cookie we sent");
         let mut d = Vec::new();
         if err == 0 && len > 0 {
             d = vec![0u8; len as usize];
@@ -212,7 +231,14 @@ impl Client {
         (cookie, err, d)
     }
 
-    pub fn call(&mut self, cmd: u16, flags: u16, off: u64, len: u32, payload: &[u8]) -> (u32, Vec<u8>) {
+    pub fn call(
+        &mut self,
+        cmd: u16,
+        flags: u16,
+        off: u64,
+        len: u32,
+        payload: &[u8],
+    ) -> (u32, Vec<u8>) {
         let c = self.send(cmd, flags, off, len, payload);
         let (rc, err, d) = self.recv();
         assert_eq!(rc, c);
