@@ -71,7 +71,8 @@ async fn windowsize_4_with_a_lost_block() {
     let len = 1468 * 50 + 333;
     let want = random_bytes(len, 11);
     std::fs::write(root.path().join("w.bin"), &want).unwrap();
-    let mut srv = TestServer::start(root.path(), |_| {}).await;
+    // A long timeout: recovering the lost block must not depend on it.
+    let mut srv = TestServer::start(root.path(), |c| c.timeout = Duration::from_secs(3)).await;
     let addr = srv.addr;
     let got = tokio::task::spawn_blocking(move || {
         let req = request(
