@@ -242,7 +242,7 @@ impl App {
                 steps.push("app process group already gone".into());
             }
         }
-        let gone = pgid.map_or(true, |pg| !group_alive(pg));
+        let gone = pgid.is_none_or(|pg| !group_alive(pg));
         self.set(if gone {
             AppState::Stopped
         } else {

@@ -136,42 +136,32 @@ impl std::fmt::Display for FreezeReport {
     }
 }
 
-/// Syncs and freezes every candidate. Returns the report; the `done` list is
-/// what [`thaw`] must undo.
-pub fn quiesce() -> Result<FreezeReport> {
-    nix::unistd::sync();
-    let text = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
+/// Freezes the given mount points in order.
+pub fn freeze_paths(paths: &[String]) -> FreezeReport {
     let mut r = FreezeReport::default();
-    for t in candidates(&parse_mounts(&text)) {
-        match fs_ioctl(&t, FIFREEZE) {
-            Ok(()) => r.done.push(t),
+    for t in paths {
+        match fs_ioctl(t, FIFREEZE) {
+            Ok(()) => r.done.push(t.clone()),
             // EBUSY: already frozen (e.g. a retried Quiesce); count it as frozen.
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => r.done.push(t),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => r.done.push(t.clone()),
             Err(e)
                 if matches!(
                     e.raw_os_error(),
                     Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::EINVAL)
                 ) =>
             {
-                r.unsupported.push(t)
+                r.unsupported.push(t.clone())
             }
             Err(e) => r.failed.push(format!("{t}: {e}")),
         }
     }
-    Ok(r)
+    r
 }
 
-/// Thaws `frozen` in reverse order; with an empty list, thaws every candidate
-/// (after an agent restart the list is lost).
-pub fn thaw(frozen: &[String]) -> Result<FreezeReport> {
-    let list: Vec<String> = if frozen.is_empty() {
-        let text = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
-        candidates(&parse_mounts(&text))
-    } else {
-        frozen.to_vec()
-    };
+/// Thaws the given mount points in reverse order.
+pub fn thaw_paths(paths: &[String]) -> FreezeReport {
     let mut r = FreezeReport::default();
-    for t in list.iter().rev() {
+    for t in paths.iter().rev() {
         match fs_ioctl(t, FITHAW) {
             Ok(()) => r.done.push(t.clone()),
             // EINVAL: was not frozen.
@@ -186,7 +176,25 @@ pub fn thaw(frozen: &[String]) -> Result<FreezeReport> {
             Err(e) => r.failed.push(format!("{t}: {e}")),
         }
     }
-    Ok(r)
+    r
+}
+
+/// Syncs and freezes every candidate of /proc/mounts. The report's `done`
+/// list is what [`thaw`] must undo.
+pub fn quiesce() -> Result<FreezeReport> {
+    nix::unistd::sync();
+    let text = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
+    Ok(freeze_paths(&candidates(&parse_mounts(&text))))
+}
+
+/// Thaws `frozen` in reverse order; with an empty list, thaws every candidate
+/// (after an agent restart the list is lost).
+pub fn thaw(frozen: &[String]) -> Result<FreezeReport> {
+    if !frozen.is_empty() {
+        return Ok(thaw_paths(frozen));
+    }
+    let text = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
+    Ok(thaw_paths(&candidates(&parse_mounts(&text))))
 }
 
 #[cfg(test)]
@@ -221,6 +229,70 @@ tmpfs /run tmpfs rw,nosuid 0 0
     fn thaw_of_unfrozen_is_harmless() {
         // /proc is not freezable: reported, never an error.
         let r = thaw(&["/proc".to_string()]).unwrap();
-        assert!(r.failed.is_empty() || r.unsupported.is_empty());
+        assert!(r.done.is_empty());
+    }
+
+    /// Real FIFREEZE/FITHAW on a loop-mounted ext4 (root only), also
+    /// exercising `nbd::mount_auto` on a real block device.
+    #[test]
+    fn freeze_and_thaw_a_real_ext4() {
+        use std::process::Command;
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skip: needs root for losetup/mount");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+        if !ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img)) {
+            eprintln!("skip: mkfs.ext4 unavailable");
+            return;
+        }
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&img)
+            .output();
+        let dev = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            _ => {
+                eprintln!("skip: no free loop device");
+                return;
+            }
+        };
+        struct Guard(String, std::path::PathBuf);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = fs_ioctl(&self.1.display().to_string(), FITHAW);
+                let _ = nix::mount::umount(&self.1);
+                let _ = std::process::Command::new("losetup")
+                    .args(["-d", &self.0])
+                    .status();
+            }
+        }
+        let mnt = dir.path().join("mnt");
+        let _g = Guard(dev.clone(), mnt.clone());
+        let fstype = crate::nbd::mount_auto(std::path::Path::new(&dev), &mnt).unwrap();
+        assert_eq!(fstype, "ext4");
+        std::fs::write(mnt.join("data"), b"x").unwrap();
+        let m = mnt.display().to_string();
+        let r = freeze_paths(std::slice::from_ref(&m));
+        assert_eq!(r.done, vec![m.clone()], "{r}");
+        // A second freeze is EBUSY, still reported as frozen.
+        assert_eq!(freeze_paths(std::slice::from_ref(&m)).done, vec![m.clone()]);
+        let r = thaw_paths(std::slice::from_ref(&m));
+        assert_eq!(r.done, vec![m.clone()], "{r}");
+        // Not frozen any more: EINVAL, reported as unsupported/no-op.
+        assert_eq!(
+            thaw_paths(std::slice::from_ref(&m)).unsupported,
+            vec![m.clone()]
+        );
+        std::fs::write(mnt.join("data2"), b"y").unwrap();
+        // Appears among the quiesce candidates of the real /proc/mounts.
+        let text = std::fs::read_to_string("/proc/mounts").unwrap();
+        assert!(candidates(&parse_mounts(&text)).contains(&m));
     }
 }

@@ -103,7 +103,7 @@ pub fn cpu_busy(prev: (u64, u64), now: (u64, u64)) -> f64 {
 pub fn parse_default_route_iface(text: &str) -> Option<String> {
     text.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 2 && f[1] == "00000000" && f[7..].first().map_or(true, |m| *m == "00000000"))
+        (f.len() > 2 && f[1] == "00000000" && f[7..].first().is_none_or(|m| *m == "00000000"))
             .then(|| f[0].to_string())
     })
 }

@@ -220,7 +220,10 @@ fn agent_sequences_hello_commands_results_and_survives_errors() {
     ];
 
     // Start the agent before the server exists: connection refused first.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"))
+    // NODE_AGENT_BIN lets the same test drive the stripped static release binary.
+    let bin =
+        std::env::var("NODE_AGENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_node-agent").into());
+    let mut child = std::process::Command::new(&bin)
         .args([
             "--cmdline-file",
             cmdline.to_str().unwrap(),
@@ -289,7 +292,7 @@ fn agent_sequences_hello_commands_results_and_survives_errors() {
                 let hb: Heartbeat = serde_json::from_str(&r.body).unwrap();
                 assert!(hb.mem_total_bytes > 0 && hb.uptime_ms > 0);
                 app_states.push(hb.app);
-                rss = rss.or(vm_rss_kb(agent.0.id()));
+                rss = rss.max(vm_rss_kb(agent.0.id()));
             }
             "/api/agent/hello" => {
                 let h: Hello = serde_json::from_str(&r.body).unwrap();
@@ -360,5 +363,6 @@ fn agent_sequences_hello_commands_results_and_survives_errors() {
     // The agent is still alive after every error and command (incl. dry-run reboot).
     let mut agent = agent;
     assert!(agent.0.try_wait().unwrap().is_none(), "agent exited");
-    eprintln!("agent VmRSS: {} kB (debug build)", rss.unwrap_or(0));
+    let rss = rss.max(vm_rss_kb(agent.0.id()));
+    eprintln!("agent {bin}: peak sampled VmRSS {} kB", rss.unwrap_or(0));
 }

@@ -20,6 +20,9 @@ pub const ATTR_NV_BS_RT: u32 = 7;
 const EFIVARFS_MAGIC: u64 = 0xde5e81e4;
 const FS_IMMUTABLE_FL: libc::c_long = 0x10;
 
+/// Decoded `Boot####` options, and the numbers of those that did not decode.
+pub type BootEntries = (Vec<(u16, LoadOption)>, Vec<u16>);
+
 /// An efivarfs mount (or a test directory laid out the same way).
 #[derive(Debug, Clone)]
 pub struct EfiVars {
@@ -93,7 +96,7 @@ impl EfiVars {
     /// All `Boot####` load options, sorted by number. Options that do not
     /// decode are returned as errors in the second list (they still occupy
     /// their number).
-    pub fn boot_entries(&self) -> Result<(Vec<(u16, LoadOption)>, Vec<u16>)> {
+    pub fn boot_entries(&self) -> Result<BootEntries> {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         let rd =

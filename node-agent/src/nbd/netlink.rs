@@ -36,7 +36,7 @@ pub fn put_attr(buf: &mut Vec<u8>, typ: u16, payload: &[u8]) {
     buf.extend_from_slice(&((payload.len() + 4) as u16).to_ne_bytes());
     buf.extend_from_slice(&typ.to_ne_bytes());
     buf.extend_from_slice(payload);
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }
