@@ -49,6 +49,7 @@ conv_start() {
     ln -sfn "$CONV_REPO/images/build/lab" "$d/www/lab"
     CONV_URL="http://$LAB_BRIDGE_ADDR:$CONV_PORT/boot.ipxe"
     CONV_HTTP_LOG="$d/access.log"
+    rm -f "$d/dnsmasq.leases"
 
     cat > "$d/dnsmasq.conf" <<EOF
 port=0
@@ -78,7 +79,7 @@ dhcp-option-force=tag:ipxe,60,PXEClient
 enable-ra
 dhcp-range=fd77::,ra-only,64,1h
 EOF
-        lab_exec ip addr add fd77::1/64 dev br0 nodad
+        lab_exec ip addr replace fd77::1/64 dev br0 nodad
     fi
     cat > "$d/nginx.conf" <<EOF
 user root;

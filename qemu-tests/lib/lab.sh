@@ -60,6 +60,8 @@ LAB_LINE=""
 LAB_GUEST_SEQ=0
 declare -gA LAB_GUEST_PID=() LAB_GUEST_LOG=() LAB_GUEST_T0=() LAB_PID=()
 LAB_TRAP_SET=0
+LAB_WAIT_PIDS=()
+LAB_STAMP_PIDS=()
 
 lab_log() { echo "[lab $(date +%H:%M:%S.%3N)] $*" >&2; }
 
@@ -200,13 +202,20 @@ lab_wait_console() {
     mkfifo "$fifo"
     # tail -F follows the serial log (inotify) and ends when QEMU ends (--pid).
     tail -n +1 -F --pid="$qpid" "$log" 2>/dev/null > "$fifo" &
-    local tp=$! line rc=0
-    line="$(timeout "$to" grep -a -m1 -E -- "$re" < "$fifo")" || rc=$?
+    local tp=$! line="" rc=0
+    # grep runs in the background and we `wait` for it: unlike a foreground
+    # command, `wait` lets an INT/TERM trap (lab_cleanup) run at once.
+    timeout "$to" grep -a -m1 -E -- "$re" < "$fifo" > "$fifo.out" &
+    local gp=$!
+    LAB_WAIT_PIDS+=("$tp" "$gp")
+    wait "$gp" || rc=$?
     local t1
     t1="$(lab_now)"
     kill "$tp" 2>/dev/null
     wait "$tp" 2>/dev/null
-    rm -f "$fifo"
+    LAB_WAIT_PIDS=()
+    line="$(head -n 1 "$fifo.out")"
+    rm -f "$fifo" "$fifo.out"
     LAB_ELAPSED="$(lab_secs "${LAB_GUEST_T0[$guest]}" "$t1")"
     LAB_LINE="${line//$'\r'/}"
     if [ "$rc" = 0 ]; then
@@ -233,7 +242,7 @@ lab__stamp() {
                 printf '%s %s\n' "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%7.3f", b - a }')" "$line"
             done > "${LAB_GUEST_LOG[$g]}.ts"
     ) &
-    LAB_PID[stamp-$g]=$!
+    LAB_STAMP_PIDS+=($!)
 }
 
 lab_stop_guest() {
@@ -265,7 +274,8 @@ lab__kill_ns_pids() {
 }
 
 lab_cleanup() {
-    local rc=$? g ns d
+    local rc=$? g ns d p
+    for p in "${LAB_WAIT_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for g in "${!LAB_GUEST_PID[@]}"; do kill "${LAB_GUEST_PID[$g]}" 2>/dev/null || true; done
     for g in "${!LAB_PID[@]}"; do kill "${LAB_PID[$g]}" 2>/dev/null || true; done
     for ns in "${LAB_NAMESPACES[@]}"; do
@@ -274,13 +284,15 @@ lab_cleanup() {
     done
     for g in "${!LAB_GUEST_PID[@]}"; do wait "${LAB_GUEST_PID[$g]}" 2>/dev/null || true; done
     for g in "${!LAB_PID[@]}"; do wait "${LAB_PID[$g]}" 2>/dev/null || true; done
+    # Serial stampers end by themselves within a second of their QEMU (tail --pid).
+    for p in "${LAB_STAMP_PIDS[@]}" "${LAB_WAIT_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     if [ "${LAB_KEEP_LOGS:-0}" != 1 ]; then
         for d in "${LAB_DIRS[@]}"; do rm -rf "$d"; done
     elif [ "${#LAB_DIRS[@]}" -gt 0 ]; then
         lab_log "logs kept in ${LAB_DIRS[*]}"
     fi
     LAB_NAMESPACES=() LAB_DIRS=() LAB_NS="" LAB_DIR=""
-    LAB_GUEST_PID=() LAB_PID=()
+    LAB_GUEST_PID=() LAB_PID=() LAB_STAMP_PIDS=() LAB_WAIT_PIDS=()
     return $rc
 }
 
