@@ -36,8 +36,55 @@ fn pid1_supervise() {
     }
 }
 
-fn main() {
-    pid1_supervise();
+/// One-shot tools for operators and the QEMU smoke test: the same code paths
+/// the commands use, run directly.
+fn tool(args: &[String]) -> Option<anyhow::Result<String>> {
+    let get = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let r = match args.first().map(String::as_str)? {
+        "attach-disk" => (|| {
+            let host = get("--host").unwrap_or_else(|| "127.0.0.1".into());
+            let port = get("--port").unwrap_or_else(|| "10809".into()).parse()?;
+            let export = get("--export").unwrap_or_default();
+            let a = node_agent::nbd::attach(&host, port, &export, get("--mount").as_deref())?;
+            Ok(a.to_string())
+        })(),
+        "detach-disk" => (|| {
+            let index = get("--index").unwrap_or_else(|| "0".into()).parse()?;
+            node_agent::nbd::netlink::disconnect(index)?;
+            Ok(format!("nbd{index} disconnected"))
+        })(),
+        "set-netboot" => (|| {
+            let dir = get("--efivars-dir").unwrap_or_else(|| "/sys/firmware/efi/efivars".into());
+            let vars = node_agent::bootptr::EfiVars::new(dir);
+            let c = node_agent::bootptr::set_network_boot(
+                &vars,
+                get("--mac").as_deref(),
+                get("--http-boot-url").as_deref(),
+            )?;
+            Ok(c.to_string())
+        })(),
+        "kexec" => (|| {
+            let k = get("--kernel").ok_or_else(|| anyhow::anyhow!("--kernel URL"))?;
+            let cmdline = get("--cmdline").unwrap_or_default();
+            let r =
+                node_agent::power::kexec_prepare(&k, get("--initrd").as_deref(), &cmdline, false)?;
+            eprintln!("node-agent: {r}");
+            if args.iter().any(|a| a == "--exec") {
+                node_agent::power::kexec_exec(false)?;
+            }
+            Ok(r.to_string())
+        })(),
+        _ => return None,
+    };
+    Some(r)
+}
+
+fn init_logging() {
     let level = match std::env::var("NODE_AGENT_LOG").as_deref() {
         Ok("trace") => tracing::Level::TRACE,
         Ok("debug") => tracing::Level::DEBUG,
@@ -50,7 +97,28 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(
+        args.first().map(String::as_str),
+        Some("attach-disk" | "detach-disk" | "set-netboot" | "kexec")
+    ) {
+        init_logging();
+    }
+    if let Some(r) = tool(&args) {
+        match r {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("node-agent: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    pid1_supervise();
+    init_logging();
     let cfg = match Config::from_sources(&args, &|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {

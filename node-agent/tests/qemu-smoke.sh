@@ -1,0 +1,146 @@
+#!/bin/bash
+# QEMU smoke test of the agent's kernel-facing paths, which the host kernel
+# here cannot exercise (no nbd module, no UEFI, kexec would hit the host):
+#   1. BIOS guest: NBD attach over generic netlink to the real nbd driver,
+#      write/read through /dev/nbd0, detach, re-attach with auto-mount,
+#      then kexec_file_load + reboot(KEXEC) into the same kernel.
+#   2. OVMF guest: set BootNext/BootOrder through the real efivarfs.
+# Host services (nbdkit, a static HTTP server) listen on 127.0.0.1 only; the
+# guest reaches them through QEMU user networking (10.0.2.2).
+#
+# usage: node-agent/tests/qemu-smoke.sh /path/to/static/node-agent
+set -euo pipefail
+AGENT=$(readlink -f "${1:?usage: $0 /path/to/static/node-agent}")
+KVER=${KVER:-$(ls /lib/modules | sort -V | tail -1)}
+KERNEL=/boot/vmlinuz-$KVER
+MODDIR=/lib/modules/$KVER
+WORK=$(mktemp -d /tmp/agent-smoke.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+for t in qemu-system-x86_64 busybox nbdkit python3 cpio; do
+    command -v $t >/dev/null || { echo "skip: $t missing"; exit 0; }
+done
+[ -r "$KERNEL" ] || { echo "skip: no $KERNEL"; exit 0; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# --- initramfs ---------------------------------------------------------------
+R=$WORK/root
+mkdir -p $R/{bin,dev,proc,sys,tmp,mnt,lib/modules}
+cp /bin/busybox $R/bin/busybox
+cp "$AGENT" $R/node-agent
+declare -A SEEN
+ORDER=()
+add_mod() { # $1 = module path relative to MODDIR; deps first
+    local m=$1
+    [ -n "${SEEN[$m]:-}" ] && return
+    SEEN[$m]=1
+    local deps
+    deps=$(grep -E "^$m:" $MODDIR/modules.dep | cut -d: -f2)
+    local d
+    for d in $deps; do add_mod "$d"; done
+    ORDER+=("$m")
+}
+for name in virtio_pci virtio_net nbd ext4 efivarfs; do
+    p=$(grep -E "/$name\.ko(\.[a-z]+)?:" $MODDIR/modules.dep | cut -d: -f1 || true)
+    [ -n "$p" ] && add_mod "$p"
+done
+for m in "${ORDER[@]}"; do
+    b=$(basename "$m")
+    case $b in
+        *.ko.xz) xz -dc $MODDIR/$m >$R/lib/modules/${b%.xz} ;;
+        *.ko.zst) zstd -qdc $MODDIR/$m >$R/lib/modules/${b%.zst} ;;
+        *) cp $MODDIR/$m $R/lib/modules/$b ;;
+    esac
+    b=${b%.xz}; echo "${b%.zst}" >>$R/modules.order
+done
+
+cat >$R/init <<'EOF'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $(cat /modules.order); do insmod /lib/modules/$m 2>/dev/null; done
+arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+ip link set lo up; ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
+export NODE_AGENT_LOG=debug
+if grep -q smoke.kexeced /proc/cmdline; then
+    echo "SMOKE_KEXEC_BOOTED uptime=$(cut -d' ' -f1 /proc/uptime)"
+    poweroff -f
+fi
+if [ -d /sys/firmware/efi ]; then
+    mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+    ls /sys/firmware/efi/efivars | grep -E '^Boot' | sed 's/^/efivar: /'
+    /node-agent set-netboot --mac "$(cat /sys/class/net/eth0/address)" && echo SMOKE_EFI_OK
+    hexdump -C /sys/firmware/efi/efivars/BootNext-8be4df61-93ca-11d2-aa0d-00e098032b8c | sed 's/^/BootNext: /'
+    hexdump -C /sys/firmware/efi/efivars/BootOrder-8be4df61-93ca-11d2-aa0d-00e098032b8c | sed 's/^/BootOrder: /'
+    # Second run must be idempotent (rewrites whole variables in one write).
+    /node-agent set-netboot --mac "$(cat /sys/class/net/eth0/address)" && echo SMOKE_EFI_AGAIN_OK
+    poweroff -f
+fi
+NBD=$(arg smoke.nbdport); HTTP=$(arg smoke.httpport)
+/node-agent attach-disk --host 10.0.2.2 --port "$NBD" && echo SMOKE_ATTACH_OK
+dd if=/dev/urandom of=/tmp/pat bs=4096 count=4 2>/dev/null
+dd if=/tmp/pat of=/dev/nbd0 bs=4096 count=4 conv=fsync 2>/dev/null
+echo 3 >/proc/sys/vm/drop_caches
+dd if=/dev/nbd0 of=/tmp/back bs=4096 count=4 2>/dev/null
+cmp /tmp/pat /tmp/back && echo SMOKE_RW_OK
+mke2fs -q /dev/nbd0 >/dev/null 2>&1 || mkfs.ext2 /dev/nbd0 >/dev/null
+/node-agent detach-disk --index 0 && echo SMOKE_DETACH_OK
+t=0; while [ "$(cat /sys/block/nbd0/size)" != 0 ] && [ $t -lt 100 ]; do sleep 0.05; t=$((t+1)); done
+/node-agent attach-disk --host 10.0.2.2 --port "$NBD" --mount /mnt && echo SMOKE_MOUNT_OK
+echo hello >/mnt/f && sync && umount /mnt && echo SMOKE_FS_WRITE_OK
+/node-agent kexec --kernel "http://10.0.2.2:$HTTP/vmlinuz" --initrd "http://10.0.2.2:$HTTP/initrd.img" \
+    --cmdline "console=ttyS0 quiet smoke.kexeced" --exec
+echo SMOKE_KEXEC_RETURNED
+poweroff -f
+EOF
+chmod +x $R/init
+(cd $R && find . | cpio -o -H newc --quiet | gzip -1) >$WORK/initrd.img
+cp $KERNEL $WORK/vmlinuz
+
+# --- host services (loopback only) -------------------------------------------
+NBDPORT=$(free_port)
+nbdkit -f --exit-with-parent -i 127.0.0.1 -p $NBDPORT memory 64M &
+PIDS+=($!)
+HTTPPORT=$(free_port)
+python3 -m http.server --bind 127.0.0.1 --directory $WORK $HTTPPORT >/dev/null 2>&1 &
+PIDS+=($!)
+for p in $NBDPORT $HTTPPORT; do
+    for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done
+done
+
+QEMU=(qemu-system-x86_64 -accel tcg -m 768 -nographic -no-reboot
+      -netdev user,id=n0 -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56)
+fail=0
+check() { # log marker
+    if grep -q "$2" "$1"; then echo "ok   $2"; else echo "FAIL $2"; fail=1; fi
+}
+
+echo "== BIOS guest: NBD netlink attach, mount, kexec"
+timeout 300 "${QEMU[@]}" -kernel $WORK/vmlinuz -initrd $WORK/initrd.img \
+    -append "console=ttyS0 quiet smoke.nbdport=$NBDPORT smoke.httpport=$HTTPPORT" \
+    </dev/null >$WORK/bios.log 2>&1 || true
+grep -aE 'SMOKE|node-agent|nbd|kexec|size=' $WORK/bios.log | tr -d '\r' | sed 's/^/  | /' | head -40
+for m in SMOKE_ATTACH_OK SMOKE_RW_OK SMOKE_DETACH_OK SMOKE_MOUNT_OK SMOKE_FS_WRITE_OK SMOKE_KEXEC_BOOTED; do
+    check $WORK/bios.log $m
+done
+
+CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
+if [ -r $CODE ]; then
+    echo "== OVMF guest: BootNext/BootOrder through efivarfs"
+    cp /usr/share/OVMF/OVMF_VARS_4M.fd $WORK/vars.fd
+    timeout 300 "${QEMU[@]}" -drive if=pflash,format=raw,readonly=on,file=$CODE \
+        -drive if=pflash,format=raw,file=$WORK/vars.fd \
+        -kernel $WORK/vmlinuz -initrd $WORK/initrd.img -append "console=ttyS0 quiet" \
+        </dev/null >$WORK/uefi.log 2>&1 || true
+    grep -aE 'SMOKE|efivar:|Boot|node-agent' $WORK/uefi.log | tr -d '\r' | sed 's/^/  | /' | head -40
+    check $WORK/uefi.log SMOKE_EFI_OK
+    check $WORK/uefi.log SMOKE_EFI_AGAIN_OK
+fi
+if [ $fail = 0 ]; then echo "qemu smoke: all passed"; else echo "qemu smoke: FAILED"; fi
+exit $fail
