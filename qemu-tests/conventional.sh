@@ -74,8 +74,10 @@ dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe
 EOF
     if [ "$tricks" = 1 ]; then
         cat >> "$d/dnsmasq.conf" <<EOF
-# DESIGN.md fixes: PXEClient + siaddr + filename in the offer, RA with M/O clear.
+# DESIGN.md fixes: PXEClient + siaddr + filename in the offer, RA with M/O clear,
+# and no ICMP probe (dnsmasq pings an address for up to 3 s before offering it).
 dhcp-option-force=tag:ipxe,60,PXEClient
+no-ping
 enable-ra
 dhcp-range=fd77::,ra-only,64,1h
 EOF

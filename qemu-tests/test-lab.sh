@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # qemu-tests/test-lab.sh: end-to-end tests of the lab image and the QEMU lab.
 #   1. image build: outputs, initramfs content, cache stamp
+#   1b. direct kernel boot: init keeps a console shell (no panic) when the agent
+#      exits and when it is absent
 #   2. a BIOS guest and a UEFI guest side by side netboot the lab image through the
 #      conventional stack (dnsmasq + nginx) to LAB-INIT-READY with a DHCP address;
 #      afterwards no bootlab namespace and no QEMU of that run is left
@@ -11,7 +13,7 @@
 # checks after it see what the lab really left behind. Prints `N passed, M failed`,
 # exits non-zero on any failure. Needs root (skips otherwise).
 #
-# Usage: qemu-tests/test-lab.sh [--timeout S] [TEST...]   (TEST: image netboot fail kill gc)
+# Usage: qemu-tests/test-lab.sh [--timeout S] [TEST...]   (TEST: image direct netboot fail kill gc)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -52,6 +54,33 @@ scenario() {
             echo "timed-out"
             return 1
             ;;
+        direct)
+            # Direct kernel boot without network: init must keep a console shell
+            # whether the agent exits (stub) or is absent, and never panic.
+            lab_create d
+            local img
+            for img in lab lab-noagent; do
+                lab_start_guest --name "$img" --nic none \
+                    --kernel "$2/$img/vmlinuz" --initrd "$2/$img/initrd.img" \
+                    --append "console=ttyS0 quiet lab.nodhcp=1"
+            done
+            echo "qemu-pids ${LAB_GUEST_PID[lab]} ${LAB_GUEST_PID[lab-noagent]}"
+            local rc=0
+            for img in lab lab-noagent; do
+                if lab_wait_console "$img" 'LAB-CONSOLE-SHELL' 120 >/dev/null; then
+                    echo "$img-shell ${LAB_ELAPSED}s"
+                else
+                    echo "$img-noshell"; rc=1
+                fi
+            done
+            for img in lab lab-noagent; do
+                if grep -aq 'Kernel panic' "${LAB_GUEST_LOG[$img]}"; then echo "$img-panic"; rc=1; fi
+                kill -0 "${LAB_GUEST_PID[$img]}" 2>/dev/null && echo "$img-alive"
+                grep -aq 'LAB-AGENT-ABSENT' "${LAB_GUEST_LOG[$img]}" && echo "$img-agent-absent"
+                grep -aq 'LAB-AGENT-EXITED' "${LAB_GUEST_LOG[$img]}" && echo "$img-agent-exited"
+            done
+            return $rc
+            ;;
         kill)
             lab_create k
             conv_start
@@ -76,7 +105,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=(image netboot fail kill gc)
+[ ${#tests[@]} -gt 0 ] || tests=(image direct netboot fail kill gc)
 
 if [ "$(id -u)" != 0 ]; then
     echo "SKIP: test-lab.sh needs root (network namespaces, tap devices)"
@@ -129,6 +158,29 @@ t_image() {
     fi
     # The default image (the one the stack serves) must exist for the boot tests.
     "$repo/images/build-lab-image.sh" >/dev/null 2>&1 || nok "default image builds"
+}
+
+t_direct() {
+    local imgs="$out/direct" log="$out/direct.log" rc=0
+    mkdir -p "$imgs"
+    "$repo/images/build-lab-image.sh" --out "$imgs/lab" >/dev/null 2>&1 \
+        && "$repo/images/build-lab-image.sh" --no-agent --out "$imgs/lab-noagent" >/dev/null 2>&1 \
+        || { nok "direct boot images build"; return; }
+    bash "$0" --scenario direct "$imgs" >"$log" 2>"$out/direct.err" &
+    local pid=$!
+    wait $pid || rc=$?
+    if grep -q '^lab-shell' "$log" && grep -q '^lab-alive' "$log" && ! grep -q panic "$log"; then
+        ok "agent exits: init keeps a console shell, no panic ($(grep -c agent-exited "$log") exit seen)"
+    else
+        nok "agent exits: init keeps a console shell" "$(tr '\n' ' ' < "$log")"
+    fi
+    if grep -q '^lab-noagent-shell' "$log" && grep -q '^lab-noagent-alive' "$log" \
+        && grep -q '^lab-noagent-agent-absent' "$log" && ! grep -q panic "$log"; then
+        ok "agent absent: init says so and keeps a console shell"
+    else
+        nok "agent absent: init keeps a console shell" "$(tr '\n' ' ' < "$log")"
+    fi
+    assert_clean direct "$pid" "$log"
 }
 
 t_netboot() {
