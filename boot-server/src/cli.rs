@@ -1,0 +1,331 @@
+//! The command line: `serve` and the admin commands. Admin commands work on
+//! the state directory directly (SQLite allows it while the server runs), so
+//! they need no server; commands for a node's agent are queued in the store
+//! and picked up by the server's long poll.
+
+use crate::config::Config;
+use crate::plan::BootPlan;
+use crate::store::{format_mac, now_ms, parse_mac, Selector, SqliteStore, Store};
+use anyhow::{bail, Context, Result};
+use boot_proto::CommandKind;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "boot-server",
+    version,
+    about = "Network boot service: DHCP, TFTP, HTTP iPXE and NBD from a boot-image table"
+)]
+pub struct Cli {
+    /// TOML configuration file (defaults apply without one).
+    #[arg(long, short, global = true, env = "BOOT_SERVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the boot server.
+    Serve,
+    /// Manage the boot-image table.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Set (or with --clear, remove) the image of nodes without an assignment.
+    DefaultImage {
+        name: Option<String>,
+        #[arg(long, conflicts_with = "name")]
+        clear: bool,
+    },
+    /// Assign an image to a node by MAC or SMBIOS UUID (or remove with --clear).
+    Assign {
+        #[arg(long, required_unless_present = "uuid", conflicts_with = "uuid")]
+        mac: Option<String>,
+        #[arg(long)]
+        uuid: Option<String>,
+        #[arg(required_unless_present = "clear")]
+        image: Option<String>,
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Nodes and their agents.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// DHCP leases.
+    Leases {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The event log (audit trail and boot timeline).
+    Events {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Print the admin API token.
+    AdminToken,
+}
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Add or update images from manifests (image.toml).
+    Add {
+        manifests: Vec<PathBuf>,
+    },
+    /// Import every images/*/image.toml of the images directory.
+    Import,
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        id: String,
+    },
+    /// Cold reboot through firmware and PXE.
+    Reboot {
+        id: String,
+    },
+    /// Point the firmware at network boot, then reboot.
+    Reprovision {
+        id: String,
+    },
+    /// Warm reprovision: kexec straight into IMAGE (also assigns it).
+    Kexec {
+        id: String,
+        image: String,
+    },
+    /// Wait until the node's agent reports ready after event id AFTER.
+    WaitReady {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    if let Cmd::Serve = cli.command {
+        return crate::serve::run(config).await;
+    }
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state_dir)?);
+    match cli.command {
+        Cmd::Serve => unreachable!(),
+        Cmd::Image(ImageCmd::Add { manifests }) => {
+            if manifests.is_empty() {
+                bail!("give one or more image.toml files");
+            }
+            for m in manifests {
+                let image = crate::images::load_manifest(&m, &config.images_dir)?;
+                store.put_image(&image).await?;
+                println!("added {} ({} bytes)", image.name, image.size_bytes);
+            }
+        }
+        Cmd::Image(ImageCmd::Import) => {
+            crate::serve::import_images(&store, &config.images_dir).await?
+        }
+        Cmd::Image(ImageCmd::List { json }) => {
+            let images = store.images().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&images)?);
+            } else {
+                let default = store.default_image().await?;
+                println!(
+                    "{:<16} {:<10} {:<10} {:>12}  {}",
+                    "NAME", "KIND", "VERSION", "BYTES", "ARCHS"
+                );
+                for i in images {
+                    let mark = if default.as_deref() == Some(i.name.as_str()) {
+                        " (default)"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{:<16} {:<10} {:<10} {:>12}  {}{mark}",
+                        i.name,
+                        format!("{:?}", i.kind).to_lowercase(),
+                        i.version,
+                        i.size_bytes,
+                        i.archs.join(",")
+                    );
+                }
+            }
+        }
+        Cmd::Image(ImageCmd::Remove { name }) => store.remove_image(&name).await?,
+        Cmd::DefaultImage { name, clear } => {
+            if clear {
+                store.set_default_image(None).await?;
+            } else if let Some(name) = name {
+                store.set_default_image(Some(&name)).await?;
+            } else {
+                println!(
+                    "{}",
+                    store
+                        .default_image()
+                        .await?
+                        .unwrap_or_else(|| "(none)".into())
+                );
+            }
+        }
+        Cmd::Assign {
+            mac,
+            uuid,
+            image,
+            clear,
+        } => {
+            let selector = match (mac, uuid) {
+                (Some(m), _) => Selector::Mac(format_mac(
+                    parse_mac(&m).with_context(|| format!("not a MAC address: {m}"))?,
+                )),
+                (None, Some(u)) => Selector::Uuid(u.to_ascii_lowercase()),
+                (None, None) => bail!("give --mac or --uuid"),
+            };
+            let image = if clear { None } else { image };
+            store.assign(&selector, image.as_deref()).await?;
+            store
+                .record_event(
+                    None,
+                    "assigned",
+                    serde_json::json!({ "selector": selector, "image": image }),
+                )
+                .await?;
+        }
+        Cmd::Node(cmd) => node_command(cmd, store, config).await?,
+        Cmd::Leases { json } => {
+            let leases = store.leases().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&leases)?);
+            } else {
+                let now = now_ms();
+                println!("{:<17} {:<15} {:>10}  HOSTNAME", "MAC", "IP", "EXPIRES_S");
+                for l in leases {
+                    println!(
+                        "{:<17} {:<15} {:>10}  {}",
+                        l.mac,
+                        l.ip,
+                        (l.expires_at_ms - now) / 1000,
+                        l.hostname.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Cmd::Events { node, after, limit } => {
+            for e in store.events(after, node.as_deref(), limit).await? {
+                println!("{}", serde_json::to_string(&e)?);
+            }
+        }
+        Cmd::AdminToken => println!("{}", crate::serve::admin_token(&config)?),
+    }
+    Ok(())
+}
+
+async fn node_command(cmd: NodeCmd, store: Arc<dyn Store>, config: Config) -> Result<()> {
+    let find = |id: String| {
+        let store = store.clone();
+        async move {
+            // Accept a node id or a MAC.
+            if let Some(n) = store.node(&id).await? {
+                return Ok(n);
+            }
+            if let Some(mac) = parse_mac(&id) {
+                if let Some(n) = store.node_by_mac(&format_mac(mac)).await? {
+                    return Ok(n);
+                }
+            }
+            bail!("no node {id}")
+        }
+    };
+    let queue = |node: String, kind: CommandKind| {
+        let store = store.clone();
+        async move {
+            let id = store.queue_command(&node, &kind).await?;
+            store
+                .record_event(
+                    Some(&node),
+                    "command-queued",
+                    serde_json::json!({ "id": id, "command": kind }),
+                )
+                .await?;
+            println!("queued command {id} for {node}");
+            anyhow::Ok(())
+        }
+    };
+    match cmd {
+        NodeCmd::List { json } => {
+            let nodes = store.nodes().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                let now = now_ms();
+                println!(
+                    "{:<18} {:<17} {:<12} {:<9} {:<12} {:>8}",
+                    "ID", "MAC", "STATE", "ARCH", "IMAGE", "HB_AGO_S"
+                );
+                for n in nodes {
+                    let ago = n
+                        .last_heartbeat_ms
+                        .map(|t| format!("{:.1}", (now - t) as f64 / 1000.0))
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<18} {:<17} {:<12} {:<9} {:<12} {:>8}",
+                        n.id,
+                        n.mac,
+                        n.state.as_str(),
+                        n.arch.as_deref().unwrap_or("-"),
+                        n.booted_image.as_deref().unwrap_or("-"),
+                        ago
+                    );
+                }
+            }
+        }
+        NodeCmd::Show { id } => println!("{}", serde_json::to_string_pretty(&find(id).await?)?),
+        NodeCmd::Reboot { id } => queue(find(id).await?.id, CommandKind::Reboot).await?,
+        NodeCmd::Reprovision { id } => queue(find(id).await?.id, CommandKind::Reprovision).await?,
+        NodeCmd::Kexec { id, image } => {
+            let node = find(id).await?;
+            store
+                .assign(&Selector::Mac(node.mac.clone()), Some(&image))
+                .await?;
+            let plan = BootPlan::new(store.clone(), Arc::new(config))?;
+            let kind = plan.kexec_command(&node).await?;
+            queue(node.id, kind).await?;
+        }
+        NodeCmd::WaitReady {
+            id,
+            after,
+            timeout_secs,
+        } => {
+            let node = find(id).await?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+            loop {
+                let events = store.events(after, Some(&node.id), 10_000).await?;
+                if let Some(e) = events.iter().find(|e| e.kind == "agent-ready") {
+                    println!("{}", serde_json::to_string(e)?);
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("node {} not ready within {timeout_secs} s", node.id);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! Server configuration: a TOML file with defaults for everything, so
+//! `boot-server serve` also starts with no file at all (HTTP and TFTP only,
+//! DHCP off until an interface and subnet are given).
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the SQLite state (and the generated admin token).
+    pub state_dir: PathBuf,
+    /// Directory holding boot images (manifests `*/image.toml` and files).
+    pub images_dir: PathBuf,
+    /// Directory holding the iPXE loaders (Debian package `ipxe`).
+    pub loaders_dir: PathBuf,
+    /// Directory of iPXE script templates; the built-in copies are used when unset.
+    pub scripts_dir: Option<PathBuf>,
+    /// Address nodes reach this server at: DHCP siaddr/option 54 and URLs.
+    pub server_ip: Option<Ipv4Addr>,
+    /// Boot network interface (DHCP and Router Advertisements bind to it).
+    pub interface: Option<String>,
+    /// Image booted by nodes without an assignment.
+    pub default_image: Option<String>,
+    /// Admin API token; generated into `state_dir/admin.token` when unset.
+    pub admin_token: Option<String>,
+    pub http: HttpConfig,
+    pub tftp: TftpConfig,
+    pub dhcp: DhcpConfig,
+    pub ra: RaConfig,
+    pub nbd: NbdConfig,
+    pub agent: AgentConfig,
+    pub loaders: LoaderConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Base URL written into scripts; default `http://<server_ip>:<port>`.
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TftpConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub max_blksize: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    Off,
+    Full,
+    Proxy,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DhcpConfig {
+    pub mode: DhcpMode,
+    pub port: u16,
+    pub proxy_port: u16,
+    #[serde(rename = "subnet")]
+    pub subnets: Vec<SubnetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetConfig {
+    /// `10.77.0.0/24`
+    pub network: String,
+    /// First and last address of the pool.
+    pub range: [Ipv4Addr; 2],
+    pub router: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    #[serde(default, rename = "reservation")]
+    pub reservations: Vec<Reservation>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reservation {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaConfig {
+    /// Answer IPv6 Router Solicitations on `interface` (saves iPXE 4-16 s).
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NbdConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Disk store directory; default `<state_dir>/disks`.
+    pub disks_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    pub heartbeat_interval_secs: u64,
+    /// A ready node with no heartbeat for this long is marked failed.
+    pub heartbeat_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoaderConfig {
+    pub bios: String,
+    /// `ipxe.efi` (own drivers) or `snponly.efi` (firmware's network stack).
+    pub uefi_x64: String,
+    pub uefi_arm64: String,
+}
+
+fn default_lease_secs() -> u64 {
+    3600
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("state"),
+            images_dir: PathBuf::from("images"),
+            loaders_dir: PathBuf::from("/usr/lib/ipxe"),
+            scripts_dir: None,
+            server_ip: None,
+            interface: None,
+            default_image: None,
+            admin_token: None,
+            http: HttpConfig::default(),
+            tftp: TftpConfig::default(),
+            dhcp: DhcpConfig::default(),
+            ra: RaConfig::default(),
+            nbd: NbdConfig::default(),
+            agent: AgentConfig::default(),
+            loaders: LoaderConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            public_url: None,
+        }
+    }
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        TftpConfig {
+            enabled: true,
+            listen: "0.0.0.0:69".parse().unwrap(),
+            max_blksize: 1468,
+        }
+    }
+}
+
+impl Default for DhcpConfig {
+    fn default() -> Self {
+        DhcpConfig {
+            mode: DhcpMode::Off,
+            port: 67,
+            proxy_port: 4011,
+            subnets: Vec::new(),
+        }
+    }
+}
+
+impl Default for RaConfig {
+    fn default() -> Self {
+        RaConfig { enabled: true }
+    }
+}
+
+impl Default for NbdConfig {
+    fn default() -> Self {
+        NbdConfig {
+            enabled: true,
+            listen: "0.0.0.0:10809".parse().unwrap(),
+            disks_dir: None,
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            heartbeat_interval_secs: 5,
+            heartbeat_timeout_secs: 20,
+        }
+    }
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            bios: "undionly.kpxe".into(),
+            uefi_x64: "ipxe.efi".into(),
+            uefi_arm64: "ipxe-arm64.efi".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the defaults when `path` is None. Relative directories
+    /// in a file are taken relative to the file's directory.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let mut config: Config =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for dir in [
+            &mut config.state_dir,
+            &mut config.images_dir,
+            &mut config.loaders_dir,
+        ] {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+        if let Some(d) = config.scripts_dir.as_mut().filter(|d| d.is_relative()) {
+            *d = base.join(&*d);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.dhcp.mode != DhcpMode::Off {
+            if self.server_ip.is_none() {
+                bail!("dhcp.mode = {:?} needs server_ip", self.dhcp.mode);
+            }
+            if self.dhcp.mode == DhcpMode::Full && self.dhcp.subnets.is_empty() {
+                bail!("dhcp.mode = \"full\" needs at least one [[dhcp.subnet]]");
+            }
+        }
+        for s in &self.dhcp.subnets {
+            parse_cidr(&s.network).with_context(|| format!("subnet {}", s.network))?;
+        }
+        Ok(())
+    }
+
+    /// Base URL of the HTTP service as nodes see it.
+    pub fn public_url(&self) -> String {
+        if let Some(u) = &self.http.public_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        let ip =
+            self.server_ip
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| match self.http.listen.ip() {
+                    ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+                    ip => ip.to_string(),
+                });
+        format!("http://{}:{}", ip, self.http.listen.port())
+    }
+
+    pub fn disks_dir(&self) -> PathBuf {
+        self.nbd
+            .disks_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("disks"))
+    }
+}
+
+/// `10.77.0.0/24` → (network, prefix length).
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
+    let (net, len) = s.split_once('/').context("expected ADDRESS/PREFIX")?;
+    let len: u8 = len.parse().context("prefix length")?;
+    if len > 32 {
+        bail!("prefix length {len} > 32");
+    }
+    Ok((net.parse().context("network address")?, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults_and_full_dhcp_needs_a_subnet() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.dhcp.mode, DhcpMode::Off);
+        let bad: Config =
+            toml::from_str("server_ip = \"10.0.0.1\"\n[dhcp]\nmode = \"full\"\n").unwrap();
+        assert!(bad.validate().is_err());
+        let good: Config = toml::from_str(
+            "server_ip = \"10.0.0.1\"\n[dhcp]\nmode = \"full\"\n[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.10\", \"10.0.0.20\"]\n",
+        )
+        .unwrap();
+        good.validate().unwrap();
+        assert_eq!(good.public_url(), "http://10.0.0.1:8080");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<Config>("stat_dir = \"x\"").is_err());
+    }
+}
