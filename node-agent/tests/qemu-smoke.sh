@@ -18,7 +18,7 @@ WORK=$(mktemp -d /tmp/agent-smoke.XXXXXX)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
+    [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 for t in qemu-system-x86_64 busybox nbdkit python3 cpio; do
@@ -45,7 +45,7 @@ add_mod() { # $1 = module path relative to MODDIR; deps first
     for d in $deps; do add_mod "$d"; done
     ORDER+=("$m")
 }
-for name in virtio_pci virtio_net nbd ext4 efivarfs; do
+for name in virtio_pci virtio_net nbd crc32c_generic crc32c-intel ext4 efivarfs; do
     p=$(grep -E "/$name\.ko(\.[a-z]+)?:" $MODDIR/modules.dep | cut -d: -f1 || true)
     [ -n "$p" ] && add_mod "$p"
 done
@@ -74,7 +74,9 @@ if grep -q smoke.kexeced /proc/cmdline; then
 fi
 if [ -d /sys/firmware/efi ]; then
     mount -t efivarfs efivarfs /sys/firmware/efi/efivars
-    ls /sys/firmware/efi/efivars | grep -E '^Boot' | sed 's/^/efivar: /'
+    for f in /sys/firmware/efi/efivars/Boot0*; do
+        echo "efivar: ${f##*/}"; hexdump -v -e '32/1 "%02x" "\n"' "$f" | sed 's/^/efivar:   /'
+    done
     /node-agent set-netboot --mac "$(cat /sys/class/net/eth0/address)" && echo SMOKE_EFI_OK
     hexdump -C /sys/firmware/efi/efivars/BootNext-8be4df61-93ca-11d2-aa0d-00e098032b8c | sed 's/^/BootNext: /'
     hexdump -C /sys/firmware/efi/efivars/BootOrder-8be4df61-93ca-11d2-aa0d-00e098032b8c | sed 's/^/BootOrder: /'
@@ -141,6 +143,31 @@ if [ -r $CODE ]; then
     grep -aE 'SMOKE|efivar:|Boot|node-agent' $WORK/uefi.log | tr -d '\r' | sed 's/^/  | /' | head -40
     check $WORK/uefi.log SMOKE_EFI_OK
     check $WORK/uefi.log SMOKE_EFI_AGAIN_OK
+    echo "== OVMF guest, power-on with the same NVRAM: firmware must follow BootNext to PXE"
+    "${QEMU[@]}" -drive if=pflash,format=raw,readonly=on,file=$CODE \
+        -drive if=pflash,format=raw,file=$WORK/vars.fd </dev/null >$WORK/uefi2.log 2>&1 &
+    QPID=$!
+    PIDS+=($QPID)
+    for i in $(seq 1200); do
+        grep -aq 'Start PXE over IPv4' $WORK/uefi2.log && break
+        kill -0 $QPID 2>/dev/null || break
+        sleep 0.1
+    done
+    kill $QPID 2>/dev/null || true
+    grep -aoE 'Start PXE over IPv4[^\r]*|BdsDxe: [^\r]*' $WORK/uefi2.log | head -5 | sed 's/^/  | /'
+    check $WORK/uefi2.log 'Start PXE over IPv4'
+    if grep -aq 'failed to load Boot0001' $WORK/uefi2.log; then
+        echo "FAIL firmware could not load the agent-created Boot0001"; fail=1
+    else
+        echo "ok   firmware loaded the agent-created Boot0001"
+    fi
+    echo "== OVMF guest again: firmware-created PXE entry must now be found as existing"
+    timeout 300 "${QEMU[@]}" -drive if=pflash,format=raw,readonly=on,file=$CODE \
+        -drive if=pflash,format=raw,file=$WORK/vars.fd \
+        -kernel $WORK/vmlinuz -initrd $WORK/initrd.img -append "console=ttyS0 quiet" \
+        </dev/null >$WORK/uefi3.log 2>&1 || true
+    grep -aE 'SMOKE|Boot0' $WORK/uefi3.log | tr -d '\r' | sed 's/^/  | /' | head -20
+    check $WORK/uefi3.log SMOKE_EFI_OK
 fi
 if [ $fail = 0 ]; then echo "qemu smoke: all passed"; else echo "qemu smoke: FAILED"; fi
 exit $fail

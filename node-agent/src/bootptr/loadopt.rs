@@ -57,12 +57,12 @@ impl DpNode {
         }
     }
 
-    /// IPv4 node, all zero (DHCP), protocol 6 (TCP), as firmware creates for PXE.
+    /// IPv4 node, all zero (DHCP), exactly as edk2's PxeBcDxe creates it:
+    /// Local(4) Remote(4) LocalPort(2) RemotePort(2) Protocol(2) Static(1)
+    /// Gateway(4) SubnetMask(4), all zero. The firmware matches load options
+    /// byte for byte against its handles' paths, so nothing may differ.
     pub fn ipv4_dhcp() -> DpNode {
-        let mut data = vec![0u8; 23];
-        // Local(4) Remote(4) LocalPort(2) RemotePort(2) Protocol(2) Static(1)
-        // Gateway(4) SubnetMask(4)
-        data[12] = 6;
+        let data = vec![0u8; 23];
         DpNode {
             typ: DP_MESSAGING,
             sub: MSG_IPV4,

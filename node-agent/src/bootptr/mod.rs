@@ -226,6 +226,7 @@ fn choose(
     order: &[u16],
     mac: Option<[u8; 6]>,
     http_url: Option<&str>,
+    pci_prefix: Option<&[DpNode]>,
 ) -> Result<Pick> {
     let pos = |n: u16| order.iter().position(|&o| o == n).unwrap_or(usize::MAX);
     let net: Vec<&(u16, LoadOption)> = entries
@@ -234,7 +235,14 @@ fn choose(
         .collect();
     let best = |c: &[&(u16, LoadOption)]| -> Option<(u16, LoadOption)> {
         c.iter()
-            .min_by_key(|(n, o)| (o.network_kind(), !o.is_active(), pos(*n), *n))
+            .min_by_key(|(n, o)| {
+                // OVMF lists a bare PciRoot/Pci/MAC option next to the
+                // MAC/IPv4 one; the explicit IPv4 path is the unambiguous one.
+                let explicit = o.nodes().iter().any(|d| {
+                    d.typ == DP_MESSAGING && matches!(d.sub, loadopt::MSG_IPV4 | loadopt::MSG_URI)
+                });
+                (o.network_kind(), !explicit, !o.is_active(), pos(*n), *n)
+            })
             .map(|(n, o)| (*n, o.clone()))
     };
     if let Some(mac) = mac {
@@ -272,6 +280,16 @@ fn choose(
     } else if let Some((n, o)) = best(&net) {
         return Ok(Pick::Existing(n, o));
     }
+    if let (Some(mac), Some(prefix)) = (mac, pci_prefix) {
+        // The firmware's own layout: PciRoot/Pci.../MAC/IPv4.
+        let mut nodes = prefix.to_vec();
+        nodes.push(DpNode::mac(mac));
+        nodes.push(DpNode::ipv4_dhcp());
+        return Ok(Pick::Create(LoadOption::new(
+            &format!("bootsrv PXEv4 (MAC:{})", hex(&mac)),
+            &nodes,
+        )));
+    }
     if let Some(url) = http_url {
         // Short-form URI device path: edk2 expands it over any HTTP-boot NIC.
         return Ok(Pick::Create(LoadOption::new(
@@ -281,7 +299,8 @@ fn choose(
     }
     if let Some(mac) = mac {
         tracing::warn!(
-            "no firmware network option for this NIC: creating a MAC+IPv4 path without PCI prefix"
+            "no firmware network option and no PCI path for this NIC: \
+             creating a MAC+IPv4 path without PCI prefix"
         );
         return Ok(Pick::Create(LoadOption::new(
             &format!("bootsrv PXEv4 (MAC:{})", hex(&mac)),
@@ -289,6 +308,59 @@ fn choose(
         )));
     }
     bail!("no network boot option in the firmware and no boot MAC or HTTP-boot URL to build one")
+}
+
+/// PciRoot + Pci nodes of a sysfs device path such as
+/// `/sys/devices/pci0000:00/0000:00:1c.0/0000:01:00.0/virtio2`.
+pub fn pci_prefix_from_sysfs(path: &str) -> Option<Vec<DpNode>> {
+    let mut nodes = Vec::new();
+    for comp in path.split('/') {
+        if let Some(root) = comp.strip_prefix("pci") {
+            let (_domain, bus) = root.split_once(':')?;
+            let bus = u32::from_str_radix(bus, 16).ok()?;
+            // ACPI HID PNP0A03 (EISA-compressed 0x0A0341D0), UID = root bus.
+            let mut data = 0x0A03_41D0u32.to_le_bytes().to_vec();
+            data.extend_from_slice(&bus.to_le_bytes());
+            nodes.push(DpNode {
+                typ: 2,
+                sub: 1,
+                data,
+            });
+        } else if !nodes.is_empty() {
+            // "DDDD:BB:dd.f"
+            let Some((head, func)) = comp.rsplit_once('.') else {
+                continue;
+            };
+            let parts: Vec<&str> = head.split(':').collect();
+            if parts.len() != 3 || parts[2].len() != 2 || func.len() != 1 {
+                continue;
+            }
+            let (Ok(dev), Ok(func)) = (
+                u8::from_str_radix(parts[2], 16),
+                u8::from_str_radix(func, 16),
+            ) else {
+                continue;
+            };
+            nodes.push(DpNode {
+                typ: loadopt::DP_HARDWARE,
+                sub: 1,
+                data: vec![func, dev],
+            });
+        }
+    }
+    (nodes.len() >= 2).then_some(nodes)
+}
+
+/// PCI device-path prefix of the local NIC with this MAC, from sysfs.
+pub fn nic_pci_prefix(mac: &str) -> Option<Vec<DpNode>> {
+    for e in fs::read_dir("/sys/class/net").ok()?.flatten() {
+        let addr = fs::read_to_string(e.path().join("address")).unwrap_or_default();
+        if addr.trim().eq_ignore_ascii_case(mac) {
+            let dev = fs::canonicalize(e.path().join("device")).ok()?;
+            return pci_prefix_from_sysfs(&dev.to_string_lossy());
+        }
+    }
+    None
 }
 
 fn hex(mac: &[u8; 6]) -> String {
@@ -303,6 +375,17 @@ pub fn set_network_boot(
     boot_mac: Option<&str>,
     http_url: Option<&str>,
 ) -> Result<Change> {
+    let prefix = boot_mac.and_then(nic_pci_prefix);
+    set_network_boot_with(vars, boot_mac, http_url, prefix.as_deref())
+}
+
+/// [`set_network_boot`] with the NIC's PCI device-path prefix given (tests).
+pub fn set_network_boot_with(
+    vars: &EfiVars,
+    boot_mac: Option<&str>,
+    http_url: Option<&str>,
+    pci_prefix: Option<&[DpNode]>,
+) -> Result<Change> {
     let (entries, bad) = vars.boot_entries()?;
     let (order_attrs, order_old) = match vars.read("BootOrder")? {
         Some((a, d)) => (a, decode_order(&d)),
@@ -315,7 +398,7 @@ pub fn set_network_boot(
         .and_then(|(_, d)| (d.len() == 2).then(|| u16::from_le_bytes([d[0], d[1]])));
     let mac = boot_mac.and_then(parse_mac);
     let (entry, description, created, activated) =
-        match choose(&entries, &order_old, mac, http_url)? {
+        match choose(&entries, &order_old, mac, http_url, pci_prefix)? {
             Pick::Existing(n, mut o) => {
                 let activated = !o.is_active();
                 if activated {
@@ -361,6 +444,7 @@ pub fn set_network_boot(
 
 #[cfg(test)]
 mod tests {
+    use super::loadopt::encode_path;
     use super::loadopt::tests::ovmf_pxe4;
     use super::*;
 
@@ -387,6 +471,94 @@ mod tests {
             optional_data: vec![],
         }
         .encode()
+    }
+
+    #[test]
+    fn pci_prefix_from_sysfs_paths() {
+        let n = pci_prefix_from_sysfs("/sys/devices/pci0000:00/0000:00:03.0/virtio2").unwrap();
+        assert_eq!(
+            encode_path(&n),
+            [2, 1, 12, 0, 0xd0, 0x41, 0x03, 0x0a, 0, 0, 0, 0, 1, 1, 6, 0, 0, 3, 0x7f, 0xff, 4, 0]
+        );
+        let n = pci_prefix_from_sysfs("/sys/devices/pci0000:80/0000:80:1c.4/0000:81:00.1/net/eth3")
+            .unwrap();
+        assert_eq!(n.len(), 3);
+        assert_eq!(n[0].data[4], 0x80);
+        assert_eq!(
+            (n[1].data.clone(), n[2].data.clone()),
+            (vec![4, 0x1c], vec![1, 0])
+        );
+        assert_eq!(pci_prefix_from_sysfs("/sys/devices/virtual/net/br0"), None);
+        // Created entry uses the prefix: same layout OVMF itself writes.
+        let d = tempfile::tempdir().unwrap();
+        let v = EfiVars::new(d.path());
+        let prefix = pci_prefix_from_sysfs("/sys/devices/pci0000:00/0000:00:03.0/virtio2").unwrap();
+        let c = set_network_boot_with(&v, Some("52:54:00:12:34:56"), None, Some(&prefix)).unwrap();
+        let o = LoadOption::decode(&get(d.path(), &format!("Boot{:04X}", c.entry))[4..]).unwrap();
+        let fw = LoadOption::decode(&ovmf_pxe4()).unwrap();
+        assert_eq!(o.file_path, fw.file_path);
+    }
+
+    /// Boot options OVMF (Debian ovmf, QEMU virtio-net 52:54:00:12:34:56)
+    /// wrote itself, captured from efivarfs by tests/qemu-smoke.sh.
+    fn real_ovmf_options() -> Vec<(String, Vec<u8>)> {
+        include_str!("ovmf-boot-options.txt")
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, h)| {
+                let b = (0..h.len() / 2)
+                    .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+                    .collect();
+                (n.to_string(), b)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn real_ovmf_options_decode_and_pick_pxe4() {
+        let opts = real_ovmf_options();
+        assert_eq!(opts.len(), 8);
+        let d = tempfile::tempdir().unwrap();
+        for (name, raw) in &opts {
+            let o = LoadOption::decode(&raw[4..]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(o.encode(), raw[4..], "{name} round trip");
+            fs::write(d.path().join(format!("{name}-{GLOBAL_GUID}")), raw).unwrap();
+        }
+        let kinds: Vec<_> = opts
+            .iter()
+            .map(|(_, r)| LoadOption::decode(&r[4..]).unwrap().network_kind())
+            .collect();
+        use NetKind::*;
+        assert_eq!(
+            kinds,
+            [
+                None,
+                None,
+                Some(PxeV4),
+                Some(PxeV4),
+                Some(PxeV6),
+                Some(Http),
+                Some(Http),
+                None
+            ]
+        );
+        put(
+            d.path(),
+            "BootOrder",
+            7,
+            &encode_order(&[0, 2, 3, 4, 5, 6, 7, 8]),
+        );
+        let v = EfiVars::new(d.path());
+        let c = set_network_boot_with(&v, Some("52:54:00:12:34:56"), None, None).unwrap();
+        assert_eq!((c.entry, c.created), (4, false), "{c}");
+        assert_eq!(c.description, "UEFI PXEv4 (MAC:525400123456) 2");
+        // What the agent would build from sysfs is byte-identical to OVMF's.
+        let prefix = pci_prefix_from_sysfs("/sys/devices/pci0000:00/0000:00:03.0/virtio1").unwrap();
+        let mut nodes = prefix;
+        nodes.push(DpNode::mac([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        nodes.push(DpNode::ipv4_dhcp());
+        let fw = LoadOption::decode(&opts[3].1[4..]).unwrap();
+        assert_eq!(encode_path(&nodes), fw.file_path);
     }
 
     #[test]
