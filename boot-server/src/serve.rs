@@ -15,7 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
-pub async fn run(config: Config) -> Result<()> {
+pub async fn run(mut config: Config) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
+    // URLs in scripts carry the port actually bound (the config may say 0).
+    config.http.listen.set_port(listener.local_addr()?.port());
     let config = Arc::new(config);
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state_dir)?);
     import_images(&store, &config.images_dir).await?;
@@ -38,9 +43,6 @@ pub async fn run(config: Config) -> Result<()> {
         admin_token,
         commands: CommandWakeups::default(),
     });
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
     ready.push(format!("http={}", listener.local_addr()?));
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     tasks.spawn(async move { axum::serve(listener, app).await.context("HTTP server") });

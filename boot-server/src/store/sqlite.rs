@@ -675,3 +675,107 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(mac: &str, ip: [u8; 4]) -> Lease {
+        Lease {
+            mac: mac.into(),
+            ip: Ipv4Addr::from(ip),
+            expires_at_ms: now_ms() + 60_000,
+            hostname: None,
+            client_id: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_commit_in_groups_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+            let mut tasks = Vec::new();
+            for i in 0..400u32 {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    store
+                        .put_lease(&lease(
+                            &format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 0xff),
+                            [10, 0, (i >> 8) as u8, (i & 0xff) as u8],
+                        ))
+                        .await
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.leases().await.unwrap().len(), 400);
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_does_not_undo_its_batch_neighbours() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let (l1, l2) = (
+            lease("02:00:00:00:00:01", [10, 0, 0, 1]),
+            lease("02:00:00:00:00:02", [10, 0, 0, 2]),
+        );
+        let sel = Selector::Mac("02:00:00:00:00:01".into());
+        let (a, b, c) = tokio::join!(
+            store.put_lease(&l1),
+            store.assign(&sel, Some("missing")),
+            store.put_lease(&l2)
+        );
+        a.unwrap();
+        assert!(b
+            .unwrap_err()
+            .to_string()
+            .contains("no image named missing"));
+        c.unwrap();
+        assert_eq!(store.leases().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_address_belongs_to_one_mac() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .put_lease(&lease("02:00:00:00:00:01", [10, 0, 0, 1]))
+            .await
+            .unwrap();
+        store
+            .put_lease(&lease("02:00:00:00:00:02", [10, 0, 0, 1]))
+            .await
+            .unwrap();
+        let leases = store.leases().await.unwrap();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].mac, "02:00:00:00:00:02");
+    }
+
+    #[tokio::test]
+    async fn images_in_use_cannot_be_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let image = BootImage {
+            name: "lab".into(),
+            version: "1".into(),
+            kind: ImageKind::Linux,
+            kernel: Some("k".into()),
+            initrd: None,
+            cmdline: String::new(),
+            archs: vec![],
+            san_url: None,
+            checksum: None,
+            size_bytes: 0,
+        };
+        store.put_image(&image).await.unwrap();
+        store.set_default_image(Some("lab")).await.unwrap();
+        assert!(store.remove_image("lab").await.is_err());
+        store.set_default_image(None).await.unwrap();
+        store.remove_image("lab").await.unwrap();
+        assert!(store.images().await.unwrap().is_empty());
+    }
+}

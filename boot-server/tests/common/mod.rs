@@ -1,0 +1,167 @@
+//! Test harness: runs the real `boot-server` binary on loopback with a
+//! throw-away state and images directory, and waits for its ready line.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub struct Server {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub http: String,
+    pub tftp: Option<String>,
+    pub nbd: Option<String>,
+    pub config: PathBuf,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_boot-server")
+}
+
+impl Server {
+    /// A fresh directory with `images/` and a config whose extra TOML is `extra`.
+    pub fn prepare(extra: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("images")).unwrap();
+        let config = dir.path().join("boot-server.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"state\"\nimages_dir = \"images\"\n{extra}\n[http]\nlisten = \"127.0.0.1:0\"\n[tftp]\nlisten = \"127.0.0.1:0\"\n[nbd]\nlisten = \"127.0.0.1:0\"\n"
+            ),
+        )
+        .unwrap();
+        (dir, config)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: PathBuf) -> Server {
+        let mut child = Command::new(bin())
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start boot-server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("boot-server ready:") {
+                    let _ = tx.send(line.clone());
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let ready = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!("server never became ready; log: {:?}", log.lock().unwrap())
+            });
+        let field = |k: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .map(|s| {
+                    s.trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .to_string()
+                })
+        };
+        Server {
+            child,
+            http: field("http").expect("http address in ready line"),
+            tftp: field("tftp"),
+            nbd: field("nbd"),
+            dir,
+            config,
+            log,
+        }
+    }
+
+    pub fn start(extra: &str) -> Server {
+        let (dir, config) = Self::prepare(extra);
+        Self::start_in(dir, config)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// Runs an admin CLI command against this server's state.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "boot-server {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.cli(&["admin-token"]).trim().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// curl with the given args; returns (status code, body bytes).
+pub fn curl(args: &[&str]) -> (u16, Vec<u8>) {
+    let body = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            body.path().to_str().unwrap(),
+            "-w",
+            "%{http_code}",
+        ])
+        .args(args)
+        .output()
+        .expect("curl");
+    let code = String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0);
+    (code, std::fs::read(body.path()).unwrap())
+}
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use rand::RngCore;
+    let mut v = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
+
+/// Writes a linux image (random kernel/initrd files + manifest) named `name`.
+pub fn write_image(images: &Path, name: &str, archs: &[&str]) {
+    let d = images.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("vmlinuz"), random_bytes(300_000)).unwrap();
+    std::fs::write(d.join("initrd.img"), random_bytes(100_000)).unwrap();
+    let archs: Vec<String> = archs.iter().map(|a| format!("\"{a}\"")).collect();
+    std::fs::write(
+        d.join("image.toml"),
+        format!(
+            "name = \"{name}\"\nversion = \"1\"\nkind = \"linux\"\nkernel = \"{name}/vmlinuz\"\ninitrd = \"{name}/initrd.img\"\ncmdline = \"console=ttyS0 node={{node}}\"\narchs = [{}]\n",
+            archs.join(", ")
+        ),
+    )
+    .unwrap();
+}
