@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# DHCP throughput benchmark: perfdhcp (kea-admin) runs full DORA exchanges in a
+# client namespace over a veth to a server namespace, first against the
+# boot-dhcp example daemon (durable leases: group-committed, fdatasync'ed log
+# on disk), then against dnsmasq --no-ping, and prints exchanges/s, drops and
+# the ratio.
+#
+# Usage: qemu-tests/bench/dhcp.sh [rate] [seconds] [clients]
+#   defaults: 25000 10 50000. Needs root. Env: CARGO_TARGET_DIR (default
+#   /work/targets/dhcp), LEASE_DIR (default: a temp dir under the target dir,
+#   on disk so fdatasync is real).
+set -euo pipefail
+rate=${1:-25000}
+secs=${2:-10}
+clients=${3:-50000}
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+target=${CARGO_TARGET_DIR:-/work/targets/dhcp}
+[ "$(id -u)" = 0 ] || { echo "SKIP: needs root (network namespaces)"; exit 0; }
+command -v perfdhcp >/dev/null || { echo "perfdhcp missing (apt-get install kea-admin)"; exit 1; }
+command -v dnsmasq >/dev/null || { echo "dnsmasq missing"; exit 1; }
+
+(cd "$repo" && CARGO_TARGET_DIR=$target cargo build -q --release -p boot-dhcp --example dhcpd)
+dhcpd=$target/release/examples/dhcpd
+
+tag=dhb$$
+s=${tag}s c=${tag}c si=${tag}a ci=${tag}b
+work=$(mktemp -d "${LEASE_DIR:-$target}/dhcp-bench.XXXXXX")
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  ip netns del "$s" 2>/dev/null || true
+  ip netns del "$c" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+ip netns add "$s"; ip netns add "$c"
+ip link add "$si" netns "$s" type veth peer name "$ci" netns "$c"
+ip -n "$s" addr add 10.9.0.1/16 dev "$si"; ip -n "$s" link set "$si" up; ip -n "$s" link set lo up
+ip -n "$c" addr add 10.9.0.2/16 dev "$ci"; ip -n "$c" link set "$ci" up; ip -n "$c" link set lo up
+
+# perfdhcp acts as a relay (giaddr = 10.9.0.2, port 67): the servers see
+# relayed DORA and answer to 10.9.0.2:67.
+run_perfdhcp() {
+  ip netns exec "$c" perfdhcp -4 -l 10.9.0.2 -r "$rate" -p "$secs" -R "$clients" -d 2 10.9.0.1 2>&1
+}
+wait_port67() {
+  for _ in $(seq 1 200); do
+    ip netns exec "$s" ss -Hlun 'sport = :67' | grep -q . && return 0
+    sleep 0.05
+  done
+  echo "server did not bind port 67"; exit 1
+}
+summary() { # file label
+  local f=$1 label=$2
+  local r drops sent
+  r=$(awk '/^Rate:/ {print $2; exit}' "$f")
+  drops=$(awk '/^drops:/ {s+=$2} END {print s+0}' "$f")
+  sent=$(awk '/^sent packets:/ {s+=$3} END {print s+0}' "$f")
+  printf '%-34s %10s exchanges/s   drops %s of %s packets sent\n' "$label" "$r" "$drops" "$sent"
+  echo "$r" >"$f.rate"; echo "$drops" >"$f.drops"
+}
+
+echo "== boot-dhcp example (durable group-committed leases on $(df --output=source "$work" | tail -1)) rate=$rate/s for ${secs}s, $clients clients"
+ip netns exec "$s" "$dhcpd" --interface "$si" --server-ip 10.9.0.1 \
+  --subnet 10.9.0.0/16 --range 10.9.1.0-10.9.255.254 --lease-secs 3600 \
+  --leases "$work/leases.jsonl" --proxy-port 0 >"$work/dhcpd.out" 2>"$work/dhcpd.err" &
+pids+=($!); dpid=$!
+wait_port67
+run_perfdhcp >"$work/ours.txt" || true
+kill -TERM "$dpid"; wait "$dpid" 2>/dev/null || true
+grep STATS "$work/dhcpd.out" || true
+echo "lease log: $(wc -l <"$work/leases.jsonl") records, $(du -h "$work/leases.jsonl" | cut -f1)"
+
+echo "== dnsmasq --no-ping"
+ip netns exec "$s" dnsmasq --keep-in-foreground --port=0 --no-ping --interface="$si" --bind-interfaces \
+  --dhcp-range=10.9.1.0,10.9.255.254,255.255.0.0,1h --dhcp-lease-max=200000 \
+  --dhcp-leasefile="$work/dnsmasq.leases" --pid-file="$work/dnsmasq.pid" --log-facility=/dev/null &
+pids+=($!); mpid=$!
+wait_port67
+run_perfdhcp >"$work/dnsmasq.txt" || true
+kill -TERM "$mpid"; wait "$mpid" 2>/dev/null || true
+
+echo
+echo "== results (perfdhcp -r $rate -p $secs -R $clients, DORA)"
+summary "$work/ours.txt" "boot-dhcp (durable, group commit)"
+summary "$work/dnsmasq.txt" "dnsmasq --no-ping"
+awk -v a="$(cat "$work/ours.txt.rate")" -v b="$(cat "$work/dnsmasq.txt.rate")" \
+  'BEGIN { if (b > 0) printf "ratio boot-dhcp / dnsmasq: %.2f\n", a / b }'
+if [ -n "${VERBOSE:-}" ]; then echo "--- ours"; cat "$work/ours.txt"; echo "--- dnsmasq"; cat "$work/dnsmasq.txt"; fi
