@@ -51,6 +51,17 @@ fn tool(args: &[String]) -> Option<anyhow::Result<String>> {
             let port = get("--port").unwrap_or_else(|| "10809".into()).parse()?;
             let export = get("--export").unwrap_or_default();
             let a = node_agent::nbd::attach(&host, port, &export, get("--mount").as_deref())?;
+            if args.iter().any(|a| a == "--persist") {
+                // Stay in the foreground so the reconnector keeps the link up.
+                println!("{a}");
+                while std::path::Path::new(&format!("/sys/block/nbd{}/size", a.index)).exists()
+                    && std::fs::read_to_string(format!("/sys/block/nbd{}/size", a.index))
+                        .is_ok_and(|s| s.trim() != "0")
+                {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+                return Ok(format!("nbd{} disconnected", a.index));
+            }
             Ok(a.to_string())
         })(),
         "detach-disk" => (|| {

@@ -96,6 +96,21 @@ mke2fs -q /dev/nbd0 >/dev/null 2>&1 || mkfs.ext2 /dev/nbd0 >/dev/null
 t=0; while [ "$(cat /sys/block/nbd0/size)" != 0 ] && [ $t -lt 100 ]; do sleep 0.05; t=$((t+1)); done
 /node-agent attach-disk --host 10.0.2.2 --port "$NBD" --mount /mnt && echo SMOKE_MOUNT_OK
 echo hello >/mnt/f && sync && umount /mnt && echo SMOKE_FS_WRITE_OK
+# Reconnect: the host kills and restarts nbdkit; the agent's reconnector must
+# RECONFIGURE the device with a new socket so I/O goes on.
+/node-agent detach-disk --index 0 >/dev/null
+t=0; while [ "$(cat /sys/block/nbd0/size)" != 0 ] && [ $t -lt 100 ]; do sleep 0.05; t=$((t+1)); done
+/node-agent attach-disk --host 10.0.2.2 --port "$NBD" --persist >/tmp/persist.log 2>&1 &
+t=0; while [ "$(cat /sys/block/nbd0/size)" = 0 ] && [ $t -lt 200 ]; do sleep 0.05; t=$((t+1)); done
+dd if=/tmp/pat of=/dev/nbd0 bs=4096 count=4 conv=fsync 2>/dev/null
+echo SMOKE_KILL_NBD_NOW
+t=0; until wget -q -O /tmp/flag "http://10.0.2.2:$HTTP/flag" 2>/dev/null || [ $t -ge 300 ]; do sleep 0.2; t=$((t+1)); done
+dd if=/dev/urandom of=/tmp/pat2 bs=4096 count=4 2>/dev/null
+dd if=/tmp/pat2 of=/dev/nbd0 bs=4096 count=4 conv=fsync 2>/dev/null
+echo 3 >/proc/sys/vm/drop_caches
+dd if=/dev/nbd0 of=/tmp/back2 bs=4096 count=4 2>/dev/null
+cmp /tmp/pat2 /tmp/back2 && echo SMOKE_RECONNECT_OK
+sed 's/^/persist: /' /tmp/persist.log
 /node-agent kexec --kernel "http://10.0.2.2:$HTTP/vmlinuz" --initrd "http://10.0.2.2:$HTTP/initrd.img" \
     --cmdline "console=ttyS0 quiet smoke.kexeced" --exec
 echo SMOKE_KEXEC_RETURNED
@@ -108,7 +123,8 @@ cp $KERNEL $WORK/vmlinuz
 # --- host services (loopback only) -------------------------------------------
 NBDPORT=$(free_port)
 nbdkit -f --exit-with-parent -i 127.0.0.1 -p $NBDPORT memory 64M &
-PIDS+=($!)
+NBDKIT=$!
+PIDS+=($NBDKIT)
 HTTPPORT=$(free_port)
 python3 -m http.server --bind 127.0.0.1 --directory $WORK $HTTPPORT >/dev/null 2>&1 &
 PIDS+=($!)
@@ -126,9 +142,24 @@ check() { # log marker
 echo "== BIOS guest: NBD netlink attach, mount, kexec"
 timeout 300 "${QEMU[@]}" -kernel $WORK/vmlinuz -initrd $WORK/initrd.img \
     -append "console=ttyS0 quiet smoke.nbdport=$NBDPORT smoke.httpport=$HTTPPORT" \
-    </dev/null >$WORK/bios.log 2>&1 || true
-grep -aE 'SMOKE|node-agent|nbd|kexec|size=' $WORK/bios.log | tr -d '\r' | sed 's/^/  | /' | head -40
-for m in SMOKE_ATTACH_OK SMOKE_RW_OK SMOKE_DETACH_OK SMOKE_MOUNT_OK SMOKE_FS_WRITE_OK SMOKE_KEXEC_BOOTED; do
+    </dev/null >$WORK/bios.log 2>&1 &
+QPID=$!
+PIDS+=($QPID)
+restarted=0
+while kill -0 $QPID 2>/dev/null; do
+    if [ $restarted = 0 ] && grep -aq SMOKE_KILL_NBD_NOW $WORK/bios.log; then
+        kill -9 $NBDKIT; wait $NBDKIT 2>/dev/null || true  # a crash: SIGTERM waits for clients
+        nbdkit -f --exit-with-parent -i 127.0.0.1 -p $NBDPORT memory 64M &
+        NBDKIT=$!
+        PIDS+=($NBDKIT)
+        for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$NBDPORT) 2>/dev/null && break; sleep 0.05; done
+        touch $WORK/flag
+        restarted=1
+    fi
+    sleep 0.1
+done
+grep -aE 'SMOKE|node-agent|nbd|kexec|size=|persist' $WORK/bios.log | tr -d '\r' | sed 's/^/  | /' | head -40
+for m in SMOKE_ATTACH_OK SMOKE_RW_OK SMOKE_DETACH_OK SMOKE_MOUNT_OK SMOKE_FS_WRITE_OK SMOKE_RECONNECT_OK SMOKE_KEXEC_BOOTED; do
     check $WORK/bios.log $m
 done
 

@@ -88,7 +88,8 @@ pub fn attach(host: &str, port: u16, export: &str, mount: Option<&str>) -> Resul
         block_size: bs,
         server_flags: u64::from(neg.flags),
         timeout_secs: 30,
-        dead_conn_timeout_secs: 10,
+        // Requests wait this long for the reconnector's RECONFIGURE.
+        dead_conn_timeout_secs: 30,
         client_flags: 0,
     };
     let (index, via) = match netlink::connect(&params, neg.stream.as_raw_fd()) {
@@ -104,6 +105,11 @@ pub fn attach(host: &str, port: u16, export: &str, mount: Option<&str>) -> Resul
     };
     let device = ensure_dev_node(index)?;
     wait_for_size(index, Duration::from_secs(5))?;
+    if via == "netlink" {
+        if let Err(e) = spawn_reconnector(index, host.to_string(), port, export.to_string()) {
+            tracing::warn!(error = %format!("{e:#}"), "no automatic NBD reconnect");
+        }
+    }
     let attach_ms = t1.elapsed().as_millis() as u64;
     let mounted = match mount {
         Some(m) => {
@@ -121,6 +127,78 @@ pub fn attach(host: &str, port: u16, export: &str, mount: Option<&str>) -> Resul
         handshake_ms,
         attach_ms,
     })
+}
+
+/// Keeps netlink-attached device `index` connected: on the kernel's
+/// LINK_DEAD notification it redoes the handshake (with backoff) and hands
+/// the new socket over with NBD_CMD_RECONFIGURE. The thread ends when the
+/// device is disconnected (size back to 0).
+pub fn spawn_reconnector(
+    index: u32,
+    host: String,
+    port: u16,
+    export: String,
+) -> Result<std::thread::JoinHandle<()>> {
+    let mut g = netlink::Genl::open()?;
+    let (_, groups) = g.family("nbd")?;
+    let grp = groups
+        .iter()
+        .find(|(n, _)| n == netlink::NBD_MCAST_GROUP)
+        .map(|(_, i)| *i)
+        .context("nbd family has no nbd_mc_group")?;
+    g.join_group(grp)?;
+    std::thread::Builder::new()
+        .name(format!("nbd{index}-reconnect"))
+        .spawn(move || loop {
+            let size = fs::read_to_string(format!("/sys/block/nbd{index}/size")).unwrap_or_default();
+            if size.trim() == "0" || size.is_empty() {
+                tracing::info!(index, "nbd device disconnected; reconnector exits");
+                return;
+            }
+            let events = match g.recv_events(Duration::from_secs(1)) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "nbd event socket failed");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let dead = events.iter().any(|(cmd, a)| {
+                *cmd == netlink::NBD_CMD_LINK_DEAD
+                    && netlink::attrs(a).iter().any(|(t, p)| {
+                        *t == netlink::NBD_ATTR_INDEX
+                            && p.len() >= 4
+                            && u32::from_ne_bytes([p[0], p[1], p[2], p[3]]) == index
+                    })
+            });
+            if !dead {
+                continue;
+            }
+            tracing::warn!(index, "nbd link dead; reconnecting");
+            let mut backoff = crate::client::Backoff::default();
+            let t0 = Instant::now();
+            loop {
+                let r = connect(&host, port, &export)
+                    .and_then(|n| netlink::reconfigure(index, n.stream.as_raw_fd()));
+                match r {
+                    Ok(()) => {
+                        tracing::info!(index, ms = t0.elapsed().as_millis() as u64, "nbd reconnected");
+                        break;
+                    }
+                    Err(e) => {
+                        let s = fs::read_to_string(format!("/sys/block/nbd{index}/size"))
+                            .unwrap_or_default();
+                        if s.trim() == "0" || s.is_empty() {
+                            return;
+                        }
+                        let d = backoff.next_delay();
+                        tracing::warn!(index, error = %format!("{e:#}"), retry_ms = d.as_millis() as u64, "nbd reconnect failed");
+                        std::thread::sleep(d);
+                    }
+                }
+            }
+        })
+        .context("spawn nbd reconnector")
 }
 
 /// `/dev/nbdN`, created from `/sys/block/nbdN/dev` if devtmpfs lacks it.

@@ -15,10 +15,18 @@ const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_CMD_GETFAMILY: u8 = 3;
 const CTRL_ATTR_FAMILY_ID: u16 = 1;
 const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+const CTRL_ATTR_MCAST_GROUPS: u16 = 7;
+const CTRL_ATTR_MCAST_GRP_NAME: u16 = 1;
+const CTRL_ATTR_MCAST_GRP_ID: u16 = 2;
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+/// Multicast group on which the kernel announces dead NBD links.
+pub const NBD_MCAST_GROUP: &str = "nbd_mc_group";
 
 pub const NBD_CMD_CONNECT: u8 = 1;
 pub const NBD_CMD_DISCONNECT: u8 = 2;
 pub const NBD_CMD_RECONFIGURE: u8 = 3;
+pub const NBD_CMD_LINK_DEAD: u8 = 4;
 pub const NBD_ATTR_INDEX: u16 = 1;
 pub const NBD_ATTR_SIZE_BYTES: u16 = 2;
 pub const NBD_ATTR_BLOCK_SIZE_BYTES: u16 = 3;
@@ -169,6 +177,114 @@ impl Genl {
                 b = &b[((mlen + 3) & !3).min(b.len())..];
             }
         }
+    }
+
+    /// Family id and multicast groups `(name, id)` of a genl family.
+    pub fn family(&mut self, name: &str) -> Result<(u16, Vec<(String, u32)>)> {
+        let mut a = Vec::new();
+        let mut n = name.as_bytes().to_vec();
+        n.push(0);
+        put_attr(&mut a, CTRL_ATTR_FAMILY_NAME, &n);
+        let replies = self
+            .request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, &a)
+            .with_context(|| format!("resolve genl family {name:?} (module loaded?)"))?;
+        let mut id = None;
+        let mut groups = Vec::new();
+        for r in &replies {
+            for (t, p) in attrs(r) {
+                if t == CTRL_ATTR_FAMILY_ID && p.len() >= 2 {
+                    id = Some(u16::from_ne_bytes([p[0], p[1]]));
+                }
+                if t == CTRL_ATTR_MCAST_GROUPS {
+                    for (_, g) in attrs(p) {
+                        let mut gname = None;
+                        let mut gid = None;
+                        for (gt, gp) in attrs(g) {
+                            match gt {
+                                CTRL_ATTR_MCAST_GRP_NAME => {
+                                    gname = Some(
+                                        String::from_utf8_lossy(gp)
+                                            .trim_end_matches('\0')
+                                            .to_string(),
+                                    )
+                                }
+                                CTRL_ATTR_MCAST_GRP_ID if gp.len() >= 4 => {
+                                    gid = Some(u32::from_ne_bytes([gp[0], gp[1], gp[2], gp[3]]))
+                                }
+                                _ => {}
+                            }
+                        }
+                        if let (Some(n), Some(i)) = (gname, gid) {
+                            groups.push((n, i));
+                        }
+                    }
+                }
+            }
+        }
+        Ok((
+            id.with_context(|| format!("no family id for {name:?} in reply"))?,
+            groups,
+        ))
+    }
+
+    /// Subscribes this socket to a multicast group.
+    pub fn join_group(&self, group: u32) -> Result<()> {
+        // SAFETY: setsockopt with a valid u32 option value.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                SOL_NETLINK,
+                NETLINK_ADD_MEMBERSHIP,
+                &group as *const u32 as *const libc::c_void,
+                4,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error()).context("NETLINK_ADD_MEMBERSHIP");
+        }
+        Ok(())
+    }
+
+    /// Waits up to the socket's receive timeout for one notification and
+    /// returns `(genl cmd, attribute bytes)` of each message received.
+    pub fn recv_events(&self, timeout: std::time::Duration) -> Result<Vec<(u8, Vec<u8>)>> {
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        let mut buf = vec![0u8; 16 * 1024];
+        // SAFETY: valid option value and buffer.
+        let n = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                return Ok(Vec::new());
+            }
+            return Err(e).context("netlink recv");
+        }
+        let mut out = Vec::new();
+        let mut b = &buf[..n as usize];
+        while b.len() >= 20 {
+            let mlen = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            if mlen < 20 || mlen > b.len() {
+                break;
+            }
+            out.push((b[16], b[20..mlen].to_vec()));
+            b = &b[((mlen + 3) & !3).min(b.len())..];
+        }
+        Ok(out)
     }
 
     /// Numeric id of a generic netlink family, e.g. "nbd".
@@ -328,6 +444,9 @@ mod tests {
             }
         };
         assert_eq!(g.family_id("nlctrl").unwrap(), GENL_ID_CTRL);
+        let (id, groups) = g.family("nlctrl").unwrap();
+        assert_eq!(id, GENL_ID_CTRL);
+        assert!(groups.iter().any(|(n, _)| n == "notify"), "{groups:?}");
         assert!(g.family_id("no-such-family-xyz").is_err());
     }
 }
