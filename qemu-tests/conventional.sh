@@ -15,13 +15,16 @@
 # Executed: builds the lab image, starts the stack, boots a BIOS guest (SeaBIOS +
 # virtio-net iPXE ROM) and a UEFI guest (OVMF) side by side, waits for
 # LAB-INIT-READY on both and prints their times. Options: [--tricks] [--timeout S]
-# [--only bios|uefi] [--sga] (SeaBIOS/iPXE text on the BIOS serial log).
+# [--only bios|uefi] [--sga] (SeaBIOS/iPXE text on the BIOS serial log)
+# [--nic virtio-net-pci|e1000].
 set -euo pipefail
 
 CONV_HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CONV_REPO="$(cd "$CONV_HERE/.." && pwd)"
 CONV_PORT=8080
-CONV_CMDLINE="console=ttyS0 quiet"
+# The kernel command line of the lab image's manifest (what the boot server serves).
+CONV_CMDLINE="$(sed -n 's/^cmdline *= *"\([^"]*\)".*/\1/p' "$CONV_REPO/images/lab/image.toml")"
+CONV_CMDLINE="${CONV_CMDLINE:-console=ttyS0 quiet}"
 # shellcheck source=lib/lab.sh
 . "$CONV_HERE/lib/lab.sh"
 
@@ -127,13 +130,14 @@ EOF
 }
 
 conv_main() {
-    local tricks="" timeout=180 only="" sga=""
+    local tricks="" timeout=180 only="" sga="" nic=virtio-net-pci
     while [ $# -gt 0 ]; do
         case "$1" in
             --tricks) tricks="--tricks"; shift ;;
             --timeout) timeout="$2"; shift 2 ;;
             --only) only="$2"; shift 2 ;;
             --sga) sga="--sga"; shift ;;
+            --nic) nic="$2"; shift 2 ;;
             *) echo "unknown argument $1" >&2; return 2 ;;
         esac
     done
@@ -145,7 +149,7 @@ conv_main() {
     local fws=(bios uefi) fw rc=0
     [ -n "$only" ] && fws=("$only")
     for fw in "${fws[@]}"; do
-        lab_start_guest --name "$fw" --firmware "$fw" --stamp $sga
+        lab_start_guest --name "$fw" --firmware "$fw" --nic "$nic" --stamp $sga
     done
     for fw in "${fws[@]}"; do
         if lab_wait_console "$fw" 'LAB-INIT-READY' "$timeout" >/dev/null; then

@@ -106,7 +106,7 @@ done
 fio_iops() { # uri rw
   fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs=4k --iodepth=32 \
     --runtime="$FIO_SECS" --time_based --size="${SIZE_MB}M" --output-format=json 2>/dev/null |
-    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))'
+    sed -n '/^{/,$p' | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))'
 }
 declare -A IO
 echo "== fio nbd engine, 4k random, iodepth 32, ${FIO_SECS}s, N=$FIO_N (alternating)"

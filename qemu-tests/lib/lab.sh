@@ -211,8 +211,8 @@ lab_wait_console() {
     wait "$gp" || rc=$?
     local t1
     t1="$(lab_now)"
-    kill "$tp" 2>/dev/null
-    wait "$tp" 2>/dev/null
+    kill "$tp" 2>/dev/null || true
+    wait "$tp" 2>/dev/null || true
     LAB_WAIT_PIDS=()
     line="$(head -n 1 "$fifo.out")"
     rm -f "$fifo" "$fifo.out"
