@@ -35,8 +35,14 @@ fn udp_socket(port: u16, interface: Option<&str>) -> anyhow::Result<UdpSocket> {
     s.set_reuse_address(true).context("SO_REUSEADDR")?;
     s.set_broadcast(true).context("SO_BROADCAST")?;
     // Large buffers so bursts are not dropped while tasks run.
-    let _ = s.set_recv_buffer_size(8 << 20);
-    let _ = s.set_send_buffer_size(8 << 20);
+    // SO_RCVBUFFORCE/SO_SNDBUFFORCE (root) go past net.core.[rw]mem_max.
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(&s, sockopt::RcvBufForce, &(8 << 20)).is_err() {
+        let _ = s.set_recv_buffer_size(8 << 20);
+    }
+    if setsockopt(&s, sockopt::SndBufForce, &(8 << 20)).is_err() {
+        let _ = s.set_send_buffer_size(8 << 20);
+    }
     if let Some(dev) = interface {
         s.bind_device(Some(dev.as_bytes()))
             .with_context(|| format!("SO_BINDTODEVICE {dev}"))?;

@@ -53,7 +53,6 @@ impl Drop for Namespaces {
 
 /// Server namespace + client namespace joined by a veth pair.
 struct Lab {
-    tag: String,
     server_ns: String,
     client_ns: String,
     server_if: String,
@@ -80,11 +79,11 @@ fn lab() -> Lab {
         "ip link add {si} netns {s} type veth peer name {ci} netns {c} && \
          ip netns exec {s} sysctl -qw net.ipv6.conf.{si}.accept_dad=0 && \
          ip netns exec {c} sysctl -qw net.ipv6.conf.{ci}.accept_dad=0 && \
+         ip netns exec {c} sysctl -qw net.ipv6.conf.{ci}.router_solicitations=0 && \
          ip -n {s} addr add 10.9.0.1/24 dev {si} && ip -n {s} link set {si} up && ip -n {s} link set lo up && \
          ip -n {c} link set {ci} address 02:00:00:00:00:01 && ip -n {c} link set {ci} up && ip -n {c} link set lo up"
     ));
     Lab {
-        tag,
         server_ns: s,
         client_ns: c,
         server_if: si,
@@ -323,6 +322,10 @@ fn dhclient_lease_reboot_release() {
         })
     });
     assert!(again.ends_with("10.9.0.100"), "{again}");
+    eprintln!(
+        "dhclient events: {:?}",
+        std::fs::read_to_string(&events).unwrap_or_default()
+    );
     // release
     dhclient("-r");
     await_until("lease removed", Duration::from_secs(10), || {
@@ -574,8 +577,18 @@ fn router_advertisement_answers_solicitation() {
             &lab.server_if,
         ],
     );
+    // the only RS on the link is ours (kernel RS disabled in lab()); wait for
+    // the client's link-local address so the RS can be sent at all
+    for (ns, ifc) in [
+        (&lab.client_ns, &lab.client_if),
+        (&lab.server_ns, &lab.server_if),
+    ] {
+        await_until("link-local address", Duration::from_secs(10), || {
+            let out = run(&format!("ip -n {ns} -6 addr show dev {ifc} scope link"));
+            (out.contains("fe80") && !out.contains("tentative")).then_some(())
+        });
+    }
     let ifc = lab.client_if.clone();
-    let _ = &lab.tag;
     let ra = in_netns(&lab.client_ns, move || {
         let s = socket2::Socket::new(
             socket2::Domain::IPV6,
@@ -594,24 +607,32 @@ fn router_advertisement_answers_solicitation() {
         let start = Instant::now();
         let mut buf = [0u8; 1500];
         let mut next_rs = Instant::now();
+        let mut last_sent = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if Instant::now() >= next_rs {
                 // may fail while the link-local address is not ready yet
-                let _ = s.send_to(&rs, &dst.into());
+                match s.send_to(&rs, &dst.into()) {
+                    Ok(_) => last_sent = Instant::now(),
+                    Err(e) => eprintln!("RS send at {:?}: {e}", start.elapsed()),
+                }
                 next_rs = Instant::now() + Duration::from_millis(250);
             }
             if let Ok(n) = std::io::Read::read(&mut &s, &mut buf) {
                 let data = buf[..n].to_vec();
                 if data.first() == Some(&134) {
-                    return Some((data, start.elapsed()));
+                    return Some((data, start.elapsed(), last_sent.elapsed()));
                 }
             }
         }
         None
     });
-    let (ra, took) = ra.expect("no Router Advertisement received");
+    let (ra, took, since_rs) = ra.expect("no Router Advertisement received");
     assert!(ra.len() >= 16);
     assert_eq!(ra[5] & 0xc0, 0, "M and O flags clear");
     assert_eq!(u16::from_be_bytes([ra[6], ra[7]]), 0, "router lifetime 0");
-    eprintln!("RA after {took:?}");
+    eprintln!("RA after {took:?} ({since_rs:?} after the last RS sent)");
+    assert!(
+        since_rs < Duration::from_millis(250),
+        "RA answers the solicitation at once"
+    );
 }
