@@ -70,6 +70,9 @@ ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
 export NODE_AGENT_LOG=debug
 if grep -q smoke.kexeced /proc/cmdline; then
     echo "SMOKE_KEXEC_BOOTED uptime=$(cut -d' ' -f1 /proc/uptime)"
+    # The agent proper against the host's minimal API: time to "ready".
+    NODE_AGENT_LOG=info timeout 4 /node-agent --server "http://10.0.2.2:$(arg smoke.httpport)" \
+        --token t --dry-run 2>&1 | grep -aE 'agent (ready|starting)' | sed 's/^/SMOKE_AGENT_READY /'
     poweroff -f
 fi
 if [ -d /sys/firmware/efi ]; then
@@ -112,7 +115,7 @@ dd if=/dev/nbd0 of=/tmp/back2 bs=4096 count=4 2>/dev/null
 cmp /tmp/pat2 /tmp/back2 && echo SMOKE_RECONNECT_OK
 sed 's/^/persist: /' /tmp/persist.log
 /node-agent kexec --kernel "http://10.0.2.2:$HTTP/vmlinuz" --initrd "http://10.0.2.2:$HTTP/initrd.img" \
-    --cmdline "console=ttyS0 quiet smoke.kexeced" --exec
+    --cmdline "console=ttyS0 quiet smoke.kexeced smoke.httpport=$HTTP" --exec
 echo SMOKE_KEXEC_RETURNED
 poweroff -f
 EOF
@@ -126,7 +129,29 @@ nbdkit -f --exit-with-parent -i 127.0.0.1 -p $NBDPORT memory 64M &
 NBDKIT=$!
 PIDS+=($NBDKIT)
 HTTPPORT=$(free_port)
-python3 -m http.server --bind 127.0.0.1 --directory $WORK $HTTPPORT >/dev/null 2>&1 &
+# Static files for kexec plus a minimal agent API (hello/heartbeat/commands/results).
+cat >$WORK/srv.py <<'PY'
+import http.server, os, sys, time
+root = sys.argv[2]
+class H(http.server.SimpleHTTPRequestHandler):
+    def __init__(s, *a, **k): super().__init__(*a, directory=root, **k)
+    def log_message(s, *a): pass
+    def reply(s, code, body=b""):
+        s.send_response(code); s.send_header("Content-Length", str(len(body))); s.end_headers(); s.wfile.write(body)
+    def do_POST(s):
+        s.rfile.read(int(s.headers.get("Content-Length", 0)))
+        if s.path == "/api/agent/hello":
+            s.reply(200, b'{"node_id":"smoke","heartbeat_interval_secs":1}')
+        else:
+            s.reply(204)
+    def do_GET(s):
+        if s.path.startswith("/api/agent/commands"):
+            time.sleep(1); s.reply(200, b"[]")
+        else:
+            super().do_GET()
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+python3 $WORK/srv.py $HTTPPORT $WORK >/dev/null 2>&1 &
 PIDS+=($!)
 for p in $NBDPORT $HTTPPORT; do
     for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done
@@ -159,7 +184,7 @@ while kill -0 $QPID 2>/dev/null; do
     sleep 0.1
 done
 grep -aE 'SMOKE|node-agent|nbd|kexec|size=|persist' $WORK/bios.log | tr -d '\r' | sed 's/^/  | /' | head -40
-for m in SMOKE_ATTACH_OK SMOKE_RW_OK SMOKE_DETACH_OK SMOKE_MOUNT_OK SMOKE_FS_WRITE_OK SMOKE_RECONNECT_OK SMOKE_KEXEC_BOOTED; do
+for m in SMOKE_ATTACH_OK SMOKE_RW_OK SMOKE_DETACH_OK SMOKE_MOUNT_OK SMOKE_FS_WRITE_OK SMOKE_RECONNECT_OK SMOKE_KEXEC_BOOTED SMOKE_AGENT_READY; do
     check $WORK/bios.log $m
 done
 
