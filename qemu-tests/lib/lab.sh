@@ -301,9 +301,9 @@ lab_gc() {
     local ns pid
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^bootlab-' || true); do
         pid="$(echo "$ns" | sed -n 's/^bootlab-\([0-9]*\).*/\1/p')"
-        if [ -n "$pid" ] && [ "$pid" != "$$" ] && kill -0 "$pid" 2>/dev/null \
-            && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'bash'; then
-            continue # its run is still alive
+        # A namespace whose creating process still exists belongs to a live run.
+        if [ -z "$pid" ] || [ "$pid" = "$$" ] || kill -0 "$pid" 2>/dev/null; then
+            continue
         fi
         lab_log "gc: removing stale namespace $ns"
         lab__kill_ns_pids "$ns"
