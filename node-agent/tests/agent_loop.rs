@@ -106,6 +106,19 @@ fn serve(l: TcpListener, tx: mpsc::Sender<Req>, cmds: Vec<Command>) {
                     "application/json",
                     serde_json::to_string(&cmds).unwrap().as_bytes(),
                 ),
+                ("/api/agent/commands", 5) => {
+                    // Redelivery of an already finished command: must be
+                    // re-reported, not run again.
+                    let again = vec![cmds[0].clone()];
+                    respond(
+                        &mut s,
+                        200,
+                        "application/json",
+                        serde_json::to_string(&again).unwrap().as_bytes(),
+                    )
+                }
+                // The server "forgot" the node: the agent must say hello again.
+                ("/api/agent/heartbeat", 2) => respond(&mut s, 404, "text/plain", b"unknown node"),
                 ("/api/agent/commands", _) => {
                     // Long poll with nothing to do.
                     std::thread::sleep(Duration::from_millis(500));
@@ -267,11 +280,13 @@ fn agent_sequences_hello_commands_results_and_survives_errors() {
     let mut results: Vec<CommandResult> = Vec::new();
     let mut app_states: Vec<AppState> = Vec::new();
     let mut rss = None;
+    let mut hellos = 0;
     while results
         .iter()
         .filter(|r| r.status != CommandStatus::Started)
         .count()
-        < 6
+        < 7
+        || hellos < 3
         || !app_states.contains(&AppState::Stopped)
     {
         let r = rx
@@ -295,6 +310,7 @@ fn agent_sequences_hello_commands_results_and_survives_errors() {
                 rss = rss.max(vm_rss_kb(agent.0.id()));
             }
             "/api/agent/hello" => {
+                hellos += 1;
                 let h: Hello = serde_json::from_str(&r.body).unwrap();
                 assert_eq!(h.image.as_deref(), Some("lab"));
                 assert_eq!(h.inventory.boot_mac.as_deref(), Some("52:54:00:12:34:56"));
@@ -338,9 +354,14 @@ fn agent_sequences_hello_commands_results_and_survives_errors() {
             (5, Started),
             (5, Failed),
             (6, Started),
-            (6, Succeeded)
+            (6, Succeeded),
+            (1, Succeeded)
         ],
         "{results:#?}"
+    );
+    assert_eq!(
+        results[12], results[1],
+        "redelivered command re-reported verbatim"
     );
     let detail = |id| &results.iter().rfind(|r| r.id == id).unwrap().detail;
     assert!(detail(2).contains("SIGTERM"), "{}", detail(2));
