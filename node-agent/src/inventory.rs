@@ -103,7 +103,7 @@ pub fn cpu_busy(prev: (u64, u64), now: (u64, u64)) -> f64 {
 pub fn parse_default_route_iface(text: &str) -> Option<String> {
     text.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 2 && f[1] == "00000000" && f[7..].first().is_none_or(|m| *m == "00000000"))
+        (f.len() > 2 && f[1] == "00000000" && f.get(7).is_none_or(|m| *m == "00000000"))
             .then(|| f[0].to_string())
     })
 }
@@ -294,6 +294,10 @@ mod tests {
                  eth0\t00000000\t014DA8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
         assert_eq!(parse_default_route_iface(t).as_deref(), Some("eth0"));
         assert_eq!(parse_default_route_iface("Iface\n"), None);
+        assert_eq!(
+            parse_default_route_iface("Iface\neth9 00000000 0\n").as_deref(),
+            Some("eth9")
+        );
     }
 
     #[test]
