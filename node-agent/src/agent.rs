@@ -75,6 +75,10 @@ fn post_result(client: &Client, r: &CommandResult, attempts: u32) -> bool {
     for i in 0..attempts {
         match client.result(r) {
             Ok(()) => return true,
+            Err(e) if e.is_permanent() => {
+                warn!(id = r.id, error = %e, "server rejected the result; not retrying");
+                return false;
+            }
             Err(e) => {
                 let d = backoff.next_delay();
                 log_call_error("result", &e, d);

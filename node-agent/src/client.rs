@@ -20,6 +20,16 @@ pub enum CallError {
     Body(String),
 }
 
+impl CallError {
+    /// A client error the server will repeat however often we retry (e.g. 404
+    /// for a result about a command it no longer knows). 401/403 are not
+    /// permanent: the token may become valid (or the server may restart).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, CallError::Status { status, .. }
+            if (400..500).contains(status) && *status != 408 && *status != 429)
+    }
+}
+
 /// Exponential backoff: 100 ms doubling to 5 s, with +-25% jitter.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -151,6 +161,20 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permanent_errors() {
+        let st = |status| CallError::Status {
+            status,
+            body: String::new(),
+        };
+        assert!(st(404).is_permanent());
+        assert!(st(400).is_permanent());
+        assert!(!st(429).is_permanent());
+        assert!(!st(500).is_permanent());
+        assert!(!CallError::Unauthorized(401).is_permanent());
+        assert!(!CallError::Transport("refused".into()).is_permanent());
+    }
 
     #[test]
     fn backoff_doubles_to_cap_with_jitter() {
