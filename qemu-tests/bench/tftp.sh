@@ -6,6 +6,7 @@
 #
 #   sudo qemu-tests/bench/tftp.sh            # N=5, sizes 1468 and 512
 #   N=9 SIZE_MB=32 BLKSIZES="1468" qemu-tests/bench/tftp.sh
+#   ASYNC_TFTP_BIN=/path/to/async-tftp-server qemu-tests/bench/tftp.sh  # add async-tftp
 #
 # Needs root (ip netns), dnsmasq and curl. Uses CARGO_TARGET_DIR if set.
 set -euo pipefail
@@ -56,9 +57,16 @@ pids+=($!)
 inns "$tftpd" --listen 127.0.0.1:6969 --root "$work/root" > "$work/tftpd.out" 2> "$work/tftpd.log" &
 pids+=($!)
 
-# Wait (bounded) until both answer a real TFTP request.
+# Optional third contender: ASYNC_TFTP_BIN=/path/to/server, run as
+# `$ASYNC_TFTP_BIN DIR 127.0.0.1:7070` (a 10-line async-tftp example server).
+if [ -n "${ASYNC_TFTP_BIN:-}" ]; then
+  inns "$ASYNC_TFTP_BIN" "$work/root" 127.0.0.1:7070 > "$work/async.log" 2>&1 &
+  pids+=($!)
+fi
+
+# Wait (bounded) until every server answers a real TFTP request.
 ready() { inns curl -sf --max-time 1 "tftp://127.0.0.1:$1/small" -o /dev/null; }
-for port in 69 6969; do
+for port in 69 6969 ${ASYNC_TFTP_BIN:+7070}; do
   for _ in $(seq 100); do ready $port && break; sleep 0.1; done
   ready $port || { echo "server on port $port did not come up" >&2; cat "$work"/*.log >&2; exit 1; }
 done
@@ -73,18 +81,31 @@ fetch() {
 }
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-echo "== ${SIZE_MB} MiB file, N=$N runs per server and block size (MB/s = 10^6 B/s)"
+names=(boot-tftp dnsmasq)
+ports=(6969 69)
+if [ -n "${ASYNC_TFTP_BIN:-}" ]; then
+  names+=(async-tftp)
+  ports+=(7070)
+fi
+
+echo "== ${SIZE_MB} MiB file, N=$N runs per server and block size, order rotated (MB/s = 10^6 B/s)"
 for bs in $BLKSIZES; do
-  ours=() theirs=()
+  declare -A runs=()
+  k=${#names[@]}
   for i in $(seq "$N"); do
-    if [ $((i % 2)) = 1 ]; then
-      ours+=("$(fetch 6969 "$bs")"); theirs+=("$(fetch 69 "$bs")")
-    else
-      theirs+=("$(fetch 69 "$bs")"); ours+=("$(fetch 6969 "$bs")")
-    fi
+    for j in $(seq 0 $((k - 1))); do
+      s=$(((i + j) % k))
+      runs[$s]+="$(fetch "${ports[$s]}" "$bs") "
+    done
   done
-  mo=$(printf '%s\n' "${ours[@]}" | median)
-  md=$(printf '%s\n' "${theirs[@]}" | median)
-  ratio=$(awk -v a="$mo" -v b="$md" 'BEGIN { printf "%.2f", a / b }')
-  echo "blksize $bs: boot-tftp median $mo MB/s [${ours[*]}], dnsmasq median $md MB/s [${theirs[*]}], ratio ours/dnsmasq $ratio"
+  line="blksize $bs:"
+  for s in $(seq 0 $((k - 1))); do
+    med[$s]=$(printf '%s\n' ${runs[$s]} | median)
+    line+=" ${names[$s]} ${med[$s]} MB/s [${runs[$s]% }],"
+  done
+  echo "${line%,}"
+  for s in $(seq 1 $((k - 1))); do
+    echo "  ratio boot-tftp/${names[$s]} at $bs: $(awk -v a="${med[0]}" -v b="${med[$s]}" 'BEGIN { printf "%.2f", a / b }')"
+  done
+  unset runs
 done
