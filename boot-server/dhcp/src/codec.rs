@@ -3,7 +3,7 @@
 //! lengths), and encodes replies (verbatim option 82 echo, minimum BOOTP size).
 
 use dhcproto::v4::{Message, OptionCode};
-use dhcproto::{Decodable, Decoder, Encodable};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 /// Fixed BOOTP header length (op .. file).
 const HEADER_LEN: usize = 236;
@@ -191,9 +191,37 @@ pub fn decode(packet: &[u8]) -> Result<Message, DecodeError> {
 /// Encode a reply; `relay_agent` (option 82 payload) is appended verbatim as
 /// the last option. The result is padded to the BOOTP minimum of 300 bytes.
 pub(crate) fn encode_reply(msg: &Message, relay_agent: Option<&[u8]>) -> anyhow::Result<Vec<u8>> {
-    let mut buf = msg
-        .to_vec()
-        .map_err(|e| anyhow::anyhow!("encoding DHCP reply: {e}"))?;
+    // The fixed header by hand (dhcproto's byte-wise fill of sname/file is
+    // the single biggest cost of its encoder), options through dhcproto.
+    let mut buf = Vec::with_capacity(576);
+    buf.push(u8::from(msg.opcode()));
+    buf.push(u8::from(msg.htype()));
+    buf.push(msg.hlen());
+    buf.push(msg.hops());
+    buf.extend_from_slice(&msg.xid().to_be_bytes());
+    buf.extend_from_slice(&msg.secs().to_be_bytes());
+    buf.extend_from_slice(&u16::from(msg.flags()).to_be_bytes());
+    for a in [msg.ciaddr(), msg.yiaddr(), msg.siaddr(), msg.giaddr()] {
+        buf.extend_from_slice(&a.octets());
+    }
+    let mut chaddr = [0u8; 16];
+    let c = msg.chaddr();
+    chaddr[..c.len().min(16)].copy_from_slice(&c[..c.len().min(16)]);
+    buf.extend_from_slice(&chaddr);
+    for (field, size) in [(msg.sname(), 64usize), (msg.fname(), 128usize)] {
+        let start = buf.len();
+        if let Some(v) = field {
+            buf.extend_from_slice(&v[..v.len().min(size)]);
+        }
+        buf.resize(start + size, 0);
+    }
+    buf.extend_from_slice(&MAGIC);
+    // (dhcproto's Encoder writes from offset 0 of its buffer: use a fresh one)
+    let mut opts = Vec::with_capacity(256);
+    msg.opts()
+        .encode(&mut Encoder::new(&mut opts))
+        .map_err(|e| anyhow::anyhow!("encoding DHCP reply options: {e}"))?;
+    buf.extend_from_slice(&opts);
     if let Some(ra) = relay_agent {
         if buf.last() == Some(&255) {
             buf.pop();
@@ -212,4 +240,42 @@ pub(crate) fn encode_reply(msg: &Message, relay_agent: Option<&[u8]>) -> anyhow:
         buf.resize(MIN_REPLY, 0);
     }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dhcproto::v4::{DhcpOption, Flags, MessageType, Opcode};
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn hand_encoded_header_matches_dhcproto() {
+        let mut m = Message::new_with_id(
+            0xdead_beef,
+            Ipv4Addr::new(1, 2, 3, 4),
+            Ipv4Addr::new(5, 6, 7, 8),
+            Ipv4Addr::new(9, 10, 11, 12),
+            Ipv4Addr::new(13, 14, 15, 16),
+            &[1, 2, 3, 4, 5, 6],
+        );
+        m.set_opcode(Opcode::BootReply)
+            .set_secs(7)
+            .set_hops(2)
+            .set_flags(Flags::default().set_broadcast())
+            .set_fname(b"undionly.kpxe\0")
+            .set_sname(b"srv\0");
+        m.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Offer));
+        m.opts_mut()
+            .insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        let ours = encode_reply(&m, None).unwrap();
+        let theirs = m.to_vec().unwrap();
+        assert_eq!(&ours[..theirs.len()], &theirs[..]);
+        assert!(ours[theirs.len()..].iter().all(|b| *b == 0));
+        assert_eq!(decode(&ours).unwrap(), m);
+        // option 82 appended verbatim before END
+        let with82 = encode_reply(&m, Some(&[1, 2, b'a', b'b'])).unwrap();
+        let end = theirs.len() - 1;
+        assert_eq!(&with82[end..end + 7], &[82, 4, 1, 2, b'a', b'b', 255]);
+    }
 }
