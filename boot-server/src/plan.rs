@@ -276,7 +276,7 @@ impl BootPlan {
     async fn linux_boot(&self, node: &Node, image: &BootImage) -> Result<LinuxBoot> {
         let base = self.config.public_url();
         let token = new_token();
-        self.store.set_agent_token(&node.id, &token).await?;
+        self.store.set_next_agent_token(&node.id, &token).await?;
         Ok(LinuxBoot {
             kernel_url: format!(
                 "{base}/images/{}",
@@ -307,7 +307,9 @@ impl BootPlan {
     ) -> Result<Node> {
         let sighting = Sighting {
             mac: mac.to_string(),
-            uuid: uuid.map(|u| u.to_ascii_lowercase()),
+            uuid: uuid
+                .map(|u| u.to_ascii_lowercase())
+                .filter(|u| is_real_uuid(u)),
             arch: firmware.map(|f| f.as_str().to_string()),
         };
         let (node, new) = self.store.observe_node(&sighting).await?;
@@ -353,6 +355,13 @@ impl BootPlan {
         }
         Ok(Ok(image))
     }
+}
+
+/// All-zero and all-ones SMBIOS UUIDs are placeholders (QEMU without -uuid,
+/// cheap boards): they identify nothing.
+fn is_real_uuid(u: &str) -> bool {
+    let hex: Vec<char> = u.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    hex.len() == 32 && !hex.iter().all(|&c| c == '0') && !hex.iter().all(|&c| c == 'f')
 }
 
 /// 128 random bits, hex.

@@ -140,6 +140,20 @@ fn node_script_tokens_and_agent_api() {
     let shown = s.cli(&["node", "show", "52:54:00:00:00:01"]);
     assert!(shown.contains("\"ready\""), "{shown}");
 
+    // Next boot (kexec or PXE): the running agent's token works until the new boot says hello.
+    let (_, body) = curl(&[&s.url("/ipxe/525400000001")]);
+    let next = token(&String::from_utf8(body).unwrap());
+    let hb =
+        r#"{"load1":0.1,"cpu_busy":0.0,"mem_total_bytes":1,"mem_available_bytes":1,"uptime_ms":5}"#;
+    assert_eq!(post(&new, "/api/agent/heartbeat", hb), 204);
+    assert_eq!(post(&next, "/api/agent/hello", hello), 200);
+    assert_eq!(
+        post(&new, "/api/agent/heartbeat", hb),
+        401,
+        "previous boot's token must stop working"
+    );
+    let new = next;
+
     // Commands: only the node's own token sees them; results for others' commands are refused.
     let (_, body) = curl(&[&s.url("/ipxe/52:54:00:00:00:02")]);
     let other_token = token(&String::from_utf8(body).unwrap());

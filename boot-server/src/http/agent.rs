@@ -27,8 +27,12 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/agent/results", post(result))
 }
 
-/// The node a request's agent token belongs to, or 401.
-async fn authenticate(store: &Arc<dyn Store>, headers: &HeaderMap) -> Result<Node, HttpError> {
+/// The node a request's agent token belongs to (and whether the token is the
+/// next boot's), or 401.
+async fn authenticate_token(
+    store: &Arc<dyn Store>,
+    headers: &HeaderMap,
+) -> Result<(Node, bool, String), HttpError> {
     let token = headers
         .get(AGENT_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -39,12 +43,17 @@ async fn authenticate(store: &Arc<dyn Store>, headers: &HeaderMap) -> Result<Nod
                 format!("missing {AGENT_TOKEN_HEADER}"),
             )
         })?;
-    store.node_by_agent_token(token).await?.ok_or_else(|| {
+    let (node, next) = store.node_by_agent_token(token).await?.ok_or_else(|| {
         HttpError(
             StatusCode::UNAUTHORIZED,
             "unknown or stale node token".into(),
         )
-    })
+    })?;
+    Ok((node, next, token.to_string()))
+}
+
+async fn authenticate(store: &Arc<dyn Store>, headers: &HeaderMap) -> Result<Node, HttpError> {
+    Ok(authenticate_token(store, headers).await?.0)
 }
 
 async fn hello(
@@ -52,7 +61,11 @@ async fn hello(
     headers: HeaderMap,
     Json(body): Json<Hello>,
 ) -> Result<Response, HttpError> {
-    let node = authenticate(&s.store, &headers).await?;
+    let (node, next_boot, token) = authenticate_token(&s.store, &headers).await?;
+    if next_boot {
+        // The new boot is up: the previous boot's token stops working now.
+        s.store.promote_agent_token(&node.id, &token).await?;
+    }
     let inventory = serde_json::to_value(&body.inventory).map_err(anyhow::Error::from)?;
     s.store.record_hello(&node.id, &inventory).await?;
     s.store

@@ -240,9 +240,15 @@ pub trait Store: Send + Sync + 'static {
     /// Stores the agent's inventory (hello) and moves the node to ready.
     async fn record_hello(&self, id: &str, inventory: &serde_json::Value) -> Result<()>;
     async fn record_heartbeat(&self, id: &str, heartbeat: &serde_json::Value) -> Result<()>;
-    /// Sets the node's current agent token (older tokens stop working).
-    async fn set_agent_token(&self, id: &str, token: &str) -> Result<()>;
-    async fn node_by_agent_token(&self, token: &str) -> Result<Option<Node>>;
+    /// Mints the token of the node's next boot. The current boot's token
+    /// keeps working until the next boot's agent says hello (so a running
+    /// agent can still fetch the kexec command that carries the new token).
+    async fn set_next_agent_token(&self, id: &str, token: &str) -> Result<()>;
+    /// The node holding this token (current or next boot), and whether it is
+    /// the next boot's token.
+    async fn node_by_agent_token(&self, token: &str) -> Result<Option<(Node, bool)>>;
+    /// The next boot's agent said hello: its token becomes the only valid one.
+    async fn promote_agent_token(&self, id: &str, token: &str) -> Result<()>;
 
     // --- leases
     async fn leases(&self) -> Result<Vec<Lease>>;

@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     booted_image TEXT,
     inventory TEXT,
     heartbeat TEXT,
-    agent_token TEXT UNIQUE
+    agent_token TEXT UNIQUE,
+    next_agent_token TEXT UNIQUE
 );
 CREATE TABLE IF NOT EXISTS leases (
     mac TEXT PRIMARY KEY,
@@ -183,7 +184,11 @@ fn run_batch(
     batch: Vec<Job>,
     finishers: &mut Vec<Finish>,
 ) -> std::result::Result<(), String> {
-    let mut tx = conn.transaction().map_err(|e| e.to_string())?;
+    // IMMEDIATE: take the write lock up front, so a read-then-write job never
+    // fails to upgrade while the CLI (another process) writes.
+    let mut tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
     // A job dropped unrun (after an error here) drops its sender: its caller
     // sees the write as failed.
     for job in batch {
@@ -511,11 +516,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_agent_token(&self, id: &str, token: &str) -> Result<()> {
+    async fn set_next_agent_token(&self, id: &str, token: &str) -> Result<()> {
         let (id, token) = (id.to_string(), token.to_string());
         self.write(move |c| {
             c.execute(
-                "UPDATE nodes SET agent_token = ?2 WHERE id = ?1",
+                "UPDATE nodes SET next_agent_token = ?2 WHERE id = ?1",
                 params![id, token],
             )?;
             Ok(())
@@ -523,10 +528,27 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn node_by_agent_token(&self, token: &str) -> Result<Option<Node>> {
+    async fn node_by_agent_token(&self, token: &str) -> Result<Option<(Node, bool)>> {
         let token = token.to_string();
-        self.read(move |c| node_where(c, "agent_token = ?1", &token))
-            .await
+        self.read(move |c| {
+            if let Some(n) = node_where(c, "agent_token = ?1", &token)? {
+                return Ok(Some((n, false)));
+            }
+            Ok(node_where(c, "next_agent_token = ?1", &token)?.map(|n| (n, true)))
+        })
+        .await
+    }
+
+    async fn promote_agent_token(&self, id: &str, token: &str) -> Result<()> {
+        let (id, token) = (id.to_string(), token.to_string());
+        self.write(move |c| {
+            c.execute(
+                "UPDATE nodes SET agent_token = next_agent_token, next_agent_token = NULL WHERE id = ?1 AND next_agent_token = ?2",
+                params![id, token],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     async fn leases(&self) -> Result<Vec<Lease>> {

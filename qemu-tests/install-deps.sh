@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the project, its tests and its lab need.
+# Idempotent: installs only what is missing (apt-get update first when it must).
+set -euo pipefail
+packages=(
+    qemu-system-x86 ipxe-qemu ipxe ovmf linux-image-amd64 busybox-static kexec-tools
+    dnsmasq nginx-light udhcpc isc-dhcp-client atftp nbdkit libnbd-bin qemu-utils fio
+    kea-admin iproute2 cpio zstd lz4 xz-utils sqlite3 tcpdump curl perl kmod
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# Services the packages start on install would hold the lab's ports; the lab
+# runs its own instances inside namespaces.
+for svc in dnsmasq nginx; do
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+done
