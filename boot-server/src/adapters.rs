@@ -83,14 +83,16 @@ impl boot_dhcp::LeaseStore for DhcpBackend {
 /// Records TFTP transfers in the event log (the boot timeline reads them).
 pub struct TftpEvents {
     pub store: Arc<dyn Store>,
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl boot_tftp::TransferObserver for TftpEvents {
     fn finished(&self, peer: SocketAddr, path: &str, bytes: u64, result: Result<(), String>) {
         let store = self.store.clone();
         let detail = json!({ "peer": peer.ip().to_string(), "path": path, "bytes": bytes, "error": result.err() });
-        tokio::spawn(async move {
-            let _ = store.record_event(None, "tftp-file", detail).await;
+        // Called from the TFTP crate's transfer threads: hand over to the runtime.
+        self.runtime.spawn(async move {
+            crate::store::record_peer_event(&store, Some(peer.ip()), "tftp-file", detail).await;
         });
     }
 }

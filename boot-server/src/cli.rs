@@ -110,13 +110,16 @@ pub enum NodeCmd {
         id: String,
         image: String,
     },
-    /// Wait until the node's agent reports ready after event id AFTER.
-    WaitReady {
+    /// The node's boot timeline: DHCP, loader, script, kernel, initrd, agent
+    /// ready, in seconds since SINCE_MS (e.g. power-on; default the first event shown).
+    Timeline {
         id: String,
-        #[arg(long, default_value_t = 0)]
-        after: i64,
-        #[arg(long, default_value_t = 120)]
-        timeout_secs: u64,
+        /// Only events at or after this time (ms since the Unix epoch).
+        #[arg(long)]
+        since_ms: Option<i64>,
+        /// First wait up to this many seconds for the agent to report ready.
+        #[arg(long)]
+        wait: Option<u64>,
     },
 }
 
@@ -236,6 +239,78 @@ pub async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Prints a node's boot events after `since` as a readable timeline.
+async fn print_timeline(
+    store: &Arc<dyn Store>,
+    node: &crate::store::Node,
+    events: &[crate::store::Event],
+    since: i64,
+) -> Result<()> {
+    let events: Vec<_> = events.iter().filter(|e| e.at_ms >= since).collect();
+    let Some(first) = events.first() else {
+        println!("no events for {} yet", node.id);
+        return Ok(());
+    };
+    let t0 = if since > 0 { since } else { first.at_ms };
+    let image = match &node.booted_image {
+        Some(name) => store.image(name).await?,
+        None => None,
+    };
+    println!(
+        "boot timeline of {} ({}), seconds since {}",
+        node.id,
+        node.mac,
+        if since > 0 {
+            "power-on"
+        } else {
+            "the first event"
+        }
+    );
+    for e in events {
+        let d = &e.detail;
+        let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let (what, text) = match e.kind.as_str() {
+            "dhcp-boot" => (
+                "dhcp",
+                format!(
+                    "offer/ack -> {} ({}{})",
+                    s("filename"),
+                    s("firmware"),
+                    if d["ipxe"] == true { ", iPXE" } else { "" }
+                ),
+            ),
+            "tftp-file" => ("tftp", format!("{} ({} bytes)", s("path"), d["bytes"])),
+            "script" => ("script", format!("iPXE script for image {}", s("image"))),
+            "script-wait" => ("script", format!("wait: {}", s("reason"))),
+            "http-file" => {
+                let path = s("path");
+                let label = match &image {
+                    Some(i) if i.kernel.as_deref() == Some(path.as_str()) => "kernel",
+                    Some(i) if i.initrd.as_deref() == Some(path.as_str()) => "initrd",
+                    _ => "http",
+                };
+                (label, path)
+            }
+            "agent-ready" => (
+                "agent",
+                format!(
+                    "ready on {} (node uptime {:.2} s)",
+                    s("image"),
+                    d["uptime_ms"].as_f64().unwrap_or(0.0) / 1000.0
+                ),
+            ),
+            other => (other, d.to_string()),
+        };
+        println!(
+            "{:>9.3} s  {:<8} {}",
+            (e.at_ms - t0) as f64 / 1000.0,
+            what,
+            text
+        );
+    }
+    Ok(())
+}
+
 async fn node_command(cmd: NodeCmd, store: Arc<dyn Store>, config: Config) -> Result<()> {
     let find = |id: String| {
         let store = store.clone();
@@ -307,24 +382,27 @@ async fn node_command(cmd: NodeCmd, store: Arc<dyn Store>, config: Config) -> Re
             let kind = plan.kexec_command(&node).await?;
             queue(node.id, kind).await?;
         }
-        NodeCmd::WaitReady {
-            id,
-            after,
-            timeout_secs,
-        } => {
+        NodeCmd::Timeline { id, since_ms, wait } => {
             let node = find(id).await?;
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
-            loop {
-                let events = store.events(after, Some(&node.id), 10_000).await?;
-                if let Some(e) = events.iter().find(|e| e.kind == "agent-ready") {
-                    println!("{}", serde_json::to_string(e)?);
-                    return Ok(());
+            let since = since_ms.unwrap_or(0);
+            let ready = |events: &[crate::store::Event]| {
+                events
+                    .iter()
+                    .any(|e| e.kind == "agent-ready" && e.at_ms >= since)
+            };
+            let mut events = store.events(0, Some(&node.id), u32::MAX).await?;
+            if let Some(secs) = wait {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+                // Another process (the server) writes the events: look every 100 ms.
+                while !ready(&events) {
+                    if std::time::Instant::now() > deadline {
+                        bail!("node {} did not report ready within {secs} s", node.id);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    events = store.events(0, Some(&node.id), u32::MAX).await?;
                 }
-                if std::time::Instant::now() > deadline {
-                    bail!("node {} not ready within {timeout_secs} s", node.id);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
+            print_timeline(&store, &node, &events, since).await?;
         }
     }
     Ok(())

@@ -59,6 +59,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             tftp_config,
             Arc::new(TftpEvents {
                 store: store.clone(),
+                runtime: tokio::runtime::Handle::current(),
             }),
         )
         .await

@@ -122,11 +122,10 @@ async fn image_file(
     if method == Method::GET && response.status().is_success() {
         // Timeline: which node fetched which file, when (off the request path).
         let store = s.store.clone();
-        let peer = connect.map(|c| c.0.ip().to_string());
+        let peer = connect.map(|c| c.0.ip());
         tokio::spawn(async move {
-            let _ = store
-                .record_event(None, "http-file", json!({ "path": path, "peer": peer }))
-                .await;
+            let detail = json!({ "path": path, "peer": peer });
+            crate::store::record_peer_event(&store, peer, "http-file", detail).await;
         });
     }
     response

@@ -212,6 +212,28 @@ pub struct QueuedCommand {
     pub created_ms: i64,
 }
 
+/// Records an event for whichever node holds a lease on `peer` (protocols
+/// that only see an address: HTTP and TFTP file fetches). Best effort.
+pub async fn record_peer_event(
+    store: &std::sync::Arc<dyn Store>,
+    peer: Option<std::net::IpAddr>,
+    kind: &str,
+    detail: serde_json::Value,
+) {
+    let node = match peer {
+        Some(std::net::IpAddr::V4(ip)) => store
+            .node_by_lease_ip(ip)
+            .await
+            .ok()
+            .flatten()
+            .map(|n| n.id),
+        _ => None,
+    };
+    if let Err(e) = store.record_event(node.as_deref(), kind, detail).await {
+        tracing::warn!(error = %format!("{e:#}"), kind, "event not recorded");
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // --- boot-image table
@@ -253,6 +275,8 @@ pub trait Store: Send + Sync + 'static {
     // --- leases
     async fn leases(&self) -> Result<Vec<Lease>>;
     async fn put_lease(&self, lease: &Lease) -> Result<()>;
+    /// The node holding a lease on `ip` (by the lease's MAC), if any.
+    async fn node_by_lease_ip(&self, ip: Ipv4Addr) -> Result<Option<Node>>;
     async fn remove_lease(&self, mac: &str, ip: Ipv4Addr) -> Result<()>;
 
     // --- agent commands

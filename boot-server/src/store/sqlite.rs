@@ -588,6 +588,12 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn node_by_lease_ip(&self, ip: Ipv4Addr) -> Result<Option<Node>> {
+        let ip = ip.to_string();
+        self.read(move |c| node_where(c, "mac = (SELECT mac FROM leases WHERE ip = ?1)", &ip))
+            .await
+    }
+
     async fn remove_lease(&self, mac: &str, ip: Ipv4Addr) -> Result<()> {
         let (mac, ip) = (mac.to_string(), ip.to_string());
         self.write(move |c| {

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The main job: installs what is missing, builds, starts boot-server (embedded SQLite
+# state) in a lab network namespace, network-boots one QEMU node from the default
+# image and prints its boot timeline; the server keeps running until Ctrl-C.
+#
+# Usage: qemu-tests/lab-up.sh [--firmware bios|uefi] [--nic virtio-net-pci|e1000]
+#                             [--mac MAC] [--state DIR] [--timeout S]
+# State (nodes, leases, events) persists in qemu-tests/run/state unless --state.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+firmware=bios nic=virtio-net-pci mac=52:54:00:10:00:01 state="$repo/qemu-tests/run/state" timeout=240
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --firmware) firmware="$2"; shift 2 ;;
+        --nic) nic="$2"; shift 2 ;;
+        --mac) mac="$2"; shift 2 ;;
+        --state) state="$2"; shift 2 ;;
+        --timeout) timeout="$2"; shift 2 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" = 0 ] || { echo "lab-up: needs root (network namespaces, tap devices)" >&2; exit 1; }
+
+step() { echo "== $*" >&2; }
+step "installing missing Debian packages"
+"$here/install-deps.sh"
+step "building boot-server and the static node-agent"
+(cd "$repo" && cargo build --release -q -p boot-server)
+(cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release -q -p node-agent --target x86_64-unknown-linux-gnu)
+td="${CARGO_TARGET_DIR:-$repo/target}"
+server="$td/release/boot-server"
+step "building the lab image"
+"$repo/images/build-lab-image.sh" --agent "$td/x86_64-unknown-linux-gnu/release/node-agent" >&2
+
+# shellcheck source=lib/lab.sh
+. "$here/lib/lab.sh"
+lab_gc
+lab_create main
+mkdir -p "$state"
+config="$LAB_DIR/boot-server.toml"
+sed -e "s|@STATE_DIR@|$state|" -e "s|@IMAGES_DIR@|$repo/images|" "$here/lab-server.toml" > "$config"
+
+step "starting boot-server in $LAB_NS (log $LAB_DIR/server.log)"
+lab_spawn server "$server" --config "$config" serve
+for _ in $(seq 300); do
+    lab_exec curl -sf -o /dev/null "http://$LAB_BRIDGE_ADDR:8080/healthz" && break
+    kill -0 "${LAB_PID[server]}" 2>/dev/null || { tail -n 20 "$LAB_DIR/server.log" >&2; exit 1; }
+    sleep 0.1
+done
+
+step "powering on node ($firmware, $nic, $mac)"
+lab_start_guest --name node1 --firmware "$firmware" --nic "$nic" --mac "$mac" --stamp
+t0_ms="$(awk -v t="${LAB_GUEST_T0[node1]}" 'BEGIN { printf "%d", t * 1000 }')"
+echo "console: ${LAB_GUEST_LOG[node1]}" >&2
+"$server" --config "$config" node timeline "$mac" --since-ms "$t0_ms" --wait "$timeout"
+echo
+"$server" --config "$config" node list
+echo
+echo "boot-server is running in namespace $LAB_NS; admin CLI: $server --config $config ..."
+echo "Ctrl-C stops the node and the server and removes the namespace."
+wait "${LAB_PID[server]}"
