@@ -9,6 +9,7 @@
 #
 #   qemu-tests/bench/nbd.sh                    # SIZE_MB=256 N=5 FIO_N=3 FIO_SECS=5
 #   N=9 SIZE_MB=512 qemu-tests/bench/nbd.sh
+#   FIO_N=0 qemu-tests/bench/nbd.sh          # throughput only
 #
 # Needs nbdkit, qemu-nbd (qemu-utils), nbdcopy (libnbd-bin), fio. Uses CARGO_TARGET_DIR.
 set -euo pipefail
@@ -108,6 +109,7 @@ fio_iops() { # uri rw
     --runtime="$FIO_SECS" --time_based --size="${SIZE_MB}M" --output-format=json 2>/dev/null |
     sed -n '/^{/,$p' | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))'
 }
+[ "$FIO_N" -gt 0 ] || exit 0
 declare -A IO
 echo "== fio nbd engine, 4k random, iodepth 32, ${FIO_SECS}s, N=$FIO_N (alternating)"
 for rw in randread randwrite; do

@@ -1,26 +1,26 @@
-//! Transmission phase: reads pipelined requests, runs each on the blocking pool, and
-//! replies in completion order (matched by cookie). Simple replies unless the client
-//! negotiated structured replies. Memory is bounded by a per-connection byte budget that
-//! every in-flight READ/WRITE holds until its reply has been written.
+//! Transmission phase, in nbdkit's "parallel" model: after the (async) handshake the
+//! socket is handed to a small set of worker threads per connection. Each worker takes
+//! the reader lock, reads one request (and its WRITE payload), releases it, executes the
+//! request with plain blocking I/O into its own reusable buffer, and writes the reply
+//! under the writer lock. No task hops per request; replies go out in completion order
+//! matched by cookie. Memory per connection is bounded by WORKERS x (32 MiB + header).
+//! Simple replies unless the client negotiated structured replies.
 
-use std::io;
-use std::sync::Arc;
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::disk::Disk;
 use crate::handshake::{Negotiated, ALLOC_CONTEXT_ID, MAX_PAYLOAD};
 use crate::proto::*;
 
-/// In-flight byte budget per connection, in KiB.
-const BUDGET_KIB: u32 = 96 * 1024;
+/// Worker threads (= requests in flight) per connection.
+pub const WORKERS: usize = 8;
 /// Most extents returned by one BLOCK_STATUS.
 const MAX_EXTENTS: usize = 4096;
-
-type Reply = (Vec<u8>, Option<OwnedSemaphorePermit>);
 
 fn errno(e: &io::Error) -> u32 {
     match e.raw_os_error() {
@@ -30,6 +30,13 @@ fn errno(e: &io::Error) -> u32 {
         Some(libc::EINVAL) => EINVAL,
         _ => EIO,
     }
+}
+
+/// What a worker sends back.
+enum Out {
+    /// The first n bytes of the worker's buffer.
+    Buf(usize),
+    Small(Vec<u8>),
 }
 
 struct Conn {
@@ -68,36 +75,6 @@ impl Conn {
         }
     }
 
-    fn read(&self, req: &Request) -> Vec<u8> {
-        let len = req.length as usize;
-        if len == 0 {
-            return self.ok_reply(req.cookie);
-        }
-        let (hdr, mut buf) = if self.structured {
-            let mut b = vec![0u8; 28 + len];
-            let h = structured_header(
-                REPLY_FLAG_DONE,
-                REPLY_TYPE_OFFSET_DATA,
-                req.cookie,
-                8 + req.length,
-            );
-            b[..20].copy_from_slice(&h);
-            b[20..28].copy_from_slice(&req.offset.to_be_bytes());
-            (28, b)
-        } else {
-            let mut b = vec![0u8; 16 + len];
-            b[..16].copy_from_slice(&simple_reply(0, req.cookie));
-            (16, b)
-        };
-        match self.disk.read_at(&mut buf[hdr..], req.offset) {
-            Ok(()) => buf,
-            Err(e) => {
-                tracing::warn!("read error: {e}");
-                self.error_reply(req.cookie, errno(&e))
-            }
-        }
-    }
-
     fn block_status(&self, req: &Request) -> Vec<u8> {
         let mut ext = self.disk.extents(req.offset, u64::from(req.length));
         let max = if req.flags & CMD_FLAG_REQ_ONE != 0 {
@@ -121,12 +98,46 @@ impl Conn {
         v
     }
 
-    /// Runs one validated request (blocking).
-    fn execute(&self, req: &Request, payload: Vec<u8>) -> Vec<u8> {
+    /// Builds a READ reply in `buf`; returns what to send.
+    fn read(&self, req: &Request, buf: &mut Vec<u8>) -> Out {
+        let len = req.length as usize;
+        if len == 0 {
+            return Out::Small(self.ok_reply(req.cookie));
+        }
+        let hdr = if self.structured { 28 } else { 16 };
+        if buf.len() < hdr + len {
+            buf.resize(hdr + len, 0);
+        }
+        if self.structured {
+            let h = structured_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                req.cookie,
+                8 + req.length,
+            );
+            buf[..20].copy_from_slice(&h);
+            buf[20..28].copy_from_slice(&req.offset.to_be_bytes());
+        } else {
+            buf[..16].copy_from_slice(&simple_reply(0, req.cookie));
+        }
+        match self.disk.read_at(&mut buf[hdr..hdr + len], req.offset) {
+            Ok(()) => Out::Buf(hdr + len),
+            Err(e) => {
+                tracing::warn!("read error: {e}");
+                Out::Small(self.error_reply(req.cookie, errno(&e)))
+            }
+        }
+    }
+
+    /// Runs one validated request; a WRITE's payload is in `buf`.
+    fn execute(&self, req: &Request, buf: &mut Vec<u8>) -> Out {
         let c = req.cookie;
-        match req.command {
-            Command::Read => self.read(req),
-            Command::Write => self.status(c, self.disk.write_at(&payload, req.offset, req.fua())),
+        let r = match req.command {
+            Command::Read => return self.read(req, buf),
+            Command::Write => {
+                let len = req.length as usize;
+                self.status(c, self.disk.write_at(&buf[..len], req.offset, req.fua()))
+            }
             Command::Flush => self.status(c, self.disk.flush()),
             Command::Trim => self.status(
                 c,
@@ -145,7 +156,8 @@ impl Conn {
             Command::Cache => self.ok_reply(c),
             Command::BlockStatus => self.block_status(req),
             Command::Disc | Command::Unknown(_) => self.error_reply(c, EINVAL),
-        }
+        };
+        Out::Small(r)
     }
 
     /// Checks a request before execution: Some(errno) to refuse it.
@@ -191,98 +203,157 @@ impl Conn {
 }
 
 /// Serves requests until the client disconnects.
-pub async fn serve(stream: TcpStream, neg: Negotiated) -> Result<()> {
-    let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(256 * 1024, rd);
-    let conn = Arc::new(Conn {
-        disk: neg.disk,
-        structured: neg.structured,
-        meta_alloc: neg.meta_alloc,
+pub async fn serve(stream: tokio::net::TcpStream, neg: Negotiated) -> Result<()> {
+    let sock = stream.into_std().context("detach socket")?;
+    sock.set_nonblocking(false)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("nbd-conn".into())
+        .spawn(move || {
+            let _ = tx.send(serve_blocking(sock, neg));
+        })
+        .context("spawn connection thread")?;
+    rx.await.context("connection thread vanished")?
+}
+
+struct Shared {
+    conn: Conn,
+    reader: Mutex<BufReader<TcpStream>>,
+    writer: Mutex<TcpStream>,
+    sock: TcpStream,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn halt(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.sock.shutdown(Shutdown::Both);
+    }
+}
+
+fn serve_blocking(sock: TcpStream, neg: Negotiated) -> Result<()> {
+    let shared = Arc::new(Shared {
+        conn: Conn {
+            disk: neg.disk,
+            structured: neg.structured,
+            meta_alloc: neg.meta_alloc,
+        },
+        reader: Mutex::new(BufReader::with_capacity(128 * 1024, sock.try_clone()?)),
+        writer: Mutex::new(sock.try_clone()?),
+        sock,
+        stop: AtomicBool::new(false),
     });
-    let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
-    let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(256 * 1024, wr);
-        while let Some((buf, permit)) = rx.recv().await {
-            w.write_all(&buf).await?;
-            drop(permit);
-            while let Ok((buf, permit)) = rx.try_recv() {
-                w.write_all(&buf).await?;
-                drop(permit);
+    let mut handles = Vec::with_capacity(WORKERS);
+    for _ in 0..WORKERS {
+        let sh = shared.clone();
+        let h = std::thread::Builder::new()
+            .name("nbd-worker".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let r = worker(&sh);
+                if r.is_err() {
+                    sh.halt();
+                }
+                r
+            });
+        match h {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                shared.halt();
+                tracing::error!("spawn NBD worker: {e}");
+                break;
             }
-            w.flush().await?;
         }
-        w.shutdown().await.ok();
-        Ok::<(), io::Error>(())
-    });
-    let budget = Arc::new(Semaphore::new(BUDGET_KIB as usize));
-    let result = read_loop(&mut rd, &conn, &tx, &budget).await;
-    // Let in-flight requests finish, then close the writer.
-    drop(tx);
-    let _ = writer.await;
-    let disk = conn.disk.clone();
-    let _ = tokio::task::spawn_blocking(move || disk.flush()).await;
+    }
+    let mut result = Ok(());
+    for h in handles {
+        match h.join() {
+            Ok(Err(e)) if result.is_ok() => result = Err(e),
+            Ok(_) => {}
+            Err(_) => result = Err(anyhow::anyhow!("NBD worker panicked")),
+        }
+    }
+    let _ = shared.sock.shutdown(Shutdown::Both);
+    if let Err(e) = shared.conn.disk.flush() {
+        tracing::warn!("flush at disconnect: {e}");
+    }
     result
 }
 
-async fn read_loop(
-    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-    conn: &Arc<Conn>,
-    tx: &mpsc::UnboundedSender<Reply>,
-    budget: &Arc<Semaphore>,
-) -> Result<()> {
+/// What the reader lock yields.
+enum Next {
+    Run(Request),
+    Refuse(Request, u32),
+    Stop,
+}
+
+fn read_next(sh: &Shared, buf: &mut Vec<u8>) -> Result<Next> {
+    let mut rd = sh.reader.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    if sh.stop.load(Ordering::SeqCst) {
+        return Ok(Next::Stop);
+    }
     let mut hdr = [0u8; REQUEST_LEN];
-    loop {
-        match rd.read_exact(&mut hdr).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e.into()),
+    match rd.read_exact(&mut hdr) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            sh.stop.store(true, Ordering::SeqCst);
+            return Ok(Next::Stop);
         }
-        let req = parse_request(&hdr).context("bad request")?;
-        if req.command == Command::Disc {
-            return Ok(());
-        }
-        let data_len = matches!(req.command, Command::Read | Command::Write)
-            .then_some(req.length.min(MAX_PAYLOAD))
-            .unwrap_or(0);
-        let permit = budget
-            .clone()
-            .acquire_many_owned((data_len / 1024).max(1))
-            .await
-            .context("budget")?;
-        if let Some(err) = conn.validate(&req) {
-            if req.command == Command::Write {
-                // Skip the payload so the stream stays in sync.
-                let n = tokio::io::copy(
-                    &mut (&mut *rd).take(u64::from(req.length)),
-                    &mut tokio::io::sink(),
-                )
-                .await?;
-                if n != u64::from(req.length) {
-                    return Ok(());
-                }
+        Err(e) => {
+            if sh.stop.load(Ordering::SeqCst) {
+                return Ok(Next::Stop);
             }
-            tracing::debug!(?req, err, "request refused");
-            let _ = tx.send((conn.error_reply(req.cookie, err), Some(permit)));
-            continue;
+            return Err(e).context("read request");
         }
-        let mut payload = Vec::new();
+    }
+    let req = parse_request(&hdr).context("bad request")?;
+    if req.command == Command::Disc {
+        // Workers still executing finish and send their replies.
+        sh.stop.store(true, Ordering::SeqCst);
+        return Ok(Next::Stop);
+    }
+    if let Some(err) = sh.conn.validate(&req) {
         if req.command == Command::Write {
-            payload = vec![0u8; req.length as usize];
-            rd.read_exact(&mut payload).await.context("write payload")?;
+            // Skip the payload so the stream stays in sync.
+            let n = io::copy(&mut (&mut *rd).take(u64::from(req.length)), &mut io::sink())?;
+            if n != u64::from(req.length) {
+                sh.stop.store(true, Ordering::SeqCst);
+                return Ok(Next::Stop);
+            }
         }
-        let conn = conn.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let c = conn.clone();
-            let cookie = req.cookie;
-            let reply = match tokio::task::spawn_blocking(move || c.execute(&req, payload)).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("request task failed: {e}");
-                    conn.error_reply(cookie, EIO)
-                }
-            };
-            let _ = tx.send((reply, Some(permit)));
-        });
+        return Ok(Next::Refuse(req, err));
+    }
+    if req.command == Command::Write {
+        let len = req.length as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        rd.read_exact(&mut buf[..len]).context("write payload")?;
+    }
+    Ok(Next::Run(req))
+}
+
+fn worker(sh: &Shared) -> Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let out = match read_next(sh, &mut buf)? {
+            Next::Stop => return Ok(()),
+            Next::Refuse(req, err) => {
+                tracing::debug!(?req, err, "request refused");
+                Out::Small(sh.conn.error_reply(req.cookie, err))
+            }
+            Next::Run(req) => sh.conn.execute(&req, &mut buf),
+        };
+        let bytes: &[u8] = match &out {
+            Out::Buf(n) => &buf[..*n],
+            Out::Small(v) => v,
+        };
+        let mut w = sh.writer.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        w.write_all(bytes).context("send reply")?;
+        drop(w);
+        // Do not keep a huge buffer around after a rare big request.
+        if buf.len() > 4 * 1024 * 1024 {
+            buf = Vec::new();
+        }
     }
 }
