@@ -4,6 +4,36 @@
 //! Protocol code only: it parses and answers. What a node boots is asked of a
 //! [`BootAdvisor`]; leases are made durable through a [`LeaseStore`]. Both are
 //! implemented by the integrator.
+//!
+//! Behaviour worth knowing:
+//! - **Full mode** allocates per subnet (reservation, the MAC's previous lease,
+//!   option 50 if free, else the next free address; never one bound to another
+//!   MAC). An OFFER only holds the address in memory (60 s); a REQUEST is
+//!   bound in memory, then committed through [`LeaseStore::commit`], and the
+//!   ACK leaves only after the commit returned. A failed commit means no ACK.
+//!   Requests are handled concurrently (one task per datagram), so a store
+//!   that batches concurrent commits into one fsync gets group commit.
+//! - INIT-REBOOT / RENEWING / REBINDING for an address that is free and in
+//!   range is ACKed even without a record (authoritative); wrong network or an
+//!   address of another client gets a NAK. DECLINE keeps the address out of
+//!   the pool for 10 minutes. Expired leases are swept every 30 s.
+//! - **Relay:** giaddr selects the subnet, replies go to giaddr:`listen_port`,
+//!   option 82 is echoed verbatim (last option).
+//! - **Destinations:** giaddr, else ciaddr, else 255.255.255.255:68 (also for
+//!   clients without the broadcast flag: no ARP injection). Bind to the
+//!   interface (`DhcpConfig::interface`) so broadcasts leave on the right link.
+//! - **PXE:** a [`BootAnswer`] puts siaddr, the NUL-terminated filename in
+//!   `file` (option 67 too when requested or when longer than 127 bytes),
+//!   option 60, option 43 (6=8, prompt 0) for PXEClient and the echoed option
+//!   97 into the OFFER/ACK: iPXE then requests at once (no ProxyDHCP wait).
+//! - **Proxy mode:** no addresses; PXE/HTTP clients' DISCOVERs get a proxy
+//!   OFFER (yiaddr 0) on port 67; REQUESTs on `proxy_port` (4011, also bound
+//!   in full mode unless 0) get an ACK with the boot information. Clients
+//!   without option 60 PXEClient/HTTPClient are ignored.
+//! - **Malformed packets** (truncated, option overruns, lengths dhcproto would
+//!   assert on, undecodable options) are counted in
+//!   [`DhcpStats::malformed_dropped`] and dropped; BOOTP (no option 53) and
+//!   replies are ignored.
 
 mod codec;
 mod facts;
