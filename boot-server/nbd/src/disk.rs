@@ -38,6 +38,16 @@ impl Disk {
         }
     }
 
+    /// Source runs of [off, off+len) for zero-copy sending (`None` = zeros).
+    pub fn read_plan(&self, off: u64, len: u64) -> Vec<(Option<&std::fs::File>, u64, u64)> {
+        let mut v = Vec::new();
+        match self {
+            Disk::Base(b) => v.push((Some(&b.file), off, off + len)),
+            Disk::Overlay(o) => o.read_plan(off, len, &mut v),
+        }
+        v
+    }
+
     pub fn write_at(&self, buf: &[u8], off: u64, fua: bool) -> io::Result<()> {
         match self {
             Disk::Base(_) => Err(read_only()),

@@ -321,6 +321,33 @@ impl Overlay {
         Ok(())
     }
 
+    /// Where the bytes of [off, off+len) come from right now: runs of
+    /// (source, start, end) with source `None` for zeros.
+    pub fn read_plan<'a>(
+        &'a self,
+        off: u64,
+        len: u64,
+        out: &mut Vec<(Option<&'a File>, u64, u64)>,
+    ) {
+        let end = off + len;
+        let mut pos = off;
+        while pos < end {
+            let c = pos / CHUNK;
+            let st = self.state(c);
+            let mut run_end = ((c + 1) * CHUNK).min(end);
+            while run_end < end && self.state(run_end / CHUNK) == st {
+                run_end = ((run_end / CHUNK + 1) * CHUNK).min(end);
+            }
+            let src = match st {
+                ST_DATA => Some(&self.data),
+                ST_ZERO => None,
+                _ => Some(&self.base),
+            };
+            out.push((src, pos, run_end));
+            pos = run_end;
+        }
+    }
+
     /// Writes `buf` at `off` with copy-up of partly covered fresh chunks.
     pub fn write_at(&self, buf: &[u8], off: u64, fua: bool) -> io::Result<()> {
         {
