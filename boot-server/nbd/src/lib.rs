@@ -1,7 +1,27 @@
 //! boot-nbd: NBD server (fixed newstyle, structured replies, `base:allocation`) that
 //! exports read-only raw base images and per-node copy-on-write overlays with cheap
-//! snapshots. See `overlay` for the on-disk format and durability rules, `store` for
-//! the directory layout, `server` for the resolver seam the boot server plugs into.
+//! snapshots.
+//!
+//! * `store`: `DiskStore`, the directory of bases and overlays (blocking calls: from
+//!   async code run them with `tokio::task::spawn_blocking`).
+//! * `overlay`: the overlay format, copy-up and durability rules (FLUSH/FUA: data
+//!   fdatasync'd before the map entries that point at it).
+//! * `proto`: wire constants and the panic-free parsers (`parse_request`, `parse_option`).
+//! * `handshake`: option haggling; `transmit`: worker threads per connection serving
+//!   pipelined requests; `server`: `NbdServer` and the `ExportResolver` seam.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use boot_nbd::{AllowAllResolver, DiskStore, NbdServer};
+//! let store = Arc::new(DiskStore::open("/var/lib/boot/disks".as_ref())?);
+//! store.create_base_from_file("debian12", "/tmp/debian.qcow2".as_ref())?;
+//! store.create_overlay("rack1-node7", "debian12")?;
+//! let server = NbdServer::bind("0.0.0.0:10809".parse()?, store.clone(),
+//!     Arc::new(AllowAllResolver(store))).await?;
+//! server.run().await
+//! # }
+//! ```
 
 pub mod disk;
 pub mod handshake;

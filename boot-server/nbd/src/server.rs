@@ -113,9 +113,20 @@ impl NbdServer {
 
     /// Accepts connections forever.
     pub async fn run(self) -> Result<()> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Accepts connections until `shutdown` completes (open connections keep running
+    /// until their clients disconnect).
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         tracing::info!(addr = %self.local_addr(), "NBD server listening");
+        tokio::pin!(shutdown);
         loop {
-            let (sock, peer) = match self.listener.accept().await {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = &mut shutdown => return Ok(()),
+            };
+            let (sock, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!("accept: {e}");
