@@ -85,7 +85,9 @@ summary() { # file label
   r=$(awk -v secs="$secs" '/^\*\*\*Statistics for: REQUEST-ACK/ {x=1} x && /^received packets:/ {printf "%.0f", $3/secs; exit}' "$f")
   drops=$(awk '/^drops:/ {s+=$2} END {print s+0}' "$f")
   sent=$(awk '/^sent packets:/ {s+=$3} END {print s+0}' "$f")
-  printf '%-36s %8s exchanges/s   drops %s of %s packets sent\n' "$label" "$r" "$drops" "$sent"
+  # what perfdhcp managed to offer (it is CPU-bound itself on small machines)
+  offered=$(awk -v secs="$secs" '/^sent packets:/ {printf "%.0f", $3/secs; exit}' "$f")
+  printf '%-36s %8s exchanges/s   drops %s of %s packets sent   (perfdhcp offered %s DISCOVER/s)\n' "$label" "$r" "$drops" "$sent" "$offered"
   echo "$r" >"$f.rate"; echo "$drops" >"$f.drops"
 }
 
