@@ -67,8 +67,20 @@ fi
 udp_errors() { # namespace: UDP InErrors / RcvbufErrors / SndbufErrors
   ip netns exec "$1" awk '/^Udp:/ { if (!h) { split($0, k); h=1 } else { split($0, v); for (i in k) if (k[i] ~ /InErrors|RcvbufErrors|SndbufErrors/) printf "%s=%s ", k[i], v[i] } }' /proc/net/snmp
 }
-run_perfdhcp() {
-  ip netns exec "$c" env ${preload:+LD_PRELOAD=$preload} perfdhcp -4 -l 10.9.0.2 -r "$rate" -p "$secs" -R "$clients" -d 2 -W 2000000 10.9.0.1 2>&1
+# PERFDHCP_PROCS=N splits the load over N perfdhcp processes (own relay
+# address 10.9.0.2+i and MAC base each), when one generator is the limit.
+procs=${PERFDHCP_PROCS:-1}
+for i in $(seq 1 $((procs - 1))); do ip -n "$c" addr add "10.9.0.$((2 + i))/16" dev "$ci"; done
+run_perfdhcp() { # output file
+  local i ppids=()
+  for i in $(seq 0 $((procs - 1))); do
+    ip netns exec "$c" env ${preload:+LD_PRELOAD=$preload} perfdhcp -4 -l "10.9.0.$((2 + i))" \
+      -b "mac=00:0c:0$i:02:03:04" -r "$((rate / procs))" -p "$secs" -R "$((clients / procs))" \
+      -d 2 -W 2000000 10.9.0.1 >"$1.$i" 2>&1 &
+    ppids+=($!)
+  done
+  wait "${ppids[@]}" || true
+  cat "$1".? >"$1"
 }
 wait_port67() {
   for _ in $(seq 1 200); do
@@ -82,11 +94,11 @@ summary() { # file label
   local r drops sent
   # completed DORA = ACKs received; perfdhcp's own "Rate:" also divides by
   # the -W drain time, so compute exchanges/s over the test period here
-  r=$(awk -v secs="$secs" '/^\*\*\*Statistics for: REQUEST-ACK/ {x=1} x && /^received packets:/ {printf "%.0f", $3/secs; exit}' "$f")
+  r=$(awk -v secs="$secs" '/^\*\*\*Statistics for: REQUEST-ACK/ {x=1} /^\*\*\*Statistics for: DISCOVER/ {x=0} x && /^received packets:/ {s+=$3} END {printf "%.0f", s/secs}' "$f")
   drops=$(awk '/^drops:/ {s+=$2} END {print s+0}' "$f")
   sent=$(awk '/^sent packets:/ {s+=$3} END {print s+0}' "$f")
   # what perfdhcp managed to offer (it is CPU-bound itself on small machines)
-  offered=$(awk -v secs="$secs" '/^sent packets:/ {printf "%.0f", $3/secs; exit}' "$f")
+  offered=$(awk -v secs="$secs" '/^\*\*\*Statistics for: DISCOVER/ {x=1} /^\*\*\*Statistics for: REQUEST/ {x=0} x && /^sent packets:/ {s+=$3} END {printf "%.0f", s/secs}' "$f")
   printf '%-36s %8s exchanges/s   drops %s of %s packets sent   (perfdhcp offered %s DISCOVER/s)\n' "$label" "$r" "$drops" "$sent" "$offered"
   echo "$r" >"$f.rate"; echo "$drops" >"$f.drops"
 }
@@ -97,7 +109,7 @@ ip netns exec "$s" "$dhcpd" --interface "$si" --server-ip 10.9.0.1 \
   --leases "$work/leases.jsonl" --proxy-port 0 >"$work/dhcpd.out" 2>"$work/dhcpd.err" &
 pids+=($!); dpid=$!
 wait_port67
-run_perfdhcp >"$work/ours.txt" || true
+run_perfdhcp "$work/ours.txt"
 echo "kernel UDP counters: client ns: $(udp_errors "$c") server ns: $(udp_errors "$s")"
 kill -TERM "$dpid"; wait "$dpid" 2>/dev/null || true
 grep STATS "$work/dhcpd.out" || true
@@ -109,7 +121,7 @@ ip netns exec "$s" dnsmasq --keep-in-foreground --port=0 --no-ping --interface="
   --dhcp-leasefile="$work/dnsmasq.leases" --pid-file="$work/dnsmasq.pid" --log-facility=/dev/null &
 pids+=($!); mpid=$!
 wait_port67
-run_perfdhcp >"$work/dnsmasq.txt" || true
+run_perfdhcp "$work/dnsmasq.txt"
 echo "kernel UDP counters (cumulative): client ns: $(udp_errors "$c") server ns: $(udp_errors "$s")"
 kill -TERM "$mpid"; wait "$mpid" 2>/dev/null || true
 
@@ -119,11 +131,11 @@ ip netns exec "$s" dnsmasq --keep-in-foreground --port=0 --no-ping --interface="
   --pid-file="$work/dnsmasq2.pid" --log-facility=/dev/null &
 pids+=($!); mpid=$!
 wait_port67
-run_perfdhcp >"$work/dnsmasq-ro.txt" || true
+run_perfdhcp "$work/dnsmasq-ro.txt"
 kill -TERM "$mpid"; wait "$mpid" 2>/dev/null || true
 
 echo
-echo "== results (perfdhcp -r $rate -p $secs -R $clients, DORA)"
+echo "== results (perfdhcp -r $rate -p $secs -R $clients, DORA, $procs perfdhcp process(es))"
 summary "$work/ours.txt" "boot-dhcp (durable, group commit)"
 summary "$work/dnsmasq.txt" "dnsmasq --no-ping"
 summary "$work/dnsmasq-ro.txt" "dnsmasq --no-ping --leasefile-ro"
