@@ -55,15 +55,15 @@ fn length_ok(code: u8, len: usize) -> bool {
         // u16 values
         13 | 22 | 26 | 57 => len == 2,
         // option 93 is a list of u16
-        93 => len >= 2 && len % 2 == 0,
+        93 => len >= 2 && len.is_multiple_of(2),
         // u8 / bool values
         19 | 20 | 23 | 27 | 29 | 30 | 31 | 34 | 36 | 37 | 39 | 46 | 52 | 53 | 116 | 156 | 157 => {
             len == 1
         }
         // lists of IPv4 addresses
-        3..=11 | 41 | 42 | 44 | 45 | 48 | 49 | 65 | 68..=76 | 89 | 92 => len % 4 == 0,
+        3..=11 | 41 | 42 | 44 | 45 | 48 | 49 | 65 | 68..=76 | 89 | 92 => len.is_multiple_of(4),
         // lists of IPv4 pairs
-        21 | 33 => len % 8 == 0,
+        21 | 33 => len.is_multiple_of(8),
         // rapid commit: debug_assert len == 0
         80 => len == 0,
         // client FQDN: flags + 2 rcodes (len - 3)

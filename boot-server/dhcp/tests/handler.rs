@@ -159,7 +159,7 @@ async fn send(h: &Handler, m: &Message) -> Option<Outgoing> {
     h.handle(&bytes(m), client(), Ingress::Dhcp).await
 }
 
-fn opt<'a>(m: &'a Message, code: OptionCode) -> Option<&'a DhcpOption> {
+fn opt(m: &Message, code: OptionCode) -> Option<&DhcpOption> {
     m.opts().get(code)
 }
 
