@@ -112,13 +112,18 @@ bench_start_server() {
     return 1
 }
 
-# Stops the daemons named in $@ (LAB_PID keys) and waits for them to exit.
+# Stops the daemons named in $@ (LAB_PID keys): SIGTERM, then SIGKILL after 5 s.
 bench_stop() {
-    local n pid
+    local n pid i
     for n in "$@"; do
         pid="${LAB_PID[$n]:-}"
         [ -n "$pid" ] || continue
         kill "$pid" 2>/dev/null || true
+        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            lab_log "$n ignored SIGTERM for 5 s; SIGKILL"
+            kill -9 "$pid" 2>/dev/null || true
+        fi
         wait "$pid" 2>/dev/null || true
         unset "LAB_PID[$n]"
     done
