@@ -211,3 +211,23 @@ fn snapshot_keeps_old_contents() {
     );
     assert!(store.delete_overlay("nope").is_err());
 }
+
+#[test]
+fn block_status_reports_zeroed_ranges() {
+    if tools_missing() {
+        return;
+    }
+    let (_dir, store, _base) = setup();
+    store.create_overlay("n", "deb").unwrap();
+    let addr = start_server(store.clone(), Arc::new(AllowAllResolver(store)));
+    let mut c = Client::connect(addr, "n").unwrap();
+    assert_eq!(c.call(CMD_TRIM, 0, 1 << 20, 1 << 20, &[]).0, 0);
+    c.disconnect();
+    let map = run(Command::new("nbdinfo").arg("--map").arg(uri(addr, "n")));
+    let lines: Vec<&str> = map.lines().collect();
+    assert!(lines.len() == 3, "{map}");
+    assert!(
+        lines[1].contains("1048576") && lines[1].contains("hole,zero"),
+        "{map}"
+    );
+}

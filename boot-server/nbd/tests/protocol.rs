@@ -165,3 +165,105 @@ fn trim_and_zero_read_back_zeros_and_limits_hold() {
     let mut c = Client::connect(addr, "node").unwrap();
     assert_eq!(c.read(0, 10), base[..10].to_vec());
 }
+
+fn opt(s: &mut TcpStream, o: u32, data: &[u8]) {
+    let mut v = b"IHAVEOPT".to_vec();
+    v.extend_from_slice(&o.to_be_bytes());
+    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    v.extend_from_slice(data);
+    s.write_all(&v).unwrap();
+}
+
+/// (reply type, payload) of one option reply.
+fn opt_reply(s: &mut TcpStream, o: u32) -> (u32, Vec<u8>) {
+    let mut h = [0u8; 20];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(
+        u64::from_be_bytes(h[0..8].try_into().unwrap()),
+        0x3e889045565a9
+    );
+    assert_eq!(u32::from_be_bytes(h[8..12].try_into().unwrap()), o);
+    let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).unwrap();
+    (u32::from_be_bytes(h[12..16].try_into().unwrap()), p)
+}
+
+#[test]
+fn option_haggling() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _base) = store_with_overlay(dir.path());
+    let addr = start_server(store.clone(), Arc::new(AllowAllResolver(store)));
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).unwrap();
+    assert_eq!(
+        u16::from_be_bytes([g[16], g[17]]),
+        3,
+        "FIXED_NEWSTYLE | NO_ZEROES"
+    );
+    s.write_all(&1u32.to_be_bytes()).unwrap(); // fixed newstyle, zeroes wanted
+    opt(&mut s, 99, b"whatever");
+    assert_eq!(
+        opt_reply(&mut s, 99).0,
+        (1 << 31) + 1,
+        "unknown option -> ERR_UNSUP"
+    );
+    opt(&mut s, 5, &[]);
+    assert_eq!(
+        opt_reply(&mut s, 5).0,
+        (1 << 31) + 1,
+        "STARTTLS -> ERR_UNSUP"
+    );
+    opt(&mut s, 8, b"x");
+    assert_eq!(
+        opt_reply(&mut s, 8).0,
+        (1 << 31) + 3,
+        "payload on STRUCTURED_REPLY"
+    );
+    opt(&mut s, 10, &[0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        opt_reply(&mut s, 10).0,
+        (1 << 31) + 3,
+        "SET_META_CONTEXT before STRUCTURED"
+    );
+    opt(&mut s, 6, &[0, 0, 0, 2, b'n']);
+    assert_eq!(opt_reply(&mut s, 6).0, (1 << 31) + 3, "truncated INFO");
+    opt(&mut s, 3, &[]);
+    let mut names = Vec::new();
+    loop {
+        let (t, p) = opt_reply(&mut s, 3);
+        if t == 1 {
+            break;
+        }
+        assert_eq!(t, 2);
+        names.push(String::from_utf8(p[4..].to_vec()).unwrap());
+    }
+    assert!(names.contains(&"node".to_string()) && names.contains(&"deb".to_string()));
+    // EXPORT_NAME without NO_ZEROES: size, flags, 124 zero bytes, then transmission.
+    opt(&mut s, 1, b"node");
+    let mut r = [0u8; 134];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(u64::from_be_bytes(r[0..8].try_into().unwrap()), SIZE as u64);
+    assert!(r[10..].iter().all(|b| *b == 0));
+    let mut req = Vec::new();
+    req.extend_from_slice(&0x25609513u32.to_be_bytes());
+    req.extend_from_slice(&[0, 0, 0, 3]); // FLUSH
+    req.extend_from_slice(&42u64.to_be_bytes());
+    req.extend_from_slice(&[0; 12]);
+    s.write_all(&req).unwrap();
+    let mut rep = [0u8; 16];
+    s.read_exact(&mut rep).unwrap();
+    assert_eq!(&rep[0..8], &[0x67, 0x44, 0x66, 0x98, 0, 0, 0, 0]);
+    assert_eq!(u64::from_be_bytes(rep[8..16].try_into().unwrap()), 42);
+
+    // ABORT gets an ACK and the connection closes.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.read_exact(&mut g).unwrap();
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    opt(&mut s, 2, &[]);
+    assert_eq!(opt_reply(&mut s, 2).0, 1);
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}
