@@ -53,7 +53,7 @@ done
 
 step "powering on node ($firmware, $nic, $mac)"
 lab_start_guest --name node1 --firmware "$firmware" --nic "$nic" --mac "$mac" --stamp
-t0_ms="$(awk -v t="${LAB_GUEST_T0[node1]}" 'BEGIN { printf "%d", t * 1000 }')"
+t0_ms="$(awk -v t="${LAB_GUEST_T0[node1]}" 'BEGIN { printf "%.0f", t * 1000 }')"
 echo "console: ${LAB_GUEST_LOG[node1]}" >&2
 "$server" --config "$config" node timeline "$mac" --since-ms "$t0_ms" --wait "$timeout"
 echo

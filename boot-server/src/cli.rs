@@ -383,7 +383,16 @@ async fn node_command(cmd: NodeCmd, store: Arc<dyn Store>, config: Config) -> Re
             queue(node.id, kind).await?;
         }
         NodeCmd::Timeline { id, since_ms, wait } => {
-            let node = find(id).await?;
+            let deadline =
+                std::time::Instant::now() + std::time::Duration::from_secs(wait.unwrap_or(0));
+            // With --wait, a node that has not booted yet is waited for too.
+            let node = loop {
+                match find(id.clone()).await {
+                    Ok(n) => break n,
+                    Err(e) if std::time::Instant::now() > deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                }
+            };
             let since = since_ms.unwrap_or(0);
             let ready = |events: &[crate::store::Event]| {
                 events
@@ -392,7 +401,6 @@ async fn node_command(cmd: NodeCmd, store: Arc<dyn Store>, config: Config) -> Re
             };
             let mut events = store.events(0, Some(&node.id), u32::MAX).await?;
             if let Some(secs) = wait {
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
                 // Another process (the server) writes the events: look every 100 ms.
                 while !ready(&events) {
                     if std::time::Instant::now() > deadline {
@@ -402,6 +410,8 @@ async fn node_command(cmd: NodeCmd, store: Arc<dyn Store>, config: Config) -> Re
                     events = store.events(0, Some(&node.id), u32::MAX).await?;
                 }
             }
+            // Re-read: the boot may have changed the node's image while we waited.
+            let node = store.node(&node.id).await?.unwrap_or(node);
             print_timeline(&store, &node, &events, since).await?;
         }
     }
