@@ -5,7 +5,8 @@
 # boot-nbd is measured through copy-on-write overlays: "empty" (every read falls
 # through to the base) and "full" (every chunk allocated in the overlay), and the
 # read-only base export. Throughput: `nbdcopy nbd://... /dev/null`, N runs per server,
-# alternating; IOPS: fio's nbd engine, 4k random read / write, iodepth 32.
+# alternating; sequential write: nbdcopy of a random file into a fresh overlay (vs
+# overwriting the others' files); IOPS: fio's nbd engine, 4k random read / write, iodepth 32.
 #
 #   qemu-tests/bench/nbd.sh                    # SIZE_MB=256 N=5 FIO_N=3 FIO_SECS=5
 #   N=9 SIZE_MB=512 qemu-tests/bench/nbd.sh
@@ -46,7 +47,7 @@ cp "$work/base.raw" "$work/kit.raw"
 cp "$work/base.raw" "$work/qemu.raw"
 
 "$serve" --root "$work/store" --listen 127.0.0.1:0 --base bench="$work/base.raw" \
-  --overlay empty=bench --overlay full=bench > "$work/serve.out" 2> "$work/serve.log" &
+  --overlay empty=bench --overlay full=bench $(for i in $(seq "$N"); do echo "--overlay w$i=bench"; done) > "$work/serve.out" 2> "$work/serve.log" &
 pids+=($!)
 kit_port=$(free_port)
 nbdkit -f --exit-with-parent -i 127.0.0.1 -p "$kit_port" file file="$work/kit.raw" 2> "$work/nbdkit.log" &
@@ -109,6 +110,28 @@ fio_iops() { # uri rw
     --runtime="$FIO_SECS" --time_based --size="${SIZE_MB}M" --output-format=json 2>/dev/null |
     sed -n '/^{/,$p' | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))'
 }
+# Sequential write: a fresh (empty) overlay per run for us, overwrite in place for the
+# others (their files are fully allocated already); nbdcopy flushes at the end.
+echo "== nbdcopy file -> export (write), ${SIZE_MB} MiB, N=$N (alternating)"
+head -c $((SIZE_MB * 1024 * 1024)) /dev/urandom > "$work/src.raw"
+declare -A WR
+for i in $(seq "$N"); do
+  for k in ours-fresh nbdkit qemu-nbd; do
+    u=${URI[$k]:-"nbd://$ours/w$i"}
+    t0=$(date +%s.%N)
+    nbdcopy "$work/src.raw" "$u"
+    t1=$(date +%s.%N)
+    WR[$k]+="$(echo "$SIZE_MB / ($t1 - $t0)" | bc -l) "
+  done
+done
+declare -A WRM
+for k in ours-fresh nbdkit qemu-nbd; do
+  WRM[$k]=$(echo "${WR[$k]}" | tr ' ' '\n' | grep . | median)
+  printf '%-11s median %8.1f MiB/s   runs: %s\n' "$k" "${WRM[$k]}" "${WR[$k]}"
+done
+printf 'ratio ours-fresh/nbdkit = %.2f   ours-fresh/qemu-nbd = %.2f\n' \
+  "$(echo "${WRM[ours-fresh]} / ${WRM[nbdkit]}" | bc -l)" "$(echo "${WRM[ours-fresh]} / ${WRM[qemu-nbd]}" | bc -l)"
+
 [ "$FIO_N" -gt 0 ] || exit 0
 declare -A IO
 echo "== fio nbd engine, 4k random, iodepth 32, ${FIO_SECS}s, N=$FIO_N (alternating)"
