@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# qemu-tests/test-boot-server.sh: end-to-end tests of boot-server in the QEMU lab.
+#   full   : full DHCP mode; a BIOS guest (SeaBIOS, virtio-net) and a UEFI guest
+#            (OVMF, e1000) side by side network-boot the default image; both agents
+#            report ready with inventory and heartbeats; DHCP leases are recorded; a
+#            forged agent token is refused; stopping a guest marks its node failed.
+#   proxy  : dnsmasq (own namespace on the same bridge) hands out addresses only;
+#            boot-server in proxy mode adds the boot answers; a BIOS guest boots.
+#   kexec  : an admin `node kexec` moves a running node to another image without
+#            firmware; the new boot's agent reports ready on that image.
+# Prints `N passed, M failed`; exits non-zero on failure. Needs root (skips otherwise).
+# Usage: qemu-tests/test-boot-server.sh [--timeout S] [TEST...]
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+timeout=240
+tests=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --timeout) timeout="$2"; shift 2 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) tests+=("$1"); shift ;;
+    esac
+done
+[ ${#tests[@]} -gt 0 ] || tests=(full proxy kexec)
+
+# shellcheck source=lib/lab.sh
+. "$here/lib/lab.sh"
+lab_require_root || { echo "0 passed, 0 failed"; exit 0; }
+td="${CARGO_TARGET_DIR:-$repo/target}"
+server="$td/release/boot-server"
+[ -x "$server" ] || { echo "missing $server (cargo build --release -p boot-server)"; echo "0 passed, 1 failed"; exit 1; }
+[ -f "$repo/images/build/lab/initrd.img" ] || { echo "missing lab image (images/build-lab-image.sh)"; echo "0 passed, 1 failed"; exit 1; }
+
+passed=0 failed=0
+ok() { echo "ok   - $1"; passed=$((passed + 1)); }
+not_ok() { echo "FAIL - $1"; failed=$((failed + 1)); }
+check() { local what="$1"; shift; if "$@"; then ok "$what"; else not_ok "$what"; fi; }
+
+# Starts boot-server in the current lab with the lab config; $1 = dhcp mode.
+start_server() {
+    local mode="$1"
+    state="$LAB_DIR/state"
+    config="$LAB_DIR/boot-server.toml"
+    sed -e "s|@STATE_DIR@|$state|" -e "s|@IMAGES_DIR@|$repo/images|" \
+        -e "s|^mode = \"full\"|mode = \"$mode\"|" "$here/lab-server.toml" > "$config"
+    lab_spawn server "$server" --config "$config" serve
+    local i
+    for i in $(seq 300); do
+        lab_exec curl -sf -o /dev/null "http://$LAB_BRIDGE_ADDR:8080/healthz" && return 0
+        kill -0 "${LAB_PID[server]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    tail -n 30 "$LAB_DIR/server.log"
+    return 1
+}
+cli() { "$server" --config "$config" "$@"; }
+t0_ms() { awk -v t="${LAB_GUEST_T0[$1]}" 'BEGIN { printf "%.0f", t * 1000 }'; }
+# Waits for the node (MAC $1, guest $2) to report ready; prints its timeline.
+wait_ready() {
+    if cli node timeline "$1" --since-ms "$(t0_ms "$2")" --wait "$timeout"; then
+        return 0
+    fi
+    echo "--- console of $2:"; tr -d '\r' < "${LAB_GUEST_LOG[$2]}" | tail -n 25
+    echo "--- server log:"; tail -n 25 "$LAB_DIR/server.log"
+    return 1
+}
+node_field() { cli node show "$1" | tr -d ' \n' | grep -o "\"$2\":[^,}]*" | head -n1 | sed 's/^[^:]*://'; }
+
+test_full() {
+    lab_create full || return 1
+    start_server full || { not_ok "full: server starts"; return; }
+    local bios=52:54:00:20:00:01 uefi=52:54:00:20:00:02
+    lab_start_guest --name bios --firmware bios --nic virtio-net-pci --mac "$bios" --stamp
+    lab_start_guest --name uefi --firmware uefi --nic e1000 --mac "$uefi" --stamp
+    local tl
+    tl="$(wait_ready "$bios" bios)"; echo "$tl"
+    check "full: BIOS guest boots the default image and its agent reports ready" grep -q "agent    ready on lab" <<<"$tl"
+    check "full: BIOS timeline shows dhcp, script, kernel, initrd" \
+        bash -c 'grep -q " dhcp " <<<"$1" && grep -q " script " <<<"$1" && grep -q " kernel " <<<"$1" && grep -q " initrd " <<<"$1"' _ "$tl"
+    tl="$(wait_ready "$uefi" uefi)"; echo "$tl"
+    check "full: UEFI guest (OVMF) boots the default image and its agent reports ready" grep -q "agent    ready on lab" <<<"$tl"
+    check "full: inventory says bios for the BIOS node" grep -q '"firmware":"bios"' <<<"$(cli node show "$bios" | tr -d ' \n')"
+    check "full: inventory says uefi for the UEFI node" grep -q '"firmware":"uefi"' <<<"$(cli node show "$uefi" | tr -d ' \n')"
+    local leases; leases="$(cli leases)"; echo "$leases"
+    check "full: both guests hold durable leases" bash -c 'grep -q "$1" <<<"$3" && grep -q "$2" <<<"$3"' _ "$bios" "$uefi" "$leases"
+    # Heartbeats keep arriving: the heartbeat timestamp moves.
+    local hb1 hb2 i
+    hb1="$(node_field "$bios" last_heartbeat_ms)"
+    for i in $(seq 100); do hb2="$(node_field "$bios" last_heartbeat_ms)"; [ "$hb2" != "$hb1" ] && break; sleep 0.1; done
+    check "full: live heartbeats ($hb1 -> $hb2)" test "$hb2" != "$hb1"
+    local code
+    code="$(lab_exec curl -s -o /dev/null -w '%{http_code}' -H 'x-node-token: forged' "http://$LAB_BRIDGE_ADDR:8080/api/agent/commands")"
+    check "full: a forged agent token is refused (HTTP $code)" test "$code" = 401
+    # Power the UEFI guest off: after heartbeat_timeout_secs (10) the node is failed.
+    lab_stop_guest uefi
+    local state=""
+    for i in $(seq 300); do
+        state="$(node_field "$uefi" state)"
+        [ "$state" = '"failed"' ] && break
+        sleep 0.1
+    done
+    check "full: a stopped guest is marked failed after the heartbeat limit (state $state)" test "$state" = '"failed"'
+    check "full: the failure is in the event log" grep -q node-failed <<<"$(cli events --node "node-${uefi//:/}")"
+    lab_cleanup
+}
+
+test_proxy() {
+    lab_create proxy || return 1
+    # dnsmasq in its own namespace on the lab bridge: addresses only, no boot options.
+    local dns="${LAB_NS}-dhcp"
+    ip netns add "$dns" && LAB_NAMESPACES+=("$dns")
+    ip link add pxv0 netns "$LAB_NS" type veth peer name pxv1 netns "$dns"
+    ip -n "$LAB_NS" link set pxv0 master br0 up
+    ip -n "$dns" link set lo up
+    ip -n "$dns" addr add 10.77.0.2/24 dev pxv1
+    ip -n "$dns" link set pxv1 up
+    ip netns exec "$dns" dnsmasq --keep-in-foreground --port=0 --no-resolv --bind-interfaces \
+        --interface=pxv1 --dhcp-range=10.77.0.50,10.77.0.90,1h --dhcp-leasefile="$LAB_DIR/dnsmasq.leases" \
+        --pid-file="$LAB_DIR/dnsmasq.pid" --log-dhcp --log-facility="$LAB_DIR/dnsmasq.log" &
+    start_server proxy || { not_ok "proxy: server starts"; return; }
+    local mac=52:54:00:20:00:11
+    lab_start_guest --name px --firmware bios --nic virtio-net-pci --mac "$mac" --stamp
+    local tl; tl="$(wait_ready "$mac" px)"; echo "$tl"
+    check "proxy: a BIOS guest boots through proxy answers beside dnsmasq" grep -q "agent    ready on lab" <<<"$tl"
+    local theirs ours
+    theirs="$(cat "$LAB_DIR/dnsmasq.leases" 2>/dev/null)"
+    ours="$(cli leases --json)"
+    check "proxy: the address came from dnsmasq, not from boot-server" \
+        bash -c 'grep -qi "$1" <<<"$2" && ! grep -qi "$1" <<<"$3"' _ "$mac" "$theirs" "$ours"
+    lab_cleanup
+}
+
+test_kexec() {
+    lab_create kexec || return 1
+    start_server full || { not_ok "kexec: server starts"; return; }
+    # A second image: the same files under another name.
+    local m="$LAB_DIR/lab-b.toml"
+    sed -e 's/^name = "lab"/name = "lab-b"/' -e 's/^version = .*/version = "2"/' "$repo/images/lab/image.toml" > "$m"
+    cli image add "$m" >/dev/null
+    local mac=52:54:00:20:00:21
+    lab_start_guest --name kx --firmware bios --nic virtio-net-pci --mac "$mac" --stamp
+    local tl; tl="$(wait_ready "$mac" kx)"
+    check "kexec: node up on lab" grep -q "agent    ready on lab" <<<"$tl"
+    local t1; t1="$(date +%s%3N)"
+    cli node kexec "$mac" lab-b
+    tl="$(cli node timeline "$mac" --since-ms "$t1" --wait "$timeout")"; echo "$tl"
+    check "kexec: the agent reports ready on lab-b after a warm reprovision" grep -q "agent    ready on lab-b" <<<"$tl"
+    check "kexec: no firmware or PXE on the way (no DHCP boot answer since the command)" bash -c '! grep -q " dhcp " <<<"$1"' _ "$tl"
+    lab_cleanup
+}
+
+lab_gc
+for t in "${tests[@]}"; do
+    echo "== $t"
+    "test_$t"
+done
+# Nothing left behind by this run.
+left="$(ip netns list | grep -c "^bootlab-$$-" || true)"
+check "no lab namespace left behind" test "$left" = 0
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
