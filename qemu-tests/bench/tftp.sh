@@ -35,6 +35,8 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # Safety net: anything still running inside our own namespace.
+  for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
   ip netns del "$ns" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -50,17 +52,17 @@ ip netns add "$ns"
 ip -n "$ns" link set lo up
 inns() { ip netns exec "$ns" "$@"; }
 
-inns dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --user=root \
+ip netns exec "$ns" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --user=root \
   --listen-address=127.0.0.1 --bind-interfaces --enable-tftp --tftp-root="$work/root" \
   --quiet-tftp --pid-file="$work/dnsmasq.pid" --log-facility="$work/dnsmasq.log" &
 pids+=($!)
-inns "$tftpd" --listen 127.0.0.1:6969 --root "$work/root" > "$work/tftpd.out" 2> "$work/tftpd.log" &
+ip netns exec "$ns" "$tftpd" --listen 127.0.0.1:6969 --root "$work/root" > "$work/tftpd.out" 2> "$work/tftpd.log" &
 pids+=($!)
 
 # Optional third contender: ASYNC_TFTP_BIN=/path/to/server, run as
 # `$ASYNC_TFTP_BIN DIR 127.0.0.1:7070` (a 10-line async-tftp example server).
 if [ -n "${ASYNC_TFTP_BIN:-}" ]; then
-  inns "$ASYNC_TFTP_BIN" "$work/root" 127.0.0.1:7070 > "$work/async.log" 2>&1 &
+  ip netns exec "$ns" "$ASYNC_TFTP_BIN" "$work/root" 127.0.0.1:7070 > "$work/async.log" 2>&1 &
   pids+=($!)
 fi
 
