@@ -110,9 +110,14 @@ ip netns exec "$s" "$dhcpd" --interface "$si" --server-ip 10.9.0.1 \
 pids+=($!); dpid=$!
 wait_port67
 run_perfdhcp "$work/ours.txt"
+# server CPU time (user+system, incl. the kernel network path it drives)
+read -r utime stime < <(awk '{print $14, $15}' "/proc/$dpid/stat")
 echo "kernel UDP counters: client ns: $(udp_errors "$c") server ns: $(udp_errors "$s")"
 kill -TERM "$dpid"; wait "$dpid" 2>/dev/null || true
-grep STATS "$work/dhcpd.out" || true
+grep -E "STATS|STORE" "$work/dhcpd.out" || true
+acks=$(sed -n 's/.* acks=\([0-9]*\).*/\1/p' "$work/dhcpd.out")
+awk -v u="$utime" -v s="$stime" -v hz="$(getconf CLK_TCK)" -v a="${acks:-0}" 'BEGIN {
+  cpu = (u + s) / hz; if (a > 0) printf "server CPU: %.2f s user+sys for %d DORA = %.1f us per exchange (~%.0f exchanges/s per dedicated core)\n", cpu, a, cpu * 1e6 / a, a / cpu }'
 echo "lease log: $(wc -l <"$work/leases.jsonl") records, $(du -h "$work/leases.jsonl" | cut -f1)"
 
 echo "== dnsmasq --no-ping"

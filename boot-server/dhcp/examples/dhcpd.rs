@@ -15,6 +15,7 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,6 +91,11 @@ struct FileStore {
     state: Mutex<LogState>,
     dirty: Notify,
     durable: watch::Sender<u64>,
+    /// fsync'ed batches, records written, total and worst fsync time (µs).
+    flushes: AtomicU64,
+    records: AtomicU64,
+    fsync_us: AtomicU64,
+    fsync_max_us: AtomicU64,
 }
 
 impl FileStore {
@@ -100,6 +106,10 @@ impl FileStore {
             state: Mutex::new(LogState::default()),
             dirty: Notify::new(),
             durable,
+            flushes: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            fsync_us: AtomicU64::new(0),
+            fsync_max_us: AtomicU64::new(0),
         });
         let s = store.clone();
         tokio::spawn(async move { s.flusher().await });
@@ -109,27 +119,33 @@ impl FileStore {
     async fn flusher(self: Arc<Self>) {
         loop {
             self.dirty.notified().await;
-            let (gen, batch) = {
+            let (gen, batch, n) = {
                 let mut st = self.state.lock().unwrap();
-                (st.generation, std::mem::take(&mut st.pending))
+                let n = st.generation - *self.durable.borrow();
+                (st.generation, std::mem::take(&mut st.pending), n)
             };
             if batch.is_empty() {
                 continue;
             }
             let path = self.path.clone();
-            let res = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let res = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
                 let mut f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(&path)
                     .with_context(|| format!("opening {}", path.display()))?;
                 f.write_all(&batch)?;
+                let t = std::time::Instant::now();
                 f.sync_data()?;
-                Ok(())
+                Ok(t.elapsed().as_micros() as u64)
             })
             .await;
             match res {
-                Ok(Ok(())) => {
+                Ok(Ok(us)) => {
+                    self.flushes.fetch_add(1, Relaxed);
+                    self.records.fetch_add(n, Relaxed);
+                    self.fsync_us.fetch_add(us, Relaxed);
+                    self.fsync_max_us.fetch_max(us, Relaxed);
                     let _ = self.durable.send(gen);
                 }
                 Ok(Err(e)) => eprintln!("lease log write failed: {e:#}"),
@@ -288,7 +304,7 @@ async fn main() -> anyhow::Result<()> {
         ipxe_url: get("ipxe-url").unwrap_or_else(|| format!("http://{server_ip}/boot.ipxe")),
     });
     let store = FileStore::open(leases_path);
-    let server = DhcpServer::bind(config, advisor, store).await?;
+    let server = DhcpServer::bind(config, advisor, store.clone()).await?;
     let stats = server.stats();
     if let Some(ifc) = get("ra") {
         let ra = RaResponder::bind(&ifc)?;
@@ -313,6 +329,15 @@ async fn main() -> anyhow::Result<()> {
         c(&stats.proxy_offers), c(&stats.proxy_acks), c(&stats.malformed_dropped),
         c(&stats.pool_exhausted), c(&stats.commit_failures), c(&stats.send_errors),
         SystemTime::now()
+    );
+    let flushes = store.flushes.load(Relaxed).max(1);
+    println!(
+        "STORE fsync_batches={} records={} avg_batch={:.1} avg_fsync_ms={:.2} max_fsync_ms={:.1}",
+        store.flushes.load(Relaxed),
+        store.records.load(Relaxed),
+        store.records.load(Relaxed) as f64 / flushes as f64,
+        store.fsync_us.load(Relaxed) as f64 / flushes as f64 / 1000.0,
+        store.fsync_max_us.load(Relaxed) as f64 / 1000.0
     );
     Ok(())
 }
