@@ -76,7 +76,7 @@ run_perfdhcp() { # output file
   for i in $(seq 0 $((procs - 1))); do
     ip netns exec "$c" env ${preload:+LD_PRELOAD=$preload} perfdhcp -4 -l "10.9.0.$((2 + i))" \
       -b "mac=00:0c:0$i:02:03:04" -r "$((rate / procs))" -p "$secs" -R "$((clients / procs))" \
-      -d 2 -W 2000000 10.9.0.1 >"$1.$i" 2>&1 &
+      -d 2 -W 2000000 ${PERFDHCP_ARGS:-} 10.9.0.1 >"$1.$i" 2>&1 &
     ppids+=($!)
   done
   wait "${ppids[@]}" || true
