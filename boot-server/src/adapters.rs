@@ -96,12 +96,3 @@ impl boot_tftp::TransferObserver for TftpEvents {
         });
     }
 }
-
-/// NBD export policy until disks are attached to nodes: nothing is exported.
-pub struct AdminOnlyExports;
-
-impl boot_nbd::ExportResolver for AdminOnlyExports {
-    fn resolve(&self, _name: &str, _peer: SocketAddr) -> Option<boot_nbd::ExportTarget> {
-        None
-    }
-}

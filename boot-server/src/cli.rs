@@ -53,6 +53,9 @@ pub enum Cmd {
     /// Nodes and their agents.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Virtual disks: raw bases, per-node copy-on-write overlays, snapshots.
+    #[command(subcommand)]
+    Disk(DiskCmd),
     /// DHCP leases.
     Leases {
         #[arg(long)]
@@ -85,6 +88,45 @@ pub enum ImageCmd {
     },
     Remove {
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DiskCmd {
+    /// Create a read-only base disk from a file (raw copied; qcow2 etc. converted).
+    AddBase {
+        name: String,
+        file: PathBuf,
+    },
+    /// Create a copy-on-write overlay of a base.
+    Create {
+        id: String,
+        #[arg(long)]
+        base: String,
+    },
+    /// Snapshot an overlay (for cloning): a new overlay with its current contents.
+    Snapshot {
+        id: String,
+        snapshot: String,
+    },
+    List,
+    /// Delete an overlay (refused while attached) or, with --base, a base.
+    Delete {
+        id: String,
+        #[arg(long)]
+        base: bool,
+    },
+    /// Attach an overlay to a node: mints its export name and tells the agent to connect.
+    Attach {
+        id: String,
+        #[arg(long)]
+        node: String,
+        /// Mount point on the node (none: block device only).
+        #[arg(long)]
+        mount: Option<String>,
+    },
+    Detach {
+        id: String,
     },
 }
 
@@ -211,6 +253,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await?;
         }
         Cmd::Node(cmd) => node_command(cmd, store, config).await?,
+        Cmd::Disk(cmd) => disk_command(cmd, store, config).await?,
         Cmd::Leases { json } => {
             let leases = store.leases().await?;
             if json {
@@ -235,6 +278,123 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::AdminToken => println!("{}", crate::serve::admin_token(&config)?),
+    }
+    Ok(())
+}
+
+async fn disk_command(cmd: DiskCmd, store: Arc<dyn Store>, config: Config) -> Result<()> {
+    let disks = boot_nbd::DiskStore::open(&config.disks_dir())?;
+    match cmd {
+        DiskCmd::AddBase { name, file } => {
+            let b = disks.create_base_from_file(&name, &file)?;
+            println!("base {} ({} bytes)", b.name, b.size);
+        }
+        DiskCmd::Create { id, base } => {
+            let o = disks.create_overlay(&id, &base)?;
+            println!("overlay {} on {} ({} bytes)", o.id, o.base, o.size);
+        }
+        DiskCmd::Snapshot { id, snapshot } => {
+            let o = disks.snapshot_overlay(&id, &snapshot)?;
+            println!(
+                "snapshot {} of {id} ({} bytes allocated{})",
+                o.id,
+                o.allocated_bytes,
+                if o.reflinked {
+                    ", reflinked"
+                } else {
+                    ", copied"
+                }
+            );
+        }
+        DiskCmd::List => {
+            let attached: std::collections::HashMap<String, String> = store
+                .disk_attachments()
+                .await?
+                .into_iter()
+                .map(|a| (a.overlay, a.node))
+                .collect();
+            println!(
+                "{:<8} {:<20} {:<16} {:>14} {:>14}  NODE",
+                "KIND", "NAME", "BASE", "SIZE", "ALLOCATED"
+            );
+            for b in disks.list_bases()? {
+                println!(
+                    "{:<8} {:<20} {:<16} {:>14} {:>14}",
+                    "base", b.name, "-", b.size, b.size
+                );
+            }
+            for o in disks.list_overlays()? {
+                let kind = if o.origin.is_some() {
+                    "snapshot"
+                } else {
+                    "overlay"
+                };
+                let node = attached.get(&o.id).map(String::as_str).unwrap_or("-");
+                println!(
+                    "{:<8} {:<20} {:<16} {:>14} {:>14}  {node}",
+                    kind, o.id, o.base, o.size, o.allocated_bytes
+                );
+            }
+        }
+        DiskCmd::Delete { id, base } => {
+            if base {
+                disks.delete_base(&id)?;
+            } else {
+                if store
+                    .disk_attachments()
+                    .await?
+                    .iter()
+                    .any(|a| a.overlay == id)
+                {
+                    bail!("overlay {id} is attached to a node; detach it first");
+                }
+                disks.delete_overlay(&id)?;
+            }
+        }
+        DiskCmd::Attach { id, node, mount } => {
+            if !disks.list_overlays()?.iter().any(|o| o.id == id) {
+                bail!("no overlay {id}");
+            }
+            let node = match store.node(&node).await? {
+                Some(n) => n,
+                None => match parse_mac(&node) {
+                    Some(m) => store
+                        .node_by_mac(&format_mac(m))
+                        .await?
+                        .with_context(|| format!("no node {node}"))?,
+                    None => bail!("no node {node}"),
+                },
+            };
+            let export = crate::disks::new_export_name(&id);
+            store.attach_disk(&id, &node.id, &export).await?;
+            let host = config
+                .server_ip
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "127.0.0.1".into());
+            let kind = CommandKind::AttachDisk {
+                export: export.clone(),
+                host,
+                port: config.nbd.listen.port(),
+                mount,
+            };
+            let cid = store.queue_command(&node.id, &kind).await?;
+            store
+                .record_event(
+                    Some(&node.id),
+                    "disk-attached",
+                    serde_json::json!({ "overlay": id, "command": cid }),
+                )
+                .await?;
+            println!(
+                "attached {id} to {} as export {export}; queued command {cid}",
+                node.id
+            );
+        }
+        DiskCmd::Detach { id } => {
+            if !store.detach_disk(&id).await? {
+                bail!("overlay {id} is not attached");
+            }
+        }
     }
     Ok(())
 }

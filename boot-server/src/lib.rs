@@ -8,6 +8,7 @@
 pub mod adapters;
 pub mod cli;
 pub mod config;
+pub mod disks;
 pub mod http;
 pub mod images;
 pub mod plan;

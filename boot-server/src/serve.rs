@@ -31,6 +31,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             .with_context(|| format!("setting default_image = {name:?} from the config"))?;
     }
     let admin_token = admin_token(&config)?;
+    let nbd_admin_token = admin_token.clone();
     let plan = Arc::new(BootPlan::new(store.clone(), config.clone())?);
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     let mut ready = Vec::new();
@@ -91,13 +92,13 @@ pub async fn run(mut config: Config) -> Result<()> {
     // NBD virtual disks.
     if config.nbd.enabled {
         let disks = Arc::new(boot_nbd::DiskStore::open(&config.disks_dir())?);
-        let server = boot_nbd::NbdServer::bind(
-            config.nbd.listen,
-            disks,
-            Arc::new(crate::adapters::AdminOnlyExports),
-        )
-        .await
-        .with_context(|| format!("binding NBD on {}", config.nbd.listen))?;
+        let exports =
+            crate::disks::NodeExports::new(store.clone(), disks.clone(), &nbd_admin_token);
+        exports.refresh().await?;
+        tasks.spawn(exports.clone().run_refresher());
+        let server = boot_nbd::NbdServer::bind(config.nbd.listen, disks, exports)
+            .await
+            .with_context(|| format!("binding NBD on {}", config.nbd.listen))?;
         ready.push(format!("nbd={}", server.local_addr()));
         tasks.spawn(async move { server.run().await.context("NBD server") });
     }

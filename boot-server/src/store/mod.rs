@@ -190,6 +190,16 @@ pub struct Lease {
     pub client_id: Option<Vec<u8>>,
 }
 
+/// A virtual disk (NBD overlay) attached to a node. The export name holds a
+/// random secret, and the NBD server also checks the peer's leased address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskAttachment {
+    pub overlay: String,
+    pub node: String,
+    pub export: String,
+    pub created_ms: i64,
+}
+
 /// An entry of the append-only audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -278,6 +288,13 @@ pub trait Store: Send + Sync + 'static {
     /// The node holding a lease on `ip` (by the lease's MAC), if any.
     async fn node_by_lease_ip(&self, ip: Ipv4Addr) -> Result<Option<Node>>;
     async fn remove_lease(&self, mac: &str, ip: Ipv4Addr) -> Result<()>;
+
+    // --- virtual disks
+    /// Attaches an overlay to a node (replacing an earlier attachment of that
+    /// overlay) under the given export name.
+    async fn attach_disk(&self, overlay: &str, node: &str, export: &str) -> Result<()>;
+    async fn detach_disk(&self, overlay: &str) -> Result<bool>;
+    async fn disk_attachments(&self) -> Result<Vec<DiskAttachment>>;
 
     // --- agent commands
     async fn queue_command(&self, node: &str, command: &boot_proto::CommandKind) -> Result<i64>;

@@ -59,6 +59,12 @@ CREATE TABLE IF NOT EXISTS leases (
     hostname TEXT,
     client_id BLOB
 );
+CREATE TABLE IF NOT EXISTS disk_attachments (
+    overlay TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    export TEXT NOT NULL UNIQUE,
+    created_ms BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS commands (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     node TEXT NOT NULL,
@@ -602,6 +608,48 @@ impl Store for SqliteStore {
                 params![mac, ip],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn attach_disk(&self, overlay: &str, node: &str, export: &str) -> Result<()> {
+        let (overlay, node, export) = (overlay.to_string(), node.to_string(), export.to_string());
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO disk_attachments(overlay, node, export, created_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(overlay) DO UPDATE SET node = excluded.node, export = excluded.export, created_ms = excluded.created_ms",
+                params![overlay, node, export, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn detach_disk(&self, overlay: &str) -> Result<bool> {
+        let overlay = overlay.to_string();
+        self.write(move |c| {
+            Ok(c.execute(
+                "DELETE FROM disk_attachments WHERE overlay = ?1",
+                params![overlay],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn disk_attachments(&self) -> Result<Vec<DiskAttachment>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT overlay, node, export, created_ms FROM disk_attachments ORDER BY overlay",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(DiskAttachment {
+                    overlay: r.get(0)?,
+                    node: r.get(1)?,
+                    export: r.get(2)?,
+                    created_ms: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
