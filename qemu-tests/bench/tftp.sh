@@ -6,7 +6,8 @@
 #
 #   sudo qemu-tests/bench/tftp.sh            # N=5, sizes 1468 and 512
 #   N=9 SIZE_MB=32 BLKSIZES="1468" qemu-tests/bench/tftp.sh
-#   ASYNC_TFTP_BIN=/path/to/async-tftp-server qemu-tests/bench/tftp.sh  # add async-tftp
+#   ASYNC_TFTP=1 qemu-tests/bench/tftp.sh   # also measure the async-tftp crate
+#     (builds boot-server/tftp/bench/async-tftp-server; or give ASYNC_TFTP_BIN=path)
 #
 # Needs root (ip netns), dnsmasq and curl. Uses CARGO_TARGET_DIR if set.
 set -euo pipefail
@@ -28,6 +29,11 @@ echo "== building tftpd example (release)"
 (cd "$repo" && cargo build --quiet --release -p boot-tftp --example tftpd)
 target=${CARGO_TARGET_DIR:-$repo/target}
 tftpd="$target/release/examples/tftpd"
+if [ -n "${ASYNC_TFTP:-}" ] && [ -z "${ASYNC_TFTP_BIN:-}" ]; then
+  echo "== building async-tftp comparison server (release)"
+  (cd "$repo/boot-server/tftp/bench/async-tftp-server" && cargo build --quiet --release --target-dir "$target/async-tftp-server")
+  ASYNC_TFTP_BIN="$target/async-tftp-server/release/async-tftp-server"
+fi
 
 ns="tftpbench$$"
 work=$(mktemp -d /tmp/tftpbench.XXXXXX)
@@ -59,8 +65,7 @@ pids+=($!)
 ip netns exec "$ns" "$tftpd" --listen 127.0.0.1:6969 --root "$work/root" > "$work/tftpd.out" 2> "$work/tftpd.log" &
 pids+=($!)
 
-# Optional third contender: ASYNC_TFTP_BIN=/path/to/server, run as
-# `$ASYNC_TFTP_BIN DIR 127.0.0.1:7070` (a 10-line async-tftp example server).
+# Optional third contender, run as `$ASYNC_TFTP_BIN DIR 127.0.0.1:7070`.
 if [ -n "${ASYNC_TFTP_BIN:-}" ]; then
   ip netns exec "$ns" "$ASYNC_TFTP_BIN" "$work/root" 127.0.0.1:7070 > "$work/async.log" 2>&1 &
   pids+=($!)
