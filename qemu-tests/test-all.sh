@@ -32,7 +32,7 @@ suite() {
 }
 
 # Release profile: the lab then boots the very binaries the tests ran.
-suite cargo-test cargo test --release --workspace
+suite cargo-test cargo test --release --workspace --no-fail-fast
 if [ "$lab" = 1 ]; then
     suite agent-build env RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release -p node-agent --target x86_64-unknown-linux-gnu

@@ -41,13 +41,29 @@ fn group_alive(pgid: i32) -> bool {
     killpg(Pid::from_raw(pgid), None).is_ok()
 }
 
+/// Starts a hook in its own process group. A hook file that was just written
+/// can be briefly "text file busy" (ETXTBSY: a process forked elsewhere still
+/// holds its write descriptor until it execs), so that error is retried.
+fn spawn_hook(path: &Path) -> Result<Child> {
+    let mut tries = 0;
+    loop {
+        match Command::new(path)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10 * tries));
+            }
+            r => return r.with_context(|| format!("spawn {}", path.display())),
+        }
+    }
+}
+
 /// Runs a hook to completion with a deadline (killing its group on timeout).
 fn run_hook(path: &Path, deadline: Instant) -> Result<String> {
-    let mut child = Command::new(path)
-        .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("spawn {}", path.display()))?;
+    let mut child = spawn_hook(path)?;
     loop {
         if let Some(st) = child.try_wait().context("wait hook")? {
             if st.success() {
@@ -101,11 +117,7 @@ impl App {
         }
         let t0 = Instant::now();
         let deadline = t0 + timeout;
-        let child: Child = Command::new(&hook)
-            .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("spawn {}", hook.display()))?;
+        let child: Child = spawn_hook(&hook)?;
         let pid = child.id() as i32;
         let gen = {
             let mut g = self.lock();

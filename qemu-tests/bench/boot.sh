@@ -47,37 +47,8 @@ median() {
 # Writes the boot server's config for the lab to $1 (state dir $2).
 bench_server_config() {
     local f="$1" state="$2"
-    if [ -n "$server_config_tmpl" ]; then
-        sed -e "s|@STATE_DIR@|$state|g" -e "s|@IMAGES_DIR@|$repo/images|g" "$server_config_tmpl" > "$f"
-        return
-    fi
-    cat > "$f" <<EOF
-# Boot server config for the QEMU lab (written by qemu-tests/bench/boot.sh).
-state_dir = "$state"
-images_dir = "$repo/images"
-loaders_dir = "/usr/lib/ipxe"
-server_ip = "$LAB_BRIDGE_ADDR"
-interface = "br0"
-default_image = "lab"
-
-[http]
-listen = "0.0.0.0:8080"
-
-[tftp]
-enabled = true
-listen = "0.0.0.0:69"
-
-[dhcp]
-mode = "full"
-
-[[dhcp.subnet]]
-network = "10.77.0.0/24"
-range = ["10.77.0.100", "10.77.0.200"]
-router = "$LAB_BRIDGE_ADDR"
-
-[ra]
-enabled = true
-EOF
+    sed -e "s|@STATE_DIR@|$state|g" -e "s|@IMAGES_DIR@|$repo/images|g" \
+        "${server_config_tmpl:-$repo/qemu-tests/lab-server.toml}" > "$f"
 }
 
 find_server() {

@@ -28,6 +28,7 @@
 #       --stamp              also write NAME.serial.ts: every serial line prefixed
 #                            with seconds since QEMU launch (phase breakdowns)
 #       --extra "ARGS"       more QEMU arguments (word-split)
+#       --reboot             a guest reboot restarts the machine (default: QEMU exits)
 #     sets LAB_GUEST_PID[NAME], LAB_GUEST_LOG[NAME] (serial log), LAB_GUEST_T0[NAME]
 #   lab_wait_console GUEST REGEX TIMEOUT
 #                                    -> waits for a serial line matching REGEX (ERE);
@@ -127,7 +128,7 @@ lab_spawn() {
 
 lab_start_guest() {
     local name="" fw=bios nic=virtio-net-pci mac="" tap="" kernel="" initrd="" append=""
-    local mem=512 extra="" sga=0 stamp=0
+    local mem=512 extra="" sga=0 stamp=0 reboot=-no-reboot
     while [ $# -gt 0 ]; do
         case "$1" in
             --name) name="$2"; shift 2 ;;
@@ -142,6 +143,7 @@ lab_start_guest() {
             --extra) extra="$2"; shift 2 ;;
             --sga) sga=1; shift ;;
             --stamp) stamp=1; shift ;;
+            --reboot) reboot=""; shift ;;
             *) lab_log "lab_start_guest: unknown option $1"; return 1 ;;
         esac
     done
@@ -153,7 +155,7 @@ lab_start_guest() {
     local log="$LAB_DIR/$name.serial"
     : > "$log"
     local args=(-accel tcg -m "$mem" -smp 1 -display none -monitor none
-        -serial "file:$log" -no-reboot -name "$name")
+        -serial "file:$log" $reboot -name "$name")
     case "$fw" in
         bios) ;;
         uefi)
