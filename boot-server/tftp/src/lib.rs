@@ -16,18 +16,25 @@
 //! reactor wake-up hop), and reads the file in 256 KiB read-ahead chunks,
 //! keeping the whole current window in memory.
 //!
-//! Measured with `qemu-tests/bench/tftp.sh` (64 MiB file, curl 7.88, loopback
-//! of a private network namespace, medians of 5, order rotated, on the shared
-//! 2-core machine at load average ~13, so absolute numbers are noisy):
+//! Measured with `ASYNC_TFTP=1 N=7 qemu-tests/bench/tftp.sh` (64 MiB file,
+//! curl 7.88, loopback of a private network namespace, medians of 7, order
+//! rotated, on the shared 2-core machine at load average ~4):
 //!
 //! | blksize | boot-tftp | dnsmasq 2.90 | async-tftp 0.4.2 |
 //! |---------|-----------|--------------|------------------|
-//! | 1468    | 56.6 MB/s | 27.7 MB/s    | 17.8 MB/s        |
-//! | 512     | 16.0 MB/s | 12.4 MB/s    |  8.2 MB/s        |
+//! | 1468    | 58.2 MB/s | 51.1 MB/s    | 30.8 MB/s        |
+//! | 512     | 27.2 MB/s | 19.3 MB/s    |  9.8 MB/s        |
 //!
-//! i.e. 2.04x dnsmasq at 1468 (1.29x at 512), while async-tftp reached only
-//! 0.64x dnsmasq, matching the lead's earlier figure. An earlier run with N=3
-//! gave 1.46x at 1468 and 1.14x at 512.
+//! i.e. 1.14x dnsmasq at 1468 and 1.41x at 512 on a quiet machine; under
+//! CPU contention (load ~13) dnsmasq degrades more: 56.6 vs 27.7 MB/s (2.04x)
+//! at 1468, 16.0 vs 12.4 (1.29x) at 512. Across six runs the 1468 ratio
+//! ranged 1.14-2.04. async-tftp stays at 0.6x dnsmasq, confirming the lead's
+//! figure. `strace -c` shows exactly one `recvfrom` and one `sendto` per
+//! block (plus one `pread` per 256 KiB); the rest of the ~20 us per block is
+//! curl and the kernel, which is what bounds the ratio with a lock-step
+//! client. A short busy-poll before blocking was tried and was slower on
+//! 2 cores (it steals the client's CPU). UEFI clients negotiate windowsize 4,
+//! which this server honours and dnsmasq 2.90 does not.
 //!
 //! Module map: [`packet`] wire format, [`path`] safe path resolution,
 //! [`negotiate`] option negotiation, [`source`] file reading (+ netascii),
