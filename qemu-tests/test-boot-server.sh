@@ -8,6 +8,10 @@
 #            boot-server in proxy mode adds the boot answers; a BIOS guest boots.
 #   kexec  : an admin `node kexec` moves a running node to another image without
 #            firmware; the new boot's agent reports ready on that image.
+#   reprovision: a UEFI guest with its own persistent OVMF vars; `node reprovision`
+#            makes the agent write BootNext/BootOrder through efivarfs and reboot;
+#            the firmware network-boots again and the node comes up on the image
+#            the server assigned meanwhile.
 # Prints `N passed, M failed`; exits non-zero on failure. Needs root (skips otherwise).
 # Usage: qemu-tests/test-boot-server.sh [--timeout S] [TEST...]
 set -uo pipefail
@@ -22,7 +26,7 @@ while [ $# -gt 0 ]; do
         *) tests+=("$1"); shift ;;
     esac
 done
-[ ${#tests[@]} -gt 0 ] || tests=(full proxy kexec)
+[ ${#tests[@]} -gt 0 ] || tests=(full proxy kexec reprovision)
 
 # shellcheck source=lib/lab.sh
 . "$here/lib/lab.sh"
@@ -147,6 +151,26 @@ test_kexec() {
     tl="$(cli node timeline "$mac" --since-ms "$t1" --wait "$timeout")"; echo "$tl"
     check "kexec: the agent reports ready on lab-b after a warm reprovision" grep -q "agent    ready on lab-b" <<<"$tl"
     check "kexec: no firmware or PXE on the way (no DHCP boot answer since the command)" bash -c '! grep -q " dhcp " <<<"$1"' _ "$tl"
+    lab_cleanup
+}
+
+test_reprovision() {
+    lab_create reprov || return 1
+    start_server full || { not_ok "reprovision: server starts"; return; }
+    local m="$LAB_DIR/lab-b.toml"
+    sed -e 's/^name = "lab"/name = "lab-b"/' "$repo/images/lab/image.toml" > "$m"
+    cli image add "$m" >/dev/null
+    local mac=52:54:00:20:00:31
+    lab_start_guest --name rp --firmware uefi --nic virtio-net-pci --mac "$mac" --stamp --reboot
+    local tl; tl="$(wait_ready "$mac" rp)"
+    check "reprovision: UEFI node up on lab" grep -q "agent    ready on lab" <<<"$tl"
+    cli assign --mac "$mac" lab-b
+    local t1; t1="$(date +%s%3N)"
+    cli node reprovision "$mac"
+    tl="$(cli node timeline "$mac" --since-ms "$t1" --wait "$timeout")"; echo "$tl"
+    check "reprovision: the agent set the firmware boot pointer (BootNext)" grep -q "BootNext" <<<"$tl"
+    check "reprovision: after a cold reboot through firmware and PXE the node is up on lab-b" \
+        bash -c 'grep -q " dhcp " <<<"$1" && grep -q "agent    ready on lab-b" <<<"$1"' _ "$tl"
     lab_cleanup
 }
 
