@@ -147,6 +147,12 @@ impl SqliteStore {
             .map_err(|_| anyhow!("store writer dropped the write"))?
     }
 
+    /// One statement as a durable write; returns the number of rows changed.
+    async fn exec(&self, sql: &'static str, args: Vec<rusqlite::types::Value>) -> Result<usize> {
+        self.write(move |c| Ok(c.execute(sql, rusqlite::params_from_iter(args))?))
+            .await
+    }
+
     /// Runs a read on the reader connection off the async runtime.
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
@@ -485,53 +491,39 @@ impl Store for SqliteStore {
     }
 
     async fn set_booted_image(&self, id: &str, image: &str) -> Result<()> {
-        let (id, image) = (id.to_string(), image.to_string());
-        self.write(move |c| {
-            c.execute(
-                "UPDATE nodes SET booted_image = ?2, state = CASE WHEN state IN ('quarantined','retired') THEN state ELSE 'provisioning' END WHERE id = ?1",
-                params![id, image],
-            )?;
-            Ok(())
-        })
-        .await
+        self.exec(
+            "UPDATE nodes SET booted_image = ?2, state = CASE WHEN state IN ('quarantined','retired') THEN state ELSE 'provisioning' END WHERE id = ?1",
+            vec![id.to_string().into(), image.to_string().into()],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn record_hello(&self, id: &str, inventory: &serde_json::Value) -> Result<()> {
-        let (id, inv) = (id.to_string(), inventory.to_string());
-        self.write(move |c| {
-            let now = now_ms();
-            c.execute(
-                "UPDATE nodes SET inventory = ?2, last_heartbeat_ms = ?3, last_seen_ms = ?3, state = CASE WHEN state IN ('quarantined','retired') THEN state ELSE 'ready' END WHERE id = ?1",
-                params![id, inv, now],
-            )?;
-            Ok(())
-        })
-        .await
+        self.exec(
+            "UPDATE nodes SET inventory = ?2, last_heartbeat_ms = ?3, last_seen_ms = ?3, state = CASE WHEN state IN ('quarantined','retired') THEN state ELSE 'ready' END WHERE id = ?1",
+            vec![id.to_string().into(), inventory.to_string().into(), now_ms().into()],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn record_heartbeat(&self, id: &str, heartbeat: &serde_json::Value) -> Result<()> {
-        let (id, hb) = (id.to_string(), heartbeat.to_string());
-        self.write(move |c| {
-            let now = now_ms();
-            c.execute(
-                "UPDATE nodes SET heartbeat = ?2, last_heartbeat_ms = ?3, last_seen_ms = ?3, state = CASE WHEN state = 'failed' THEN 'ready' ELSE state END WHERE id = ?1",
-                params![id, hb, now],
-            )?;
-            Ok(())
-        })
-        .await
+        self.exec(
+            "UPDATE nodes SET heartbeat = ?2, last_heartbeat_ms = ?3, last_seen_ms = ?3, state = CASE WHEN state = 'failed' THEN 'ready' ELSE state END WHERE id = ?1",
+            vec![id.to_string().into(), heartbeat.to_string().into(), now_ms().into()],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn set_next_agent_token(&self, id: &str, token: &str) -> Result<()> {
-        let (id, token) = (id.to_string(), token.to_string());
-        self.write(move |c| {
-            c.execute(
-                "UPDATE nodes SET next_agent_token = ?2 WHERE id = ?1",
-                params![id, token],
-            )?;
-            Ok(())
-        })
-        .await
+        self.exec(
+            "UPDATE nodes SET next_agent_token = ?2 WHERE id = ?1",
+            vec![id.to_string().into(), token.to_string().into()],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn node_by_agent_token(&self, token: &str) -> Result<Option<(Node, bool)>> {
@@ -546,15 +538,12 @@ impl Store for SqliteStore {
     }
 
     async fn promote_agent_token(&self, id: &str, token: &str) -> Result<()> {
-        let (id, token) = (id.to_string(), token.to_string());
-        self.write(move |c| {
-            c.execute(
-                "UPDATE nodes SET agent_token = next_agent_token, next_agent_token = NULL WHERE id = ?1 AND next_agent_token = ?2",
-                params![id, token],
-            )?;
-            Ok(())
-        })
-        .await
+        self.exec(
+            "UPDATE nodes SET agent_token = next_agent_token, next_agent_token = NULL WHERE id = ?1 AND next_agent_token = ?2",
+            vec![id.to_string().into(), token.to_string().into()],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn leases(&self) -> Result<Vec<Lease>> {
@@ -601,39 +590,32 @@ impl Store for SqliteStore {
     }
 
     async fn remove_lease(&self, mac: &str, ip: Ipv4Addr) -> Result<()> {
-        let (mac, ip) = (mac.to_string(), ip.to_string());
-        self.write(move |c| {
-            c.execute(
-                "DELETE FROM leases WHERE mac = ?1 AND ip = ?2",
-                params![mac, ip],
-            )?;
-            Ok(())
-        })
-        .await
+        self.exec(
+            "DELETE FROM leases WHERE mac = ?1 AND ip = ?2",
+            vec![mac.to_string().into(), ip.to_string().into()],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn attach_disk(&self, overlay: &str, node: &str, export: &str) -> Result<()> {
-        let (overlay, node, export) = (overlay.to_string(), node.to_string(), export.to_string());
-        self.write(move |c| {
-            c.execute(
-                "INSERT INTO disk_attachments(overlay, node, export, created_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(overlay) DO UPDATE SET node = excluded.node, export = excluded.export, created_ms = excluded.created_ms",
-                params![overlay, node, export, now_ms()],
-            )?;
-            Ok(())
-        })
-        .await
+        self.exec(
+            "INSERT INTO disk_attachments(overlay, node, export, created_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(overlay) DO UPDATE SET node = excluded.node, export = excluded.export, created_ms = excluded.created_ms",
+            vec![overlay.to_string().into(), node.to_string().into(), export.to_string().into(), now_ms().into()],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn detach_disk(&self, overlay: &str) -> Result<bool> {
-        let overlay = overlay.to_string();
-        self.write(move |c| {
-            Ok(c.execute(
+        Ok(self
+            .exec(
                 "DELETE FROM disk_attachments WHERE overlay = ?1",
-                params![overlay],
-            )? > 0)
-        })
-        .await
+                vec![overlay.to_string().into()],
+            )
+            .await?
+            > 0)
     }
 
     async fn disk_attachments(&self) -> Result<Vec<DiskAttachment>> {
@@ -700,14 +682,18 @@ impl Store for SqliteStore {
         status: &str,
         detail: &str,
     ) -> Result<bool> {
-        let (node, status, detail) = (node.to_string(), status.to_string(), detail.to_string());
-        self.write(move |c| {
-            Ok(c.execute(
+        Ok(self
+            .exec(
                 "UPDATE commands SET status = ?3, detail = ?4 WHERE id = ?1 AND node = ?2",
-                params![id, node, status, detail],
-            )? > 0)
-        })
-        .await
+                vec![
+                    id.into(),
+                    node.to_string().into(),
+                    status.to_string().into(),
+                    detail.to_string().into(),
+                ],
+            )
+            .await?
+            > 0)
     }
 
     async fn record_event(
