@@ -120,6 +120,26 @@ awk -v u="$utime" -v s="$stime" -v hz="$(getconf CLK_TCK)" -v a="${acks:-0}" 'BE
   cpu = (u + s) / hz; if (a > 0) printf "server CPU: %.2f s user+sys for %d DORA = %.1f us per exchange (~%.0f exchanges/s per dedicated core)\n", cpu, a, cpu * 1e6 / a, a / cpu }'
 echo "lease log: $(wc -l <"$work/leases.jsonl") records, $(du -h "$work/leases.jsonl" | cut -f1)"
 
+bootsrv="${BOOT_SERVER:-$repo/target/release/boot-server}"
+if [ -x "$bootsrv" ]; then
+  echo "== boot-server serve (SQLite store: WAL, synchronous=FULL, group commit)"
+  mkdir -p "$work/images"
+  printf '%s\n' "state_dir = \"$work/state\"" "images_dir = \"$work/images\"" \
+    'server_ip = "10.9.0.1"' "interface = \"$si\"" \
+    '[http]' 'listen = "127.0.0.1:0"' '[tftp]' 'enabled = false' '[nbd]' 'enabled = false' \
+    '[ra]' 'enabled = false' '[dhcp]' 'mode = "full"' 'proxy_port = 0' \
+    '[[dhcp.subnet]]' 'network = "10.9.0.0/16"' 'range = ["10.9.1.0", "10.9.255.254"]' 'lease_secs = 3600' \
+    >"$work/boot-server.toml"
+  ip netns exec "$s" env RUST_LOG=warn "$bootsrv" --config "$work/boot-server.toml" serve >"$work/bs.out" 2>"$work/bs.err" &
+  pids+=($!); bpid=$!
+  wait_port67
+  run_perfdhcp "$work/boot-server.txt"
+  kill -TERM "$bpid"; wait "$bpid" 2>/dev/null || true
+  echo "leases durable in the store after the run: $(sqlite3 "$work/state/state.db" 'select count(*) from leases')"
+else
+  echo "== boot-server: $bootsrv not built (cargo build --release -p boot-server); skipped"
+fi
+
 echo "== dnsmasq --no-ping"
 ip netns exec "$s" dnsmasq --keep-in-foreground --port=0 --no-ping --interface="$si" --bind-interfaces \
   --dhcp-range=10.9.1.0,10.9.255.254,255.255.0.0,1h --dhcp-lease-max=200000 \
@@ -142,8 +162,11 @@ kill -TERM "$mpid"; wait "$mpid" 2>/dev/null || true
 echo
 echo "== results (perfdhcp -r $rate -p $secs -R $clients, DORA, $procs perfdhcp process(es))"
 summary "$work/ours.txt" "boot-dhcp (durable, group commit)"
+[ -f "$work/boot-server.txt" ] && summary "$work/boot-server.txt" "boot-server (SQLite, durable)"
 summary "$work/dnsmasq.txt" "dnsmasq --no-ping"
 summary "$work/dnsmasq-ro.txt" "dnsmasq --no-ping --leasefile-ro"
 awk -v a="$(cat "$work/ours.txt.rate")" -v b="$(cat "$work/dnsmasq.txt.rate")" \
   'BEGIN { if (b > 0) printf "ratio boot-dhcp / dnsmasq: %.2f\n", a / b }'
+[ -f "$work/boot-server.txt.rate" ] && awk -v a="$(cat "$work/boot-server.txt.rate")" -v b="$(cat "$work/dnsmasq.txt.rate")" \
+  'BEGIN { if (b > 0) printf "ratio boot-server / dnsmasq: %.2f\n", a / b }'
 if [ -n "${VERBOSE:-}" ]; then echo "--- ours"; cat "$work/ours.txt"; echo "--- dnsmasq"; cat "$work/dnsmasq.txt"; fi
