@@ -119,7 +119,8 @@ async fn image_file(
     connect: Option<axum::extract::ConnectInfo<std::net::SocketAddr>>,
 ) -> Response {
     let response = files::serve(&[s.config.images_dir.clone()], &path, &method, &headers).await;
-    if method == Method::GET && response.status().is_success() {
+    // Whole-file fetches only: HTTP SAN boot reads a disk in many small ranges.
+    if method == Method::GET && response.status() == axum::http::StatusCode::OK {
         // Timeline: which node fetched which file, when (off the request path).
         let store = s.store.clone();
         let peer = connect.map(|c| c.0.ip());
