@@ -32,6 +32,8 @@ force=0
 # Modules the node needs; their dependencies are pulled from modules.dep.
 # af_packet (udhcpc raw sockets), unix, 8250 serial and devtmpfs are built in.
 MODULES=(virtio_pci virtio_net e1000 virtio_blk nbd efivarfs)
+# Shipped but loaded only on demand (modprobe): ext4 for a root file system on NBD.
+ONDEMAND_MODULES=(ext4 crc32c_generic)
 
 die() { echo "build-lab-image: $*" >&2; exit 1; }
 
@@ -108,7 +110,7 @@ resolve_modules() {
         order+=("$rel")
     }
     local m rel
-    for m in "${MODULES[@]}"; do
+    for m in "$@"; do
         if grep -qE "/${m}\.ko$" "$moddir/modules.builtin" 2>/dev/null; then
             continue
         fi
@@ -118,20 +120,21 @@ resolve_modules() {
     done
     printf '%s\n' "${order[@]}"
 }
-mapfile -t modfiles < <(resolve_modules)
+mapfile -t modfiles < <(resolve_modules "${MODULES[@]}")
+mapfile -t allmodfiles < <(resolve_modules "${MODULES[@]}" "${ONDEMAND_MODULES[@]}")
 
 hash_inputs() {
     {
-        echo "kver=$kver compress=$compress modules=${MODULES[*]}"
+        echo "kver=$kver compress=$compress modules=${MODULES[*]} ondemand=${ONDEMAND_MODULES[*]}"
         sha256sum "$kernel" "$busybox" "${BASH_SOURCE[0]}" "$here/lab/init" "$here/lab/udhcpc.script"
         [ "$no_agent" = 1 ] && echo "no-agent" || sha256sum "$agent"
-        for f in "${modfiles[@]}"; do sha256sum "$moddir/$f"; done
+        for f in "${allmodfiles[@]}"; do sha256sum "$moddir/$f"; done
     } | sed "s|$repo/||" | sha256sum | cut -d' ' -f1
 }
 stamp_want="$(hash_inputs)"
 mkdir -p "$out"
 if [ "$force" = 0 ] && [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp_want" ] \
-    && [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ]; then
+    && [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ] && [ -s "$out/rootfs.raw" ]; then
     echo "build-lab-image: up to date ($out)"
     exit 0
 fi
@@ -160,13 +163,13 @@ install -m 0755 "$here/lab/init" "$root/init"
 install -m 0755 "$here/lab/udhcpc.script" "$root/usr/share/udhcpc/default.script"
 
 : > "$root/etc/modules.load"
-for f in "${modfiles[@]}"; do
+for f in "${allmodfiles[@]}"; do
     mkdir -p "$root/lib/modules/$kver/$(dirname "$f")"
     cp "$moddir/$f" "$root/lib/modules/$kver/$f"
-    echo "/lib/modules/$kver/$f" >> "$root/etc/modules.load"
 done
+for f in "${modfiles[@]}"; do echo "/lib/modules/$kver/$f" >> "$root/etc/modules.load"; done
 cp "$moddir/modules.builtin" "$root/lib/modules/$kver/"
-printf '%s\n' "${modfiles[@]}" > "$root/lib/modules/$kver/modules.order"
+printf '%s\n' "${allmodfiles[@]}" > "$root/lib/modules/$kver/modules.order"
 [ -f "$moddir/modules.builtin.modinfo" ] && cp "$moddir/modules.builtin.modinfo" "$root/lib/modules/$kver/"
 depmod -b "$root" "$kver"
 
@@ -185,8 +188,15 @@ EOF
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) \
     | "${ccmd[@]}" > "$work/initrd.img"
 
+# The same tree as an ext4 disk (base for per-node NBD root overlays); /etc/rootfs
+# tells /init it runs from the network disk.
+echo "lab root file system on a network disk" > "$root/etc/rootfs"
+mkdir -p "$root/var/lib"
+mkfs.ext4 -q -F -L labroot -d "$root" "$work/rootfs.raw" 64M
+
 cp "$kernel" "$work/vmlinuz"
 mv -f "$work/vmlinuz" "$out/vmlinuz"
 mv -f "$work/initrd.img" "$out/initrd.img"
+mv -f "$work/rootfs.raw" "$out/rootfs.raw"
 echo "$stamp_want" > "$out/stamp"
 echo "build-lab-image: built $out (kernel $kver, initrd $(stat -c %s "$out/initrd.img") bytes, $compress, ${#modfiles[@]} modules)"

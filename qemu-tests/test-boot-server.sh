@@ -12,6 +12,10 @@
 #            makes the agent write BootNext/BootOrder through efivarfs and reboot;
 #            the firmware network-boots again and the node comes up on the image
 #            the server assigned meanwhile.
+#   nbdroot: two BIOS guests boot with their root file system on their own NBD
+#            copy-on-write overlay of one base disk; the disk's init counts boots on
+#            the disk: a reboot of the first guest finds its count (2), the second
+#            guest on the same base starts at 1.
 # Prints `N passed, M failed`; exits non-zero on failure. Needs root (skips otherwise).
 # Usage: qemu-tests/test-boot-server.sh [--timeout S] [TEST...]
 set -uo pipefail
@@ -26,7 +30,7 @@ while [ $# -gt 0 ]; do
         *) tests+=("$1"); shift ;;
     esac
 done
-[ ${#tests[@]} -gt 0 ] || tests=(full proxy kexec reprovision)
+[ ${#tests[@]} -gt 0 ] || tests=(full proxy kexec reprovision nbdroot)
 
 # shellcheck source=lib/lab.sh
 . "$here/lib/lab.sh"
@@ -171,6 +175,31 @@ test_reprovision() {
     check "reprovision: the agent set the firmware boot pointer (BootNext)" grep -q "BootNext" <<<"$tl"
     check "reprovision: after a cold reboot through firmware and PXE the node is up on lab-b" \
         bash -c 'grep -q " dhcp " <<<"$1" && grep -q "agent    ready on lab-b" <<<"$1"' _ "$tl"
+    lab_cleanup
+}
+
+test_nbdroot() {
+    lab_create nbdroot || return 1
+    start_server full || { not_ok "nbdroot: server starts"; return; }
+    cli disk add-base labroot "$repo/images/build/lab/rootfs.raw" >/dev/null
+    local a=52:54:00:20:00:41 b=52:54:00:20:00:42 m
+    for m in "$a" "$b"; do
+        cli disk create "ov-${m//:/}" --base labroot >/dev/null
+        # The node record exists once it asked for a script.
+        lab_exec curl -sf -o /dev/null "http://$LAB_BRIDGE_ADDR:8080/ipxe/$m"
+        cli disk attach "ov-${m//:/}" --node "$m"
+    done
+    lab_start_guest --name ra --firmware bios --mac "$a" --stamp --reboot
+    if lab_wait_console ra 'LAB-ROOT-NBD boots=1' "$timeout"; then ok "nbdroot: guest A boots with its root file system on its NBD overlay"
+    else not_ok "nbdroot: guest A boots with its root file system on its NBD overlay"; tr -d '\r' < "${LAB_GUEST_LOG[ra]}" | tail -n 25; fi
+    wait_ready "$a" ra >/dev/null || true
+    cli node reboot "$a" >/dev/null
+    if lab_wait_console ra 'LAB-ROOT-NBD boots=2' "$timeout"; then ok "nbdroot: after a reboot guest A finds what it wrote (boot count 2)"
+    else not_ok "nbdroot: after a reboot guest A finds what it wrote (boot count 2)"; tr -d '\r' < "${LAB_GUEST_LOG[ra]}" | tail -n 25; fi
+    lab_start_guest --name rb --firmware bios --mac "$b" --stamp
+    if lab_wait_console rb 'LAB-ROOT-NBD boots=' "$timeout"; then
+        check "nbdroot: guest B on the same base does not see A's writes ($LAB_LINE)" grep -q 'boots=1' <<<"$LAB_LINE"
+    else not_ok "nbdroot: guest B boots from its overlay"; tr -d '\r' < "${LAB_GUEST_LOG[rb]}" | tail -n 25; fi
     lab_cleanup
 }
 

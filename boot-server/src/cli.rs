@@ -116,13 +116,17 @@ pub enum DiskCmd {
         #[arg(long)]
         base: bool,
     },
-    /// Attach an overlay to a node: mints its export name and tells the agent to connect.
+    /// Attach an overlay to a node: mints its export name; from the node's next
+    /// boot on it is the node's root file system (`bootsrv.root=` on the kernel
+    /// command line). With --now, the running agent also attaches it at once.
     Attach {
         id: String,
         #[arg(long)]
         node: String,
-        /// Mount point on the node (none: block device only).
         #[arg(long)]
+        now: bool,
+        /// With --now: mount point on the node (none: block device only).
+        #[arg(long, requires = "now")]
         mount: Option<String>,
     },
     Detach {
@@ -351,7 +355,12 @@ async fn disk_command(cmd: DiskCmd, store: Arc<dyn Store>, config: Config) -> Re
                 disks.delete_overlay(&id)?;
             }
         }
-        DiskCmd::Attach { id, node, mount } => {
+        DiskCmd::Attach {
+            id,
+            node,
+            now,
+            mount,
+        } => {
             if !disks.list_overlays()?.iter().any(|o| o.id == id) {
                 bail!("no overlay {id}");
             }
@@ -367,28 +376,28 @@ async fn disk_command(cmd: DiskCmd, store: Arc<dyn Store>, config: Config) -> Re
             };
             let export = crate::disks::new_export_name(&id);
             store.attach_disk(&id, &node.id, &export).await?;
-            let host = config
-                .server_ip
-                .map(|i| i.to_string())
-                .unwrap_or_else(|| "127.0.0.1".into());
-            let kind = CommandKind::AttachDisk {
-                export: export.clone(),
-                host,
-                port: config.nbd.listen.port(),
-                mount,
-            };
-            let cid = store.queue_command(&node.id, &kind).await?;
+            let mut command = None;
+            if now {
+                let host = config
+                    .server_ip
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "127.0.0.1".into());
+                let kind = CommandKind::AttachDisk {
+                    export: export.clone(),
+                    host,
+                    port: config.nbd.listen.port(),
+                    mount,
+                };
+                command = Some(store.queue_command(&node.id, &kind).await?);
+            }
             store
                 .record_event(
                     Some(&node.id),
                     "disk-attached",
-                    serde_json::json!({ "overlay": id, "command": cid }),
+                    serde_json::json!({ "overlay": id, "command": command }),
                 )
                 .await?;
-            println!(
-                "attached {id} to {} as export {export}; queued command {cid}",
-                node.id
-            );
+            println!("attached {id} to {} as export {export}", node.id);
         }
         DiskCmd::Detach { id } => {
             if !store.detach_disk(&id).await? {

@@ -277,13 +277,22 @@ impl BootPlan {
         let base = self.config.public_url();
         let token = new_token();
         self.store.set_next_agent_token(&node.id, &token).await?;
+        let mut cmdline = kernel_cmdline(image, node, &base, &token);
+        // A virtual disk attached to the node becomes its root file system.
+        if let (true, Some(ip)) = (self.config.nbd.enabled, self.config.server_ip) {
+            let attached = self.store.disk_attachments().await?;
+            if let Some(disk) = attached.iter().find(|a| a.node == node.id) {
+                let port = self.config.nbd.listen.port();
+                cmdline.push_str(&format!(" bootsrv.root=nbd:{ip}:{port}:{}", disk.export));
+            }
+        }
         Ok(LinuxBoot {
             kernel_url: format!(
                 "{base}/images/{}",
                 image.kernel.as_deref().unwrap_or_default()
             ),
             initrd_url: image.initrd.as_ref().map(|i| format!("{base}/images/{i}")),
-            cmdline: kernel_cmdline(image, node, &base, &token),
+            cmdline,
         })
     }
 
