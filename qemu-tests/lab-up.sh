@@ -40,16 +40,9 @@ step "building the lab image"
 lab_gc
 lab_create main
 mkdir -p "$state"
-config="$LAB_DIR/boot-server.toml"
-sed -e "s|@STATE_DIR@|$state|" -e "s|@IMAGES_DIR@|$repo/images|" "$here/lab-server.toml" > "$config"
-
 step "starting boot-server in $LAB_NS (log $LAB_DIR/server.log)"
-lab_spawn server "$server" --config "$config" serve
-for _ in $(seq 300); do
-    lab_exec curl -sf -o /dev/null "http://$LAB_BRIDGE_ADDR:8080/healthz" && break
-    kill -0 "${LAB_PID[server]}" 2>/dev/null || { tail -n 20 "$LAB_DIR/server.log" >&2; exit 1; }
-    sleep 0.1
-done
+lab_start_boot_server "$server" "$state"
+config="$LAB_SERVER_CONFIG"
 
 step "powering on node ($firmware, $nic, $mac)"
 lab_start_guest --name node1 --firmware "$firmware" --nic "$nic" --mac "$mac" --stamp

@@ -47,20 +47,9 @@ check() { local what="$1"; shift; if "$@"; then ok "$what"; else not_ok "$what";
 
 # Starts boot-server in the current lab with the lab config; $1 = dhcp mode.
 start_server() {
-    local mode="$1"
     state="$LAB_DIR/state"
-    config="$LAB_DIR/boot-server.toml"
-    sed -e "s|@STATE_DIR@|$state|" -e "s|@IMAGES_DIR@|$repo/images|" \
-        -e "s|^mode = \"full\"|mode = \"$mode\"|" "$here/lab-server.toml" > "$config"
-    lab_spawn server "$server" --config "$config" serve
-    local i
-    for i in $(seq 300); do
-        lab_exec curl -sf -o /dev/null "http://$LAB_BRIDGE_ADDR:8080/healthz" && return 0
-        kill -0 "${LAB_PID[server]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    tail -n 30 "$LAB_DIR/server.log"
-    return 1
+    lab_start_boot_server "$server" "$state" -e "s|^mode = \"full\"|mode = \"$1\"|" || return 1
+    config="$LAB_SERVER_CONFIG"
 }
 cli() { "$server" --config "$config" "$@"; }
 t0_ms() { awk -v t="${LAB_GUEST_T0[$1]}" 'BEGIN { printf "%.0f", t * 1000 }'; }

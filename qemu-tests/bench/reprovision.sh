@@ -25,10 +25,8 @@ server="${CARGO_TARGET_DIR:-$repo/target}/release/boot-server"
 [ -x "$server" ] || { echo "build boot-server first: cargo build --release -p boot-server" >&2; exit 1; }
 lab_gc
 lab_create reprov
-config="$LAB_DIR/boot-server.toml"
-sed -e "s|@STATE_DIR@|$LAB_DIR/state|" -e "s|@IMAGES_DIR@|$repo/images|" "$repo/qemu-tests/lab-server.toml" > "$config"
-lab_spawn server "$server" --config "$config" serve
-for _ in $(seq 300); do lab_exec curl -sf -o /dev/null "http://$LAB_BRIDGE_ADDR:8080/healthz" && break; sleep 0.1; done
+lab_start_boot_server "$server" "$LAB_DIR/state"
+config="$LAB_SERVER_CONFIG"
 cli() { "$server" --config "$config" "$@"; }
 sed -e 's/^name = "lab"/name = "lab-b"/' "$repo/images/lab/image.toml" > "$LAB_DIR/lab-b.toml"
 cli image add "$LAB_DIR/lab-b.toml" >/dev/null

@@ -36,6 +36,11 @@
 #                                       LAB_ELAPSED (seconds since the guest's QEMU
 #                                       launch, 3 decimals); 1 on timeout or when QEMU
 #                                       died first. Call it directly, not in $(...).
+#   lab_start_boot_server BIN STATE [SED-ARGS...]
+#                                    -> writes $LAB_DIR/boot-server.toml from
+#                                       qemu-tests/lab-server.toml (extra sed args edit it),
+#                                       starts BIN serve as daemon "server", waits for
+#                                       /healthz; sets LAB_SERVER_CONFIG
 #   lab_stop_guest GUEST             -> kill one guest
 #   lab_cleanup                      -> kill everything, delete namespaces (trap)
 #   lab_gc                           -> delete `bootlab-*` namespaces of dead runs
@@ -245,6 +250,23 @@ lab__stamp() {
             done > "${LAB_GUEST_LOG[$g]}.ts"
     ) &
     LAB_STAMP_PIDS+=($!)
+}
+
+lab_start_boot_server() {
+    local bin="${1:?lab_start_boot_server BIN STATE [SED-ARGS...]}" state="${2:?state dir}" i
+    shift 2
+    LAB_SERVER_CONFIG="$LAB_DIR/boot-server.toml"
+    sed -e "s|@STATE_DIR@|$state|" -e "s|@IMAGES_DIR@|$LAB_LIB_DIR/../../images|" "$@" \
+        "$LAB_LIB_DIR/../lab-server.toml" > "$LAB_SERVER_CONFIG" || return 1
+    lab_spawn server "$bin" --config "$LAB_SERVER_CONFIG" serve
+    for i in $(seq 300); do
+        lab_exec curl -sf -o /dev/null "http://$LAB_BRIDGE_ADDR:8080/healthz" && return 0
+        kill -0 "${LAB_PID[server]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    lab_log "boot-server did not come up:"
+    tail -n 30 "$LAB_DIR/server.log" >&2
+    return 1
 }
 
 lab_stop_guest() {
