@@ -299,24 +299,33 @@ impl Overlay {
         Ok(())
     }
 
-    /// Reads `buf.len()` bytes at `off` (caller checked bounds).
-    pub fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        let end = off + buf.len() as u64;
+    /// Runs `(chunk state, start, end)` of equal state covering [off, end).
+    fn runs(&self, off: u64, end: u64) -> impl Iterator<Item = (u8, u64, u64)> + '_ {
         let mut pos = off;
-        while pos < end {
-            let c = pos / CHUNK;
-            let st = self.state(c);
-            let mut run_end = ((c + 1) * CHUNK).min(end);
+        std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let st = self.state(pos / CHUNK);
+            let mut run_end = ((pos / CHUNK + 1) * CHUNK).min(end);
             while run_end < end && self.state(run_end / CHUNK) == st {
                 run_end = ((run_end / CHUNK + 1) * CHUNK).min(end);
             }
-            let slice = &mut buf[(pos - off) as usize..(run_end - off) as usize];
-            match st {
-                ST_DATA => pread_full(&self.data, slice, pos)?,
-                ST_ZERO => slice.fill(0),
-                _ => pread_full(&self.base, slice, pos)?,
-            }
+            let run = (st, pos, run_end);
             pos = run_end;
+            Some(run)
+        })
+    }
+
+    /// Reads `buf.len()` bytes at `off` (caller checked bounds).
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        for (st, start, end) in self.runs(off, off + buf.len() as u64) {
+            let slice = &mut buf[(start - off) as usize..(end - off) as usize];
+            match st {
+                ST_DATA => pread_full(&self.data, slice, start)?,
+                ST_ZERO => slice.fill(0),
+                _ => pread_full(&self.base, slice, start)?,
+            }
         }
         Ok(())
     }
@@ -329,22 +338,13 @@ impl Overlay {
         len: u64,
         out: &mut Vec<(Option<&'a File>, u64, u64)>,
     ) {
-        let end = off + len;
-        let mut pos = off;
-        while pos < end {
-            let c = pos / CHUNK;
-            let st = self.state(c);
-            let mut run_end = ((c + 1) * CHUNK).min(end);
-            while run_end < end && self.state(run_end / CHUNK) == st {
-                run_end = ((run_end / CHUNK + 1) * CHUNK).min(end);
-            }
+        for (st, start, end) in self.runs(off, off + len) {
             let src = match st {
                 ST_DATA => Some(&self.data),
                 ST_ZERO => None,
                 _ => Some(&self.base),
             };
-            out.push((src, pos, run_end));
-            pos = run_end;
+            out.push((src, start, end));
         }
     }
 

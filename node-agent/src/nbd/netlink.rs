@@ -289,21 +289,7 @@ impl Genl {
 
     /// Numeric id of a generic netlink family, e.g. "nbd".
     pub fn family_id(&mut self, name: &str) -> Result<u16> {
-        let mut a = Vec::new();
-        let mut n = name.as_bytes().to_vec();
-        n.push(0);
-        put_attr(&mut a, CTRL_ATTR_FAMILY_NAME, &n);
-        let replies = self
-            .request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, &a)
-            .with_context(|| format!("resolve genl family {name:?} (module loaded?)"))?;
-        for r in &replies {
-            for (t, p) in attrs(r) {
-                if t == CTRL_ATTR_FAMILY_ID && p.len() >= 2 {
-                    return Ok(u16::from_ne_bytes([p[0], p[1]]));
-                }
-            }
-        }
-        bail!("no family id for {name:?} in reply")
+        Ok(self.family(name)?.0)
     }
 }
 
