@@ -2,6 +2,11 @@
 # All tests: unit + integration (cargo, real Debian clients), the QEMU lab tests
 # (conventional stack and boot-server, BIOS and UEFI guests) and a fuzz smoke run.
 # Needs root for network namespaces and QEMU taps (CI runs as root).
+#
+# Every suite reports `N passed, M failed, K skipped` (cargo suites: libtest's counts,
+# with tests that printed `SKIP: <test>: <reason>` moved from passed to skipped);
+# test-all sums them. A suite that exits non-zero, or prints no summary, counts as a
+# failure even when its counts say otherwise: a suite that could not run did not pass.
 # Usage: qemu-tests/test-all.sh [--no-lab] [--no-fuzz]
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,31 +23,57 @@ cd "$repo"
 "$here/install-deps.sh" || exit 1
 export CARGO_TERM_COLOR=never
 td="${CARGO_TARGET_DIR:-$repo/target}"
+logs="$(mktemp -d /tmp/test-all.XXXXXX)"
+t_all=$SECONDS
 
-passed=0 failed=0 failures=()
+total_p=0 total_f=0 total_s=0 failures=()
+# suite NAME KIND CMD...   KIND: cargo (libtest output) | script (prints N passed, M failed[, K skipped])
+#                               | step (a build step: 1 passed or 1 failed)
 suite() {
-    local name="$1"; shift
+    local name="$1" kind="$2"; shift 2
+    local log="$logs/$name.log" t0=$SECONDS rc p=0 f=0 s=0 line
     echo "==== $name: $*"
-    local t0=$SECONDS
-    if "$@"; then
-        passed=$((passed + 1)); echo "==== $name: ok ($((SECONDS - t0)) s)"
-    else
-        failed=$((failed + 1)); failures+=("$name"); echo "==== $name: FAILED ($((SECONDS - t0)) s)"
-    fi
+    "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    s="$(grep -c '^SKIP: ' "$log")"
+    case "$kind" in
+        cargo)
+            while read -r line; do
+                p=$((p + $(sed -E 's/.* ([0-9]+) passed.*/\1/' <<<"$line")))
+                f=$((f + $(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")))
+            done < <(grep -E '^test result: ' "$log")
+            p=$((p - s)); [ "$p" -ge 0 ] || p=0
+            [ "$rc" = 0 ] || [ "$f" -gt 0 ] || f=1 ;;
+        script)
+            line="$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)"
+            if [ -z "$line" ]; then
+                f=1
+            else
+                p="$(sed -E 's/^([0-9]+) passed.*/\1/' <<<"$line")"
+                f="$(sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/' <<<"$line")"
+                s="$(sed -nE 's/.*, ([0-9]+) skipped.*/\1/p' <<<"$line")"; s="${s:-0}"
+            fi
+            [ "$rc" = 0 ] || [ "$f" -gt 0 ] || f=1 ;;
+        step)
+            if [ "$rc" = 0 ]; then p=1; else f=1; fi ;;
+    esac
+    total_p=$((total_p + p)) total_f=$((total_f + f)) total_s=$((total_s + s))
+    [ "$f" = 0 ] || failures+=("$name")
+    echo "==== $name: $p passed, $f failed, $s skipped ($((SECONDS - t0)) s)"
 }
 
 # Release profile: the lab then boots the very binaries the tests ran.
-suite cargo-test cargo test --release --workspace --no-fail-fast
+suite cargo-test cargo cargo test --release --workspace --no-fail-fast
 if [ "$lab" = 1 ]; then
-    suite agent-build env RUSTFLAGS="-C target-feature=+crt-static" \
+    suite agent-build step env RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release -p node-agent --target x86_64-unknown-linux-gnu
-    suite lab-image "$repo/images/build-lab-image.sh" --agent "$td/x86_64-unknown-linux-gnu/release/node-agent"
-    suite lab-conventional "$here/test-lab.sh"
-    suite lab-boot-server "$here/test-boot-server.sh"
+    suite lab-image step "$repo/images/build-lab-image.sh" --agent "$td/x86_64-unknown-linux-gnu/release/node-agent"
+    suite lab-conventional script "$here/test-lab.sh"
+    suite lab-boot-server script "$here/test-boot-server.sh"
 fi
 if [ "$fuzz" = 1 ]; then
-    suite fuzz-smoke env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" "$repo/boot-server/fuzz/smoke.sh"
+    suite fuzz-smoke step env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" "$repo/boot-server/fuzz/smoke.sh"
 fi
 [ ${#failures[@]} -eq 0 ] || echo "failed suites: ${failures[*]}"
-echo "test-all: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+echo "test-all: $total_p passed, $total_f failed, $total_s skipped ($((SECONDS - t_all)) s; logs in $logs)"
+[ "$total_f" = 0 ]

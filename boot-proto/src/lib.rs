@@ -12,6 +12,16 @@ pub const AGENT_TOKEN_HEADER: &str = "x-node-token";
 /// Header carrying the admin token for the admin API.
 pub const ADMIN_TOKEN_HEADER: &str = "authorization";
 
+/// Version of the agent protocol this build speaks (sent in [`Hello`]).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Oldest agent protocol version a server still accepts: agents inside
+/// installed operating systems lag one release behind.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+fn round1_protocol() -> u32 {
+    1
+}
+
 /// Kernel command-line keys the boot script sets for the agent.
 pub mod cmdline {
     /// Base URL of the boot server's HTTP service, e.g. `http://10.0.0.1:8080`.
@@ -22,6 +32,114 @@ pub mod cmdline {
     pub const TOKEN: &str = "bootsrv.token";
     /// Name of the image this boot came from.
     pub const IMAGE: &str = "bootsrv.image";
+    /// Root file system on a network disk: `nbd:HOST:PORT:EXPORT`.
+    pub const ROOT: &str = "bootsrv.root";
+    /// UEFI HTTP boot URI the agent writes into a firmware boot entry.
+    pub const HTTPBOOT: &str = "bootsrv.httpboot";
+    /// Address iPXE leased for this boot (the initramfs reuses it).
+    pub const IP: &str = "bootsrv.ip";
+    /// Netmask that came with [`IP`].
+    pub const NETMASK: &str = "bootsrv.netmask";
+    /// Default gateway that came with [`IP`].
+    pub const GATEWAY: &str = "bootsrv.gateway";
+    /// pxelinux convention: `01-` + the boot NIC's MAC with dashes.
+    pub const BOOTIF: &str = "BOOTIF";
+}
+
+/// NBD wire constants (NetworkBlockDevice `doc/proto.md`) shared by the
+/// server (`boot-nbd`) and the agent's userspace handshake.
+pub mod nbd {
+    /// `NBDMAGIC`, first 8 bytes of every handshake.
+    pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+    /// `IHAVEOPT`: newstyle handshake / option request magic.
+    pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+    /// Oldstyle handshake magic (second 8 bytes).
+    pub const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
+    /// Option reply magic.
+    pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+    /// Transmission request magic.
+    pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+    /// Simple reply magic (the only reply the kernel driver parses).
+    pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+    /// Structured reply chunk magic.
+    pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+
+    /// Server handshake flag: fixed newstyle.
+    pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+    /// Server handshake flag: no zero padding after NBD_OPT_EXPORT_NAME.
+    pub const FLAG_NO_ZEROES: u16 = 1 << 1;
+    /// Client flag: fixed newstyle.
+    pub const FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
+    /// Client flag: no zero padding.
+    pub const FLAG_C_NO_ZEROES: u32 = 1 << 1;
+
+    /// Transmission flag: the other flags are valid.
+    pub const TF_HAS_FLAGS: u16 = 1 << 0;
+    /// Transmission flag: read-only export.
+    pub const TF_READ_ONLY: u16 = 1 << 1;
+    /// Transmission flag: FLUSH supported.
+    pub const TF_SEND_FLUSH: u16 = 1 << 2;
+    /// Transmission flag: FUA supported.
+    pub const TF_SEND_FUA: u16 = 1 << 3;
+    /// Transmission flag: TRIM supported.
+    pub const TF_SEND_TRIM: u16 = 1 << 5;
+    /// Transmission flag: WRITE_ZEROES supported.
+    pub const TF_SEND_WRITE_ZEROES: u16 = 1 << 6;
+    /// Transmission flag: DF (don't fragment) supported.
+    pub const TF_SEND_DF: u16 = 1 << 7;
+    /// Transmission flag: several connections see one consistent disk.
+    pub const TF_CAN_MULTI_CONN: u16 = 1 << 8;
+    /// Transmission flag: CACHE supported.
+    pub const TF_SEND_CACHE: u16 = 1 << 10;
+    /// Transmission flag: FAST_ZERO supported.
+    pub const TF_SEND_FAST_ZERO: u16 = 1 << 11;
+
+    /// Option: export name (old way to select an export; no error reply).
+    pub const OPT_EXPORT_NAME: u32 = 1;
+    /// Option: abort the handshake.
+    pub const OPT_ABORT: u32 = 2;
+    /// Option: list exports.
+    pub const OPT_LIST: u32 = 3;
+    /// Option: STARTTLS.
+    pub const OPT_STARTTLS: u32 = 5;
+    /// Option: export information without selecting it.
+    pub const OPT_INFO: u32 = 6;
+    /// Option: select an export and start transmission.
+    pub const OPT_GO: u32 = 7;
+    /// Option: structured replies.
+    pub const OPT_STRUCTURED_REPLY: u32 = 8;
+    /// Option: list metadata contexts.
+    pub const OPT_LIST_META_CONTEXT: u32 = 9;
+    /// Option: select metadata contexts.
+    pub const OPT_SET_META_CONTEXT: u32 = 10;
+
+    /// Option reply: acknowledged.
+    pub const REP_ACK: u32 = 1;
+    /// Option reply: one export of a LIST.
+    pub const REP_SERVER: u32 = 2;
+    /// Option reply: export information.
+    pub const REP_INFO: u32 = 3;
+    /// Option reply: a metadata context.
+    pub const REP_META_CONTEXT: u32 = 4;
+    /// Option error: unsupported option.
+    pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+    /// Option error: refused by policy.
+    pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
+    /// Option error: invalid option.
+    pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+    /// Option error: unknown export.
+    pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+    /// Option error: request too big.
+    pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
+
+    /// NBD_INFO: export size and transmission flags.
+    pub const INFO_EXPORT: u16 = 0;
+    /// NBD_INFO: export name.
+    pub const INFO_NAME: u16 = 1;
+    /// NBD_INFO: description.
+    pub const INFO_DESCRIPTION: u16 = 2;
+    /// NBD_INFO: block size constraints.
+    pub const INFO_BLOCK_SIZE: u16 = 3;
 }
 
 /// Firmware the node booted with.
@@ -81,6 +199,9 @@ pub struct Inventory {
 /// First message of an agent after boot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
+    /// Agent protocol version ([`PROTOCOL_VERSION`]); round-1 agents send none (1).
+    #[serde(default = "round1_protocol")]
+    pub protocol_version: u32,
     pub agent_version: String,
     pub inventory: Inventory,
     /// Milliseconds since the kernel started when the agent became ready.
@@ -163,12 +284,62 @@ pub struct Command {
     pub kind: CommandKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Life of a command, from the server's queue to the agent's result.
+/// The agent reports `Started`, `Succeeded` and `Failed`; the server sets the
+/// others (`Delivered` when a poll hands it out, `Acknowledged` once whoever
+/// queued it has seen the result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CommandStatus {
+    Queued,
+    Delivered,
     Started,
     Succeeded,
     Failed,
+    Acknowledged,
+}
+
+impl CommandStatus {
+    /// The kebab-case name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Queued => "queued",
+            CommandStatus::Delivered => "delivered",
+            CommandStatus::Started => "started",
+            CommandStatus::Succeeded => "succeeded",
+            CommandStatus::Failed => "failed",
+            CommandStatus::Acknowledged => "acknowledged",
+        }
+    }
+
+    /// Parses [`CommandStatus::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<CommandStatus> {
+        Some(match s {
+            "queued" => CommandStatus::Queued,
+            "delivered" => CommandStatus::Delivered,
+            "started" => CommandStatus::Started,
+            "succeeded" => CommandStatus::Succeeded,
+            "failed" => CommandStatus::Failed,
+            "acknowledged" => CommandStatus::Acknowledged,
+            _ => return None,
+        })
+    }
+
+    /// Whether an agent may report this status.
+    pub fn is_agent_report(self) -> bool {
+        matches!(
+            self,
+            CommandStatus::Started | CommandStatus::Succeeded | CommandStatus::Failed
+        )
+    }
+
+    /// Whether the command has finished (successfully or not).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            CommandStatus::Succeeded | CommandStatus::Failed | CommandStatus::Acknowledged
+        )
+    }
 }
 
 /// The agent's report on a command.

@@ -98,6 +98,7 @@ pub fn run(cfg: Config) -> ! {
     let inv = inventory::collect(cfg.bootif_mac.as_deref());
     let boot_mac = inv.boot_mac.clone();
     let hello = Arc::new(Mutex::new(Hello {
+        protocol_version: boot_proto::PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         inventory: inv,
         uptime_ms: None,

@@ -4,58 +4,7 @@
 
 use thiserror::Error;
 
-pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-pub const REQUEST_MAGIC: u32 = 0x2560_9513;
-pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
-
-/// Handshake flags (server) / client flags.
-pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
-pub const FLAG_NO_ZEROES: u16 = 1 << 1;
-pub const FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
-pub const FLAG_C_NO_ZEROES: u32 = 1 << 1;
-
-/// Transmission flags.
-pub const TF_HAS_FLAGS: u16 = 1 << 0;
-pub const TF_READ_ONLY: u16 = 1 << 1;
-pub const TF_SEND_FLUSH: u16 = 1 << 2;
-pub const TF_SEND_FUA: u16 = 1 << 3;
-pub const TF_SEND_TRIM: u16 = 1 << 5;
-pub const TF_SEND_WRITE_ZEROES: u16 = 1 << 6;
-pub const TF_SEND_DF: u16 = 1 << 7;
-pub const TF_CAN_MULTI_CONN: u16 = 1 << 8;
-pub const TF_SEND_CACHE: u16 = 1 << 10;
-pub const TF_SEND_FAST_ZERO: u16 = 1 << 11;
-
-/// Options.
-pub const OPT_EXPORT_NAME: u32 = 1;
-pub const OPT_ABORT: u32 = 2;
-pub const OPT_LIST: u32 = 3;
-pub const OPT_STARTTLS: u32 = 5;
-pub const OPT_INFO: u32 = 6;
-pub const OPT_GO: u32 = 7;
-pub const OPT_STRUCTURED_REPLY: u32 = 8;
-pub const OPT_LIST_META_CONTEXT: u32 = 9;
-pub const OPT_SET_META_CONTEXT: u32 = 10;
-
-/// Option reply types.
-pub const REP_ACK: u32 = 1;
-pub const REP_SERVER: u32 = 2;
-pub const REP_INFO: u32 = 3;
-pub const REP_META_CONTEXT: u32 = 4;
-pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
-pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
-pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
-pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
-pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
-
-/// NBD_INFO types.
-pub const INFO_EXPORT: u16 = 0;
-pub const INFO_NAME: u16 = 1;
-pub const INFO_DESCRIPTION: u16 = 2;
-pub const INFO_BLOCK_SIZE: u16 = 3;
+pub use boot_proto::nbd::*;
 
 /// Command flags.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;

@@ -17,9 +17,9 @@ use std::sync::Arc;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/nodes", get(nodes))
-        .route("/api/nodes/:id", get(node))
-        .route("/api/nodes/:id/commands", post(queue_command))
-        .route("/api/commands/:id", get(command))
+        .route("/api/nodes/{id}", get(node))
+        .route("/api/nodes/{id}/commands", post(queue_command))
+        .route("/api/commands/{id}", get(command))
         .route("/api/images", get(images))
         .route("/api/assignments", get(assignments).put(assign))
         .route("/api/default-image", put(default_image))

@@ -11,9 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use boot_proto::{
-    Command, CommandResult, CommandStatus, Heartbeat, Hello, HelloReply, AGENT_TOKEN_HEADER,
-};
+use boot_proto::{Command, CommandResult, Heartbeat, Hello, HelloReply, AGENT_TOKEN_HEADER};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -145,11 +143,13 @@ async fn result(
     Json(body): Json<CommandResult>,
 ) -> Result<StatusCode, HttpError> {
     let node = authenticate(&s.store, &headers).await?;
-    let status = match body.status {
-        CommandStatus::Started => "started",
-        CommandStatus::Succeeded => "succeeded",
-        CommandStatus::Failed => "failed",
-    };
+    if !body.status.is_agent_report() {
+        return Err(HttpError(
+            StatusCode::BAD_REQUEST,
+            format!("an agent cannot report {}", body.status.as_str()),
+        ));
+    }
+    let status: &str = body.status.as_str();
     if !s
         .store
         .update_command(&node.id, body.id as i64, status, &body.detail)

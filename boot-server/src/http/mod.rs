@@ -47,9 +47,9 @@ impl CommandWakeups {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/boot.ipxe", get(chain_script))
-        .route("/ipxe/:mac", get(node_script))
-        .route("/images/*path", get(image_file).head(image_file))
-        .route("/loaders/*path", get(loader_file).head(loader_file))
+        .route("/ipxe/{mac}", get(node_script))
+        .route("/images/{*path}", get(image_file).head(image_file))
+        .route("/loaders/{*path}", get(loader_file).head(loader_file))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(agent::routes())
         .merge(admin::routes())
@@ -116,14 +116,14 @@ async fn image_file(
     Path(path): Path<String>,
     method: Method,
     headers: HeaderMap,
-    connect: Option<axum::extract::ConnectInfo<std::net::SocketAddr>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
 ) -> Response {
     let response = files::serve(&[s.config.images_dir.clone()], &path, &method, &headers).await;
     // Whole-file fetches only: HTTP SAN boot reads a disk in many small ranges.
     if method == Method::GET && response.status() == axum::http::StatusCode::OK {
         // Timeline: which node fetched which file, when (off the request path).
         let store = s.store.clone();
-        let peer = connect.map(|c| c.0.ip());
+        let peer = Some(peer.ip());
         tokio::spawn(async move {
             let detail = json!({ "path": path, "peer": peer });
             crate::store::record_peer_event(&store, peer, "http-file", detail).await;

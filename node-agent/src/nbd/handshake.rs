@@ -8,23 +8,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 use thiserror::Error;
 
-pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-pub const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
-pub const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
-pub const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-pub const FLAG_FIXED_NEWSTYLE: u16 = 1;
-pub const FLAG_NO_ZEROES: u16 = 2;
-pub const OPT_EXPORT_NAME: u32 = 1;
-pub const OPT_ABORT: u32 = 2;
-pub const OPT_GO: u32 = 7;
-pub const REP_ACK: u32 = 1;
-pub const REP_INFO: u32 = 3;
-pub const REP_ERR_UNSUP: u32 = 0x8000_0001;
-pub const INFO_EXPORT: u16 = 0;
-pub const INFO_BLOCK_SIZE: u16 = 3;
-/// Transmission flag: the server sets the other flags.
-pub const TFLAG_HAS_FLAGS: u16 = 1;
-pub const TFLAG_READ_ONLY: u16 = 2;
+pub use boot_proto::nbd::*;
 /// Largest option reply we accept (server input is untrusted).
 const MAX_REPLY: u32 = 64 * 1024;
 
@@ -132,7 +116,7 @@ pub fn handshake(mut s: TcpStream, export: &str) -> Result<Negotiated, Handshake
         let mut block_size = None;
         loop {
             let m = rd_u64(&mut s)?;
-            if m != REPLY_MAGIC {
+            if m != OPT_REPLY_MAGIC {
                 return Err(HandshakeError::BadReplyMagic(m));
             }
             let _opt = rd_u32(&mut s)?;

@@ -89,8 +89,8 @@ fn handshake_with_nbdkit_then_simple_replies() {
     let Some(k) = nbdkit() else { return };
     let mut neg = super::connect("127.0.0.1", k.port, "").unwrap();
     assert_eq!(neg.size, 64 << 20);
-    assert!(neg.flags & TFLAG_HAS_FLAGS != 0);
-    assert!(neg.flags & TFLAG_READ_ONLY == 0);
+    assert!(neg.flags & TF_HAS_FLAGS != 0);
+    assert!(neg.flags & TF_READ_ONLY == 0);
     // Transmission phase: write then read back with simple replies only.
     let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
     request(&mut neg.stream, 1, 1, 8192, &data, 4096);
@@ -123,7 +123,7 @@ fn fake_pre_go_server(no_zeroes: bool) -> u16 {
         assert_eq!(opt, OPT_GO);
         assert_eq!(d, go_payload("disk1"));
         let mut r = Vec::new();
-        r.extend_from_slice(&REPLY_MAGIC.to_be_bytes());
+        r.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
         r.extend_from_slice(&OPT_GO.to_be_bytes());
         r.extend_from_slice(&REP_ERR_UNSUP.to_be_bytes());
         r.extend_from_slice(&0u32.to_be_bytes());
