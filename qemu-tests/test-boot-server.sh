@@ -134,7 +134,7 @@ test_kexec() {
     # A second image: the same files under another name.
     local m="$LAB_DIR/lab-b.toml"
     sed -e 's/^name = "lab"/name = "lab-b"/' -e 's/^version = .*/version = "2"/' "$repo/images/lab/image.toml" > "$m"
-    cli image add "$m" >/dev/null
+    cli image add --server-path "$m" >/dev/null
     local mac=52:54:00:20:00:21
     lab_start_guest --name kx --firmware bios --nic virtio-net-pci --mac "$mac" --stamp
     local tl; tl="$(wait_ready "$mac" kx)"
@@ -152,7 +152,7 @@ test_reprovision() {
     start_server full || { not_ok "reprovision: server starts"; return; }
     local m="$LAB_DIR/lab-b.toml"
     sed -e 's/^name = "lab"/name = "lab-b"/' "$repo/images/lab/image.toml" > "$m"
-    cli image add "$m" >/dev/null
+    cli image add --server-path "$m" >/dev/null
     local mac=52:54:00:20:00:31
     lab_start_guest --name rp --firmware uefi --nic virtio-net-pci --mac "$mac" --stamp --reboot
     local tl; tl="$(wait_ready "$mac" rp)"
@@ -174,8 +174,8 @@ test_nbdroot() {
     local a=52:54:00:20:00:41 b=52:54:00:20:00:42 m
     for m in "$a" "$b"; do
         cli disk create "ov-${m//:/}" --base labroot >/dev/null
-        # The node record exists once it asked for a script.
-        lab_exec curl -sf -o /dev/null "http://$LAB_BRIDGE_ADDR:8080/ipxe/$m"
+        # Enrol the node so the disk can be attached before its first boot.
+        cli node add --mac "$m" >/dev/null
         cli disk attach "ov-${m//:/}" --node "$m"
     done
     lab_start_guest --name ra --firmware bios --mac "$a" --stamp --reboot

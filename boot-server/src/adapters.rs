@@ -1,15 +1,19 @@
 //! Glue between the protocol crates' small traits and the boot server's
-//! plan and store: the DHCP crate asks [`DhcpBackend`] for boot answers and
-//! durable leases; the TFTP crate reports transfers to [`TftpEvents`].
+//! plan, store and event hub: the DHCP crate asks [`DhcpBackend`] for boot
+//! answers and durable leases; the TFTP crate reports transfers to
+//! [`TftpEvents`].
 
-use crate::plan::{BootPlan, DhcpFacts, Firmware};
-use crate::store::{format_mac, parse_mac, Lease, Store};
+use crate::events::EventHub;
+use crate::model::{EventKind, Firmware, Lease, MacAddr};
+use crate::plan::{BootPlan, DhcpFacts};
+use crate::store::Store;
 use async_trait::async_trait;
 use serde_json::json;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The DHCP crate's advisor and lease store.
 pub struct DhcpBackend {
     pub plan: Arc<BootPlan>,
     pub store: Arc<dyn Store>,
@@ -19,10 +23,11 @@ pub struct DhcpBackend {
 impl boot_dhcp::BootAdvisor for DhcpBackend {
     async fn boot_answer(&self, facts: &boot_dhcp::ClientFacts) -> Option<boot_dhcp::BootAnswer> {
         let plan_facts = DhcpFacts {
-            mac: format_mac(facts.mac),
+            mac: MacAddr(facts.mac),
             uuid: facts.uuid.clone(),
             firmware: facts.client_arch.and_then(Firmware::from_client_arch),
             is_ipxe: facts.is_ipxe,
+            observed_ip: None,
         };
         match self.plan.dhcp_answer(&plan_facts).await {
             Ok(answer) => answer.map(|a| boot_dhcp::BootAnswer {
@@ -47,26 +52,25 @@ fn to_ms(t: SystemTime) -> i64 {
 #[async_trait]
 impl boot_dhcp::LeaseStore for DhcpBackend {
     async fn load(&self) -> anyhow::Result<Vec<boot_dhcp::Lease>> {
-        let mut out = Vec::new();
-        for l in self.store.leases().await? {
-            let Some(mac) = parse_mac(&l.mac) else {
-                continue;
-            };
-            out.push(boot_dhcp::Lease {
-                mac,
+        Ok(self
+            .store
+            .leases()
+            .await?
+            .into_iter()
+            .map(|l| boot_dhcp::Lease {
+                mac: l.mac.octets(),
                 ip: l.ip,
                 expires_at: UNIX_EPOCH + Duration::from_millis(l.expires_at_ms.max(0) as u64),
                 hostname: l.hostname,
                 client_id: l.client_id,
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     async fn commit(&self, lease: &boot_dhcp::Lease) -> anyhow::Result<()> {
         self.store
             .put_lease(&Lease {
-                mac: format_mac(lease.mac),
+                mac: MacAddr(lease.mac),
                 ip: lease.ip,
                 expires_at_ms: to_ms(lease.expires_at),
                 hostname: lease.hostname.clone(),
@@ -76,23 +80,29 @@ impl boot_dhcp::LeaseStore for DhcpBackend {
     }
 
     async fn remove(&self, mac: [u8; 6], ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
-        self.store.remove_lease(&format_mac(mac), ip).await
+        self.store.remove_lease(MacAddr(mac), ip).await.map(|_| ())
     }
 }
 
-/// Records TFTP transfers in the event log (the boot timeline reads them).
+/// Records TFTP transfers of known nodes in the event log (the boot timeline
+/// reads them); transfers to addresses no node holds are not recorded.
 pub struct TftpEvents {
     pub store: Arc<dyn Store>,
+    pub events: EventHub,
     pub runtime: tokio::runtime::Handle,
 }
 
 impl boot_tftp::TransferObserver for TftpEvents {
     fn finished(&self, peer: SocketAddr, path: &str, bytes: u64, result: Result<(), String>) {
-        let store = self.store.clone();
+        let (store, events) = (self.store.clone(), self.events.clone());
         let detail = json!({ "peer": peer.ip().to_string(), "path": path, "bytes": bytes, "error": result.err() });
         // Called from the TFTP crate's transfer threads: hand over to the runtime.
         self.runtime.spawn(async move {
-            crate::store::record_peer_event(&store, Some(peer.ip()), "tftp-file", detail).await;
+            if let IpAddr::V4(ip) = peer.ip() {
+                if let Ok(Some(node)) = store.node_by_lease_ip(ip).await {
+                    events.emit(Some(node.id), EventKind::TftpFile, detail);
+                }
+            }
         });
     }
 }

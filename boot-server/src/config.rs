@@ -24,9 +24,18 @@ pub struct Config {
     pub interface: Option<String>,
     /// Image booted by nodes without an assignment.
     pub default_image: Option<String>,
-    /// Admin API token; generated into `state_dir/admin.token` when unset.
+    /// Admin API token (at least 128 bits); generated into
+    /// `state_dir/admin.token` when unset.
     pub admin_token: Option<String>,
+    /// Trust every host on the boot network: hand a node's boot script (its
+    /// agent token and disk export name) to whoever asks for it. Off by
+    /// default: secrets go only to the node's observed address.
+    pub trust_boot_network: bool,
+    /// Most nodes recorded from script fetches alone (no DHCP seen, not enrolled).
+    pub discovery_limit: usize,
     pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub events: EventsConfig,
     pub tftp: TftpConfig,
     pub dhcp: DhcpConfig,
     pub ra: RaConfig,
@@ -41,6 +50,30 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Base URL written into scripts; default `http://<server_ip>:<port>`.
     pub public_url: Option<String>,
+}
+
+/// The admin API's listeners. The Unix socket `state_dir/admin.sock` (0600:
+/// file permissions are the authentication) always serves it; `listen`
+/// gives it a TCP listener of its own (Bearer token), else it shares the
+/// node-facing HTTP listener.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+/// The event log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Events kept; older ones are pruned.
+    pub retain: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { retain: 200_000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,11 +119,15 @@ pub struct SubnetConfig {
     pub reservations: Vec<Reservation>,
 }
 
+/// A reservation in the config file (round 1). Reservations live in the
+/// store now; ones found here are imported once, with a warning.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reservation {
     pub mac: String,
     pub ip: Ipv4Addr,
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,7 +178,11 @@ impl Default for Config {
             interface: None,
             default_image: None,
             admin_token: None,
+            trust_boot_network: false,
+            discovery_limit: 1024,
             http: HttpConfig::default(),
+            admin: AdminConfig::default(),
+            events: EventsConfig::default(),
             tftp: TftpConfig::default(),
             dhcp: DhcpConfig::default(),
             ra: RaConfig::default(),
@@ -257,6 +298,9 @@ impl Config {
         for s in &self.dhcp.subnets {
             parse_cidr(&s.network).with_context(|| format!("subnet {}", s.network))?;
         }
+        if let Some(t) = &self.admin_token {
+            crate::secret::check_admin_token(t).map_err(|e| anyhow::anyhow!("admin_token: {e}"))?;
+        }
         Ok(())
     }
 
@@ -273,6 +317,11 @@ impl Config {
                     ip => ip.to_string(),
                 });
         format!("http://{}:{}", ip, self.http.listen.port())
+    }
+
+    /// The admin API's Unix socket.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.state_dir.join("admin.sock")
     }
 
     pub fn disks_dir(&self) -> PathBuf {
@@ -310,6 +359,18 @@ mod tests {
         .unwrap();
         good.validate().unwrap();
         assert_eq!(good.public_url(), "http://10.0.0.1:8080");
+    }
+
+    #[test]
+    fn weak_admin_tokens_are_refused() {
+        for weak in ["", "x", "0123456789abcdef"] {
+            let c: Config = toml::from_str(&format!("admin_token = \"{weak}\"")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("admin_token"), "{err}");
+        }
+        let c: Config =
+            toml::from_str("admin_token = \"0123456789abcdef0123456789abcdef\"").unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

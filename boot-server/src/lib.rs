@@ -1,16 +1,25 @@
 //! boot-server: network boot service (DHCP, TFTP, HTTP iPXE, NBD) with a
 //! boot-image table in an embedded SQLite store.
 //!
-//! Layout: protocol servers live in their own crates (`boot-dhcp`,
-//! `boot-tftp`, `boot-nbd`) and only parse and answer; [`plan`] decides what
-//! each node boots; [`store`] owns durable state; [`serve`] wires them up.
+//! Layers, data flowing one way: protocol crates (`boot-dhcp`, `boot-tftp`,
+//! `boot-nbd`) parse and answer through [`adapters`] and [`disks`]; the
+//! [`plan`] decides what each node boots; the [`control`] layer is the one
+//! path for every admin operation (REST handlers in [`http`], and the
+//! [`cli`] as a client of that API); the [`store`] owns durable state; the
+//! [`model`] is shared by all; [`events`] records and broadcasts what
+//! happened; [`serve`] wires them up.
 
 pub mod adapters;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod disks;
+pub mod events;
+pub mod fsutil;
 pub mod http;
 pub mod images;
+pub mod model;
 pub mod plan;
+pub mod secret;
 pub mod serve;
 pub mod store;

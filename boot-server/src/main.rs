@@ -24,9 +24,9 @@ fn main() -> std::process::ExitCode {
     runtime.shutdown_timeout(Duration::from_millis(500));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("boot-server: {e:#}");
-            std::process::ExitCode::FAILURE
+        Err(f) => {
+            eprintln!("boot-server: {:#}", f.error);
+            std::process::ExitCode::from(f.code)
         }
     }
 }

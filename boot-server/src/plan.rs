@@ -1,77 +1,44 @@
 //! The boot plan: the one seam where policy meets the protocols.
 //!
 //! Node identity and firmware facts go in; what to serve comes out: the
-//! loader or URL a DHCP answer carries ([`BootPlan::dhcp_answer`]) and the
-//! per-node iPXE script ([`BootPlan::script`]). Protocol adapters never decide
-//! what a node boots; they ask here. Which image a node gets is read from the
-//! store (assignment by MAC, then by SMBIOS UUID, then the default image),
-//! which the admin commands and the engine write.
+//! loader or URL a DHCP answer carries ([`BootPlan::dhcp_answer`]), the
+//! per-node iPXE script ([`BootPlan::script`]) and the kexec command of a warm
+//! reprovision. Which image a node gets is read from the store (assignment by
+//! MAC, then by SMBIOS UUID, then the default image).
+//!
+//! **Who gets a boot's secrets.** A script carries the node's per-boot agent
+//! token and the secret name of its virtual disk. It is handed out only to the
+//! node's *observed address*: its live lease (full DHCP), the address it showed
+//! in the DHCP exchange the server saw (proxy/relay: option 50 or ciaddr), or,
+//! for an admin-enrolled node the server never saw in DHCP, the address of its
+//! first script fetch. Any other requester gets the wait script and an
+//! `access-refused` event. With `trust_boot_network = true` every requester is
+//! trusted (off by default). A script fetch never revokes the token of a
+//! running agent: it only replaces the next boot's token.
 
 use crate::config::Config;
-use crate::store::{BootImage, ImageKind, Node, Selector, Sighting, Store};
+use crate::events::EventHub;
+use crate::model::{BootImage, EventKind, Firmware, ImageKind, MacAddr, Node, Selector, Sighting};
+use crate::store::Store;
 use anyhow::{Context, Result};
 use minijinja::Environment;
-use rand::RngCore;
 use serde_json::json;
-use std::net::Ipv4Addr;
-use std::sync::Arc;
-
-/// Firmware kind derived from DHCP option 93 (client system architecture).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Firmware {
-    Bios,
-    UefiIa32,
-    UefiX64,
-    UefiArm64,
-    /// x86-64 UEFI HTTP boot (no TFTP, wants option 60 `HTTPClient` and a URL).
-    UefiHttpX64,
-    UefiHttpArm64,
-}
-
-impl Firmware {
-    /// Option 93 → firmware. 7 and 9 are both x86-64 UEFI (RFC 4578 errata).
-    pub fn from_client_arch(arch: u16) -> Option<Firmware> {
-        Some(match arch {
-            0 => Firmware::Bios,
-            6 => Firmware::UefiIa32,
-            7 | 9 => Firmware::UefiX64,
-            0x0b => Firmware::UefiArm64,
-            0x10 => Firmware::UefiHttpX64,
-            0x13 => Firmware::UefiHttpArm64,
-            _ => return None,
-        })
-    }
-
-    /// Name stored on the node and matched against an image's `archs`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Firmware::Bios => "bios",
-            Firmware::UefiIa32 => "uefi-ia32",
-            Firmware::UefiX64 | Firmware::UefiHttpX64 => "uefi-x64",
-            Firmware::UefiArm64 | Firmware::UefiHttpArm64 => "uefi-arm64",
-        }
-    }
-
-    /// From iPXE's `${platform}` and `${buildarch}` settings.
-    pub fn from_ipxe(platform: &str, buildarch: &str) -> Option<Firmware> {
-        match (platform, buildarch) {
-            ("pcbios", _) => Some(Firmware::Bios),
-            ("efi", "arm64") => Some(Firmware::UefiArm64),
-            ("efi", "i386") => Some(Firmware::UefiIa32),
-            ("efi", _) => Some(Firmware::UefiX64),
-            _ => None,
-        }
-    }
-}
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What a network-boot client told DHCP about itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DhcpFacts {
-    pub mac: String,
+    pub mac: MacAddr,
     pub uuid: Option<String>,
     pub firmware: Option<Firmware>,
     /// iPXE already runs (option 77 `iPXE` or option 175 present).
     pub is_ipxe: bool,
+    /// Proxy/relay mode: the address the client asked for or uses
+    /// (option 50, else ciaddr), which becomes its observed address.
+    pub observed_ip: Option<Ipv4Addr>,
 }
 
 /// The boot part of a DHCP answer.
@@ -95,7 +62,8 @@ pub struct ScriptHints {
 #[derive(Debug, Clone)]
 pub struct Script {
     pub text: String,
-    pub node: Node,
+    /// The node, when the server knows (or now records) it.
+    pub node: Option<Node>,
     pub image: Option<String>,
 }
 
@@ -105,10 +73,23 @@ struct LinuxBoot {
     cmdline: String,
 }
 
+/// Facts last written for a node, so the DHCP path writes only changes.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    uuid: Option<String>,
+    arch: Option<String>,
+    observed_ip: Option<Ipv4Addr>,
+}
+
+/// The boot plan.
 pub struct BootPlan {
     store: Arc<dyn Store>,
     config: Arc<Config>,
+    events: EventHub,
     templates: Environment<'static>,
+    seen: Mutex<HashMap<MacAddr, Seen>>,
+    /// Nodes recorded from a script fetch alone (no DHCP): bounded.
+    http_discovered: AtomicUsize,
 }
 
 const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
@@ -126,7 +107,8 @@ const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
 ];
 
 impl BootPlan {
-    pub fn new(store: Arc<dyn Store>, config: Arc<Config>) -> Result<BootPlan> {
+    /// Loads the script templates (built-in, or from `scripts_dir`).
+    pub fn new(store: Arc<dyn Store>, config: Arc<Config>, events: EventHub) -> Result<BootPlan> {
         let mut templates = Environment::new();
         templates.set_keep_trailing_newline(true);
         for (name, builtin) in BUILTIN_TEMPLATES {
@@ -143,16 +125,17 @@ impl BootPlan {
         Ok(BootPlan {
             store,
             config,
+            events,
             templates,
+            seen: Mutex::new(HashMap::new()),
+            http_discovered: AtomicUsize::new(0),
         })
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     /// What a DHCP answer to this client carries; `None` for clients that are
-    /// not network booting (no option 93 and not iPXE).
+    /// not network booting (no option 93 and not iPXE). Writes nothing on
+    /// the way (an OFFER promises nothing): new nodes and changed facts are
+    /// recorded in the background.
     pub async fn dhcp_answer(&self, facts: &DhcpFacts) -> Result<Option<DhcpBoot>> {
         let Some(server) = self.config.server_ip else {
             return Ok(None);
@@ -160,13 +143,11 @@ impl BootPlan {
         if facts.firmware.is_none() && !facts.is_ipxe {
             return Ok(None);
         }
-        let node = self
-            .observe(&facts.mac, facts.uuid.clone(), facts.firmware)
-            .await?;
+        self.note_dhcp_sighting(facts);
         let base = self.config.public_url();
         let loaders = &self.config.loaders;
         let (filename, vendor_class) = if facts.is_ipxe {
-            (format!("{base}/ipxe/{}", node.mac), "PXEClient")
+            (format!("{base}/ipxe/{}", facts.mac), "PXEClient")
         } else {
             match facts.firmware {
                 Some(Firmware::Bios) => (loaders.bios.clone(), "PXEClient"),
@@ -182,13 +163,11 @@ impl BootPlan {
                 Some(Firmware::UefiIa32) | None => return Ok(None),
             }
         };
-        self.store
-            .record_event(
-                Some(&node.id),
-                "dhcp-boot",
-                json!({"filename": filename, "ipxe": facts.is_ipxe, "firmware": facts.firmware.map(Firmware::as_str)}),
-            )
-            .await?;
+        self.events.emit(
+            Some(facts.mac.node_id()),
+            EventKind::DhcpBoot,
+            json!({"filename": filename, "ipxe": facts.is_ipxe, "firmware": facts.firmware.map(Firmware::as_str)}),
+        );
         Ok(Some(DhcpBoot {
             filename,
             next_server: server,
@@ -196,51 +175,171 @@ impl BootPlan {
         }))
     }
 
-    /// The iPXE script for the node with this MAC.
-    pub async fn script(&self, mac: &str, hints: &ScriptHints) -> Result<Script> {
-        let node = self
-            .observe(mac, hints.uuid.clone(), hints.firmware)
-            .await?;
-        let base = self.config.public_url();
-        let mut ctx = json!({ "base": base, "node": node.id, "mac": node.mac });
-        let image = self.image_for(&node).await?;
-        let (template, image_name) = match image {
-            Err(reason) => {
-                ctx["reason"] = json!(reason);
-                self.store
-                    .record_event(Some(&node.id), "script-wait", json!({ "reason": reason }))
-                    .await?;
-                ("wait.ipxe", None)
+    /// Records a DHCP sighting in the background when it tells something new.
+    fn note_dhcp_sighting(&self, facts: &DhcpFacts) {
+        let sighting = sighting(
+            facts.mac,
+            facts.uuid.clone(),
+            facts.firmware,
+            facts.observed_ip,
+        );
+        let seen = Seen {
+            uuid: sighting.uuid.clone(),
+            arch: sighting.arch.clone(),
+            observed_ip: sighting.observed_ip,
+        };
+        {
+            let mut map = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&facts.mac) == Some(&seen) {
+                return;
             }
-            Ok(image) => {
-                ctx["image"] = json!(image.name);
-                let template = match image.kind {
-                    ImageKind::Linux => {
-                        let boot = self.linux_boot(&node, &image).await?;
-                        ctx["kernel_url"] = json!(boot.kernel_url);
-                        ctx["initrd_url"] = json!(boot.initrd_url);
-                        ctx["cmdline"] = json!(boot.cmdline);
-                        "linux.ipxe"
-                    }
-                    ImageKind::Localdisk => "localdisk.ipxe",
-                    ImageKind::Sanboot => {
-                        ctx["san_url"] = json!(image.san_url);
-                        "sanboot.ipxe"
-                    }
-                };
-                self.store.set_booted_image(&node.id, &image.name).await?;
-                self.store
-                    .record_event(Some(&node.id), "script", json!({ "image": image.name }))
-                    .await?;
-                (template, Some(image.name))
+            map.insert(facts.mac, seen);
+        }
+        let (store, events) = (self.store.clone(), self.events.clone());
+        tokio::spawn(async move {
+            if let Err(e) = observe(&store, &events, &sighting).await {
+                tracing::warn!(mac = %sighting.mac, error = %format!("{e:#}"), "node sighting not recorded");
+            }
+        });
+    }
+
+    /// The iPXE script for the node with this MAC, as requested from `peer`.
+    pub async fn script(&self, mac: MacAddr, hints: &ScriptHints, peer: IpAddr) -> Result<Script> {
+        let base = self.config.public_url();
+        let mut ctx = json!({ "base": base, "node": mac.node_id(), "mac": mac.to_string() });
+        let node = match self.store.node_by_mac(mac).await? {
+            Some(n) => Some(n),
+            None if self.may_discover_over_http() => Some(
+                observe(
+                    &self.store,
+                    &self.events,
+                    &sighting(mac, hints.uuid.clone(), hints.firmware, None),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let Some(mut node) = node else {
+            return self.wait(ctx, None, "this server has not seen the node in DHCP; enrol it (boot-server node add --mac MAC)".into());
+        };
+        if hints.uuid.is_some() || hints.firmware.is_some() {
+            node = observe(
+                &self.store,
+                &self.events,
+                &sighting(mac, hints.uuid.clone(), hints.firmware, None),
+            )
+            .await?;
+        }
+        ctx["node"] = json!(node.id);
+        if let Err(reason) = self.grant(&mut node, peer).await? {
+            self.events.emit(
+                Some(node.id.clone()),
+                EventKind::AccessRefused,
+                json!({ "what": "boot script", "peer": peer.to_string(), "reason": reason }),
+            );
+            tracing::warn!(node = %node.id, %peer, "boot script refused: {reason}");
+            return self.wait(ctx, Some(node), reason);
+        }
+        let image = match self.image_for(&node).await? {
+            Ok(image) => image,
+            Err(reason) => return self.wait(ctx, Some(node), reason),
+        };
+        ctx["image"] = json!(image.name);
+        let template = match image.kind {
+            ImageKind::Linux => {
+                let boot = self.linux_boot(&node, &image).await?;
+                ctx["kernel_url"] = json!(boot.kernel_url);
+                ctx["initrd_url"] = json!(boot.initrd_url);
+                ctx["cmdline"] = json!(boot.cmdline);
+                "linux.ipxe"
+            }
+            ImageKind::Localdisk => "localdisk.ipxe",
+            ImageKind::Sanboot => {
+                ctx["san_url"] = json!(image.san_url);
+                "sanboot.ipxe"
             }
         };
-        let text = self.render(template, &ctx)?;
+        self.store.set_booted_image(&node.id, &image.name).await?;
+        self.events.emit(
+            Some(node.id.clone()),
+            EventKind::Script,
+            json!({ "image": image.name }),
+        );
         Ok(Script {
-            text,
-            node,
-            image: image_name,
+            text: self.render(template, &ctx)?,
+            node: Some(node),
+            image: Some(image.name),
         })
+    }
+
+    fn wait(
+        &self,
+        mut ctx: serde_json::Value,
+        node: Option<Node>,
+        reason: String,
+    ) -> Result<Script> {
+        ctx["reason"] = json!(reason);
+        if let Some(n) = &node {
+            self.events.emit(
+                Some(n.id.clone()),
+                EventKind::ScriptWait,
+                json!({ "reason": reason }),
+            );
+        }
+        Ok(Script {
+            text: self.render("wait.ipxe", &ctx)?,
+            node,
+            image: None,
+        })
+    }
+
+    fn may_discover_over_http(&self) -> bool {
+        if self.config.trust_boot_network {
+            return true;
+        }
+        // Bounded: arbitrary MACs in URLs cannot grow the node table for ever.
+        self.http_discovered
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.config.discovery_limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// The address a node's boot secrets may go to: its live lease, else the
+    /// address seen in its DHCP exchange or first script fetch.
+    pub async fn node_address(&self, node: &Node) -> Result<Option<Ipv4Addr>> {
+        if let Some(l) = self.store.lease_of(node.mac).await? {
+            return Ok(Some(l.ip));
+        }
+        Ok(node.observed_ip)
+    }
+
+    /// Whether `peer` may receive this node's boot secrets (and bind the
+    /// observed address of an enrolled node seen for the first time).
+    async fn grant(
+        &self,
+        node: &mut Node,
+        peer: IpAddr,
+    ) -> Result<std::result::Result<(), String>> {
+        if self.config.trust_boot_network {
+            return Ok(Ok(()));
+        }
+        match self.node_address(node).await? {
+            Some(ip) if IpAddr::V4(ip) == peer => Ok(Ok(())),
+            Some(ip) => Ok(Err(format!("request from {peer}, but the node's address is {ip}"))),
+            None if node.enrolled => match peer {
+                IpAddr::V4(v4) => {
+                    // First fetch of an enrolled node the server never saw in DHCP.
+                    self.store.set_observed_ip(&node.id, Some(v4)).await?;
+                    node.observed_ip = Some(v4);
+                    Ok(Ok(()))
+                }
+                IpAddr::V6(_) => Ok(Err("IPv6 script fetches are not supported".into())),
+            },
+            None => Ok(Err(
+                "this server has not seen the node in DHCP and nobody enrolled it; enrol it (boot-server node add --mac MAC)".into(),
+            )),
+        }
     }
 
     /// A warm reprovision of `node` into its assigned image: the agent
@@ -256,34 +355,38 @@ impl BootPlan {
         };
         let boot = self.linux_boot(node, &image).await?;
         self.store.set_booted_image(&node.id, &image.name).await?;
-        self.store
-            .record_event(
-                Some(&node.id),
-                "kexec-planned",
-                json!({ "image": image.name }),
-            )
-            .await?;
+        self.events.emit(
+            Some(node.id.clone()),
+            EventKind::KexecPlanned,
+            json!({ "image": image.name }),
+        );
         Ok(boot_proto::CommandKind::Kexec {
             kernel_url: boot.kernel_url,
             initrd_url: boot.initrd_url,
-            // The initrd comes in through kexec_file_load, not the command line.
             cmdline: boot.cmdline,
         })
     }
 
     /// Kernel/initrd URLs and command line for one boot of a Linux image,
-    /// with a fresh agent token (the previous boot's token stops working).
+    /// with a fresh token for that boot (stored as a digest; the running
+    /// boot's token keeps working until the new boot says hello).
     async fn linux_boot(&self, node: &Node, image: &BootImage) -> Result<LinuxBoot> {
         let base = self.config.public_url();
-        let token = new_token();
-        self.store.set_next_agent_token(&node.id, &token).await?;
+        let token = crate::secret::random_token(16);
+        self.store
+            .set_next_token(&node.id, &crate::secret::digest(&token))
+            .await?;
         let mut cmdline = kernel_cmdline(image, node, &base, &token);
         // A virtual disk attached to the node becomes its root file system.
         if let (true, Some(ip)) = (self.config.nbd.enabled, self.config.server_ip) {
             let attached = self.store.disk_attachments().await?;
             if let Some(disk) = attached.iter().find(|a| a.node == node.id) {
                 let port = self.config.nbd.listen.port();
-                cmdline.push_str(&format!(" bootsrv.root=nbd:{ip}:{port}:{}", disk.export));
+                cmdline.push_str(&format!(
+                    " {}=nbd:{ip}:{port}:{}",
+                    boot_proto::cmdline::ROOT,
+                    disk.export
+                ));
             }
         }
         Ok(LinuxBoot {
@@ -308,39 +411,9 @@ impl BootPlan {
             .with_context(|| format!("rendering {template}"))
     }
 
-    async fn observe(
-        &self,
-        mac: &str,
-        uuid: Option<String>,
-        firmware: Option<Firmware>,
-    ) -> Result<Node> {
-        let sighting = Sighting {
-            mac: mac.to_string(),
-            uuid: uuid
-                .map(|u| u.to_ascii_lowercase())
-                .filter(|u| is_real_uuid(u)),
-            arch: firmware.map(|f| f.as_str().to_string()),
-        };
-        let (node, new) = self.store.observe_node(&sighting).await?;
-        if new {
-            tracing::info!(node = %node.id, mac = %node.mac, "new node discovered");
-            self.store
-                .record_event(
-                    Some(&node.id),
-                    "node-discovered",
-                    json!({ "mac": node.mac, "uuid": node.uuid, "arch": node.arch }),
-                )
-                .await?;
-        }
-        Ok(node)
-    }
-
     /// The image this node should boot, or why it has none.
     pub async fn image_for(&self, node: &Node) -> Result<std::result::Result<BootImage, String>> {
-        let mut name = self
-            .store
-            .assignment(&Selector::Mac(node.mac.clone()))
-            .await?;
+        let mut name = self.store.assignment(&Selector::Mac(node.mac)).await?;
         if name.is_none() {
             if let Some(uuid) = &node.uuid {
                 name = self.store.assignment(&Selector::Uuid(uuid.clone())).await?;
@@ -366,18 +439,41 @@ impl BootPlan {
     }
 }
 
+fn sighting(
+    mac: MacAddr,
+    uuid: Option<String>,
+    firmware: Option<Firmware>,
+    observed_ip: Option<Ipv4Addr>,
+) -> Sighting {
+    Sighting {
+        mac,
+        uuid: uuid
+            .map(|u| u.to_ascii_lowercase())
+            .filter(|u| is_real_uuid(u)),
+        arch: firmware.map(|f| f.as_str().to_string()),
+        observed_ip,
+    }
+}
+
+/// Records a sighting; a new node gets a `node-discovered` event.
+async fn observe(store: &Arc<dyn Store>, events: &EventHub, s: &Sighting) -> Result<Node> {
+    let (node, new) = store.observe_node(s).await?;
+    if new {
+        tracing::info!(node = %node.id, mac = %node.mac, "new node discovered");
+        events.emit(
+            Some(node.id.clone()),
+            EventKind::NodeDiscovered,
+            json!({ "mac": node.mac, "uuid": node.uuid, "arch": node.arch }),
+        );
+    }
+    Ok(node)
+}
+
 /// All-zero and all-ones SMBIOS UUIDs are placeholders (QEMU without -uuid,
 /// cheap boards): they identify nothing.
 fn is_real_uuid(u: &str) -> bool {
     let hex: Vec<char> = u.chars().filter(|c| c.is_ascii_hexdigit()).collect();
     hex.len() == 32 && !hex.iter().all(|&c| c == '0') && !hex.iter().all(|&c| c == 'f')
-}
-
-/// 128 random bits, hex.
-fn new_token() -> String {
-    let mut bytes = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The image's command-line template with the node's values, plus the keys
@@ -388,17 +484,18 @@ fn kernel_cmdline(image: &BootImage, node: &Node, base: &str, token: &str) -> St
         .cmdline
         .replace("{server}", base)
         .replace("{node}", &node.id)
-        .replace("{mac}", &node.mac)
+        .replace("{mac}", &node.mac.to_string())
         .replace("{image}", &image.name);
     format!(
-        "{custom} {}={base} {}={} {}={token} {}={} BOOTIF=01-{}",
+        "{custom} {}={base} {}={} {}={token} {}={} {}={}",
         k::SERVER,
         k::NODE,
         node.id,
         k::TOKEN,
         k::IMAGE,
         image.name,
-        node.mac.replace(':', "-")
+        k::BOOTIF,
+        node.mac.bootif()
     )
     .trim()
     .to_string()

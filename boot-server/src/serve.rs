@@ -1,52 +1,133 @@
-//! `boot-server serve`: opens the store, imports image manifests, and runs
-//! the protocol servers (HTTP, TFTP, DHCP, Router Advertisements, NBD) and
-//! the heartbeat watchdog until Ctrl-C / SIGTERM or a server fails.
+//! `boot-server serve`: wiring only. Opens the store, starts the event hub,
+//! the boot plan and the control layer, imports image manifests, and runs
+//! the protocol servers (HTTP, admin socket, TFTP, DHCP, Router
+//! Advertisements, NBD) and the heartbeat watchdog until SIGTERM / Ctrl-C
+//! (then stops accepting, lets requests in flight finish within 10 s, and
+//! exits 0) or until a server fails.
 
 use crate::adapters::{DhcpBackend, TftpEvents};
 use crate::config::{parse_cidr, Config, DhcpMode};
-use crate::http::{self, AppState, CommandWakeups};
+use crate::control::Control;
+use crate::events::EventHub;
+use crate::http::{self, AppState};
+use crate::images::ImageFiles;
+use crate::model::{now_ms, EventKind, Reservation, Transition};
 use crate::plan::BootPlan;
-use crate::store::{now_ms, parse_mac, NodeState, SqliteStore, Store};
+use crate::store::{SqliteStore, Store};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// How long requests in flight may take to finish after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(10);
+
 pub async fn run(mut config: Config) -> Result<()> {
+    config.validate()?;
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
     // URLs in scripts carry the port actually bound (the config may say 0).
     config.http.listen.set_port(listener.local_addr()?.port());
-    let config = Arc::new(config);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.state_dir)?);
-    import_images(&store, &config.images_dir).await?;
-    if let Some(name) = &config.default_image {
-        store
-            .set_default_image(Some(name))
-            .await
-            .with_context(|| format!("setting default_image = {name:?} from the config"))?;
-    }
     let admin_token = admin_token(&config)?;
-    let nbd_admin_token = admin_token.clone();
-    let plan = Arc::new(BootPlan::new(store.clone(), config.clone())?);
-    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
-    let mut ready = Vec::new();
+    let sqlite = Arc::new(SqliteStore::open(&config.state_dir)?);
+    let store: Arc<dyn Store> = sqlite.clone();
+    let config = Arc::new(config);
+    let events = EventHub::start(store.clone(), config.events.retain);
+    let plan = Arc::new(BootPlan::new(
+        store.clone(),
+        config.clone(),
+        events.clone(),
+    )?);
+    let image_files = Arc::new(ImageFiles::new(&config.images_dir));
 
-    // HTTP: scripts, files, agent and admin API.
-    let state = Arc::new(AppState {
-        plan: plan.clone(),
-        store: store.clone(),
-        config: config.clone(),
-        admin_token,
-        commands: CommandWakeups::default(),
+    let disks = if config.nbd.enabled {
+        Some(Arc::new(boot_nbd::DiskStore::open(&config.disks_dir())?))
+    } else {
+        None
+    };
+    let exports = disks.as_ref().map(|d| {
+        crate::disks::NodeExports::new(store.clone(), plan.clone(), d.clone(), &admin_token)
     });
+    let control = Arc::new(Control::new(
+        store.clone(),
+        config.clone(),
+        plan.clone(),
+        events.clone(),
+        image_files.clone(),
+        disks.clone(),
+        exports
+            .clone()
+            .map(|e| e as Arc<dyn crate::control::ExportControl>),
+    ));
+    control.set_sqlite(sqlite.clone());
+
+    // What is already in the store is served as is: these only write changes,
+    // and a failure (read-only or full disk) is reported, not fatal.
+    if let Err(e) = control.import_images().await {
+        tracing::warn!(error = %e, "image manifests not imported; serving the image table as stored");
+    }
+    if let Some(name) = &config.default_image {
+        if store.default_image().await.ok().flatten().as_deref() != Some(name) {
+            if let Err(e) = control.set_default_image(Some(name.clone())).await {
+                tracing::warn!(error = %e, "default_image = {name:?} from the config not applied");
+            }
+        }
+    }
+    import_config_reservations(&config, &control).await;
+
+    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    // HTTP servers drain gracefully on shutdown; the rest are aborted.
+    let mut http_tasks: JoinSet<Result<()>> = JoinSet::new();
+    let mut ready = Vec::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = Arc::new(AppState {
+        control: control.clone(),
+        admin_token,
+    });
+
+    // HTTP: scripts, files, agent API and admin API.
     ready.push(format!("http={}", listener.local_addr()?));
-    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tasks.spawn(async move { axum::serve(listener, app).await.context("HTTP server") });
+    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = stopped(stop_rx.clone());
+    http_tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+            .context("HTTP server")
+    });
+    // Admin API on the Unix socket (file permissions authenticate).
+    let socket = config.admin_socket();
+    let _ = std::fs::remove_file(&socket);
+    let unix = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("binding the admin socket {}", socket.display()))?;
+    crate::fsutil::restrict_file(&socket)?;
+    ready.push(format!("admin={}", socket.display()));
+    let admin_app = http::admin_router(state.clone(), true).into_make_service();
+    let stop = stopped(stop_rx.clone());
+    http_tasks.spawn(async move {
+        axum::serve(unix, admin_app)
+            .with_graceful_shutdown(stop)
+            .await
+            .context("admin socket")
+    });
+    if let Some(addr) = config.admin.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin API on {addr}"))?;
+        ready.push(format!("admin-http={}", l.local_addr()?));
+        let app = http::admin_router(state.clone(), false).into_make_service();
+        let stop = stopped(stop_rx.clone());
+        http_tasks.spawn(async move {
+            axum::serve(l, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .context("admin listener")
+        });
+    }
 
     // TFTP: loaders first, then image files.
     if config.tftp.enabled {
@@ -60,6 +141,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             tftp_config,
             Arc::new(TftpEvents {
                 store: store.clone(),
+                events: events.clone(),
                 runtime: tokio::runtime::Handle::current(),
             }),
         )
@@ -71,7 +153,8 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     // DHCP (full or proxy) and Router Advertisements on the boot interface.
     if config.dhcp.mode != DhcpMode::Off {
-        let dhcp_config = dhcp_config(&config)?;
+        let reservations = store.reservations().await.unwrap_or_default();
+        let dhcp_config = dhcp_config(&config, &reservations)?;
         let backend = Arc::new(DhcpBackend {
             plan: plan.clone(),
             store: store.clone(),
@@ -90,11 +173,10 @@ pub async fn run(mut config: Config) -> Result<()> {
     }
 
     // NBD virtual disks.
-    if config.nbd.enabled {
-        let disks = Arc::new(boot_nbd::DiskStore::open(&config.disks_dir())?);
-        let exports =
-            crate::disks::NodeExports::new(store.clone(), disks.clone(), &nbd_admin_token);
-        exports.refresh().await?;
+    if let (Some(disks), Some(exports)) = (disks, exports) {
+        if let Err(e) = exports.rebuild().await {
+            tracing::warn!(error = %format!("{e:#}"), "NBD export table not built yet; retrying every second");
+        }
         tasks.spawn(exports.clone().run_refresher());
         let server = boot_nbd::NbdServer::bind(config.nbd.listen, disks, exports)
             .await
@@ -103,14 +185,14 @@ pub async fn run(mut config: Config) -> Result<()> {
         tasks.spawn(async move { server.run().await.context("NBD server") });
     }
 
-    tasks.spawn(heartbeat_watchdog(store.clone(), config.clone()));
+    tasks.spawn(heartbeat_watchdog(control.clone()));
     tracing::info!("boot-server ready: {}", ready.join(" "));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = sigterm.recv() => tracing::info!("SIGTERM; stopping"),
-        Some(done) = tasks.join_next() => {
+        Some(done) = next_done(&mut tasks, &mut http_tasks) => {
             match done {
                 Ok(Ok(())) => bail!("a server stopped unexpectedly"),
                 Ok(Err(e)) => return Err(e),
@@ -118,70 +200,94 @@ pub async fn run(mut config: Config) -> Result<()> {
             }
         }
     }
+    // Stop accepting; requests in flight get DRAIN to finish.
+    let _ = stop_tx.send(true);
+    let _ = std::fs::remove_file(&socket);
+    let drained = tokio::time::timeout(DRAIN, async {
+        while http_tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("requests still running after {DRAIN:?}; stopping anyway");
+    }
     tasks.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
 }
 
-/// Imports every `images/*/image.toml` into the image table.
-pub async fn import_images(store: &Arc<dyn Store>, images_dir: &Path) -> Result<()> {
-    for manifest in crate::images::find_manifests(images_dir)? {
-        match crate::images::load_manifest(&manifest, images_dir) {
-            Ok(image) => {
-                tracing::info!(image = %image.name, size = image.size_bytes, "image table: {}", manifest.display());
-                store.put_image(&image).await?;
+/// The first task of either set to end.
+async fn next_done(
+    a: &mut JoinSet<Result<()>>,
+    b: &mut JoinSet<Result<()>>,
+) -> Option<std::result::Result<Result<()>, tokio::task::JoinError>> {
+    tokio::select! {
+        Some(d) = a.join_next() => Some(d),
+        Some(d) = b.join_next() => Some(d),
+        else => None,
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Reservations still written in a round-1 config file go into the store
+/// (where the CLI and the engine manage them), with a warning.
+async fn import_config_reservations(config: &Config, control: &Control) {
+    let known = control.store.reservations().await.unwrap_or_default();
+    for s in &config.dhcp.subnets {
+        for r in &s.reservations {
+            let Ok(mac) = r.mac.parse() else {
+                tracing::warn!(mac = %r.mac, "config reservation with a bad MAC ignored");
+                continue;
+            };
+            if known.iter().any(|k| k.mac == mac) {
+                continue;
             }
-            // A manifest whose files are not built yet must not stop the server.
-            Err(e) => {
-                tracing::warn!(manifest = %manifest.display(), error = %format!("{e:#}"), "skipping image")
+            tracing::warn!(%mac, ip = %r.ip, "reservation found in the config file: imported into the store; manage it with `boot-server reservation` and remove it from the file");
+            let res = Reservation {
+                mac,
+                ip: r.ip,
+                hostname: r.hostname.clone(),
+            };
+            if let Err(e) = control.put_reservation(res).await {
+                tracing::warn!(%mac, error = %e, "config reservation not imported");
             }
         }
     }
-    Ok(())
 }
 
 /// The admin token from the config, else from `state_dir/admin.token`
-/// (created with mode 0600 on first start).
+/// (created with mode 0600 on first start). Refuses weak tokens.
 pub fn admin_token(config: &Config) -> Result<String> {
     if let Some(t) = &config.admin_token {
-        return Ok(t.clone());
+        crate::secret::check_admin_token(t).map_err(|e| anyhow::anyhow!("admin_token: {e}"))?;
+        return Ok(t.trim().to_string());
     }
+    crate::fsutil::private_dir(&config.state_dir)?;
     let path = config.state_dir.join("admin.token");
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(t) if !t.trim().is_empty() => {
+            crate::secret::check_admin_token(&t)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            crate::fsutil::restrict_file(&path)?;
+            return Ok(t.trim().to_string());
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    use rand::RngCore;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut bytes = [0u8; 24];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::create_dir_all(&config.state_dir)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(token.as_bytes())?;
-    f.sync_all()?;
+    let token = crate::secret::random_token(24);
+    crate::fsutil::write_private(&path, token.as_bytes())?;
     Ok(token)
 }
 
-fn dhcp_config(config: &Config) -> Result<boot_dhcp::DhcpConfig> {
+fn dhcp_config(config: &Config, reservations: &[Reservation]) -> Result<boot_dhcp::DhcpConfig> {
     let server_ip = config.server_ip.context("DHCP needs server_ip")?;
     let mut subnets = Vec::new();
     for s in &config.dhcp.subnets {
         let (network, prefix_len) = parse_cidr(&s.network)?;
-        let mut reservations = Vec::new();
-        for r in &s.reservations {
-            let mac = parse_mac(&r.mac).with_context(|| format!("reservation MAC {}", r.mac))?;
-            reservations.push((mac, r.ip));
-        }
-        subnets.push(boot_dhcp::SubnetConfig {
+        let mut sub = boot_dhcp::SubnetConfig {
             network,
             prefix_len,
             range: (s.range[0], s.range[1]),
@@ -189,8 +295,14 @@ fn dhcp_config(config: &Config) -> Result<boot_dhcp::DhcpConfig> {
             dns: s.dns.clone(),
             domain: s.domain.clone(),
             lease_time: Duration::from_secs(s.lease_secs),
-            reservations,
-        });
+            reservations: Vec::new(),
+        };
+        sub.reservations = reservations
+            .iter()
+            .filter(|r| sub.contains(r.ip))
+            .map(|r| (r.mac.octets(), r.ip))
+            .collect();
+        subnets.push(sub);
     }
     Ok(boot_dhcp::DhcpConfig {
         mode: match config.dhcp.mode {
@@ -205,14 +317,15 @@ fn dhcp_config(config: &Config) -> Result<boot_dhcp::DhcpConfig> {
     })
 }
 
-/// Marks ready nodes failed when their heartbeats stop.
-async fn heartbeat_watchdog(store: Arc<dyn Store>, config: Arc<Config>) -> Result<()> {
-    let limit_ms = (config.agent.heartbeat_timeout_secs * 1000) as i64;
+/// Marks heart-beating nodes failed when their heartbeats stop. Store
+/// errors are logged and retried at the next tick, never fatal.
+async fn heartbeat_watchdog(control: Arc<Control>) -> Result<()> {
+    let limit_ms = (control.config.agent.heartbeat_timeout_secs * 1000) as i64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let now = now_ms();
-        let nodes = match store.nodes().await {
+        let nodes = match control.store.nodes().await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "watchdog could not list nodes");
@@ -223,16 +336,26 @@ async fn heartbeat_watchdog(store: Arc<dyn Store>, config: Arc<Config>) -> Resul
             let Some(last) = node.last_heartbeat_ms else {
                 continue;
             };
-            if node.state == NodeState::Ready && now - last > limit_ms {
-                tracing::warn!(node = %node.id, silent_ms = now - last, "no heartbeat: node failed");
-                store.set_node_state(&node.id, NodeState::Failed).await?;
-                store
-                    .record_event(
-                        Some(&node.id),
-                        "node-failed",
-                        json!({ "reason": "heartbeat timeout", "silent_ms": now - last }),
-                    )
-                    .await?;
+            if !node.state.heart_beating() || now - last <= limit_ms {
+                continue;
+            }
+            match control
+                .store
+                .transition_node(&node.id, Transition::Fail)
+                .await
+            {
+                Ok(Some((from, to))) => {
+                    tracing::warn!(node = %node.id, silent_ms = now - last, "no heartbeat: node failed");
+                    control.events.emit(
+                        Some(node.id.clone()),
+                        EventKind::NodeFailed,
+                        json!({ "reason": "heartbeat timeout", "silent_ms": now - last, "from": from.as_str(), "to": to.as_str() }),
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(node = %node.id, error = %format!("{e:#}"), "watchdog could not mark the node failed")
+                }
             }
         }
     }

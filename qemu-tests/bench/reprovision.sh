@@ -29,7 +29,7 @@ lab_start_boot_server "$server" "$LAB_DIR/state"
 config="$LAB_SERVER_CONFIG"
 cli() { "$server" --config "$config" "$@"; }
 sed -e 's/^name = "lab"/name = "lab-b"/' "$repo/images/lab/image.toml" > "$LAB_DIR/lab-b.toml"
-cli image add "$LAB_DIR/lab-b.toml" >/dev/null
+cli image add --server-path "$LAB_DIR/lab-b.toml" >/dev/null
 mac=52:54:00:30:00:01
 lab_start_guest --name n --firmware "$firmware" --mac "$mac" --stamp --reboot
 t0="$(awk -v t="${LAB_GUEST_T0[n]}" 'BEGIN { printf "%.0f", t * 1000 }')"

@@ -1,99 +1,178 @@
 //! Agent endpoints (`/api/agent/*`): hello, heartbeat, the long-poll command
 //! channel and command results. Every call carries the per-node, per-boot
-//! token minted into the boot script; it identifies the node, so a node can
-//! only ever see and answer its own commands, and a token from an older boot
-//! no longer works.
+//! token minted into the boot script; a middleware resolves it (by its
+//! digest) to the node before any body is parsed, so a node can only ever
+//! see and answer its own commands. A token from an older boot stops working
+//! when the next boot says hello, and a hello is refused from any address
+//! but the node's own.
 
-use super::{AppState, HttpError};
-use crate::store::{Node, Store};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use super::{ApiError, AppState};
+use crate::control::ErrorKind;
+use crate::model::{EventKind, Node, NodeState};
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use boot_proto::{Command, CommandResult, Heartbeat, Hello, HelloReply, AGENT_TOKEN_HEADER};
 use serde::Deserialize;
 use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub fn routes() -> Router<Arc<AppState>> {
+/// The node an agent request authenticated as.
+#[derive(Clone)]
+struct AgentNode {
+    node: Node,
+    /// The token is the next boot's (not yet promoted by a hello).
+    next_boot: bool,
+    token_digest: String,
+}
+
+pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/agent/hello", post(hello))
         .route("/api/agent/heartbeat", post(heartbeat))
         .route("/api/agent/commands", get(commands))
         .route("/api/agent/results", post(result))
+        .route_layer(middleware::from_fn_with_state(state, authenticate))
 }
 
-/// The node a request's agent token belongs to (and whether the token is the
-/// next boot's), or 401.
-async fn authenticate_token(
-    store: &Arc<dyn Store>,
-    headers: &HeaderMap,
-) -> Result<(Node, bool, String), HttpError> {
-    let token = headers
+fn unauthorized(m: &str) -> Response {
+    ApiError::new(ErrorKind::Unauthorized, m).into_response()
+}
+
+/// Resolves the agent token to its node (401 before any body is read).
+async fn authenticate(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let Some(token) = req
+        .headers()
         .get(AGENT_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            HttpError(
-                StatusCode::UNAUTHORIZED,
-                format!("missing {AGENT_TOKEN_HEADER}"),
-            )
-        })?;
-    let (node, next) = store.node_by_agent_token(token).await?.ok_or_else(|| {
-        HttpError(
-            StatusCode::UNAUTHORIZED,
-            "unknown or stale node token".into(),
-        )
-    })?;
-    Ok((node, next, token.to_string()))
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+    else {
+        return unauthorized(&format!("missing {AGENT_TOKEN_HEADER}"));
+    };
+    let digest = crate::secret::digest(token);
+    match s.control.store.node_by_token(&digest).await {
+        Ok(Some((node, next_boot))) => {
+            req.extensions_mut().insert(AgentNode {
+                node,
+                next_boot,
+                token_digest: digest,
+            });
+            next.run(req).await
+        }
+        Ok(None) => unauthorized("unknown or stale node token"),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
-async fn authenticate(store: &Arc<dyn Store>, headers: &HeaderMap) -> Result<Node, HttpError> {
-    Ok(authenticate_token(store, headers).await?.0)
+/// Whether the node (per the plan) lives at `peer`.
+async fn at_node_address(s: &AppState, node: &Node, peer: IpAddr) -> Result<bool, ApiError> {
+    if s.control.config.trust_boot_network {
+        return Ok(true);
+    }
+    Ok(match s.control.plan.node_address(node).await? {
+        Some(ip) => IpAddr::V4(ip) == peer,
+        // No address known (enrolled, booted by kexec before any DHCP):
+        // the token alone identifies the boot.
+        None => true,
+    })
 }
 
 async fn hello(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(a): Extension<AgentNode>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(body): Json<Hello>,
-) -> Result<Response, HttpError> {
-    let (node, next_boot, token) = authenticate_token(&s.store, &headers).await?;
-    if next_boot {
-        // The new boot is up: the previous boot's token stops working now.
-        s.store.promote_agent_token(&node.id, &token).await?;
+) -> Result<Response, ApiError> {
+    let c = &s.control;
+    let node = a.node;
+    if body.protocol_version < boot_proto::MIN_PROTOCOL_VERSION {
+        return Err(ApiError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "agent protocol {} is too old; this server accepts {}..={}",
+                body.protocol_version,
+                boot_proto::MIN_PROTOCOL_VERSION,
+                boot_proto::PROTOCOL_VERSION
+            ),
+        ));
+    }
+    if !at_node_address(&s, &node, peer.ip()).await? {
+        c.events.emit(
+            Some(node.id.clone()),
+            EventKind::AccessRefused,
+            json!({ "what": "agent hello", "peer": peer.ip().to_string() }),
+        );
+        tracing::warn!(node = %node.id, peer = %peer.ip(), "agent hello refused: not the node's address");
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "hello from an address that is not the node's",
+        ));
+    }
+    if a.next_boot {
+        // The new boot is up: the previous boot's token stops working now,
+        // and what that boot had taken but not finished is closed.
+        c.store.promote_token(&node.id, &a.token_digest).await?;
+        c.store.close_commands_of_previous_boot(&node.id).await?;
     }
     let inventory = serde_json::to_value(&body.inventory).map_err(anyhow::Error::from)?;
-    s.store.record_hello(&node.id, &inventory).await?;
-    s.store
-        .record_event(
-            Some(&node.id),
-            "agent-ready",
-            json!({ "image": body.image, "uptime_ms": body.uptime_ms, "agent_version": body.agent_version }),
-        )
-        .await?;
+    let serving = serving(&s, &node).await?;
+    c.store.record_hello(&node.id, &inventory, serving).await?;
+    c.events.emit(
+        Some(node.id.clone()),
+        EventKind::AgentReady,
+        json!({ "image": body.image, "uptime_ms": body.uptime_ms, "agent_version": body.agent_version, "protocol": body.protocol_version }),
+    );
     tracing::info!(node = %node.id, image = ?body.image, uptime_ms = ?body.uptime_ms, "agent ready");
     Ok(Json(HelloReply {
         node_id: node.id,
-        heartbeat_interval_secs: s.config.agent.heartbeat_interval_secs,
+        heartbeat_interval_secs: c.config.agent.heartbeat_interval_secs,
     })
     .into_response())
 }
 
+/// Whether the node serves something (an explicit assignment; environment
+/// slots come with the engine): `ready` rather than `idle` once up.
+async fn serving(s: &AppState, node: &Node) -> Result<bool, ApiError> {
+    use crate::model::Selector;
+    let store = &s.control.store;
+    if store.assignment(&Selector::Mac(node.mac)).await?.is_some() {
+        return Ok(true);
+    }
+    if let Some(u) = &node.uuid {
+        if store
+            .assignment(&Selector::Uuid(u.clone()))
+            .await?
+            .is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 async fn heartbeat(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(a): Extension<AgentNode>,
     Json(body): Json<Heartbeat>,
-) -> Result<StatusCode, HttpError> {
-    let node = authenticate(&s.store, &headers).await?;
+) -> Result<StatusCode, ApiError> {
+    let c = &s.control;
     let value = serde_json::to_value(&body).map_err(anyhow::Error::from)?;
-    let was_failed = node.state == crate::store::NodeState::Failed;
-    s.store.record_heartbeat(&node.id, &value).await?;
-    if was_failed {
-        s.store
-            .record_event(Some(&node.id), "node-recovered", json!({}))
-            .await?;
+    let serving = a.node.state == NodeState::Ready || serving(&s, &a.node).await?;
+    if let Some((from, to)) = c
+        .store
+        .record_heartbeat(&a.node.id, &value, serving)
+        .await?
+    {
+        c.events.emit(
+            Some(a.node.id.clone()),
+            EventKind::NodeRecovered,
+            json!({ "from": from.as_str(), "to": to.as_str() }),
+        );
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -103,22 +182,25 @@ struct Wait {
     wait: Option<u64>,
 }
 
-/// Long poll: returns queued commands at once, else waits up to `wait`
-/// seconds (max 60) for one.
+/// Long poll: returns due commands at once, else waits up to `wait` seconds
+/// (max 60) for the control layer to queue one. Delivery is at least once:
+/// a command handed out stays due until the agent reports it started.
 async fn commands(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(a): Extension<AgentNode>,
     Query(q): Query<Wait>,
-) -> Result<Response, HttpError> {
-    let node = authenticate(&s.store, &headers).await?;
+) -> Result<Response, ApiError> {
+    let c = &s.control;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0).min(60));
-    let wakeup = s.commands.for_node(&node.id);
+    let wakeup = c.wakeups.for_node(&a.node.id);
     loop {
         // Register interest before looking, so a wake between the two is not lost.
         let notified = wakeup.notified();
-        let queued = s.store.take_commands(&node.id).await?;
-        if !queued.is_empty() {
-            let out: Vec<Command> = queued
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let due = c.store.take_commands(&a.node.id, 0).await?;
+        if !due.is_empty() {
+            let out: Vec<Command> = due
                 .into_iter()
                 .map(|c| Command {
                     id: c.id as u64,
@@ -127,45 +209,39 @@ async fn commands(
                 .collect();
             return Ok(Json(out).into_response());
         }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
             return Ok(Json(Vec::<Command>::new()).into_response());
         }
-        // Commands queued by another process (the CLI) have no wakeup: look again soon.
-        let _ =
-            tokio::time::timeout((deadline - now).min(Duration::from_millis(250)), notified).await;
     }
 }
 
 async fn result(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(a): Extension<AgentNode>,
     Json(body): Json<CommandResult>,
-) -> Result<StatusCode, HttpError> {
-    let node = authenticate(&s.store, &headers).await?;
+) -> Result<StatusCode, ApiError> {
+    let c = &s.control;
     if !body.status.is_agent_report() {
-        return Err(HttpError(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::new(
+            ErrorKind::BadRequest,
             format!("an agent cannot report {}", body.status.as_str()),
         ));
     }
-    let status: &str = body.status.as_str();
-    if !s
+    let detail: String = body.detail.chars().take(4096).collect();
+    if !c
         .store
-        .update_command(&node.id, body.id as i64, status, &body.detail)
+        .update_command(&a.node.id, body.id as i64, body.status, &detail)
         .await?
     {
-        return Err(HttpError(
-            StatusCode::NOT_FOUND,
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
             format!("no command {} for this node", body.id),
         ));
     }
-    s.store
-        .record_event(
-            Some(&node.id),
-            "command-result",
-            json!({ "id": body.id, "status": status, "detail": body.detail }),
-        )
-        .await?;
+    c.events.emit(
+        Some(a.node.id.clone()),
+        EventKind::CommandResult,
+        json!({ "id": body.id, "status": body.status.as_str(), "detail": detail }),
+    );
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,49 +1,41 @@
 //! The HTTP service: per-node iPXE scripts, image and loader files, the agent
-//! endpoints and the admin API. Handlers parse and answer; boot decisions
-//! come from the [`BootPlan`], state from the [`Store`].
+//! endpoints and the admin REST API. Handlers parse and answer; boot
+//! decisions come from the [`BootPlan`](crate::plan::BootPlan), admin
+//! operations from the [`Control`] layer. Every API error is one JSON shape:
+//! `{"code": "not_found", "message": "..."}`.
 
 pub mod admin;
 pub mod agent;
 pub mod files;
 pub mod range;
 
-use crate::config::Config;
-use crate::plan::{BootPlan, Firmware, ScriptHints};
-use crate::store::{format_mac, parse_mac, Store};
-use axum::extract::{Path, Query, State};
+use crate::control::{Control, Error as ControlError, ErrorKind};
+use crate::images::Integrity;
+use crate::model::{EventKind, Firmware, MacAddr};
+use crate::plan::ScriptHints;
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Shared by all handlers.
 pub struct AppState {
-    pub plan: Arc<BootPlan>,
-    pub store: Arc<dyn Store>,
-    pub config: Arc<Config>,
+    pub control: Arc<Control>,
+    /// The admin token (the Unix socket needs none).
     pub admin_token: String,
-    pub commands: CommandWakeups,
 }
 
-/// Wakes a node's long-poll when a command is queued for it.
-#[derive(Default)]
-pub struct CommandWakeups(Mutex<HashMap<String, Arc<Notify>>>);
+/// Marks requests that came over the admin Unix socket (file permissions
+/// are their authentication).
+#[derive(Debug, Clone, Copy)]
+pub struct ViaAdminSocket;
 
-impl CommandWakeups {
-    pub fn for_node(&self, node: &str) -> Arc<Notify> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(node.to_string()).or_default().clone()
-    }
-    pub fn wake(&self, node: &str) {
-        self.for_node(node).notify_waiters();
-    }
-}
-
+/// The node-facing router (scripts, files, agent API) plus the admin API.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/boot.ipxe", get(chain_script))
@@ -51,29 +43,84 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/images/{*path}", get(image_file).head(image_file))
         .route("/loaders/{*path}", get(loader_file).head(loader_file))
         .route("/healthz", get(|| async { "ok\n" }))
-        .merge(agent::routes())
-        .merge(admin::routes())
+        .merge(agent::routes(state.clone()))
+        .merge(admin::routes(state.clone()))
         .with_state(state)
 }
 
-/// Maps internal failures to a 500 with the error chain logged.
-pub struct HttpError(pub StatusCode, pub String);
+/// The admin API alone, for the Unix socket (and an admin-only listener).
+pub fn admin_router(state: Arc<AppState>, via_socket: bool) -> Router {
+    let r = admin::routes(state.clone())
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state);
+    if via_socket {
+        r.layer(Extension(ViaAdminSocket))
+    } else {
+        r
+    }
+}
 
-impl IntoResponse for HttpError {
+/// An API error: status + `{"code", "message"}`.
+#[derive(Debug)]
+pub struct ApiError(pub ControlError);
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError(ControlError::new(kind, message))
+    }
+}
+
+/// HTTP status of an error kind.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+        (
+            status_of(self.0.kind),
+            Json(json!({ "code": self.0.kind, "message": self.0.message })),
+        )
+            .into_response()
     }
 }
 
-impl From<anyhow::Error> for HttpError {
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        tracing::error!(error = %format!("{e:#}"), "request failed");
-        HttpError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+        ApiError(ControlError::from(e))
     }
 }
 
-async fn chain_script(State(s): State<Arc<AppState>>) -> Result<Response, HttpError> {
-    Ok(ipxe(s.plan.chain_script()?))
+/// Errors on unauthenticated routes: logged in full, answered without
+/// internal detail.
+fn public_error(e: anyhow::Error) -> Response {
+    tracing::error!(error = %format!("{e:#}"), "request failed");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily unavailable, retry\n",
+    )
+        .into_response()
+}
+
+async fn chain_script(State(s): State<Arc<AppState>>) -> Response {
+    match s.control.plan.chain_script() {
+        Ok(t) => ipxe(t),
+        Err(e) => public_error(e),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -87,24 +134,26 @@ async fn node_script(
     State(s): State<Arc<AppState>>,
     Path(mac): Path<String>,
     Query(q): Query<ScriptQuery>,
-) -> Result<Response, HttpError> {
-    let Some(mac) = parse_mac(&mac) else {
-        return Err(HttpError(
-            StatusCode::BAD_REQUEST,
-            format!("not a MAC address: {mac}"),
-        ));
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let Ok(mac) = mac.parse::<MacAddr>() else {
+        return (StatusCode::BAD_REQUEST, "not a MAC address\n").into_response();
     };
     let hints = ScriptHints {
         // iPXE expands an unset ${uuid} to an empty string.
-        uuid: q.uuid.filter(|u| !u.is_empty()),
+        uuid: q.uuid.filter(|u| !u.is_empty() && u.len() <= 64),
         firmware: q
             .platform
             .as_deref()
             .and_then(|p| Firmware::from_ipxe(p, q.buildarch.as_deref().unwrap_or(""))),
     };
-    let script = s.plan.script(&format_mac(mac), &hints).await?;
-    tracing::info!(node = %script.node.id, image = ?script.image, "served boot script");
-    Ok(ipxe(script.text))
+    match s.control.plan.script(mac, &hints, peer.ip()).await {
+        Ok(script) => {
+            tracing::info!(%mac, image = ?script.image, "served boot script");
+            ipxe(script.text)
+        }
+        Err(e) => public_error(e),
+    }
 }
 
 fn ipxe(text: String) -> Response {
@@ -116,17 +165,48 @@ async fn image_file(
     Path(path): Path<String>,
     method: Method,
     headers: HeaderMap,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    let response = files::serve(&[s.config.images_dir.clone()], &path, &method, &headers).await;
+    let c = &s.control;
+    let files = c.image_files.clone();
+    let p = path.clone();
+    let integrity = tokio::task::spawn_blocking(move || files.check(&p))
+        .await
+        .unwrap_or(Integrity::Unlisted);
+    if let Integrity::Changed { image, reason } = integrity {
+        tracing::error!(%path, %image, %reason, "image file changed since it was added: not serving it");
+        c.events.emit(
+            None,
+            EventKind::ImageCorrupt,
+            json!({ "image": image, "path": path, "reason": reason }),
+        );
+        return (
+            StatusCode::CONFLICT,
+            "image file does not match its manifest\n",
+        )
+            .into_response();
+    }
+    let response = files::serve(
+        std::slice::from_ref(&c.config.images_dir),
+        &path,
+        &method,
+        &headers,
+    )
+    .await;
     // Whole-file fetches only: HTTP SAN boot reads a disk in many small ranges.
-    if method == Method::GET && response.status() == axum::http::StatusCode::OK {
-        // Timeline: which node fetched which file, when (off the request path).
-        let store = s.store.clone();
-        let peer = Some(peer.ip());
+    if method == Method::GET && response.status() == StatusCode::OK {
+        // Timeline: which node fetched which file, when (attributed by lease).
+        let (store, events) = (c.store.clone(), c.events.clone());
         tokio::spawn(async move {
-            let detail = json!({ "path": path, "peer": peer });
-            crate::store::record_peer_event(&store, peer, "http-file", detail).await;
+            if let std::net::IpAddr::V4(ip) = peer.ip() {
+                if let Ok(Some(node)) = store.node_by_lease_ip(ip).await {
+                    events.emit(
+                        Some(node.id),
+                        EventKind::HttpFile,
+                        json!({ "path": path, "peer": ip }),
+                    );
+                }
+            }
         });
     }
     response
@@ -138,5 +218,11 @@ async fn loader_file(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    files::serve(&[s.config.loaders_dir.clone()], &path, &method, &headers).await
+    files::serve(
+        std::slice::from_ref(&s.control.config.loaders_dir),
+        &path,
+        &method,
+        &headers,
+    )
+    .await
 }

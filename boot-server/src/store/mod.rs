@@ -1,331 +1,242 @@
-//! The store owns all durable state: nodes, the boot-image table, assignments,
-//! DHCP leases, agent commands and the append-only event log.
+//! The store owns all durable state: nodes, the boot-image table and
+//! assignments, DHCP leases and reservations, virtual-disk attachments, agent
+//! commands and the append-only event log.
 //!
-//! [`Store`] is the seam: protocol servers and the engine only see this trait.
-//! The embedded SQLite backend ([`sqlite::SqliteStore`]) is the default; a
-//! PostgreSQL backend will implement the same trait, so nothing here may rely
-//! on SQLite-only behaviour (no rowid tricks, no implicit type affinity).
-//! Every write returns only once it is durable.
+//! One trait per aggregate ([`ImageStore`], [`NodeStore`], [`LeaseStore`],
+//! [`ReservationStore`], [`DiskAttachmentStore`], [`CommandStore`],
+//! [`EventStore`]); [`Store`] is all of them. Backends: [`SqliteStore`]
+//! (embedded default: WAL, group commit, versioned migrations) and
+//! [`MemoryStore`] (unit tests of plan, control and engine decisions, no I/O).
+//! A PostgreSQL backend will implement the same traits, so nothing here may
+//! rely on SQLite-only behaviour. Every write returns only once it is durable.
 
+pub mod memory;
 pub mod sqlite;
 
+use crate::model::{
+    BootImage, CommandStatus, DiskAttachment, Event, EventKind, Lease, MacAddr, Node, NodeState,
+    QueuedCommand, Reservation, Selector, Sighting, Transition,
+};
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
+/// Store results carry context for the log; callers map them to API errors.
 pub type Result<T> = anyhow::Result<T>;
 
-/// Milliseconds since the Unix epoch (all timestamps in the store).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// Why a write was refused (a conflict with what the store holds, not a failure).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The address is leased to another MAC whose lease has not expired.
+    #[error("address {ip} is leased to {holder}")]
+    AddressHeld { ip: Ipv4Addr, holder: MacAddr },
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change conflicts with what uses it.
+    #[error("{0}")]
+    Conflict(String),
 }
 
-/// Lowercase colon-separated MAC, the canonical key for nodes and leases.
-pub fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Parse `52:54:00:12:34:56`, `52-54-00-12-34-56` or `525400123456`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let hex: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    if hex.len() != 12
-        || s.chars()
-            .any(|c| !(c.is_ascii_hexdigit() || c == ':' || c == '-'))
-    {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (i, b) in mac.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(mac)
-}
-
-/// Node life-cycle states (DESIGN.md data model).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NodeState {
-    Discovered,
-    Idle,
-    Provisioning,
-    Ready,
-    Failed,
-    Quarantined,
-    Retired,
-}
-
-impl NodeState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Discovered => "discovered",
-            NodeState::Idle => "idle",
-            NodeState::Provisioning => "provisioning",
-            NodeState::Ready => "ready",
-            NodeState::Failed => "failed",
-            NodeState::Quarantined => "quarantined",
-            NodeState::Retired => "retired",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "discovered" => NodeState::Discovered,
-            "idle" => NodeState::Idle,
-            "provisioning" => NodeState::Provisioning,
-            "ready" => NodeState::Ready,
-            "failed" => NodeState::Failed,
-            "quarantined" => NodeState::Quarantined,
-            "retired" => NodeState::Retired,
-            _ => return None,
-        })
-    }
-}
-
-/// A machine the server has seen (by DHCP, HTTP or its agent).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Node {
-    /// Stable id derived from the first MAC seen: `node-525400123456`.
-    pub id: String,
-    pub mac: String,
-    pub uuid: Option<String>,
-    /// Firmware/architecture as seen at boot: `bios`, `uefi-x64`, `uefi-arm64`, `uefi-http`.
-    pub arch: Option<String>,
-    pub state: NodeState,
-    pub first_seen_ms: i64,
-    pub last_seen_ms: i64,
-    pub last_heartbeat_ms: Option<i64>,
-    /// Image the node was last told to boot.
-    pub booted_image: Option<String>,
-    /// Agent inventory (boot_proto::Inventory as JSON).
-    pub inventory: Option<serde_json::Value>,
-    /// Last heartbeat body (boot_proto::Heartbeat as JSON).
-    pub heartbeat: Option<serde_json::Value>,
-}
-
-impl Node {
-    pub fn id_for_mac(mac: &str) -> String {
-        format!("node-{}", mac.replace([':', '-'], ""))
-    }
-}
-
-/// What the firmware/boot chain facts say about a node at boot time.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Sighting {
-    pub mac: String,
-    pub uuid: Option<String>,
-    pub arch: Option<String>,
-}
-
-/// How an image boots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ImageKind {
-    /// Kernel + initrd over HTTP.
-    Linux,
-    /// Boot from the node's local disk (iPXE `sanboot --no-describe --drive 0x80` / exit).
-    Localdisk,
-    /// SAN boot from a URL (iSCSI / HTTP SAN).
-    Sanboot,
-}
-
-/// A row of the boot-image table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BootImage {
-    pub name: String,
-    #[serde(default)]
-    pub version: String,
-    pub kind: ImageKind,
-    /// Kernel path relative to the images directory (linux images).
-    #[serde(default)]
-    pub kernel: Option<String>,
-    #[serde(default)]
-    pub initrd: Option<String>,
-    /// Kernel command-line template; `{server}`, `{node}`, `{mac}`, `{image}` are substituted.
-    #[serde(default)]
-    pub cmdline: String,
-    /// Supported firmware kinds (`bios`, `uefi-x64`, ...); empty = any.
-    #[serde(default)]
-    pub archs: Vec<String>,
-    /// SAN URL for sanboot images.
-    #[serde(default)]
-    pub san_url: Option<String>,
-    /// SHA-256 of kernel and initrd, hex, computed when the image is added.
-    #[serde(default)]
-    pub checksum: Option<String>,
-    #[serde(default)]
-    pub size_bytes: u64,
-}
-
-/// Which nodes an assignment applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "by", content = "value", rename_all = "lowercase")]
-pub enum Selector {
-    Mac(String),
-    Uuid(String),
-}
-
-impl Selector {
-    fn key(&self) -> String {
-        match self {
-            Selector::Mac(m) => format!("mac:{m}"),
-            Selector::Uuid(u) => format!("uuid:{}", u.to_ascii_lowercase()),
-        }
-    }
-}
-
-/// A DHCP binding. Durable before the ACK that promises it leaves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    pub mac: String,
-    pub ip: Ipv4Addr,
-    pub expires_at_ms: i64,
-    pub hostname: Option<String>,
-    pub client_id: Option<Vec<u8>>,
-}
-
-/// A virtual disk (NBD overlay) attached to a node. The export name holds a
-/// random secret, and the NBD server also checks the peer's leased address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskAttachment {
-    pub overlay: String,
-    pub node: String,
-    pub export: String,
-    pub created_ms: i64,
-}
-
-/// An entry of the append-only audit log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub id: i64,
-    pub at_ms: i64,
-    pub node: Option<String>,
-    pub kind: String,
-    pub detail: serde_json::Value,
-}
-
-/// A command queued for a node's agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueuedCommand {
-    pub id: i64,
-    pub node: String,
-    pub command: boot_proto::CommandKind,
-    /// queued, delivered, started, succeeded, failed
-    pub status: String,
-    pub detail: String,
-    pub created_ms: i64,
-}
-
-/// Records an event for whichever node holds a lease on `peer` (protocols
-/// that only see an address: HTTP and TFTP file fetches). Best effort.
-pub async fn record_peer_event(
-    store: &std::sync::Arc<dyn Store>,
-    peer: Option<std::net::IpAddr>,
-    kind: &str,
-    detail: serde_json::Value,
-) {
-    let node = match peer {
-        Some(std::net::IpAddr::V4(ip)) => store
-            .node_by_lease_ip(ip)
-            .await
-            .ok()
-            .flatten()
-            .map(|n| n.id),
-        _ => None,
-    };
-    if let Err(e) = store.record_event(node.as_deref(), kind, detail).await {
-        tracing::warn!(error = %format!("{e:#}"), kind, "event not recorded");
-    }
-}
-
+/// The boot-image table, the default image and assignments.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    // --- boot-image table
+pub trait ImageStore: Send + Sync {
+    /// Adds or replaces an image row.
     async fn put_image(&self, image: &BootImage) -> Result<()>;
     async fn image(&self, name: &str) -> Result<Option<BootImage>>;
     async fn images(&self) -> Result<Vec<BootImage>>;
-    /// Removes an image; refuses while an assignment or the default names it.
+    /// Removes an image; refuses ([`Refused::Conflict`]) while an assignment or the default names it.
     async fn remove_image(&self, name: &str) -> Result<()>;
-
-    // --- assignments
     async fn set_default_image(&self, image: Option<&str>) -> Result<()>;
     async fn default_image(&self) -> Result<Option<String>>;
+    /// Sets (or with `None` removes) the image of the selected nodes.
     async fn assign(&self, selector: &Selector, image: Option<&str>) -> Result<()>;
     async fn assignment(&self, selector: &Selector) -> Result<Option<String>>;
     async fn assignments(&self) -> Result<Vec<(Selector, String)>>;
+}
 
-    // --- nodes
+/// An admin's registration of a node ahead of its first boot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Enrolment {
+    pub mac: MacAddr,
+    pub serial: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub power: Option<String>,
+}
+
+/// Nodes, their states and agent tokens (stored as SHA-256 digests only).
+#[async_trait]
+pub trait NodeStore: Send + Sync {
     /// Records that a node was seen at boot; creates it as discovered when new.
     /// Returns the node and whether it was new.
     async fn observe_node(&self, sighting: &Sighting) -> Result<(Node, bool)>;
+    /// Registers (or updates the registration of) a node; returns it.
+    async fn enrol_node(&self, enrolment: &Enrolment) -> Result<Node>;
     async fn node(&self, id: &str) -> Result<Option<Node>>;
-    async fn node_by_mac(&self, mac: &str) -> Result<Option<Node>>;
+    async fn node_by_mac(&self, mac: MacAddr) -> Result<Option<Node>>;
     async fn nodes(&self) -> Result<Vec<Node>>;
+    /// Applies a life-cycle transition ([`NodeState::next`]); returns the
+    /// state before and after, or `None` when it did not apply.
+    async fn transition_node(
+        &self,
+        id: &str,
+        transition: Transition,
+    ) -> Result<Option<(NodeState, NodeState)>>;
+    /// Sets a state directly (admin override); refuses unknown nodes.
     async fn set_node_state(&self, id: &str, state: NodeState) -> Result<()>;
+    /// The node was told to boot `image` (applies [`Transition::Boot`]).
     async fn set_booted_image(&self, id: &str, image: &str) -> Result<()>;
-    /// Stores the agent's inventory (hello) and moves the node to ready.
-    async fn record_hello(&self, id: &str, inventory: &serde_json::Value) -> Result<()>;
-    async fn record_heartbeat(&self, id: &str, heartbeat: &serde_json::Value) -> Result<()>;
-    /// Mints the token of the node's next boot. The current boot's token
-    /// keeps working until the next boot's agent says hello (so a running
-    /// agent can still fetch the kexec command that carries the new token).
-    async fn set_next_agent_token(&self, id: &str, token: &str) -> Result<()>;
-    /// The node holding this token (current or next boot), and whether it is
-    /// the next boot's token.
-    async fn node_by_agent_token(&self, token: &str) -> Result<Option<(Node, bool)>>;
+    /// Stores the agent's inventory (hello) and applies [`Transition::AgentUp`].
+    async fn record_hello(
+        &self,
+        id: &str,
+        inventory: &serde_json::Value,
+        serving: bool,
+    ) -> Result<()>;
+    /// Stores a heartbeat; returns the state transition it caused (a failed
+    /// node recovering), if any.
+    async fn record_heartbeat(
+        &self,
+        id: &str,
+        heartbeat: &serde_json::Value,
+        serving: bool,
+    ) -> Result<Option<(NodeState, NodeState)>>;
+    /// Records the address a node showed at boot (proxy/relay DHCP, or an
+    /// enrolled node's first script fetch).
+    async fn set_observed_ip(&self, id: &str, ip: Option<Ipv4Addr>) -> Result<()>;
+    /// Stores the digest of the token minted for the node's next boot. The
+    /// current boot's token keeps working until the next boot's agent says hello.
+    async fn set_next_token(&self, id: &str, token_sha256: &str) -> Result<()>;
+    /// The node holding this token digest (current or next boot), and
+    /// whether it is the next boot's token.
+    async fn node_by_token(&self, token_sha256: &str) -> Result<Option<(Node, bool)>>;
     /// The next boot's agent said hello: its token becomes the only valid one.
-    async fn promote_agent_token(&self, id: &str, token: &str) -> Result<()>;
+    async fn promote_token(&self, id: &str, token_sha256: &str) -> Result<bool>;
+}
 
-    // --- leases
+/// DHCP leases. An address belongs to at most one MAC while its lease lives.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
     async fn leases(&self) -> Result<Vec<Lease>>;
+    /// Adds or renews a lease. Refused ([`Refused::AddressHeld`]) when
+    /// another MAC holds a live lease on the address; an expired lease of
+    /// another MAC on it is replaced.
     async fn put_lease(&self, lease: &Lease) -> Result<()>;
-    /// The node holding a lease on `ip` (by the lease's MAC), if any.
+    /// Removes the lease of `mac` on `ip` (RELEASE, DECLINE by its holder).
+    async fn remove_lease(&self, mac: MacAddr, ip: Ipv4Addr) -> Result<bool>;
+    /// Removes the lease of `mac` on `ip` only if it still expires at
+    /// `expires_at_ms` (not renewed in between); true when removed.
+    async fn expire_lease(&self, mac: MacAddr, ip: Ipv4Addr, expires_at_ms: i64) -> Result<bool>;
+    /// The live lease of a MAC, if any.
+    async fn lease_of(&self, mac: MacAddr) -> Result<Option<Lease>>;
+    /// The node at `ip`: the holder of a live lease on it, else (proxy and
+    /// relay mode) the node whose observed address it is.
     async fn node_by_lease_ip(&self, ip: Ipv4Addr) -> Result<Option<Node>>;
-    async fn remove_lease(&self, mac: &str, ip: Ipv4Addr) -> Result<()>;
+}
 
-    // --- virtual disks
-    /// Attaches an overlay to a node (replacing an earlier attachment of that
-    /// overlay) under the given export name.
+/// DHCP reservations (fixed address and hostname per MAC).
+#[async_trait]
+pub trait ReservationStore: Send + Sync {
+    async fn reservations(&self) -> Result<Vec<Reservation>>;
+    /// Adds or replaces the reservation of a MAC. Refused when the address
+    /// is reserved for another MAC.
+    async fn put_reservation(&self, reservation: &Reservation) -> Result<()>;
+    /// Removes the reservation of a MAC; true if there was one.
+    async fn remove_reservation(&self, mac: MacAddr) -> Result<bool>;
+}
+
+/// Which overlay is attached to which node, under which secret export name.
+#[async_trait]
+pub trait DiskAttachmentStore: Send + Sync {
+    /// Attaches an overlay to a node (replacing an earlier attachment of that overlay).
     async fn attach_disk(&self, overlay: &str, node: &str, export: &str) -> Result<()>;
     async fn detach_disk(&self, overlay: &str) -> Result<bool>;
     async fn disk_attachments(&self) -> Result<Vec<DiskAttachment>>;
-
-    // --- agent commands
-    async fn queue_command(&self, node: &str, command: &boot_proto::CommandKind) -> Result<i64>;
-    /// Pending (queued) commands for a node, marking them delivered.
-    async fn take_commands(&self, node: &str) -> Result<Vec<QueuedCommand>>;
-    async fn command(&self, id: i64) -> Result<Option<QueuedCommand>>;
-    async fn update_command(&self, node: &str, id: i64, status: &str, detail: &str)
-        -> Result<bool>;
-
-    // --- events
-    async fn record_event(
-        &self,
-        node: Option<&str>,
-        kind: &str,
-        detail: serde_json::Value,
-    ) -> Result<i64>;
-    async fn events(&self, after_id: i64, node: Option<&str>, limit: u32) -> Result<Vec<Event>>;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Agent commands, delivered at least once.
+#[async_trait]
+pub trait CommandStore: Send + Sync {
+    async fn queue_command(&self, node: &str, command: &boot_proto::CommandKind) -> Result<i64>;
+    /// Commands for a node's poll: queued ones, and delivered ones not
+    /// started within `redeliver_after_ms` (their delivery may have been
+    /// lost). Marks them delivered.
+    async fn take_commands(
+        &self,
+        node: &str,
+        redeliver_after_ms: i64,
+    ) -> Result<Vec<QueuedCommand>>;
+    async fn command(&self, id: i64) -> Result<Option<QueuedCommand>>;
+    /// A node's commands, newest first.
+    async fn commands_of(&self, node: &str, limit: u32) -> Result<Vec<QueuedCommand>>;
+    /// Records an agent's report; false when the node has no such command.
+    /// A report never moves a finished command back.
+    async fn update_command(
+        &self,
+        node: &str,
+        id: i64,
+        status: CommandStatus,
+        detail: &str,
+    ) -> Result<bool>;
+    /// A new boot of the node said hello: commands the previous boot had
+    /// taken but not finished are closed (reboots succeeded, others failed).
+    async fn close_commands_of_previous_boot(&self, node: &str) -> Result<usize>;
+}
 
-    #[test]
-    fn mac_forms() {
-        let m = [0x52, 0x54, 0, 0x12, 0x34, 0xab];
-        assert_eq!(format_mac(m), "52:54:00:12:34:ab");
-        assert_eq!(parse_mac("52:54:00:12:34:AB"), Some(m));
-        assert_eq!(parse_mac("52-54-00-12-34-ab"), Some(m));
-        assert_eq!(parse_mac("5254001234ab"), Some(m));
-        assert_eq!(parse_mac("52:54:00:12:34"), None);
-        assert_eq!(parse_mac("52:54:00:12:34:zz"), None);
-    }
+/// An event not yet stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub at_ms: i64,
+    pub node: Option<String>,
+    pub kind: EventKind,
+    pub detail: serde_json::Value,
+}
+
+/// The append-only event log, bounded by a retention limit.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends events in one transaction; returns them with their ids.
+    async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<Event>>;
+    /// Events after `after_id`, optionally of one node, oldest first.
+    async fn events(&self, after_id: i64, node: Option<&str>, limit: u32) -> Result<Vec<Event>>;
+    /// Deletes the oldest events beyond `keep`; returns how many.
+    async fn prune_events(&self, keep: u64) -> Result<u64>;
+}
+
+/// All of the store.
+pub trait Store:
+    ImageStore
+    + NodeStore
+    + LeaseStore
+    + ReservationStore
+    + DiskAttachmentStore
+    + CommandStore
+    + EventStore
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Store for T where
+    T: ImageStore
+        + NodeStore
+        + LeaseStore
+        + ReservationStore
+        + DiskAttachmentStore
+        + CommandStore
+        + EventStore
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Whether a command of this kind ends its boot (the next boot's hello is its success).
+pub fn ends_boot(kind: &boot_proto::CommandKind) -> bool {
+    use boot_proto::CommandKind::*;
+    matches!(kind, Reboot | Reprovision | Kexec { .. })
 }

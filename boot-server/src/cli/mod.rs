@@ -1,0 +1,828 @@
+//! The command line. `serve` runs the server; `admin-token`, `backup` and
+//! `restore` are the only commands that touch the state directory (restore
+//! only while no server runs); every other command is a client of the
+//! running server's admin API ([`client`]): over its Unix socket on the same
+//! host, or `--server URL` with a token from elsewhere, so the server's
+//! in-use checks, locks and agent wake-ups apply to every change.
+//!
+//! Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 unauthorised.
+
+pub mod client;
+mod print;
+
+use crate::config::Config;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use client::{CallError, Client, Endpoint};
+use hyper::Method;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "boot-server",
+    version,
+    about = "Network boot service: DHCP, TFTP, HTTP iPXE and NBD from a boot-image table"
+)]
+pub struct Cli {
+    /// TOML configuration file (defaults apply without one). Admin commands
+    /// use it to find the server's state directory and admin socket.
+    #[arg(long, short, global = true, env = "BOOT_SERVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// State directory of the server to talk to (its admin socket), instead of the config's.
+    #[arg(long, global = true, env = "BOOT_SERVER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Admin API of a remote server, e.g. http://10.0.0.1:8080 (token from
+    /// BOOT_SERVER_TOKEN or --token-file).
+    #[arg(long, global = true, env = "BOOT_SERVER_URL")]
+    pub server: Option<String>,
+    /// File holding the admin token (for --server).
+    #[arg(long, global = true, env = "BOOT_SERVER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the boot server.
+    Serve,
+    /// Manage the boot-image table.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Show, set or (with --clear) remove the image of nodes without an assignment.
+    DefaultImage {
+        name: Option<String>,
+        #[arg(long, conflicts_with = "name")]
+        clear: bool,
+    },
+    /// Assign an image to a node by MAC or SMBIOS UUID (or remove with --clear).
+    Assign {
+        #[arg(long, required_unless_present = "uuid", conflicts_with = "uuid")]
+        mac: Option<String>,
+        #[arg(long)]
+        uuid: Option<String>,
+        #[arg(required_unless_present = "clear")]
+        image: Option<String>,
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Nodes and their agents.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// An agent command and its status.
+    Command {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Virtual disks: raw bases, per-node copy-on-write overlays, snapshots.
+    #[command(subcommand)]
+    Disk(DiskCmd),
+    /// DHCP reservations (fixed address and host name per MAC).
+    #[command(subcommand)]
+    Reservation(ReservationCmd),
+    /// DHCP leases.
+    Leases {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The event log (audit trail and boot timeline), one JSON object per line.
+    Events {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Print the admin API token (reads the state directory).
+    AdminToken,
+    /// Write a consistent copy of the server's state database to FILE.
+    Backup { file: PathBuf },
+    /// Replace the state database with FILE (server stopped; the current one is kept as state.db.pre-restore).
+    Restore { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Add or update images from manifests (image.toml): the files they name
+    /// are uploaded (paths relative to the manifest's images directory, e.g.
+    /// images/ for images/lab/image.toml), or with --server-path the manifest
+    /// is a file on the server, its paths relative to the server's images directory.
+    Add {
+        manifests: Vec<PathBuf>,
+        #[arg(long)]
+        server_path: bool,
+    },
+    /// Import every images/*/image.toml of the server's images directory.
+    Import,
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DiskCmd {
+    /// Create a read-only base disk from FILE (raw copied; qcow2 etc. converted),
+    /// uploaded, or with --server-path a file on the server.
+    AddBase {
+        name: String,
+        file: PathBuf,
+        #[arg(long)]
+        server_path: bool,
+    },
+    /// Create a copy-on-write overlay of a base.
+    Create {
+        id: String,
+        #[arg(long)]
+        base: String,
+    },
+    /// Snapshot an overlay (for cloning): a new overlay with its current contents.
+    Snapshot { id: String, snapshot: String },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an overlay (refused while attached or open) or, with --base, a base.
+    Delete {
+        id: String,
+        #[arg(long)]
+        base: bool,
+    },
+    /// Attach an overlay to a node: mints its export name; from the node's next
+    /// boot on it is the node's root file system (`bootsrv.root=` on the kernel
+    /// command line). With --now, the running agent also attaches it at once.
+    Attach {
+        id: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        now: bool,
+        /// With --now: mount point on the node (none: block device only).
+        #[arg(long, requires = "now")]
+        mount: Option<String>,
+    },
+    /// Detach an overlay: its export stops working and open connections are closed.
+    Detach { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum ReservationCmd {
+    /// Reserve IP (and a host name) for MAC; moves the address if another MAC held it.
+    Add {
+        #[arg(long)]
+        mac: String,
+        #[arg(long)]
+        ip: std::net::Ipv4Addr,
+        #[arg(long)]
+        hostname: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Remove {
+        #[arg(long)]
+        mac: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a node ahead of its first boot (labels, power control).
+    Add {
+        #[arg(long)]
+        mac: String,
+        #[arg(long)]
+        serial: Option<String>,
+        /// KEY=VALUE (repeatable), e.g. rack=r1.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// ipmi://HOST[:PORT] or qmp:///PATH
+        #[arg(long)]
+        power: Option<String>,
+    },
+    /// Cold reboot through firmware and PXE.
+    Reboot { id: String },
+    /// Point the firmware at network boot, then reboot.
+    Reprovision { id: String },
+    /// Warm reprovision: kexec straight into IMAGE (also assigns it).
+    Kexec { id: String, image: String },
+    /// Take a node out of service (kept up, never allocated).
+    Quarantine { id: String },
+    /// Return a quarantined node to the pool.
+    Release { id: String },
+    /// Retire a node for good.
+    Retire { id: String },
+    /// The node's agent commands, newest first.
+    Commands {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The node's boot timeline: DHCP, loader, script, kernel, initrd, agent
+    /// ready, in seconds since SINCE_MS (e.g. power-on; default the first event shown).
+    Timeline {
+        id: String,
+        /// Only events at or after this time (ms since the Unix epoch).
+        #[arg(long)]
+        since_ms: Option<i64>,
+        /// First wait up to this many seconds for the agent to report ready.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+}
+
+/// Why the CLI failed, with its exit code.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        let code = error
+            .downcast_ref::<CallError>()
+            .map(CallError::exit_code)
+            .unwrap_or(1);
+        Failure { code, error }
+    }
+}
+
+impl From<CallError> for Failure {
+    fn from(e: CallError) -> Self {
+        Failure {
+            code: e.exit_code(),
+            error: anyhow::Error::new(e),
+        }
+    }
+}
+
+/// Runs one command line.
+pub async fn run(cli: Cli) -> std::result::Result<(), Failure> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(d) = &cli.state_dir {
+        config.state_dir = d.clone();
+    }
+    match cli.command {
+        Cmd::Serve => return Ok(crate::serve::run(config).await?),
+        Cmd::AdminToken => {
+            println!("{}", crate::serve::admin_token(&config)?);
+            return Ok(());
+        }
+        Cmd::Restore { file } => return Ok(restore(&config, &file).await?),
+        _ => {}
+    }
+    let endpoint = match &cli.server {
+        Some(url) => {
+            let authority = url
+                .trim_end_matches('/')
+                .strip_prefix("http://")
+                .with_context(|| format!("--server {url}: give http://HOST:PORT"))?
+                .to_string();
+            let token = match (std::env::var("BOOT_SERVER_TOKEN"), &cli.token_file) {
+                (Ok(t), _) if !t.trim().is_empty() => t.trim().to_string(),
+                (_, Some(f)) => std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the token file {}", f.display()))?
+                    .trim()
+                    .to_string(),
+                _ => {
+                    return Err(anyhow::anyhow!(
+                    "--server needs the admin token: set BOOT_SERVER_TOKEN or give --token-file"
+                )
+                    .into())
+                }
+            };
+            Endpoint::Tcp { authority, token }
+        }
+        None => Endpoint::Socket(config.admin_socket()),
+    };
+    let c = Client::new(endpoint);
+    command(&c, cli.command).await
+}
+
+async fn restore(config: &Config, file: &Path) -> Result<()> {
+    if tokio::net::UnixStream::connect(config.admin_socket())
+        .await
+        .is_ok()
+    {
+        bail!(
+            "a boot-server is running on {}: stop it before restoring",
+            config.state_dir.display()
+        );
+    }
+    let db = config.state_dir.join("state.db");
+    // Check that the file is a database this build can open (upgrading it if older).
+    let check = tempfile::tempdir()?;
+    std::fs::copy(file, check.path().join("state.db"))
+        .with_context(|| format!("reading {}", file.display()))?;
+    crate::store::SqliteStore::open(check.path())
+        .with_context(|| format!("{} is not a usable state database", file.display()))?;
+    crate::fsutil::private_dir(&config.state_dir)?;
+    if db.exists() {
+        std::fs::rename(&db, config.state_dir.join("state.db.pre-restore"))?;
+    }
+    for side in ["state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(config.state_dir.join(side));
+    }
+    std::fs::copy(check.path().join("state.db"), &db)?;
+    crate::fsutil::restrict_file(&db)?;
+    println!("restored {} into {}", file.display(), db.display());
+    Ok(())
+}
+
+fn enc(s: &str) -> String {
+    // Path segments: names are [A-Za-z0-9._:-]; escape anything else.
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn show(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn command(c: &Client, cmd: Cmd) -> std::result::Result<(), Failure> {
+    match cmd {
+        Cmd::Serve | Cmd::AdminToken | Cmd::Restore { .. } => unreachable!("handled before"),
+        Cmd::Image(ImageCmd::Add {
+            manifests,
+            server_path,
+        }) => {
+            if manifests.is_empty() {
+                return Err(anyhow::anyhow!("give one or more image.toml files").into());
+            }
+            for m in manifests {
+                let image = if server_path {
+                    c.json(
+                        Method::POST,
+                        "/api/images",
+                        Some(json!({ "server_path": m })),
+                    )
+                    .await?
+                } else {
+                    upload_image(c, &m).await?
+                };
+                println!(
+                    "added {} ({} bytes)",
+                    image["name"].as_str().unwrap_or("?"),
+                    image["size_bytes"]
+                );
+            }
+        }
+        Cmd::Image(ImageCmd::Import) => {
+            let r = c.json(Method::POST, "/api/images/import", None).await?;
+            println!("imported: {}", r["imported"]);
+        }
+        Cmd::Image(ImageCmd::List { json }) => {
+            let v = c.json(Method::GET, "/api/images", None).await?;
+            if json {
+                show(&v)
+            } else {
+                print::images(&v)
+            }
+        }
+        Cmd::Image(ImageCmd::Remove { name }) => {
+            c.json(Method::DELETE, &format!("/api/images/{}", enc(&name)), None)
+                .await?;
+        }
+        Cmd::DefaultImage { name, clear } => {
+            if clear || name.is_some() {
+                c.json(
+                    Method::PUT,
+                    "/api/default-image",
+                    Some(json!({ "image": name })),
+                )
+                .await?;
+            } else {
+                let v = c.json(Method::GET, "/api/default-image", None).await?;
+                println!("{}", v["image"].as_str().unwrap_or("(none)"));
+            }
+        }
+        Cmd::Assign {
+            mac,
+            uuid,
+            image,
+            clear,
+        } => {
+            let image = if clear { None } else { image };
+            c.json(
+                Method::PUT,
+                "/api/assignments",
+                Some(json!({ "mac": mac, "uuid": uuid, "image": image })),
+            )
+            .await?;
+        }
+        Cmd::Node(cmd) => node_command(c, cmd).await?,
+        Cmd::Command { id, json } => {
+            let v = c
+                .json(Method::GET, &format!("/api/commands/{id}"), None)
+                .await?;
+            if json {
+                show(&v)
+            } else {
+                print::commands(&Value::Array(vec![v]))
+            }
+        }
+        Cmd::Disk(cmd) => disk_command(c, cmd).await?,
+        Cmd::Reservation(ReservationCmd::Add { mac, ip, hostname }) => {
+            c.json(
+                Method::PUT,
+                &format!("/api/reservations/{}", enc(&mac)),
+                Some(json!({ "ip": ip, "hostname": hostname })),
+            )
+            .await?;
+        }
+        Cmd::Reservation(ReservationCmd::List { json }) => {
+            let v = c.json(Method::GET, "/api/reservations", None).await?;
+            if json {
+                show(&v)
+            } else {
+                print::reservations(&v)
+            }
+        }
+        Cmd::Reservation(ReservationCmd::Remove { mac }) => {
+            c.json(
+                Method::DELETE,
+                &format!("/api/reservations/{}", enc(&mac)),
+                None,
+            )
+            .await?;
+        }
+        Cmd::Leases { json } => {
+            let v = c.json(Method::GET, "/api/leases", None).await?;
+            if json {
+                show(&v)
+            } else {
+                print::leases(&v)
+            }
+        }
+        Cmd::Events { node, after, limit } => {
+            let mut path = format!("/api/events?after={after}&limit={limit}");
+            if let Some(n) = node {
+                path.push_str(&format!("&node={}", enc(&n)));
+            }
+            let v = c.json(Method::GET, &path, None).await?;
+            for e in v.as_array().into_iter().flatten() {
+                println!("{e}");
+            }
+        }
+        Cmd::Backup { file } => {
+            let bytes = c.get_bytes("/api/backup").await?;
+            crate::fsutil::write_private(&file, &bytes)?;
+            println!(
+                "backup written to {} ({} bytes)",
+                file.display(),
+                bytes.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Uploads the files a local manifest names, then adds the manifest with
+/// its paths pointing at the uploaded copies.
+async fn upload_image(c: &Client, manifest: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let mut doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+    let name = doc
+        .get("name")
+        .and_then(|v| v.as_str())
+        .context("the manifest has no name")?
+        .to_string();
+    let dir = manifest.parent().unwrap_or(Path::new("."));
+    // Round-1 layout: images/<name>/image.toml with paths relative to images/.
+    let bases = [dir.parent().unwrap_or(dir).to_path_buf(), dir.to_path_buf()];
+    for key in ["kernel", "initrd"] {
+        let Some(rel) = doc.get(key).and_then(|v| v.as_str()).map(str::to_string) else {
+            continue;
+        };
+        let local = bases
+            .iter()
+            .map(|b| b.join(&rel))
+            .find(|p| p.is_file())
+            .with_context(|| {
+                format!(
+                    "{key} {rel}: not found next to {} (or use --server-path)",
+                    manifest.display()
+                )
+            })?;
+        let file = local
+            .file_name()
+            .and_then(|f| f.to_str())
+            .context("file name")?
+            .to_string();
+        let r = c
+            .upload(
+                &format!("/api/images/{}/files/{}", enc(&name), enc(&file)),
+                &local,
+            )
+            .await?;
+        let path = r["path"]
+            .as_str()
+            .context("upload answer without a path")?
+            .to_string();
+        doc.insert(key.to_string(), toml::Value::String(path));
+    }
+    Ok(c.json(
+        Method::POST,
+        "/api/images",
+        Some(json!({ "manifest": toml::to_string(&doc)? })),
+    )
+    .await?)
+}
+
+async fn disk_command(c: &Client, cmd: DiskCmd) -> std::result::Result<(), Failure> {
+    match cmd {
+        DiskCmd::AddBase {
+            name,
+            file,
+            server_path,
+        } => {
+            let v = if server_path {
+                c.json(
+                    Method::POST,
+                    "/api/disks/bases",
+                    Some(json!({ "name": name, "server_path": file })),
+                )
+                .await?
+            } else {
+                c.upload(&format!("/api/disks/bases/{}", enc(&name)), &file)
+                    .await?
+            };
+            println!(
+                "base {} ({} bytes)",
+                v["name"].as_str().unwrap_or(&name),
+                v["size"]
+            );
+        }
+        DiskCmd::Create { id, base } => {
+            let v = c
+                .json(
+                    Method::POST,
+                    "/api/disks/overlays",
+                    Some(json!({ "id": id, "base": base })),
+                )
+                .await?;
+            println!("overlay {} on {} ({} bytes)", id, base, v["size"]);
+        }
+        DiskCmd::Snapshot { id, snapshot } => {
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!("/api/disks/{}/snapshot", enc(&id)),
+                    Some(json!({ "snapshot": snapshot })),
+                )
+                .await?;
+            println!(
+                "snapshot {snapshot} of {id} ({} bytes allocated)",
+                v["allocated_bytes"]
+            );
+        }
+        DiskCmd::List { json } => {
+            let v = c.json(Method::GET, "/api/disks", None).await?;
+            if json {
+                show(&v)
+            } else {
+                print::disks(&v)
+            }
+        }
+        DiskCmd::Delete { id, base } => {
+            c.json(
+                Method::DELETE,
+                &format!("/api/disks/{}?base={base}", enc(&id)),
+                None,
+            )
+            .await?;
+        }
+        DiskCmd::Attach {
+            id,
+            node,
+            now,
+            mount,
+        } => {
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!("/api/disks/{}/attach", enc(&id)),
+                    Some(json!({ "node": node, "now": now, "mount": mount })),
+                )
+                .await?;
+            println!(
+                "attached {id} to {} as export {}",
+                v["node"].as_str().unwrap_or(&node),
+                v["export"].as_str().unwrap_or("?")
+            );
+        }
+        DiskCmd::Detach { id } => {
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!("/api/disks/{}/detach", enc(&id)),
+                    None,
+                )
+                .await?;
+            println!(
+                "detached {id} ({} open connection(s) closed)",
+                v["connections_closed"]
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn node_command(c: &Client, cmd: NodeCmd) -> std::result::Result<(), Failure> {
+    let queue = |id: String, body: Value| async move {
+        let v = c
+            .json(
+                Method::POST,
+                &format!("/api/nodes/{}/commands", enc(&id)),
+                Some(body),
+            )
+            .await?;
+        println!("queued command {} for {id}", v["id"]);
+        std::result::Result::<(), Failure>::Ok(())
+    };
+    let set_state = |id: String, state: &'static str| async move {
+        let v = c
+            .json(
+                Method::PUT,
+                &format!("/api/nodes/{}/state", enc(&id)),
+                Some(json!({ "state": state })),
+            )
+            .await?;
+        println!(
+            "{} is {}",
+            v["id"].as_str().unwrap_or(&id),
+            v["state"].as_str().unwrap_or(state)
+        );
+        std::result::Result::<(), Failure>::Ok(())
+    };
+    match cmd {
+        NodeCmd::List { json } => {
+            let v = c.json(Method::GET, "/api/nodes", None).await?;
+            if json {
+                show(&v)
+            } else {
+                print::nodes(&v)
+            }
+        }
+        NodeCmd::Show { id, json: _ } => show(
+            &c.json(Method::GET, &format!("/api/nodes/{}", enc(&id)), None)
+                .await?,
+        ),
+        NodeCmd::Add {
+            mac,
+            serial,
+            labels,
+            power,
+        } => {
+            let mut map = serde_json::Map::new();
+            for l in labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .with_context(|| format!("--label {l}: use KEY=VALUE"))?;
+                map.insert(k.to_string(), Value::String(v.to_string()));
+            }
+            let v = c
+                .json(
+                    Method::POST,
+                    "/api/nodes",
+                    Some(json!({ "mac": mac, "serial": serial, "labels": map, "power": power })),
+                )
+                .await?;
+            println!(
+                "enrolled {} ({}), {}",
+                v["id"].as_str().unwrap_or("?"),
+                v["mac"].as_str().unwrap_or("?"),
+                v["state"].as_str().unwrap_or("?")
+            );
+        }
+        NodeCmd::Reboot { id } => queue(id, json!({ "kind": "reboot" })).await?,
+        NodeCmd::Reprovision { id } => queue(id, json!({ "kind": "reprovision" })).await?,
+        NodeCmd::Kexec { id, image } => {
+            queue(id, json!({ "kind": "kexec", "image": image })).await?
+        }
+        NodeCmd::Quarantine { id } => set_state(id, "quarantined").await?,
+        NodeCmd::Release { id } => set_state(id, "idle").await?,
+        NodeCmd::Retire { id } => set_state(id, "retired").await?,
+        NodeCmd::Commands { id, json } => {
+            let v = c
+                .json(
+                    Method::GET,
+                    &format!("/api/nodes/{}/commands", enc(&id)),
+                    None,
+                )
+                .await?;
+            if json {
+                show(&v)
+            } else {
+                print::commands(&v)
+            }
+        }
+        NodeCmd::Timeline { id, since_ms, wait } => {
+            timeline(c, &id, since_ms.unwrap_or(0), wait).await?
+        }
+    }
+    Ok(())
+}
+
+/// Prints a node's timeline; with `wait`, first waits (long polls on the
+/// event log) until its agent reports ready after `since`.
+async fn timeline(
+    c: &Client,
+    id: &str,
+    since: i64,
+    wait: Option<u64>,
+) -> std::result::Result<(), Failure> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait.unwrap_or(0));
+    // With --wait, a node that has not booted yet is waited for too.
+    let node = loop {
+        match c
+            .json(Method::GET, &format!("/api/nodes/{}", enc(id)), None)
+            .await
+        {
+            Ok(n) => break n,
+            Err(e) if e.exit_code() == 3 && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let node_id = node["id"].as_str().unwrap_or(id).to_string();
+    let mut events: Vec<Value> = Vec::new();
+    let mut after = 0i64;
+    loop {
+        let left = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .as_secs();
+        let w = if wait.is_some() { left.min(30) } else { 0 };
+        let v = c
+            .json(
+                Method::GET,
+                &format!(
+                    "/api/events?node={}&after={after}&limit=10000&wait={w}",
+                    enc(&node_id)
+                ),
+                None,
+            )
+            .await?;
+        let batch = v.as_array().cloned().unwrap_or_default();
+        if let Some(last) = batch.last() {
+            after = last["id"].as_i64().unwrap_or(after);
+        }
+        let more = !batch.is_empty();
+        events.extend(batch);
+        let ready = events
+            .iter()
+            .any(|e| e["kind"] == "agent-ready" && e["at_ms"].as_i64().unwrap_or(0) >= since);
+        if wait.is_none() && !more {
+            break;
+        }
+        if wait.is_some() && ready && !more {
+            break;
+        }
+        if wait.is_some() && std::time::Instant::now() >= deadline && !more {
+            return Err(anyhow::anyhow!(
+                "node {node_id} did not report ready within {} s",
+                wait.unwrap_or(0)
+            )
+            .into());
+        }
+    }
+    // Re-read: the boot may have changed the node's image while we waited.
+    let node = c
+        .json(Method::GET, &format!("/api/nodes/{}", enc(&node_id)), None)
+        .await?;
+    let image = match node["booted_image"].as_str() {
+        Some(name) => c
+            .json(Method::GET, "/api/images", None)
+            .await?
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == name).cloned()),
+        None => None,
+    };
+    print::timeline(&node, image.as_ref(), &events, since);
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! The control layer: every admin operation is one function here, whoever
+//! asks (REST handlers, and through them the CLI and the web UI). It owns the
+//! command wake-ups of the agents' long polls and emits every change as an
+//! event on the [`EventHub`] (store + live broadcast). Errors carry a kind
+//! that the API maps to an HTTP status and the CLI to an exit code.
+
+mod disks;
+mod images;
+mod network;
+mod nodes;
+
+pub use disks::DiskView;
+pub use nodes::NodeCommand;
+
+use crate::config::Config;
+use crate::events::EventHub;
+use crate::images::ImageFiles;
+use crate::model::{MacAddr, Node, Reservation};
+use crate::plan::BootPlan;
+use crate::store::{Refused, Store};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// What went wrong with an admin operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request is malformed or names something invalid (HTTP 400).
+    BadRequest,
+    /// No credentials, or wrong ones (401).
+    Unauthorized,
+    /// The credentials do not allow this (403).
+    Forbidden,
+    /// The named thing does not exist (404).
+    NotFound,
+    /// The change conflicts with the current state (409).
+    Conflict,
+    /// A dependency (the store, a disk) failed; retry later (503).
+    Unavailable,
+    /// A bug or an unexpected failure (500).
+    Internal,
+}
+
+/// An admin operation's error: a kind and a message that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Error {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(m: impl Into<String>) -> Error {
+        Error::new(ErrorKind::BadRequest, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Error {
+        Error::new(ErrorKind::NotFound, m)
+    }
+    pub fn conflict(m: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Conflict, m)
+    }
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Self {
+        if let Some(r) = e.downcast_ref::<Refused>() {
+            let kind = match r {
+                Refused::NotFound(_) => ErrorKind::NotFound,
+                Refused::AddressHeld { .. } | Refused::Conflict(_) => ErrorKind::Conflict,
+            };
+            return Error::new(kind, r.to_string());
+        }
+        tracing::error!(error = %format!("{e:#}"), "admin operation failed");
+        Error::new(ErrorKind::Unavailable, format!("{e:#}"))
+    }
+}
+
+/// Result of an admin operation.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Wakes a node's long poll when a command is queued for it.
+#[derive(Default)]
+pub struct CommandWakeups(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl CommandWakeups {
+    /// The node's notifier (created on first use).
+    pub fn for_node(&self, node: &str) -> Arc<Notify> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(node.to_string()).or_default().clone()
+    }
+    /// Wakes every poll of the node waiting now.
+    pub fn wake(&self, node: &str) {
+        self.for_node(node).notify_waiters();
+    }
+}
+
+/// Pushes the reservation table to the DHCP server after every change.
+pub type ReservationSink = Arc<dyn Fn(&[Reservation]) + Send + Sync>;
+/// The NBD side of disk attachments: rebuild the export table after a
+/// change, and cut the open connections of a detached overlay.
+#[async_trait::async_trait]
+pub trait ExportControl: Send + Sync {
+    /// Rebuilds the export table from the store.
+    async fn refresh(&self) -> anyhow::Result<()>;
+    /// Closes every open connection serving `overlay`; how many were closed.
+    fn revoke(&self, overlay: &str) -> usize;
+}
+
+/// Every admin operation, over the store and the running services.
+pub struct Control {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    pub plan: Arc<BootPlan>,
+    pub events: EventHub,
+    pub wakeups: CommandWakeups,
+    pub image_files: Arc<ImageFiles>,
+    disks: Option<Arc<boot_nbd::DiskStore>>,
+    exports: Option<Arc<dyn ExportControl>>,
+    reservation_sink: Mutex<Option<ReservationSink>>,
+    sqlite: Mutex<Option<Arc<crate::store::SqliteStore>>>,
+}
+
+impl Control {
+    /// The control layer; `disks`/`exports` are absent when NBD is off.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: Arc<Config>,
+        plan: Arc<BootPlan>,
+        events: EventHub,
+        image_files: Arc<ImageFiles>,
+        disks: Option<Arc<boot_nbd::DiskStore>>,
+        exports: Option<Arc<dyn ExportControl>>,
+    ) -> Control {
+        Control {
+            store,
+            config,
+            plan,
+            events,
+            wakeups: CommandWakeups::default(),
+            image_files,
+            disks,
+            exports,
+            reservation_sink: Mutex::new(None),
+            sqlite: Mutex::new(None),
+        }
+    }
+
+    /// Registers the SQLite store for backups (the embedded default).
+    pub fn set_sqlite(&self, store: Arc<crate::store::SqliteStore>) {
+        *self.sqlite.lock().unwrap_or_else(|p| p.into_inner()) = Some(store);
+    }
+
+    /// A consistent copy of the state database.
+    pub async fn backup(&self) -> Result<Vec<u8>> {
+        let Some(db) = self
+            .sqlite
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Err(Error::conflict(
+                "this store has no file backup; use the database's own tools",
+            ));
+        };
+        let dir =
+            tempfile::tempdir().map_err(|e| Error::new(ErrorKind::Unavailable, e.to_string()))?;
+        let path = dir.path().join("backup.db");
+        db.backup(&path).await?;
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Unavailable, e.to_string()))
+    }
+
+    /// Registers where reservation changes go (the DHCP server).
+    pub fn set_reservation_sink(&self, sink: ReservationSink) {
+        *self
+            .reservation_sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    /// A node by id or MAC.
+    pub async fn find_node(&self, id_or_mac: &str) -> Result<Node> {
+        if let Some(n) = self.store.node(id_or_mac).await? {
+            return Ok(n);
+        }
+        if let Ok(mac) = id_or_mac.parse::<MacAddr>() {
+            if let Some(n) = self.store.node_by_mac(mac).await? {
+                return Ok(n);
+            }
+        }
+        Err(Error::not_found(format!(
+            "no node {id_or_mac} (give a node id as listed by `node list`, or a MAC)"
+        )))
+    }
+}

@@ -1,0 +1,173 @@
+//! The append-only event log: typed kinds (serialised as kebab-case strings,
+//! the names round 1 stored), the node they concern and a JSON detail.
+
+use serde::{Deserialize, Serialize};
+
+/// What an event records. Kinds written by a newer server and unknown here
+/// read back as [`EventKind::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// A DHCP answer carried boot options (loader or script URL).
+    DhcpBoot,
+    /// A loader or file fetched over TFTP.
+    TftpFile,
+    /// A per-node iPXE script was served (with the image it boots).
+    Script,
+    /// The node got the wait script (no image, or not allowed a token).
+    ScriptWait,
+    /// A file fetched over HTTP (kernel, initrd).
+    HttpFile,
+    /// A warm reprovision (kexec) was planned.
+    KexecPlanned,
+    /// First sight of a node.
+    NodeDiscovered,
+    /// An admin registered a node.
+    NodeEnrolled,
+    /// A node's agent said hello.
+    AgentReady,
+    /// A node stopped heart-beating (or reported failure).
+    NodeFailed,
+    /// A failed node heart-beats again.
+    NodeRecovered,
+    /// A node's state was changed by an admin.
+    NodeState,
+    /// A request carried a token or came from an address it may not use.
+    AccessRefused,
+    /// A command was queued for an agent.
+    CommandQueued,
+    /// An agent reported on a command.
+    CommandResult,
+    /// An image was assigned to a node (or the assignment removed).
+    Assigned,
+    /// The default image changed.
+    DefaultImage,
+    /// An image was added or updated in the table.
+    ImageAdded,
+    /// An image was removed from the table.
+    ImageRemoved,
+    /// A file of an image no longer matches its recorded digest.
+    ImageCorrupt,
+    /// A virtual disk (base, overlay or snapshot) was created.
+    DiskCreated,
+    /// A virtual disk was deleted.
+    DiskDeleted,
+    /// An overlay was attached to a node.
+    DiskAttached,
+    /// An overlay was detached (its connections closed).
+    DiskDetached,
+    /// A DHCP reservation was added or changed.
+    ReservationSet,
+    /// A DHCP reservation was removed.
+    ReservationRemoved,
+    /// A store operation failed (the service keeps running).
+    StoreError,
+    /// A kind this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: &'static [EventKind] = &[
+        EventKind::DhcpBoot,
+        EventKind::TftpFile,
+        EventKind::Script,
+        EventKind::ScriptWait,
+        EventKind::HttpFile,
+        EventKind::KexecPlanned,
+        EventKind::NodeDiscovered,
+        EventKind::NodeEnrolled,
+        EventKind::AgentReady,
+        EventKind::NodeFailed,
+        EventKind::NodeRecovered,
+        EventKind::NodeState,
+        EventKind::AccessRefused,
+        EventKind::CommandQueued,
+        EventKind::CommandResult,
+        EventKind::Assigned,
+        EventKind::DefaultImage,
+        EventKind::ImageAdded,
+        EventKind::ImageRemoved,
+        EventKind::ImageCorrupt,
+        EventKind::DiskCreated,
+        EventKind::DiskDeleted,
+        EventKind::DiskAttached,
+        EventKind::DiskDetached,
+        EventKind::ReservationSet,
+        EventKind::ReservationRemoved,
+        EventKind::StoreError,
+        EventKind::Unknown,
+    ];
+
+    /// The kebab-case name (the same string serde writes).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::DhcpBoot => "dhcp-boot",
+            EventKind::TftpFile => "tftp-file",
+            EventKind::Script => "script",
+            EventKind::ScriptWait => "script-wait",
+            EventKind::HttpFile => "http-file",
+            EventKind::KexecPlanned => "kexec-planned",
+            EventKind::NodeDiscovered => "node-discovered",
+            EventKind::NodeEnrolled => "node-enrolled",
+            EventKind::AgentReady => "agent-ready",
+            EventKind::NodeFailed => "node-failed",
+            EventKind::NodeRecovered => "node-recovered",
+            EventKind::NodeState => "node-state",
+            EventKind::AccessRefused => "access-refused",
+            EventKind::CommandQueued => "command-queued",
+            EventKind::CommandResult => "command-result",
+            EventKind::Assigned => "assigned",
+            EventKind::DefaultImage => "default-image",
+            EventKind::ImageAdded => "image-added",
+            EventKind::ImageRemoved => "image-removed",
+            EventKind::ImageCorrupt => "image-corrupt",
+            EventKind::DiskCreated => "disk-created",
+            EventKind::DiskDeleted => "disk-deleted",
+            EventKind::DiskAttached => "disk-attached",
+            EventKind::DiskDetached => "disk-detached",
+            EventKind::ReservationSet => "reservation-set",
+            EventKind::ReservationRemoved => "reservation-removed",
+            EventKind::StoreError => "store-error",
+            EventKind::Unknown => "unknown",
+        }
+    }
+
+    /// Parses a stored name (unknown names give [`EventKind::Unknown`]).
+    pub fn parse(s: &str) -> EventKind {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .unwrap_or(EventKind::Unknown)
+    }
+}
+
+/// An entry of the append-only audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at_ms: i64,
+    pub node: Option<String>,
+    pub kind: EventKind,
+    pub detail: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_keep_round_one_names() {
+        assert_eq!(
+            serde_json::to_string(&EventKind::DhcpBoot).unwrap(),
+            "\"dhcp-boot\""
+        );
+        assert_eq!(EventKind::parse("agent-ready"), EventKind::AgentReady);
+        assert_eq!(EventKind::parse("no-such-kind"), EventKind::Unknown);
+        for k in EventKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str(), "{k:?}");
+        }
+    }
+}

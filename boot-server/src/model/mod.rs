@@ -1,0 +1,27 @@
+//! The domain model shared by every layer of boot-server: nodes and their
+//! life-cycle, boot images, leases and reservations, agent commands, virtual
+//! disk attachments and the typed event log. Protocol adapters, the boot plan,
+//! the control layer, the store and the CLI all take their types from here;
+//! nothing in this module does I/O.
+
+mod command;
+mod event;
+mod image;
+mod lease;
+mod mac;
+mod node;
+
+pub use command::{CommandStatus, QueuedCommand};
+pub use event::{Event, EventKind};
+pub use image::{BootImage, Firmware, ImageFile, ImageKind};
+pub use lease::{Lease, Reservation};
+pub use mac::{BadMac, MacAddr};
+pub use node::{DiskAttachment, Node, NodeState, Selector, Sighting, Transition};
+
+/// Milliseconds since the Unix epoch (every timestamp in the model).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

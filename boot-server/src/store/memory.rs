@@ -1,0 +1,560 @@
+//! In-memory [`Store`](super::Store): the same semantics as the SQLite
+//! backend without any I/O, for unit tests of the plan, the control layer and
+//! engine decisions.
+
+use super::*;
+use crate::model::now_ms;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Data {
+    images: BTreeMap<String, BootImage>,
+    default_image: Option<String>,
+    assignments: BTreeMap<String, (Selector, String)>,
+    nodes: BTreeMap<String, Node>,
+    tokens: HashMap<String, (Option<String>, Option<String>)>,
+    leases: BTreeMap<MacAddr, Lease>,
+    reservations: BTreeMap<MacAddr, Reservation>,
+    attachments: BTreeMap<String, DiskAttachment>,
+    commands: BTreeMap<i64, QueuedCommand>,
+    next_command: i64,
+    events: Vec<Event>,
+    next_event: i64,
+}
+
+/// The in-memory store.
+#[derive(Default)]
+pub struct MemoryStore(Mutex<Data>);
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Data) -> Result<T>) -> Result<T> {
+        let mut d = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut d)
+    }
+}
+
+fn node_mut<'a>(d: &'a mut Data, id: &str) -> Result<&'a mut Node> {
+    match d.nodes.get_mut(id) {
+        Some(n) => Ok(n),
+        None => Err(Refused::NotFound(format!("no node {id}")).into()),
+    }
+}
+
+fn new_node(mac: MacAddr, now: i64) -> Node {
+    Node {
+        id: mac.node_id(),
+        mac,
+        uuid: None,
+        arch: None,
+        state: NodeState::Discovered,
+        first_seen_ms: now,
+        last_seen_ms: now,
+        last_heartbeat_ms: None,
+        booted_image: None,
+        inventory: None,
+        heartbeat: None,
+        enrolled: false,
+        serial: None,
+        labels: BTreeMap::new(),
+        power: None,
+        observed_ip: None,
+    }
+}
+
+fn apply(n: &mut Node, t: Transition) -> Option<(NodeState, NodeState)> {
+    let before = n.state;
+    let after = before.next(t)?;
+    n.state = after;
+    Some((before, after))
+}
+
+#[async_trait]
+impl ImageStore for MemoryStore {
+    async fn put_image(&self, image: &BootImage) -> Result<()> {
+        self.with(|d| {
+            d.images.insert(image.name.clone(), image.clone());
+            Ok(())
+        })
+    }
+    async fn image(&self, name: &str) -> Result<Option<BootImage>> {
+        self.with(|d| Ok(d.images.get(name).cloned()))
+    }
+    async fn images(&self) -> Result<Vec<BootImage>> {
+        self.with(|d| Ok(d.images.values().cloned().collect()))
+    }
+    async fn remove_image(&self, name: &str) -> Result<()> {
+        self.with(|d| {
+            if d.assignments.values().any(|(_, i)| i == name)
+                || d.default_image.as_deref() == Some(name)
+            {
+                return Err(Refused::Conflict(format!(
+                    "image {name} is assigned or the default; change that first"
+                ))
+                .into());
+            }
+            if d.images.remove(name).is_none() {
+                return Err(Refused::NotFound(format!("no image named {name}")).into());
+            }
+            Ok(())
+        })
+    }
+    async fn set_default_image(&self, image: Option<&str>) -> Result<()> {
+        self.with(|d| {
+            if let Some(i) = image {
+                if !d.images.contains_key(i) {
+                    return Err(Refused::NotFound(format!("no image named {i}")).into());
+                }
+            }
+            d.default_image = image.map(str::to_string);
+            Ok(())
+        })
+    }
+    async fn default_image(&self) -> Result<Option<String>> {
+        self.with(|d| Ok(d.default_image.clone()))
+    }
+    async fn assign(&self, selector: &Selector, image: Option<&str>) -> Result<()> {
+        self.with(|d| {
+            match image {
+                Some(i) => {
+                    if !d.images.contains_key(i) {
+                        return Err(Refused::NotFound(format!("no image named {i}")).into());
+                    }
+                    d.assignments
+                        .insert(selector.key(), (selector.clone(), i.to_string()));
+                }
+                None => {
+                    d.assignments.remove(&selector.key());
+                }
+            }
+            Ok(())
+        })
+    }
+    async fn assignment(&self, selector: &Selector) -> Result<Option<String>> {
+        self.with(|d| Ok(d.assignments.get(&selector.key()).map(|(_, i)| i.clone())))
+    }
+    async fn assignments(&self) -> Result<Vec<(Selector, String)>> {
+        self.with(|d| Ok(d.assignments.values().cloned().collect()))
+    }
+}
+
+#[async_trait]
+impl NodeStore for MemoryStore {
+    async fn observe_node(&self, s: &Sighting) -> Result<(Node, bool)> {
+        self.with(|d| {
+            let now = now_ms();
+            let id = d
+                .nodes
+                .values()
+                .find(|n| n.mac == s.mac)
+                .map(|n| n.id.clone());
+            let new = id.is_none();
+            let id = id.unwrap_or_else(|| s.mac.node_id());
+            let n = d.nodes.entry(id).or_insert_with(|| new_node(s.mac, now));
+            n.last_seen_ms = now;
+            if s.uuid.is_some() {
+                n.uuid = s.uuid.clone();
+            }
+            if s.arch.is_some() {
+                n.arch = s.arch.clone();
+            }
+            if s.observed_ip.is_some() {
+                n.observed_ip = s.observed_ip;
+            }
+            Ok((n.clone(), new))
+        })
+    }
+    async fn enrol_node(&self, e: &Enrolment) -> Result<Node> {
+        self.with(|d| {
+            let now = now_ms();
+            let id = d
+                .nodes
+                .values()
+                .find(|n| n.mac == e.mac)
+                .map(|n| n.id.clone())
+                .unwrap_or_else(|| e.mac.node_id());
+            let n = d.nodes.entry(id).or_insert_with(|| new_node(e.mac, now));
+            n.enrolled = true;
+            if e.serial.is_some() {
+                n.serial = e.serial.clone();
+            }
+            n.labels.extend(e.labels.clone());
+            if e.power.is_some() {
+                n.power = e.power.clone();
+            }
+            apply(n, Transition::Enrol);
+            Ok(n.clone())
+        })
+    }
+    async fn node(&self, id: &str) -> Result<Option<Node>> {
+        self.with(|d| Ok(d.nodes.get(id).cloned()))
+    }
+    async fn node_by_mac(&self, mac: MacAddr) -> Result<Option<Node>> {
+        self.with(|d| Ok(d.nodes.values().find(|n| n.mac == mac).cloned()))
+    }
+    async fn nodes(&self) -> Result<Vec<Node>> {
+        self.with(|d| Ok(d.nodes.values().cloned().collect()))
+    }
+    async fn transition_node(
+        &self,
+        id: &str,
+        t: Transition,
+    ) -> Result<Option<(NodeState, NodeState)>> {
+        self.with(|d| Ok(apply(node_mut(d, id)?, t)))
+    }
+    async fn set_node_state(&self, id: &str, state: NodeState) -> Result<()> {
+        self.with(|d| {
+            node_mut(d, id)?.state = state;
+            Ok(())
+        })
+    }
+    async fn set_booted_image(&self, id: &str, image: &str) -> Result<()> {
+        self.with(|d| {
+            let n = node_mut(d, id)?;
+            n.booted_image = Some(image.to_string());
+            apply(n, Transition::Boot);
+            Ok(())
+        })
+    }
+    async fn record_hello(&self, id: &str, inv: &serde_json::Value, serving: bool) -> Result<()> {
+        self.with(|d| {
+            let n = node_mut(d, id)?;
+            let now = now_ms();
+            n.inventory = Some(inv.clone());
+            n.last_heartbeat_ms = Some(now);
+            n.last_seen_ms = now;
+            apply(n, Transition::AgentUp { serving });
+            Ok(())
+        })
+    }
+    async fn record_heartbeat(
+        &self,
+        id: &str,
+        hb: &serde_json::Value,
+        serving: bool,
+    ) -> Result<Option<(NodeState, NodeState)>> {
+        self.with(|d| {
+            let n = node_mut(d, id)?;
+            let now = now_ms();
+            n.heartbeat = Some(hb.clone());
+            n.last_heartbeat_ms = Some(now);
+            n.last_seen_ms = now;
+            Ok(apply(n, Transition::Recover { serving }))
+        })
+    }
+    async fn set_observed_ip(&self, id: &str, ip: Option<Ipv4Addr>) -> Result<()> {
+        self.with(|d| {
+            node_mut(d, id)?.observed_ip = ip;
+            Ok(())
+        })
+    }
+    async fn set_next_token(&self, id: &str, token: &str) -> Result<()> {
+        self.with(|d| {
+            node_mut(d, id)?;
+            d.tokens.entry(id.to_string()).or_default().1 = Some(token.to_string());
+            Ok(())
+        })
+    }
+    async fn node_by_token(&self, token: &str) -> Result<Option<(Node, bool)>> {
+        self.with(|d| {
+            for (id, (cur, next)) in &d.tokens {
+                let which = if cur.as_deref() == Some(token) {
+                    Some(false)
+                } else if next.as_deref() == Some(token) {
+                    Some(true)
+                } else {
+                    None
+                };
+                if let (Some(is_next), Some(n)) = (which, d.nodes.get(id)) {
+                    return Ok(Some((n.clone(), is_next)));
+                }
+            }
+            Ok(None)
+        })
+    }
+    async fn promote_token(&self, id: &str, token: &str) -> Result<bool> {
+        self.with(|d| {
+            let t = d.tokens.entry(id.to_string()).or_default();
+            if t.1.as_deref() == Some(token) {
+                t.0 = t.1.take();
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    async fn leases(&self) -> Result<Vec<Lease>> {
+        self.with(|d| {
+            let mut v: Vec<Lease> = d.leases.values().cloned().collect();
+            v.sort_by_key(|l| l.ip);
+            Ok(v)
+        })
+    }
+    async fn put_lease(&self, l: &Lease) -> Result<()> {
+        self.with(|d| {
+            let now = now_ms();
+            if let Some(other) = d
+                .leases
+                .values()
+                .find(|o| o.ip == l.ip && o.mac != l.mac)
+                .cloned()
+            {
+                if other.expires_at_ms > now {
+                    return Err(Refused::AddressHeld {
+                        ip: l.ip,
+                        holder: other.mac,
+                    }
+                    .into());
+                }
+                d.leases.remove(&other.mac);
+            }
+            d.leases.insert(l.mac, l.clone());
+            Ok(())
+        })
+    }
+    async fn remove_lease(&self, mac: MacAddr, ip: Ipv4Addr) -> Result<bool> {
+        self.with(|d| {
+            if d.leases.get(&mac).is_some_and(|l| l.ip == ip) {
+                d.leases.remove(&mac);
+                return Ok(true);
+            }
+            Ok(false)
+        })
+    }
+    async fn expire_lease(&self, mac: MacAddr, ip: Ipv4Addr, expires_at_ms: i64) -> Result<bool> {
+        self.with(|d| {
+            if d.leases
+                .get(&mac)
+                .is_some_and(|l| l.ip == ip && l.expires_at_ms == expires_at_ms)
+            {
+                d.leases.remove(&mac);
+                return Ok(true);
+            }
+            Ok(false)
+        })
+    }
+    async fn lease_of(&self, mac: MacAddr) -> Result<Option<Lease>> {
+        let now = now_ms();
+        self.with(|d| {
+            Ok(d.leases
+                .get(&mac)
+                .filter(|l| l.expires_at_ms > now)
+                .cloned())
+        })
+    }
+    async fn node_by_lease_ip(&self, ip: Ipv4Addr) -> Result<Option<Node>> {
+        let now = now_ms();
+        self.with(|d| {
+            match d
+                .leases
+                .values()
+                .find(|l| l.ip == ip && l.expires_at_ms > now)
+            {
+                Some(l) => Ok(d.nodes.values().find(|n| n.mac == l.mac).cloned()),
+                None => Ok(d
+                    .nodes
+                    .values()
+                    .find(|n| n.observed_ip == Some(ip))
+                    .cloned()),
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl ReservationStore for MemoryStore {
+    async fn reservations(&self) -> Result<Vec<Reservation>> {
+        self.with(|d| Ok(d.reservations.values().cloned().collect()))
+    }
+    async fn put_reservation(&self, r: &Reservation) -> Result<()> {
+        self.with(|d| {
+            if let Some(o) = d
+                .reservations
+                .values()
+                .find(|o| o.ip == r.ip && o.mac != r.mac)
+            {
+                return Err(Refused::Conflict(format!(
+                    "address {} is reserved for {}",
+                    r.ip, o.mac
+                ))
+                .into());
+            }
+            d.reservations.insert(r.mac, r.clone());
+            Ok(())
+        })
+    }
+    async fn remove_reservation(&self, mac: MacAddr) -> Result<bool> {
+        self.with(|d| Ok(d.reservations.remove(&mac).is_some()))
+    }
+}
+
+#[async_trait]
+impl DiskAttachmentStore for MemoryStore {
+    async fn attach_disk(&self, overlay: &str, node: &str, export: &str) -> Result<()> {
+        self.with(|d| {
+            d.attachments.insert(
+                overlay.to_string(),
+                DiskAttachment {
+                    overlay: overlay.to_string(),
+                    node: node.to_string(),
+                    export: export.to_string(),
+                    created_ms: now_ms(),
+                },
+            );
+            Ok(())
+        })
+    }
+    async fn detach_disk(&self, overlay: &str) -> Result<bool> {
+        self.with(|d| Ok(d.attachments.remove(overlay).is_some()))
+    }
+    async fn disk_attachments(&self) -> Result<Vec<DiskAttachment>> {
+        self.with(|d| Ok(d.attachments.values().cloned().collect()))
+    }
+}
+
+#[async_trait]
+impl CommandStore for MemoryStore {
+    async fn queue_command(&self, node: &str, command: &boot_proto::CommandKind) -> Result<i64> {
+        self.with(|d| {
+            d.next_command += 1;
+            let id = d.next_command;
+            d.commands.insert(
+                id,
+                QueuedCommand {
+                    id,
+                    node: node.to_string(),
+                    command: command.clone(),
+                    status: CommandStatus::Queued,
+                    detail: String::new(),
+                    created_ms: now_ms(),
+                    delivered_ms: None,
+                },
+            );
+            Ok(id)
+        })
+    }
+    async fn take_commands(
+        &self,
+        node: &str,
+        redeliver_after_ms: i64,
+    ) -> Result<Vec<QueuedCommand>> {
+        self.with(|d| {
+            let now = now_ms();
+            let mut out = Vec::new();
+            for c in d.commands.values_mut().filter(|c| c.node == node) {
+                let due = match c.status {
+                    CommandStatus::Queued => true,
+                    CommandStatus::Delivered => {
+                        c.delivered_ms.unwrap_or(0) + redeliver_after_ms <= now
+                    }
+                    _ => false,
+                };
+                if due {
+                    c.status = CommandStatus::Delivered;
+                    c.delivered_ms = Some(now);
+                    out.push(c.clone());
+                }
+            }
+            Ok(out)
+        })
+    }
+    async fn command(&self, id: i64) -> Result<Option<QueuedCommand>> {
+        self.with(|d| Ok(d.commands.get(&id).cloned()))
+    }
+    async fn commands_of(&self, node: &str, limit: u32) -> Result<Vec<QueuedCommand>> {
+        self.with(|d| {
+            Ok(d.commands
+                .values()
+                .rev()
+                .filter(|c| c.node == node)
+                .take(limit as usize)
+                .cloned()
+                .collect())
+        })
+    }
+    async fn update_command(
+        &self,
+        node: &str,
+        id: i64,
+        status: CommandStatus,
+        detail: &str,
+    ) -> Result<bool> {
+        self.with(|d| match d.commands.get_mut(&id) {
+            Some(c) if c.node == node => {
+                if !c.status.is_final() {
+                    c.status = status;
+                    c.detail = detail.to_string();
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+    }
+    async fn close_commands_of_previous_boot(&self, node: &str) -> Result<usize> {
+        self.with(|d| {
+            let mut n = 0;
+            for c in d.commands.values_mut().filter(|c| {
+                c.node == node
+                    && matches!(c.status, CommandStatus::Delivered | CommandStatus::Started)
+            }) {
+                if ends_boot(&c.command) {
+                    c.status = CommandStatus::Succeeded;
+                    c.detail = "the node booted again".into();
+                } else {
+                    c.status = CommandStatus::Failed;
+                    c.detail = "the node rebooted before reporting".into();
+                }
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<Event>> {
+        self.with(|d| {
+            let mut out = Vec::with_capacity(events.len());
+            for e in events {
+                d.next_event += 1;
+                let ev = Event {
+                    id: d.next_event,
+                    at_ms: e.at_ms,
+                    node: e.node,
+                    kind: e.kind,
+                    detail: e.detail,
+                };
+                d.events.push(ev.clone());
+                out.push(ev);
+            }
+            Ok(out)
+        })
+    }
+    async fn events(&self, after_id: i64, node: Option<&str>, limit: u32) -> Result<Vec<Event>> {
+        self.with(|d| {
+            Ok(d.events
+                .iter()
+                .filter(|e| e.id > after_id && (node.is_none() || e.node.as_deref() == node))
+                .take(limit as usize)
+                .cloned()
+                .collect())
+        })
+    }
+    async fn prune_events(&self, keep: u64) -> Result<u64> {
+        self.with(|d| {
+            let extra = d.events.len().saturating_sub(keep as usize);
+            d.events.drain(..extra);
+            Ok(extra as u64)
+        })
+    }
+}

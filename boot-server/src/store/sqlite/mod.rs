@@ -1,0 +1,450 @@
+//! Embedded SQLite backend of the [`Store`](super::Store), one file per
+//! aggregate (`images`, `nodes`, `leases`, `reservations`, `disks`,
+//! `commands`, `events`) over the shared machinery here.
+//!
+//! Durability and throughput: the database runs in WAL mode with
+//! `synchronous=FULL`, and every write goes through one writer thread that
+//! drains all writes queued at that moment into a single transaction (group
+//! commit: one fsync for many DHCP ACKs). Each write runs in its own savepoint,
+//! so one failing write does not undo its neighbours. A caller's future
+//! resolves only after the transaction that holds its write has committed.
+//! Reads use a separate connection and never wait for the writer.
+//!
+//! Failures are reported, not fatal: a locked or full database fails the
+//! writes of that batch (their callers see the error) and the writer goes on
+//! with the next batch.
+
+mod commands;
+mod disks;
+mod events;
+mod images;
+mod leases;
+mod nodes;
+mod reservations;
+pub mod schema;
+
+use super::Result;
+use anyhow::{anyhow, Context};
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Delivers a write's result once the transaction holding it has committed
+/// (or failed with the given error).
+type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+/// A write: runs inside the batch transaction; `true` keeps its savepoint.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+
+/// Most writes folded into one transaction.
+const MAX_BATCH: usize = 512;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: mpsc::Sender<Job>,
+    reader: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    stats: Arc<WriterStats>,
+}
+
+/// Counters of the writer thread (group commit is visible as `commits` < `writes`).
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Writes (jobs) that ran in committed transactions.
+    pub writes: AtomicU64,
+    /// Transactions that failed (their writes were reported as failed).
+    pub failures: AtomicU64,
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `state.db` in `state_dir` (made 0700, the
+    /// database files 0600) and brings its schema to this build's version.
+    pub fn open(state_dir: &Path) -> Result<Self> {
+        crate::fsutil::private_dir(state_dir)?;
+        let path = state_dir.join("state.db");
+        let mut write_conn = open_connection(&path)?;
+        for f in ["state.db", "state.db-wal", "state.db-shm"] {
+            let p = state_dir.join(f);
+            if p.exists() {
+                crate::fsutil::restrict_file(&p)?;
+            }
+        }
+        schema::upgrade(&mut write_conn, &path)?;
+        let reader = open_connection(&path)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let stats = Arc::new(WriterStats::default());
+        let writer_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(write_conn, rx, &writer_stats))
+            .context("starting store writer")?;
+        Ok(SqliteStore {
+            writer: tx,
+            reader: Arc::new(Mutex::new(reader)),
+            path,
+            stats,
+        })
+    }
+
+    /// Copies the whole database into `dest` (a consistent online backup).
+    pub async fn backup(&self, dest: &Path) -> Result<()> {
+        let dest = dest.to_path_buf();
+        self.read(move |c| schema::backup_to(c, &dest)).await
+    }
+
+    /// The writer's counters.
+    pub fn writer_stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` inside the next group-commit transaction; resolves once committed.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let keep = result.is_ok();
+            let finish: Finish = Box::new(move |commit| {
+                let outcome = match commit {
+                    Err(e) => Err(anyhow!("store commit failed: {e}")),
+                    Ok(()) => result,
+                };
+                let _ = done_tx.send(outcome);
+            });
+            (keep, finish)
+        });
+        self.writer
+            .send(job)
+            .map_err(|_| anyhow!("store writer has stopped"))?;
+        done_rx
+            .await
+            .map_err(|_| anyhow!("store writer dropped the write"))?
+    }
+
+    /// One statement as a durable write; returns the number of rows changed.
+    pub(crate) async fn exec(
+        &self,
+        sql: &'static str,
+        args: Vec<rusqlite::types::Value>,
+    ) -> Result<usize> {
+        self.write(move |c| Ok(c.execute(sql, rusqlite::params_from_iter(args))?))
+            .await
+    }
+
+    /// Runs a read on the reader connection off the async runtime.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .map_err(|_| anyhow!("store reader poisoned"))?;
+            f(&conn)
+        })
+        .await
+        .context("store read task")?
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, stats: &WriterStats) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut finishers = Vec::with_capacity(batch.len());
+        let outcome = run_batch(&mut conn, batch, &mut finishers);
+        match &outcome {
+            Ok(()) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .writes
+                    .fetch_add(finishers.len() as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, writes = finishers.len(), "store commit failed; those writes are reported as failed");
+        }
+        for finish in finishers {
+            finish(outcome.clone());
+        }
+    }
+}
+
+fn run_batch(
+    conn: &mut Connection,
+    batch: Vec<Job>,
+    finishers: &mut Vec<Finish>,
+) -> std::result::Result<(), String> {
+    // IMMEDIATE: take the write lock up front, so a read-then-write job never
+    // fails to upgrade while another process holds the database.
+    let mut tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    // A job dropped unrun (after an error here) drops its sender: its caller
+    // sees the write as failed.
+    for job in batch {
+        let sp = tx.savepoint().map_err(|e| e.to_string())?;
+        let (keep, finish) = job(&sp);
+        finishers.push(finish);
+        if keep {
+            sp.commit().map_err(|e| e.to_string())?;
+        } // else: dropping the savepoint rolls back this write only
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+/// A JSON column, `None` when absent or unparsable.
+pub(crate) fn json_col<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{now_ms, BootImage, ImageKind, Lease, MacAddr, Selector};
+    use crate::store::{ImageStore, LeaseStore, NodeStore, Refused};
+
+    fn mac(i: u32) -> MacAddr {
+        MacAddr([2, 0, 0, 0, (i >> 8) as u8, (i & 0xff) as u8])
+    }
+
+    fn lease(m: MacAddr, ip: [u8; 4], ttl_ms: i64) -> Lease {
+        Lease {
+            mac: m,
+            ip: ip.into(),
+            expires_at_ms: now_ms() + ttl_ms,
+            hostname: None,
+            client_id: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_commit_in_groups_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+            let mut tasks = Vec::new();
+            for i in 0..400u32 {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    store
+                        .put_lease(&lease(
+                            mac(i),
+                            [10, 0, (i >> 8) as u8, (i & 0xff) as u8],
+                            60_000,
+                        ))
+                        .await
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            let commits = store.writer_stats().commits.load(Ordering::Relaxed);
+            let writes = store.writer_stats().writes.load(Ordering::Relaxed);
+            // Grouping is the point: far fewer fsynced transactions than writes.
+            assert_eq!(writes, 400);
+            assert!(
+                commits < 200,
+                "{commits} commits for {writes} writes: no group commit"
+            );
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.leases().await.unwrap().len(), 400);
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_does_not_undo_its_batch_neighbours() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let (l1, l2) = (
+            lease(mac(1), [10, 0, 0, 1], 60_000),
+            lease(mac(2), [10, 0, 0, 2], 60_000),
+        );
+        let sel = Selector::Mac(mac(1));
+        let (a, b, c) = tokio::join!(
+            store.put_lease(&l1),
+            store.assign(&sel, Some("missing")),
+            store.put_lease(&l2)
+        );
+        a.unwrap();
+        assert!(b
+            .unwrap_err()
+            .to_string()
+            .contains("no image named missing"));
+        c.unwrap();
+        assert_eq!(store.leases().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_is_never_taken_from_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .put_lease(&lease(mac(1), [10, 0, 0, 1], 60_000))
+            .await
+            .unwrap();
+        let err = store
+            .put_lease(&lease(mac(2), [10, 0, 0, 1], 60_000))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<Refused>(),
+                Some(Refused::AddressHeld { .. })
+            ),
+            "{err:#}"
+        );
+        let leases = store.leases().await.unwrap();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].mac, mac(1));
+        // Once the holder's lease has expired, the address is free again.
+        store
+            .put_lease(&lease(mac(3), [10, 0, 0, 3], -1))
+            .await
+            .unwrap();
+        store
+            .put_lease(&lease(mac(4), [10, 0, 0, 3], 60_000))
+            .await
+            .unwrap();
+        assert!(store
+            .leases()
+            .await
+            .unwrap()
+            .iter()
+            .all(|l| l.mac != mac(3)));
+    }
+
+    #[tokio::test]
+    async fn expiry_does_not_remove_a_renewed_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let old = lease(mac(1), [10, 0, 0, 1], -1);
+        store.put_lease(&old).await.unwrap();
+        let renewed = lease(mac(1), [10, 0, 0, 1], 60_000);
+        store.put_lease(&renewed).await.unwrap();
+        assert!(!store
+            .expire_lease(old.mac, old.ip, old.expires_at_ms)
+            .await
+            .unwrap());
+        assert_eq!(store.leases().await.unwrap().len(), 1);
+        assert!(store
+            .expire_lease(renewed.mac, renewed.ip, renewed.expires_at_ms)
+            .await
+            .unwrap());
+    }
+
+    #[tokio::test]
+    async fn images_in_use_cannot_be_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let image = BootImage {
+            name: "lab".into(),
+            version: "1".into(),
+            kind: ImageKind::Linux,
+            kernel: Some("k".into()),
+            initrd: None,
+            cmdline: String::new(),
+            archs: vec![],
+            san_url: None,
+            checksum: None,
+            size_bytes: 0,
+            files: vec![],
+        };
+        store.put_image(&image).await.unwrap();
+        store.set_default_image(Some("lab")).await.unwrap();
+        assert!(store.remove_image("lab").await.is_err());
+        store.set_default_image(None).await.unwrap();
+        store.remove_image("lab").await.unwrap();
+        assert!(store.images().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_round_one_database_upgrades_with_a_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let fixture = include_str!("../../../tests/fixtures/round1-state.sql");
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch(fixture)
+            .unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert!(
+            dir.path().join("state.db.v0.bak").exists(),
+            "no backup before the upgrade"
+        );
+        // Data survives; the plaintext token became a digest that still identifies the node.
+        assert_eq!(store.images().await.unwrap()[0].name, "lab");
+        assert_eq!(store.default_image().await.unwrap().as_deref(), Some("lab"));
+        let token = "712ff2140a73773bff97bd4ba4183234";
+        let (node, next) = store
+            .node_by_token(&crate::secret::digest(token))
+            .await
+            .unwrap()
+            .expect("round-1 token still valid after the upgrade");
+        assert_eq!(node.id, "node-525400aa0001");
+        assert!(next);
+        assert!(
+            store.node_by_token(token).await.unwrap().is_none(),
+            "plaintext token kept"
+        );
+        drop(store);
+        // Opening again is a no-op; a database from the future is refused.
+        SqliteStore::open(dir.path()).unwrap();
+        Connection::open(&db)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = SqliteStore::open(dir.path())
+            .err()
+            .expect("newer schema accepted");
+        assert!(
+            format!("{err:#}").contains("newer than this boot-server"),
+            "{err:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn state_files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = SqliteStore::open(&state).unwrap();
+        store
+            .put_lease(&lease(mac(1), [10, 0, 0, 1], 60_000))
+            .await
+            .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("state.db")), 0o600);
+    }
+}
