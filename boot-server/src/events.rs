@@ -95,6 +95,7 @@ async fn writer(
     retain: u64,
 ) {
     let mut last_prune = Instant::now();
+    let mut since_prune = 0u64;
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let events = std::mem::take(&mut batch);
@@ -115,8 +116,11 @@ async fn writer(
         for e in stored {
             let _ = live.send(e);
         }
-        if last_prune.elapsed() > Duration::from_secs(60) {
+        since_prune += n as u64;
+        // Prune every minute, or sooner when many events came in.
+        if last_prune.elapsed() > Duration::from_secs(60) || since_prune > (retain / 10).max(100) {
             last_prune = Instant::now();
+            since_prune = 0;
             match store.prune_events(retain).await {
                 Ok(0) => {}
                 Ok(k) => tracing::debug!(pruned = k, "event log pruned"),
