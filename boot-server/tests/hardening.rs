@@ -9,8 +9,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn count(db: &std::path::Path, sql: &str) -> i64 {
-    let out = Command::new("sqlite3").arg(db).arg(sql).output().expect("sqlite3");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(-1)
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(-1)
 }
 
 /// Item 8: another process holding the database's write lock for 10 s does
@@ -18,7 +25,10 @@ fn count(db: &std::path::Path, sql: &str) -> i64 {
 /// once the lock is gone.
 #[test]
 fn a_locked_database_does_not_stop_the_server() {
-    if !test_support::require("a_locked_database_does_not_stop_the_server", &[test_support::Need::Tool("python3")]) {
+    if !test_support::require(
+        "a_locked_database_does_not_stop_the_server",
+        &[test_support::Need::Tool("python3")],
+    ) {
         return;
     }
     let (dir, config) = Server::prepare("");
@@ -41,14 +51,25 @@ fn a_locked_database_does_not_stop_the_server() {
     let t0 = Instant::now();
     // A write waits for the lock (and fails after the busy timeout), the server lives on.
     let failed = Command::new(bin())
-        .args(["--config", s.config.to_str().unwrap(), "default-image", "lab"])
+        .args([
+            "--config",
+            s.config.to_str().unwrap(),
+            "default-image",
+            "lab",
+        ])
         .output()
         .unwrap();
     let (code, body) = curl(&[&s.url("/images/lab/vmlinuz"), "-o", "/dev/null"]);
-    assert_eq!(code, 200, "file serving stopped while the database was locked");
+    assert_eq!(
+        code, 200,
+        "file serving stopped while the database was locked"
+    );
     let _ = body;
     assert_eq!(curl(&[&s.url("/healthz")]).0, 200);
-    assert!(s.child.try_wait().unwrap().is_none(), "server exited under a locked database");
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "server exited under a locked database"
+    );
     // After the lock is released, writes work again.
     while t0.elapsed() < Duration::from_secs(11) {
         std::thread::sleep(Duration::from_millis(200));
@@ -76,7 +97,10 @@ fn unauthenticated_traffic_is_bounded() {
     }
     let db = s.path().join("state/state.db");
     let nodes = count(&db, "SELECT COUNT(*) FROM nodes");
-    assert!(nodes <= 20, "{nodes} nodes from 300 arbitrary script requests");
+    assert!(
+        nodes <= 20,
+        "{nodes} nodes from 300 arbitrary script requests"
+    );
     // Events: bounded by retention (prune runs after every ~100 events).
     for _ in 0..40 {
         s.cli(&["default-image", "lab"]);
@@ -89,7 +113,10 @@ fn unauthenticated_traffic_is_bounded() {
         if events <= 300 {
             break;
         }
-        assert!(Instant::now() < deadline, "{events} events kept with retain = 200");
+        assert!(
+            Instant::now() < deadline,
+            "{events} events kept with retain = 200"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -111,16 +138,26 @@ fn sigterm_drains_and_exits_zero() {
         if let Some(st) = s.child.try_wait().unwrap() {
             break st;
         }
-        assert!(t0.elapsed() < Duration::from_secs(15), "server did not stop after SIGTERM");
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "server did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status after SIGTERM: {status}");
     let (code, _) = dl.join().unwrap();
     assert_eq!(code, 200, "the download in flight was cut");
-    assert!(!s.path().join("state/admin.sock").exists(), "admin socket left behind");
+    assert!(
+        !s.path().join("state/admin.sock").exists(),
+        "admin socket left behind"
+    );
 }
 
 fn unsafe_kill(pid: i32) {
-    let st = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    let st = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(st.success());
 }

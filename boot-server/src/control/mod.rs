@@ -203,3 +203,6 @@ impl Control {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests;
