@@ -306,6 +306,61 @@ fn handle(exec: &Executor, outbox: &Outbox, c: Command) {
 mod tests {
     use super::*;
 
+    /// A redelivered command is re-reported, never run twice, also by a new
+    /// agent process of the same boot (the record is read back from the state dir).
+    #[test]
+    fn redelivered_command_runs_once_across_agent_restarts() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = dir.path().join("hooks");
+        fs::create_dir(&hooks).unwrap();
+        let runs = dir.path().join("runs");
+        let hook = hooks.join("start");
+        fs::write(
+            &hook,
+            format!("#!/bin/sh\necho run >> {}\nexit 0\n", runs.display()),
+        )
+        .unwrap();
+        fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+        let cmdline = dir.path().join("cmdline");
+        fs::write(&cmdline, "bootsrv.server=http://127.0.0.1:1").unwrap();
+        let cfg = Config::from_sources(
+            &[
+                "--cmdline-file".into(),
+                cmdline.display().to_string(),
+                "--hooks-dir".into(),
+                hooks.display().to_string(),
+                "--dry-run".into(),
+            ],
+            &|_| None,
+        )
+        .unwrap();
+        let record = dir.path().join("state/results.json");
+        let cmd = Command {
+            id: 41,
+            kind: boot_proto::CommandKind::StartApp { timeout_secs: 5 },
+        };
+        let runs_now = || {
+            fs::read_to_string(&runs)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        for process in 0..2 {
+            // A new process: fresh executor and app, the record from disk.
+            let app = App::new(&hooks, Arc::new(|| {}));
+            let exec = Executor::new(cfg.clone(), app, None);
+            let outbox = Outbox::open(Some(record.clone()));
+            handle(&exec, &outbox, cmd.clone());
+            handle(&exec, &outbox, cmd.clone());
+            assert_eq!(runs_now(), 1, "process {process}: the hook ran again");
+            let done = outbox.done(41).expect("command recorded as done");
+            assert_eq!(done.status, CommandStatus::Succeeded, "{done:?}");
+            // Started + final, each once: the re-report does not pile up.
+            assert_eq!(outbox.pending(), 2);
+        }
+    }
+
     #[test]
     fn hello_carries_the_protocol_version() {
         let dir = tempfile::tempdir().unwrap();
