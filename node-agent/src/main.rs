@@ -101,6 +101,12 @@ fn tool(args: &[String]) -> Option<anyhow::Result<String>> {
                 reconnect_thread: !persist,
                 ..Default::default()
             };
+            if let Some(t) = get("--wait") {
+                let secs: u64 = t
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--wait {t:?}: {e}"))?;
+                opts.connect_wait = std::time::Duration::from_secs(secs);
+            }
             if let Some(t) = get("--dead-timeout") {
                 opts.dead_conn_timeout_secs = t
                     .parse()

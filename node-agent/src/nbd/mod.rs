@@ -64,6 +64,28 @@ pub fn connect(host: &str, port: u16, export: &str) -> Result<handshake::Negotia
         .with_context(|| format!("NBD handshake with {addr} export {export:?}"))
 }
 
+/// [`connect`], retried with backoff until it works or `wait` has passed.
+pub fn connect_with_wait(
+    host: &str,
+    port: u16,
+    export: &str,
+    wait: Duration,
+) -> Result<handshake::Negotiated> {
+    let t0 = Instant::now();
+    let mut backoff = crate::client::Backoff::default();
+    loop {
+        match connect(host, port, export) {
+            Ok(n) => return Ok(n),
+            Err(e) if t0.elapsed() < wait => {
+                let d = backoff.next_delay();
+                tracing::warn!(error = %format!("{e:#}"), retry_ms = d.as_millis() as u64, "nbd connect failed; retrying");
+                std::thread::sleep(d);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Block size for the kernel: 512 unless the server's minimum is larger
 /// (power of two, at most 4096 = PAGE_SIZE).
 pub fn kernel_block_size(server: Option<(u32, u32, u32)>) -> u64 {
@@ -83,6 +105,9 @@ pub struct AttachOptions {
     pub dead_conn_timeout_secs: u64,
     /// Start a reconnector thread in this process (netlink attach only).
     pub reconnect_thread: bool,
+    /// Keep retrying the connection and handshake (with backoff) for this
+    /// long: early boot may try before the network or the server is ready.
+    pub connect_wait: Duration,
 }
 
 impl Default for AttachOptions {
@@ -90,6 +115,7 @@ impl Default for AttachOptions {
         AttachOptions {
             dead_conn_timeout_secs: 30,
             reconnect_thread: true,
+            connect_wait: Duration::ZERO,
         }
     }
 }
@@ -109,7 +135,7 @@ pub fn attach_with(
     opts: AttachOptions,
 ) -> Result<Attached> {
     let t0 = Instant::now();
-    let neg = connect(host, port, export)?;
+    let neg = connect_with_wait(host, port, export, opts.connect_wait)?;
     let handshake_ms = t0.elapsed().as_millis() as u64;
     let t1 = Instant::now();
     let bs = kernel_block_size(neg.block_size);

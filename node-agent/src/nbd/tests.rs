@@ -172,6 +172,35 @@ fn garbage_server_is_an_error_not_a_panic() {
     assert!(super::connect("127.0.0.1", port, "x").is_err());
 }
 
+/// Early boot may try before the server listens: `--wait` keeps trying.
+#[test]
+fn connect_waits_for_a_server_that_starts_late() {
+    if !test_support::require(
+        "connect_waits_for_a_server_that_starts_late",
+        &[test_support::Need::Tool("nbdkit")],
+    ) {
+        return;
+    }
+    let port = free_port();
+    assert!(super::connect("127.0.0.1", port, "").is_err());
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        Nbdkit {
+            child: Command::new("nbdkit")
+                .args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
+                .arg(port.to_string())
+                .args(["memory", "64M"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("nbdkit starts"),
+            port,
+        }
+    });
+    let neg = connect_with_wait("127.0.0.1", port, "", Duration::from_secs(20)).unwrap();
+    assert_eq!(neg.size, 64 << 20);
+    drop(late.join().unwrap());
+}
+
 #[test]
 fn fs_candidate_order() {
     let v = fs_candidates("nodev\tsysfs\n\text3\n\text2\n\text4\nnodev\tproc\n\txfs\n\tfuseblk\n");
