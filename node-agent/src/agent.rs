@@ -1,15 +1,16 @@
 //! The agent's life: hello (until accepted), a heartbeat thread, and the
 //! long-poll command loop that reports Started then Succeeded/Failed for each
-//! command. Never exits on network trouble: every failure is retried with
-//! exponential backoff.
+//! command through the [`Outbox`] (kept until acknowledged). Never exits on
+//! network trouble: every failure is retried with exponential backoff; a 401
+//! or a vanished server leads to re-reading the credentials and a new hello.
 
 use crate::app::App;
 use crate::client::{Backoff, CallError, Client};
 use crate::commands::{After, Executor};
 use crate::config::Config;
+use crate::outbox::Outbox;
 use crate::{inventory, power};
 use boot_proto::{Command, CommandResult, CommandStatus, Heartbeat, Hello, HelloReply};
-use std::collections::VecDeque;
 use std::fs;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -25,21 +26,80 @@ fn log_call_error(what: &str, e: &CallError, delay: Duration) {
     }
 }
 
-/// Sends hello until the server accepts it.
-fn hello_until_accepted(client: &Client, hello: &Mutex<Hello>) -> HelloReply {
-    let mut backoff = Backoff::default();
-    loop {
-        let body = {
-            let mut h = hello.lock().unwrap_or_else(|p| p.into_inner());
-            h.uptime_ms = Some(inventory::uptime_ms());
-            h.clone()
-        };
-        match client.hello(&body) {
-            Ok(r) => return r,
+/// The agent's standing with the server: the shared client, the hello body
+/// and the credentials' sources. Every thread that gets a 401 (or finds the
+/// server gone) calls [`Session::rehello`]; one of them re-reads the
+/// credentials and says hello again, the others wait for it.
+pub struct Session {
+    client: Client,
+    cfg: Config,
+    hello: Mutex<Hello>,
+    /// Counts accepted hellos; doubles as the lock that serialises re-hellos.
+    generation: Mutex<u64>,
+}
+
+impl Session {
+    pub fn new(cfg: Config, hello: Hello) -> Arc<Session> {
+        Arc::new(Session {
+            client: Client::new(&cfg.server, &cfg.token),
+            cfg,
+            hello: Mutex::new(hello),
+            generation: Mutex::new(0),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Number of hellos accepted so far.
+    pub fn generation(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-reads the credentials (credentials file, environment, kernel command
+    /// line) and points the client at them.
+    fn refresh_credentials(&self) {
+        match self.cfg.reload(&|k| std::env::var(k).ok()) {
+            Ok(c) => {
+                if self.client.set_target(&c.server, &c.token) {
+                    info!(server = %c.server, token = %self.client.token_fingerprint(), "credentials changed");
+                }
+            }
             Err(e) => {
-                let d = backoff.next_delay();
-                log_call_error("hello", &e, d);
-                std::thread::sleep(d);
+                warn!(error = %format!("{e:#}"), "cannot re-read credentials; keeping the current ones")
+            }
+        }
+    }
+
+    /// Says hello (re-reading the credentials before every attempt) until the
+    /// server accepts it, with backoff, forever. `seen` is the generation the
+    /// caller saw fail: when another thread has said hello since, this returns
+    /// at once with `None`.
+    pub fn rehello(&self, seen: u64) -> Option<HelloReply> {
+        let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        if *g != seen {
+            return None;
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            self.refresh_credentials();
+            let body = {
+                let mut h = self.hello.lock().unwrap_or_else(|p| p.into_inner());
+                h.uptime_ms = Some(inventory::uptime_ms());
+                h.clone()
+            };
+            match self.client.hello(&body) {
+                Ok(r) => {
+                    *g += 1;
+                    info!(node_id = %r.node_id, token = %self.client.token_fingerprint(), hellos = *g, "hello accepted");
+                    return Some(r);
+                }
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    log_call_error("hello", &e, d);
+                    std::thread::sleep(d);
+                }
             }
         }
     }
@@ -70,42 +130,32 @@ pub fn sample_heartbeat(prev: &mut Option<(u64, u64)>, app: boot_proto::AppState
     }
 }
 
-fn post_result(client: &Client, r: &CommandResult, attempts: u32) -> bool {
-    let mut backoff = Backoff::default();
-    for i in 0..attempts {
-        match client.result(r) {
-            Ok(()) => return true,
-            Err(e) if e.is_permanent() => {
-                warn!(id = r.id, error = %e, "server rejected the result; not retrying");
-                return false;
-            }
-            Err(e) => {
-                let d = backoff.next_delay();
-                log_call_error("result", &e, d);
-                if i + 1 < attempts {
-                    std::thread::sleep(d);
-                }
-            }
-        }
+/// The hello this agent sends: its protocol version, version and inventory.
+pub fn hello_body(cfg: &Config, inventory: boot_proto::Inventory) -> Hello {
+    Hello {
+        protocol_version: boot_proto::PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        inventory,
+        uptime_ms: None,
+        image: cfg.image.clone(),
     }
-    false
 }
+
+/// How long a reboot or kexec waits for its result to reach the server.
+pub const POWER_RESULT_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the agent forever.
 pub fn run(cfg: Config) -> ! {
     let started = Instant::now();
-    let client = Client::new(&cfg.server, &cfg.token);
     let inv = inventory::collect(cfg.bootif_mac.as_deref());
     let boot_mac = inv.boot_mac.clone();
-    let hello = Arc::new(Mutex::new(Hello {
-        protocol_version: boot_proto::PROTOCOL_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        inventory: inv,
-        uptime_ms: None,
-        image: cfg.image.clone(),
-    }));
-    info!(server = %cfg.server, node = ?cfg.node, inventory_ms = started.elapsed().as_millis() as u64, "agent starting");
-    let reply = hello_until_accepted(&client, &hello);
+    let session = Session::new(cfg.clone(), hello_body(&cfg, inv));
+    info!(server = %cfg.server, node = ?cfg.node, token = %session.client().token_fingerprint(), inventory_ms = started.elapsed().as_millis() as u64, "agent starting");
+    let reply = loop {
+        if let Some(r) = session.rehello(session.generation()) {
+            break r;
+        }
+    };
     info!(
         node_id = %reply.node_id,
         heartbeat_secs = reply.heartbeat_interval_secs,
@@ -113,6 +163,19 @@ pub fn run(cfg: Config) -> ! {
         since_start_ms = started.elapsed().as_millis() as u64,
         "agent ready (hello accepted)"
     );
+
+    let outbox = Outbox::open(Some(cfg.state_dir.join("results.json")));
+    {
+        let s = session.clone();
+        // The poster saw a 401 while the generation was g: re-hello once.
+        let on_401 = Arc::new(move || {
+            let g = s.generation();
+            s.rehello(g);
+        });
+        if let Err(e) = outbox.spawn_poster(session.client().clone(), on_401) {
+            warn!(error = %format!("{e:#}"), "results will not be posted");
+        }
+    }
 
     let (kick_tx, kick_rx) = mpsc::channel::<()>();
     let kick_tx = Mutex::new(kick_tx);
@@ -124,12 +187,11 @@ pub fn run(cfg: Config) -> ! {
     );
     let interval = Duration::from_secs(reply.heartbeat_interval_secs.max(1));
     {
-        let client = client.clone();
         let app = app.clone();
-        let hello = hello.clone();
+        let session = session.clone();
         let spawned = std::thread::Builder::new()
             .name("heartbeat".into())
-            .spawn(move || heartbeat_loop(client, app, hello, interval, kick_rx));
+            .spawn(move || heartbeat_loop(&session, app, interval, kick_rx));
         if let Err(e) = spawned {
             warn!(error = %e, "cannot spawn heartbeat thread");
         }
@@ -137,14 +199,20 @@ pub fn run(cfg: Config) -> ! {
 
     let exec = Executor::new(cfg.clone(), app, boot_mac);
     let mut backoff = Backoff::default();
-    let mut done: VecDeque<CommandResult> = VecDeque::new();
     loop {
-        match client.commands(cfg.poll_wait_secs) {
+        let g = session.generation();
+        match session.client().commands(cfg.poll_wait_secs) {
             Ok(cmds) => {
                 backoff.reset();
                 for c in cmds {
-                    handle(&client, &exec, &mut done, c);
+                    handle(&exec, &outbox, c);
                 }
+            }
+            Err(e @ (CallError::Unauthorized(_) | CallError::Transport(_))) => {
+                // Token rejected, or the server went away (restart, network):
+                // re-read the credentials and introduce ourselves again.
+                log_call_error("command poll", &e, Duration::ZERO);
+                session.rehello(g);
             }
             Err(e) => {
                 let d = backoff.next_delay();
@@ -155,13 +223,7 @@ pub fn run(cfg: Config) -> ! {
     }
 }
 
-fn heartbeat_loop(
-    client: Client,
-    app: App,
-    hello: Arc<Mutex<Hello>>,
-    interval: Duration,
-    kick: mpsc::Receiver<()>,
-) {
+fn heartbeat_loop(session: &Session, app: App, interval: Duration, kick: mpsc::Receiver<()>) {
     let mut prev = None;
     // Prime the CPU sample so the first heartbeat has a real delta.
     let _ = sample_heartbeat(&mut prev, app.state());
@@ -170,34 +232,36 @@ fn heartbeat_loop(
         let _ = kick.recv_timeout(interval);
         while kick.try_recv().is_ok() {}
         let hb = sample_heartbeat(&mut prev, app.state());
-        match client.heartbeat(&hb) {
+        let g = session.generation();
+        match session.client().heartbeat(&hb) {
             Ok(()) => {}
             Err(CallError::Status { status: 404, .. }) => {
                 warn!("server does not know this node any more: saying hello again");
-                let body = hello.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Err(e) = client.hello(&body) {
-                    warn!(error = %e, "re-hello failed");
-                }
+                session.rehello(g);
+            }
+            Err(e @ CallError::Unauthorized(_)) => {
+                warn!(error = %e, "heartbeat: token rejected; renewing credentials");
+                session.rehello(g);
             }
             Err(e) => warn!(error = %e, "heartbeat failed"),
         }
     }
 }
 
-fn handle(client: &Client, exec: &Executor, done: &mut VecDeque<CommandResult>, c: Command) {
-    if let Some(prev) = done.iter().find(|r| r.id == c.id) {
-        // Redelivered (our result was lost): report again, do not run twice.
+fn handle(exec: &Executor, outbox: &Outbox, c: Command) {
+    if let Some(prev) = outbox.done(c.id) {
+        // Redelivered (our result was lost, or we restarted): report again,
+        // do not run twice.
         info!(id = c.id, "command already done; re-reporting result");
-        post_result(client, &prev.clone(), 5);
+        outbox.repost(prev);
         return;
     }
     info!(id = c.id, kind = ?c.kind, "command started");
-    let started = CommandResult {
+    outbox.push(CommandResult {
         id: c.id,
         status: CommandStatus::Started,
         detail: String::new(),
-    };
-    post_result(client, &started, 2);
+    });
     let t = Instant::now();
     let out = exec.execute(&c.kind);
     let ms = t.elapsed().as_millis();
@@ -215,12 +279,18 @@ fn handle(client: &Client, exec: &Executor, done: &mut VecDeque<CommandResult>, 
     } else {
         warn!(id = c.id, detail = %result.detail, "command failed");
     }
-    // Before a reboot the report is best effort: do not hold the node hostage.
-    let attempts = if out.after == After::Nothing { 20 } else { 3 };
-    post_result(client, &result, attempts);
-    done.push_back(result);
-    if done.len() > 64 {
-        done.pop_front();
+    outbox.finish(result);
+    if out.after == After::Nothing {
+        return;
+    }
+    // Before a power transition give the result a bounded time to reach the
+    // server; if it does not, the next boot's hello tells the server anyway.
+    if !outbox.wait_idle(POWER_RESULT_WAIT) {
+        warn!(
+            id = c.id,
+            wait_ms = POWER_RESULT_WAIT.as_millis() as u64,
+            "result not acknowledged before the power transition"
+        );
     }
     let r = match out.after {
         After::Nothing => Ok(()),
@@ -229,5 +299,85 @@ fn handle(client: &Client, exec: &Executor, done: &mut VecDeque<CommandResult>, 
     };
     if let Err(e) = r {
         warn!(error = %format!("{e:#}"), "power transition failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A redelivered command is re-reported, never run twice, also by a new
+    /// agent process of the same boot (the record is read back from the state dir).
+    #[test]
+    fn redelivered_command_runs_once_across_agent_restarts() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = dir.path().join("hooks");
+        fs::create_dir(&hooks).unwrap();
+        let runs = dir.path().join("runs");
+        let hook = hooks.join("start");
+        fs::write(
+            &hook,
+            format!("#!/bin/sh\necho run >> {}\nexit 0\n", runs.display()),
+        )
+        .unwrap();
+        fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+        let cmdline = dir.path().join("cmdline");
+        fs::write(&cmdline, "bootsrv.server=http://127.0.0.1:1").unwrap();
+        let cfg = Config::from_sources(
+            &[
+                "--cmdline-file".into(),
+                cmdline.display().to_string(),
+                "--hooks-dir".into(),
+                hooks.display().to_string(),
+                "--dry-run".into(),
+            ],
+            &|_| None,
+        )
+        .unwrap();
+        let record = dir.path().join("state/results.json");
+        let cmd = Command {
+            id: 41,
+            kind: boot_proto::CommandKind::StartApp { timeout_secs: 5 },
+        };
+        let runs_now = || {
+            fs::read_to_string(&runs)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        for process in 0..2 {
+            // A new process: fresh executor and app, the record from disk.
+            let app = App::new(&hooks, Arc::new(|| {}));
+            let exec = Executor::new(cfg.clone(), app, None);
+            let outbox = Outbox::open(Some(record.clone()));
+            handle(&exec, &outbox, cmd.clone());
+            handle(&exec, &outbox, cmd.clone());
+            assert_eq!(runs_now(), 1, "process {process}: the hook ran again");
+            let done = outbox.done(41).expect("command recorded as done");
+            assert_eq!(done.status, CommandStatus::Succeeded, "{done:?}");
+            // Started + final, each once: the re-report does not pile up.
+            assert_eq!(outbox.pending(), 2);
+        }
+    }
+
+    #[test]
+    fn hello_carries_the_protocol_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmdline = dir.path().join("cmdline");
+        fs::write(
+            &cmdline,
+            "bootsrv.server=http://127.0.0.1:1 bootsrv.image=lab",
+        )
+        .unwrap();
+        let cfg = Config::from_sources(
+            &["--cmdline-file".into(), cmdline.display().to_string()],
+            &|_| None,
+        )
+        .unwrap();
+        let h = hello_body(&cfg, inventory::collect(None));
+        let v = serde_json::to_value(&h).unwrap();
+        assert_eq!(v["protocol_version"], boot_proto::PROTOCOL_VERSION);
+        assert_eq!(v["image"], "lab");
     }
 }

@@ -4,6 +4,7 @@
 use boot_proto::{Command, CommandResult, Heartbeat, Hello, HelloReply, AGENT_TOKEN_HEADER};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -76,24 +77,76 @@ impl Backoff {
     }
 }
 
-/// Blocking client bound to one server and token.
-#[derive(Debug, Clone)]
-pub struct Client {
+/// Where the agent talks to and as whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
     base: String,
     token: String,
+}
+
+/// Blocking client bound to one server and token. Clones share the target, so
+/// [`Client::set_target`] (after re-reading credentials) switches every thread.
+#[derive(Debug, Clone)]
+pub struct Client {
+    target: Arc<RwLock<Target>>,
+}
+
+/// Short, non-reversible fingerprint of a token for logs (never log the token).
+pub fn fingerprint(token: &str) -> String {
+    // FNV-1a 64: enough to tell two tokens apart in a log line.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in token.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:08x}", h >> 32)
 }
 
 impl Client {
     pub fn new(base: &str, token: &str) -> Client {
         Client {
-            base: base.trim_end_matches('/').to_string(),
-            token: token.to_string(),
+            target: Arc::new(RwLock::new(Target {
+                base: base.trim_end_matches('/').to_string(),
+                token: token.to_string(),
+            })),
         }
     }
 
+    fn target(&self) -> Target {
+        self.target
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Base URL currently in use.
+    pub fn base(&self) -> String {
+        self.target().base
+    }
+
+    /// Fingerprint of the token currently in use.
+    pub fn token_fingerprint(&self) -> String {
+        fingerprint(&self.target().token)
+    }
+
+    /// Switches every clone to a new server and token; returns whether anything changed.
+    pub fn set_target(&self, base: &str, token: &str) -> bool {
+        let new = Target {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        };
+        let mut t = self.target.write().unwrap_or_else(|p| p.into_inner());
+        if *t == new {
+            return false;
+        }
+        *t = new;
+        true
+    }
+
     fn send(&self, req: minreq::Request) -> Result<minreq::Response, CallError> {
+        let token = self.target().token;
         let resp = req
-            .with_header(AGENT_TOKEN_HEADER, &self.token)
+            .with_header(AGENT_TOKEN_HEADER, &token)
             .send()
             .map_err(|e| CallError::Transport(e.to_string()))?;
         match resp.status_code {
@@ -112,7 +165,7 @@ impl Client {
         body: &B,
         timeout: u64,
     ) -> Result<minreq::Response, CallError> {
-        let req = minreq::post(format!("{}{path}", self.base))
+        let req = minreq::post(format!("{}{path}", self.base()))
             .with_timeout(timeout)
             .with_json(body)
             .map_err(|e| CallError::Body(e.to_string()))?;
@@ -138,8 +191,11 @@ impl Client {
 
     /// Long poll; the HTTP timeout is the wait plus a margin.
     pub fn commands(&self, wait_secs: u64) -> Result<Vec<Command>, CallError> {
-        let req = minreq::get(format!("{}/api/agent/commands?wait={wait_secs}", self.base))
-            .with_timeout(wait_secs + 10);
+        let req = minreq::get(format!(
+            "{}/api/agent/commands?wait={wait_secs}",
+            self.base()
+        ))
+        .with_timeout(wait_secs + 10);
         let r = self.send(req)?;
         Self::json(&r)
     }
@@ -174,6 +230,18 @@ mod tests {
         assert!(!st(500).is_permanent());
         assert!(!CallError::Unauthorized(401).is_permanent());
         assert!(!CallError::Transport("refused".into()).is_permanent());
+    }
+
+    #[test]
+    fn clones_share_the_target_and_fingerprints_hide_tokens() {
+        let a = Client::new("http://x:1/", "t1");
+        let b = a.clone();
+        assert!(b.set_target("http://y:2", "t2"));
+        assert!(!a.set_target("http://y:2/", "t2"));
+        assert_eq!(a.base(), "http://y:2");
+        assert_eq!(a.token_fingerprint(), fingerprint("t2"));
+        assert_ne!(fingerprint("t1"), fingerprint("t2"));
+        assert!(!fingerprint("secret-token").contains("secret"));
     }
 
     #[test]

@@ -1,5 +1,14 @@
 //! Agent configuration: the `bootsrv.*` keys of the kernel command line,
-//! overridden by environment variables and then by command-line flags.
+//! overridden by environment variables, then by command-line flags, then by
+//! the credentials file.
+//!
+//! **Credentials file** (default `/run/node-agent/credentials`, flag
+//! `--credentials-file`): optional, same `key=value` syntax and `bootsrv.*`
+//! keys as the kernel command line (`bootsrv.server`, `bootsrv.token`,
+//! `bootsrv.node`). It is the one source that can change while the agent runs
+//! (an operator or a provisioning hook writes a fresh token there), so it wins
+//! over everything else. The agent re-reads every source with
+//! [`Config::reload`] whenever the server answers 401.
 
 use anyhow::{bail, Context, Result};
 use boot_proto::cmdline;
@@ -24,6 +33,13 @@ pub struct Config {
     pub dry_run: bool,
     /// Long-poll wait the agent asks the server for, in seconds.
     pub poll_wait_secs: u64,
+    /// Per-boot agent state (done command ids, unacknowledged results):
+    /// `/run/node-agent` by default, a tmpfs that lives exactly one boot.
+    pub state_dir: PathBuf,
+    /// Optional credentials file (see the module doc).
+    pub credentials_file: PathBuf,
+    /// The arguments this configuration came from, for [`Config::reload`].
+    pub args: Vec<String>,
 }
 
 /// Key/value pairs of a kernel command line (`key=value` or bare `key`).
@@ -82,7 +98,7 @@ pub fn parse_bootif(v: &str) -> Option<String> {
 
 const USAGE: &str = "usage: node-agent [--server URL] [--token T] [--node ID] [--image NAME] \
 [--cmdline-file PATH] [--efivars-dir DIR] [--hooks-dir DIR] [--http-boot-url URL] \
-[--poll-wait SECS] [--dry-run]\n\
+[--poll-wait SECS] [--state-dir DIR] [--credentials-file PATH] [--dry-run]\n\
 env: BOOTSRV_SERVER BOOTSRV_TOKEN BOOTSRV_NODE BOOTSRV_IMAGE NODE_AGENT_DRY_RUN=1 NODE_AGENT_LOG=debug";
 
 impl Config {
@@ -100,7 +116,8 @@ impl Config {
                 "-h" | "--help" => bail!("{USAGE}"),
                 "--dry-run" => flags.push((name, None)),
                 "--server" | "--token" | "--node" | "--image" | "--cmdline-file"
-                | "--efivars-dir" | "--hooks-dir" | "--http-boot-url" | "--poll-wait" => {
+                | "--efivars-dir" | "--hooks-dir" | "--http-boot-url" | "--poll-wait"
+                | "--state-dir" | "--credentials-file" => {
                     let v = match inline {
                         Some(v) => v,
                         None => it
@@ -123,8 +140,25 @@ impl Config {
         let cmdline_path = flag("--cmdline-file").unwrap_or_else(|| "/proc/cmdline".into());
         let text = std::fs::read_to_string(&cmdline_path).unwrap_or_default();
         let kv = parse_cmdline(&text);
+        let state_dir: PathBuf = flag("--state-dir")
+            .unwrap_or_else(|| "/run/node-agent".into())
+            .into();
+        let credentials_file: PathBuf = flag("--credentials-file")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| state_dir.join("credentials"));
+        let creds = match std::fs::read_to_string(&credentials_file) {
+            Ok(t) => parse_cmdline(&t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::warn!(file = %credentials_file.display(), error = %e, "cannot read credentials file; ignoring it");
+                Vec::new()
+            }
+        };
         let pick = |flag_name: &str, env_name: &str, key: &str| -> Option<String> {
-            flag(flag_name)
+            lookup(&creds, key)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .or_else(|| flag(flag_name))
                 .or_else(|| env(env_name))
                 .or_else(|| lookup(&kv, key).map(str::to_string))
                 .filter(|s| !s.is_empty())
@@ -148,18 +182,27 @@ impl Config {
             node: pick("--node", "BOOTSRV_NODE", cmdline::NODE),
             token: pick("--token", "BOOTSRV_TOKEN", cmdline::TOKEN).unwrap_or_default(),
             image: pick("--image", "BOOTSRV_IMAGE", cmdline::IMAGE),
-            bootif_mac: lookup(&kv, "BOOTIF").and_then(parse_bootif),
+            bootif_mac: lookup(&kv, cmdline::BOOTIF).and_then(parse_bootif),
             efivars_dir: flag("--efivars-dir")
                 .unwrap_or_else(|| "/sys/firmware/efi/efivars".into())
                 .into(),
             hooks_dir: flag("--hooks-dir")
                 .unwrap_or_else(|| "/etc/node-agent/hooks".into())
                 .into(),
-            http_boot_url: pick("--http-boot-url", "BOOTSRV_HTTPBOOT", "bootsrv.httpboot"),
+            http_boot_url: pick("--http-boot-url", "BOOTSRV_HTTPBOOT", cmdline::HTTPBOOT),
             dry_run: flags.iter().any(|(k, _)| k == "--dry-run")
                 || env("NODE_AGENT_DRY_RUN").is_some_and(|v| v == "1"),
             poll_wait_secs,
+            state_dir,
+            credentials_file,
+            args: args.to_vec(),
         })
+    }
+
+    /// Re-reads every source (credentials file, environment, kernel command
+    /// line) with the arguments this configuration was built from.
+    pub fn reload(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        Config::from_sources(&self.args, env)
     }
 }
 
@@ -225,6 +268,27 @@ mod tests {
         assert!(c.dry_run);
 
         assert!(Config::from_sources(&["--bogus".into()], &none).is_err());
+
+        // The credentials file beats flags, environment and command line, and
+        // reload() picks up a file written after start.
+        let creds = dir.path().join("creds");
+        let mut args3 = args2.clone();
+        args3.extend(["--credentials-file".into(), creds.display().to_string()]);
+        let c = Config::from_sources(&args3, &env).unwrap();
+        assert_eq!(c.token, "T3");
+        std::fs::write(
+            &creds,
+            format!(
+                "{}=T4 {}=http://10.9.9.9:80\n",
+                cmdline::TOKEN,
+                cmdline::SERVER
+            ),
+        )
+        .unwrap();
+        let c = c.reload(&env).unwrap();
+        assert_eq!(c.token, "T4");
+        assert_eq!(c.server, "http://10.9.9.9:80");
+        assert_eq!(c.node.as_deref(), Some("n7"));
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "quiet").unwrap();
         let e = Config::from_sources(

@@ -237,8 +237,12 @@ tmpfs /run tmpfs rw,nosuid 0 0
     #[test]
     fn freeze_and_thaw_a_real_ext4() {
         use std::process::Command;
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skip: needs root for losetup/mount");
+        use test_support::Need;
+        const T: &str = "freeze_and_thaw_a_real_ext4";
+        if !test_support::require(
+            T,
+            &[Need::Root, Need::Tool("mkfs.ext4"), Need::Tool("losetup")],
+        ) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -248,10 +252,10 @@ tmpfs /run tmpfs rw,nosuid 0 0
             .set_len(32 << 20)
             .unwrap();
         let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
-        if !ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img)) {
-            eprintln!("skip: mkfs.ext4 unavailable");
-            return;
-        }
+        assert!(
+            ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img)),
+            "mkfs.ext4 failed"
+        );
         let out = Command::new("losetup")
             .args(["-f", "--show"])
             .arg(&img)
@@ -259,7 +263,7 @@ tmpfs /run tmpfs rw,nosuid 0 0
         let dev = match out {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
             _ => {
-                eprintln!("skip: no free loop device");
+                test_support::skip(T, "no free loop device (losetup -f failed)");
                 return;
             }
         };

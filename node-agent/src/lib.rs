@@ -10,4 +10,5 @@ pub mod config;
 pub mod freeze;
 pub mod inventory;
 pub mod nbd;
+pub mod outbox;
 pub mod power;

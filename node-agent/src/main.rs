@@ -36,6 +36,52 @@ fn pid1_supervise() {
     }
 }
 
+/// `attach-disk --persist`: hands the attached device to a background
+/// keeper process that reconnects it whenever the link dies, for as long as
+/// the device exists. Everything the keeper needs is opened before the fork,
+/// so it survives the initramfs's `switch_root` (its binary and files stay in
+/// the old rootfs's memory, never on the disk it keeps alive). The caller
+/// (this process) returns once the keeper exists.
+fn keep_disk(
+    a: &node_agent::nbd::Attached,
+    host: String,
+    port: u16,
+    export: String,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use nix::unistd::{fork, setsid, ForkResult};
+    if a.via != "netlink" {
+        // The ioctl path has no reconnect; its NBD_DO_IT thread must stay.
+        println!("{a}");
+        eprintln!(
+            "node-agent: {a}: attached through ioctls, no reconnect; staying in the foreground"
+        );
+        let w = node_agent::nbd::DeviceWatch::open(a.index)?;
+        while w.connected() {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        anyhow::bail!("nbd{} disconnected", a.index);
+    }
+    let r = node_agent::nbd::Reconnector::prepare(a.index, host, port, export)
+        .context("prepare the reconnector")?;
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: no thread was started in this process (netlink attach, no
+    // reconnector thread); the child only runs the reconnector loop.
+    match unsafe { fork() }.context("fork the disk keeper")? {
+        ForkResult::Parent { child } => {
+            eprintln!("node-agent: nbd{} kept connected by pid {child}", a.index);
+            Ok(())
+        }
+        ForkResult::Child => {
+            let _ = setsid();
+            tracing::info!(index = a.index, "disk keeper running");
+            r.run();
+            std::process::exit(0);
+        }
+    }
+}
+
 /// One-shot tools for operators and the QEMU smoke test: the same code paths
 /// the commands use, run directly.
 fn tool(args: &[String]) -> Option<anyhow::Result<String>> {
@@ -50,17 +96,31 @@ fn tool(args: &[String]) -> Option<anyhow::Result<String>> {
             let host = get("--host").unwrap_or_else(|| "127.0.0.1".into());
             let port = get("--port").unwrap_or_else(|| "10809".into()).parse()?;
             let export = get("--export").unwrap_or_default();
-            let a = node_agent::nbd::attach(&host, port, &export, get("--mount").as_deref())?;
-            if args.iter().any(|a| a == "--persist") {
-                // Stay in the foreground so the reconnector keeps the link up.
-                println!("{a}");
-                while std::path::Path::new(&format!("/sys/block/nbd{}/size", a.index)).exists()
-                    && std::fs::read_to_string(format!("/sys/block/nbd{}/size", a.index))
-                        .is_ok_and(|s| s.trim() != "0")
-                {
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                }
-                return Ok(format!("nbd{} disconnected", a.index));
+            let persist = args.iter().any(|a| a == "--persist");
+            let mut opts = node_agent::nbd::AttachOptions {
+                reconnect_thread: !persist,
+                ..Default::default()
+            };
+            if let Some(t) = get("--wait") {
+                let secs: u64 = t
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--wait {t:?}: {e}"))?;
+                opts.connect_wait = std::time::Duration::from_secs(secs);
+            }
+            if let Some(t) = get("--dead-timeout") {
+                opts.dead_conn_timeout_secs = t
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--dead-timeout {t:?}: {e}"))?;
+            }
+            let a = node_agent::nbd::attach_with(
+                &host,
+                port,
+                &export,
+                get("--mount").as_deref(),
+                opts,
+            )?;
+            if persist {
+                keep_disk(&a, host, port, export)?;
             }
             Ok(a.to_string())
         })(),

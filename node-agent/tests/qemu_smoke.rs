@@ -1,20 +1,20 @@
 //! Runs tests/qemu-smoke.sh (real kernel NBD over netlink + reconnect, mount,
-//! kexec, OVMF efivarfs/BootNext) when NODE_AGENT_QEMU_SMOKE points at a
-//! static release build of the agent. About 2 minutes under TCG.
+//! kexec, OVMF efivarfs/BootNext) in QEMU guests. It boots VMs and builds the
+//! static agent (minutes), so it is `#[ignore]`d in `cargo test` and reported
+//! as ignored, never as passed; run it with
+//! `node-agent/tests/qemu-smoke.sh` (the one command; `qemu-tests/test-all.sh`
+//! can call it) or `cargo test --release -p node-agent --test qemu_smoke -- --ignored`.
+//! `NODE_AGENT_QEMU_SMOKE=/path/to/static/node-agent` skips the build.
 
 #[test]
+#[ignore = "boots QEMU guests for minutes: node-agent/tests/qemu-smoke.sh"]
 fn qemu_smoke() {
-    let Ok(bin) = std::env::var("NODE_AGENT_QEMU_SMOKE") else {
-        eprintln!(
-            "skip: set NODE_AGENT_QEMU_SMOKE=/path/to/static/node-agent to boot the QEMU smoke test"
-        );
-        return;
-    };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/qemu-smoke.sh");
-    let st = std::process::Command::new("bash")
-        .arg(script)
-        .arg(bin)
-        .status()
-        .expect("run qemu-smoke.sh");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(script);
+    if let Ok(bin) = std::env::var("NODE_AGENT_QEMU_SMOKE") {
+        cmd.arg(bin);
+    }
+    let st = cmd.status().expect("run qemu-smoke.sh");
     assert!(st.success(), "qemu smoke failed: {st}");
 }

@@ -64,6 +64,28 @@ pub fn connect(host: &str, port: u16, export: &str) -> Result<handshake::Negotia
         .with_context(|| format!("NBD handshake with {addr} export {export:?}"))
 }
 
+/// [`connect`], retried with backoff until it works or `wait` has passed.
+pub fn connect_with_wait(
+    host: &str,
+    port: u16,
+    export: &str,
+    wait: Duration,
+) -> Result<handshake::Negotiated> {
+    let t0 = Instant::now();
+    let mut backoff = crate::client::Backoff::default();
+    loop {
+        match connect(host, port, export) {
+            Ok(n) => return Ok(n),
+            Err(e) if t0.elapsed() < wait => {
+                let d = backoff.next_delay();
+                tracing::warn!(error = %format!("{e:#}"), retry_ms = d.as_millis() as u64, "nbd connect failed; retrying");
+                std::thread::sleep(d);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Block size for the kernel: 512 unless the server's minimum is larger
 /// (power of two, at most 4096 = PAGE_SIZE).
 pub fn kernel_block_size(server: Option<(u32, u32, u32)>) -> u64 {
@@ -75,10 +97,45 @@ pub fn kernel_block_size(server: Option<(u32, u32, u32)>) -> u64 {
     }
 }
 
-/// Full attach: handshake, kernel hand-off, optional mount.
+/// How [`attach_with`] sets up the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// How long the kernel holds requests on a dead link for a RECONFIGURE
+    /// before failing them with EIO.
+    pub dead_conn_timeout_secs: u64,
+    /// Start a reconnector thread in this process (netlink attach only).
+    pub reconnect_thread: bool,
+    /// Keep retrying the connection and handshake (with backoff) for this
+    /// long: early boot may try before the network or the server is ready.
+    pub connect_wait: Duration,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            dead_conn_timeout_secs: 30,
+            reconnect_thread: true,
+            connect_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// Full attach with the default options: handshake, kernel hand-off, a
+/// reconnector thread, optional mount.
 pub fn attach(host: &str, port: u16, export: &str, mount: Option<&str>) -> Result<Attached> {
+    attach_with(host, port, export, mount, AttachOptions::default())
+}
+
+/// Full attach: handshake, kernel hand-off, optional reconnector, optional mount.
+pub fn attach_with(
+    host: &str,
+    port: u16,
+    export: &str,
+    mount: Option<&str>,
+    opts: AttachOptions,
+) -> Result<Attached> {
     let t0 = Instant::now();
-    let neg = connect(host, port, export)?;
+    let neg = connect_with_wait(host, port, export, opts.connect_wait)?;
     let handshake_ms = t0.elapsed().as_millis() as u64;
     let t1 = Instant::now();
     let bs = kernel_block_size(neg.block_size);
@@ -89,7 +146,7 @@ pub fn attach(host: &str, port: u16, export: &str, mount: Option<&str>) -> Resul
         server_flags: u64::from(neg.flags),
         timeout_secs: 30,
         // Requests wait this long for the reconnector's RECONFIGURE.
-        dead_conn_timeout_secs: 30,
+        dead_conn_timeout_secs: opts.dead_conn_timeout_secs,
         client_flags: 0,
     };
     let (index, via) = match netlink::connect(&params, neg.stream.as_raw_fd()) {
@@ -105,8 +162,10 @@ pub fn attach(host: &str, port: u16, export: &str, mount: Option<&str>) -> Resul
     };
     let device = ensure_dev_node(index)?;
     wait_for_size(index, Duration::from_secs(5))?;
-    if via == "netlink" {
-        if let Err(e) = spawn_reconnector(index, host.to_string(), port, export.to_string()) {
+    if via == "netlink" && opts.reconnect_thread {
+        let r = Reconnector::prepare(index, host.to_string(), port, export.to_string())
+            .and_then(Reconnector::spawn);
+        if let Err(e) = r {
             tracing::warn!(error = %format!("{e:#}"), "no automatic NBD reconnect");
         }
     }
@@ -129,33 +188,94 @@ pub fn attach(host: &str, port: u16, export: &str, mount: Option<&str>) -> Resul
     })
 }
 
-/// Keeps netlink-attached device `index` connected: on the kernel's
-/// LINK_DEAD notification it redoes the handshake (with backoff) and hands
-/// the new socket over with NBD_CMD_RECONFIGURE. The thread ends when the
-/// device is disconnected (size back to 0).
-pub fn spawn_reconnector(
+/// Whether device `index` is still configured, read through a file handle
+/// opened once: it keeps working after the process's view of `/sys` goes away
+/// (an initramfs process that outlives `switch_root`).
+pub struct DeviceWatch {
     index: u32,
+    size: fs::File,
+}
+
+impl DeviceWatch {
+    pub fn open(index: u32) -> Result<DeviceWatch> {
+        let p = format!("/sys/block/nbd{index}/size");
+        let size = fs::File::open(&p).with_context(|| format!("open {p}"))?;
+        Ok(DeviceWatch { index, size })
+    }
+
+    /// Size in 512-byte sectors now (0: disconnected).
+    pub fn sectors(&self) -> u64 {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 32];
+        match self.size.read_at(&mut buf, 0) {
+            Ok(n) => std::str::from_utf8(&buf[..n])
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    pub fn connected(&self) -> bool {
+        self.sectors() > 0
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+/// Keeps netlink-attached device `index` connected: on the kernel's
+/// LINK_DEAD notification it redoes the handshake (with backoff, for as long
+/// as the device exists) and hands the new socket over with
+/// NBD_CMD_RECONFIGURE. Everything it needs from the file system (the event
+/// socket, the device's size attribute) is opened by [`Reconnector::prepare`],
+/// so [`Reconnector::run`] keeps working in a process that outlives
+/// `switch_root` (the initramfs's keeper of a root disk).
+pub struct Reconnector {
+    genl: netlink::Genl,
+    watch: DeviceWatch,
     host: String,
     port: u16,
     export: String,
-) -> Result<std::thread::JoinHandle<()>> {
-    let mut g = netlink::Genl::open()?;
-    let (_, groups) = g.family("nbd")?;
-    let grp = groups
-        .iter()
-        .find(|(n, _)| n == netlink::NBD_MCAST_GROUP)
-        .map(|(_, i)| *i)
-        .context("nbd family has no nbd_mc_group")?;
-    g.join_group(grp)?;
-    std::thread::Builder::new()
-        .name(format!("nbd{index}-reconnect"))
-        .spawn(move || loop {
-            let size = fs::read_to_string(format!("/sys/block/nbd{index}/size")).unwrap_or_default();
-            if size.trim() == "0" || size.is_empty() {
+}
+
+impl Reconnector {
+    pub fn prepare(index: u32, host: String, port: u16, export: String) -> Result<Reconnector> {
+        let mut genl = netlink::Genl::open()?;
+        let (_, groups) = genl.family("nbd")?;
+        let grp = groups
+            .iter()
+            .find(|(n, _)| n == netlink::NBD_MCAST_GROUP)
+            .map(|(_, i)| *i)
+            .context("nbd family has no nbd_mc_group")?;
+        genl.join_group(grp)?;
+        Ok(Reconnector {
+            genl,
+            watch: DeviceWatch::open(index)?,
+            host,
+            port,
+            export,
+        })
+    }
+
+    /// Runs [`Reconnector::run`] on its own thread.
+    pub fn spawn(self) -> Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("nbd{}-reconnect", self.watch.index()))
+            .spawn(move || self.run())
+            .context("spawn nbd reconnector")
+    }
+
+    /// Returns when the device is disconnected (size 0).
+    pub fn run(self) {
+        let index = self.watch.index();
+        loop {
+            if !self.watch.connected() {
                 tracing::info!(index, "nbd device disconnected; reconnector exits");
                 return;
             }
-            let events = match g.recv_events(Duration::from_secs(1)) {
+            let events = match self.genl.recv_events(Duration::from_secs(1)) {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "nbd event socket failed");
@@ -171,34 +291,40 @@ pub fn spawn_reconnector(
                             && u32::from_ne_bytes([p[0], p[1], p[2], p[3]]) == index
                     })
             });
-            if !dead {
-                continue;
+            if dead {
+                self.reconnect();
             }
-            tracing::warn!(index, "nbd link dead; reconnecting");
-            let mut backoff = crate::client::Backoff::default();
-            let t0 = Instant::now();
-            loop {
-                let r = connect(&host, port, &export)
-                    .and_then(|n| netlink::reconfigure(index, n.stream.as_raw_fd()));
-                match r {
-                    Ok(()) => {
-                        tracing::info!(index, ms = t0.elapsed().as_millis() as u64, "nbd reconnected");
-                        break;
+        }
+    }
+
+    fn reconnect(&self) {
+        let index = self.watch.index();
+        tracing::warn!(index, "nbd link dead; reconnecting");
+        let mut backoff = crate::client::Backoff::default();
+        let t0 = Instant::now();
+        loop {
+            let r = connect(&self.host, self.port, &self.export)
+                .and_then(|n| netlink::reconfigure(index, n.stream.as_raw_fd()));
+            match r {
+                Ok(()) => {
+                    tracing::info!(
+                        index,
+                        ms = t0.elapsed().as_millis() as u64,
+                        "nbd reconnected"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    if !self.watch.connected() {
+                        return;
                     }
-                    Err(e) => {
-                        let s = fs::read_to_string(format!("/sys/block/nbd{index}/size"))
-                            .unwrap_or_default();
-                        if s.trim() == "0" || s.is_empty() {
-                            return;
-                        }
-                        let d = backoff.next_delay();
-                        tracing::warn!(index, error = %format!("{e:#}"), retry_ms = d.as_millis() as u64, "nbd reconnect failed");
-                        std::thread::sleep(d);
-                    }
+                    let d = backoff.next_delay();
+                    tracing::warn!(index, error = %format!("{e:#}"), retry_ms = d.as_millis() as u64, "nbd reconnect failed");
+                    std::thread::sleep(d);
                 }
             }
-        })
-        .context("spawn nbd reconnector")
+        }
+    }
 }
 
 /// `/dev/nbdN`, created from `/sys/block/nbdN/dev` if devtmpfs lacks it.
