@@ -17,6 +17,16 @@ pub struct DhcpBackend {
 
 #[async_trait]
 impl boot_dhcp::BootAdvisor for DhcpBackend {
+    async fn client_config(&self, facts: &boot_dhcp::ClientFacts) -> boot_dhcp::ClientConfig {
+        // TODO(lead): per-client fixed address / hostname / options from the plan.
+        boot_dhcp::ClientConfig {
+            boot: self.boot_answer(facts).await,
+            ..Default::default()
+        }
+    }
+}
+
+impl DhcpBackend {
     async fn boot_answer(&self, facts: &boot_dhcp::ClientFacts) -> Option<boot_dhcp::BootAnswer> {
         let plan_facts = DhcpFacts {
             mac: format_mac(facts.mac),
@@ -77,6 +87,31 @@ impl boot_dhcp::LeaseStore for DhcpBackend {
 
     async fn remove(&self, mac: [u8; 6], ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
         self.store.remove_lease(&format_mac(mac), ip).await
+    }
+
+    async fn expire(
+        &self,
+        mac: [u8; 6],
+        ip: std::net::Ipv4Addr,
+        expires_at: SystemTime,
+    ) -> anyhow::Result<bool> {
+        // TODO(lead): one conditional store operation ("delete where mac, ip
+        // and expires_at_ms <= ?"); this read-then-delete is not atomic.
+        let mac_s = format_mac(mac);
+        let stored = self
+            .store
+            .leases()
+            .await?
+            .into_iter()
+            .find(|l| l.mac == mac_s && l.ip == ip);
+        match stored {
+            Some(l) if l.expires_at_ms > to_ms(expires_at) => Ok(false),
+            Some(_) => {
+                self.store.remove_lease(&mac_s, ip).await?;
+                Ok(true)
+            }
+            None => Ok(true),
+        }
     }
 }
 

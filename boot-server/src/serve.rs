@@ -174,12 +174,16 @@ pub fn admin_token(config: &Config) -> Result<String> {
 fn dhcp_config(config: &Config) -> Result<boot_dhcp::DhcpConfig> {
     let server_ip = config.server_ip.context("DHCP needs server_ip")?;
     let mut subnets = Vec::new();
+    let mut reservations = Vec::new();
     for s in &config.dhcp.subnets {
         let (network, prefix_len) = parse_cidr(&s.network)?;
-        let mut reservations = Vec::new();
         for r in &s.reservations {
             let mac = parse_mac(&r.mac).with_context(|| format!("reservation MAC {}", r.mac))?;
-            reservations.push((mac, r.ip));
+            reservations.push(boot_dhcp::Reservation {
+                mac,
+                ip: r.ip,
+                hostname: None,
+            });
         }
         subnets.push(boot_dhcp::SubnetConfig {
             network,
@@ -189,7 +193,6 @@ fn dhcp_config(config: &Config) -> Result<boot_dhcp::DhcpConfig> {
             dns: s.dns.clone(),
             domain: s.domain.clone(),
             lease_time: Duration::from_secs(s.lease_secs),
-            reservations,
         });
     }
     Ok(boot_dhcp::DhcpConfig {
@@ -202,6 +205,7 @@ fn dhcp_config(config: &Config) -> Result<boot_dhcp::DhcpConfig> {
         subnets,
         listen_port: config.dhcp.port,
         proxy_port: config.dhcp.proxy_port,
+        reservations,
     })
 }
 

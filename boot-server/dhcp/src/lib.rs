@@ -41,6 +41,7 @@ mod handler;
 mod pool;
 mod ra;
 mod reply;
+mod reservations;
 mod server;
 mod stats;
 mod types;
@@ -49,7 +50,8 @@ pub use codec::{decode, DecodeError};
 pub use facts::{client_facts, format_uuid};
 pub use handler::{Handler, Ingress, Outgoing};
 pub use ra::{build_ra, RaResponder};
-pub use server::DhcpServer;
+pub use reservations::{Reservation, Reservations};
+pub use server::{DhcpControl, DhcpServer};
 pub use stats::DhcpStats;
 pub use types::*;
 
