@@ -83,6 +83,13 @@ impl MemStore {
             self.release.notified().await;
         }
     }
+    /// Wait until a held operation has started (a test failure, not a
+    /// hang, when the code under test never calls it).
+    async fn wait_entered(&self) {
+        tokio::time::timeout(Duration::from_secs(10), self.entered.notified())
+            .await
+            .expect("the held store operation was never called");
+    }
     fn lease_of(&self, mac: [u8; 6]) -> Option<Lease> {
         self.leases.lock().unwrap().get(&mac).cloned()
     }
@@ -112,6 +119,8 @@ impl LeaseStore for MemStore {
         Ok(())
     }
     async fn remove(&self, mac: [u8; 6], ip: Ipv4Addr) -> anyhow::Result<()> {
+        // (an expiry done as a plain remove is held like one)
+        self.hold(&self.hold_expire).await;
         if self.fail_remove.load(Ordering::SeqCst) {
             anyhow::bail!("store unavailable");
         }
@@ -860,7 +869,7 @@ async fn renewal_between_expiry_scan_and_delete_wins() {
         async move { h.expire().await }
     });
     // the sweep found the lease expired and is in the store's expire ...
-    store.entered.notified().await;
+    store.wait_entered().await;
     // ... when the client renews
     assert_eq!(
         msg_type(&send(&h, &renew(MAC, ip)).await),
@@ -908,7 +917,7 @@ async fn ack_leaves_only_after_the_commit_returned() {
         let req = bytes(&req);
         async move { h.handle(&req, client(), Ingress::Dhcp).await }
     });
-    store.entered.notified().await;
+    store.wait_entered().await;
     // the commit is held: no reply may come out
     assert!(
         tokio::time::timeout(Duration::from_millis(200), &mut task)
