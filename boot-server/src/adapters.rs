@@ -17,19 +17,29 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct DhcpBackend {
     pub plan: Arc<BootPlan>,
     pub store: Arc<dyn Store>,
+    /// Proxy mode: the server leases nothing, the DHCP exchange shows the address.
+    pub proxy: bool,
 }
 
 #[async_trait]
 impl boot_dhcp::BootAdvisor for DhcpBackend {
-    async fn boot_answer(&self, facts: &boot_dhcp::ClientFacts) -> Option<boot_dhcp::BootAnswer> {
+    /// The boot answer from the plan; fixed address and host name come from
+    /// the DHCP server's live reservation table (pushed by the control layer).
+    async fn client_config(&self, facts: &boot_dhcp::ClientFacts) -> boot_dhcp::ClientConfig {
         let plan_facts = DhcpFacts {
             mac: MacAddr(facts.mac),
             uuid: facts.uuid.clone(),
             firmware: facts.client_arch.and_then(Firmware::from_client_arch),
             is_ipxe: facts.is_ipxe,
-            observed_ip: None,
+            // Only where the server hands out no addresses: in full mode the
+            // lease is the node's address, whatever a packet claims.
+            observed_ip: if self.proxy {
+                facts.observed_ip()
+            } else {
+                None
+            },
         };
-        match self.plan.dhcp_answer(&plan_facts).await {
+        let boot = match self.plan.dhcp_answer(&plan_facts).await {
             Ok(answer) => answer.map(|a| boot_dhcp::BootAnswer {
                 filename: a.filename,
                 next_server: a.next_server,
@@ -39,7 +49,34 @@ impl boot_dhcp::BootAdvisor for DhcpBackend {
                 tracing::error!(mac = %plan_facts.mac, error = %format!("{e:#}"), "boot plan failed; answering without boot options");
                 None
             }
+        };
+        boot_dhcp::ClientConfig {
+            boot,
+            ..Default::default()
         }
+    }
+}
+
+/// The control layer's handle on the running DHCP server.
+pub struct DhcpLink(pub boot_dhcp::DhcpControl);
+
+#[async_trait]
+impl crate::control::DhcpLink for DhcpLink {
+    fn set_reservations(&self, table: &[crate::model::Reservation]) {
+        self.0.reservations().replace(
+            table
+                .iter()
+                .map(|r| boot_dhcp::Reservation {
+                    mac: r.mac.octets(),
+                    ip: r.ip,
+                    hostname: r.hostname.clone(),
+                })
+                .collect(),
+        );
+    }
+
+    async fn free_address(&self, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
+        self.0.free_address(ip).await.map(|_| ())
     }
 }
 
@@ -81,6 +118,17 @@ impl boot_dhcp::LeaseStore for DhcpBackend {
 
     async fn remove(&self, mac: [u8; 6], ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
         self.store.remove_lease(MacAddr(mac), ip).await.map(|_| ())
+    }
+
+    async fn expire(
+        &self,
+        mac: [u8; 6],
+        ip: std::net::Ipv4Addr,
+        expires_at: SystemTime,
+    ) -> anyhow::Result<bool> {
+        self.store
+            .expire_lease(MacAddr(mac), ip, to_ms(expires_at))
+            .await
     }
 }
 

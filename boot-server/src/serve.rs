@@ -158,10 +158,12 @@ pub async fn run(mut config: Config) -> Result<()> {
         let backend = Arc::new(DhcpBackend {
             plan: plan.clone(),
             store: store.clone(),
+            proxy: config.dhcp.mode == DhcpMode::Proxy,
         });
         let server = boot_dhcp::DhcpServer::bind(dhcp_config, backend.clone(), backend)
             .await
             .context("starting DHCP")?;
+        control.set_dhcp(Arc::new(crate::adapters::DhcpLink(server.control())));
         ready.push(format!("dhcp={:?}", config.dhcp.mode).to_lowercase());
         tasks.spawn(async move { server.run().await.context("DHCP server") });
     }
@@ -287,7 +289,7 @@ fn dhcp_config(config: &Config, reservations: &[Reservation]) -> Result<boot_dhc
     let mut subnets = Vec::new();
     for s in &config.dhcp.subnets {
         let (network, prefix_len) = parse_cidr(&s.network)?;
-        let mut sub = boot_dhcp::SubnetConfig {
+        subnets.push(boot_dhcp::SubnetConfig {
             network,
             prefix_len,
             range: (s.range[0], s.range[1]),
@@ -295,14 +297,7 @@ fn dhcp_config(config: &Config, reservations: &[Reservation]) -> Result<boot_dhc
             dns: s.dns.clone(),
             domain: s.domain.clone(),
             lease_time: Duration::from_secs(s.lease_secs),
-            reservations: Vec::new(),
-        };
-        sub.reservations = reservations
-            .iter()
-            .filter(|r| sub.contains(r.ip))
-            .map(|r| (r.mac.octets(), r.ip))
-            .collect();
-        subnets.push(sub);
+        });
     }
     Ok(boot_dhcp::DhcpConfig {
         mode: match config.dhcp.mode {
@@ -314,7 +309,16 @@ fn dhcp_config(config: &Config, reservations: &[Reservation]) -> Result<boot_dhc
         subnets,
         listen_port: config.dhcp.port,
         proxy_port: config.dhcp.proxy_port,
+        reservations: reservations.iter().map(dhcp_reservation).collect(),
     })
+}
+
+fn dhcp_reservation(r: &Reservation) -> boot_dhcp::Reservation {
+    boot_dhcp::Reservation {
+        mac: r.mac.octets(),
+        ip: r.ip,
+        hostname: r.hostname.clone(),
+    }
 }
 
 /// Marks heart-beating nodes failed when their heartbeats stop. Store

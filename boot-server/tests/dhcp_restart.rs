@@ -86,8 +86,11 @@ fn lease(ns: &str, ifname: &str, dir: &std::path::Path) -> String {
 
 #[test]
 fn udhcpc_keeps_its_address_across_kill_9() {
-    if !nix_is_root() || Command::new("udhcpc").arg("--help").output().is_err() {
-        eprintln!("SKIP: needs root and udhcpc");
+    use test_support::Need;
+    if !test_support::require(
+        "udhcpc_keeps_its_address_across_kill_9",
+        &[Need::Root, Need::Tool("ip"), Need::Tool("udhcpc")],
+    ) {
         return;
     }
     let tag = format!("bsd{}", std::process::id() % 100_000);
@@ -135,12 +138,4 @@ fn udhcpc_keeps_its_address_across_kill_9() {
     }
     let _ = server.kill();
     let _ = server.wait();
-}
-
-fn nix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false)
 }

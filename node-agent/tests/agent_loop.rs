@@ -24,7 +24,7 @@ use test_support::Need;
 /// Top-level config lines the lead's "tokens only for the DHCP-seen address"
 /// rule needs on loopback. Empty until the server knows the key (unknown keys
 /// are rejected); after that merge set it to "trust_boot_network = true\n".
-const TRUST_BOOT_NETWORK: &str = "";
+const TRUST_BOOT_NETWORK: &str = "trust_boot_network = true\n";
 
 /// The whole server configuration; @DIR@ and @PORT@ are filled in.
 const CONFIG: &str = r#"state_dir = "@DIR@/state"

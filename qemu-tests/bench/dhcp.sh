@@ -2,8 +2,9 @@
 # DHCP throughput benchmark: perfdhcp (kea-admin) runs full DORA exchanges in a
 # client namespace over a veth to a server namespace, first against the
 # boot-dhcp example daemon (durable leases: group-committed, fdatasync'ed log
-# on disk), then against dnsmasq --no-ping, and prints exchanges/s, drops and
-# the ratio.
+# on disk), the boot-server binary (SQLite), dnsmasq --no-ping and Kea
+# (kea-dhcp4, memfile with persist) in the same run, and prints exchanges/s,
+# drops, server CPU time per exchange and the ratios.
 #
 # Usage: qemu-tests/bench/dhcp.sh [rate] [seconds] [clients]
 #   defaults: 25000 10 50000. Needs root. Env: CARGO_TARGET_DIR (default
@@ -19,6 +20,7 @@ target=${CARGO_TARGET_DIR:-/work/targets/dhcp}
 [ "$(id -u)" = 0 ] || { echo "SKIP: needs root (network namespaces)"; exit 0; }
 command -v perfdhcp >/dev/null || { echo "perfdhcp missing (apt-get install kea-admin)"; exit 1; }
 command -v dnsmasq >/dev/null || { echo "dnsmasq missing"; exit 1; }
+kea=$(command -v kea-dhcp4 || true) # optional: apt-get install kea-dhcp4-server
 
 (cd "$repo" && CARGO_TARGET_DIR=$target cargo build -q --release -p boot-dhcp --example dhcpd)
 dhcpd=$target/release/examples/dhcpd
@@ -89,6 +91,19 @@ wait_port67() {
   done
   echo "server did not bind port 67"; exit 1
 }
+cpu_secs() { # pid: user+system CPU seconds so far
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"
+}
+acks_of() { # perfdhcp output: ACKs received
+  awk '/^\*\*\*Statistics for: REQUEST-ACK/ {x=1} /^\*\*\*Statistics for: DISCOVER/ {x=0} x && /^received packets:/ {s+=$3} END {print s+0}' "$1"
+}
+cpu_line() { # file label: server CPU per exchange (from the .cpu file)
+  local f=$1 label=$2 a
+  a=$(acks_of "$f")
+  awk -v c="$(cat "$f.cpu")" -v a="$a" -v l="$label" 'BEGIN {
+    if (a > 0) printf "%-36s server CPU %.2f s for %d DORA = %.1f us per exchange\n", l, c, a, c * 1e6 / a }'
+  awk -v c="$(cat "$f.cpu")" -v a="$a" 'BEGIN { if (a > 0) printf "%.3f", c * 1e6 / a; else print 0 }' >"$f.us"
+}
 summary() { # file label
   local f=$1 label=$2
   local r drops sent
@@ -134,6 +149,7 @@ if [ -x "$bootsrv" ]; then
   pids+=($!); bpid=$!
   wait_port67
   run_perfdhcp "$work/boot-server.txt"
+  cpu_secs "$bpid" >"$work/boot-server.txt.cpu"
   kill -TERM "$bpid"; wait "$bpid" 2>/dev/null || true
   echo "leases durable in the store after the run: $(sqlite3 "$work/state/state.db" 'select count(*) from leases')"
 else
@@ -147,6 +163,7 @@ ip netns exec "$s" dnsmasq --keep-in-foreground --port=0 --no-ping --interface="
 pids+=($!); mpid=$!
 wait_port67
 run_perfdhcp "$work/dnsmasq.txt"
+cpu_secs "$mpid" >"$work/dnsmasq.txt.cpu"
 echo "kernel UDP counters (cumulative): client ns: $(udp_errors "$c") server ns: $(udp_errors "$s")"
 kill -TERM "$mpid"; wait "$mpid" 2>/dev/null || true
 
@@ -159,14 +176,49 @@ wait_port67
 run_perfdhcp "$work/dnsmasq-ro.txt"
 kill -TERM "$mpid"; wait "$mpid" 2>/dev/null || true
 
+if [ -n "$kea" ]; then
+  echo "== kea-dhcp4 $("$kea" -v) (memfile, persist: CSV appended, not fsync'ed)"
+  # perfdhcp relays (giaddr 10.9.0.2): UDP sockets, the subnet chosen by giaddr
+  cat >"$work/kea.json" <<JSON
+{ "Dhcp4": {
+  "interfaces-config": { "interfaces": [ "$si" ], "dhcp-socket-type": "udp" },
+  "lease-database": { "type": "memfile", "persist": true, "name": "$work/kea-leases4.csv", "lfc-interval": 0 },
+  "valid-lifetime": 3600,
+  "subnet4": [ { "id": 1, "subnet": "10.9.0.0/16", "pools": [ { "pool": "10.9.1.0 - 10.9.255.254" } ] } ],
+  "loggers": [ { "name": "kea-dhcp4", "output_options": [ { "output": "$work/kea.log" } ], "severity": "WARN" } ]
+} }
+JSON
+  ip netns exec "$s" env KEA_LOCKFILE_DIR="$work" KEA_PIDFILE_DIR="$work" "$kea" -c "$work/kea.json" \
+    >"$work/kea.out" 2>&1 &
+  pids+=($!); kpid=$!
+  wait_port67
+  run_perfdhcp "$work/kea.txt"
+  cpu_secs "$kpid" >"$work/kea.txt.cpu"
+  kill -TERM "$kpid"; wait "$kpid" 2>/dev/null || true
+  echo "kea lease file: $(wc -l <"$work/kea-leases4.csv") lines"
+else
+  echo "== kea-dhcp4 not installed (apt-get install kea-dhcp4-server); skipped"
+fi
+
 echo
 echo "== results (perfdhcp -r $rate -p $secs -R $clients, DORA, $procs perfdhcp process(es))"
 summary "$work/ours.txt" "boot-dhcp (durable, group commit)"
 [ -f "$work/boot-server.txt" ] && summary "$work/boot-server.txt" "boot-server (SQLite, durable)"
 summary "$work/dnsmasq.txt" "dnsmasq --no-ping"
 summary "$work/dnsmasq-ro.txt" "dnsmasq --no-ping --leasefile-ro"
+[ -f "$work/kea.txt" ] && summary "$work/kea.txt" "kea-dhcp4 (memfile persist)"
+echo "-- server CPU time per exchange (user+sys of the server process)"
+[ -f "$work/boot-server.txt.cpu" ] && cpu_line "$work/boot-server.txt" "boot-server (SQLite, durable)"
+cpu_line "$work/dnsmasq.txt" "dnsmasq --no-ping"
+[ -f "$work/kea.txt.cpu" ] && cpu_line "$work/kea.txt" "kea-dhcp4 (memfile persist)"
 awk -v a="$(cat "$work/ours.txt.rate")" -v b="$(cat "$work/dnsmasq.txt.rate")" \
   'BEGIN { if (b > 0) printf "ratio boot-dhcp / dnsmasq: %.2f\n", a / b }'
 [ -f "$work/boot-server.txt.rate" ] && awk -v a="$(cat "$work/boot-server.txt.rate")" -v b="$(cat "$work/dnsmasq.txt.rate")" \
   'BEGIN { if (b > 0) printf "ratio boot-server / dnsmasq: %.2f\n", a / b }'
+if [ -f "$work/boot-server.txt.us" ] && [ -f "$work/kea.txt.us" ]; then
+  awk -v a="$(cat "$work/boot-server.txt.us")" -v b="$(cat "$work/kea.txt.us")" \
+    'BEGIN { if (b > 0) printf "ratio boot-server / kea: %.2f (server CPU per exchange; below 1 is cheaper)\n", a / b }'
+  awk -v a="$(cat "$work/boot-server.txt.rate")" -v b="$(cat "$work/kea.txt.rate")" \
+    'BEGIN { if (b > 0) printf "throughput ratio boot-server / kea: %.2f\n", a / b }'
+fi
 if [ -n "${VERBOSE:-}" ]; then echo "--- ours"; cat "$work/ours.txt"; echo "--- dnsmasq"; cat "$work/dnsmasq.txt"; fi

@@ -34,7 +34,16 @@ struct StaticAdvisor {
 
 #[async_trait::async_trait]
 impl BootAdvisor for StaticAdvisor {
-    async fn boot_answer(&self, f: &ClientFacts) -> Option<BootAnswer> {
+    async fn client_config(&self, f: &ClientFacts) -> ClientConfig {
+        ClientConfig {
+            boot: self.boot_answer(f),
+            ..ClientConfig::default()
+        }
+    }
+}
+
+impl StaticAdvisor {
+    fn boot_answer(&self, f: &ClientFacts) -> Option<BootAnswer> {
         let vc = f.vendor_class.as_deref().unwrap_or("");
         if f.is_ipxe {
             return Some(BootAnswer {
@@ -84,10 +93,22 @@ struct LogState {
     generation: u64,
 }
 
+/// The leases as the log says now (for the conditional operations).
+#[derive(Default)]
+struct Current {
+    by_mac: HashMap<[u8; 6], (Ipv4Addr, u64)>,
+    by_ip: HashMap<Ipv4Addr, [u8; 6]>,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
 /// Append-only lease log with group commit: commits append a line and wait
 /// until a flusher has written and fdatasync'ed a batch containing it.
 struct FileStore {
     path: PathBuf,
+    current: Mutex<Current>,
     state: Mutex<LogState>,
     dirty: Notify,
     durable: watch::Sender<u64>,
@@ -103,6 +124,7 @@ impl FileStore {
         let (durable, _) = watch::channel(0);
         let store = Arc::new(FileStore {
             path,
+            current: Mutex::new(Current::default()),
             state: Mutex::new(LogState::default()),
             dirty: Notify::new(),
             durable,
@@ -154,15 +176,19 @@ impl FileStore {
         }
     }
 
-    async fn append(&self, rec: &Record) -> anyhow::Result<()> {
+    /// Queue a record for the next batch; returns its generation. Callers
+    /// hold `current` so the log order matches the decisions.
+    fn enqueue(&self, rec: &Record) -> anyhow::Result<u64> {
         let mut line = serde_json::to_vec(rec)?;
         line.push(b'\n');
-        let gen = {
-            let mut st = self.state.lock().unwrap();
-            st.pending.extend_from_slice(&line);
-            st.generation += 1;
-            st.generation
-        };
+        let mut st = self.state.lock().unwrap();
+        st.pending.extend_from_slice(&line);
+        st.generation += 1;
+        Ok(st.generation)
+    }
+
+    /// Wait until the batch holding generation `gen` is durable.
+    async fn wait_durable(&self, gen: u64) -> anyhow::Result<()> {
         self.dirty.notify_one();
         let mut rx = self.durable.subscribe();
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|g| *g >= gen))
@@ -188,6 +214,13 @@ impl FileStore {
                 map.insert(r.mac, r);
             } else if map.get(&r.mac).is_some_and(|x| x.ip == r.ip) {
                 map.remove(&r.mac);
+            }
+        }
+        {
+            let mut cur = self.current.lock().unwrap();
+            for r in map.values() {
+                cur.by_mac.insert(r.mac, (r.ip, r.exp));
+                cur.by_ip.insert(r.ip, r.mac);
             }
         }
         let tmp = self.path.with_extension("tmp");
@@ -217,31 +250,87 @@ impl LeaseStore for FileStore {
         self.replay()
     }
     async fn commit(&self, l: &Lease) -> anyhow::Result<()> {
-        let exp = l
-            .expires_at
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        self.append(&Record {
-            op: "commit".into(),
-            mac: l.mac,
-            ip: l.ip,
-            exp,
-            host: l.hostname.clone(),
-            cid: l.client_id.clone(),
-        })
-        .await
+        let exp = unix_secs(l.expires_at);
+        let gen = {
+            let mut cur = self.current.lock().unwrap();
+            if let Some(other) = cur.by_ip.get(&l.ip).copied().filter(|m| *m != l.mac) {
+                let live = cur
+                    .by_mac
+                    .get(&other)
+                    .is_some_and(|(ip, e)| *ip == l.ip && *e > unix_secs(SystemTime::now()));
+                if live {
+                    bail!("{} is leased to another client", l.ip);
+                }
+            }
+            let gen = self.enqueue(&Record {
+                op: "commit".into(),
+                mac: l.mac,
+                ip: l.ip,
+                exp,
+                host: l.hostname.clone(),
+                cid: l.client_id.clone(),
+            })?;
+            if let Some((old, _)) = cur.by_mac.insert(l.mac, (l.ip, exp)) {
+                if cur.by_ip.get(&old) == Some(&l.mac) {
+                    cur.by_ip.remove(&old);
+                }
+            }
+            cur.by_ip.insert(l.ip, l.mac);
+            gen
+        };
+        self.wait_durable(gen).await
     }
     async fn remove(&self, mac: [u8; 6], ip: Ipv4Addr) -> anyhow::Result<()> {
-        self.append(&Record {
-            op: "remove".into(),
-            mac,
-            ip,
-            exp: 0,
-            host: None,
-            cid: None,
-        })
-        .await
+        let gen = {
+            let mut cur = self.current.lock().unwrap();
+            if cur.by_mac.get(&mac).is_some_and(|(i, _)| *i == ip) {
+                cur.by_mac.remove(&mac);
+            }
+            if cur.by_ip.get(&ip) == Some(&mac) {
+                cur.by_ip.remove(&ip);
+            }
+            self.enqueue(&Record {
+                op: "remove".into(),
+                mac,
+                ip,
+                exp: 0,
+                host: None,
+                cid: None,
+            })?
+        };
+        self.wait_durable(gen).await
+    }
+    async fn expire(
+        &self,
+        mac: [u8; 6],
+        ip: Ipv4Addr,
+        expires_at: SystemTime,
+    ) -> anyhow::Result<bool> {
+        let gen = {
+            let mut cur = self.current.lock().unwrap();
+            match cur.by_mac.get(&mac) {
+                Some((i, e)) if *i == ip => {
+                    if *e > unix_secs(expires_at) {
+                        return Ok(false);
+                    }
+                }
+                _ => return Ok(true),
+            }
+            cur.by_mac.remove(&mac);
+            if cur.by_ip.get(&ip) == Some(&mac) {
+                cur.by_ip.remove(&ip);
+            }
+            self.enqueue(&Record {
+                op: "remove".into(),
+                mac,
+                ip,
+                exp: 0,
+                host: None,
+                cid: None,
+            })?
+        };
+        self.wait_durable(gen).await?;
+        Ok(true)
     }
 }
 
@@ -294,7 +383,6 @@ async fn main() -> anyhow::Result<()> {
             dns: vec![],
             domain: None,
             lease_time: Duration::from_secs(lease_secs),
-            reservations: vec![],
         });
     }
     let leases_path = PathBuf::from(get("leases").context("--leases FILE is required")?);

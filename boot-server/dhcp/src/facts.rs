@@ -1,5 +1,5 @@
 //! Extraction of [`ClientFacts`] (what the client says about itself) from a
-//! decoded request: options 93, 60, 77, 175, 97, 12 and giaddr.
+//! decoded request: options 93, 60, 77, 175, 97, 12, 53, 50, ciaddr and giaddr.
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 use std::net::Ipv4Addr;
@@ -59,6 +59,11 @@ pub fn client_facts(msg: &Message) -> ClientFacts {
         _ => None,
     };
     let relay = (msg.giaddr() != Ipv4Addr::UNSPECIFIED).then_some(msg.giaddr());
+    let ciaddr = (msg.ciaddr() != Ipv4Addr::UNSPECIFIED).then_some(msg.ciaddr());
+    let requested_ip = match opts.get(OptionCode::RequestedIpAddress) {
+        Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
+        _ => None,
+    };
     ClientFacts {
         mac: mac_of(msg),
         client_arch,
@@ -68,6 +73,9 @@ pub fn client_facts(msg: &Message) -> ClientFacts {
         uuid,
         hostname,
         relay,
+        message_type: opts.msg_type(),
+        requested_ip,
+        ciaddr,
     }
 }
 

@@ -1,8 +1,12 @@
 //! Packet handling, independent of sockets: one request in, at most one reply
 //! out. Owns the DHCP lifecycle (DISCOVER/OFFER, REQUEST/ACK/NAK, RELEASE,
-//! DECLINE, INFORM), proxyDHCP answers, and the commit-before-ACK rule.
+//! DECLINE, INFORM), proxyDHCP answers, and the store-first rules: the ACK
+//! leaves only after the commit returned, a failed commit puts the pool back
+//! as it was, and release / decline / expiry touch memory only after the
+//! store confirmed.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -13,6 +17,7 @@ use crate::codec::{decode_full, encode_reply, RawOpts};
 use crate::facts::{client_facts, is_netboot_client, mac_of};
 use crate::pool::Pool;
 use crate::reply;
+use crate::reservations::Reservations;
 use crate::stats::DhcpStats;
 use crate::types::{BootAdvisor, ClientFacts, DhcpConfig, Lease, LeaseStore, Mode};
 
@@ -40,7 +45,10 @@ pub struct Handler {
     advisor: Arc<dyn BootAdvisor>,
     leases: Arc<dyn LeaseStore>,
     pool: Pool,
+    reservations: Arc<Reservations>,
     stats: Arc<DhcpStats>,
+    /// Full mode answers nothing on port 67 until the leases are loaded.
+    loaded: AtomicBool,
 }
 
 fn opt_ip(msg: &Message, code: OptionCode) -> Option<Ipv4Addr> {
@@ -65,13 +73,18 @@ impl Handler {
         advisor: Arc<dyn BootAdvisor>,
         leases: Arc<dyn LeaseStore>,
     ) -> Self {
-        let pool = Pool::new(config.subnets.clone());
+        let reservations = Arc::new(Reservations::new(config.reservations.clone()));
+        let pool = Pool::new(config.subnets.clone(), reservations.clone());
+        // Proxy mode has no leases: nothing to load.
+        let loaded = AtomicBool::new(config.mode == Mode::Proxy);
         Handler {
             config,
             advisor,
             leases,
             pool,
+            reservations,
             stats: Arc::new(DhcpStats::default()),
+            loaded,
         }
     }
 
@@ -80,22 +93,74 @@ impl Handler {
         self.stats.clone()
     }
 
-    /// Load durable leases into the pool (start-up).
+    /// The live reservation table.
+    pub fn reservations(&self) -> Arc<Reservations> {
+        self.reservations.clone()
+    }
+
+    /// Whether the durable leases are loaded (full mode answers only then).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    fn store_error(&self, what: &str, mac: &[u8; 6], ip: Ipv4Addr, e: &anyhow::Error) {
+        DhcpStats::inc(&self.stats.store_errors);
+        warn!(mac = %mac_str(mac), %ip, "lease store: {what}: {e:#}");
+    }
+
+    /// Load durable leases into the pool (start-up); full mode answers from
+    /// then on. A failure is counted and returned (the caller retries).
     pub async fn load(&self) -> anyhow::Result<usize> {
-        let leases = self.leases.load().await?;
+        let leases = match self.leases.load().await {
+            Ok(l) => l,
+            Err(e) => {
+                DhcpStats::inc(&self.stats.store_errors);
+                return Err(e.context("loading leases"));
+            }
+        };
         self.pool.load(&leases);
+        self.loaded.store(true, Ordering::Release);
         Ok(leases.len())
     }
 
-    /// Remove expired leases (memory and store); returns how many.
+    /// Remove expired leases, store first: each is deleted by one
+    /// conditional store operation ([`LeaseStore::expire`]) and forgotten in
+    /// memory only when the store confirmed and memory still holds that very
+    /// binding. A store error leaves the binding for the next sweep.
+    /// Returns how many were forgotten.
     pub async fn expire(&self) -> usize {
-        let expired = self.pool.expire(SystemTime::now());
-        for (mac, ip) in &expired {
-            if let Err(e) = self.leases.remove(*mac, *ip).await {
-                warn!(mac = %mac_str(mac), %ip, "removing expired lease: {e:#}");
+        if !self.is_loaded() {
+            return 0;
+        }
+        let mut n = 0;
+        for e in self.pool.expired(SystemTime::now()) {
+            match self.leases.expire(e.mac, e.ip, e.expires_at).await {
+                Ok(true) => {
+                    if self.pool.unbind_expired(&e) {
+                        n += 1;
+                    }
+                }
+                Ok(false) => debug!(mac = %mac_str(&e.mac), ip = %e.ip, "renewed before expiry"),
+                Err(err) => self.store_error("expiring lease", &e.mac, e.ip, &err),
             }
         }
-        expired.len()
+        n
+    }
+
+    /// Take `ip` from whichever client holds it (store first, then memory),
+    /// e.g. before its reservation moves to another MAC. Returns the MAC that
+    /// held it.
+    pub async fn free_address(&self, ip: Ipv4Addr) -> anyhow::Result<Option<[u8; 6]>> {
+        let Some(mac) = self.pool.holder_of(ip) else {
+            return Ok(None);
+        };
+        if let Err(e) = self.leases.remove(mac, ip).await {
+            self.store_error("freeing address", &mac, ip, &e);
+            return Err(e.context(format!("freeing {ip}")));
+        }
+        self.pool.unbind(mac, ip);
+        info!(mac = %mac_str(&mac), %ip, "address freed");
+        Ok(Some(mac))
     }
 
     fn server_port(&self) -> u16 {
@@ -135,6 +200,11 @@ impl Handler {
             debug!(%src, "ignoring BOOTP request");
             return None;
         };
+        if self.config.mode == Mode::Full && ingress == Ingress::Dhcp && !self.is_loaded() {
+            DhcpStats::inc(&self.stats.not_ready);
+            debug!(%src, "leases not loaded yet: not answering");
+            return None;
+        }
         let facts = client_facts(&msg);
         let out = match (ingress, self.config.mode, mtype) {
             (Ingress::Pxe, _, MessageType::Request | MessageType::Inform) => {
@@ -205,7 +275,7 @@ impl Handler {
         if !is_netboot_client(facts) {
             return None;
         }
-        let answer = self.advisor.boot_answer(facts).await?;
+        let answer = self.advisor.client_config(facts).await.boot?;
         let mut m = reply::base(req, mtype, self.config.server_ip);
         m.set_ciaddr(req.ciaddr());
         reply::add_boot(&mut m, req, &answer);
@@ -234,10 +304,15 @@ impl Handler {
             .pool
             .select_subnet(req.giaddr(), self.config.server_ip)?;
         let requested = opt_ip(req, OptionCode::RequestedIpAddress);
-        let (ip, answer) = tokio::join!(
-            async { self.pool.offer(subnet, facts.mac, requested) },
-            self.advisor.boot_answer(facts)
-        );
+        let cfg = self.advisor.client_config(facts).await;
+        let ip = self
+            .pool
+            .offer(subnet, facts.mac, requested, cfg.fixed_address);
+        if let Some(w) = self.pool.wanted(subnet, facts.mac, cfg.fixed_address) {
+            if ip != Some(w) {
+                warn!(mac = %mac_str(&facts.mac), fixed = %w, "fixed address held by another client");
+            }
+        }
         let Some(ip) = ip else {
             DhcpStats::inc(&self.stats.pool_exhausted);
             warn!(mac = %mac_str(&facts.mac), "address pool exhausted");
@@ -247,9 +322,7 @@ impl Handler {
         let mut m = reply::base(req, MessageType::Offer, self.config.server_ip);
         m.set_yiaddr(ip);
         reply::add_subnet_opts(&mut m, s, true);
-        if let Some(a) = &answer {
-            reply::add_boot(&mut m, req, a);
-        }
+        self.add_client_opts(&mut m, req, facts, &cfg);
         DhcpStats::inc(&self.stats.offers);
         debug!(mac = %mac_str(&facts.mac), %ip, "OFFER");
         let dest = reply::destination(req, false, self.server_port(), self.client_port());
@@ -289,9 +362,22 @@ impl Handler {
         if !s.contains(ip) {
             return self.nak(req, raw, "wrong network");
         }
+        let cfg = self.advisor.client_config(facts).await;
+        if let Some(w) = self.pool.wanted(subnet, facts.mac, cfg.fixed_address) {
+            if w != ip
+                && self
+                    .pool
+                    .is_available(subnet, facts.mac, w, cfg.fixed_address)
+            {
+                return self.nak(req, raw, "another address is reserved for this client");
+            }
+        }
         let expires_at = SystemTime::now() + s.lease_time;
-        let displaced = match self.pool.bind(subnet, facts.mac, ip, expires_at) {
-            Ok(d) => d,
+        let undo = match self
+            .pool
+            .bind(subnet, facts.mac, ip, expires_at, cfg.fixed_address)
+        {
+            Ok(u) => u,
             Err(_) => return self.nak(req, raw, "address not available"),
         };
         let client_id = match req.opts().get(OptionCode::ClientIdentifier) {
@@ -305,29 +391,46 @@ impl Handler {
             hostname: facts.hostname.clone(),
             client_id,
         };
-        let (committed, answer) =
-            tokio::join!(self.leases.commit(&lease), self.advisor.boot_answer(facts));
-        if let Err(e) = committed {
+        if let Err(e) = self.leases.commit(&lease).await {
+            // The pool goes back exactly as it was: the client's previous
+            // binding (still valid, still in the store) keeps its address.
+            self.pool.restore(undo);
             DhcpStats::inc(&self.stats.commit_failures);
-            self.pool.unbind(facts.mac, ip);
-            warn!(mac = %mac_str(&facts.mac), %ip, "lease commit failed, no ACK: {e:#}");
+            self.store_error("commit failed, no ACK", &facts.mac, ip, &e);
             return None;
         }
-        if let Some(old) = displaced {
+        if let Some(old) = self.pool.settle(undo) {
             if let Err(e) = self.leases.remove(facts.mac, old).await {
-                warn!(mac = %mac_str(&facts.mac), %old, "removing superseded lease: {e:#}");
+                self.store_error("removing superseded lease", &facts.mac, old, &e);
             }
         }
         let mut m = reply::base(req, MessageType::Ack, self.config.server_ip);
         m.set_yiaddr(ip).set_ciaddr(ciaddr);
         reply::add_subnet_opts(&mut m, s, true);
-        if let Some(a) = &answer {
-            reply::add_boot(&mut m, req, a);
-        }
+        self.add_client_opts(&mut m, req, facts, &cfg);
         DhcpStats::inc(&self.stats.acks);
         debug!(mac = %mac_str(&facts.mac), %ip, "ACK");
         let dest = reply::destination(req, false, self.server_port(), self.client_port());
         self.finish(m, raw, dest)
+    }
+
+    /// Boot information, hostname (the advisor's, else the reservation's),
+    /// domain and extra options of this client.
+    fn add_client_opts(
+        &self,
+        m: &mut Message,
+        req: &Message,
+        facts: &ClientFacts,
+        cfg: &crate::types::ClientConfig,
+    ) {
+        if let Some(a) = &cfg.boot {
+            reply::add_boot(m, req, a);
+        }
+        let hostname = cfg
+            .hostname
+            .clone()
+            .or_else(|| self.reservations.hostname_of(facts.mac));
+        reply::add_client_opts(m, hostname, cfg.domain.as_deref(), &cfg.extra_options);
     }
 
     async fn release(&self, req: &Message, facts: &ClientFacts) {
@@ -338,11 +441,17 @@ impl Handler {
         }
         let ip = req.ciaddr();
         DhcpStats::inc(&self.stats.releases);
-        if self.pool.unbind(facts.mac, ip) {
-            info!(mac = %mac_str(&facts.mac), %ip, "RELEASE");
-            if let Err(e) = self.leases.remove(facts.mac, ip).await {
-                warn!(mac = %mac_str(&facts.mac), %ip, "removing released lease: {e:#}");
+        if !self.pool.holds(facts.mac, ip) {
+            return;
+        }
+        // Store first: if the delete fails the binding stays (in memory and
+        // store alike) and expiry retries it.
+        match self.leases.remove(facts.mac, ip).await {
+            Ok(()) => {
+                self.pool.unbind(facts.mac, ip);
+                info!(mac = %mac_str(&facts.mac), %ip, "RELEASE");
             }
+            Err(e) => self.store_error("removing released lease", &facts.mac, ip, &e),
         }
     }
 
@@ -355,11 +464,21 @@ impl Handler {
         let Some(ip) = opt_ip(req, OptionCode::RequestedIpAddress) else {
             return;
         };
+        if !self.pool.holds(facts.mac, ip) {
+            // Only the holder may give an address back: anyone else's
+            // DECLINE (spoofed, or stale) must not take it from its holder.
+            DhcpStats::inc(&self.stats.declines_ignored);
+            warn!(mac = %mac_str(&facts.mac), %ip, "DECLINE for an address this client does not hold: ignored");
+            return;
+        }
         DhcpStats::inc(&self.stats.declines);
         warn!(mac = %mac_str(&facts.mac), %ip, "DECLINE: address marked bad");
-        self.pool.decline(facts.mac, ip);
-        if let Err(e) = self.leases.remove(facts.mac, ip).await {
-            warn!(mac = %mac_str(&facts.mac), %ip, "removing declined lease: {e:#}");
+        self.pool.mark_declined(facts.mac, ip);
+        match self.leases.remove(facts.mac, ip).await {
+            Ok(()) => {
+                self.pool.unbind(facts.mac, ip);
+            }
+            Err(e) => self.store_error("removing declined lease", &facts.mac, ip, &e),
         }
     }
 
@@ -374,9 +493,8 @@ impl Handler {
         if let Some(i) = subnet {
             reply::add_subnet_opts(&mut m, &self.pool.subnets[i], false);
         }
-        if let Some(a) = self.advisor.boot_answer(facts).await {
-            reply::add_boot(&mut m, req, &a);
-        }
+        let cfg = self.advisor.client_config(facts).await;
+        self.add_client_opts(&mut m, req, facts, &cfg);
         DhcpStats::inc(&self.stats.informs);
         let dest = reply::destination(req, false, self.server_port(), self.client_port());
         self.finish(m, raw, dest)

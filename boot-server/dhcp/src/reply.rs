@@ -88,6 +88,30 @@ pub(crate) fn add_boot(m: &mut Message, req: &Message, answer: &BootAnswer) {
     }
 }
 
+/// Per-client options: 12 (hostname), 15 (domain, replacing the subnet's)
+/// and the advisor's extra options (replacing any of the same code; never
+/// 0, 53, 54, 82 or 255, never longer than 255 bytes).
+pub(crate) fn add_client_opts(
+    m: &mut Message,
+    hostname: Option<String>,
+    domain: Option<&str>,
+    extra: &[(u8, Vec<u8>)],
+) {
+    if let Some(h) = hostname.filter(|h| !h.is_empty() && h.len() <= 255) {
+        m.opts_mut().insert(DhcpOption::Hostname(h));
+    }
+    if let Some(d) = domain.filter(|d| !d.is_empty() && d.len() <= 255) {
+        m.opts_mut().insert(DhcpOption::DomainName(d.to_string()));
+    }
+    for (code, data) in extra {
+        if matches!(code, 0 | 53 | 54 | 82 | 255) || data.len() > 255 {
+            tracing::warn!(code, len = data.len(), "extra DHCP option refused");
+            continue;
+        }
+        m.opts_mut().insert(unknown(*code, data.clone()));
+    }
+}
+
 /// A NAK: no addresses, no options but 53, 54 and a message.
 pub(crate) fn nak(req: &Message, server_ip: Ipv4Addr, why: &str) -> Message {
     let mut m = base(req, MessageType::Nak, server_ip);
@@ -99,8 +123,7 @@ pub(crate) fn nak(req: &Message, server_ip: Ipv4Addr, why: &str) -> Message {
     m
 }
 
-/// An option dhcproto has no type for (tests build option 175 with it).
-#[allow(dead_code)]
+/// An option as raw code and payload (dhcproto encodes it verbatim).
 pub(crate) fn unknown(code: u8, data: Vec<u8>) -> DhcpOption {
     DhcpOption::Unknown(UnknownOption::new(OptionCode::from(code), data))
 }

@@ -1,7 +1,8 @@
 //! Socket side of the DHCP server: binds port 67 (and the PXE port 4011) with
 //! SO_BROADCAST / SO_REUSEADDR / SO_BINDTODEVICE, hands every datagram to the
 //! [`Handler`] in its own task (so durable commits can batch), sends replies,
-//! and runs lease expiry.
+//! runs lease expiry, and (re)tries loading the leases with backoff until the
+//! store answers: a failing store never stops the server.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -14,19 +15,49 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::handler::{Handler, Ingress};
+use crate::reservations::Reservations;
 use crate::stats::DhcpStats;
-use crate::types::{BootAdvisor, DhcpConfig, LeaseStore};
+use crate::types::{BootAdvisor, DhcpConfig, LeaseStore, Mode};
 
 /// Requests processed concurrently at most (back-pressure under floods).
 const MAX_IN_FLIGHT: usize = 8192;
 /// How often expired leases are swept.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);
+/// First and longest wait between lease-load attempts.
+const LOAD_RETRY_MIN: Duration = Duration::from_millis(500);
+const LOAD_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The DHCPv4 server.
 pub struct DhcpServer {
     handler: Arc<Handler>,
     dhcp: Arc<UdpSocket>,
     pxe: Option<Arc<UdpSocket>>,
+}
+
+/// What the integrator may do to a running server (cheap to clone).
+#[derive(Clone)]
+pub struct DhcpControl {
+    handler: Arc<Handler>,
+}
+
+impl DhcpControl {
+    /// The live reservation table.
+    pub fn reservations(&self) -> Arc<Reservations> {
+        self.handler.reservations()
+    }
+
+    /// Take `ip` from the client holding it: its lease is removed from the
+    /// store, then from memory. Use it before moving a reserved address to
+    /// a new MAC (the new holder gets the address only once it is free).
+    /// Returns the MAC that held it.
+    pub async fn free_address(&self, ip: Ipv4Addr) -> anyhow::Result<Option<[u8; 6]>> {
+        self.handler.free_address(ip).await
+    }
+
+    /// Whether the leases are loaded (full mode answers only then).
+    pub fn is_loaded(&self) -> bool {
+        self.handler.is_loaded()
+    }
 }
 
 /// A UDP socket bound to 0.0.0.0:`port`, optionally to a device.
@@ -70,9 +101,32 @@ impl DhcpServer {
         };
         let mode = config.mode;
         let handler = Arc::new(Handler::new(config, advisor, leases));
-        let n = handler.load().await.context("loading leases")?;
-        info!(?mode, leases = n, interface = ?iface, "DHCP server bound");
+        if mode == Mode::Full {
+            // One attempt now; on failure `run` keeps retrying and full mode
+            // answers nothing until the leases are loaded.
+            match handler.load().await {
+                Ok(n) => info!(?mode, leases = n, interface = ?iface, "DHCP server bound"),
+                Err(e) => {
+                    warn!(?mode, interface = ?iface, "DHCP server bound, leases not loaded yet (retrying): {e:#}")
+                }
+            }
+        } else {
+            info!(?mode, interface = ?iface, "DHCP server bound");
+        }
         Ok(DhcpServer { handler, dhcp, pxe })
+    }
+
+    /// The live reservation table (push the integrator's table with
+    /// [`Reservations::replace`]).
+    pub fn reservations(&self) -> Arc<Reservations> {
+        self.handler.reservations()
+    }
+
+    /// A control handle that outlives [`DhcpServer::run`]'s move.
+    pub fn control(&self) -> DhcpControl {
+        DhcpControl {
+            handler: self.handler.clone(),
+        }
     }
 
     /// Counters.
@@ -86,6 +140,7 @@ impl DhcpServer {
         let expiry = {
             let h = self.handler.clone();
             tokio::spawn(async move {
+                load_until_loaded(&h).await;
                 let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
                 loop {
                     tick.tick().await;
@@ -111,6 +166,21 @@ impl DhcpServer {
         };
         expiry.abort();
         res
+    }
+}
+
+/// Retry loading the leases with exponential backoff until it works.
+async fn load_until_loaded(h: &Handler) {
+    let mut wait = LOAD_RETRY_MIN;
+    while !h.is_loaded() {
+        tokio::time::sleep(wait).await;
+        match h.load().await {
+            Ok(n) => info!(leases = n, "leases loaded: DHCP answering"),
+            Err(e) => {
+                warn!(retry_in = ?wait, "leases still not loaded: {e:#}");
+                wait = (wait * 2).min(LOAD_RETRY_MAX);
+            }
+        }
     }
 }
 

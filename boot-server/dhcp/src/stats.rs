@@ -17,7 +17,14 @@ pub struct DhcpStats {
     pub releases: AtomicU64,
     pub declines: AtomicU64,
     pub pool_exhausted: AtomicU64,
+    /// Commits that failed (no ACK sent).
     pub commit_failures: AtomicU64,
+    /// Every failed store operation (load, commit, remove, expire).
+    pub store_errors: AtomicU64,
+    /// DECLINEs from a MAC that does not hold the address (ignored).
+    pub declines_ignored: AtomicU64,
+    /// Full-mode requests dropped because the leases are not loaded yet.
+    pub not_ready: AtomicU64,
     pub send_errors: AtomicU64,
 }
 

@@ -3,6 +3,10 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
+use dhcproto::v4::MessageType;
+
+use crate::reservations::Reservation;
+
 /// What the client told us about itself, for the boot decision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientFacts {
@@ -22,6 +26,22 @@ pub struct ClientFacts {
     pub hostname: Option<String>,
     /// giaddr when relayed.
     pub relay: Option<Ipv4Addr>,
+    /// Option 53: what the client is doing (DISCOVER, REQUEST, INFORM...).
+    pub message_type: Option<MessageType>,
+    /// Option 50 (the address the client asks for), when present.
+    pub requested_ip: Option<Ipv4Addr>,
+    /// ciaddr when not 0.0.0.0 (the address the client says it has:
+    /// RENEWING / REBINDING / INFORM, and PXE REQUESTs on port 4011).
+    pub ciaddr: Option<Ipv4Addr>,
+}
+
+impl ClientFacts {
+    /// The address this exchange shows the client using or about to use:
+    /// ciaddr, else option 50. (In full mode the granted address is in the
+    /// ACK; in proxy / relay mode this is all the server sees.)
+    pub fn observed_ip(&self) -> Option<Ipv4Addr> {
+        self.ciaddr.or(self.requested_ip)
+    }
 }
 
 /// What to put in the reply for booting.
@@ -35,12 +55,32 @@ pub struct BootAnswer {
     pub vendor_class: &'static str,
 }
 
-/// The boot decision, owned by the integrator.
+/// Everything the integrator decides for one client (as Tinkerbell smee's
+/// backend returns per hardware).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// None: not a network-boot client or nothing to boot -> plain DHCP
+    /// answer (full mode) or silence (proxy mode).
+    pub boot: Option<BootAnswer>,
+    /// Full mode: this client's address (inside its subnet, may lie outside
+    /// the dynamic range). To keep it from other clients, also put it in the
+    /// reservation table ([`crate::Reservations`]).
+    pub fixed_address: Option<Ipv4Addr>,
+    /// Option 12.
+    pub hostname: Option<String>,
+    /// Option 15 (overrides the subnet's domain).
+    pub domain: Option<String>,
+    /// More options, code and payload (at most 255 bytes each; codes 0, 53,
+    /// 54, 82 and 255 are ignored).
+    pub extra_options: Vec<(u8, Vec<u8>)>,
+}
+
+/// The per-client decision, owned by the integrator.
 #[async_trait::async_trait]
 pub trait BootAdvisor: Send + Sync + 'static {
-    /// None: not a network-boot client or nothing to boot -> plain DHCP answer
-    /// (full mode) or silence (proxy mode).
-    async fn boot_answer(&self, facts: &ClientFacts) -> Option<BootAnswer>;
+    /// Called for every DISCOVER, REQUEST and INFORM (and PXE requests on
+    /// port 4011) the server answers.
+    async fn client_config(&self, facts: &ClientFacts) -> ClientConfig;
 }
 
 /// A DHCP binding.
@@ -54,14 +94,33 @@ pub struct Lease {
 }
 
 /// Durable lease storage, owned by the integrator.
+///
+/// Any error is counted ([`crate::DhcpStats::store_errors`]), logged and
+/// retried later; the server never ACKs what the store did not confirm.
 #[async_trait::async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
-    /// At start-up.
+    /// At start-up. On error the server retries with backoff and answers no
+    /// full-mode request until it succeeds.
     async fn load(&self) -> anyhow::Result<Vec<Lease>>;
-    /// Returns only when durable; the ACK is sent after.
+    /// Insert or replace `lease.mac`'s lease. Returns only when durable; the
+    /// ACK is sent after. Must fail, changing nothing, when `lease.ip` is
+    /// held by another MAC whose lease has not expired.
     async fn commit(&self, lease: &Lease) -> anyhow::Result<()>;
-    /// RELEASE / DECLINE / expiry.
+    /// RELEASE / DECLINE / freeing an address: delete `mac`'s lease on `ip`
+    /// if there is one (Ok when there is none).
     async fn remove(&self, mac: [u8; 6], ip: Ipv4Addr) -> anyhow::Result<()>;
+    /// Expiry, as one conditional operation: delete `mac`'s lease on `ip`
+    /// only if its stored expiry is at or before `expires_at` (the expiry
+    /// the server saw when it found the lease expired).
+    /// `Ok(true)`: the store holds no lease of `mac` on `ip` any more
+    /// (deleted now, or absent). `Ok(false)`: it holds one expiring later (the
+    /// client renewed meanwhile); nothing deleted.
+    async fn expire(
+        &self,
+        mac: [u8; 6],
+        ip: Ipv4Addr,
+        expires_at: SystemTime,
+    ) -> anyhow::Result<bool>;
 }
 
 /// Full DHCP server or proxyDHCP (boot information only, no addresses).
@@ -85,6 +144,9 @@ pub struct DhcpConfig {
     pub listen_port: u16,
     /// 4011 by default; 0 disables the PXE boot-server port.
     pub proxy_port: u16,
+    /// Initial content of the live reservation table
+    /// ([`crate::DhcpServer::reservations`]).
+    pub reservations: Vec<Reservation>,
 }
 
 impl DhcpConfig {
@@ -97,6 +159,7 @@ impl DhcpConfig {
             subnets: Vec::new(),
             listen_port: 67,
             proxy_port: 4011,
+            reservations: Vec::new(),
         }
     }
 }
@@ -112,8 +175,6 @@ pub struct SubnetConfig {
     pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
     pub lease_time: Duration,
-    /// Fixed addresses: (mac, ip). May lie outside `range` but inside the subnet.
-    pub reservations: Vec<([u8; 6], Ipv4Addr)>,
 }
 
 impl SubnetConfig {

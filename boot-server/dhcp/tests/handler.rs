@@ -3,7 +3,7 @@
 //! proxy mode, malformed packets.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,16 @@ const MAC2: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x57];
 struct Advisor;
 #[async_trait::async_trait]
 impl BootAdvisor for Advisor {
-    async fn boot_answer(&self, f: &ClientFacts) -> Option<BootAnswer> {
+    async fn client_config(&self, f: &ClientFacts) -> ClientConfig {
+        ClientConfig {
+            boot: boot_answer(f),
+            ..ClientConfig::default()
+        }
+    }
+}
+
+fn boot_answer(f: &ClientFacts) -> Option<BootAnswer> {
+    {
         let next_server = SERVER;
         if f.is_ipxe {
             return Some(BootAnswer {
@@ -50,27 +59,93 @@ impl BootAdvisor for Advisor {
     }
 }
 
+/// A lease store in memory that behaves like the real one (refuses an
+/// address leased live to another MAC, conditional expiry) and can be told to
+/// fail, or to hold a commit / an expiry until released.
 #[derive(Default)]
 struct MemStore {
     leases: Mutex<std::collections::HashMap<[u8; 6], Lease>>,
     commits: Mutex<u32>,
+    fail_commit: AtomicBool,
+    fail_remove: AtomicBool,
+    fail_load: AtomicBool,
+    hold_commit: AtomicBool,
+    hold_expire: AtomicBool,
+    /// Signalled when a held operation has started.
+    entered: tokio::sync::Notify,
+    /// Lets a held operation go on.
+    release: tokio::sync::Notify,
+}
+impl MemStore {
+    async fn hold(&self, flag: &AtomicBool) {
+        if flag.swap(false, Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+    }
+    /// Wait until a held operation has started (a test failure, not a
+    /// hang, when the code under test never calls it).
+    async fn wait_entered(&self) {
+        tokio::time::timeout(Duration::from_secs(10), self.entered.notified())
+            .await
+            .expect("the held store operation was never called");
+    }
+    fn lease_of(&self, mac: [u8; 6]) -> Option<Lease> {
+        self.leases.lock().unwrap().get(&mac).cloned()
+    }
 }
 #[async_trait::async_trait]
 impl LeaseStore for MemStore {
     async fn load(&self) -> anyhow::Result<Vec<Lease>> {
+        if self.fail_load.load(Ordering::SeqCst) {
+            anyhow::bail!("store unavailable");
+        }
         Ok(self.leases.lock().unwrap().values().cloned().collect())
     }
     async fn commit(&self, lease: &Lease) -> anyhow::Result<()> {
-        self.leases.lock().unwrap().insert(lease.mac, lease.clone());
+        self.hold(&self.hold_commit).await;
+        if self.fail_commit.load(Ordering::SeqCst) {
+            anyhow::bail!("disk full");
+        }
+        let mut l = self.leases.lock().unwrap();
+        let now = std::time::SystemTime::now();
+        if l.values()
+            .any(|x| x.ip == lease.ip && x.mac != lease.mac && x.expires_at > now)
+        {
+            anyhow::bail!("{} is leased to another MAC", lease.ip);
+        }
+        l.insert(lease.mac, lease.clone());
         *self.commits.lock().unwrap() += 1;
         Ok(())
     }
     async fn remove(&self, mac: [u8; 6], ip: Ipv4Addr) -> anyhow::Result<()> {
+        // (an expiry done as a plain remove is held like one)
+        self.hold(&self.hold_expire).await;
+        if self.fail_remove.load(Ordering::SeqCst) {
+            anyhow::bail!("store unavailable");
+        }
         let mut l = self.leases.lock().unwrap();
         if l.get(&mac).is_some_and(|x| x.ip == ip) {
             l.remove(&mac);
         }
         Ok(())
+    }
+    async fn expire(
+        &self,
+        mac: [u8; 6],
+        ip: Ipv4Addr,
+        expires_at: std::time::SystemTime,
+    ) -> anyhow::Result<bool> {
+        self.hold(&self.hold_expire).await;
+        let mut l = self.leases.lock().unwrap();
+        match l.get(&mac) {
+            Some(x) if x.ip == ip && x.expires_at > expires_at => Ok(false),
+            Some(x) if x.ip == ip => {
+                l.remove(&mac);
+                Ok(true)
+            }
+            _ => Ok(true),
+        }
     }
 }
 
@@ -83,7 +158,6 @@ fn subnet() -> SubnetConfig {
         dns: vec![SERVER],
         domain: Some("lab".into()),
         lease_time: Duration::from_secs(3600),
-        reservations: vec![(MAC2, Ipv4Addr::new(10, 9, 0, 50))],
     }
 }
 
@@ -96,17 +170,29 @@ fn relay_subnet() -> SubnetConfig {
         dns: vec![],
         domain: None,
         lease_time: Duration::from_secs(600),
-        reservations: vec![],
     }
 }
 
-fn handler(mode: Mode) -> (Handler, Arc<MemStore>) {
+const RESERVED: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 50);
+
+fn config(mode: Mode) -> DhcpConfig {
     let mut cfg = DhcpConfig::new(mode, SERVER);
     if mode == Mode::Full {
         cfg.subnets = vec![subnet(), relay_subnet()];
+        cfg.reservations = vec![Reservation {
+            mac: MAC2,
+            ip: RESERVED,
+            hostname: Some("node2".into()),
+        }];
     }
+    cfg
+}
+
+async fn handler(mode: Mode) -> (Handler, Arc<MemStore>) {
     let store = Arc::new(MemStore::default());
-    (Handler::new(cfg, Arc::new(Advisor), store.clone()), store)
+    let h = Handler::new(config(mode), Arc::new(Advisor), store.clone());
+    h.load().await.unwrap();
+    (h, store)
 }
 
 fn request(mtype: MessageType, mac: [u8; 6]) -> Message {
@@ -214,7 +300,7 @@ fn facts_detect_arch_uuid_ipxe() {
 
 #[tokio::test]
 async fn bios_pxe_offer_is_zero_wait() {
-    let (h, store) = handler(Mode::Full);
+    let (h, store) = handler(Mode::Full).await;
     let out = send(&h, &pxe(request(MessageType::Discover, MAC), 0))
         .await
         .expect("offer");
@@ -256,7 +342,7 @@ async fn bios_pxe_offer_is_zero_wait() {
 
 #[tokio::test]
 async fn uefi_ipxe_and_http_offers() {
-    let (h, _) = handler(Mode::Full);
+    let (h, _) = handler(Mode::Full).await;
     // UEFI x64 (7 and the legacy 9)
     for arch in [7u16, 9] {
         let out = send(&h, &pxe(request(MessageType::Discover, MAC), arch))
@@ -318,7 +404,7 @@ async fn dora(h: &Handler, mac: [u8; 6]) -> Message {
 
 #[tokio::test]
 async fn lifecycle_commit_release_decline_inform() {
-    let (h, store) = handler(Mode::Full);
+    let (h, store) = handler(Mode::Full).await;
     let ack = dora(&h, MAC).await;
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     let ip = ack.yiaddr();
@@ -378,7 +464,7 @@ async fn lifecycle_commit_release_decline_inform() {
 
 #[tokio::test]
 async fn restart_keeps_address() {
-    let (h, store) = handler(Mode::Full);
+    let (h, store) = handler(Mode::Full).await;
     let ip = dora(&h, MAC).await.yiaddr();
     let mut cfg = DhcpConfig::new(Mode::Full, SERVER);
     cfg.subnets = vec![subnet()];
@@ -389,7 +475,7 @@ async fn restart_keeps_address() {
 
 #[tokio::test]
 async fn pool_exhaustion_counted() {
-    let (h, _) = handler(Mode::Full);
+    let (h, _) = handler(Mode::Full).await;
     for i in 0..10u8 {
         assert!(dora(&h, [2, 0, 0, 0, 1, i]).await.opts().msg_type() == Some(MessageType::Ack));
     }
@@ -403,7 +489,7 @@ async fn pool_exhaustion_counted() {
 
 #[tokio::test]
 async fn nak_cases() {
-    let (h, _) = handler(Mode::Full);
+    let (h, _) = handler(Mode::Full).await;
     let is_nak = |o: Option<Outgoing>| {
         let o = o.expect("a reply");
         assert_eq!(
@@ -437,7 +523,7 @@ async fn nak_cases() {
 
 #[tokio::test]
 async fn relay_reply_goes_to_giaddr_with_option_82_verbatim() {
-    let (h, _) = handler(Mode::Full);
+    let (h, _) = handler(Mode::Full).await;
     let giaddr = Ipv4Addr::new(10, 20, 0, 1);
     let mut m = pxe(request(MessageType::Discover, MAC), 0);
     m.set_giaddr(giaddr).set_hops(1);
@@ -484,7 +570,7 @@ async fn relay_reply_goes_to_giaddr_with_option_82_verbatim() {
 
 #[tokio::test]
 async fn proxy_mode() {
-    let (h, store) = handler(Mode::Proxy);
+    let (h, store) = handler(Mode::Proxy).await;
     // non-PXE client: silence
     assert!(send(&h, &request(MessageType::Discover, MAC))
         .await
@@ -527,7 +613,7 @@ async fn proxy_mode() {
 
 #[tokio::test]
 async fn malformed_packets_are_counted_not_panicking() {
-    let (h, _) = handler(Mode::Full);
+    let (h, _) = handler(Mode::Full).await;
     let good = bytes(&pxe(request(MessageType::Discover, MAC), 0));
     let mut cases: Vec<Vec<u8>> = vec![
         vec![],
@@ -585,17 +671,21 @@ async fn broadcast_flag_and_long_filename() {
     struct LongAdvisor;
     #[async_trait::async_trait]
     impl BootAdvisor for LongAdvisor {
-        async fn boot_answer(&self, _: &ClientFacts) -> Option<BootAnswer> {
-            Some(BootAnswer {
-                filename: format!("http://10.9.0.1/{}", "x".repeat(200)),
-                next_server: SERVER,
-                vendor_class: "PXEClient",
-            })
+        async fn client_config(&self, _: &ClientFacts) -> ClientConfig {
+            ClientConfig {
+                boot: Some(BootAnswer {
+                    filename: format!("http://10.9.0.1/{}", "x".repeat(200)),
+                    next_server: SERVER,
+                    vendor_class: "PXEClient",
+                }),
+                ..ClientConfig::default()
+            }
         }
     }
     let mut cfg = DhcpConfig::new(Mode::Full, SERVER);
     cfg.subnets = vec![subnet()];
     let h = Handler::new(cfg, Arc::new(LongAdvisor), Arc::new(MemStore::default()));
+    h.load().await.unwrap();
     let mut m = pxe(request(MessageType::Discover, MAC), 0);
     m.set_flags(Flags::default().set_broadcast());
     let out = send(&h, &m).await.unwrap();
@@ -621,6 +711,7 @@ async fn handler_throughput() {
         Arc::new(Advisor),
         Arc::new(MemStore::default()),
     ));
+    h.load().await.unwrap();
     let n = 50_000u32;
     let start = std::time::Instant::now();
     for i in 0..n {
@@ -641,4 +732,346 @@ async fn handler_throughput() {
         "{n} DORA in {el:?}: {:.0} exchanges/s (one thread, incl. client-side encode/decode)",
         n as f64 / el.as_secs_f64()
     );
+}
+
+const MAC3: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x58];
+const MAC4: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x59];
+
+fn msg_type(o: &Option<Outgoing>) -> Option<MessageType> {
+    o.as_ref()
+        .and_then(|o| boot_dhcp::decode(&o.packet).unwrap().opts().msg_type())
+}
+
+/// RENEWING request: ciaddr set, no option 50 / 54.
+fn renew(mac: [u8; 6], ip: Ipv4Addr) -> Message {
+    let mut m = request(MessageType::Request, mac);
+    m.set_ciaddr(ip);
+    m
+}
+
+/// INIT-REBOOT request for `ip`.
+fn init_reboot(mac: [u8; 6], ip: Ipv4Addr) -> Message {
+    let mut m = request(MessageType::Request, mac);
+    m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    m
+}
+
+fn discover_asking(mac: [u8; 6], ip: Ipv4Addr) -> Message {
+    let mut m = request(MessageType::Discover, mac);
+    m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    m
+}
+
+/// Asserts nobody but the holder can get `ip`.
+async fn nobody_else_gets(h: &Handler, ip: Ipv4Addr, who: [u8; 6]) {
+    let offer = send(h, &discover_asking(who, ip)).await.unwrap();
+    assert_ne!(
+        boot_dhcp::decode(&offer.packet).unwrap().yiaddr(),
+        ip,
+        "{ip} offered to another client"
+    );
+    assert_eq!(
+        msg_type(&send(h, &init_reboot(who, ip)).await),
+        Some(MessageType::Nak),
+        "{ip} must be refused to another client"
+    );
+}
+
+#[tokio::test]
+async fn failed_commit_keeps_the_clients_valid_binding() {
+    let (h, store) = handler(Mode::Full).await;
+    let ip = dora(&h, MAC).await.yiaddr();
+    store.fail_commit.store(true, Ordering::SeqCst);
+    // a failed renewal and a failed move to another address: no ACK ...
+    assert!(send(&h, &renew(MAC, ip)).await.is_none());
+    assert!(send(&h, &init_reboot(MAC, Ipv4Addr::new(10, 9, 0, 107)))
+        .await
+        .is_none());
+    assert_eq!(h.stats().commit_failures.load(Ordering::Relaxed), 2);
+    assert!(h.stats().store_errors.load(Ordering::Relaxed) >= 2);
+    store.fail_commit.store(false, Ordering::SeqCst);
+    // ... and the still-valid binding keeps its address in memory too
+    nobody_else_gets(&h, ip, MAC3).await;
+    assert_eq!(store.lease_of(MAC).unwrap().ip, ip);
+    // the address it tried to move to was not kept for it either
+    let got = dora(&h, MAC4).await;
+    assert_eq!(got.opts().msg_type(), Some(MessageType::Ack));
+    // and the client itself still renews
+    assert_eq!(
+        msg_type(&send(&h, &renew(MAC, ip)).await),
+        Some(MessageType::Ack)
+    );
+}
+
+#[tokio::test]
+async fn store_refusal_means_no_ack() {
+    let (h, store) = handler(Mode::Full).await;
+    // another writer holds 10.9.0.104 live in the store; memory does not know
+    let ip = Ipv4Addr::new(10, 9, 0, 104);
+    store.leases.lock().unwrap().insert(
+        MAC4,
+        Lease {
+            mac: MAC4,
+            ip,
+            expires_at: std::time::SystemTime::now() + Duration::from_secs(600),
+            hostname: None,
+            client_id: None,
+        },
+    );
+    assert!(send(&h, &init_reboot(MAC, ip)).await.is_none(), "no ACK");
+    assert_eq!(h.stats().acks.load(Ordering::Relaxed), 0);
+    assert_eq!(store.lease_of(MAC4).unwrap().ip, ip);
+    assert!(store.lease_of(MAC).is_none());
+}
+
+#[tokio::test]
+async fn decline_from_a_non_holder_is_ignored() {
+    let (h, store) = handler(Mode::Full).await;
+    let ip = dora(&h, MAC).await.yiaddr();
+    let mut dec = request(MessageType::Decline, MAC3);
+    dec.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    dec.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    assert!(send(&h, &dec).await.is_none());
+    assert_eq!(h.stats().declines_ignored.load(Ordering::Relaxed), 1);
+    assert_eq!(h.stats().declines.load(Ordering::Relaxed), 0);
+    assert_eq!(store.lease_of(MAC).unwrap().ip, ip, "lease kept");
+    assert_eq!(
+        msg_type(&send(&h, &renew(MAC, ip)).await),
+        Some(MessageType::Ack),
+        "the holder still renews"
+    );
+    nobody_else_gets(&h, ip, MAC3).await;
+}
+
+#[tokio::test]
+async fn renewal_between_expiry_scan_and_delete_wins() {
+    let store = Arc::new(MemStore::default());
+    let ip = Ipv4Addr::new(10, 9, 0, 103);
+    store.leases.lock().unwrap().insert(
+        MAC,
+        Lease {
+            mac: MAC,
+            ip,
+            expires_at: std::time::SystemTime::now() - Duration::from_secs(1),
+            hostname: None,
+            client_id: None,
+        },
+    );
+    let h = Arc::new(Handler::new(
+        config(Mode::Full),
+        Arc::new(Advisor),
+        store.clone(),
+    ));
+    h.load().await.unwrap();
+    store.hold_expire.store(true, Ordering::SeqCst);
+    let sweep = tokio::spawn({
+        let h = h.clone();
+        async move { h.expire().await }
+    });
+    // the sweep found the lease expired and is in the store's expire ...
+    store.wait_entered().await;
+    // ... when the client renews
+    assert_eq!(
+        msg_type(&send(&h, &renew(MAC, ip)).await),
+        Some(MessageType::Ack)
+    );
+    store.release.notify_one();
+    assert_eq!(sweep.await.unwrap(), 0, "nothing expired");
+    let l = store.lease_of(MAC).expect("renewed lease still stored");
+    assert!(l.expires_at > std::time::SystemTime::now());
+    nobody_else_gets(&h, ip, MAC3).await;
+    // a lease that really expired goes, from the store and from memory
+    let (h, store) = handler(Mode::Full).await;
+    let ip = dora(&h, MAC4).await.yiaddr();
+    store
+        .leases
+        .lock()
+        .unwrap()
+        .get_mut(&MAC4)
+        .unwrap()
+        .expires_at = std::time::SystemTime::now() - Duration::from_secs(1);
+    let h2 = Handler::new(config(Mode::Full), Arc::new(Advisor), store.clone());
+    h2.load().await.unwrap();
+    assert_eq!(h2.expire().await, 1);
+    assert!(store.lease_of(MAC4).is_none());
+    assert_eq!(
+        msg_type(&send(&h2, &init_reboot(MAC3, ip)).await),
+        Some(MessageType::Ack)
+    );
+}
+
+#[tokio::test]
+async fn ack_leaves_only_after_the_commit_returned() {
+    let (h, store) = handler(Mode::Full).await;
+    let h = Arc::new(h);
+    let offer = send(&h, &request(MessageType::Discover, MAC))
+        .await
+        .unwrap();
+    let ip = boot_dhcp::decode(&offer.packet).unwrap().yiaddr();
+    let mut req = request(MessageType::Request, MAC);
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    store.hold_commit.store(true, Ordering::SeqCst);
+    let mut task = tokio::spawn({
+        let h = h.clone();
+        let req = bytes(&req);
+        async move { h.handle(&req, client(), Ingress::Dhcp).await }
+    });
+    store.wait_entered().await;
+    // the commit is held: no reply may come out
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut task)
+            .await
+            .is_err(),
+        "a reply left before the commit returned"
+    );
+    assert!(store.lease_of(MAC).is_none());
+    store.release.notify_one();
+    let out = task.await.unwrap();
+    assert_eq!(msg_type(&out), Some(MessageType::Ack));
+    assert_eq!(store.lease_of(MAC).unwrap().ip, ip, "committed before ACK");
+    // a commit that fails: no ACK at all
+    store.fail_commit.store(true, Ordering::SeqCst);
+    assert!(send(&h, &renew(MAC, ip)).await.is_none());
+}
+
+#[tokio::test]
+async fn store_errors_never_stop_dhcp() {
+    let store = Arc::new(MemStore::default());
+    store.fail_load.store(true, Ordering::SeqCst);
+    let h = Handler::new(config(Mode::Full), Arc::new(Advisor), store.clone());
+    assert!(h.load().await.is_err());
+    assert_eq!(h.stats().store_errors.load(Ordering::Relaxed), 1);
+    // not loaded: full mode answers nothing (it could hand out leased addresses)
+    assert!(send(&h, &request(MessageType::Discover, MAC))
+        .await
+        .is_none());
+    assert_eq!(h.stats().not_ready.load(Ordering::Relaxed), 1);
+    store.fail_load.store(false, Ordering::SeqCst);
+    h.load().await.unwrap();
+    let ip = dora(&h, MAC).await.yiaddr();
+    // a RELEASE the store cannot record keeps the binding (expiry retries)
+    store.fail_remove.store(true, Ordering::SeqCst);
+    let mut rel = request(MessageType::Release, MAC);
+    rel.set_ciaddr(ip);
+    rel.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    assert!(send(&h, &rel).await.is_none());
+    assert_eq!(store.lease_of(MAC).unwrap().ip, ip);
+    nobody_else_gets(&h, ip, MAC3).await;
+    store.fail_remove.store(false, Ordering::SeqCst);
+    assert!(send(&h, &rel).await.is_none());
+    assert!(store.lease_of(MAC).is_none());
+}
+
+/// Advisor giving MAC a fixed address outside the range, a hostname, a
+/// domain and an extra option.
+struct PerClient;
+#[async_trait::async_trait]
+impl BootAdvisor for PerClient {
+    async fn client_config(&self, f: &ClientFacts) -> ClientConfig {
+        if f.mac != MAC {
+            return ClientConfig::default();
+        }
+        ClientConfig {
+            boot: boot_answer(f),
+            fixed_address: Some(Ipv4Addr::new(10, 9, 0, 20)),
+            hostname: Some("node1".into()),
+            domain: Some("site.example".into()),
+            extra_options: vec![(42, vec![10, 9, 0, 1]), (53, vec![5])],
+        }
+    }
+}
+
+#[tokio::test]
+async fn per_client_config_and_live_reservations() {
+    let store = Arc::new(MemStore::default());
+    let h = Handler::new(config(Mode::Full), Arc::new(PerClient), store.clone());
+    h.load().await.unwrap();
+    let fixed = Ipv4Addr::new(10, 9, 0, 20);
+    for ack in [
+        dora(&h, MAC).await,
+        boot_dhcp::decode(
+            &send(&h, &pxe(request(MessageType::Discover, MAC), 0))
+                .await
+                .unwrap()
+                .packet,
+        )
+        .unwrap(),
+    ] {
+        assert_eq!(ack.yiaddr(), fixed, "fixed address outside the range");
+        assert_eq!(
+            opt(&ack, OptionCode::Hostname),
+            Some(&DhcpOption::Hostname("node1".into()))
+        );
+        assert_eq!(
+            opt(&ack, OptionCode::DomainName),
+            Some(&DhcpOption::DomainName("site.example".into()))
+        );
+        assert!(
+            matches!(
+                opt(&ack, OptionCode::from(42u8)),
+                Some(DhcpOption::NtpServers(v)) if v == &[SERVER]
+            ),
+            "{:?}",
+            opt(&ack, OptionCode::from(42u8))
+        );
+    }
+    // INIT-REBOOT with a dynamic address while a fixed one is set: NAK
+    assert_eq!(
+        msg_type(&send(&h, &init_reboot(MAC, Ipv4Addr::new(10, 9, 0, 100))).await),
+        Some(MessageType::Nak)
+    );
+    // the initial reservation table: MAC2 gets 10.9.0.50 and its hostname
+    let ack = dora(&h, MAC2).await;
+    assert_eq!(ack.yiaddr(), RESERVED);
+    assert_eq!(
+        opt(&ack, OptionCode::Hostname),
+        Some(&DhcpOption::Hostname("node2".into()))
+    );
+    // a dynamic client, then its address becomes MAC4's reservation: MAC4
+    // does not get it while MAC3 holds it ...
+    let held = dora(&h, MAC3).await.yiaddr();
+    h.reservations().replace(vec![Reservation {
+        mac: MAC4,
+        ip: held,
+        hostname: None,
+    }]);
+    assert_ne!(dora(&h, MAC4).await.yiaddr(), held);
+    assert_eq!(store.lease_of(MAC3).unwrap().ip, held);
+    // ... until the explicit move frees it (store, then memory)
+    assert_eq!(h.free_address(held).await.unwrap(), Some(MAC3));
+    assert!(store.lease_of(MAC3).is_none());
+    assert_eq!(dora(&h, MAC4).await.yiaddr(), held);
+    // the old holder is refused it now
+    assert_eq!(
+        msg_type(&send(&h, &renew(MAC3, held)).await),
+        Some(MessageType::Nak)
+    );
+    // 10.9.0.50 (outside the range) is no longer reserved: MAC2's renewal is
+    // refused, and it moves to a dynamic address
+    assert_eq!(
+        msg_type(&send(&h, &renew(MAC2, RESERVED)).await),
+        Some(MessageType::Nak)
+    );
+    let moved = dora(&h, MAC2).await.yiaddr();
+    assert!(subnet().in_range(moved));
+    assert_eq!(store.lease_of(MAC2).unwrap().ip, moved);
+}
+
+#[test]
+fn facts_show_the_observed_address() {
+    let mut m = request(MessageType::Request, MAC);
+    m.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 9, 0, 7)));
+    m.set_giaddr(Ipv4Addr::new(10, 20, 0, 1));
+    let f = client_facts(&boot_dhcp::decode(&bytes(&m)).unwrap());
+    assert_eq!(f.message_type, Some(MessageType::Request));
+    assert_eq!(f.requested_ip, Some(Ipv4Addr::new(10, 9, 0, 7)));
+    assert_eq!(f.ciaddr, None);
+    assert_eq!(f.relay, Some(Ipv4Addr::new(10, 20, 0, 1)));
+    assert_eq!(f.observed_ip(), Some(Ipv4Addr::new(10, 9, 0, 7)));
+    let r = renew(MAC, Ipv4Addr::new(10, 9, 0, 8));
+    let f = client_facts(&boot_dhcp::decode(&bytes(&r)).unwrap());
+    assert_eq!(f.ciaddr, Some(Ipv4Addr::new(10, 9, 0, 8)));
+    assert_eq!(f.observed_ip(), Some(Ipv4Addr::new(10, 9, 0, 8)));
 }

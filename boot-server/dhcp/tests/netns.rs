@@ -14,19 +14,16 @@ use std::time::{Duration, Instant};
 
 use boot_dhcp::dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use boot_dhcp::dhcproto::Encodable;
+use test_support::Need;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn skip(what: &str) -> bool {
-    if !is_root() {
-        eprintln!("SKIP {what}: needs root (network namespaces)");
-        return true;
-    }
-    false
+/// Root (network namespaces), `ip`, and the given client tools: else an
+/// honest skip (a failure under CI).
+fn skip(what: &str, tools: &[&str]) -> bool {
+    let mut needs = vec![Need::Root, Need::Tool("ip")];
+    needs.extend(tools.iter().map(|t| Need::Tool(t)));
+    !test_support::require(what, &needs)
 }
 
 /// Run a command, panic with its output on failure.
@@ -208,7 +205,7 @@ fn kill(pid: u32, sig: nix::sys::signal::Signal) {
 
 #[test]
 fn udhcpc_lease_renew_release() {
-    if skip("udhcpc_lease_renew_release") {
+    if skip("udhcpc_lease_renew_release", &["udhcpc"]) {
         return;
     }
     let lab = lab();
@@ -263,7 +260,7 @@ fn udhcpc_lease_renew_release() {
 
 #[test]
 fn dhclient_lease_reboot_release() {
-    if skip("dhclient_lease_reboot_release") {
+    if skip("dhclient_lease_reboot_release", &["dhclient", "timeout"]) {
         return;
     }
     let lab = lab();
@@ -357,7 +354,7 @@ fn udhcpc_once(lab: &Lab, mac: &str) -> String {
 
 #[test]
 fn lease_survives_sigkill_restart() {
-    if skip("lease_survives_sigkill_restart") {
+    if skip("lease_survives_sigkill_restart", &["udhcpc"]) {
         return;
     }
     let lab = lab();
@@ -430,7 +427,7 @@ fn collect(
 
 #[test]
 fn proxy_mode_next_to_dnsmasq() {
-    if skip("proxy_mode_next_to_dnsmasq") {
+    if skip("proxy_mode_next_to_dnsmasq", &["dnsmasq", "udhcpc"]) {
         return;
     }
     // bridge in the proxy's namespace; dnsmasq and the client each in their own
@@ -557,7 +554,7 @@ fn proxy_mode_next_to_dnsmasq() {
 
 #[test]
 fn router_advertisement_answers_solicitation() {
-    if skip("router_advertisement_answers_solicitation") {
+    if skip("router_advertisement_answers_solicitation", &[]) {
         return;
     }
     let lab = lab();

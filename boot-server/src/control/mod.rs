@@ -103,8 +103,14 @@ impl CommandWakeups {
     }
 }
 
-/// Pushes the reservation table to the DHCP server after every change.
-pub type ReservationSink = Arc<dyn Fn(&[Reservation]) + Send + Sync>;
+/// The running DHCP server, as the control layer drives it.
+#[async_trait::async_trait]
+pub trait DhcpLink: Send + Sync {
+    /// Replaces the server's live reservation table.
+    fn set_reservations(&self, table: &[Reservation]);
+    /// Releases whatever lease holds `ip` (store first, then memory).
+    async fn free_address(&self, ip: std::net::Ipv4Addr) -> anyhow::Result<()>;
+}
 /// The NBD side of disk attachments: rebuild the export table after a
 /// change, and cut the open connections of a detached overlay.
 #[async_trait::async_trait]
@@ -125,7 +131,7 @@ pub struct Control {
     pub image_files: Arc<ImageFiles>,
     disks: Option<Arc<boot_nbd::DiskStore>>,
     exports: Option<Arc<dyn ExportControl>>,
-    reservation_sink: Mutex<Option<ReservationSink>>,
+    dhcp: Mutex<Option<Arc<dyn DhcpLink>>>,
     sqlite: Mutex<Option<Arc<crate::store::SqliteStore>>>,
 }
 
@@ -149,7 +155,7 @@ impl Control {
             image_files,
             disks,
             exports,
-            reservation_sink: Mutex::new(None),
+            dhcp: Mutex::new(None),
             sqlite: Mutex::new(None),
         }
     }
@@ -180,12 +186,13 @@ impl Control {
             .map_err(|e| Error::new(ErrorKind::Unavailable, e.to_string()))
     }
 
-    /// Registers where reservation changes go (the DHCP server).
-    pub fn set_reservation_sink(&self, sink: ReservationSink) {
-        *self
-            .reservation_sink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    /// Registers the running DHCP server (reservations go live there).
+    pub fn set_dhcp(&self, link: Arc<dyn DhcpLink>) {
+        *self.dhcp.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
+    }
+
+    fn dhcp_link(&self) -> Option<Arc<dyn DhcpLink>> {
+        self.dhcp.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A node by id or MAC.

@@ -50,8 +50,14 @@ impl Control {
             .into_iter()
             .find(|l| l.ip == r.ip && l.mac != r.mac);
         self.store.put_reservation(&r).await?;
+        self.push_reservations().await?;
         if let Some(l) = holder {
-            self.store.remove_lease(l.mac, l.ip).await?;
+            match self.dhcp_link() {
+                Some(d) => d.free_address(l.ip).await?,
+                None => {
+                    self.store.remove_lease(l.mac, l.ip).await?;
+                }
+            }
             tracing::info!(ip = %l.ip, from = %l.mac, to = %r.mac, "released the old holder's lease for a reservation");
         }
         self.events.emit(
@@ -59,7 +65,7 @@ impl Control {
             EventKind::ReservationSet,
             json!({ "mac": r.mac, "ip": r.ip, "hostname": r.hostname }),
         );
-        self.push_reservations().await
+        Ok(())
     }
 
     /// Removes the reservation of a MAC.
@@ -78,13 +84,8 @@ impl Control {
     /// Sends the current table to the DHCP server.
     pub async fn push_reservations(&self) -> Result<()> {
         let table = self.store.reservations().await?;
-        if let Some(sink) = self
-            .reservation_sink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            sink(&table);
+        if let Some(d) = self.dhcp_link() {
+            d.set_reservations(&table);
         }
         Ok(())
     }

@@ -136,11 +136,24 @@ async fn node_state(
     ok(s.control.set_node_state(&id, b.state).await?)
 }
 
+/// A node command (`reboot`, `reprovision`, `kexec` by image), or an agent
+/// command as the agent receives it (round-1 API).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CommandBody {
+    Node(NodeCommand),
+    Agent(boot_proto::CommandKind),
+}
+
 async fn queue_command(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-    Json(cmd): Json<NodeCommand>,
+    Json(cmd): Json<CommandBody>,
 ) -> ApiResult {
+    let cmd = match cmd {
+        CommandBody::Node(c) => c,
+        CommandBody::Agent(command) => NodeCommand::Raw { command },
+    };
     let cid = s.control.command_node(&id, cmd).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": cid }))).into_response())
 }

@@ -127,8 +127,10 @@ pub trait LeaseStore: Send + Sync {
     async fn put_lease(&self, lease: &Lease) -> Result<()>;
     /// Removes the lease of `mac` on `ip` (RELEASE, DECLINE by its holder).
     async fn remove_lease(&self, mac: MacAddr, ip: Ipv4Addr) -> Result<bool>;
-    /// Removes the lease of `mac` on `ip` only if it still expires at
-    /// `expires_at_ms` (not renewed in between); true when removed.
+    /// Removes the lease of `mac` on `ip` only if it expires at or before
+    /// `expires_at_ms` (not renewed in between), in one operation. True when
+    /// no lease of `mac` on `ip` remains (removed or absent), false when a
+    /// renewed one is stored.
     async fn expire_lease(&self, mac: MacAddr, ip: Ipv4Addr, expires_at_ms: i64) -> Result<bool>;
     /// The live lease of a MAC, if any.
     async fn lease_of(&self, mac: MacAddr) -> Result<Option<Lease>>;

@@ -82,17 +82,20 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn expire_lease(&self, mac: MacAddr, ip: Ipv4Addr, expires_at_ms: i64) -> Result<bool> {
-        Ok(self
-            .exec(
-                "DELETE FROM leases WHERE mac = ?1 AND ip = ?2 AND expires_at_ms = ?3",
-                vec![
-                    mac.to_string().into(),
-                    ip.to_string().into(),
-                    expires_at_ms.into(),
-                ],
-            )
-            .await?
-            > 0)
+        let (mac, ip) = (mac.to_string(), ip.to_string());
+        self.write(move |c| {
+            c.execute(
+                "DELETE FROM leases WHERE mac = ?1 AND ip = ?2 AND expires_at_ms <= ?3",
+                params![mac, ip, expires_at_ms],
+            )?;
+            let left: i64 = c.query_row(
+                "SELECT COUNT(*) FROM leases WHERE mac = ?1 AND ip = ?2",
+                params![mac, ip],
+                |r| r.get(0),
+            )?;
+            Ok(left == 0)
+        })
+        .await
     }
 
     async fn lease_of(&self, mac: MacAddr) -> Result<Option<Lease>> {
