@@ -9,15 +9,20 @@
 //! for) restarts the conversion from the start of the file: slow but
 //! correct, and still bounded.
 //!
-//! Memory per transfer: at most `window_bytes + blksize + 2 * RAW_CHUNK`,
-//! whatever the file size.
+//! Memory per transfer: at most about `window_bytes + blksize + 3 * RAW_CHUNK`,
+//! whatever the file size. Reads start at one window and grow with the bytes
+//! already sent (up to [`RAW_CHUNK`]), so a transfer stalled at its first
+//! block (a flooder that never ACKs) holds only a few KiB.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-/// Raw bytes read (and converted) per read call.
+/// Largest raw read (and conversion) per read call.
 pub const RAW_CHUNK: usize = 64 * 1024;
+
+/// Read size of the counting pass.
+const COUNT_CHUNK: usize = 16 * 1024;
 
 /// Appends the netascii form of `raw` to `out`.
 pub fn convert_into(raw: &[u8], out: &mut Vec<u8>) {
@@ -55,11 +60,11 @@ fn read_full_at(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
 /// Size of the netascii form of the first `raw_len` bytes of `file`, by one
 /// streaming pass.
 pub fn converted_len(file: &File, raw_len: u64) -> io::Result<u64> {
-    let mut chunk = vec![0u8; RAW_CHUNK];
+    let mut chunk = vec![0u8; COUNT_CHUNK];
     let mut off = 0u64;
     let mut extra = 0u64;
     while off < raw_len {
-        let want = (raw_len - off).min(RAW_CHUNK as u64) as usize;
+        let want = (raw_len - off).min(COUNT_CHUNK as u64) as usize;
         let n = read_full_at(file, &mut chunk[..want], off)?;
         if n == 0 {
             return Err(shrank());
@@ -86,7 +91,7 @@ pub struct NetasciiStream {
     raw_len: u64,
     /// Next raw offset to convert.
     raw_pos: u64,
-    /// Read scratch buffer (RAW_CHUNK bytes once used).
+    /// Read scratch buffer (grows up to RAW_CHUNK).
     raw: Vec<u8>,
     /// Converted bytes; `buf[0]` is converted offset `buf_off`.
     buf: Vec<u8>,
@@ -125,10 +130,13 @@ impl NetasciiStream {
             if self.raw_pos >= self.raw_len {
                 return Err(shrank());
             }
-            if self.raw.len() < RAW_CHUNK {
-                self.raw.resize(RAW_CHUNK, 0);
+            // At least what the request lacks; more as the transfer proves live.
+            let lacking = end - (self.buf_off + self.buf.len() as u64);
+            let chunk = start.max(lacking).clamp(512, RAW_CHUNK as u64) as usize;
+            if self.raw.len() < chunk {
+                self.raw.resize(chunk, 0);
             }
-            let want = (self.raw_len - self.raw_pos).min(RAW_CHUNK as u64) as usize;
+            let want = (self.raw_len - self.raw_pos).min(chunk as u64) as usize;
             let n = read_full_at(&self.file, &mut self.raw[..want], self.raw_pos)?;
             if n == 0 {
                 return Err(shrank());
@@ -208,11 +216,14 @@ mod tests {
                     );
                 }
             }
-            assert!(s.buffered() <= 2 * (window + bs as usize + 2 * RAW_CHUNK) + RAW_CHUNK);
+            assert!(s.buffered() <= 2 * (window + bs as usize + 3 * RAW_CHUNK));
             i += 1;
         }
         assert!(got == want, "streamed conversion differs");
-        // A rewind to the very start restarts the conversion.
+        // A rewind to the very start restarts the conversion, with small reads.
+        let mut fresh = NetasciiStream::new(File::open(&p).unwrap(), raw.len() as u64);
+        assert_eq!(fresh.range(0, bs, window).unwrap(), &want[..bs as usize]);
+        assert!(fresh.buffered() < 16 * 1024, "{}", fresh.buffered());
         assert_eq!(s.range(0, 10, window).unwrap(), &want[..10]);
     }
 

@@ -11,7 +11,8 @@ use std::path::Path;
 use crate::netascii::{converted_len, NetasciiStream};
 use crate::packet::Mode;
 
-/// Read-ahead chunk: 256 KiB (about 178 blocks of 1468 bytes per read call).
+/// Largest read-ahead chunk: 256 KiB (about 178 blocks of 1468 bytes per
+/// read call), reached once 256 KiB have been sent.
 pub const READ_AHEAD: usize = 256 * 1024;
 
 /// Source of the blocks of one transfer.
@@ -93,7 +94,11 @@ impl Source {
             } => {
                 let have = start >= *buf_off && end <= *buf_off + *buf_len as u64;
                 if !have {
-                    let cap = READ_AHEAD.max(window_bytes).max(blksize);
+                    // One window at first, growing with the bytes already
+                    // sent up to READ_AHEAD: a transfer stalled at its first
+                    // block (a flooder that never ACKs) holds one window.
+                    let first = window_bytes.max(blksize);
+                    let cap = (start.min(READ_AHEAD as u64) as usize).max(first);
                     if buf.len() < cap {
                         buf.resize(cap, 0);
                     }

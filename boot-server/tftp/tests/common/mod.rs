@@ -130,17 +130,6 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Fails clearly when a real client binary is missing.
-pub fn require(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is required for this test (apt-get install curl atftp)"
-    );
-}
-
 // ---- A raw in-test client, for what no Debian client does. ----
 
 pub fn request(op: u16, parts: &[&str]) -> Vec<u8> {
