@@ -13,7 +13,8 @@
 #     then a client on 127.0.0.2 measures the time to its first DATA block
 #     (RRQ -> OACK -> ACK 0 -> DATA 1), TRIES times; and curl fetches a file.
 #  3. the same with 512 requests spread over 64 addresses (the total limit
-#     is full): how long until another client is served.
+#     is full; the server evicts the oldest never-ACKed transfer): how long
+#     until another client is served.
 # Needs root (ip netns), python3 and curl. Uses CARGO_TARGET_DIR if set.
 set -euo pipefail
 
@@ -189,7 +190,7 @@ echo "curl (from 127.0.0.2) 2 MB during the flood: time to first byte / total (s
 echo -n "server: "; rss "$server"
 stop_server
 
-echo "== 3. total limit full: 64 addresses x 8 requests (timeout 255 declined -> 1 s x 6 tries)"
+echo "== 3. total limit full: 64 addresses x 8 requests (never ACKed), then a client on 127.0.0.2"
 start_server
 inns python3 "$work/flood.py" spread 6969
 stop_server

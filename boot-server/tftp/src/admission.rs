@@ -5,9 +5,19 @@
 //!
 //! A [`Permit`] holds one slot and gives it back when dropped (also when its
 //! transfer thread panics).
+//!
+//! When every slot is taken, a new request evicts the oldest transfer whose
+//! client has not acknowledged anything yet ([`Permit::confirm`] not called):
+//! requests from forged or silent addresses never ACK, so a flood spread over
+//! many addresses cannot keep a real client out for the seconds its
+//! retransmissions would last. A transfer that has been acknowledged once is
+//! never evicted. The evicted transfer sees [`Permit::evicted`], tells its
+//! client "server busy" and ends within its next poll slice; until then the
+//! running count may exceed the total limit (by at most that limit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Why a request was not admitted.
@@ -41,6 +51,24 @@ pub struct Admission {
 struct State {
     total: usize,
     per_client: HashMap<IpAddr, usize>,
+    /// Admitted transfers, oldest first, that may still be unconfirmed
+    /// (pruned lazily).
+    unconfirmed: VecDeque<Arc<Slot>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    confirmed: AtomicBool,
+    evicted: AtomicBool,
+}
+
+impl Slot {
+    fn evictable(self: &Arc<Self>) -> bool {
+        // strong_count 1: only the queue holds it, the transfer has ended.
+        !self.confirmed.load(Ordering::Relaxed)
+            && !self.evicted.load(Ordering::Relaxed)
+            && Arc::strong_count(self) > 1
+    }
 }
 
 /// One admitted transfer; its slot is freed on drop.
@@ -48,6 +76,19 @@ struct State {
 pub struct Permit {
     admission: Arc<Admission>,
     client: IpAddr,
+    slot: Arc<Slot>,
+}
+
+impl Permit {
+    /// The client acknowledged something: this transfer is never evicted.
+    pub fn confirm(&self) {
+        self.slot.confirmed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a newer request took this transfer's slot.
+    pub fn evicted(&self) -> bool {
+        self.slot.evicted.load(Ordering::Relaxed)
+    }
 }
 
 impl Admission {
@@ -64,18 +105,33 @@ impl Admission {
     pub fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Permit, Refusal> {
         let client = client.to_canonical();
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if st.total >= self.max_total {
-            return Err(Refusal::ServerFull);
-        }
-        let n = st.per_client.entry(client).or_insert(0);
-        if *n >= self.max_per_client {
+        if st.per_client.get(&client).copied().unwrap_or(0) >= self.max_per_client {
             return Err(Refusal::ClientFull);
         }
-        *n += 1;
+        if st.total >= self.max_total {
+            let victim = loop {
+                match st.unconfirmed.pop_front() {
+                    Some(s) if s.evictable() => break Some(s),
+                    Some(_) => {}
+                    None => break None,
+                }
+            };
+            match victim {
+                Some(s) => s.evicted.store(true, Ordering::Relaxed),
+                None => return Err(Refusal::ServerFull),
+            }
+        }
+        *st.per_client.entry(client).or_insert(0) += 1;
         st.total += 1;
+        if st.unconfirmed.len() >= 2 * self.max_total {
+            st.unconfirmed.retain(|s| s.evictable());
+        }
+        let slot = Arc::new(Slot::default());
+        st.unconfirmed.push_back(slot.clone());
         Ok(Permit {
             admission: self.clone(),
             client,
+            slot,
         })
     }
 
@@ -120,18 +176,45 @@ mod tests {
     fn per_client_and_total_limits() {
         let adm = Admission::new(3, 2);
         let a1 = adm.admit(ip("10.0.0.1")).unwrap();
-        let _a2 = adm.admit(ip("10.0.0.1")).unwrap();
+        let a2 = adm.admit(ip("10.0.0.1")).unwrap();
         assert_eq!(adm.admit(ip("10.0.0.1")).unwrap_err(), Refusal::ClientFull);
         // IPv4-mapped IPv6 is the same client.
         assert_eq!(
             adm.admit(ip("::ffff:10.0.0.1")).unwrap_err(),
             Refusal::ClientFull
         );
-        let _b1 = adm.admit(ip("10.0.0.2")).unwrap();
+        let b1 = adm.admit(ip("10.0.0.2")).unwrap();
+        // Confirmed transfers are never evicted: the server is full.
+        for p in [&a1, &a2, &b1] {
+            p.confirm();
+        }
         assert_eq!(adm.admit(ip("10.0.0.3")).unwrap_err(), Refusal::ServerFull);
         drop(a1);
         assert_eq!(adm.running(ip("10.0.0.1")), (2, 1));
         let _a3 = adm.admit(ip("10.0.0.1")).unwrap();
+    }
+
+    #[test]
+    fn full_server_evicts_oldest_unconfirmed_only() {
+        let adm = Admission::new(3, 8);
+        let old = adm.admit(ip("10.0.0.1")).unwrap();
+        let live = adm.admit(ip("10.0.0.2")).unwrap();
+        live.confirm();
+        let young = adm.admit(ip("10.0.0.3")).unwrap();
+        // Full: the oldest unconfirmed (not the confirmed one) is evicted.
+        let new = adm.admit(ip("10.0.0.4")).unwrap();
+        assert!(old.evicted() && !live.evicted() && !young.evicted());
+        let newer = adm.admit(ip("10.0.0.5")).unwrap();
+        assert!(young.evicted());
+        // Only confirmed or already evicted transfers left (plus the two new
+        // ones, unconfirmed): those two go next, then nothing.
+        new.confirm();
+        newer.confirm();
+        assert_eq!(adm.admit(ip("10.0.0.6")).unwrap_err(), Refusal::ServerFull);
+        // Evicted transfers still count until their threads end.
+        assert_eq!(adm.running(ip("10.0.0.1")).0, 5);
+        drop((old, young));
+        assert_eq!(adm.running(ip("10.0.0.1")).0, 3);
     }
 
     #[test]

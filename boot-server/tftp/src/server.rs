@@ -5,7 +5,8 @@
 //! [`crate::TftpConfig::max_transfers`] bounds the thread count).
 //!
 //! Admission ([`crate::admission`]) bounds the transfers per client address
-//! and in total; a request over a limit gets an immediate ERROR 0 from a fresh
+//! and in total (a full server first evicts the oldest transfer whose client
+//! never ACKed); a request over a limit gets an immediate ERROR 0 from a fresh
 //! port (never silence, so a real client fails fast and can retry). Such
 //! refusals are counted in [`TftpStats::refused_busy`] and logged at most once
 //! a second, and are deliberately *not* reported to the observer: a flood would
@@ -188,8 +189,8 @@ impl TftpServer {
                 .name("tftp-transfer".into())
                 .spawn(move || {
                     let _active = guard;
-                    let _permit = permit;
-                    transfer::serve(&shared, local_ip, peer, req);
+                    transfer::serve(&shared, &permit, local_ip, peer, req);
+                    drop(permit);
                 });
             if let Err(e) = spawned {
                 TftpStats::inc(&stats.errors);

@@ -151,3 +151,61 @@ async fn flood_of_512_from_one_address_leaves_others_served() {
     assert_eq!(errors, 504, "over-limit requests must get an ERROR");
     assert_eq!(TftpStats::get(&srv.stats.refused_busy), 504);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_server_evicts_clients_that_never_acked() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("f"), random_bytes(50_000, 24)).unwrap();
+    let mut srv = TestServer::start(root.path(), |c| {
+        c.timeout = Duration::from_secs(5);
+        c.max_transfers = 16;
+    })
+    .await;
+    let addr = srv.addr;
+    let stats = srv.stats.clone();
+    let (first_block, live) = tokio::task::spawn_blocking(move || {
+        // A real client that has ACKed once (confirmed), then paused.
+        let (live, p, live_peer) = client_from("127.0.0.3", addr, &request(1, &["f", "octet"]));
+        assert_eq!(block_no(&p), 1);
+        live.send_to(&ack(1), live_peer).unwrap();
+        let (p, _) = recv(&live);
+        assert_eq!(block_no(&p), 2);
+        // A flood over two addresses, 8 each, never ACKed: fills the server.
+        let mut flood = Vec::new();
+        for ip in ["127.0.1.1", "127.0.1.2"] {
+            let s = UdpSocket::bind((ip, 0)).unwrap();
+            for _ in 0..8 {
+                s.send_to(&request(1, &["f", "octet", "timeout", "255"]), addr)
+                    .unwrap();
+            }
+            flood.push(s);
+        }
+        // Another client is still served at once: an unconfirmed flood
+        // transfer makes room, never the confirmed one.
+        let t = Instant::now();
+        let (_, p, _) = client_from("127.0.0.2", addr, &request(1, &["f", "octet"]));
+        assert_eq!((opcode(&p), block_no(&p)), (3, 1), "new client: DATA 1");
+        let first_block = t.elapsed();
+        live.send_to(&ack(2), live_peer).unwrap();
+        let (p, _) = recv(&live);
+        assert_eq!(
+            (opcode(&p), block_no(&p)),
+            (3, 3),
+            "confirmed transfer goes on"
+        );
+        live.send_to(&[0, 5, 0, 0, 0], live_peer).unwrap();
+        (first_block, flood)
+    })
+    .await
+    .unwrap();
+    assert!(first_block < Duration::from_secs(1), "{first_block:?}");
+    // The evicted flood transfers ended with "evicted" (and an ERROR to them).
+    loop {
+        let (_, result) = srv.finished("f").await;
+        if result.is_err_and(|e| e.contains("evicted")) {
+            break;
+        }
+    }
+    assert_eq!(TftpStats::get(&stats.refused_busy), 0);
+    drop(live);
+}
