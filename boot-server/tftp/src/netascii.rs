@@ -2,7 +2,8 @@
 //! CR -> CR NUL, converted on the fly with bounded memory.
 //!
 //! The converted size (for `tsize` and for knowing the last block) is found
-//! by a first streaming pass that counts CR and LF bytes. Blocks are then
+//! by a first streaming pass that counts CR and LF bytes, cached per file
+//! version and run one at a time ([`converted_len_cached`]). Blocks are then
 //! converted chunk by chunk; the buffer keeps the current window (plus one
 //! block) behind the requested block so a window rewind is served from
 //! memory. A rewind further back than that (which the transfer never asks
@@ -14,9 +15,11 @@
 //! already sent (up to [`RAW_CHUNK`]), so a transfer stalled at its first
 //! block (a flooder that never ACKs) holds only a few KiB.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::{Mutex, PoisonError};
 
 /// Largest raw read (and conversion) per read call.
 pub const RAW_CHUNK: usize = 64 * 1024;
@@ -55,6 +58,35 @@ fn read_full_at(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+/// Converted sizes already computed, by (device, inode, size, mtime). Held
+/// locked during a counting pass: passes run one at a time, so a flood of
+/// netascii requests costs at most one core and one pass per file version,
+/// not one full read of the file per request.
+static LEN_CACHE: Mutex<Option<HashMap<FileVersion, u64>>> = Mutex::new(None);
+
+/// (device, inode, size, mtime seconds, mtime nanoseconds).
+type FileVersion = (u64, u64, u64, i64, i64);
+
+/// Entries kept before the cache is emptied.
+const LEN_CACHE_MAX: usize = 256;
+
+/// [`converted_len`] through the cache (the file's current metadata is the key).
+pub fn converted_len_cached(file: &File, raw_len: u64) -> io::Result<u64> {
+    let m = file.metadata()?;
+    let key = (m.dev(), m.ino(), raw_len, m.mtime(), m.mtime_nsec());
+    let mut cache = LEN_CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(&n) = cache.get(&key) {
+        return Ok(n);
+    }
+    let n = converted_len(file, raw_len)?;
+    if cache.len() >= LEN_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(key, n);
+    Ok(n)
 }
 
 /// Size of the netascii form of the first `raw_len` bytes of `file`, by one

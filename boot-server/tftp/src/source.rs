@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::netascii::{converted_len, NetasciiStream};
+use crate::netascii::{converted_len_cached, NetasciiStream};
 use crate::packet::Mode;
 
 /// Largest read-ahead chunk: 256 KiB (about 178 blocks of 1468 bytes per
@@ -40,7 +40,7 @@ impl Source {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
         if mode == Mode::Netascii {
-            let converted = converted_len(&file, len)?;
+            let converted = converted_len_cached(&file, len)?;
             return Ok(Source {
                 inner: Inner::Netascii(NetasciiStream::new(file, len)),
                 len: converted,
