@@ -3,9 +3,13 @@
 # server. Both run on the loopback of a private network namespace created here
 # (dnsmasq can only serve TFTP on port 69); curl fetches a 64 MiB file from
 # each, alternating, N times per block size, and the medians are printed.
+# Then the same with the crate's RFC 7440 client (example `tftpget`) asking
+# windowsize W at blksize 1468: a server without windowsize (dnsmasq 2.90)
+# leaves it out of its OACK and the client runs lock-step; the window each
+# server granted is printed.
 #
-#   sudo qemu-tests/bench/tftp.sh            # N=5, sizes 1468 and 512
-#   N=9 SIZE_MB=32 BLKSIZES="1468" qemu-tests/bench/tftp.sh
+#   sudo qemu-tests/bench/tftp.sh            # N=5, sizes 1468 and 512, windows 1 4 16
+#   N=9 SIZE_MB=32 BLKSIZES="1468" WINDOWS="4" qemu-tests/bench/tftp.sh
 #   ASYNC_TFTP=1 qemu-tests/bench/tftp.sh   # also measure the async-tftp crate
 #     (builds boot-server/tftp/bench/async-tftp-server; or give ASYNC_TFTP_BIN=path)
 #
@@ -15,6 +19,7 @@ set -euo pipefail
 N=${N:-5}
 SIZE_MB=${SIZE_MB:-64}
 BLKSIZES=${BLKSIZES:-"1468 512"}
+WINDOWS=${WINDOWS:-"1 4 16"}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 
 if [ "$(id -u)" != 0 ]; then
@@ -26,9 +31,10 @@ for t in dnsmasq curl ip; do
 done
 
 echo "== building tftpd example (release)"
-(cd "$repo" && cargo build --quiet --release -p boot-tftp --example tftpd)
+(cd "$repo" && cargo build --quiet --release -p boot-tftp --example tftpd --example tftpget)
 target=${CARGO_TARGET_DIR:-$repo/target}
 tftpd="$target/release/examples/tftpd"
+tftpget="$target/release/examples/tftpget"
 if [ -n "${ASYNC_TFTP:-}" ] && [ -z "${ASYNC_TFTP_BIN:-}" ]; then
   echo "== building async-tftp comparison server (release)"
   (cd "$repo/boot-server/tftp/bench/async-tftp-server" && cargo build --quiet --release --target-dir "$target/async-tftp-server")
@@ -113,6 +119,38 @@ for bs in $BLKSIZES; do
   echo "${line%,}"
   for s in $(seq 1 $((k - 1))); do
     echo "  ratio boot-tftp/${names[$s]} at $bs: $(awk -v a="${med[0]}" -v b="${med[$s]}" 'BEGIN { printf "%.2f", a / b }')"
+  done
+  unset runs
+done
+
+# fetchw PORT WINDOW -> prints MB/s with tftpget (blksize 1468), checks the
+# bytes, and records the window the server granted in $work/granted.PORT.
+fetchw() {
+  local line
+  line=$(inns "$tftpget" --blksize 1468 --windowsize "$2" "127.0.0.1:$1" big "$work/out")
+  cmp -s "$work/out" "$work/root/big" || { echo "port $1: data differs" >&2; exit 1; }
+  echo "$line" | sed -n 's/.*windowsize=\([0-9]*\).*/\1/p' > "$work/granted.$1"
+  echo "$line" | sed -n 's/.*mb_per_s=\([0-9.]*\).*/\1/p'
+}
+
+echo "== RFC 7440 client (example tftpget), blksize 1468, windowsize asked W, N=$N"
+for w in $WINDOWS; do
+  declare -A runs=()
+  k=${#names[@]}
+  for i in $(seq "$N"); do
+    for j in $(seq 0 $((k - 1))); do
+      s=$(((i + j) % k))
+      runs[$s]+="$(fetchw "${ports[$s]}" "$w") "
+    done
+  done
+  line="windowsize $w:"
+  for s in $(seq 0 $((k - 1))); do
+    med[$s]=$(printf '%s\n' ${runs[$s]} | median)
+    line+=" ${names[$s]} ${med[$s]} MB/s (granted $(cat "$work/granted.${ports[$s]}")) [${runs[$s]% }],"
+  done
+  echo "${line%,}"
+  for s in $(seq 1 $((k - 1))); do
+    echo "  ratio boot-tftp/${names[$s]} at windowsize $w: $(awk -v a="${med[0]}" -v b="${med[$s]}" 'BEGIN { printf "%.2f", a / b }')"
   done
   unset runs
 done

@@ -7,11 +7,23 @@
 #
 #   sudo boot-server/tftp/scripts/ovmf-pxe-check.sh      (about 40 s under TCG)
 #
-# Needs root, qemu-system-x86, ovmf, ipxe, dnsmasq. Exit 0 when iPXE printed
-# KERNEL-FETCHED-OK and the server log shows the probe and the windowed transfer.
+# Needs root, qemu-system-x86, ovmf, ipxe, dnsmasq (a missing one is reported
+# as SKIP, a failure under CI). Exit 0 when iPXE printed KERNEL-FETCHED-OK and
+# the server log shows the probe and the windowed transfer. Last line:
+# `N passed, M failed, K skipped` (qemu-tests/lib/summary.sh).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../../.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "ovmf-pxe-check: SKIP (needs root)"; exit 0; }
+# shellcheck source=../../../qemu-tests/lib/summary.sh
+. "$repo/qemu-tests/lib/summary.sh"
+missing=""
+[ "$(id -u)" = 0 ] || missing="root"
+for t in qemu-system-x86_64 dnsmasq ip; do command -v "$t" >/dev/null || missing="$missing $t"; done
+for f in /usr/share/ovmf/OVMF.fd /usr/lib/ipxe/ipxe.efi; do [ -e "$f" ] || missing="$missing $f"; done
+if [ -n "$missing" ]; then
+  t_skip "ovmf-pxe-check" "needs$missing"
+  t_summary
+  exit $?
+fi
 (cd "$repo" && cargo build --quiet --release -p boot-tftp --example tftpd)
 tftpd=${CARGO_TARGET_DIR:-$repo/target}/release/examples/tftpd
 
@@ -58,9 +70,9 @@ for _ in $(seq 1800); do   # at most 180 s
 done
 log=$(sed 's/\x1b\[[0-9;]*m//g' "$work/tftpd.log")
 echo "$log" | grep -E "transfer (started|complete|failed)|size probe" | cut -c1-220
-fail=0
-[ $ok = 1 ] || { echo "FAIL: iPXE did not report KERNEL-FETCHED-OK"; tail -c 2000 "$work/serial.log"; fail=1; }
-echo "$log" | grep -q "size probe" || { echo "FAIL: no EDK2 tsize probe seen"; fail=1; }
-echo "$log" | grep -q "file=ipxe.efi size=[0-9]* blksize=1468 window=4" || { echo "FAIL: no windowed EDK2 transfer"; fail=1; }
-[ $fail = 0 ] && echo "ovmf-pxe-check: OK"
-exit $fail
+if [ $ok = 1 ]; then t_ok "iPXE fetched the kernel over TFTP (KERNEL-FETCHED-OK)"
+else t_fail "iPXE did not report KERNEL-FETCHED-OK"; tail -c 2000 "$work/serial.log"; fi
+t_check "EDK2 tsize probe seen" grep -q "size probe" <<<"$log"
+t_check "windowed EDK2 transfer (blksize 1468, window 4)" \
+  grep -q "file=ipxe.efi size=[0-9]* blksize=1468 window=4" <<<"$log"
+t_summary

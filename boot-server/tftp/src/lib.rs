@@ -3,7 +3,8 @@
 //! windowsize).
 //!
 //! Modes: `octet`, and `netascii` with real conversion (LF -> CR LF, CR -> CR
-//! NUL; files up to 64 MiB, converted in memory, tsize is the converted size).
+//! NUL; streamed with bounded memory whatever the file size, tsize is the
+//! converted size, found by a counting pass).
 //! `mail` is refused with error 4, write requests with error 2 (read-only).
 //!
 //! # Why not `async-tftp`
@@ -37,10 +38,13 @@
 //! which this server honours and dnsmasq 2.90 does not.
 //!
 //! Module map: [`packet`] wire format, [`path`] safe path resolution,
-//! [`negotiate`] option negotiation, [`source`] file reading (+ netascii),
-//! [`transfer`] one transfer's state machine, [`server`] the listener.
+//! [`negotiate`] option negotiation, [`source`] file reading, [`netascii`]
+//! streaming conversion, [`admission`] transfer limits, [`transfer`] one
+//! transfer's state machine, [`server`] the listener.
 
+pub mod admission;
 pub mod negotiate;
+pub mod netascii;
 pub mod packet;
 pub mod path;
 pub mod server;
@@ -75,6 +79,10 @@ pub struct TftpConfig {
     /// Maximum number of simultaneous transfers; further requests get
     /// ERROR 0 "server busy".
     pub max_transfers: usize,
+    /// Maximum number of simultaneous transfers to one client IP address;
+    /// further requests from it get ERROR 0. PXE firmware runs one transfer
+    /// at a time (two with EDK2's tsize probe), so 8 leaves ample room.
+    pub max_transfers_per_client: usize,
 }
 
 impl Default for TftpConfig {
@@ -87,6 +95,7 @@ impl Default for TftpConfig {
             timeout: Duration::from_secs(1),
             retries: 5,
             max_transfers: 512,
+            max_transfers_per_client: 8,
         }
     }
 }
@@ -98,8 +107,10 @@ pub trait TransferObserver: Send + Sync + 'static {
     /// A read request was accepted and its file opened; `size` is the size
     /// that will be sent (the converted size for netascii).
     fn started(&self, _peer: SocketAddr, _path: &str, _size: u64) {}
-    /// Every read request ends here exactly once, also the refused ones
-    /// (missing file, access violation: `bytes` 0, `started` not called).
+    /// Every admitted read request ends here exactly once, also the refused
+    /// ones (missing file, access violation: `bytes` 0, `started` not
+    /// called). Requests over a transfer limit are not reported here (see
+    /// [`TftpStats::refused_busy`]).
     /// A client that ends the transfer with an ERROR right after the OACK
     /// (EDK2's tsize probe) is reported as `Ok(())` with `bytes` 0.
     fn finished(&self, _peer: SocketAddr, _path: &str, _bytes: u64, _result: Result<(), String>) {}

@@ -1,6 +1,11 @@
 //! RFC 2347 option negotiation: turns the options a client asked for into the
 //! parameters of the transfer and the OACK that announces them. Only options the
 //! client requested are acknowledged.
+//!
+//! A requested `timeout` above [`MAX_CLIENT_TIMEOUT_SECS`] is not honoured: it
+//! is left out of the OACK and the server's own timeout applies (RFC 2349
+//! lets a server decline an option that way). Honouring 255 s would let any
+//! unauthenticated client hold a transfer slot for 255 s x retries.
 
 use std::time::Duration;
 
@@ -10,6 +15,9 @@ use crate::TftpConfig;
 /// Largest window accepted: block numbers in a window must stay distinct
 /// modulo 65536 (and distinct from the block before the window).
 pub const MAX_WINDOW: u16 = 32768;
+
+/// Largest retransmission timeout (seconds) a client may negotiate.
+pub const MAX_CLIENT_TIMEOUT_SECS: u8 = 10;
 
 /// Parameters of one transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +44,10 @@ pub fn negotiate(opts: &RequestOptions, cfg: &TftpConfig, size: u64) -> Negotiat
     if opts.tsize.is_some() {
         acked.push(("tsize", size.to_string()));
     }
-    if let Some(t) = opts.timeout {
+    if let Some(t) = opts
+        .timeout
+        .filter(|t| (1..=MAX_CLIENT_TIMEOUT_SECS).contains(t))
+    {
         timeout = Duration::from_secs(u64::from(t));
         acked.push(("timeout", t.to_string()));
     }
@@ -82,6 +93,27 @@ mod tests {
             n.oack.unwrap(),
             b"\x00\x06blksize\x001468\x00tsize\x00123456\x00timeout\x003\x00windowsize\x0064\x00"
         );
+    }
+
+    #[test]
+    fn timeout_above_cap_is_declined() {
+        let cfg = TftpConfig::default();
+        for t in [11u8, 60, 255] {
+            let opts = RequestOptions {
+                timeout: Some(t),
+                ..Default::default()
+            };
+            let n = negotiate(&opts, &cfg, 1);
+            assert_eq!(n.timeout, cfg.timeout, "timeout {t}");
+            assert!(n.oack.is_none(), "timeout {t} must not be acknowledged");
+        }
+        let opts = RequestOptions {
+            timeout: Some(10),
+            ..Default::default()
+        };
+        let n = negotiate(&opts, &cfg, 1);
+        assert_eq!(n.timeout, Duration::from_secs(10));
+        assert_eq!(n.oack.unwrap(), b"\x00\x06timeout\x0010\x00");
     }
 
     #[test]

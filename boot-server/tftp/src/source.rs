@@ -1,19 +1,19 @@
 //! The bytes a transfer sends: a file read through a read-ahead buffer
 //! (positioned reads, so a retransmission after a window rewind costs at most
-//! one re-read), or, for netascii, the whole converted file in memory.
+//! one re-read), or, for netascii, converted on the fly with bounded memory
+//! (see [`crate::netascii`]).
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::netascii::{converted_len_cached, NetasciiStream};
 use crate::packet::Mode;
 
-/// Read-ahead chunk: 256 KiB (about 178 blocks of 1468 bytes per read call).
+/// Largest read-ahead chunk: 256 KiB (about 178 blocks of 1468 bytes per
+/// read call), reached once 256 KiB have been sent.
 pub const READ_AHEAD: usize = 256 * 1024;
-
-/// Largest file served in netascii mode (converted in memory).
-pub const MAX_NETASCII: u64 = 64 * 1024 * 1024;
 
 /// Source of the blocks of one transfer.
 pub struct Source {
@@ -30,6 +30,7 @@ enum Inner {
         /// Valid bytes in `buf`.
         buf_len: usize,
     },
+    Netascii(NetasciiStream),
     Memory(Vec<u8>),
 }
 
@@ -39,15 +40,11 @@ impl Source {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
         if mode == Mode::Netascii {
-            if len > MAX_NETASCII {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "file too large for netascii mode",
-                ));
-            }
-            let mut raw = Vec::with_capacity(len as usize);
-            io::Read::read_to_end(&mut io::Read::take(&file, len), &mut raw)?;
-            return Ok(Source::memory(to_netascii(&raw)));
+            let converted = converted_len_cached(&file, len)?;
+            return Ok(Source {
+                inner: Inner::Netascii(NetasciiStream::new(file, len)),
+                len: converted,
+            });
         }
         Ok(Source {
             inner: Inner::File {
@@ -88,6 +85,7 @@ impl Source {
         let want = (end - start) as usize;
         match &mut self.inner {
             Inner::Memory(data) => Ok(&data[start as usize..end as usize]),
+            Inner::Netascii(stream) => stream.range(start, end, window_bytes.max(blksize)),
             Inner::File {
                 file,
                 buf,
@@ -96,7 +94,11 @@ impl Source {
             } => {
                 let have = start >= *buf_off && end <= *buf_off + *buf_len as u64;
                 if !have {
-                    let cap = READ_AHEAD.max(window_bytes).max(blksize);
+                    // One window at first, growing with the bytes already
+                    // sent up to READ_AHEAD: a transfer stalled at its first
+                    // block (a flooder that never ACKs) holds one window.
+                    let first = window_bytes.max(blksize);
+                    let cap = (start.min(READ_AHEAD as u64) as usize).max(first);
                     if buf.len() < cap {
                         buf.resize(cap, 0);
                     }
@@ -125,27 +127,9 @@ impl Source {
     }
 }
 
-/// RFC 764 netascii: LF -> CR LF, bare CR -> CR NUL.
-pub fn to_netascii(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 16);
-    for &b in raw {
-        match b {
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b'\r' => out.extend_from_slice(b"\r\0"),
-            _ => out.push(b),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn netascii_conversion() {
-        assert_eq!(to_netascii(b"a\nb\rc\r\n"), b"a\r\nb\r\0c\r\0\r\n");
-    }
 
     #[test]
     fn blocks_from_file_with_read_ahead() {

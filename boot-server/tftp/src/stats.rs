@@ -9,7 +9,7 @@ pub struct TftpStats {
     pub requests: AtomicU64,
     /// Transfers whose last block was acknowledged.
     pub completed: AtomicU64,
-    /// Requests refused (not found, access violation, write request, busy)
+    /// Requests refused (not found, access violation, write request)
     /// and transfers that failed (timeout, client error, I/O error).
     pub errors: AtomicU64,
     /// Packets dropped because they could not be parsed or were unexpected
@@ -21,6 +21,9 @@ pub struct TftpStats {
     pub size_probes: AtomicU64,
     /// Timeouts that led to a retransmission.
     pub retransmits: AtomicU64,
+    /// Requests refused because the server or the client's address had
+    /// reached its transfer limit (answered with ERROR 0).
+    pub refused_busy: AtomicU64,
     /// Transfers currently running (a gauge).
     pub active: AtomicU64,
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use crate::admission::{Permit, Refusal};
 use crate::negotiate::negotiate;
 use crate::packet::{
     encode_error, error_code, parse_client_packet, write_data_header, ClientPacket, Mode, Request,
@@ -49,7 +50,13 @@ enum Outcome {
 }
 
 /// Serves one request end to end and reports it to the observer and stats.
-pub(crate) fn serve(shared: &Shared, local_ip: IpAddr, peer: SocketAddr, req: Request) {
+pub(crate) fn serve(
+    shared: &Shared,
+    permit: &Permit,
+    local_ip: IpAddr,
+    peer: SocketAddr,
+    req: Request,
+) {
     let sock = match open_socket(local_ip, peer) {
         Ok(s) => s,
         Err(e) => {
@@ -61,7 +68,7 @@ pub(crate) fn serve(shared: &Shared, local_ip: IpAddr, peer: SocketAddr, req: Re
             return;
         }
     };
-    let outcome = run(shared, &sock, peer, &req);
+    let outcome = run(shared, permit, &sock, peer, &req);
     let stats = &shared.stats;
     match outcome {
         Outcome::Done(bytes) => {
@@ -96,7 +103,13 @@ fn refuse(sock: &UdpSocket, peer: SocketAddr, file: &str, code: u16, msg: String
     Outcome::Failed(0, format!("error {code}: {msg}"))
 }
 
-fn run(shared: &Shared, sock: &UdpSocket, peer: SocketAddr, req: &Request) -> Outcome {
+fn run(
+    shared: &Shared,
+    permit: &Permit,
+    sock: &UdpSocket,
+    peer: SocketAddr,
+    req: &Request,
+) -> Outcome {
     let file = req.filename.as_str();
     if req.kind == RequestKind::Write {
         return refuse(
@@ -143,6 +156,7 @@ fn run(shared: &Shared, sock: &UdpSocket, peer: SocketAddr, req: &Request) -> Ou
     let mut link = Link {
         sock,
         shared,
+        permit,
         timeout: neg.timeout,
         retries: shared.config.retries,
     };
@@ -171,6 +185,8 @@ enum End {
     ClientError(u16, String),
     Timeout,
     Stopped,
+    /// A newer request took the slot before this client ever ACKed.
+    Evicted,
     Io(io::Error),
 }
 
@@ -180,6 +196,9 @@ impl End {
             End::ClientError(code, m) => format!("client sent error {code}: {m}"),
             End::Timeout => "timed out waiting for the client's ACK".to_string(),
             End::Stopped => "server stopped".to_string(),
+            End::Evicted => {
+                "evicted: server full and the client had not acknowledged anything".to_string()
+            }
             End::Io(e) => format!("I/O error: {e}"),
         };
         info!(%peer, %file, "tftp: transfer failed: {msg}");
@@ -196,6 +215,7 @@ enum Event {
 struct Link<'a> {
     sock: &'a UdpSocket,
     shared: &'a Shared,
+    permit: &'a Permit,
     timeout: Duration,
     retries: u32,
 }
@@ -208,12 +228,22 @@ impl Link<'_> {
             if self.shared.stop.load(Ordering::Relaxed) {
                 return Err(End::Stopped);
             }
+            if self.permit.evicted() {
+                let _ = self.sock.send(&encode_error(
+                    error_code::NOT_DEFINED,
+                    Refusal::ServerFull.message(),
+                ));
+                return Err(End::Evicted);
+            }
             if Instant::now() >= deadline {
                 return Ok(Event::Deadline);
             }
             match self.sock.recv(buf) {
                 Ok(n) => match parse_client_packet(&buf[..n]) {
-                    Some(ClientPacket::Ack(b)) => return Ok(Event::Ack(b)),
+                    Some(ClientPacket::Ack(b)) => {
+                        self.permit.confirm();
+                        return Ok(Event::Ack(b));
+                    }
                     Some(ClientPacket::Error { code, message }) => {
                         return Err(End::ClientError(code, message.to_string()))
                     }

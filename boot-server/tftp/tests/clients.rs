@@ -7,6 +7,7 @@ use std::process::Output;
 
 use boot_tftp::TftpStats;
 use common::*;
+use test_support::Need;
 use tokio::process::Command;
 
 async fn curl(
@@ -16,7 +17,6 @@ async fn curl(
     out: &Path,
     path_as_is: bool,
 ) -> Output {
-    require("curl");
     let mut cmd = Command::new("curl");
     cmd.arg("-sS")
         .arg("--max-time")
@@ -42,6 +42,12 @@ fn assert_same(got: &Path, want: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_fetches_identical_files_at_512_and_1468() {
+    if !test_support::require(
+        "curl_fetches_identical_files_at_512_and_1468",
+        &[Need::Tool("curl")],
+    ) {
+        return;
+    }
     let root = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let files = [
@@ -71,6 +77,12 @@ async fn curl_fetches_identical_files_at_512_and_1468() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_block_number_rollover_past_65535() {
+    if !test_support::require(
+        "curl_block_number_rollover_past_65535",
+        &[Need::Tool("curl")],
+    ) {
+        return;
+    }
     let root = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     // 65536 full blocks of 512 plus a partial one: block numbers wrap to 0 and on.
@@ -87,6 +99,9 @@ async fn curl_block_number_rollover_past_65535() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_concurrent_transfers() {
+    if !test_support::require("curl_concurrent_transfers", &[Need::Tool("curl")]) {
+        return;
+    }
     let root = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let f = write_random(root.path(), "c.bin", 2_000_000, 6);
@@ -110,6 +125,9 @@ async fn curl_concurrent_transfers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_missing_file_is_error_1() {
+    if !test_support::require("curl_missing_file_is_error_1", &[Need::Tool("curl")]) {
+        return;
+    }
     let root = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let mut srv = TestServer::start(root.path(), |_| {}).await;
@@ -125,6 +143,9 @@ async fn curl_missing_file_is_error_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_escape_attempts_are_refused() {
+    if !test_support::require("curl_escape_attempts_are_refused", &[Need::Tool("curl")]) {
+        return;
+    }
     let base = tempfile::tempdir().unwrap();
     let root = base.path().join("root");
     std::fs::create_dir(&root).unwrap();
@@ -166,7 +187,6 @@ async fn curl_escape_attempts_are_refused() {
 }
 
 async fn atftp(addr: std::net::SocketAddr, name: &str, out: &Path, options: &[&str]) -> Output {
-    require("atftp");
     let mut cmd = Command::new("atftp");
     cmd.arg("--get").arg("-r").arg(name).arg("-l").arg(out);
     for o in options {
@@ -178,6 +198,9 @@ async fn atftp(addr: std::net::SocketAddr, name: &str, out: &Path, options: &[&s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn atftp_fetches_identical_files() {
+    if !test_support::require("atftp_fetches_identical_files", &[Need::Tool("atftp")]) {
+        return;
+    }
     let root = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let f = write_random(root.path(), "r.bin", 3_000_001, 7);

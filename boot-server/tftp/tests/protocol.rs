@@ -5,65 +5,11 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::Duration;
 
 use boot_tftp::TftpStats;
 use common::*;
-
-fn request(op: u16, parts: &[&str]) -> Vec<u8> {
-    let mut p = op.to_be_bytes().to_vec();
-    for s in parts {
-        p.extend_from_slice(s.as_bytes());
-        p.push(0);
-    }
-    p
-}
-
-fn ack(block: u16) -> [u8; 4] {
-    let b = block.to_be_bytes();
-    [0, 4, b[0], b[1]]
-}
-
-/// A client socket with a receive timeout; returns (socket, first packet, transfer peer).
-fn client(server: SocketAddr, req: &[u8]) -> (UdpSocket, Vec<u8>, SocketAddr) {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    sock.send_to(req, server).unwrap();
-    let (pkt, from) = recv(&sock);
-    assert_ne!(from, server, "reply must come from a new transfer port");
-    (sock, pkt, from)
-}
-
-fn recv(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
-    let mut buf = vec![0u8; 70000];
-    let (n, from) = sock.recv_from(&mut buf).expect("packet from server");
-    buf.truncate(n);
-    (buf, from)
-}
-
-fn opcode(p: &[u8]) -> u16 {
-    u16::from_be_bytes([p[0], p[1]])
-}
-
-fn block_no(p: &[u8]) -> u16 {
-    u16::from_be_bytes([p[2], p[3]])
-}
-
-/// OACK body -> lower-case (name, value) pairs.
-fn oack_options(p: &[u8]) -> Vec<(String, String)> {
-    assert_eq!(opcode(p), 6, "expected OACK, got {p:?}");
-    let fields: Vec<String> = p[2..]
-        .split(|&b| b == 0)
-        .filter(|f| !f.is_empty())
-        .map(|f| String::from_utf8(f.to_vec()).unwrap())
-        .collect();
-    fields
-        .chunks(2)
-        .map(|c| (c[0].to_lowercase(), c[1].clone()))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windowsize_4_with_a_lost_block() {
@@ -247,6 +193,14 @@ async fn write_request_refused_and_netascii_converted() {
         let (sock, p, peer) = client(addr, &request(1, &["n.txt", "NetASCII"]));
         assert_eq!(&p[4..], b"a\r\nb\r\0c");
         sock.send_to(&ack(1), peer).unwrap();
+        // tsize is the converted size (a streaming counting pass).
+        let req = request(1, &["n.txt", "netascii", "tsize", "0"]);
+        let (sock, oack, peer) = client(addr, &req);
+        assert_eq!(oack_options(&oack), vec![("tsize".into(), "7".into())]);
+        sock.send_to(&ack(0), peer).unwrap();
+        let (p, _) = recv(&sock);
+        assert_eq!(&p[4..], b"a\r\nb\r\0c");
+        sock.send_to(&ack(1), peer).unwrap();
     })
     .await
     .unwrap();
@@ -256,6 +210,7 @@ async fn write_request_refused_and_netascii_converted() {
         .1
         .unwrap_err()
         .contains("read-only"));
+    assert_eq!(srv.finished("n.txt").await, (7, Ok(())));
     assert_eq!(srv.finished("n.txt").await, (7, Ok(())));
 }
 

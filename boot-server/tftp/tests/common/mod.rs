@@ -2,7 +2,7 @@
 //! ephemeral port, an observer that reports to a channel, random files.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,13 +130,75 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Fails clearly when a real client binary is missing.
-pub fn require(tool: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is required for this test (apt-get install curl atftp)"
+// ---- A raw in-test client, for what no Debian client does. ----
+
+pub fn request(op: u16, parts: &[&str]) -> Vec<u8> {
+    let mut p = op.to_be_bytes().to_vec();
+    for s in parts {
+        p.extend_from_slice(s.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+pub fn ack(block: u16) -> [u8; 4] {
+    let b = block.to_be_bytes();
+    [0, 4, b[0], b[1]]
+}
+
+/// A client socket with a receive timeout; returns (socket, first packet, transfer peer).
+pub fn client(server: SocketAddr, req: &[u8]) -> (UdpSocket, Vec<u8>, SocketAddr) {
+    client_from("127.0.0.1", server, req)
+}
+
+/// Like [`client`], from a chosen loopback address (all of 127/8 is local).
+pub fn client_from(ip: &str, server: SocketAddr, req: &[u8]) -> (UdpSocket, Vec<u8>, SocketAddr) {
+    let sock = UdpSocket::bind((ip, 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.send_to(req, server).unwrap();
+    let (pkt, from) = recv(&sock);
+    assert_ne!(from, server, "reply must come from a new transfer port");
+    (sock, pkt, from)
+}
+
+/// ERROR packet -> (code, message); panics on anything else.
+pub fn error_of(p: &[u8]) -> (u16, String) {
+    assert_eq!(
+        opcode(p),
+        5,
+        "expected ERROR, got {:?}",
+        &p[..p.len().min(40)]
     );
+    let msg = p[4..].split(|&b| b == 0).next().unwrap_or_default();
+    (block_no(p), String::from_utf8_lossy(msg).into_owned())
+}
+
+pub fn recv(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = vec![0u8; 70000];
+    let (n, from) = sock.recv_from(&mut buf).expect("packet from server");
+    buf.truncate(n);
+    (buf, from)
+}
+
+pub fn opcode(p: &[u8]) -> u16 {
+    u16::from_be_bytes([p[0], p[1]])
+}
+
+pub fn block_no(p: &[u8]) -> u16 {
+    u16::from_be_bytes([p[2], p[3]])
+}
+
+/// OACK body -> lower-case (name, value) pairs.
+pub fn oack_options(p: &[u8]) -> Vec<(String, String)> {
+    assert_eq!(opcode(p), 6, "expected OACK, got {p:?}");
+    let fields: Vec<String> = p[2..]
+        .split(|&b| b == 0)
+        .filter(|f| !f.is_empty())
+        .map(|f| String::from_utf8(f.to_vec()).unwrap())
+        .collect();
+    fields
+        .chunks(2)
+        .map(|c| (c[0].to_lowercase(), c[1].clone()))
+        .collect()
 }
