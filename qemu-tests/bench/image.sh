@@ -82,7 +82,7 @@ for v in "${variants[@]}"; do
     # shellcheck disable=SC2086
     n="$(printf '%s\n' ${initt[$v]:-} | grep . | median)"
     [ -n "$base" ] || base="$m"
-    ratio="$(awk -v a="$m" -v b="$base" 'BEGIN { if (a + 0 > 0) printf "%.2f", b / a; else print "-" }')"
+    ratio="$(awk -v a="$m" -v b="$base" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else print "-" }')"
     d="$repo/images/build/bench-$v"
-    echo "RESULT variant=$v kernel_bytes=$(stat -c %s "$d/vmlinuz") initrd_bytes=$(stat -c %s "$d/initrd.img") median_s=$m median_uptime_at_init_start_s=$u median_init_to_agent_start_s=$n speedup_vs_${variants[0]}=$ratio runs=${times[$v]:-}"
+    echo "RESULT variant=$v kernel_bytes=$(stat -c %s "$d/vmlinuz") initrd_bytes=$(stat -c %s "$d/initrd.img") median_s=$m median_uptime_at_init_start_s=$u median_init_to_agent_start_s=$n time_ratio_vs_${variants[0]}=$ratio runs=${times[$v]:-}"
 done
