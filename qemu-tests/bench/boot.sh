@@ -158,10 +158,11 @@ for k in "${kernels[@]}"; do
     esac
     "$repo/images/build-lab-image.sh" "${kargs[@]}" --out "$repo/images/build/bench-boot-$k" >&2
 done
-# Whatever ran last, leave the default image as images/build-lab-image.sh builds it.
-trap '"$repo/images/build-lab-image.sh" >/dev/null 2>&1 || true' EXIT
 lab_gc
 lab_create bench
+# Whatever ran last, leave the default image as images/build-lab-image.sh builds it
+# (after lab.sh's own cleanup, which owns the EXIT trap).
+trap 'lab_cleanup; "$repo/images/build-lab-image.sh" >/dev/null 2>&1 || true' EXIT
 
 do_conv=1 do_server=1
 [ "$only" = server ] && do_conv=0
