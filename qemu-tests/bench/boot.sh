@@ -162,7 +162,7 @@ lab_gc
 lab_create bench
 # Whatever ran last, leave the default image as images/build-lab-image.sh builds it
 # (after lab.sh's own cleanup, which owns the EXIT trap).
-trap 'lab_cleanup; "$repo/images/build-lab-image.sh" >/dev/null 2>&1 || true' EXIT
+trap 'lab_cleanup || true; "$repo/images/build-lab-image.sh" >/dev/null 2>&1 || true' EXIT
 
 do_conv=1 do_server=1
 [ "$only" = server ] && do_conv=0
@@ -202,12 +202,12 @@ for i in $(seq "$runs"); do
   done
 done
 
-med() { printf '%s\n' $1 | grep -E '^[0-9.]+$' | median; }
+med() { printf '%s\n' $1 | { grep -E '^[0-9.]+$' || true; } | median; }
 # Median of each phase column over the runs of key $1.
 phase_medians() {
     local col out=""
     for col in 1 2 3 4; do
-        out="$out $(tr ';' '\n' <<<"${phases[$1]:-}" | awk -v c="$col" 'NF { print $c }' | grep -E '^[0-9.]+$' | median)"
+        out="$out $(tr ';' '\n' <<<"${phases[$1]:-}" | awk -v c="$col" 'NF { print $c }' | { grep -E '^[0-9.]+$' || true; } | median)"
     done
     echo "${out# }"
 }
