@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # Builds the default "lab" boot image from Debian packages already on the machine
-# (no downloads): the Debian kernel (linux-image-amd64) copied to `vmlinuz`, and a
-# small initramfs `initrd.img` holding busybox (busybox-static), the node-agent and
-# only the kernel modules a node needs.
+# (no downloads): the lab kernel (images/build-lab-kernel.sh: Debian's kernel source,
+# minimal config, everything built in, LZ4 bzImage; built once per machine and cached)
+# copied to `vmlinuz`, and a small initramfs `initrd.img` holding busybox
+# (busybox-static) and the node-agent. With --debian-kernel the image uses Debian's
+# stock kernel (linux-image-amd64) and the initramfs carries and loads the modules a
+# node needs, as before (for comparison).
 #
 # Usage: images/build-lab-image.sh [--out DIR] [--agent PATH] [--compress KIND] [--force]
+#          [--debian-kernel [--kver VERSION]] [--kernel-compress KIND]
 #   --out DIR        output directory (default: images/build/lab/)
 #   --agent PATH     node-agent binary (default: $CARGO_TARGET_DIR or target/ release
 #                    build; built static with crt-static when missing)
 #   --no-agent       build the image without the agent (init keeps a shell)
 #   --compress KIND  initramfs compression: gzip | lz4 | zstd | xz | none (default: lz4,
 #                    the fastest to unpack under TCG, see images/lab/README.md)
-#   --kver VERSION   kernel version (default: newest /boot/vmlinuz-* with modules)
+#   --debian-kernel  Debian's stock kernel + its modules instead of the lab kernel
+#   --kver VERSION   with --debian-kernel: kernel version (default: newest
+#                    /boot/vmlinuz-* with modules)
+#   --kernel-compress KIND  lab kernel bzImage compression: lz4 (default) | lzo |
+#                    gzip | zstd | xz (see images/build-lab-kernel.sh)
 #   --force          rebuild even if the stamp says the inputs are unchanged
 #
 # Cache: a stamp file in the output directory holds a hash of every input (kernel
 # version and image, busybox, agent, this script, module list, compression); the image
-# is rebuilt only when that hash changes.
+# is rebuilt only when that hash changes. The lab kernel has its own cache (keyed by
+# its config fragment and source version, see images/build-lab-kernel.sh).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,9 +37,12 @@ no_agent=0
 compress="lz4"
 kver=""
 force=0
+debian_kernel=0
+kernel_compress=lz4
 
-# Modules the node needs; their dependencies are pulled from modules.dep.
-# af_packet (udhcpc raw sockets), unix, 8250 serial and devtmpfs are built in.
+# --debian-kernel only (the lab kernel has all of this built in): modules the node
+# needs; their dependencies are pulled from modules.dep. af_packet (udhcpc raw
+# sockets), unix, 8250 serial and devtmpfs are built into Debian's kernel.
 MODULES=(virtio_pci virtio_net e1000 virtio_blk nbd efivarfs)
 # Shipped but loaded only on demand (modprobe): ext4 for a root file system on NBD.
 ONDEMAND_MODULES=(ext4 crc32c_generic)
@@ -44,23 +56,34 @@ while [ $# -gt 0 ]; do
         --no-agent) no_agent=1; shift ;;
         --compress) compress="$2"; shift 2 ;;
         --kver) kver="$2"; shift 2 ;;
+        --debian-kernel) debian_kernel=1; shift ;;
+        --kernel-compress) kernel_compress="$2"; shift 2 ;;
         --force) force=1; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
 done
 
 # ---- inputs -------------------------------------------------------------------
-if [ -z "$kver" ]; then
-    for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V -r); do
-        if [ -d "/lib/modules/$k" ]; then kver="$k"; break; fi
-    done
+if [ "$debian_kernel" = 1 ]; then
+    if [ -z "$kver" ]; then
+        for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V -r); do
+            if [ -d "/lib/modules/$k" ]; then kver="$k"; break; fi
+        done
+    fi
+    [ -n "$kver" ] || die "no /boot/vmlinuz-* with /lib/modules/<ver> (install linux-image-amd64)"
+    kernel="/boot/vmlinuz-$kver"
+    moddir="/lib/modules/$kver"
+    [ -r "$kernel" ] || die "kernel $kernel not readable"
+    [ -f "$moddir/modules.dep" ] || die "$moddir/modules.dep missing"
+    kind="debian"
+else
+    [ -z "$kver" ] || die "--kver needs --debian-kernel"
+    kernel="$("$here/build-lab-kernel.sh" --compress "$kernel_compress" | tail -n 1)" \
+        || die "lab kernel build failed"
+    kver="$(cat "$(dirname "$kernel")/kernelrelease")"
+    kind="lab-$kernel_compress"
 fi
-[ -n "$kver" ] || die "no /boot/vmlinuz-* with /lib/modules/<ver> (install linux-image-amd64)"
-kernel="/boot/vmlinuz-$kver"
-moddir="/lib/modules/$kver"
-[ -r "$kernel" ] || die "kernel $kernel not readable"
-[ -f "$moddir/modules.dep" ] || die "$moddir/modules.dep missing"
 
 busybox="$(command -v busybox || true)"
 [ -n "$busybox" ] || die "busybox not found (install busybox-static)"
@@ -120,12 +143,15 @@ resolve_modules() {
     done
     printf '%s\n' "${order[@]}"
 }
-mapfile -t modfiles < <(resolve_modules "${MODULES[@]}")
-mapfile -t allmodfiles < <(resolve_modules "${MODULES[@]}" "${ONDEMAND_MODULES[@]}")
+modfiles=() allmodfiles=()
+if [ "$debian_kernel" = 1 ]; then
+    mapfile -t modfiles < <(resolve_modules "${MODULES[@]}")
+    mapfile -t allmodfiles < <(resolve_modules "${MODULES[@]}" "${ONDEMAND_MODULES[@]}")
+fi
 
 hash_inputs() {
     {
-        echo "kver=$kver compress=$compress modules=${MODULES[*]} ondemand=${ONDEMAND_MODULES[*]}"
+        echo "kernel=$kind kver=$kver compress=$compress modules=${allmodfiles[*]}"
         sha256sum "$kernel" "$busybox" "${BASH_SOURCE[0]}" "$here/lab/init" "$here/lab/udhcpc.script"
         [ "$no_agent" = 1 ] && echo "no-agent" || sha256sum "$agent"
         for f in "${allmodfiles[@]}"; do sha256sum "$moddir/$f"; done
@@ -144,7 +170,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/lab-image.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,run,tmp,root,var/run,mnt}
-mkdir -p "$root/usr/share/udhcpc" "$root/lib/modules/$kver"
+mkdir -p "$root/usr/share/udhcpc"
 
 cp "$busybox" "$root/bin/busybox"
 # Applet symlinks at their canonical paths.
@@ -162,16 +188,20 @@ fi
 install -m 0755 "$here/lab/init" "$root/init"
 install -m 0755 "$here/lab/udhcpc.script" "$root/usr/share/udhcpc/default.script"
 
-: > "$root/etc/modules.load"
-for f in "${allmodfiles[@]}"; do
-    mkdir -p "$root/lib/modules/$kver/$(dirname "$f")"
-    cp "$moddir/$f" "$root/lib/modules/$kver/$f"
-done
-for f in "${modfiles[@]}"; do echo "/lib/modules/$kver/$f" >> "$root/etc/modules.load"; done
-cp "$moddir/modules.builtin" "$root/lib/modules/$kver/"
-printf '%s\n' "${allmodfiles[@]}" > "$root/lib/modules/$kver/modules.order"
-[ -f "$moddir/modules.builtin.modinfo" ] && cp "$moddir/modules.builtin.modinfo" "$root/lib/modules/$kver/"
-depmod -b "$root" "$kver"
+# Modules (Debian kernel only): /init insmods /etc/modules.load when it exists.
+if [ "$debian_kernel" = 1 ]; then
+    mkdir -p "$root/lib/modules/$kver"
+    : > "$root/etc/modules.load"
+    for f in "${allmodfiles[@]}"; do
+        mkdir -p "$root/lib/modules/$kver/$(dirname "$f")"
+        cp "$moddir/$f" "$root/lib/modules/$kver/$f"
+    done
+    for f in "${modfiles[@]}"; do echo "/lib/modules/$kver/$f" >> "$root/etc/modules.load"; done
+    cp "$moddir/modules.builtin" "$root/lib/modules/$kver/"
+    printf '%s\n' "${allmodfiles[@]}" > "$root/lib/modules/$kver/modules.order"
+    [ -f "$moddir/modules.builtin.modinfo" ] && cp "$moddir/modules.builtin.modinfo" "$root/lib/modules/$kver/"
+    depmod -b "$root" "$kver"
+fi
 
 cat > "$root/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh
@@ -181,6 +211,7 @@ echo "lab" > "$root/etc/hostname"
 cat > "$root/etc/image-release" <<EOF
 name=lab
 kernel=$kver
+kernel_kind=$kind
 compress=$compress
 inputs=$stamp_want
 EOF
@@ -199,4 +230,4 @@ mv -f "$work/vmlinuz" "$out/vmlinuz"
 mv -f "$work/initrd.img" "$out/initrd.img"
 mv -f "$work/rootfs.raw" "$out/rootfs.raw"
 echo "$stamp_want" > "$out/stamp"
-echo "build-lab-image: built $out (kernel $kver, initrd $(stat -c %s "$out/initrd.img") bytes, $compress, ${#modfiles[@]} modules)"
+echo "build-lab-image: built $out (kernel $kver $(stat -c %s "$out/vmlinuz") bytes, initrd $(stat -c %s "$out/initrd.img") bytes, $compress, ${#modfiles[@]} modules)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # qemu-tests/test-lab.sh: end-to-end tests of the lab image and the QEMU lab.
-#   1. image build: outputs, initramfs content, cache stamp
+#   1. image build: outputs, initramfs content (lab kernel: no modules; Debian
+#      kernel with --debian-kernel: its modules), cache stamp, lab kernel cache
 #   1b. direct kernel boot: init keeps a console shell (no panic) when the agent
 #      exits and when it is absent
 #   2. a BIOS guest and a UEFI guest side by side netboot the lab image through the
@@ -144,13 +145,42 @@ t_image() {
     local list
     list="$(lz4 -dc "$o/initrd.img" 2>/dev/null | cpio -it --quiet 2>/dev/null || true)"
     local f missing=""
-    for f in init bin/busybox bin/sh sbin/udhcpc bin/node-agent usr/share/udhcpc/default.script etc/modules.load; do
+    for f in init bin/busybox bin/sh sbin/udhcpc bin/node-agent usr/share/udhcpc/default.script; do
         grep -qx "$f" <<<"$list" || missing="$missing $f"
     done
-    grep -q 'virtio_net.ko$' <<<"$list" || missing="$missing virtio_net.ko"
-    grep -q 'nbd.ko$' <<<"$list" || missing="$missing nbd.ko"
-    grep -q 'modules.dep$' <<<"$list" || missing="$missing modules.dep"
-    [ -z "$missing" ] && ok "initramfs holds init, busybox, agent, modules" || nok "initramfs content" "missing$missing"
+    [ -z "$missing" ] && ok "initramfs holds init, busybox, agent" || nok "initramfs content" "missing$missing"
+    # The lab kernel has its drivers built in: no module, no load list in the initramfs.
+    local kinfo mods
+    kinfo="$(file -L "$o/vmlinuz")"
+    mods="$(grep -E '\.ko(\.[a-z]+)?$|^etc/modules\.load$' <<<"$list" | head -3 | tr '\n' ' ' || true)"
+    if grep -q 'version [0-9.]*-lab ' <<<"$kinfo" && [ -z "$mods" ]; then
+        ok "lab kernel ($(sed 's/.*version \([^ ]*\).*/\1/' <<<"$kinfo")), no modules in the initramfs"
+    else
+        nok "lab kernel, no modules in the initramfs" "kernel: $kinfo; modules: $mods"
+    fi
+    # The lab kernel is cached: a second request builds nothing.
+    if "$repo/images/build-lab-kernel.sh" 2>&1 | grep -q '^build-lab-kernel: cached '; then
+        ok "lab kernel cached (no rebuild)"
+    else
+        nok "lab kernel cached (no rebuild)"
+    fi
+    # --debian-kernel: Debian's stock kernel, the initramfs carries and loads its modules.
+    local od="$out/img-debian"
+    if "$repo/images/build-lab-image.sh" --debian-kernel --out "$od" >"$out/img-debian.log" 2>&1; then
+        list="$(lz4 -dc "$od/initrd.img" 2>/dev/null | cpio -it --quiet 2>/dev/null || true)"
+        missing=""
+        grep -qx etc/modules.load <<<"$list" || missing="$missing etc/modules.load"
+        grep -q 'virtio_net.ko' <<<"$list" || missing="$missing virtio_net.ko"
+        grep -q 'nbd.ko' <<<"$list" || missing="$missing nbd.ko"
+        grep -q 'modules.dep$' <<<"$list" || missing="$missing modules.dep"
+        if [ -z "$missing" ] && ! file -L "$od/vmlinuz" | grep -q -- '-lab '; then
+            ok "--debian-kernel: stock kernel, initramfs holds its modules"
+        else
+            nok "--debian-kernel image" "missing$missing; $(file -L "$od/vmlinuz")"
+        fi
+    else
+        nok "--debian-kernel image builds" "$(tail -n 5 "$out/img-debian.log")"
+    fi
     if "$repo/images/build-lab-image.sh" --out "$o" 2>&1 | grep -q 'up to date'; then
         ok "unchanged inputs: no rebuild"
     else

@@ -4,13 +4,25 @@
 #   (a) the conventional stack: dnsmasq + nginx, plain baseline config;
 #   (b) the project's boot server (`boot-server serve --config FILE`),
 # alternating a/b run by run. Time runs from QEMU launch to the console marker
-# LAB-INIT-READY. Each run gets a freshly started stack (no lease/cache carry-over).
+# LAB-INIT-READY, and for the boot server also to the agent's "agent ready" log line
+# (the conventional stack has no agent server). Each run gets a freshly started stack
+# (no lease/cache carry-over). Per run and as medians it splits the time into phases:
+#   pre-kernel  QEMU launch -> kernel clock start (firmware/ROM, DHCP, downloads,
+#               bzImage self-decompression) = wall time of LAB-INIT-START minus the
+#               guest uptime it prints
+#   kernel      guest uptime at LAB-INIT-START
+#   init        LAB-INIT-START -> LAB-INIT-READY (wall)
+#   agent       LAB-INIT-READY -> agent ready (wall, boot server only)
+# With --kernels "lab debian" each run boots every kernel in turn (the default image
+# images/build/lab is swapped between runs and rebuilt for the lab kernel at the end).
 #
 # Usage: qemu-tests/bench/boot.sh [-n RUNS] [--timeout S] [--only conv|server]
 #          [--server-cmd "CMD ..."]   (default: <target>/release/boot-server serve --config @CONFIG@)
 #          [--server-config FILE]     (template; @STATE_DIR@ @IMAGES_DIR@ replaced)
 #          [--conv-tricks]            (dnsmasq with the DESIGN.md fixes instead of baseline)
 #          [--firmware bios|uefi]     (default bios)
+#          [--kernels "lab debian"]   (default lab: images/build-lab-image.sh kernels
+#                                     to compare: lab | lab-<bzImage compression> | debian)
 # The server binary is looked up in $CARGO_TARGET_DIR, then target/; when absent the
 # server half is skipped with a message.
 set -euo pipefail
@@ -26,6 +38,7 @@ server_cmd=""
 server_config_tmpl=""
 conv_tricks=""
 firmware=bios
+kernels=(lab)
 while [ $# -gt 0 ]; do
     case "$1" in
         -n) runs="$2"; shift 2 ;;
@@ -35,7 +48,8 @@ while [ $# -gt 0 ]; do
         --server-config) server_config_tmpl="$2"; shift 2 ;;
         --conv-tricks) conv_tricks="--tricks"; shift ;;
         --firmware) firmware="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --kernels) read -r -a kernels <<<"$2"; shift 2 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -100,19 +114,55 @@ bench_stop() {
     done
 }
 
-# One boot: starts guest NAME, waits for the marker; BENCH_T = seconds or FAIL.
+# One boot: starts guest NAME, waits for the marker (and with $2 = agent, for the
+# agent's ready line); BENCH_T = seconds or FAIL, BENCH_A = seconds to agent ready or
+# "-", BENCH_PH = "pre-kernel kernel init agent" seconds (see the header).
 bench_one() {
-    local name="$1"
-    BENCH_T=FAIL
+    local name="$1" want_agent="${2:-}"
+    BENCH_T=FAIL BENCH_A=- BENCH_PH="- - - -"
     lab_start_guest --name "$name" --firmware "$firmware" --stamp || return 0
-    if lab_wait_console "$name" 'LAB-INIT-READY' "$timeout" >/dev/null; then BENCH_T="$LAB_ELAPSED"; fi
+    if lab_wait_console "$name" 'LAB-INIT-READY' "$timeout" >/dev/null; then
+        BENCH_T="$LAB_ELAPSED"
+        if [ -n "$want_agent" ] && lab_wait_console "$name" 'agent ready' 60 >/dev/null; then
+            BENCH_A="$LAB_ELAPSED"
+        fi
+        # The stamp follower writes each line shortly after it appears.
+        local ts="${LAB_GUEST_LOG[$name]}.ts" i
+        for i in $(seq 20); do grep -q 'LAB-INIT-READY' "$ts" 2>/dev/null && break; sleep 0.1; done
+        BENCH_PH="$(awk -v agent="$BENCH_A" '
+            /LAB-INIT-START uptime=/ && !s { s = $1; match($0, /uptime=[0-9.]+/); up = substr($0, RSTART + 7, RLENGTH - 7) }
+            /LAB-INIT-READY/ && !r { r = $1 }
+            END {
+                if (!s || !r) { print "- - - -"; exit }
+                a = (agent == "-") ? "-" : sprintf("%.2f", agent - r)
+                printf "%.2f %.2f %.2f %s\n", s - up, up, r - s, a
+            }' "$ts")"
+    fi
     lab_stop_guest "$name"
+}
+
+# Puts the image built for kernel $1 in place as the default image images/build/lab.
+use_kernel() {
+    local d="$repo/images/build/bench-boot-$1"
+    cp -f "$d/vmlinuz" "$d/initrd.img" "$d/stamp" "$repo/images/build/lab/"
 }
 
 lab_require_root || exit 0
 "$repo/images/build-lab-image.sh" >&2
+for k in "${kernels[@]}"; do
+    case "$k" in
+        debian) kargs=(--debian-kernel) ;;
+        lab) kargs=() ;;
+        lab-*) kargs=(--kernel-compress "${k#lab-}") ;;
+        *) echo "unknown kernel $k (lab | lab-<compression> | debian)" >&2; exit 2 ;;
+    esac
+    "$repo/images/build-lab-image.sh" "${kargs[@]}" --out "$repo/images/build/bench-boot-$k" >&2
+done
 lab_gc
 lab_create bench
+# Whatever ran last, leave the default image as images/build-lab-image.sh builds it
+# (after lab.sh's own cleanup, which owns the EXIT trap).
+trap 'lab_cleanup || true; "$repo/images/build-lab-image.sh" >/dev/null 2>&1 || true' EXIT
 
 do_conv=1 do_server=1
 [ "$only" = server ] && do_conv=0
@@ -126,32 +176,53 @@ if [ "$do_server" = 1 ] && [ -z "$server_cmd" ]; then
     fi
 fi
 
-conv_times=() server_times=()
+declare -A conv_times=() server_times=() agent_times=() phases=()
 for i in $(seq "$runs"); do
+  for k in "${kernels[@]}"; do
+    use_kernel "$k"
     if [ "$do_conv" = 1 ]; then
         conv_start $conv_tricks
-        bench_one "conv-$i"; t="$BENCH_T"
+        bench_one "conv-$k-$i"; t="$BENCH_T"
         bench_stop dnsmasq nginx
-        echo "run $i conventional: $t s"
-        [ "$t" != FAIL ] && conv_times+=("$t")
+        echo "run $i $k conventional: $t s (pre-kernel kernel init agent: $BENCH_PH)"
+        [ "$t" != FAIL ] && conv_times[$k]+="$t " && phases[conv-$k]+="$BENCH_PH;"
     fi
     if [ "$do_server" = 1 ]; then
         # shellcheck disable=SC2086
         if bench_start_server $server_cmd; then
-            bench_one "server-$i"; t="$BENCH_T"
+            bench_one "server-$k-$i" agent; t="$BENCH_T"
         else
             t=FAIL
         fi
         bench_stop server
-        echo "run $i boot-server: $t s"
-        [ "$t" != FAIL ] && server_times+=("$t")
+        echo "run $i $k boot-server: $t s, agent ready $BENCH_A s (pre-kernel kernel init agent: $BENCH_PH)"
+        [ "$t" != FAIL ] && server_times[$k]+="$t " && phases[server-$k]+="$BENCH_PH;"
+        [ "$BENCH_A" != - ] && agent_times[$k]+="$BENCH_A "
     fi
+  done
 done
 
-cm="$(printf '%s\n' "${conv_times[@]}" | grep . | median || true)"
-sm="$(printf '%s\n' "${server_times[@]}" | grep . | median || true)"
-echo "median conventional: ${cm:--} s (${#conv_times[@]}/$runs ok)"
-echo "median boot-server:  ${sm:--} s (${#server_times[@]}/$runs ok)"
-if [[ "$cm" =~ ^[0-9.]+$ && "$sm" =~ ^[0-9.]+$ ]]; then
-    echo "ratio conventional/boot-server: $(awk -v a="$cm" -v b="$sm" 'BEGIN { printf "%.2f", a / b }')"
+med() { printf '%s\n' $1 | { grep -E '^[0-9.]+$' || true; } | median; }
+# Median of each phase column over the runs of key $1.
+phase_medians() {
+    local col out=""
+    for col in 1 2 3 4; do
+        out="$out $(tr ';' '\n' <<<"${phases[$1]:-}" | awk -v c="$col" 'NF { print $c }' | { grep -E '^[0-9.]+$' || true; } | median)"
+    done
+    echo "${out# }"
+}
+ratio() { [[ "$1" =~ ^[0-9.]+$ && "$2" =~ ^[0-9.]+$ ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || echo -; }
+declare -A cm=() sm=() am=()
+for k in "${kernels[@]}"; do
+    cm[$k]="$(med "${conv_times[$k]:-}")"; sm[$k]="$(med "${server_times[$k]:-}")"; am[$k]="$(med "${agent_times[$k]:-}")"
+    echo "== kernel $k ($firmware)"
+    echo "median conventional: ${cm[$k]} s to LAB-INIT-READY ($(wc -w <<<"${conv_times[$k]:-}")/$runs ok); phases pre-kernel kernel init: $(phase_medians "conv-$k" | cut -d' ' -f1-3)"
+    echo "median boot-server:  ${sm[$k]} s to LAB-INIT-READY, ${am[$k]} s to agent ready ($(wc -w <<<"${server_times[$k]:-}")/$runs ok); phases pre-kernel kernel init agent: $(phase_medians "server-$k")"
+    echo "ratio conventional/boot-server: $(ratio "${cm[$k]}" "${sm[$k]}")"
+done
+if [ ${#kernels[@]} -gt 1 ]; then
+    b="${kernels[0]}"
+    for k in "${kernels[@]:1}"; do
+        echo "ratio $k/$b: conventional $(ratio "${cm[$k]}" "${cm[$b]}"), boot-server $(ratio "${sm[$k]}" "${sm[$b]}"), boot-server agent ready $(ratio "${am[$k]}" "${am[$b]}")"
+    done
 fi
