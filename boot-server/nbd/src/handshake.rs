@@ -8,10 +8,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::disk::Disk;
 use crate::proto::*;
 use crate::server::{ExportResolver, ExportTarget};
-use crate::store::DiskStore;
+use boot_disk::Disk;
+use boot_disk::DiskStore;
 
 /// Largest request payload / read length we accept.
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;

@@ -2,10 +2,8 @@
 //! exports read-only raw base images and per-node copy-on-write overlays with cheap
 //! snapshots.
 //!
-//! * `store`: `DiskStore`, the directory of bases and overlays (blocking calls: from
-//!   async code run them with `tokio::task::spawn_blocking`).
-//! * `overlay`: the overlay format, copy-up and durability rules (FLUSH/FUA: data
-//!   fdatasync'd before the map entries that point at it).
+//! The storage (bases, overlays, snapshots, durability) lives in the `boot-disk` crate,
+//! re-exported here as `boot_nbd::{DiskStore, ...}` for integrators.
 //! * `proto`: wire constants and the panic-free parsers (`parse_request`, `parse_option`).
 //! * `handshake`: option haggling; `transmit`: worker threads per connection serving
 //!   pipelined requests; `server`: `NbdServer` and the `ExportResolver` seam.
@@ -23,17 +21,15 @@
 //! # }
 //! ```
 
-pub mod disk;
 pub mod handshake;
-pub mod overlay;
 pub mod proto;
 pub mod server;
-pub mod store;
 pub mod transmit;
+
+pub use boot_disk::{BaseInfo, Disk, DiskStore, OverlayInfo};
 
 pub use proto::{
     parse_go, parse_meta_context, parse_option, parse_request, ClientOption, Command, ParseError,
     Request,
 };
 pub use server::{AllowAllResolver, ExportResolver, ExportTarget, NbdServer};
-pub use store::{BaseInfo, DiskStore, OverlayInfo};

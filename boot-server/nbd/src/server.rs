@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::handshake::handshake;
-use crate::store::DiskStore;
 use crate::transmit;
+use boot_disk::DiskStore;
 
 /// What an export name maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub struct AllowAllResolver(pub Arc<DiskStore>);
 
 impl ExportResolver for AllowAllResolver {
     fn resolve(&self, name: &str, _peer: SocketAddr) -> Option<ExportTarget> {
-        if !crate::store::valid_name(name) {
+        if !boot_disk::valid_name(name) {
             return None;
         }
         if self

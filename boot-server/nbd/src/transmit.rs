@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
-use crate::disk::Disk;
 use crate::handshake::{Negotiated, ALLOC_CONTEXT_ID, MAX_PAYLOAD};
 use crate::proto::*;
+use boot_disk::Disk;
 
 /// Worker threads (= requests in flight) per connection.
 pub const WORKERS: usize = 8;
@@ -154,7 +154,8 @@ impl Conn {
         )
         .to_vec();
         v.extend_from_slice(&ALLOC_CONTEXT_ID.to_be_bytes());
-        for (l, f) in ext {
+        for (l, hole) in ext {
+            let f = if hole { STATE_HOLE | STATE_ZERO } else { 0 };
             v.extend_from_slice(&(l as u32).to_be_bytes());
             v.extend_from_slice(&f.to_be_bytes());
         }

@@ -19,17 +19,24 @@ use crate::overlay::{self, MapHeader, Overlay, CHUNK, ST_DATA};
 /// A base image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseInfo {
+    /// Base name.
     pub name: String,
+    /// Size in bytes.
     pub size: u64,
+    /// The raw file.
     pub path: PathBuf,
 }
 
 /// An overlay (or snapshot) and how much of it is allocated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayInfo {
+    /// Overlay id.
     pub id: String,
+    /// Name of the base it is built on.
     pub base: String,
+    /// Disk size in bytes.
     pub size: u64,
+    /// Bytes held in the overlay (allocated chunks x chunk size).
     pub allocated_bytes: u64,
     /// Set for snapshots: the overlay it was taken from.
     pub origin: Option<String>,
@@ -39,8 +46,11 @@ pub struct OverlayInfo {
 
 /// Read-only raw base, shared by every connection exporting it.
 pub struct BaseImage {
+    /// Base name.
     pub name: String,
+    /// The raw file, opened read-only.
     pub file: File,
+    /// Size in bytes.
     pub size: u64,
 }
 
@@ -114,6 +124,7 @@ impl DiskStore {
         })
     }
 
+    /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -183,6 +194,7 @@ impl DiskStore {
         })
     }
 
+    /// Every base, sorted by name.
     pub fn list_bases(&self) -> Result<Vec<BaseInfo>> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(self.root.join("bases"))?.flatten() {
@@ -310,6 +322,7 @@ impl DiskStore {
         Ok(info)
     }
 
+    /// Every overlay and snapshot, sorted by id (unreadable ones are skipped with a warning).
     pub fn list_overlays(&self) -> Result<Vec<OverlayInfo>> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(self.root.join("overlays"))?.flatten() {

@@ -59,15 +59,21 @@ const MAGIC: &[u8; 8] = b"BNBDMAP1";
 const VERSION: u32 = 1;
 const STRIPES: usize = 256;
 
+/// Map state: the chunk reads from the base.
 pub const ST_BASE: u8 = 0;
+/// Map state: the chunk reads from the overlay's `data` file.
 pub const ST_DATA: u8 = 1;
+/// Map state: the chunk reads as zeros.
 pub const ST_ZERO: u8 = 2;
 
 /// Fixed part of the map file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapHeader {
+    /// Name of the base image.
     pub base: String,
+    /// Disk size in bytes (equal to the base's).
     pub size: u64,
+    /// For snapshots: the overlay it was taken from.
     pub origin: Option<String>,
 }
 
@@ -269,10 +275,12 @@ impl Overlay {
         })
     }
 
+    /// Disk size in bytes.
     pub fn size(&self) -> u64 {
         self.header.size
     }
 
+    /// The map header (base, size, origin).
     pub fn header(&self) -> &MapHeader {
         &self.header
     }
@@ -487,12 +495,12 @@ impl Overlay {
         Ok(())
     }
 
-    /// `base:allocation` extents of [off, off+len): (length, NBD state flags).
-    pub fn extents(&self, off: u64, len: u64) -> Vec<(u64, u32)> {
-        use crate::proto::{STATE_HOLE, STATE_ZERO};
+    /// Allocation extents of [off, off+len): (length, is_hole) where a hole is
+    /// unallocated and reads as zeros (NBD `base:allocation`, SCSI GET LBA STATUS).
+    pub fn extents(&self, off: u64, len: u64) -> Vec<(u64, bool)> {
         let end = off + len;
-        let mut out: Vec<(u64, u32)> = Vec::new();
-        let push = |l: u64, f: u32, out: &mut Vec<(u64, u32)>| match out.last_mut() {
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let push = |l: u64, f: bool, out: &mut Vec<(u64, bool)>| match out.last_mut() {
             Some(last) if last.1 == f => last.0 += l,
             _ => out.push((l, f)),
         };
@@ -506,13 +514,13 @@ impl Overlay {
                 run_end = ((run_end / CHUNK + 1) * CHUNK).min(end);
             }
             match st {
-                ST_DATA => push(run_end - pos, 0, &mut out),
-                ST_ZERO => push(run_end - pos, STATE_HOLE | STATE_ZERO, &mut out),
+                ST_DATA => push(run_end - pos, false, &mut out),
+                ST_ZERO => push(run_end - pos, true, &mut out),
                 _ => {
                     tmp.clear();
                     file_extents(&self.base, pos, run_end - pos, &mut tmp);
                     for (l, hole) in tmp.drain(..) {
-                        push(l, if hole { STATE_HOLE | STATE_ZERO } else { 0 }, &mut out);
+                        push(l, hole, &mut out);
                     }
                 }
             }
