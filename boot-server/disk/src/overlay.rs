@@ -32,6 +32,16 @@
 //! storage: after a crash a chunk reads either its flushed overlay contents or its older
 //! source (base / zeros), never bytes from a wrong layer. Unflushed writes may be lost.
 //!
+//! A failed `fdatasync(data)` is final for this open overlay: Linux reports a writeback
+//! error once and marks the pages clean, so a retried sync would "succeed" without the
+//! data being on disk. The overlay therefore records the failure and every later flush
+//! (FLUSH, FUA write, snapshot, close) fails with EIO without writing any map entry. The
+//! data is durable again only for a freshly opened `Overlay` (every connection closed
+//! and the overlay reopened, e.g. after a restart), which reads the map as last synced:
+//! chunks whose flush failed read as their older source, which is what the failed FLUSH
+//! told the client. A failed map write or map sync is retried by the next flush (the
+//! entries are put back and rewritten, so the retry really writes them again).
+//!
 //! # Snapshots
 //!
 //! `snapshot_into` blocks writers (an RwLock writers hold shared), flushes, then clones
@@ -47,7 +57,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use anyhow::{bail, Context};
@@ -232,6 +242,11 @@ pub struct Overlay {
     stripes: Vec<Mutex<()>>,
     flush_lock: Mutex<()>,
     quiesce: RwLock<()>,
+    /// Set when `fdatasync(data)` failed: every later flush fails (see module doc).
+    sync_failed: AtomicBool,
+    /// Test hook: this many next data syncs fail with EIO.
+    #[cfg(feature = "fault-injection")]
+    fail_data_syncs: std::sync::atomic::AtomicU32,
 }
 
 fn lock_err<T>(_: T) -> io::Error {
@@ -272,6 +287,9 @@ impl Overlay {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             flush_lock: Mutex::new(()),
             quiesce: RwLock::new(()),
+            sync_failed: AtomicBool::new(false),
+            #[cfg(feature = "fault-injection")]
+            fail_data_syncs: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -454,11 +472,51 @@ impl Overlay {
         Ok(())
     }
 
+    /// Fault injection for tests (feature `fault-injection`): the next `n` syncs of the
+    /// `data` file fail with EIO as a failing disk's would.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_data_syncs(&self, n: u32) {
+        self.fail_data_syncs.store(n, Ordering::SeqCst);
+    }
+
+    fn sync_data_file(&self) -> io::Result<()> {
+        #[cfg(feature = "fault-injection")]
+        if self
+            .fail_data_syncs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.data.sync_data()
+    }
+
+    /// True once a data sync failed: flushes fail until the overlay is reopened.
+    pub fn sync_failed(&self) -> bool {
+        self.sync_failed.load(Ordering::SeqCst)
+    }
+
     /// Makes every completed write durable: data first, then the map entries.
+    /// After a failed data sync every call fails with EIO (see the module doc).
     pub fn flush(&self) -> io::Result<()> {
         let _f = self.flush_lock.lock().map_err(lock_err)?;
+        if self.sync_failed() {
+            return Err(io::Error::other(format!(
+                "an earlier data sync of this overlay (base {}) failed: \
+                 writes since the last good flush may be lost",
+                self.header.base
+            )));
+        }
         let pending = std::mem::take(&mut *self.dirty.lock().map_err(lock_err)?);
-        self.data.sync_data()?;
+        if let Err(e) = self.sync_data_file() {
+            // The entries in `pending` must never reach the map: their data may be lost.
+            self.sync_failed.store(true, Ordering::SeqCst);
+            tracing::error!(
+                base = %self.header.base,
+                "overlay data sync failed, flushes fail until it is reopened: {e}"
+            );
+            return Err(e);
+        }
         if pending.is_empty() {
             return Ok(());
         }
