@@ -21,6 +21,7 @@
 //! # }
 //! ```
 
+pub mod conns;
 pub mod handshake;
 pub mod proto;
 pub mod server;
@@ -28,8 +29,9 @@ pub mod transmit;
 
 pub use boot_disk::{BaseInfo, Disk, DiskStore, OverlayInfo};
 
+pub use conns::{NbdHandle, NbdLimits};
 pub use proto::{
     parse_go, parse_meta_context, parse_option, parse_request, ClientOption, Command, ParseError,
     Request,
 };
-pub use server::{AllowAllResolver, ExportResolver, ExportTarget, NbdServer};
+pub use server::{fingerprint, AllowAllResolver, ExportResolver, ExportTarget, NbdServer};
