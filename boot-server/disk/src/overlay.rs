@@ -137,12 +137,34 @@ fn chunks_for(size: u64) -> u64 {
     size.div_ceil(CHUNK)
 }
 
+/// Creates (truncating) a file readable and writable by the owner only (0600 whatever
+/// the umask: the mode is set again with fchmod, which the umask does not touch).
+pub fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Creates a directory accessible by the owner only (0700 whatever the umask).
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().mode(0o700).create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Creates the files of a fresh, empty overlay in `dir` (which must exist).
 pub fn create_files(dir: &Path, header: &MapHeader) -> anyhow::Result<()> {
-    let data = File::create(dir.join("data")).context("create data")?;
+    let data = create_private(&dir.join("data")).context("create data")?;
     data.set_len(header.size)?;
     data.sync_all()?;
-    let map = File::create(dir.join("map")).context("create map")?;
+    let map = create_private(&dir.join("map")).context("create map")?;
     map.write_all_at(&header.encode(), 0)?;
     map.set_len(HEADER_LEN + chunks_for(header.size))?;
     map.sync_all()?;
@@ -595,7 +617,7 @@ impl Overlay {
             .write()
             .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
         self.flush().context("flush before snapshot")?;
-        let data = File::create(dir.join("data")).context("create snapshot data")?;
+        let data = create_private(&dir.join("data")).context("create snapshot data")?;
         // SAFETY: FICLONE on two valid fds.
         let cloned =
             unsafe { libc::ioctl(data.as_raw_fd(), libc::FICLONE, self.data.as_raw_fd()) } == 0;
@@ -628,7 +650,7 @@ impl Overlay {
         };
         let mut map = header.encode();
         map.extend(self.states.iter().map(|s| s.load(Ordering::Acquire)));
-        let mf = File::create(dir.join("map"))?;
+        let mf = create_private(&dir.join("map"))?;
         mf.write_all_at(&map, 0)?;
         mf.sync_all()?;
         Ok(cloned)

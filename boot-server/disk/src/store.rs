@@ -5,9 +5,12 @@
 //! `overlays/<id>/{data,map}` (see `overlay` for the format). Snapshots are overlays too
 //! (their map header names the origin). Names and ids are limited to
 //! `[A-Za-z0-9._-]`, 1..=128 bytes, not starting with a dot, so they are safe as paths.
+//! Modes whatever the umask: directories 0700, overlay `data`/`map` files 0600, bases
+//! 0400 (they hold node data).
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, Weak};
@@ -107,6 +110,15 @@ impl DiskStore {
             std::fs::create_dir_all(root.join(d))
                 .with_context(|| format!("create {}", root.join(d).display()))?;
         }
+        // Disks hold node data and secrets: owner only, whatever the umask.
+        for d in [
+            root.to_path_buf(),
+            root.join("bases"),
+            root.join("overlays"),
+        ] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("chmod 0700 {}", d.display()))?;
+        }
         // Leftovers of interrupted creations.
         for d in ["bases", "overlays"] {
             for e in std::fs::read_dir(root.join(d))?.flatten() {
@@ -174,9 +186,8 @@ impl DiskStore {
         }
         let f = File::open(&tmp)?;
         f.sync_all()?;
-        let mut perm = f.metadata()?.permissions();
-        perm.set_readonly(true);
-        std::fs::set_permissions(&tmp, perm)?;
+        // Read-only, owner only (a copy would keep the source's mode).
+        f.set_permissions(std::fs::Permissions::from_mode(0o400))?;
         std::fs::rename(&tmp, &dst)?;
         sync_dir(&self.root.join("bases"))?;
         self.base_info(name)
@@ -221,7 +232,7 @@ impl DiskStore {
         }
         let tmp = self.root.join("overlays").join(format!(".tmp-{id}"));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir(&tmp)?;
+        overlay::create_private_dir(&tmp)?;
         let header = MapHeader {
             base: base.to_string(),
             size: b.size,
@@ -306,7 +317,7 @@ impl DiskStore {
             .join("overlays")
             .join(format!(".tmp-{snapshot_id}"));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir(&tmp)?;
+        overlay::create_private_dir(&tmp)?;
         let reflinked = match src.snapshot_into(&tmp, id) {
             Ok(r) => r,
             Err(e) => {
