@@ -96,9 +96,10 @@ pub async fn run(mut config: Config) -> Result<()> {
             crate::disks::NodeExports::new(store.clone(), disks.clone(), &nbd_admin_token);
         exports.refresh().await?;
         tasks.spawn(exports.clone().run_refresher());
-        let server = boot_nbd::NbdServer::bind(config.nbd.listen, disks, exports)
+        let server = boot_nbd::NbdServer::bind(config.nbd.listen, disks, exports.clone())
             .await
             .with_context(|| format!("binding NBD on {}", config.nbd.listen))?;
+        exports.set_nbd(server.handle()); // detach: exports.revoke(overlay)
         ready.push(format!("nbd={}", server.local_addr()));
         tasks.spawn(async move { server.run().await.context("NBD server") });
     }
