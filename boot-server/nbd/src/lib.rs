@@ -4,20 +4,29 @@
 //!
 //! The storage (bases, overlays, snapshots, durability) lives in the `boot-disk` crate,
 //! re-exported here as `boot_nbd::{DiskStore, ...}` for integrators.
+//!
 //! * `proto`: wire constants and the panic-free parsers (`parse_request`, `parse_option`).
 //! * `handshake`: option haggling; `transmit`: worker threads per connection serving
 //!   pipelined requests; `server`: `NbdServer` and the `ExportResolver` seam.
+//! * `conns`: admission limits ([`NbdLimits`]) and the open-connection table behind
+//!   [`NbdHandle`] (`revoke(overlay)` closes every connection serving it at once).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use std::sync::Arc;
-//! use boot_nbd::{AllowAllResolver, DiskStore, NbdServer};
+//! use boot_nbd::{AllowAllResolver, DiskStore, NbdLimits, NbdServer};
 //! let store = Arc::new(DiskStore::open("/var/lib/boot/disks".as_ref())?);
 //! store.create_base_from_file("debian12", "/tmp/debian.qcow2".as_ref())?;
 //! store.create_overlay("rack1-node7", "debian12")?;
-//! let server = NbdServer::bind("0.0.0.0:10809".parse()?, store.clone(),
-//!     Arc::new(AllowAllResolver(store))).await?;
-//! server.run().await
+//! let limits = NbdLimits { max_connections_per_ip: 8, ..NbdLimits::default() };
+//! let server = NbdServer::bind_with_limits("0.0.0.0:10809".parse()?, store.clone(),
+//!     Arc::new(AllowAllResolver(store)), limits).await?;
+//! let handle = server.handle();
+//! tokio::spawn(server.run());
+//! // Later, when rack1-node7's disk is detached (after the resolver stopped naming it):
+//! let cut = handle.revoke("rack1-node7");
+//! handle.wait_closed("rack1-node7", std::time::Duration::from_secs(10)).await;
+//! # let _ = cut; Ok(())
 //! # }
 //! ```
 
