@@ -1,37 +1,54 @@
 //! Virtual-disk access policy for the NBD server: which export names a peer
 //! may open. A node opens only the overlays attached to it, by an export name
-//! holding a random secret, and only from its current address (live lease or
-//! observed address, as the boot plan decides). The admin opens any overlay
-//! or base as `admin:<admin-token>:<name>` (compared in constant time).
-//! Refusals are logged with fingerprints, never with the secret.
+//! holding a random secret, and only from the node's current address (its
+//! live lease or observed address, as [`BootPlan::node_address`] decides). The admin opens
+//! any overlay or base as `admin:<admin-token>:<name>`. Secrets (the admin token,
+//! export names) are compared in constant time and logged only as fingerprints.
 //!
-//! The NBD crate asks synchronously, so the table is a snapshot rebuilt from
-//! the store every second and at once after an attachment changes.
+//! The NBD crate asks synchronously, so the attachment table is a snapshot
+//! refreshed from the store every second (and at once after `refresh`);
+//! [`NodeExports::revoke`] forgets a detached overlay at once and cuts its
+//! open connections.
 
 use crate::plan::BootPlan;
 use crate::secret::{constant_time_eq, fingerprint};
 use crate::store::Store;
-use anyhow::Result;
-use boot_nbd::{AllowAllResolver, DiskStore, ExportResolver, ExportTarget};
+use anyhow::{bail, Result};
+use boot_nbd::{AllowAllResolver, DiskStore, ExportResolver, ExportTarget, NbdHandle};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-/// Export name → (overlay id, the address allowed to open it).
-type Table = HashMap<String, (String, Option<IpAddr>)>;
+/// An attached overlay: its secret export name and the node it is attached to.
+struct Attachment {
+    export: String,
+    node: String,
+}
 
-/// The export table and its admin name.
+#[derive(Default)]
+struct Table {
+    /// Overlay id -> attachment.
+    by_overlay: HashMap<String, Attachment>,
+    /// Node id -> the node's current address.
+    node_ip: HashMap<String, IpAddr>,
+    /// Bumped by every revocation, so a refresh that read the store before it
+    /// cannot bring a revoked export back.
+    revocations: u64,
+}
+
+/// The NBD export policy of the boot server (an [`ExportResolver`]).
 pub struct NodeExports {
     store: Arc<dyn Store>,
     plan: Arc<BootPlan>,
     disks: Arc<DiskStore>,
-    admin_token: String,
+    admin_prefix: String,
     table: RwLock<Table>,
+    nbd: OnceLock<NbdHandle>,
 }
 
 impl NodeExports {
-    /// An empty table (call [`NodeExports::rebuild`]).
+    /// The policy over `store`'s attachments and `disks`, with the admin token.
     pub fn new(
         store: Arc<dyn Store>,
         plan: Arc<BootPlan>,
@@ -42,33 +59,139 @@ impl NodeExports {
             store,
             plan,
             disks,
-            admin_token: admin_token.to_string(),
-            table: RwLock::new(HashMap::new()),
+            admin_prefix: format!("admin:{admin_token}:"),
+            table: RwLock::new(Table::default()),
+            nbd: OnceLock::new(),
         })
     }
 
+    /// Connects the policy to the running NBD server (`NbdServer::handle()`), so
+    /// [`NodeExports::revoke`] can cut connections. Only the first call takes effect.
+    pub fn set_nbd(&self, handle: NbdHandle) {
+        let _ = self.nbd.set(handle);
+    }
+
     /// Rebuilds the table from attachments and node addresses.
-    pub async fn rebuild(&self) -> Result<()> {
-        let mut table = Table::new();
+    pub async fn refresh(&self) -> Result<()> {
+        let seen = self.read().revocations;
+        let mut by_overlay = HashMap::new();
+        let mut node_ip = HashMap::new();
         for a in self.store.disk_attachments().await? {
-            let ip = match self.store.node(&a.node).await? {
-                Some(n) => self.plan.node_address(&n).await?.map(IpAddr::V4),
-                None => None,
-            };
-            table.insert(a.export, (a.overlay, ip));
+            if let Some(n) = self.store.node(&a.node).await? {
+                if let Some(ip) = self.plan.node_address(&n).await? {
+                    node_ip.insert(n.id.clone(), IpAddr::V4(ip));
+                }
+            }
+            by_overlay.insert(
+                a.overlay,
+                Attachment {
+                    export: a.export,
+                    node: a.node,
+                },
+            );
         }
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        if t.revocations == seen {
+            t.by_overlay = by_overlay;
+            t.node_ip = node_ip;
+        }
+        // else: a revocation raced this refresh; the next one reads the new state.
         Ok(())
     }
 
-    /// Rebuilds the table every second (addresses follow leases).
+    /// Refreshes the table every second, forever.
     pub async fn run_refresher(self: Arc<Self>) -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            if let Err(e) = self.rebuild().await {
+            if let Err(e) = self.refresh().await {
                 tracing::warn!(error = %format!("{e:#}"), "NBD export table not refreshed");
             }
+        }
+    }
+
+    /// Cuts off a detached overlay: forgets its export name at once (no waiting for
+    /// the next refresh) and closes every open NBD connection serving it. Call it
+    /// after the attachment is removed from the store. Returns how many connections
+    /// were closed (0 until [`NodeExports::set_nbd`] was called).
+    pub fn revoke(&self, overlay: &str) -> usize {
+        {
+            let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+            t.by_overlay.remove(overlay);
+            t.revocations += 1;
+        }
+        self.nbd.get().map_or(0, |h| h.revoke(overlay))
+    }
+
+    /// [`NodeExports::revoke`], then waits until the cut connections' in-flight
+    /// requests have finished, so nothing the node sent can still reach the disk
+    /// (fencing). Errors if they did not end within `timeout`.
+    pub async fn revoke_and_wait(&self, overlay: &str, timeout: Duration) -> Result<usize> {
+        let n = self.revoke(overlay);
+        if let Some(h) = self.nbd.get() {
+            if !h.wait_closed(overlay, timeout).await {
+                bail!("NBD connections to {overlay} still running after {timeout:?}");
+            }
+        }
+        Ok(n)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The name after a valid `admin:<token>:` prefix, compared in constant time.
+    fn admin_target<'a>(&self, name: &'a str) -> Option<&'a str> {
+        let p = self.admin_prefix.as_bytes();
+        let head = name.as_bytes().get(..p.len())?;
+        if !constant_time_eq(head, p) {
+            return None;
+        }
+        name.get(p.len()..)
+    }
+}
+
+impl ExportResolver for NodeExports {
+    fn resolve(&self, name: &str, peer: SocketAddr) -> Option<ExportTarget> {
+        if name.starts_with("admin:") {
+            let Some(target) = self.admin_target(name) else {
+                tracing::warn!(%peer, export = self.display_name(name), "NBD admin export refused: wrong token");
+                return None;
+            };
+            return AllowAllResolver(self.disks.clone()).resolve(target, peer);
+        }
+        // `<overlay>.<secret>`: find the attachment by overlay id, then compare
+        // the whole name in constant time.
+        let (overlay, _) = name.rsplit_once('.')?;
+        let t = self.read();
+        let a = t.by_overlay.get(overlay)?;
+        if !constant_time_eq(name.as_bytes(), a.export.as_bytes()) {
+            return None;
+        }
+        let current = t.node_ip.get(&a.node).copied();
+        if current == Some(peer.ip()) {
+            return Some(ExportTarget::Overlay(overlay.to_string()));
+        }
+        tracing::warn!(
+            export = self.display_name(name),
+            node = a.node,
+            %peer,
+            ?current,
+            "NBD export refused: not the node's current address"
+        );
+        None
+    }
+
+    /// Admin names show the target with a fingerprint of the token; node export
+    /// names show the overlay id with a fingerprint of the whole name.
+    fn display_name(&self, name: &str) -> String {
+        if let Some(rest) = name.strip_prefix("admin:") {
+            let (token, target) = rest.rsplit_once(':').unwrap_or((rest, ""));
+            return format!("admin:sha256:{}:{target}", fingerprint(token));
+        }
+        match name.rsplit_once('.') {
+            Some((overlay, _)) => format!("{overlay}.sha256:{}", fingerprint(name)),
+            None => format!("sha256:{}", fingerprint(name)),
         }
     }
 }
@@ -76,40 +199,10 @@ impl NodeExports {
 #[async_trait::async_trait]
 impl crate::control::ExportControl for NodeExports {
     async fn refresh(&self) -> Result<()> {
-        self.rebuild().await
+        NodeExports::refresh(self).await
     }
 
     fn revoke(&self, overlay: &str) -> usize {
-        // The table no longer names it; open connections are cut by the
-        // NBD server's revocation once it offers one.
-        tracing::info!(overlay, "export revoked");
-        0
-    }
-}
-
-impl ExportResolver for NodeExports {
-    fn resolve(&self, name: &str, peer: SocketAddr) -> Option<ExportTarget> {
-        if let Some(rest) = name.strip_prefix("admin:") {
-            let (token, target) = rest.split_once(':')?;
-            if constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
-                return AllowAllResolver(self.disks.clone()).resolve(target, peer);
-            }
-            tracing::warn!(%peer, token = %fingerprint(token), "NBD admin export refused: wrong admin token");
-            return None;
-        }
-        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        match table.get(name) {
-            Some((overlay, Some(ip))) if *ip == peer.ip() => {
-                Some(ExportTarget::Overlay(overlay.clone()))
-            }
-            Some((overlay, allowed)) => {
-                tracing::warn!(%overlay, export = %fingerprint(name), %peer, ?allowed, "NBD export refused: not the node's address");
-                None
-            }
-            None => {
-                tracing::info!(export = %fingerprint(name), %peer, "NBD export refused: unknown name");
-                None
-            }
-        }
+        NodeExports::revoke(self, overlay)
     }
 }

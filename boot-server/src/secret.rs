@@ -22,9 +22,11 @@ pub fn fingerprint(secret: &str) -> String {
     digest(secret)[..8].to_string()
 }
 
-/// Compares two byte strings in time independent of where they differ.
+/// Compares two byte strings in time independent of their content (the
+/// length may show, not where they differ).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// Minimum strength of an admin token: 128 bits, i.e. 32 hex digits or at

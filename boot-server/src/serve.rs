@@ -176,13 +176,14 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     // NBD virtual disks.
     if let (Some(disks), Some(exports)) = (disks, exports) {
-        if let Err(e) = exports.rebuild().await {
+        if let Err(e) = exports.refresh().await {
             tracing::warn!(error = %format!("{e:#}"), "NBD export table not built yet; retrying every second");
         }
         tasks.spawn(exports.clone().run_refresher());
-        let server = boot_nbd::NbdServer::bind(config.nbd.listen, disks, exports)
+        let server = boot_nbd::NbdServer::bind(config.nbd.listen, disks, exports.clone())
             .await
             .with_context(|| format!("binding NBD on {}", config.nbd.listen))?;
+        exports.set_nbd(server.handle()); // detach: exports.revoke(overlay)
         ready.push(format!("nbd={}", server.local_addr()));
         tasks.spawn(async move { server.run().await.context("NBD server") });
     }

@@ -1,10 +1,40 @@
 //! NBD access policy through the real binary and real nbdinfo/nbdcopy: a node's
-//! export opens only from the node's leased address; the admin name opens anything;
-//! unknown names are refused.
+//! export opens only from the node's current (leased) address; the admin name opens
+//! anything; unknown names are refused; refusals never log the admin token or a node's
+//! export name, only fingerprints.
 
 mod common;
 use common::*;
+use sha2::{Digest, Sha256};
 use std::process::Command;
+use test_support::Need;
+
+fn fingerprint(s: &str) -> String {
+    Sha256::digest(s.as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn set_lease(db: &std::path::Path, ip: &str) {
+    let st = Command::new("sqlite3")
+        .arg(db)
+        .arg(format!(
+            "INSERT OR REPLACE INTO leases(mac, ip, expires_at_ms) VALUES ('52:54:00:00:00:31', '{ip}', 99999999999999)"
+        ))
+        .status()
+        .expect("sqlite3");
+    assert!(st.success());
+}
+
+/// Polls `f` (the export table refreshes every second) for up to 10 s.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
 
 fn nbdinfo(url: &str) -> (bool, String) {
     let out = Command::new("nbdinfo")
@@ -20,8 +50,14 @@ fn nbdinfo(url: &str) -> (bool, String) {
 
 #[test]
 fn node_exports_follow_the_lease_and_admin_opens_all() {
-    if Command::new("nbdinfo").arg("--version").output().is_err() {
-        eprintln!("SKIP: nbdinfo not installed");
+    if !test_support::require(
+        "node_exports_follow_the_lease_and_admin_opens_all",
+        &[
+            Need::Tool("nbdinfo"),
+            Need::Tool("nbdcopy"),
+            Need::Tool("sqlite3"),
+        ],
+    ) {
         return;
     }
     let (dir, config) = Server::prepare("");
@@ -58,27 +94,24 @@ fn node_exports_follow_the_lease_and_admin_opens_all() {
         "a wrong admin token must be refused"
     );
     assert!(
+        !nbdinfo(&format!("nbd://{nbd}/admin:{admin}:nosuchdisk")).0,
+        "an unknown name behind the admin token must be refused"
+    );
+    assert!(
         !nbdinfo(&format!("nbd://{nbd}/{export}")).0,
         "no lease yet: the node's export must be refused"
+    );
+    assert!(
+        !nbdinfo(&format!("nbd://{nbd}/{export}x")).0,
+        "a wrong secret must be refused"
     );
 
     // Give the node a lease on 127.0.0.1 (as DHCP would), then its export opens from there.
     let db = s.path().join("state/state.db");
-    let st = Command::new("sqlite3")
-        .arg(&db)
-        .arg("INSERT INTO leases(mac, ip, expires_at_ms) VALUES ('52:54:00:00:00:31', '127.0.0.1', 99999999999999)")
-        .status()
-        .expect("sqlite3");
-    assert!(st.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    // The export table is refreshed every second.
-    while !nbdinfo(&format!("nbd://{nbd}/{export}")).0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node export never opened from its leased address"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    set_lease(&db, "127.0.0.1");
+    eventually("node export never opened from its leased address", || {
+        nbdinfo(&format!("nbd://{nbd}/{export}")).0
+    });
     // Byte-identical read of the base through the node's overlay.
     let out = s.path().join("copy.raw");
     let st = Command::new("nbdcopy")
@@ -95,6 +128,29 @@ fn node_exports_follow_the_lease_and_admin_opens_all() {
     assert!(
         list.contains("ov1") && list.contains("node-525400000031"),
         "{list}"
+    );
+
+    // The node moves to another address: its export no longer opens from the old one.
+    set_lease(&db, "127.0.0.2");
+    eventually("export still opens from the node's former address", || {
+        !nbdinfo(&format!("nbd://{nbd}/{export}")).0
+    });
+
+    // Secrets never reach the log; the refusals are logged with fingerprints.
+    let log = s.log.lock().unwrap().join("\n");
+    let secret = export.rsplit_once('.').unwrap().1;
+    assert!(!log.contains(&admin), "admin token logged:\n{log}");
+    assert!(
+        !log.contains(secret),
+        "a node's export secret logged:\n{log}"
+    );
+    assert!(
+        log.contains(&fingerprint(&export)),
+        "the wrong-address refusal should name the export by fingerprint:\n{log}"
+    );
+    assert!(
+        log.contains(&fingerprint(&admin)),
+        "the refused admin open should show the token's fingerprint:\n{log}"
     );
 }
 
@@ -183,4 +239,45 @@ fn an_open_overlay_cannot_be_deleted() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(!s.cli(&["disk", "list"]).contains("ov2"));
+}
+
+/// Hardening item 4: detaching a disk closes its open connections at once
+/// (the fencing failover needs), and its export name stops working.
+#[test]
+fn detach_cuts_open_connections() {
+    if !test_support::require("detach_cuts_open_connections", &[Need::Tool("sqlite3")]) {
+        return;
+    }
+    let (dir, config) = Server::prepare("");
+    let base = dir.path().join("base.raw");
+    std::fs::write(&base, random_bytes(1 << 20)).unwrap();
+    let s = Server::start_in(dir, config);
+    let nbd = s.nbd.clone().expect("nbd address");
+    s.cli(&["disk", "add-base", "b", base.to_str().unwrap()]);
+    s.cli(&["disk", "create", "ov3", "--base", "b"]);
+    s.cli(&["node", "add", "--mac", "52:54:00:00:00:31"]);
+    let out = s.cli(&["disk", "attach", "ov3", "--node", "52:54:00:00:00:31"]);
+    let export = out.split_whitespace().last().unwrap().to_string();
+    set_lease(&s.path().join("state/state.db"), "127.0.0.1");
+    let mut conn = None;
+    eventually("node export never opened", || {
+        conn = std::panic::catch_unwind(|| nbd_open(&nbd, &export)).ok();
+        conn.is_some()
+    });
+    let mut conn = conn.unwrap();
+    let out = s.cli(&["disk", "detach", "ov3"]);
+    assert!(out.contains("1 open connection(s) closed"), "{out}");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let n = std::io::Read::read(&mut conn, &mut buf);
+    assert!(
+        matches!(n, Ok(0))
+            || n.is_err() && !matches!(&n, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "connection still open after detach: {n:?}"
+    );
+    assert!(
+        !nbdinfo(&format!("nbd://{nbd}/{export}")).0,
+        "detached export still opens"
+    );
 }

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::disk::Disk;
+use crate::conns::Ticket;
 use crate::proto::*;
 use crate::server::{ExportResolver, ExportTarget};
-use crate::store::DiskStore;
+use boot_disk::Disk;
+use boot_disk::DiskStore;
 
 /// Largest request payload / read length we accept.
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
@@ -54,20 +55,35 @@ async fn open_target(store: &Arc<DiskStore>, target: ExportTarget) -> Result<Dis
     .context("open task")?
 }
 
+/// Resolves and opens `name` for `peer`, binding the connection to it (refused when
+/// the overlay was revoked while we were resolving).
 async fn resolve(
     store: &Arc<DiskStore>,
     resolver: &Arc<dyn ExportResolver>,
     name: &str,
     peer: SocketAddr,
+    ticket: &Ticket,
 ) -> Option<Disk> {
+    let epoch = ticket.epoch();
     let target = resolver.resolve(name, peer)?;
-    match open_target(store, target).await {
-        Ok(d) => Some(d),
+    let overlay = match &target {
+        ExportTarget::Overlay(id) => Some(id.clone()),
+        ExportTarget::Base(_) => None,
+    };
+    let disk = match open_target(store, target).await {
+        Ok(d) => d,
         Err(e) => {
-            tracing::warn!(%peer, export = name, "cannot open export: {e:#}");
-            None
+            let export = resolver.display_name(name);
+            tracing::warn!(%peer, export, "cannot open export: {e:#}");
+            return None;
         }
+    };
+    if !ticket.bind(overlay.as_deref(), epoch) {
+        let export = resolver.display_name(name);
+        tracing::info!(%peer, export, "export revoked during the handshake");
+        return None;
     }
+    Some(disk)
 }
 
 fn is_alloc_query(q: &str, list: bool) -> bool {
@@ -75,11 +91,12 @@ fn is_alloc_query(q: &str, list: bool) -> bool {
 }
 
 /// Runs the handshake. `Ok(None)`: the client aborted or was refused cleanly.
-pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     peer: SocketAddr,
     store: &Arc<DiskStore>,
     resolver: &Arc<dyn ExportResolver>,
+    ticket: &Ticket,
 ) -> Result<Option<Negotiated>> {
     let mut greet = Vec::with_capacity(18);
     greet.extend_from_slice(&NBDMAGIC.to_be_bytes());
@@ -122,8 +139,9 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         };
         match parsed {
             ClientOption::ExportName(name) => {
-                let Some(disk) = resolve(store, resolver, &name, peer).await else {
-                    tracing::info!(%peer, export = name, "EXPORT_NAME refused");
+                let Some(disk) = resolve(store, resolver, &name, peer, ticket).await else {
+                    let export = resolver.display_name(&name);
+                    tracing::info!(%peer, export, "EXPORT_NAME refused");
                     return Ok(None);
                 };
                 let mut out = Vec::with_capacity(134);
@@ -158,8 +176,9 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 reply(s, opt, REP_ACK, &[]).await?;
             }
             ClientOption::Info(g) | ClientOption::Go(g) => {
-                let Some(disk) = resolve(store, resolver, &g.name, peer).await else {
-                    tracing::info!(%peer, export = g.name, "INFO/GO refused");
+                let Some(disk) = resolve(store, resolver, &g.name, peer, ticket).await else {
+                    let export = resolver.display_name(&g.name);
+                    tracing::info!(%peer, export, "INFO/GO refused");
                     reply(s, opt, REP_ERR_UNKNOWN, b"unknown export or access denied").await?;
                     continue;
                 };

@@ -1,5 +1,6 @@
 //! `NbdServer`: TCP listener, per-connection task (handshake then transmission), and the
 //! `ExportResolver` seam through which the boot server decides which peer may open what.
+//! Admission limits and revocation live in `conns` ([`NbdLimits`], [`NbdHandle`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,9 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::conns::{NbdHandle, NbdLimits, Registry, Ticket};
 use crate::handshake::handshake;
-use crate::store::DiskStore;
 use crate::transmit;
+use boot_disk::DiskStore;
 
 /// What an export name maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,20 @@ pub trait ExportResolver: Send + Sync + 'static {
     fn list(&self, _peer: SocketAddr) -> Vec<String> {
         vec![]
     }
+    /// How `name` appears in logs. Export names may hold secrets, so by default only
+    /// a fingerprint is logged; resolvers whose names are not secret may return them.
+    fn display_name(&self, name: &str) -> String {
+        format!("sha256:{}", fingerprint(name))
+    }
+}
+
+/// Short fingerprint of a secret for logs: the first 8 hex digits of its SHA-256.
+pub fn fingerprint(secret: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(secret.as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Resolver that allows every peer everything in a store: an export name is an overlay
@@ -37,7 +53,7 @@ pub struct AllowAllResolver(pub Arc<DiskStore>);
 
 impl ExportResolver for AllowAllResolver {
     fn resolve(&self, name: &str, _peer: SocketAddr) -> Option<ExportTarget> {
-        if !crate::store::valid_name(name) {
+        if !boot_disk::valid_name(name) {
             return None;
         }
         if self
@@ -77,6 +93,10 @@ impl ExportResolver for AllowAllResolver {
         }
         v
     }
+
+    fn display_name(&self, name: &str) -> String {
+        name.to_string()
+    }
 }
 
 /// Time a client gets to finish the handshake.
@@ -87,13 +107,25 @@ pub struct NbdServer {
     listener: TcpListener,
     store: Arc<DiskStore>,
     resolver: Arc<dyn ExportResolver>,
+    registry: Arc<Registry>,
 }
 
 impl NbdServer {
+    /// Binds `listen` with the default [`NbdLimits`].
     pub async fn bind(
         listen: SocketAddr,
         store: Arc<DiskStore>,
         resolver: Arc<dyn ExportResolver>,
+    ) -> Result<Self> {
+        Self::bind_with_limits(listen, store, resolver, NbdLimits::default()).await
+    }
+
+    /// Binds `listen`; connections are admitted and run within `limits`.
+    pub async fn bind_with_limits(
+        listen: SocketAddr,
+        store: Arc<DiskStore>,
+        resolver: Arc<dyn ExportResolver>,
+        limits: NbdLimits,
     ) -> Result<Self> {
         let listener = TcpListener::bind(listen)
             .await
@@ -102,9 +134,19 @@ impl NbdServer {
             listener,
             store,
             resolver,
+            registry: Registry::new(limits),
         })
     }
 
+    /// A handle to the server's open connections (revocation, counts). Take it before
+    /// `run`; it stays valid while the server runs.
+    pub fn handle(&self) -> NbdHandle {
+        NbdHandle {
+            reg: self.registry.clone(),
+        }
+    }
+
+    /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
@@ -134,10 +176,17 @@ impl NbdServer {
                     continue;
                 }
             };
+            let ticket = match self.registry.admit(peer.ip(), &sock) {
+                Ok(t) => t,
+                Err(why) => {
+                    tracing::warn!(%peer, "NBD connection refused: {why}");
+                    continue;
+                }
+            };
             let store = self.store.clone();
             let resolver = self.resolver.clone();
             tokio::spawn(async move {
-                if let Err(e) = connection(sock, peer, store, resolver).await {
+                if let Err(e) = connection(sock, peer, store, resolver, ticket).await {
                     tracing::info!(%peer, "NBD connection ended: {e:#}");
                 }
             });
@@ -150,15 +199,22 @@ async fn connection(
     peer: SocketAddr,
     store: Arc<DiskStore>,
     resolver: Arc<dyn ExportResolver>,
+    ticket: Ticket,
 ) -> Result<()> {
     sock.set_nodelay(true).ok();
     let neg = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake(&mut sock, peer, &store, &resolver),
+        handshake(&mut sock, peer, &store, &resolver, &ticket),
     )
     .await
     .context("handshake timed out")??;
     let Some(neg) = neg else { return Ok(()) };
-    tracing::debug!(%peer, export = neg.export, structured = neg.structured, "transmission");
-    transmit::serve(sock, neg).await
+    tracing::debug!(
+        %peer,
+        export = resolver.display_name(&neg.export),
+        structured = neg.structured,
+        "transmission"
+    );
+    // The ticket lives until the worker threads have ended.
+    transmit::serve(sock, neg, ticket).await
 }

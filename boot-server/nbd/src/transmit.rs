@@ -3,23 +3,26 @@
 //! the reader lock, reads one request (and its WRITE payload), releases it, executes the
 //! request with plain blocking I/O into its own reusable buffer, and writes the reply
 //! under the writer lock. No task hops per request; replies go out in completion order
-//! matched by cookie. Memory per connection is bounded by WORKERS x (32 MiB + header).
+//! matched by cookie. Threads per connection and the large WRITE buffers across all
+//! connections are bounded by the server's `NbdLimits` (see `conns`).
 //! Simple replies unless the client negotiated structured replies.
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 
-use crate::disk::Disk;
+use crate::conns::{BudgetGuard, Ticket, SMALL_BUF};
 use crate::handshake::{Negotiated, ALLOC_CONTEXT_ID, MAX_PAYLOAD};
 use crate::proto::*;
+use boot_disk::Disk;
 
-/// Worker threads (= requests in flight) per connection.
-pub const WORKERS: usize = 8;
+/// A client that accepts no reply bytes for this long is cut off (it would otherwise
+/// pin its workers and their buffers).
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most extents returned by one BLOCK_STATUS.
 const MAX_EXTENTS: usize = 4096;
 
@@ -154,7 +157,8 @@ impl Conn {
         )
         .to_vec();
         v.extend_from_slice(&ALLOC_CONTEXT_ID.to_be_bytes());
-        for (l, f) in ext {
+        for (l, hole) in ext {
+            let f = if hole { STATE_HOLE | STATE_ZERO } else { 0 };
             v.extend_from_slice(&(l as u32).to_be_bytes());
             v.extend_from_slice(&f.to_be_bytes());
         }
@@ -281,21 +285,29 @@ impl Conn {
     }
 }
 
-/// Serves requests until the client disconnects.
-pub async fn serve(stream: tokio::net::TcpStream, neg: Negotiated) -> Result<()> {
+/// Serves requests until the client disconnects (or the connection is revoked).
+pub(crate) async fn serve(
+    stream: tokio::net::TcpStream,
+    neg: Negotiated,
+    ticket: Ticket,
+) -> Result<()> {
     let sock = stream.into_std().context("detach socket")?;
     sock.set_nonblocking(false)?;
+    sock.set_write_timeout(Some(SEND_TIMEOUT))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("nbd-conn".into())
         .spawn(move || {
-            let _ = tx.send(serve_blocking(sock, neg));
+            let r = serve_blocking(sock, neg, &ticket);
+            drop(ticket);
+            let _ = tx.send(r);
         })
         .context("spawn connection thread")?;
     rx.await.context("connection thread vanished")?
 }
 
-struct Shared {
+struct Shared<'t> {
+    ticket: &'t Ticket,
     conn: Conn,
     reader: Mutex<BufReader<TcpStream>>,
     writer: Mutex<TcpStream>,
@@ -303,15 +315,17 @@ struct Shared {
     stop: AtomicBool,
 }
 
-impl Shared {
+impl Shared<'_> {
     fn halt(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.sock.shutdown(Shutdown::Both);
     }
 }
 
-fn serve_blocking(sock: TcpStream, neg: Negotiated) -> Result<()> {
-    let shared = Arc::new(Shared {
+fn serve_blocking(sock: TcpStream, neg: Negotiated, ticket: &Ticket) -> Result<()> {
+    let workers = ticket.workers();
+    let shared = Shared {
+        ticket,
         conn: Conn {
             disk: neg.disk,
             structured: neg.structured,
@@ -321,37 +335,39 @@ fn serve_blocking(sock: TcpStream, neg: Negotiated) -> Result<()> {
         writer: Mutex::new(sock.try_clone()?),
         sock,
         stop: AtomicBool::new(false),
-    });
-    let mut handles = Vec::with_capacity(WORKERS);
-    for _ in 0..WORKERS {
-        let sh = shared.clone();
-        let h = std::thread::Builder::new()
-            .name("nbd-worker".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let r = worker(&sh);
-                if r.is_err() {
-                    sh.halt();
+    };
+    let shared = &shared;
+    let mut result = Ok(());
+    std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let h = std::thread::Builder::new()
+                .name("nbd-worker".into())
+                .stack_size(256 * 1024)
+                .spawn_scoped(scope, move || {
+                    let r = worker(shared);
+                    if r.is_err() {
+                        shared.halt();
+                    }
+                    r
+                });
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    shared.halt();
+                    tracing::error!("spawn NBD worker: {e}");
+                    break;
                 }
-                r
-            });
-        match h {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                shared.halt();
-                tracing::error!("spawn NBD worker: {e}");
-                break;
             }
         }
-    }
-    let mut result = Ok(());
-    for h in handles {
-        match h.join() {
-            Ok(Err(e)) if result.is_ok() => result = Err(e),
-            Ok(_) => {}
-            Err(_) => result = Err(anyhow::anyhow!("NBD worker panicked")),
+        for h in handles {
+            match h.join() {
+                Ok(Err(e)) if result.is_ok() => result = Err(e),
+                Ok(_) => {}
+                Err(_) => result = Err(anyhow::anyhow!("NBD worker panicked")),
+            }
         }
-    }
+    });
     let _ = shared.sock.shutdown(Shutdown::Both);
     if let Err(e) = shared.conn.disk.flush() {
         tracing::warn!("flush at disconnect: {e}");
@@ -360,13 +376,14 @@ fn serve_blocking(sock: TcpStream, neg: Negotiated) -> Result<()> {
 }
 
 /// What the reader lock yields.
-enum Next {
-    Run(Request),
+enum Next<'a> {
+    /// A request to run, with the buffer budget its WRITE payload holds.
+    Run(Request, Option<BudgetGuard<'a>>),
     Refuse(Request, u32),
     Stop,
 }
 
-fn read_next(sh: &Shared, buf: &mut Vec<u8>) -> Result<Next> {
+fn read_next<'a>(sh: &'a Shared<'_>, buf: &mut Vec<u8>) -> Result<Next<'a>> {
     let mut rd = sh.reader.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     if sh.stop.load(Ordering::SeqCst) {
         return Ok(Next::Stop);
@@ -402,26 +419,36 @@ fn read_next(sh: &Shared, buf: &mut Vec<u8>) -> Result<Next> {
         }
         return Ok(Next::Refuse(req, err));
     }
+    let mut budget = None;
     if req.command == Command::Write {
         let len = req.length as usize;
+        if len > SMALL_BUF {
+            // Waits (holding the reader: backpressure on this client) while other
+            // connections hold the large-buffer budget.
+            budget = Some(sh.ticket.registry().buffers().acquire(len));
+        }
         if buf.len() < len {
             buf.resize(len, 0);
         }
         rd.read_exact(&mut buf[..len]).context("write payload")?;
     }
-    Ok(Next::Run(req))
+    Ok(Next::Run(req, budget))
 }
 
-fn worker(sh: &Shared) -> Result<()> {
+fn worker(sh: &Shared<'_>) -> Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
+        let mut budget = None;
         let out = match read_next(sh, &mut buf)? {
             Next::Stop => return Ok(()),
             Next::Refuse(req, err) => {
                 tracing::debug!(?req, err, "request refused");
                 Out::Small(sh.conn.error_reply(req.cookie, err))
             }
-            Next::Run(req) => sh.conn.execute(&req, &mut buf),
+            Next::Run(req, b) => {
+                budget = b;
+                sh.conn.execute(&req, &mut buf)
+            }
         };
         let mut w = sh.writer.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         match &out {
@@ -439,9 +466,10 @@ fn worker(sh: &Shared) -> Result<()> {
             }
         }
         drop(w);
-        // Do not keep a huge buffer around after a rare big request.
-        if buf.len() > 4 * 1024 * 1024 {
+        // Large buffers are only lent by the budget for one request.
+        if buf.len() > SMALL_BUF {
             buf = Vec::new();
         }
+        drop(budget);
     }
 }

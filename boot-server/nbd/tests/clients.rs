@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use boot_nbd::{AllowAllResolver, DiskStore, ExportResolver, ExportTarget};
 use common::*;
+use test_support::Need;
 
 const SIZE: usize = 64 * 1024 * 1024;
 
@@ -21,9 +22,11 @@ fn setup() -> (tempfile::TempDir, Arc<DiskStore>, Vec<u8>) {
     (dir, store, base)
 }
 
-fn tools_missing() -> bool {
-    missing("nbdinfo") || missing("nbdcopy") || missing("qemu-img")
-}
+const TOOLS: &[Need] = &[
+    Need::Tool("nbdinfo"),
+    Need::Tool("nbdcopy"),
+    Need::Tool("qemu-img"),
+];
 
 fn sha(path: &std::path::Path) -> String {
     run(Command::new("sha256sum").arg(path))
@@ -31,7 +34,7 @@ fn sha(path: &std::path::Path) -> String {
 
 #[test]
 fn nbdinfo_nbdcopy_qemu_img_roundtrip() {
-    if tools_missing() {
+    if !test_support::require("nbdinfo_nbdcopy_qemu_img_roundtrip", TOOLS) {
         return;
     }
     let (dir, store, base) = setup();
@@ -91,7 +94,7 @@ fn nbdinfo_nbdcopy_qemu_img_roundtrip() {
 
 #[test]
 fn overlays_are_isolated_from_each_other_and_the_base() {
-    if tools_missing() {
+    if !test_support::require("overlays_are_isolated_from_each_other_and_the_base", TOOLS) {
         return;
     }
     let (dir, store, base) = setup();
@@ -142,7 +145,7 @@ impl ExportResolver for Deny {
 
 #[test]
 fn denied_export_gives_clean_error() {
-    if tools_missing() {
+    if !test_support::require("denied_export_gives_clean_error", TOOLS) {
         return;
     }
     let (_dir, store, _base) = setup();
@@ -169,7 +172,7 @@ fn denied_export_gives_clean_error() {
 
 #[test]
 fn snapshot_keeps_old_contents() {
-    if tools_missing() {
+    if !test_support::require("snapshot_keeps_old_contents", TOOLS) {
         return;
     }
     let (dir, store, base) = setup();
@@ -214,7 +217,7 @@ fn snapshot_keeps_old_contents() {
 
 #[test]
 fn block_status_reports_zeroed_ranges() {
-    if tools_missing() {
+    if !test_support::require("block_status_reports_zeroed_ranges", TOOLS) {
         return;
     }
     let (_dir, store, _base) = setup();

@@ -267,3 +267,35 @@ fn option_haggling() {
     s.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
 }
+
+#[test]
+fn flush_fails_after_a_failed_data_sync_and_keeps_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = store_with_overlay(dir.path());
+    let addr = start_server(store.clone(), Arc::new(AllowAllResolver(store.clone())));
+    let mut c = Client::connect(addr, "node").unwrap();
+    c.write(0, &[1u8; 4096]);
+    c.flush();
+    // The server shares one Overlay per id: this is the object the connection writes to.
+    let ov = store.open_overlay("node").unwrap();
+    c.write(1 << 20, &[2u8; 100_000]);
+    ov.fail_next_data_syncs(1);
+    let (e, _) = c.call(CMD_FLUSH, 0, 0, 0, &[]);
+    assert_eq!(e, 5, "FLUSH over a failed data sync must fail with EIO");
+    let (e, _) = c.call(CMD_FLUSH, 0, 0, 0, &[]);
+    assert_eq!(
+        e, 5,
+        "a later FLUSH must fail too: the writes are not durable"
+    );
+    let (e, _) = c.call(CMD_WRITE, 1 /* FUA */, 0, 10, &[3u8; 10]);
+    assert_eq!(
+        e, 5,
+        "a FUA write must fail while the overlay is not durable"
+    );
+    // A second connection to the same overlay is not fooled either.
+    let mut c2 = Client::connect(addr, "node").unwrap();
+    let (e, _) = c2.call(CMD_FLUSH, 0, 0, 0, &[]);
+    assert_eq!(e, 5);
+    // Reads keep working.
+    assert_eq!(c.read(1 << 20, 4), vec![2u8; 4]);
+}

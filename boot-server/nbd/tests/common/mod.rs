@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use boot_nbd::{DiskStore, ExportResolver, NbdServer};
+use boot_nbd::{DiskStore, ExportResolver, NbdHandle, NbdLimits, NbdServer};
 use rand::RngCore;
 
 pub fn random_file(path: &Path, len: usize) -> Vec<u8> {
@@ -20,22 +20,17 @@ pub fn random_file(path: &Path, len: usize) -> Vec<u8> {
     v
 }
 
-/// Skips (returns true) when a client tool is missing.
-pub fn missing(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: {tool} not installed");
-    }
-    !ok
-}
-
 /// Runs a server in a background thread with its own runtime; returns its address.
 pub fn start_server(store: Arc<DiskStore>, resolver: Arc<dyn ExportResolver>) -> SocketAddr {
+    start_server_with(store, resolver, NbdLimits::default()).0
+}
+
+/// `start_server` with limits; also returns the server's handle.
+pub fn start_server_with(
+    store: Arc<DiskStore>,
+    resolver: Arc<dyn ExportResolver>,
+    limits: NbdLimits,
+) -> (SocketAddr, NbdHandle) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -44,10 +39,15 @@ pub fn start_server(store: Arc<DiskStore>, resolver: Arc<dyn ExportResolver>) ->
             .build()
             .unwrap();
         rt.block_on(async move {
-            let s = NbdServer::bind("127.0.0.1:0".parse().unwrap(), store, resolver)
-                .await
-                .unwrap();
-            tx.send(s.local_addr()).unwrap();
+            let s = NbdServer::bind_with_limits(
+                "127.0.0.1:0".parse().unwrap(),
+                store,
+                resolver,
+                limits,
+            )
+            .await
+            .unwrap();
+            tx.send((s.local_addr(), s.handle())).unwrap();
             s.run().await.unwrap();
         });
     });

@@ -1,11 +1,46 @@
 //! DiskStore administration: imports (raw and qcow2), name checks, delete rules.
 
-mod common;
-
+use std::path::Path;
 use std::process::Command;
 
-use boot_nbd::DiskStore;
-use common::*;
+use boot_disk::DiskStore;
+use rand::RngCore;
+use test_support::Need;
+
+fn random_file(path: &Path, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::thread_rng().fill_bytes(&mut v);
+    std::fs::write(path, &v).unwrap();
+    v
+}
+
+#[test]
+fn qcow2_import_is_converted_to_raw() {
+    if !test_support::require(
+        "qcow2_import_is_converted_to_raw",
+        &[Need::Tool("qemu-img")],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    let data = random_file(&src, 3 * 1024 * 1024 + 4096);
+    let store = DiskStore::open(&dir.path().join("store")).unwrap();
+    let q = dir.path().join("src.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&src)
+        .arg(&q)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let b = store.create_base_from_file("fromqcow", &q).unwrap();
+    assert_eq!(b.size, data.len() as u64);
+    assert!(
+        std::fs::read(&b.path).unwrap() == data,
+        "qcow2 import differs"
+    );
+}
 
 #[test]
 fn import_list_delete_rules() {
@@ -27,19 +62,6 @@ fn import_list_delete_rules() {
         "duplicate base"
     );
 
-    if !missing("qemu-img") {
-        let q = dir.path().join("src.qcow2");
-        run(Command::new("qemu-img")
-            .args(["convert", "-O", "qcow2"])
-            .arg(&src)
-            .arg(&q));
-        let b = store.create_base_from_file("fromqcow", &q).unwrap();
-        assert_eq!(b.size, data.len() as u64);
-        assert!(
-            std::fs::read(&b.path).unwrap() == data,
-            "qcow2 import differs"
-        );
-    }
     let names: Vec<String> = store
         .list_bases()
         .unwrap()

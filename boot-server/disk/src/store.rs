@@ -5,9 +5,12 @@
 //! `overlays/<id>/{data,map}` (see `overlay` for the format). Snapshots are overlays too
 //! (their map header names the origin). Names and ids are limited to
 //! `[A-Za-z0-9._-]`, 1..=128 bytes, not starting with a dot, so they are safe as paths.
+//! Modes whatever the umask: directories 0700, overlay `data`/`map` files 0600, bases
+//! 0400 (they hold node data).
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, Weak};
@@ -19,17 +22,24 @@ use crate::overlay::{self, MapHeader, Overlay, CHUNK, ST_DATA};
 /// A base image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseInfo {
+    /// Base name.
     pub name: String,
+    /// Size in bytes.
     pub size: u64,
+    /// The raw file.
     pub path: PathBuf,
 }
 
 /// An overlay (or snapshot) and how much of it is allocated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayInfo {
+    /// Overlay id.
     pub id: String,
+    /// Name of the base it is built on.
     pub base: String,
+    /// Disk size in bytes.
     pub size: u64,
+    /// Bytes held in the overlay (allocated chunks x chunk size).
     pub allocated_bytes: u64,
     /// Set for snapshots: the overlay it was taken from.
     pub origin: Option<String>,
@@ -39,8 +49,11 @@ pub struct OverlayInfo {
 
 /// Read-only raw base, shared by every connection exporting it.
 pub struct BaseImage {
+    /// Base name.
     pub name: String,
+    /// The raw file, opened read-only.
     pub file: File,
+    /// Size in bytes.
     pub size: u64,
 }
 
@@ -97,6 +110,15 @@ impl DiskStore {
             std::fs::create_dir_all(root.join(d))
                 .with_context(|| format!("create {}", root.join(d).display()))?;
         }
+        // Disks hold node data and secrets: owner only, whatever the umask.
+        for d in [
+            root.to_path_buf(),
+            root.join("bases"),
+            root.join("overlays"),
+        ] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("chmod 0700 {}", d.display()))?;
+        }
         // Leftovers of interrupted creations.
         for d in ["bases", "overlays"] {
             for e in std::fs::read_dir(root.join(d))?.flatten() {
@@ -114,6 +136,7 @@ impl DiskStore {
         })
     }
 
+    /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -163,9 +186,8 @@ impl DiskStore {
         }
         let f = File::open(&tmp)?;
         f.sync_all()?;
-        let mut perm = f.metadata()?.permissions();
-        perm.set_readonly(true);
-        std::fs::set_permissions(&tmp, perm)?;
+        // Read-only, owner only (a copy would keep the source's mode).
+        f.set_permissions(std::fs::Permissions::from_mode(0o400))?;
         std::fs::rename(&tmp, &dst)?;
         sync_dir(&self.root.join("bases"))?;
         self.base_info(name)
@@ -183,6 +205,7 @@ impl DiskStore {
         })
     }
 
+    /// Every base, sorted by name.
     pub fn list_bases(&self) -> Result<Vec<BaseInfo>> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(self.root.join("bases"))?.flatten() {
@@ -209,7 +232,7 @@ impl DiskStore {
         }
         let tmp = self.root.join("overlays").join(format!(".tmp-{id}"));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir(&tmp)?;
+        overlay::create_private_dir(&tmp)?;
         let header = MapHeader {
             base: base.to_string(),
             size: b.size,
@@ -294,7 +317,7 @@ impl DiskStore {
             .join("overlays")
             .join(format!(".tmp-{snapshot_id}"));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir(&tmp)?;
+        overlay::create_private_dir(&tmp)?;
         let reflinked = match src.snapshot_into(&tmp, id) {
             Ok(r) => r,
             Err(e) => {
@@ -310,6 +333,7 @@ impl DiskStore {
         Ok(info)
     }
 
+    /// Every overlay and snapshot, sorted by id (unreadable ones are skipped with a warning).
     pub fn list_overlays(&self) -> Result<Vec<OverlayInfo>> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(self.root.join("overlays"))?.flatten() {

@@ -1,17 +1,18 @@
-//! `Disk`: what one negotiated export serves (a read-only base or a read-write overlay),
-//! with the blocking I/O operations the transmission phase runs on the blocking pool.
+//! `Disk`: what one opened export serves (a read-only base or a read-write overlay),
+//! with the blocking I/O operations a protocol server (NBD, later iSCSI) runs on it.
 
 use std::io;
 use std::sync::Arc;
 
 use crate::overlay::{file_extents, pread_full, Overlay};
-use crate::proto::{STATE_HOLE, STATE_ZERO};
 use crate::store::BaseImage;
 
 /// An opened export.
 #[derive(Clone)]
 pub enum Disk {
+    /// A base image, served read-only.
     Base(Arc<BaseImage>),
+    /// An overlay (or snapshot), served read-write.
     Overlay(Arc<Overlay>),
 }
 
@@ -20,6 +21,7 @@ fn read_only() -> io::Error {
 }
 
 impl Disk {
+    /// Size of the disk in bytes.
     pub fn size(&self) -> u64 {
         match self {
             Disk::Base(b) => b.size,
@@ -27,10 +29,12 @@ impl Disk {
         }
     }
 
+    /// True for bases (writes fail with EPERM).
     pub fn read_only(&self) -> bool {
         matches!(self, Disk::Base(_))
     }
 
+    /// Reads `buf.len()` bytes at `off` (caller checked bounds).
     pub fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         match self {
             Disk::Base(b) => pread_full(&b.file, buf, off),
@@ -48,6 +52,7 @@ impl Disk {
         v
     }
 
+    /// Writes `buf` at `off`; with `fua` the write is durable when this returns.
     pub fn write_at(&self, buf: &[u8], off: u64, fua: bool) -> io::Result<()> {
         match self {
             Disk::Base(_) => Err(read_only()),
@@ -55,6 +60,7 @@ impl Disk {
         }
     }
 
+    /// Makes [off, off+len) read as zeros (punching whole chunks unless `no_hole`).
     pub fn zero_at(&self, off: u64, len: u64, no_hole: bool, fua: bool) -> io::Result<()> {
         match self {
             Disk::Base(_) => Err(read_only()),
@@ -62,6 +68,7 @@ impl Disk {
         }
     }
 
+    /// Makes every completed write durable (no-op for bases).
     pub fn flush(&self) -> io::Result<()> {
         match self {
             Disk::Base(_) => Ok(()),
@@ -69,16 +76,14 @@ impl Disk {
         }
     }
 
-    /// `base:allocation` extents of [off, off+len) as (length, flags).
-    pub fn extents(&self, off: u64, len: u64) -> Vec<(u64, u32)> {
+    /// Allocation extents of [off, off+len) as (length, is_hole); holes read as zeros.
+    pub fn extents(&self, off: u64, len: u64) -> Vec<(u64, bool)> {
         match self {
             Disk::Overlay(o) => o.extents(off, len),
             Disk::Base(b) => {
-                let mut tmp = Vec::new();
-                file_extents(&b.file, off, len, &mut tmp);
-                tmp.into_iter()
-                    .map(|(l, hole)| (l, if hole { STATE_HOLE | STATE_ZERO } else { 0 }))
-                    .collect()
+                let mut v = Vec::new();
+                file_extents(&b.file, off, len, &mut v);
+                v
             }
         }
     }

@@ -32,6 +32,16 @@
 //! storage: after a crash a chunk reads either its flushed overlay contents or its older
 //! source (base / zeros), never bytes from a wrong layer. Unflushed writes may be lost.
 //!
+//! A failed `fdatasync(data)` is final for this open overlay: Linux reports a writeback
+//! error once and marks the pages clean, so a retried sync would "succeed" without the
+//! data being on disk. The overlay therefore records the failure and every later flush
+//! (FLUSH, FUA write, snapshot, close) fails with EIO without writing any map entry. The
+//! data is durable again only for a freshly opened `Overlay` (every connection closed
+//! and the overlay reopened, e.g. after a restart), which reads the map as last synced:
+//! chunks whose flush failed read as their older source, which is what the failed FLUSH
+//! told the client. A failed map write or map sync is retried by the next flush (the
+//! entries are put back and rewritten, so the retry really writes them again).
+//!
 //! # Snapshots
 //!
 //! `snapshot_into` blocks writers (an RwLock writers hold shared), flushes, then clones
@@ -47,7 +57,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use anyhow::{bail, Context};
@@ -59,15 +69,21 @@ const MAGIC: &[u8; 8] = b"BNBDMAP1";
 const VERSION: u32 = 1;
 const STRIPES: usize = 256;
 
+/// Map state: the chunk reads from the base.
 pub const ST_BASE: u8 = 0;
+/// Map state: the chunk reads from the overlay's `data` file.
 pub const ST_DATA: u8 = 1;
+/// Map state: the chunk reads as zeros.
 pub const ST_ZERO: u8 = 2;
 
 /// Fixed part of the map file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapHeader {
+    /// Name of the base image.
     pub base: String,
+    /// Disk size in bytes (equal to the base's).
     pub size: u64,
+    /// For snapshots: the overlay it was taken from.
     pub origin: Option<String>,
 }
 
@@ -121,12 +137,34 @@ fn chunks_for(size: u64) -> u64 {
     size.div_ceil(CHUNK)
 }
 
+/// Creates (truncating) a file readable and writable by the owner only (0600 whatever
+/// the umask: the mode is set again with fchmod, which the umask does not touch).
+pub fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Creates a directory accessible by the owner only (0700 whatever the umask).
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().mode(0o700).create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Creates the files of a fresh, empty overlay in `dir` (which must exist).
 pub fn create_files(dir: &Path, header: &MapHeader) -> anyhow::Result<()> {
-    let data = File::create(dir.join("data")).context("create data")?;
+    let data = create_private(&dir.join("data")).context("create data")?;
     data.set_len(header.size)?;
     data.sync_all()?;
-    let map = File::create(dir.join("map")).context("create map")?;
+    let map = create_private(&dir.join("map")).context("create map")?;
     map.write_all_at(&header.encode(), 0)?;
     map.set_len(HEADER_LEN + chunks_for(header.size))?;
     map.sync_all()?;
@@ -226,6 +264,11 @@ pub struct Overlay {
     stripes: Vec<Mutex<()>>,
     flush_lock: Mutex<()>,
     quiesce: RwLock<()>,
+    /// Set when `fdatasync(data)` failed: every later flush fails (see module doc).
+    sync_failed: AtomicBool,
+    /// Test hook: this many next data syncs fail with EIO.
+    #[cfg(feature = "fault-injection")]
+    fail_data_syncs: std::sync::atomic::AtomicU32,
 }
 
 fn lock_err<T>(_: T) -> io::Error {
@@ -266,13 +309,18 @@ impl Overlay {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             flush_lock: Mutex::new(()),
             quiesce: RwLock::new(()),
+            sync_failed: AtomicBool::new(false),
+            #[cfg(feature = "fault-injection")]
+            fail_data_syncs: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
+    /// Disk size in bytes.
     pub fn size(&self) -> u64 {
         self.header.size
     }
 
+    /// The map header (base, size, origin).
     pub fn header(&self) -> &MapHeader {
         &self.header
     }
@@ -446,11 +494,51 @@ impl Overlay {
         Ok(())
     }
 
+    /// Fault injection for tests (feature `fault-injection`): the next `n` syncs of the
+    /// `data` file fail with EIO as a failing disk's would.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_data_syncs(&self, n: u32) {
+        self.fail_data_syncs.store(n, Ordering::SeqCst);
+    }
+
+    fn sync_data_file(&self) -> io::Result<()> {
+        #[cfg(feature = "fault-injection")]
+        if self
+            .fail_data_syncs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.data.sync_data()
+    }
+
+    /// True once a data sync failed: flushes fail until the overlay is reopened.
+    pub fn sync_failed(&self) -> bool {
+        self.sync_failed.load(Ordering::SeqCst)
+    }
+
     /// Makes every completed write durable: data first, then the map entries.
+    /// After a failed data sync every call fails with EIO (see the module doc).
     pub fn flush(&self) -> io::Result<()> {
         let _f = self.flush_lock.lock().map_err(lock_err)?;
+        if self.sync_failed() {
+            return Err(io::Error::other(format!(
+                "an earlier data sync of this overlay (base {}) failed: \
+                 writes since the last good flush may be lost",
+                self.header.base
+            )));
+        }
         let pending = std::mem::take(&mut *self.dirty.lock().map_err(lock_err)?);
-        self.data.sync_data()?;
+        if let Err(e) = self.sync_data_file() {
+            // The entries in `pending` must never reach the map: their data may be lost.
+            self.sync_failed.store(true, Ordering::SeqCst);
+            tracing::error!(
+                base = %self.header.base,
+                "overlay data sync failed, flushes fail until it is reopened: {e}"
+            );
+            return Err(e);
+        }
         if pending.is_empty() {
             return Ok(());
         }
@@ -487,12 +575,12 @@ impl Overlay {
         Ok(())
     }
 
-    /// `base:allocation` extents of [off, off+len): (length, NBD state flags).
-    pub fn extents(&self, off: u64, len: u64) -> Vec<(u64, u32)> {
-        use crate::proto::{STATE_HOLE, STATE_ZERO};
+    /// Allocation extents of [off, off+len): (length, is_hole) where a hole is
+    /// unallocated and reads as zeros (NBD `base:allocation`, SCSI GET LBA STATUS).
+    pub fn extents(&self, off: u64, len: u64) -> Vec<(u64, bool)> {
         let end = off + len;
-        let mut out: Vec<(u64, u32)> = Vec::new();
-        let push = |l: u64, f: u32, out: &mut Vec<(u64, u32)>| match out.last_mut() {
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let push = |l: u64, f: bool, out: &mut Vec<(u64, bool)>| match out.last_mut() {
             Some(last) if last.1 == f => last.0 += l,
             _ => out.push((l, f)),
         };
@@ -506,13 +594,13 @@ impl Overlay {
                 run_end = ((run_end / CHUNK + 1) * CHUNK).min(end);
             }
             match st {
-                ST_DATA => push(run_end - pos, 0, &mut out),
-                ST_ZERO => push(run_end - pos, STATE_HOLE | STATE_ZERO, &mut out),
+                ST_DATA => push(run_end - pos, false, &mut out),
+                ST_ZERO => push(run_end - pos, true, &mut out),
                 _ => {
                     tmp.clear();
                     file_extents(&self.base, pos, run_end - pos, &mut tmp);
                     for (l, hole) in tmp.drain(..) {
-                        push(l, if hole { STATE_HOLE | STATE_ZERO } else { 0 }, &mut out);
+                        push(l, hole, &mut out);
                     }
                 }
             }
@@ -529,7 +617,7 @@ impl Overlay {
             .write()
             .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
         self.flush().context("flush before snapshot")?;
-        let data = File::create(dir.join("data")).context("create snapshot data")?;
+        let data = create_private(&dir.join("data")).context("create snapshot data")?;
         // SAFETY: FICLONE on two valid fds.
         let cloned =
             unsafe { libc::ioctl(data.as_raw_fd(), libc::FICLONE, self.data.as_raw_fd()) } == 0;
@@ -562,7 +650,7 @@ impl Overlay {
         };
         let mut map = header.encode();
         map.extend(self.states.iter().map(|s| s.load(Ordering::Acquire)));
-        let mf = File::create(dir.join("map"))?;
+        let mf = create_private(&dir.join("map"))?;
         mf.write_all_at(&map, 0)?;
         mf.sync_all()?;
         Ok(cloned)
