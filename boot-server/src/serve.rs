@@ -9,7 +9,6 @@ use crate::plan::BootPlan;
 use crate::store::{now_ms, parse_mac, NodeState, SqliteStore, Store};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,8 +44,16 @@ pub async fn run(mut config: Config) -> Result<()> {
         commands: CommandWakeups::default(),
     });
     ready.push(format!("http={}", listener.local_addr()?));
-    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tasks.spawn(async move { axum::serve(listener, app).await.context("HTTP server") });
+    let (stop_http, http_stop) = tokio::sync::watch::channel(false);
+    let mut http_task = tokio::spawn(http::listener::serve_tcp(
+        listener,
+        http::router(state),
+        http::listener::ListenerConfig::default(),
+        async move {
+            let mut stop = http_stop;
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ));
 
     // TFTP: loaders first, then image files.
     if config.tftp.enabled {
@@ -110,6 +117,13 @@ pub async fn run(mut config: Config) -> Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = sigterm.recv() => tracing::info!("SIGTERM; stopping"),
+        done = &mut http_task => {
+            return match done {
+                Ok(Ok(())) => bail!("the HTTP server stopped unexpectedly"),
+                Ok(Err(e)) => Err(e),
+                Err(e) => bail!("the HTTP server task panicked: {e}"),
+            };
+        }
         Some(done) = tasks.join_next() => {
             match done {
                 Ok(Ok(())) => bail!("a server stopped unexpectedly"),
@@ -117,6 +131,11 @@ pub async fn run(mut config: Config) -> Result<()> {
                 Err(e) => bail!("a server task panicked: {e}"),
             }
         }
+    }
+    // HTTP drains requests in flight (bounded by its shutdown grace).
+    let _ = stop_http.send(true);
+    if let Ok(Err(e)) = http_task.await {
+        tracing::warn!(error = %format!("{e:#}"), "HTTP server shutdown");
     }
     tasks.shutdown().await;
     Ok(())

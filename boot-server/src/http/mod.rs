@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agent;
 pub mod files;
+pub mod listener;
 pub mod range;
 
 use crate::config::Config;
