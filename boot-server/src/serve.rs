@@ -16,7 +16,6 @@ use crate::plan::BootPlan;
 use crate::store::{SqliteStore, Store};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -91,14 +90,13 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     // HTTP: scripts, files, agent API and admin API.
     ready.push(format!("http={}", listener.local_addr()?));
-    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let stop = stopped(stop_rx.clone());
-    http_tasks.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-            .context("HTTP server")
-    });
+    let listen_cfg = http::listener::ListenerConfig::default();
+    http_tasks.spawn(http::listener::serve_tcp(
+        listener,
+        http::router(state.clone()),
+        listen_cfg.clone(),
+        stopped(stop_rx.clone()),
+    ));
     // Admin API on the Unix socket (file permissions authenticate).
     let socket = config.admin_socket();
     let _ = std::fs::remove_file(&socket);
@@ -106,27 +104,23 @@ pub async fn run(mut config: Config) -> Result<()> {
         .with_context(|| format!("binding the admin socket {}", socket.display()))?;
     crate::fsutil::restrict_file(&socket)?;
     ready.push(format!("admin={}", socket.display()));
-    let admin_app = http::admin_router(state.clone(), true).into_make_service();
-    let stop = stopped(stop_rx.clone());
-    http_tasks.spawn(async move {
-        axum::serve(unix, admin_app)
-            .with_graceful_shutdown(stop)
-            .await
-            .context("admin socket")
-    });
+    http_tasks.spawn(http::listener::serve_unix(
+        unix,
+        http::admin_router(state.clone(), true),
+        listen_cfg.clone(),
+        stopped(stop_rx.clone()),
+    ));
     if let Some(addr) = config.admin.listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the admin API on {addr}"))?;
         ready.push(format!("admin-http={}", l.local_addr()?));
-        let app = http::admin_router(state.clone(), false).into_make_service();
-        let stop = stopped(stop_rx.clone());
-        http_tasks.spawn(async move {
-            axum::serve(l, app)
-                .with_graceful_shutdown(stop)
-                .await
-                .context("admin listener")
-        });
+        http_tasks.spawn(http::listener::serve_tcp(
+            l,
+            http::admin_router(state.clone(), false),
+            listen_cfg.clone(),
+            stopped(stop_rx.clone()),
+        ));
     }
 
     // TFTP: loaders first, then image files.

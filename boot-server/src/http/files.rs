@@ -2,14 +2,26 @@
 //! pre-sizes its buffer only when it knows the length), `HEAD`, and single
 //! `Range` requests answered with 206 for HTTP SAN boot. Paths are resolved by
 //! the same no-escape rule as TFTP ([`boot_tftp::resolve_path`]).
+//!
+//! Bodies are read with positioned reads of [`CHUNK`] bytes on the blocking
+//! pool, one chunk at a time and only when hyper asks for more (its write
+//! queue is bounded by the listener's `max_buf_size`), so memory per
+//! download is a few chunks however many nodes boot at once. The previous
+//! `ReaderStream` over `tokio::fs::File` held a 256 KiB stream buffer plus
+//! tokio's own file buffer per download (500 downloads: 307 MB RSS).
+//! tower-http's `ServeDir` is not used: it follows symlinks out of its root
+//! and answers multi-range requests with 416 where iPXE-friendly servers
+//! send the whole file.
 
 use super::range::{answer, RangeAnswer};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use std::io::SeekFrom;
+use bytes::Bytes;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use std::sync::Arc;
 
 /// Serves `rel` from `roots` (first root holding it wins).
 pub async fn serve(roots: &[PathBuf], rel: &str, method: &Method, headers: &HeaderMap) -> Response {
@@ -20,7 +32,7 @@ pub async fn serve(roots: &[PathBuf], rel: &str, method: &Method, headers: &Head
             return (StatusCode::NOT_FOUND, format!("not found: {rel}\n")).into_response();
         }
     };
-    let mut file = match tokio::fs::File::open(&path).await {
+    let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(_) => return (StatusCode::NOT_FOUND, format!("not found: {rel}\n")).into_response(),
     };
@@ -54,9 +66,56 @@ pub async fn serve(roots: &[PathBuf], rel: &str, method: &Method, headers: &Head
     if method == Method::HEAD {
         return builder.body(Body::empty()).unwrap_or_default();
     }
-    if start > 0 && file.seek(SeekFrom::Start(start)).await.is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let file = file.into_std().await;
+    builder
+        .body(file_body(file, start, count))
+        .unwrap_or_default()
+}
+
+/// Bytes read from disk per body chunk.
+pub const CHUNK: usize = 32 * 1024;
+
+/// `count` bytes of `file` from `start`, read a chunk at a time when polled.
+fn file_body(file: std::fs::File, start: u64, count: u64) -> Body {
+    let file = Arc::new(file);
+    let chunks =
+        futures_util::stream::unfold((file, start, count), |(file, pos, left)| async move {
+            if left == 0 {
+                return None;
+            }
+            let want = left.min(CHUNK as u64) as usize;
+            let reader = file.clone();
+            let read = tokio::task::spawn_blocking(move || read_chunk(&reader, pos, want)).await;
+            match read {
+                Ok(Ok(chunk)) => {
+                    let got = chunk.len() as u64;
+                    Some((Ok(chunk), (file, pos + got, left - got)))
+                }
+                // The length promised in Content-Length cannot be kept: end the
+                // body with an error so hyper closes the connection.
+                Ok(Err(e)) => Some((Err(e), (file, pos, 0))),
+                Err(e) => Some((Err(io::Error::other(e)), (file, pos, 0))),
+            }
+        });
+    Body::from_stream(chunks)
+}
+
+/// Exactly `len` bytes at `pos`; a file that shrank meanwhile is an error.
+fn read_chunk(file: &std::fs::File, pos: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], pos + filled as u64) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while being served",
+                ))
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(count), 256 * 1024);
-    builder.body(Body::from_stream(stream)).unwrap_or_default()
+    Ok(Bytes::from(buf))
 }

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod agent;
 pub mod files;
+pub mod listener;
 pub mod range;
 
 use crate::control::{Control, Error as ControlError, ErrorKind};
