@@ -21,6 +21,7 @@
 #   PL_SABOTAGE=eatmydata: fsync becomes a no-op in the guest (libeatmydata preloaded,
 #   ext4 commit=60 so the journal does not save the data by chance): the durability
 #   checks must then FAIL; this proves the test can see a missing fsync.
+#   PL_SABOTAGE=eatmydata-nbd: the same from the second boot on (the NBD check fails).
 #   LAB_KEEP_LOGS=1.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,6 +42,7 @@ token="$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
 export BOOT_SERVER_TOKEN="$token"
 rid=$(($$ % 256))
 round_len=32768
+[ -n "${PL_SABOTAGE:-}" ] && echo "PL_SABOTAGE=$PL_SABOTAGE: durability checks are expected to FAIL"
 
 finish() {
     echo "elapsed $(awk -v a="$t_begin" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s"
@@ -54,6 +56,7 @@ for t in "${LAB_QEMU}" qemu-io mkfs.ext4 lz4 cpio udhcpc curl jq strip ldd; do
     command -v "$t" >/dev/null || missing="$missing $t"
 done
 if [ -n "$missing" ]; then t_skip "power loss" "missing tools:$missing"; finish; fi
+case "$sabotage" in ""|eatmydata|eatmydata-nbd) ;; *) echo "PL_SABOTAGE: eatmydata or eatmydata-nbd" >&2; exit 2 ;; esac
 if [ -n "$sabotage" ] && [ ! -e /usr/lib/x86_64-linux-gnu/libeatmydata.so ]; then
     t_skip "power loss sabotage" "libeatmydata1 not installed"; finish
 fi
@@ -87,9 +90,8 @@ build_guest_initrd() {
         mkdir -p "$root$(dirname "$f")"
         cp -L "$f" "$root$f"
     done
-    if [ "$sabotage" = eatmydata ]; then
+    if [ -n "$sabotage" ]; then
         cp -L /usr/lib/x86_64-linux-gnu/libeatmydata.so "$root/lib/libeatmydata.so"
-        echo /lib/libeatmydata.so > "$root/etc/ld.so.preload"
     fi
     cat > "$root/etc/boot-server.toml" <<EOF
 state_dir = "/state/boot"
@@ -130,24 +132,29 @@ mkfs.ext4 -q -F -L plstate "$run/state.raw"
 lab_add_tap "" pltap0
 
 boot_no=0
-mount_arg=""
-[ "$sabotage" = eatmydata ] && mount_arg="pl.mount=commit=60"
 # Boots the guest on the state disk and waits until its server answers /healthz.
 boot_guest() {
     boot_no=$((boot_no + 1))
-    local g="boot$boot_no" i
+    local g="boot$boot_no" i sab=""
+    # Sabotage: every boot (eatmydata), or from the second boot on (eatmydata-nbd,
+    # so the overlay made in the first boot exists and the NBD check is what fails).
+    if [ "$sabotage" = eatmydata ] || { [ "$sabotage" = eatmydata-nbd ] && [ "$boot_no" -ge 2 ]; }; then
+        sab="pl.sabotage=eatmydata pl.mount=commit=60"
+    fi
     lab_start_guest --name "$g" --tap pltap0 --mac "52:54:00:7c:$(printf %02x $rid):01" \
         --kernel "$img/vmlinuz" --initrd "$run/guest.img" --mem 512 \
-        --append "console=ttyS0 quiet panic=-1 pl.ip=$guest_ip/16 $mount_arg" \
+        --append "console=ttyS0 quiet panic=-1 pl.ip=$guest_ip/16 $sab" \
         --extra "-drive file=$run/state.raw,if=virtio,format=raw,cache=none" || return 1
     GUEST="$g"
     lab_wait_console "$g" 'PL-SERVER-UP|PL-NO-STATE' 180 >/dev/null || return 1
     if [[ "$LAB_LINE" == *PL-NO-STATE* ]]; then lab_log "state disk not mounted"; return 1; fi
     for i in $(seq 600); do
-        lab_exec curl -sf -m 2 -o /dev/null "$server/healthz" && {
+        # Up = the admin API answers and the NBD port accepts connections.
+        if lab_exec curl -sf -m 2 -o /dev/null "$server/healthz" \
+            && lab_exec timeout 2 bash -c "exec 3<>/dev/tcp/$guest_ip/10809" 2>/dev/null; then
             lab_log "boot $boot_no: server up after ${LAB_ELAPSED}s+"
             return 0
-        }
+        fi
         kill -0 "${LAB_GUEST_PID[$g]}" 2>/dev/null || break
         sleep 0.2
     done
@@ -267,14 +274,15 @@ ip netns exec "$LAB_NS" "$run/writer.sh" "$export_opts" "$round_len" "$run/flush
 writer=$!
 flushed_now() { grep -c '^flushed' "$run/flushed.log" || true; }
 t0=$SECONDS
-while [ "$(flushed_now)" -lt "$want_flushes" ] && [ $((SECONDS - t0)) -lt 90 ] && kill -0 "$writer" 2>/dev/null; do
+errors_now() { grep -c '^error' "$run/flushed.log" || true; }
+while [ "$(flushed_now)" -lt "$want_flushes" ] && [ $((SECONDS - t0)) -lt 90 ] && [ "$(errors_now)" -lt 20 ]; do
     sleep 0.1
 done
 power_cut
 kill "$writer" 2>/dev/null || true
 wait "$writer" 2>/dev/null || true
 flushed="$(flushed_now)"
-lab_log "nbd: $flushed rounds flushed before the cut in $((SECONDS - t0))s; errors before the cut: $(grep -c '^error' "$run/flushed.log" || true)"
+lab_log "nbd: $flushed rounds flushed before the cut in $((SECONDS - t0))s; errors before the cut: $(errors_now)"
 if [ "$flushed" -ge "$want_flushes" ]; then
     t_ok "NBD: $flushed write+FLUSH rounds acknowledged before the power cut"
 else
@@ -293,7 +301,7 @@ if [ "$flushed" -gt 0 ]; then
     if [ "$bad" = 0 ] && [ "$ok_reads" = "$flushed" ]; then
         t_ok "NBD: all $flushed flushed rounds read back byte for byte after the power cut"
     else
-        t_fail "NBD: $bad of $flushed flushed rounds differ after the power cut ($ok_reads reads ok)"
+        t_fail "NBD: $bad of $flushed flushed rounds differ after the power cut ($ok_reads of $flushed reads done)"
         echo "$out" | grep -v '^read\|^[0-9]' | head -5
     fi
 fi
