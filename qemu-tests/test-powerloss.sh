@@ -17,7 +17,8 @@
 # Knobs: BOOT_SERVER_BIN (default $CARGO_TARGET_DIR/release/boot-server, built if
 #   missing), PL_LAB_IMAGE (dir with vmlinuz + initrd.img; default images/build/lab, else
 #   built with --no-agent into images/build/powerloss-lab), PL_WORKERS (DHCP clients, 6),
-#   PL_ACKS (ACKs before the cut, 100), PL_FLUSHES (flushed rounds before the cut, 30),
+#   PL_ACKS (ACKs before the cut, 300), PL_FLUSHES (flushed rounds of 32 KiB before the
+#   cut, 100; at most 500: the overlay is 16 MiB),
 #   PL_SABOTAGE=eatmydata: fsync becomes a no-op in the guest (libeatmydata preloaded,
 #   ext4 commit=60 so the journal does not save the data by chance): the durability
 #   checks must then FAIL; this proves the test can see a missing fsync.
@@ -33,8 +34,8 @@ t_begin="$(date +%s.%N)"
 . "$here/lib/lab.sh"
 
 workers="${PL_WORKERS:-6}"
-want_acks="${PL_ACKS:-100}"
-want_flushes="${PL_FLUSHES:-30}"
+want_acks="${PL_ACKS:-300}"
+want_flushes="${PL_FLUSHES:-100}"
 sabotage="${PL_SABOTAGE:-}"
 guest_ip="10.77.0.2"
 server="http://$guest_ip:8080"
@@ -80,10 +81,21 @@ mkdir -p "$run"
 LAB_DIRS+=("$run")
 
 # ---- guest initramfs: the lab one + boot-server, its libraries, our init and config ----
+# Decompresses an initramfs by its magic (the lab image is lz4 -l today).
+unpack() {
+    case "$(od -An -tx1 -N4 "$1" | tr -d ' ')" in
+        02214c18) lz4 -dc "$1" ;;
+        28b52ffd) zstd -dc "$1" ;;
+        1f8b*) gzip -dc "$1" ;;
+        fd377a58) xz -dc "$1" ;;
+        *) cat "$1" ;;
+    esac
+}
+
 build_guest_initrd() {
     local root="$run/root" f
     mkdir -p "$root"
-    (cd "$root" && lz4 -dc "$img/initrd.img" | cpio -idm --quiet)
+    (cd "$root" && unpack "$img/initrd.img" | cpio -idm --quiet)
     install -m 0755 "$repo/images/powerloss/init" "$root/init"
     strip -o "$root/bin/boot-server" "$bin"
     for f in $(ldd "$bin" | grep -o '/[^ ]*'); do
