@@ -108,10 +108,11 @@ done
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(image direct netboot fail kill gc)
 
+# shellcheck source=lib/summary.sh
+. "$here/lib/summary.sh"
 if [ "$(id -u)" != 0 ]; then
-    echo "SKIP: test-lab.sh needs root (network namespaces, tap devices)"
-    echo "0 passed, 0 failed"
-    exit 0
+    t_skip "test-lab.sh" "needs root (network namespaces, tap devices)"
+    t_summary; exit
 fi
 
 passed=0 failed=0
@@ -277,5 +278,5 @@ for t in "${tests[@]}"; do
     echo "# $t"
     "t_$t"
 done
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, 0 skipped"
 [ "$failed" = 0 ]
