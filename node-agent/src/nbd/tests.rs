@@ -210,8 +210,12 @@ fn fs_candidate_order() {
     assert_eq!(kernel_block_size(Some((3000, 4096, 1 << 25))), 512);
 }
 
-/// Full kernel attach through netlink: only where the nbd driver exists.
+/// Full kernel attach through netlink: only where the host kernel has the
+/// nbd driver (`cargo test -- --ignored`). The CI machines' kernel has no
+/// modules at all, so there the QEMU smoke test (node-agent/tests/qemu-smoke.sh,
+/// run by qemu-tests/test-all.sh) covers the same path inside a guest.
 #[test]
+#[ignore = "needs the host kernel's nbd driver; covered in CI by the QEMU smoke test"]
 fn kernel_attach_read_write_disconnect() {
     use test_support::Need;
     // Where the host kernel has no nbd driver the QEMU smoke test
