@@ -794,9 +794,10 @@ async fn timeline(
         }
         let more = !batch.is_empty();
         events.extend(batch);
-        let ready = events
-            .iter()
-            .any(|e| e["kind"] == "agent-ready" && e["at_ms"].as_i64().unwrap_or(0) >= since);
+        let ready = events.iter().any(|e| {
+            e["kind"] == crate::model::EventKind::AgentReady.as_str()
+                && e["at_ms"].as_i64().unwrap_or(0) >= since
+        });
         if wait.is_none() && !more {
             break;
         }

@@ -1,6 +1,7 @@
 //! Human-readable tables of the admin API's JSON answers (`--json` prints
 //! the answers themselves).
 
+use crate::model::EventKind;
 use serde_json::Value;
 
 fn s(v: &Value, k: &str) -> String {
@@ -155,9 +156,9 @@ pub fn timeline(node: &Value, image: Option<&Value>, events: &[Value], since: i6
     for e in events {
         let d = &e["detail"];
         let ds = |k: &str| d[k].as_str().unwrap_or("").to_string();
-        let kind = e["kind"].as_str().unwrap_or("?");
+        let kind = EventKind::parse(e["kind"].as_str().unwrap_or("?"));
         let (what, text) = match kind {
-            "dhcp-boot" => (
+            EventKind::DhcpBoot => (
                 "dhcp",
                 format!(
                     "offer/ack -> {} ({}{})",
@@ -166,10 +167,10 @@ pub fn timeline(node: &Value, image: Option<&Value>, events: &[Value], since: i6
                     if d["ipxe"] == true { ", iPXE" } else { "" }
                 ),
             ),
-            "tftp-file" => ("tftp", format!("{} ({} bytes)", ds("path"), d["bytes"])),
-            "script" => ("script", format!("iPXE script for image {}", ds("image"))),
-            "script-wait" => ("script", format!("wait: {}", ds("reason"))),
-            "http-file" => {
+            EventKind::TftpFile => ("tftp", format!("{} ({} bytes)", ds("path"), d["bytes"])),
+            EventKind::Script => ("script", format!("iPXE script for image {}", ds("image"))),
+            EventKind::ScriptWait => ("script", format!("wait: {}", ds("reason"))),
+            EventKind::HttpFile => {
                 let path = ds("path");
                 let label = match image {
                     Some(i) if i["kernel"].as_str() == Some(path.as_str()) => "kernel",
@@ -178,7 +179,7 @@ pub fn timeline(node: &Value, image: Option<&Value>, events: &[Value], since: i6
                 };
                 (label, path)
             }
-            "agent-ready" => (
+            EventKind::AgentReady => (
                 "agent",
                 format!(
                     "ready on {} (node uptime {:.2} s)",
@@ -186,7 +187,7 @@ pub fn timeline(node: &Value, image: Option<&Value>, events: &[Value], since: i6
                     d["uptime_ms"].as_f64().unwrap_or(0.0) / 1000.0
                 ),
             ),
-            other => (other, d.to_string()),
+            other => (other.as_str(), d.to_string()),
         };
         println!(
             "{:>9.3} s  {:<8} {}",
