@@ -232,6 +232,10 @@ fn sigterm_lets_a_download_in_flight_finish() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(
+        !s.path().join("state/admin.sock").exists(),
+        "admin socket left behind"
+    );
 }
 
 /// Figure for the report, not a pass/fail test: `/healthz` latency while
