@@ -55,6 +55,16 @@ impl boot_dhcp::BootAdvisor for DhcpBackend {
             ..Default::default()
         }
     }
+
+    async fn observed(&self, facts: &boot_dhcp::ClientFacts) {
+        let (mac, ip) = (MacAddr(facts.mac), facts.observed_ip());
+        let Some(ip) = ip.filter(|_| self.proxy) else {
+            return;
+        };
+        if let Err(e) = self.plan.record_observed_address(mac, ip).await {
+            tracing::warn!(%mac, %ip, error = %format!("{e:#}"), "observed address not recorded");
+        }
+    }
 }
 
 /// The control layer's handle on the running DHCP server.

@@ -203,6 +203,31 @@ impl BootPlan {
         });
     }
 
+    /// Proxy/relay mode: the node takes `ip` from another DHCP server (its
+    /// REQUEST showed it). Recorded before the answer, so the script fetch
+    /// that follows finds it.
+    pub async fn record_observed_address(&self, mac: MacAddr, ip: Ipv4Addr) -> Result<()> {
+        let known = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&mac)
+            .cloned();
+        if known.as_ref().and_then(|k| k.observed_ip) == Some(ip) {
+            return Ok(());
+        }
+        let s = sighting(mac, None, None, Some(ip));
+        observe(&self.store, &self.events, &s).await?;
+        let mut map = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(mac).or_insert(Seen {
+            uuid: None,
+            arch: None,
+            observed_ip: None,
+        });
+        entry.observed_ip = Some(ip);
+        Ok(())
+    }
+
     /// The iPXE script for the node with this MAC, as requested from `peer`.
     pub async fn script(&self, mac: MacAddr, hints: &ScriptHints, peer: IpAddr) -> Result<Script> {
         let base = self.config.public_url();

@@ -215,6 +215,12 @@ impl Handler {
                 self.proxy_reply(&msg, &raw, &facts, MessageType::Offer, None)
                     .await
             }
+            (Ingress::Dhcp, Mode::Proxy, MessageType::Request) => {
+                if is_netboot_client(&facts) && facts.observed_ip().is_some() {
+                    self.advisor.observed(&facts).await;
+                }
+                None
+            }
             (Ingress::Dhcp, Mode::Full, MessageType::Discover) => {
                 self.discover(&msg, &raw, &facts).await
             }

@@ -81,6 +81,11 @@ pub trait BootAdvisor: Send + Sync + 'static {
     /// Called for every DISCOVER, REQUEST and INFORM (and PXE requests on
     /// port 4011) the server answers.
     async fn client_config(&self, facts: &ClientFacts) -> ClientConfig;
+
+    /// Proxy mode: a network-boot client's REQUEST to the other DHCP server
+    /// shows the address it is taking (ciaddr, else option 50). The server
+    /// does not answer it; this lets the integrator record that address.
+    async fn observed(&self, _facts: &ClientFacts) {}
 }
 
 /// A DHCP binding.
