@@ -50,7 +50,7 @@ cli() { "$server" --config "$config" "$@"; }
 manifest="$LAB_DIR/lab-probe.toml"
 sed -e 's/^name = "lab"/name = "lab-probe"/' \
     -e 's/^cmdline = "\([^"]*\)"/cmdline = "\1 lab.rootprobe=1"/' "$repo/images/lab/image.toml" > "$manifest"
-cli image add "$manifest" >/dev/null || t_fail "image add lab-probe"
+cli image add --server-path "$manifest" >/dev/null || t_fail "image add lab-probe"
 mac=52:54:00:20:00:51
 cli disk add-base labroot "$repo/images/build/lab/rootfs.raw" >/dev/null
 cli disk create "ov-${mac//:/}" --base labroot >/dev/null
