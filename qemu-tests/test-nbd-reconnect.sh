@@ -54,7 +54,7 @@ cli image add --server-path "$manifest" >/dev/null || t_fail "image add lab-prob
 mac=52:54:00:20:00:51
 cli disk add-base labroot "$repo/images/build/lab/rootfs.raw" >/dev/null
 cli disk create "ov-${mac//:/}" --base labroot >/dev/null
-lab_exec curl -sf -o /dev/null "http://$LAB_BRIDGE_ADDR:8080/ipxe/$mac"
+cli node add --mac "$mac" >/dev/null
 cli disk attach "ov-${mac//:/}" --node "$mac"
 cli assign --mac "$mac" lab-probe
 
