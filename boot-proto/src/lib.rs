@@ -13,7 +13,7 @@ pub const AGENT_TOKEN_HEADER: &str = "x-node-token";
 pub const ADMIN_TOKEN_HEADER: &str = "authorization";
 
 /// Version of the agent protocol this build speaks (sent in [`Hello`]).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Oldest agent protocol version a server still accepts: agents inside
 /// installed operating systems lag one release behind.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
@@ -244,6 +244,53 @@ pub struct Heartbeat {
     #[serde(default)]
     pub app: AppState,
     pub uptime_ms: u64,
+    /// What the environment's `health` hook printed, as `key=value` pairs
+    /// (e.g. `load=0.7 busy=1 latency_ms=40`); empty without a hook.
+    /// Protocol 3.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub health: std::collections::BTreeMap<String, String>,
+    /// What the `busy` hook said (exit 0 = busy); `None` without a hook.
+    /// A busy node is never taken from its environment. Protocol 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<bool>,
+}
+
+/// The application hooks an environment defines on the server and delivers
+/// to the agent with its slot (shell scripts, run with `/bin/sh`). A hook
+/// left out falls back to the agent's local `/etc/node-agent/hooks/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Hooks {
+    /// Starts the application (long-running, or a launcher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// Asks the application to stop (SIGTERM/SIGKILL follow on timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+    /// Exit 0 = healthy; its stdout's `key=value` pairs go into heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// Exit 0 = busy (the node must not be taken away now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<String>,
+}
+
+/// What a node needs to know about the environment slot it holds: sent with
+/// [`CommandKind::Configure`] before the application starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SlotConfig {
+    /// Environment name.
+    pub environment: String,
+    /// Slot index within the environment (0-based).
+    pub slot: u32,
+    /// Host name the node takes.
+    pub hostname: String,
+    /// Application hooks of the environment.
+    #[serde(default)]
+    pub hooks: Hooks,
+    /// Per-slot post-boot configuration, written to
+    /// `/run/node-agent/slot.env` as `KEY=value` lines for the hooks.
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, String>,
 }
 
 /// A command the server asks the agent to carry out.
@@ -268,6 +315,12 @@ pub enum CommandKind {
     Quiesce,
     /// Undo [`CommandKind::Quiesce`].
     Thaw,
+    /// Take on an environment slot's configuration: host name, hooks and
+    /// key/values (protocol 3). The agent answers succeeded once installed.
+    Configure { slot: SlotConfig },
+    /// Forget the slot configuration (server hooks, host name): the node
+    /// went back to the pool (protocol 3).
+    Unconfigure,
     /// Attach a network block device.
     AttachDisk {
         export: String,

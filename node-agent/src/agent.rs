@@ -127,6 +127,8 @@ pub fn sample_heartbeat(prev: &mut Option<(u64, u64)>, app: boot_proto::AppState
         mem_available_bytes,
         app,
         uptime_ms: inventory::uptime_ms(),
+        health: Default::default(),
+        busy: None,
     }
 }
 

@@ -105,6 +105,11 @@ impl Executor {
                     After::Nothing,
                 )
             }
+            CommandKind::Configure { .. } | CommandKind::Unconfigure => Outcome {
+                ok: false,
+                detail: "slot configuration is not supported by this agent yet".into(),
+                after: After::Nothing,
+            },
             CommandKind::AttachDisk {
                 export,
                 host,
