@@ -8,7 +8,9 @@ use crate::app::App;
 use crate::client::{Backoff, CallError, Client};
 use crate::commands::{After, Executor};
 use crate::config::Config;
+use crate::hooks::Hooks;
 use crate::outbox::Outbox;
+use crate::slot::{self, SlotFiles};
 use crate::{inventory, power};
 use boot_proto::{Command, CommandResult, CommandStatus, Heartbeat, Hello, HelloReply};
 use std::fs;
@@ -181,8 +183,11 @@ pub fn run(cfg: Config) -> ! {
 
     let (kick_tx, kick_rx) = mpsc::channel::<()>();
     let kick_tx = Mutex::new(kick_tx);
+    let hooks = Hooks::new(&cfg.hooks_dir, SlotFiles::new(&cfg.state_dir).hooks_dir);
+    // An agent restarted in the same boot keeps the slot it was given.
+    slot::restore(&cfg, &hooks);
     let app = App::new(
-        &cfg.hooks_dir,
+        hooks,
         Arc::new(move || {
             let _ = kick_tx.lock().map(|t| t.send(()));
         }),
@@ -350,7 +355,10 @@ mod tests {
         };
         for process in 0..2 {
             // A new process: fresh executor and app, the record from disk.
-            let app = App::new(&hooks, Arc::new(|| {}));
+            let app = App::new(
+                Hooks::new(&hooks, dir.path().join("slot-hooks")),
+                Arc::new(|| {}),
+            );
             let exec = Executor::new(cfg.clone(), app, None);
             let outbox = Outbox::open(Some(record.clone()));
             handle(&exec, &outbox, cmd.clone());
