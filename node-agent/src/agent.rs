@@ -1,4 +1,5 @@
-//! The agent's life: hello (until accepted), a heartbeat thread, and the
+//! The agent's life: hello (until accepted), a heartbeat thread (with the
+//! health and busy probes of [`crate::health`]), and the
 //! long-poll command loop that reports Started then Succeeded/Failed for each
 //! command through the [`Outbox`] (kept until acknowledged). Never exits on
 //! network trouble: every failure is retried with exponential backoff; a 401
@@ -8,6 +9,7 @@ use crate::app::App;
 use crate::client::{Backoff, CallError, Client};
 use crate::commands::{After, Executor};
 use crate::config::Config;
+use crate::health::Prober;
 use crate::hooks::Hooks;
 use crate::outbox::Outbox;
 use crate::slot::{self, SlotFiles};
@@ -232,13 +234,15 @@ pub fn run(cfg: Config) -> ! {
 
 fn heartbeat_loop(session: &Session, app: App, interval: Duration, kick: mpsc::Receiver<()>) {
     let mut prev = None;
+    let mut prober = Prober::new(app.hooks().clone());
     // Prime the CPU sample so the first heartbeat has a real delta.
     let _ = sample_heartbeat(&mut prev, app.state());
     loop {
         // Wake at the interval, or early when the app state changes.
         let _ = kick.recv_timeout(interval);
         while kick.try_recv().is_ok() {}
-        let hb = sample_heartbeat(&mut prev, app.state());
+        let mut hb = sample_heartbeat(&mut prev, app.state());
+        (hb.health, hb.busy) = prober.probe();
         let g = session.generation();
         match session.client().heartbeat(&hb) {
             Ok(()) => {}

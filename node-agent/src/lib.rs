@@ -8,6 +8,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod freeze;
+pub mod health;
 pub mod hooks;
 pub mod inventory;
 pub mod nbd;
