@@ -316,6 +316,45 @@ mod tests {
         assert_eq!(a.state(), AppState::Stopped);
     }
 
+    /// StopApp's timeout: a stop hook that hangs is killed with its process
+    /// group, then the app's group is force-killed, and the result says so.
+    #[test]
+    fn hanging_stop_hook_and_stubborn_app_are_force_killed() {
+        let d = tempfile::tempdir().unwrap();
+        let app_pid = d.path().join("app.pid");
+        let hook_child = d.path().join("hook-child.pid");
+        hook(
+            d.path(),
+            "start",
+            &format!(
+                "trap '' TERM; echo $$ > {}; while :; do sleep 0.05; done",
+                app_pid.display()
+            ),
+        );
+        hook(
+            d.path(),
+            "stop",
+            &format!("sleep 60 & echo $! > {}; wait", hook_child.display()),
+        );
+        let a = app(d.path());
+        a.start(Duration::from_secs(5)).unwrap();
+        let t = Instant::now();
+        let s = a.stop(Duration::from_millis(300)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(s.contains("stop timed out"), "{s}");
+        assert!(s.contains("SIGKILLed"), "{s}");
+        assert_eq!(a.state(), AppState::Stopped);
+        for f in [&app_pid, &hook_child] {
+            let pid: i32 = std::fs::read_to_string(f).unwrap().trim().parse().unwrap();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            assert!(
+                stat.is_empty() || stat.contains(") Z"),
+                "{} still alive: {stat}",
+                f.display()
+            );
+        }
+    }
+
     #[test]
     fn launcher_health_and_failure() {
         let d = tempfile::tempdir().unwrap();
