@@ -87,14 +87,16 @@ impl Engine {
                 self.point(&slot, env, &node).await?;
                 // Stored before the boot command is queued: a restart in
                 // between finds `booting` with no command and queues it.
-                self.step(
+                let mut next = slot.clone();
+                next.hello_before = node.last_hello_ms;
+                self.step_from(
                     &slot,
+                    next,
                     SlotStep::Booting,
                     "boot pointed at the environment",
                     None,
                 )
-                .await?;
-                Ok(())
+                .await
             }
             SlotStep::Booting => self.booting(slot, env, &node, up, waited).await,
             SlotStep::Starting => {
@@ -137,7 +139,8 @@ impl Engine {
         up: bool,
         waited: i64,
     ) -> Result<()> {
-        let arrived = node.last_hello_ms.is_some_and(|t| t >= slot.step_since_ms)
+        let arrived = node.last_hello_ms.is_some()
+            && node.last_hello_ms != slot.hello_before
             && node.running_image.as_deref() == Some(env.image.as_str());
         if arrived {
             self.step(
@@ -445,8 +448,20 @@ impl Engine {
         detail: &str,
         command: Option<i64>,
     ) -> Result<()> {
+        self.step_from(slot, slot.clone(), to, detail, command)
+            .await
+    }
+
+    /// [`Engine::step`] with other fields of the slot changed too.
+    async fn step_from(
+        &self,
+        slot: &Slot,
+        mut next: Slot,
+        to: SlotStep,
+        detail: &str,
+        command: Option<i64>,
+    ) -> Result<()> {
         let now = self.clock.now_ms();
-        let mut next = slot.clone();
         let spent = now - slot.step_since_ms;
         next.timings.insert(slot.step.as_str().into(), spent);
         next.step = to;
