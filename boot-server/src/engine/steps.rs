@@ -160,6 +160,11 @@ impl Engine {
         }
         match (slot.command, up) {
             (None, true) => {
+                // A restart between queuing the boot and storing its id must
+                // not boot twice (the second kexec would carry a newer token).
+                if let Some(id) = self.open_command(&node.id, is_boot).await? {
+                    return self.set_command(&slot, id, "rebooting").await;
+                }
                 let (kind, how) = self.boot_command(env, node).await;
                 let id = self.c.queue(&node.id, kind).await?;
                 self.set_command(&slot, id, &format!("rebooting ({how})"))
@@ -211,6 +216,10 @@ impl Engine {
 
     /// Sends the slot's configuration and starts the application.
     async fn start(&self, slot: &Slot, env: &Environment, node: &Node) -> Result<()> {
+        let started = |k: &CommandKind| matches!(k, CommandKind::StartApp { .. });
+        if let Some(id) = self.open_command(&node.id, started).await? {
+            return self.set_command(slot, id, "starting the application").await;
+        }
         if node.agent_protocol.unwrap_or(1) >= 3 {
             let mut config = env.config.clone();
             config.extend(slot.config.clone());
@@ -425,6 +434,23 @@ impl Engine {
         self.step(slot, SlotStep::Failed, why, None).await
     }
 
+    /// An unfinished command of the node that `kind` matches (queued by a
+    /// pass that did not live to store its id).
+    async fn open_command(
+        &self,
+        node: &str,
+        kind: impl Fn(&CommandKind) -> bool,
+    ) -> Result<Option<i64>> {
+        Ok(self
+            .c
+            .store
+            .commands_of(node, 20)
+            .await?
+            .into_iter()
+            .find(|c| !c.status.is_final() && kind(&c.command))
+            .map(|c| c.id))
+    }
+
     /// The state of the command a step waits for.
     async fn command_wait(&self, id: Option<i64>) -> Result<Wait> {
         let Some(id) = id else {
@@ -536,4 +562,12 @@ impl Engine {
             .find(|s| s.index == slot.index)
             .context("slot vanished")
     }
+}
+
+/// Commands that end the node's boot to bring it into a new image.
+fn is_boot(k: &CommandKind) -> bool {
+    matches!(
+        k,
+        CommandKind::Kexec { .. } | CommandKind::Reprovision | CommandKind::Reboot
+    )
 }
