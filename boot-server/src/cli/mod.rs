@@ -8,6 +8,8 @@
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 unauthorised.
 
 pub mod client;
+mod env_print;
+mod envs;
 mod print;
 
 use crate::config::Config;
@@ -26,8 +28,10 @@ use std::path::{Path, PathBuf};
 )]
 pub struct Cli {
     /// TOML configuration file (defaults apply without one). Admin commands
-    /// use it to find the server's state directory and admin socket.
-    #[arg(long, short, global = true, env = "BOOT_SERVER_CONFIG")]
+    /// use it to find the server's state directory and admin socket. Give it
+    /// before the command (`boot-server -c FILE node list`), or after `serve`:
+    /// after other commands `--config` is theirs (`env create --config KEY=VALUE`).
+    #[arg(long, short, env = "BOOT_SERVER_CONFIG")]
     pub config: Option<PathBuf>,
     /// State directory of the server to talk to (its admin socket), instead of the config's.
     #[arg(long, global = true, env = "BOOT_SERVER_STATE_DIR")]
@@ -46,7 +50,11 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run the boot server.
-    Serve,
+    Serve {
+        /// TOML configuration file (as `boot-server --config FILE serve`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Manage the boot-image table.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -70,6 +78,15 @@ pub enum Cmd {
     /// Nodes and their agents.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Application environments: the engine moves pool nodes into their slots.
+    #[command(subcommand)]
+    Env(Box<envs::EnvCmd>),
+    /// Environment slots (host name, address, node, step of its move).
+    #[command(subcommand)]
+    Slot(envs::SlotCmd),
+    /// Load-driven scaling policies of environments.
+    #[command(subcommand)]
+    Policy(envs::PolicyCmd),
     /// An agent command and its status.
     Command {
         id: i64,
@@ -210,8 +227,8 @@ pub enum NodeCmd {
         #[arg(long)]
         serial: Option<String>,
         /// KEY=VALUE (repeatable), e.g. rack=r1.
-        #[arg(long = "label")]
-        labels: Vec<String>,
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = envs::parse_kv)]
+        labels: Vec<(String, String)>,
         /// ipmi://HOST[:PORT] or qmp:///PATH
         #[arg(long)]
         power: Option<String>,
@@ -274,12 +291,16 @@ impl From<CallError> for Failure {
 
 /// Runs one command line.
 pub async fn run(cli: Cli) -> std::result::Result<(), Failure> {
-    let mut config = Config::load(cli.config.as_deref())?;
+    let file = match &cli.command {
+        Cmd::Serve { config: Some(f) } => Some(f.as_path()),
+        _ => cli.config.as_deref(),
+    };
+    let mut config = Config::load(file)?;
     if let Some(d) = &cli.state_dir {
         config.state_dir = d.clone();
     }
     match cli.command {
-        Cmd::Serve => return Ok(crate::serve::run(config).await?),
+        Cmd::Serve { .. } => return Ok(crate::serve::run(config).await?),
         Cmd::AdminToken => {
             println!("{}", crate::serve::admin_token(&config)?);
             return Ok(());
@@ -363,7 +384,7 @@ fn show(v: &Value) {
 
 async fn command(c: &Client, cmd: Cmd) -> std::result::Result<(), Failure> {
     match cmd {
-        Cmd::Serve | Cmd::AdminToken | Cmd::Restore { .. } => unreachable!("handled before"),
+        Cmd::Serve { .. } | Cmd::AdminToken | Cmd::Restore { .. } => unreachable!("handled before"),
         Cmd::Image(ImageCmd::Add {
             manifests,
             server_path,
@@ -433,6 +454,9 @@ async fn command(c: &Client, cmd: Cmd) -> std::result::Result<(), Failure> {
             .await?;
         }
         Cmd::Node(cmd) => node_command(c, cmd).await?,
+        Cmd::Env(cmd) => envs::env_command(c, *cmd).await?,
+        Cmd::Slot(cmd) => envs::slot_command(c, cmd).await?,
+        Cmd::Policy(cmd) => envs::policy_command(c, cmd).await?,
         Cmd::Command { id, json } => {
             let v = c
                 .json(Method::GET, &format!("/api/commands/{id}"), None)
@@ -688,10 +712,16 @@ async fn node_command(c: &Client, cmd: NodeCmd) -> std::result::Result<(), Failu
                 print::nodes(&v)
             }
         }
-        NodeCmd::Show { id, json: _ } => show(
-            &c.json(Method::GET, &format!("/api/nodes/{}", enc(&id)), None)
-                .await?,
-        ),
+        NodeCmd::Show { id, json } => {
+            let v = c
+                .json(Method::GET, &format!("/api/nodes/{}", enc(&id)), None)
+                .await?;
+            if json {
+                show(&v)
+            } else {
+                print::node(&v)
+            }
+        }
         NodeCmd::Add {
             mac,
             serial,
@@ -699,11 +729,8 @@ async fn node_command(c: &Client, cmd: NodeCmd) -> std::result::Result<(), Failu
             power,
         } => {
             let mut map = serde_json::Map::new();
-            for l in labels {
-                let (k, v) = l
-                    .split_once('=')
-                    .with_context(|| format!("--label {l}: use KEY=VALUE"))?;
-                map.insert(k.to_string(), Value::String(v.to_string()));
+            for (k, v) in labels {
+                map.insert(k, Value::String(v));
             }
             let v = c
                 .json(

@@ -57,6 +57,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/disks/{id}/attach", post(attach))
         .route("/api/disks/{id}/detach", post(detach))
         .route("/api/backup", get(backup))
+        .merge(super::envs::routes())
         .route_layer(middleware::from_fn_with_state(state, authorize))
 }
 

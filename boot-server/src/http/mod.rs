@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod envs;
 pub mod files;
 pub mod listener;
 pub mod range;
