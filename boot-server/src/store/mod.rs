@@ -244,6 +244,9 @@ pub trait EnvStore: Send + Sync {
     async fn load_history(&self, env: &str, since_ms: i64) -> Result<Vec<LoadSample>>;
     /// Deletes load reports older than `before_ms`; returns how many.
     async fn prune_load(&self, before_ms: i64) -> Result<u64>;
+    /// Downsamples load reports older than `before_ms` to the first one per
+    /// node and `bucket_ms`; returns how many were dropped.
+    async fn downsample_load(&self, before_ms: i64, bucket_ms: i64) -> Result<u64>;
 }
 
 /// All of the store.
