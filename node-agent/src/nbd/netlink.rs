@@ -141,7 +141,8 @@ impl Genl {
         let mut replies = Vec::new();
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            // SAFETY: buf is valid for its length.
+            // SAFETY: recv(2) writes at most `buf.len()` bytes into the live,
+            // owned `buf`; `self.fd` is open for the call.
             let n =
                 unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
@@ -253,7 +254,8 @@ impl Genl {
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
         };
         let mut buf = vec![0u8; 16 * 1024];
-        // SAFETY: valid option value and buffer.
+        // SAFETY: the option value is a live `timeval` passed with its size,
+        // and recv(2) writes at most `buf.len()` bytes into the owned `buf`.
         let n = unsafe {
             libc::setsockopt(
                 self.fd.as_raw_fd(),
