@@ -84,7 +84,7 @@ pub fn find_manifests(images_dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Resolves a path inside the images directory (no escaping it).
 pub fn file_in(images_dir: &Path, rel: &str) -> Result<PathBuf> {
-    boot_tftp::resolve_path(&[images_dir.to_path_buf()], rel)
+    boot_fs::resolve_path(&[images_dir.to_path_buf()], rel)
         .map_err(|e| anyhow::anyhow!("{rel}: {e}"))
         .with_context(|| format!("image file {rel} under {}", images_dir.display()))
 }
