@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod mac;
+pub use mac::{fmt_mac, write_mac};
+
 /// Header carrying the per-node, per-boot agent token minted into the boot
 /// script's kernel command line (`bootsrv.token=`).
 pub const AGENT_TOKEN_HEADER: &str = "x-node-token";
