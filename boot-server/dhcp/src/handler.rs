@@ -34,7 +34,9 @@ pub enum Ingress {
 /// A reply to send.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
+    /// The encoded reply.
     pub packet: Vec<u8>,
+    /// Where to send it (client, broadcast or relay).
     pub dest: SocketAddrV4,
     /// The reply as built (for logs and tests).
     pub message: Message,
@@ -62,6 +64,7 @@ fn opt_ip(msg: &Message, code: OptionCode) -> Option<Ipv4Addr> {
 }
 
 impl Handler {
+    /// A handler answering with `config`, asking `advisor` what each client boots and keeping bindings in `leases`.
     pub fn new(
         config: DhcpConfig,
         advisor: Arc<dyn BootAdvisor>,
