@@ -81,6 +81,8 @@ fn run_hook(path: &Path, deadline: Instant) -> Result<String> {
 }
 
 impl App {
+    /// Hooks run from the `hooks` directory; `on_change` is called after
+    /// every state change (to send a heartbeat early).
     pub fn new(hooks: impl Into<PathBuf>, on_change: Arc<dyn Fn() + Send + Sync>) -> App {
         App {
             hooks: hooks.into(),
@@ -89,6 +91,7 @@ impl App {
         }
     }
 
+    /// The application's current state.
     pub fn state(&self) -> AppState {
         self.lock().state
     }
