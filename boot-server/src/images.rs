@@ -118,7 +118,13 @@ pub enum Integrity {
     /// The file matches its image's recorded digest.
     Intact,
     /// The file changed since its digest was recorded: not served.
-    Changed { image: String, reason: String },
+    /// Not served; which image and why.
+    Changed {
+        /// The image the file belongs to.
+        image: String,
+        /// Why: unreadable, or its size or digest differs.
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]
