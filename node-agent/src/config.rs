@@ -107,7 +107,7 @@ const USAGE: &str = "usage: node-agent [--server URL] [--token T] [--node ID] [-
 env: BOOTSRV_SERVER BOOTSRV_TOKEN BOOTSRV_NODE BOOTSRV_IMAGE NODE_AGENT_DRY_RUN=1 NODE_AGENT_LOG=debug";
 
 impl Config {
-    /// Builds the configuration from process arguments (without argv[0]) and an
+    /// Builds the configuration from process arguments (without `argv[0]`) and an
     /// environment lookup. Precedence: flag > environment > kernel command line.
     pub fn from_sources(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
         let mut flags: Vec<(String, Option<String>)> = Vec::new();
