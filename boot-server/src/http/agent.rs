@@ -31,6 +31,7 @@ struct AgentNode {
     token_digest: String,
 }
 
+/// The agent API's routes (`/api/agent/...`), authenticated by the per-node token.
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/agent/hello", post(hello))
