@@ -255,7 +255,9 @@ pub enum Expect {
 pub trait EnvStore: Send + Sync {
     /// Adds or replaces an environment.
     async fn put_environment(&self, env: &Environment) -> Result<()>;
+    /// One environment by name.
     async fn environment(&self, name: &str) -> Result<Option<Environment>>;
+    /// Every environment, by name.
     async fn environments(&self) -> Result<Vec<Environment>>;
     /// Deletes an environment and its slots; refused ([`Refused::Conflict`])
     /// while one of its slots holds a node.
