@@ -216,6 +216,7 @@ impl Engine {
                     writes.push((v, expect));
                 }
                 if self.c.store.write_slots(Fence::default(), &writes).await? {
+                    self.c.wake_engine();
                     tracing::info!(env = %env, slot = index, node = %node, reason = %reason, "claim");
                     self.c.events.emit(
                         Some(node.clone()),
@@ -244,6 +245,7 @@ impl Engine {
                     .write_slots(Fence::default(), &[(slot, expect)])
                     .await?
                 {
+                    self.c.wake_engine();
                     tracing::info!(env = %env, slot = index, node = %node, reason = %reason, "release");
                     self.c.events.emit(
                         Some(node.clone()),

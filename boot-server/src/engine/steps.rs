@@ -498,6 +498,9 @@ impl Engine {
             next.attempt = 0;
         }
         if self.write(slot, next).await? {
+            // The next step may be ready to go at once: run another pass
+            // rather than wait for the tick.
+            self.c.wake_engine();
             self.c.events.emit(
                 slot.node.clone(),
                 EventKind::SlotStep,
