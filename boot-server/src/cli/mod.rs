@@ -20,6 +20,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
+/// The parsed command line.
 #[derive(Parser)]
 #[command(
     name = "boot-server",
@@ -43,10 +44,12 @@ pub struct Cli {
     /// File holding the admin token (for --server).
     #[arg(long, global = true, env = "BOOT_SERVER_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// What to do.
     #[command(subcommand)]
     pub command: Cmd,
 }
 
+/// The commands.
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run the boot server.
@@ -60,18 +63,24 @@ pub enum Cmd {
     Image(ImageCmd),
     /// Show, set or (with --clear) remove the image of nodes without an assignment.
     DefaultImage {
+        /// Image to make the default (none: show the current one).
         name: Option<String>,
+        /// Remove the default image instead.
         #[arg(long, conflicts_with = "name")]
         clear: bool,
     },
     /// Assign an image to a node by MAC or SMBIOS UUID (or remove with --clear).
     Assign {
+        /// MAC of the node.
         #[arg(long, required_unless_present = "uuid", conflicts_with = "uuid")]
         mac: Option<String>,
+        /// SMBIOS UUID of the node.
         #[arg(long)]
         uuid: Option<String>,
+        /// Image to assign.
         #[arg(required_unless_present = "clear")]
         image: Option<String>,
+        /// Remove the node's assignment instead.
         #[arg(long)]
         clear: bool,
     },
@@ -89,7 +98,9 @@ pub enum Cmd {
     Policy(envs::PolicyCmd),
     /// An agent command and its status.
     Command {
+        /// Command id.
         id: i64,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -101,26 +112,37 @@ pub enum Cmd {
     Reservation(ReservationCmd),
     /// DHCP leases.
     Leases {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// The event log (audit trail and boot timeline), one JSON object per line.
     Events {
+        /// Only events of this node id.
         #[arg(long)]
         node: Option<String>,
+        /// Only events with an id above this one.
         #[arg(long, default_value_t = 0)]
         after: i64,
+        /// At most this many events.
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
     /// Print the admin API token (reads the state directory).
     AdminToken,
     /// Write a consistent copy of the server's state database to FILE.
-    Backup { file: PathBuf },
+    Backup {
+        /// Where to write the copy.
+        file: PathBuf,
+    },
     /// Replace the state database with FILE (server stopped; the current one is kept as state.db.pre-restore).
-    Restore { file: PathBuf },
+    Restore {
+        /// The backup to restore.
+        file: PathBuf,
+    },
 }
 
+/// Boot-image commands.
 #[derive(Subcommand)]
 pub enum ImageCmd {
     /// Add or update images from manifests (image.toml): the files they name
@@ -128,46 +150,67 @@ pub enum ImageCmd {
     /// images/ for images/lab/image.toml), or with --server-path the manifest
     /// is a file on the server, its paths relative to the server's images directory.
     Add {
+        /// image.toml manifests to add.
         manifests: Vec<PathBuf>,
+        /// The manifests are paths on the server (nothing is uploaded).
         #[arg(long)]
         server_path: bool,
     },
     /// Import every images/*/image.toml of the server's images directory.
     Import,
+    /// List the images.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Remove an image from the table.
     Remove {
+        /// Image name.
         name: String,
     },
 }
 
+/// Virtual-disk commands.
 #[derive(Subcommand)]
 pub enum DiskCmd {
     /// Create a read-only base disk from FILE (raw copied; qcow2 etc. converted),
     /// uploaded, or with --server-path a file on the server.
     AddBase {
+        /// Name of the new base.
         name: String,
+        /// Disk image file (raw, or a format qemu-img converts).
         file: PathBuf,
+        /// FILE is a path on the server (nothing is uploaded).
         #[arg(long)]
         server_path: bool,
     },
     /// Create a copy-on-write overlay of a base.
     Create {
+        /// Id of the new overlay.
         id: String,
+        /// Base disk it starts from.
         #[arg(long)]
         base: String,
     },
     /// Snapshot an overlay (for cloning): a new overlay with its current contents.
-    Snapshot { id: String, snapshot: String },
+    Snapshot {
+        /// Overlay to snapshot.
+        id: String,
+        /// Id of the new overlay.
+        snapshot: String,
+    },
+    /// List bases and overlays.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Delete an overlay (refused while attached or open) or, with --base, a base.
     Delete {
+        /// Overlay (or, with --base, base) to delete.
         id: String,
+        /// Delete a base disk instead of an overlay.
         #[arg(long)]
         base: bool,
     },
@@ -175,9 +218,12 @@ pub enum DiskCmd {
     /// boot on it is the node's root file system (`bootsrv.root=` on the kernel
     /// command line). With --now, the running agent also attaches it at once.
     Attach {
+        /// Overlay to attach.
         id: String,
+        /// Node id.
         #[arg(long)]
         node: String,
+        /// Also attach it on the running node now.
         #[arg(long)]
         now: bool,
         /// With --now: mount point on the node (none: block device only).
@@ -185,45 +231,64 @@ pub enum DiskCmd {
         mount: Option<String>,
     },
     /// Detach an overlay: its export stops working and open connections are closed.
-    Detach { id: String },
+    Detach {
+        /// Overlay to detach.
+        id: String,
+    },
 }
 
+/// DHCP reservation commands.
 #[derive(Subcommand)]
 pub enum ReservationCmd {
     /// Reserve IP (and a host name) for MAC; moves the address if another MAC held it.
     Add {
+        /// Client MAC.
         #[arg(long)]
         mac: String,
+        /// Address to reserve.
         #[arg(long)]
         ip: std::net::Ipv4Addr,
+        /// Host name handed out with it (option 12).
         #[arg(long)]
         hostname: Option<String>,
     },
+    /// List the reservations.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Remove the reservation of a MAC.
     Remove {
+        /// Client MAC.
         #[arg(long)]
         mac: String,
     },
 }
 
+/// Node commands.
 #[derive(Subcommand)]
 pub enum NodeCmd {
+    /// List the nodes.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Show one node.
     Show {
+        /// Node id or MAC.
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Register a node ahead of its first boot (labels, power control).
     Add {
+        /// MAC of the node's boot interface.
         #[arg(long)]
         mac: String,
+        /// Serial number (SMBIOS).
         #[arg(long)]
         serial: Option<String>,
         /// KEY=VALUE (repeatable), e.g. rack=r1.
@@ -234,26 +299,49 @@ pub enum NodeCmd {
         power: Option<String>,
     },
     /// Cold reboot through firmware and PXE.
-    Reboot { id: String },
+    Reboot {
+        /// Node id or MAC.
+        id: String,
+    },
     /// Point the firmware at network boot, then reboot.
-    Reprovision { id: String },
+    Reprovision {
+        /// Node id or MAC.
+        id: String,
+    },
     /// Warm reprovision: kexec straight into IMAGE (also assigns it).
-    Kexec { id: String, image: String },
+    Kexec {
+        /// Node id or MAC.
+        id: String,
+        /// Image to boot.
+        image: String,
+    },
     /// Take a node out of service (kept up, never allocated).
-    Quarantine { id: String },
+    Quarantine {
+        /// Node id or MAC.
+        id: String,
+    },
     /// Return a quarantined node to the pool.
-    Release { id: String },
+    Release {
+        /// Node id or MAC.
+        id: String,
+    },
     /// Retire a node for good.
-    Retire { id: String },
+    Retire {
+        /// Node id or MAC.
+        id: String,
+    },
     /// The node's agent commands, newest first.
     Commands {
+        /// Node id or MAC.
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// The node's boot timeline: DHCP, loader, script, kernel, initrd, agent
     /// ready, in seconds since SINCE_MS (e.g. power-on; default the first event shown).
     Timeline {
+        /// Node id or MAC.
         id: String,
         /// Only events at or after this time (ms since the Unix epoch).
         #[arg(long)]
@@ -266,7 +354,9 @@ pub enum NodeCmd {
 
 /// Why the CLI failed, with its exit code.
 pub struct Failure {
+    /// Process exit code (see the module doc).
     pub code: u8,
+    /// What went wrong.
     pub error: anyhow::Error,
 }
 

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 /// Shared by all handlers.
 pub struct AppState {
+    /// Every admin operation.
     pub control: Arc<Control>,
     /// The admin token (the Unix socket needs none).
     pub admin_token: String,
@@ -67,6 +68,7 @@ pub fn admin_router(state: Arc<AppState>, via_socket: bool) -> Router {
 pub struct ApiError(pub ControlError);
 
 impl ApiError {
+    /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
         ApiError(ControlError::new(kind, message))
     }
