@@ -169,7 +169,7 @@ fn boot_secrets_go_only_to_the_nodes_address() {
         agent_post(&s, "127.0.0.1", &first, "/api/agent/hello", HELLO),
         200
     );
-    let shown = s.cli(&["node", "show", "52:54:00:00:00:01"]);
+    let shown = s.cli(&["node", "show", "52:54:00:00:00:01", "--json"]);
     assert!(
         shown.contains("\"idle\""),
         "up in no environment = idle: {shown}"
@@ -205,7 +205,7 @@ fn boot_secrets_go_only_to_the_nodes_address() {
         401,
         "previous boot's token must stop working"
     );
-    let shown = s.cli(&["node", "show", "52:54:00:00:00:01"]);
+    let shown = s.cli(&["node", "show", "52:54:00:00:00:01", "--json"]);
     assert!(
         shown.contains("\"ready\""),
         "assigned node up = ready: {shown}"

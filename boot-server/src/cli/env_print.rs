@@ -319,3 +319,27 @@ pub fn history(v: &Value) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn timings_follow_the_move_and_add_up() {
+        let t = json!({"ready": 0, "booting": 3100, "pending": 2, "pointing": 40, "starting": 250, "stopping": 9});
+        assert_eq!(
+            timings(&t),
+            "pending 2, stopping 9, pointing 40, booting 3100, starting 250, ready 0; total 3401"
+        );
+        assert_eq!(
+            schedule(&json!({"cron": "0 0 8 * * *", "action": {"scale": 3}})),
+            "0 0 8 * * *=>scale:3"
+        );
+        assert_eq!(
+            requirements(&json!({"firmware": "bios", "min_cpus": 2, "labels": {"rack": "r1"}})),
+            "firmware=bios cpus>=2 label:rack=r1"
+        );
+        assert_eq!(policy(&Value::Null), "no policy");
+    }
+}

@@ -13,23 +13,28 @@ use clap::{Args, Subcommand};
 use hyper::Method;
 use serde_json::{json, Map, Value};
 
+/// `env` subcommands.
 #[derive(Subcommand)]
 pub enum EnvCmd {
     /// Create an environment (active unless --inactive).
     Create {
+        /// Environment name (a-z, 0-9, '-').
         name: String,
         /// Boot image its nodes boot.
         #[arg(long)]
         image: String,
+        /// The other settings.
         #[command(flatten)]
         opts: EnvOpts,
     },
     /// Change an environment: only the options given change.
     Set {
+        /// Environment name.
         name: String,
         /// Boot image its nodes boot.
         #[arg(long)]
         image: Option<String>,
+        /// The settings to change.
         #[command(flatten)]
         opts: EnvOpts,
         /// Remove a config key (repeatable).
@@ -45,36 +50,71 @@ pub enum EnvCmd {
         #[arg(long, conflicts_with = "schedules")]
         clear_schedules: bool,
     },
+    /// Every environment with its node counts.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// An environment, its slots and their last move's timings.
     Show {
+        /// Environment name.
         name: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Delete an environment (refused while it holds nodes: deactivate it first).
-    Delete { name: String },
+    Delete {
+        /// Environment name.
+        name: String,
+    },
     /// Make an environment active (it claims nodes).
-    Activate { name: String },
+    Activate {
+        /// Environment name.
+        name: String,
+    },
     /// Make an environment inactive (it gives its nodes back).
-    Deactivate { name: String },
+    Deactivate {
+        /// Environment name.
+        name: String,
+    },
     /// Set the number of nodes it wants (min ≤ N ≤ max).
-    Scale { name: String, nodes: u32 },
+    Scale {
+        /// Environment name.
+        name: String,
+        /// Nodes wanted.
+        nodes: u32,
+    },
     /// Put an idle pool node (id or MAC) into the environment.
-    AddNode { name: String, node: String },
+    AddNode {
+        /// Environment name.
+        name: String,
+        /// Node id or MAC.
+        node: String,
+    },
     /// Take a node out of the environment (back to the pool).
-    RemoveNode { name: String, node: String },
+    RemoveNode {
+        /// Environment name.
+        name: String,
+        /// Node id or MAC.
+        node: String,
+    },
     /// Cut a node out without stopping it (kept up for inspection, never allocated).
-    Quarantine { name: String, node: String },
+    Quarantine {
+        /// Environment name.
+        name: String,
+        /// Node id or MAC.
+        node: String,
+    },
     /// Load reports of its nodes and the engine's decisions about it.
     History {
+        /// Environment name.
         name: String,
         /// Only from this time on (ms since the Unix epoch).
         #[arg(long)]
         since_ms: Option<i64>,
+        /// Print JSON instead of text (the API's answer as is).
         #[arg(long)]
         json: bool,
     },
@@ -83,6 +123,7 @@ pub enum EnvCmd {
 /// Options shared by `env create` and `env set` (each optional).
 #[derive(Args)]
 pub struct EnvOpts {
+    /// Free text for operators.
     #[arg(long)]
     description: Option<String>,
     /// Never fewer nodes while active.
@@ -137,24 +178,31 @@ pub struct EnvOpts {
     version: Option<String>,
 }
 
+/// `slot` subcommands.
 #[derive(Subcommand)]
 pub enum SlotCmd {
     /// Slots of every environment, or of ENV.
     List {
+        /// Only this environment's slots.
         env: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
 }
 
+/// `policy` subcommands.
 #[derive(Subcommand)]
 pub enum PolicyCmd {
     /// Scale ENV by load: add a node when the metric stays above X for the
     /// window, remove one when it stays below Y.
     Set {
+        /// Environment name.
         env: String,
+        /// Add a node when the metric's average stays above this.
         #[arg(long, allow_hyphen_values = true)]
         add_above: f64,
+        /// Remove a (not busy) node when it stays below this.
         #[arg(long, allow_hyphen_values = true)]
         remove_below: f64,
         /// Window in seconds.
@@ -165,13 +213,18 @@ pub enum PolicyCmd {
         metric: String,
     },
     /// Remove ENV's policy.
-    Clear { env: String },
+    Clear {
+        /// Environment name.
+        env: String,
+    },
 }
 
 /// A value or `none` (clears the field).
 #[derive(Clone, Debug)]
 pub enum Clearable<T> {
+    /// Set the field to this.
     Set(T),
+    /// Clear the field (`none`).
     Clear,
 }
 
@@ -219,9 +272,13 @@ fn parse_addresses(s: &str) -> Result<Clearable<AddressRange>, String> {
 /// One `--require`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Require {
+    /// `firmware=NAME`.
     Firmware(String),
+    /// `cpus=N`: at least N CPUs.
     Cpus(u32),
+    /// `memory-mib=N`: at least N MiB.
     MemoryMib(u64),
+    /// `label:KEY=VALUE`.
     Label(String, String),
 }
 
