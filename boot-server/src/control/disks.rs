@@ -246,6 +246,22 @@ impl Control {
     /// Detaches an overlay: its export name stops working and its open
     /// connections are closed at once.
     pub async fn detach_disk(&self, id: &str) -> Result<usize> {
+        self.detach(id, true).await
+    }
+
+    /// Detaches an overlay but leaves its open connections to the node
+    /// still running from it (it is about to kexec or reboot away; the
+    /// engine cuts them with [`Control::cut_disk`] once it has left).
+    pub async fn detach_disk_keep_open(&self, id: &str) -> Result<usize> {
+        self.detach(id, false).await
+    }
+
+    /// Closes every open connection to an overlay; how many.
+    pub fn cut_disk(&self, id: &str) -> usize {
+        self.exports.as_ref().map(|e| e.revoke(id)).unwrap_or(0)
+    }
+
+    async fn detach(&self, id: &str, cut: bool) -> Result<usize> {
         let Some(a) = self
             .store
             .disk_attachments()
@@ -257,11 +273,11 @@ impl Control {
         };
         self.store.detach_disk(id).await?;
         self.refresh_exports().await;
-        let closed = self.exports.as_ref().map(|e| e.revoke(id)).unwrap_or(0);
+        let closed = if cut { self.cut_disk(id) } else { 0 };
         self.events.emit(
             Some(a.node),
             EventKind::DiskDetached,
-            json!({ "overlay": id, "connections_closed": closed }),
+            json!({ "overlay": id, "connections_closed": closed, "kept_open": !cut }),
         );
         Ok(closed)
     }

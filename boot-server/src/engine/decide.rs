@@ -287,7 +287,7 @@ fn pick_victim<'a>(
         } else {
             continue;
         };
-        let load_milli = (node.load1() * 1000.0) as i64;
+        let load_milli = (node.load() * 1000.0) as i64;
         let rank = (v.priority, load_milli);
         if best.as_ref().is_none_or(|(_, r, _)| rank < *r) {
             best = Some((s, rank, why));

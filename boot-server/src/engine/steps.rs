@@ -12,7 +12,7 @@
 use super::Engine;
 use crate::model::{
     BootMode, Environment, EventKind, ImageKind, Node, NodeState, Reservation, Selector, Slot,
-    SlotStep,
+    SlotStep, Transition,
 };
 use crate::store::{Expect, Fence};
 use anyhow::{Context, Result};
@@ -84,11 +84,16 @@ impl Engine {
                 self.step(&slot, SlotStep::Pointing, &detail, None).await
             }
             SlotStep::Pointing => {
-                self.point(&slot, env, &node).await?;
+                let leftovers = self.point(&slot, env, &node).await?;
                 // Stored before the boot command is queued: a restart in
                 // between finds `booting` with no command and queues it.
                 let mut next = slot.clone();
                 next.hello_before = node.last_hello_ms;
+                for d in leftovers {
+                    if !next.cut_after_boot.contains(&d) {
+                        next.cut_after_boot.push(d);
+                    }
+                }
                 self.step_from(
                     &slot,
                     next,
@@ -122,7 +127,8 @@ impl Engine {
             }
             SlotStep::Releasing => self.releasing(slot, &node, up, waited).await,
             SlotStep::Failed => {
-                self.point_back(&slot, &node).await?;
+                self.point_back(&slot, &node, true).await?;
+                self.cut_unattached(&slot.cut_after_boot).await?;
                 self.cool(&node.id);
                 self.vacate(&slot, &format!("move failed: {}", slot.detail), true)
                     .await
@@ -143,8 +149,13 @@ impl Engine {
             && node.last_hello_ms != slot.hello_before
             && node.running_image.as_deref() == Some(env.image.as_str());
         if arrived {
-            self.step(
+            // It left the image it ran from: cut what it kept open.
+            self.cut_unattached(&slot.cut_after_boot).await?;
+            let mut next = slot.clone();
+            next.cut_after_boot.clear();
+            self.step_from(
                 &slot,
+                next,
                 SlotStep::Starting,
                 "up in the environment's image",
                 None,
@@ -253,7 +264,7 @@ impl Engine {
     /// Points the node's boot at the environment: its image, the slot's
     /// address and host name, the slot's disk (created on first use; taken
     /// from whichever node had it, whose connections are cut).
-    async fn point(&self, slot: &Slot, env: &Environment, node: &Node) -> Result<()> {
+    async fn point(&self, slot: &Slot, env: &Environment, node: &Node) -> Result<Vec<String>> {
         let c = &self.c;
         if let Some(ip) = slot.ip {
             for r in c.store.reservations().await? {
@@ -272,12 +283,17 @@ impl Engine {
             .map_err(anyhow::Error::from)
             .context("slot address")?;
         }
+        // Disks of the node's previous slot: detached now (the new boot must
+        // not get them), their connections left open while it still runs
+        // from them, cut once it is up in the new image.
         let attached = c.store.disk_attachments().await?;
+        let mut leftovers = Vec::new();
         for a in attached.iter().filter(|a| a.node == node.id) {
             if Some(&a.overlay) != slot.overlay.as_ref() {
-                c.detach_disk(&a.overlay)
+                c.detach_disk_keep_open(&a.overlay)
                     .await
                     .map_err(anyhow::Error::from)?;
+                leftovers.push(a.overlay.clone());
             }
         }
         if let (Some(overlay), Some(base)) = (&slot.overlay, &env.disk_base) {
@@ -296,12 +312,15 @@ impl Engine {
             match attached.iter().find(|a| &a.overlay == overlay) {
                 Some(a) if a.node == node.id => {}
                 Some(_) => {
+                    // Fencing: the slot's disk is taken from its holder.
                     c.detach_disk(overlay).await.map_err(anyhow::Error::from)?;
                     c.attach_disk(overlay.clone(), &node.id, false, None)
                         .await
                         .map_err(anyhow::Error::from)?;
                 }
                 None => {
+                    // A node that left the slot may still have it open.
+                    c.cut_disk(overlay);
                     c.attach_disk(overlay.clone(), &node.id, false, None)
                         .await
                         .map_err(anyhow::Error::from)?;
@@ -311,12 +330,28 @@ impl Engine {
         c.assign(Selector::Mac(node.mac), Some(env.image.clone()))
             .await
             .map_err(anyhow::Error::from)?;
+        Ok(leftovers)
+    }
+
+    /// Closes the connections of these overlays unless they are attached
+    /// again (then their new holder's attach already fenced them).
+    async fn cut_unattached(&self, overlays: &[String]) -> Result<()> {
+        if overlays.is_empty() {
+            return Ok(());
+        }
+        let attached = self.c.store.disk_attachments().await?;
+        for o in overlays {
+            if !attached.iter().any(|a| &a.overlay == o) {
+                let n = self.c.cut_disk(o);
+                tracing::info!(overlay = %o, connections = n, "cut the connections its old holder kept");
+            }
+        }
         Ok(())
     }
 
     /// Undoes [`Engine::point`] for a node leaving its slot: no image of
     /// its own (the default image), no slot address, no slot disk.
-    async fn point_back(&self, slot: &Slot, node: &Node) -> Result<()> {
+    async fn point_back(&self, slot: &Slot, node: &Node, cut: bool) -> Result<()> {
         let c = &self.c;
         c.assign(Selector::Mac(node.mac), None)
             .await
@@ -340,13 +375,52 @@ impl Engine {
                 .iter()
                 .any(|a| &a.overlay == overlay && a.node == node.id)
             {
-                c.detach_disk(overlay).await.map_err(anyhow::Error::from)?;
+                if cut {
+                    c.detach_disk(overlay).await.map_err(anyhow::Error::from)?;
+                } else {
+                    c.detach_disk_keep_open(overlay)
+                        .await
+                        .map_err(anyhow::Error::from)?;
+                }
             }
         }
         Ok(())
     }
 
+    /// Leaving: wait while busy, stop the work, then send the node back to
+    /// the pool image (kexec or reboot) with its slot's disk detached but
+    /// still open, and only once it has left that image cut the disk's
+    /// connections and empty the slot.
     async fn releasing(&self, slot: Slot, node: &Node, up: bool, waited: i64) -> Result<()> {
+        if slot.returning {
+            let left = node.last_hello_ms.is_some() && node.last_hello_ms != slot.hello_before;
+            let gave_up = matches!(self.command_wait(slot.command).await?, Wait::Failed(_))
+                || waited > self.cfg().boot_timeout_secs as i64 * 1000;
+            if !(left || gave_up) {
+                return Ok(());
+            }
+            let mut cut = slot.cut_after_boot.clone();
+            cut.extend(slot.overlay.clone());
+            self.cut_unattached(&cut).await?;
+            if self
+                .vacate(&slot, "node returned to the pool", false)
+                .await?
+            {
+                if left {
+                    // Its new boot said hello while it still held the slot.
+                    self.c
+                        .store
+                        .transition_node(&node.id, Transition::AgentUp { serving: false })
+                        .await?;
+                }
+                self.c.events.emit(
+                    Some(node.id.clone()),
+                    EventKind::Alert,
+                    json!({ "alert": "node-removed", "env": slot.environment, "slot": slot.index, "node": node.id, "left": left }),
+                );
+            }
+            return Ok(());
+        }
         if up && node.busy() == Some(true) && slot.command.is_none() {
             return self
                 .set_detail(&slot, "waiting: the node's busy hook says busy")
@@ -370,30 +444,37 @@ impl Engine {
                 return Ok(());
             }
         }
-        // Work stopped (or the agent is gone): back to the pool image.
-        self.point_back(&slot, node).await?;
-        if up {
-            if node.agent_protocol.unwrap_or(1) >= 3 {
-                self.c.queue(&node.id, CommandKind::Unconfigure).await?;
+        if !up {
+            // Nothing runs there: cut everything and free the slot.
+            self.point_back(&slot, node, true).await?;
+            self.cut_unattached(&slot.cut_after_boot).await?;
+            if self.vacate(&slot, "node down; slot freed", false).await? {
+                self.c.events.emit(
+                    Some(node.id.clone()),
+                    EventKind::Alert,
+                    json!({ "alert": "node-removed", "env": slot.environment, "slot": slot.index, "node": node.id, "left": false }),
+                );
             }
-            let refreshed = self.c.store.node(&node.id).await?.unwrap_or(node.clone());
-            let kind = match self.c.plan.kexec_command(&refreshed).await {
-                Ok(k) => k,
-                Err(_) => CommandKind::Reprovision,
-            };
-            self.c.queue(&node.id, kind).await?;
+            return Ok(());
         }
-        if self
-            .vacate(&slot, "node returned to the pool", false)
-            .await?
-        {
-            self.c.events.emit(
-                Some(node.id.clone()),
-                EventKind::Alert,
-                json!({ "alert": "node-removed", "env": slot.environment, "slot": slot.index, "node": node.id }),
-            );
+        // Back to the pool image: the next boot gets no slot disk, no slot address.
+        self.point_back(&slot, node, false).await?;
+        if node.agent_protocol.unwrap_or(1) >= 3 {
+            self.c.queue(&node.id, CommandKind::Unconfigure).await?;
         }
-        Ok(())
+        let refreshed = self.c.store.node(&node.id).await?.unwrap_or(node.clone());
+        let kind = match self.c.plan.kexec_command(&refreshed).await {
+            Ok(k) => k,
+            Err(_) => CommandKind::Reprovision,
+        };
+        let id = self.c.queue(&node.id, kind).await?;
+        let mut next = slot.clone();
+        next.returning = true;
+        next.hello_before = node.last_hello_ms;
+        next.command = Some(id);
+        next.step_since_ms = self.clock.now_ms();
+        next.detail = "returning to the pool image".into();
+        self.write(&slot, next).await.map(|_| ())
     }
 
     /// A ready slot whose node stopped heart-beating gives it up (alert);
@@ -534,6 +615,8 @@ impl Engine {
         next.step = SlotStep::Vacant;
         next.step_since_ms = now;
         next.command = None;
+        next.returning = false;
+        next.cut_after_boot.clear();
         next.detail = why.to_string();
         if failed {
             next.attempt += 1;

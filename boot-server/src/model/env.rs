@@ -477,6 +477,12 @@ pub struct Slot {
     /// The node's last hello when its reboot was asked for: a later hello
     /// (whatever the clocks say) is the new boot.
     pub hello_before: Option<i64>,
+    /// Releasing: the node was sent back to the pool image; the slot waits
+    /// for it to leave before cutting its disk connections.
+    pub returning: bool,
+    /// Overlays detached from the node at pointing whose connections stay
+    /// open until it has booted the new image (it runs from them until then).
+    pub cut_after_boot: Vec<String>,
     /// Per-slot key/values (post-boot configuration), over the environment's.
     pub config: BTreeMap<String, String>,
     /// Milliseconds each step of the current or last move took.

@@ -208,13 +208,21 @@ impl Node {
             .and_then(|b| b.as_bool())
     }
 
-    /// The last heartbeat's 1-minute load average.
-    pub fn load1(&self) -> f64 {
-        self.heartbeat
-            .as_ref()
-            .and_then(|h| h.get("load1"))
-            .and_then(|b| b.as_f64())
-            .unwrap_or(0.0)
+    /// The last heartbeat's load: the health hook's `load` when it prints
+    /// one (what the environment's policies use), else the 1-minute load average.
+    pub fn load(&self) -> f64 {
+        let hb = self.heartbeat.as_ref();
+        let health = hb
+            .and_then(|h| h.get("health"))
+            .and_then(|h| h.get("load"))
+            .and_then(|v| v.as_str())
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite());
+        health.unwrap_or_else(|| {
+            hb.and_then(|h| h.get("load1"))
+                .and_then(|b| b.as_f64())
+                .unwrap_or(0.0)
+        })
     }
 }
 
