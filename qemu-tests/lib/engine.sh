@@ -7,12 +7,12 @@
 # their load and busy answers, N BIOS TCG guests (MACs 52:54:00:e0:00:01..) booted
 # into the default image and idle in the pool, the images env-a/env-b (the lab files
 # under other names), the disk base `engbase` (the lab root file system), the hook
-# scripts, and the environments A and B of the engine test.
+# scripts, and the environments alpha and beta of the engine test.
 #
 # API:
 #   eng_fleet_up NAME N         lab + server + images + base + N guests idle
 #   eng_has_engine              the server's CLI has `env`
-#   eng_envs_create             A (1 node, disk, hooks, preemptible) and B (inactive)
+#   eng_envs_create             alpha (1 node, disk, hooks, preemptible) and beta (inactive)
 #   eng_cli ARGS...             boot-server CLI against the lab server
 #   eng_wait DESC SECS CMD...   poll CMD (0.5 s) until it succeeds; 1 on deadline
 #   eng_hold SECS CMD...        CMD stays true for SECS (polled); 1 as soon as it fails
@@ -247,8 +247,8 @@ eng_fleet_up() {
     done
     eng_cli disk add-base "$ENG_BASE" "$repo/images/build/lab/rootfs.raw" >/dev/null \
         || { lab_log "disk add-base $ENG_BASE failed"; return 1; }
-    eng__write_hooks A
-    eng__write_hooks B
+    eng__write_hooks alpha
+    eng__write_hooks beta
     ENG_MACS=() ENG_GUESTS=()
     for i in $(seq "$n"); do
         m="$(printf '%s:%02x' "$ENG_MAC_PREFIX" "$i")"
@@ -270,13 +270,13 @@ eng_fleet_down() { lab_cleanup; }
 eng_has_engine() { eng_cli env list --json >/dev/null 2>&1; }
 
 eng_envs_create() {
-    local a="$ENG_HOOKS/A" b="$ENG_HOOKS/B"
-    eng_cli env create A --image env-a --description "engine lab A" --min 1 --nodes 1 --max 3 \
-        --priority 10 --preemptible --disk-base "$ENG_BASE" --hostname-pattern 'a-{slot}' \
+    local a="$ENG_HOOKS/alpha" b="$ENG_HOOKS/beta"
+    eng_cli env create alpha --image env-a --description "engine lab alpha" --min 1 --nodes 1 --max 3 \
+        --priority 10 --preemptible --disk-base "$ENG_BASE" --hostname-pattern 'alpha-{slot}' \
         --addresses 10.77.0.210-10.77.0.219 --config role=a \
         --hook "start=$a/start" --hook "health=$a/health" --hook "busy=$a/busy" || return 1
-    eng_cli env create B --image env-b --description "engine lab B" --min 1 --nodes 2 --max 3 \
-        --priority 20 --hostname-pattern 'b-{slot}' --addresses 10.77.0.230-10.77.0.239 \
+    eng_cli env create beta --image env-b --description "engine lab beta" --min 1 --nodes 2 --max 3 \
+        --priority 20 --hostname-pattern 'beta-{slot}' --addresses 10.77.0.230-10.77.0.239 \
         --config role=b --inactive \
         --hook "start=$b/start" --hook "health=$b/health" --hook "busy=$b/busy" || return 1
 }
