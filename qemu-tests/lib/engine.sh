@@ -194,7 +194,7 @@ eng__hook_head() {
 #!/bin/sh
 ctl=http://$LAB_BRIDGE_ADDR:$ENG_CTL_PORT
 env=$1
-h=\$(hostname)
+h=\${SLOT_HOSTNAME:-\$(hostname)}
 # (busybox 1.35 wget -T segfaults: timeout instead)
 get() { timeout 3 wget -q -O - "\$ctl/\$1" 2>/dev/null; }
 EOF
@@ -215,7 +215,7 @@ EOF
     { eng__hook_head "$env"; cat <<'EOF'
 ip=$(ip -4 addr show | awk '/inet / && $2 !~ /^127\./ { split($2, a, "/"); print a[1]; exit }')
 l=$(get "load/$h") || l=$(get "load/$env") || l=0
-echo "host=$h"
+echo "host=$(hostname)"
 echo "ip=$ip"
 echo "marker=$(cat /var/lib/env-marker 2>/dev/null || echo none)"
 echo "load=${l:-0}"
