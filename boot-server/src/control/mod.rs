@@ -5,11 +5,13 @@
 //! that the API maps to an HTTP status and the CLI to an exit code.
 
 mod disks;
+mod envs;
 mod images;
 mod network;
 mod nodes;
 
 pub use disks::DiskView;
+pub use envs::{new_slot, EnvHistory, EnvView};
 pub use nodes::NodeCommand;
 
 use crate::config::Config;
@@ -128,6 +130,8 @@ pub struct Control {
     pub plan: Arc<BootPlan>,
     pub events: EventHub,
     pub wakeups: CommandWakeups,
+    /// Wakes the engine when something it decides on changed.
+    pub engine_wake: Notify,
     pub image_files: Arc<ImageFiles>,
     disks: Option<Arc<boot_nbd::DiskStore>>,
     exports: Option<Arc<dyn ExportControl>>,
@@ -152,6 +156,7 @@ impl Control {
             plan,
             events,
             wakeups: CommandWakeups::default(),
+            engine_wake: Notify::new(),
             image_files,
             disks,
             exports,

@@ -121,7 +121,13 @@ async fn hello(
     }
     let inventory = serde_json::to_value(&body.inventory).map_err(anyhow::Error::from)?;
     let serving = serving(&s, &node).await?;
-    c.store.record_hello(&node.id, &inventory, serving).await?;
+    let facts = crate::model::HelloFacts {
+        inventory,
+        image: body.image.clone(),
+        protocol: body.protocol_version,
+    };
+    c.store.record_hello(&node.id, &facts, serving).await?;
+    c.wake_engine();
     c.events.emit(
         Some(node.id.clone()),
         EventKind::AgentReady,
@@ -135,10 +141,13 @@ async fn hello(
     .into_response())
 }
 
-/// Whether the node serves something (an explicit assignment; environment
-/// slots come with the engine): `ready` rather than `idle` once up.
+/// Whether the node serves something (an environment slot or an explicit
+/// assignment): `ready` rather than `idle` once up.
 async fn serving(s: &AppState, node: &Node) -> Result<bool, ApiError> {
     use crate::model::Selector;
+    if node.environment.is_some() {
+        return Ok(true);
+    }
     let store = &s.control.store;
     if store.assignment(&Selector::Mac(node.mac)).await?.is_some() {
         return Ok(true);
@@ -173,6 +182,10 @@ async fn heartbeat(
             EventKind::NodeRecovered,
             json!({ "from": from.as_str(), "to": to.as_str() }),
         );
+        c.wake_engine();
+    }
+    if let Some(env) = &a.node.environment {
+        c.record_load(&a.node.id, env, &body).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -62,6 +62,14 @@ pub enum EventKind {
     ReservationRemoved,
     /// A store operation failed (the service keeps running).
     StoreError,
+    /// An environment was created, changed or deleted by an admin.
+    EnvChanged,
+    /// The engine decided something (claim, release, preempt, scale) and why.
+    EngineDecision,
+    /// A slot moved from one step to the next (with how long the last took).
+    SlotStep,
+    /// Something an operator should look at (detail `alert` says what).
+    Alert,
     /// A kind this build does not know.
     #[serde(other)]
     Unknown,
@@ -97,6 +105,10 @@ impl EventKind {
         EventKind::ReservationSet,
         EventKind::ReservationRemoved,
         EventKind::StoreError,
+        EventKind::EnvChanged,
+        EventKind::EngineDecision,
+        EventKind::SlotStep,
+        EventKind::Alert,
         EventKind::Unknown,
     ];
 
@@ -130,6 +142,10 @@ impl EventKind {
             EventKind::ReservationSet => "reservation-set",
             EventKind::ReservationRemoved => "reservation-removed",
             EventKind::StoreError => "store-error",
+            EventKind::EnvChanged => "env-changed",
+            EventKind::EngineDecision => "engine-decision",
+            EventKind::SlotStep => "slot-step",
+            EventKind::Alert => "alert",
             EventKind::Unknown => "unknown",
         }
     }

@@ -1,10 +1,11 @@
 //! The domain model shared by every layer of boot-server: nodes and their
-//! life-cycle, boot images, leases and reservations, agent commands, virtual
+//! life-cycle, application environments and their slots, boot images, leases and reservations, agent commands, virtual
 //! disk attachments and the typed event log. Protocol adapters, the boot plan,
 //! the control layer, the store and the CLI all take their types from here;
 //! nothing in this module does I/O.
 
 mod command;
+mod env;
 mod event;
 mod image;
 mod lease;
@@ -12,11 +13,15 @@ mod mac;
 mod node;
 
 pub use command::{CommandStatus, QueuedCommand};
+pub use env::{
+    AddressRange, BootMode, Environment, LoadSample, Policy, Requirements, Schedule,
+    ScheduleAction, Slot, SlotStep,
+};
 pub use event::{Event, EventKind};
 pub use image::{BootImage, Firmware, ImageFile, ImageKind};
 pub use lease::{Lease, Reservation};
 pub use mac::{BadMac, MacAddr};
-pub use node::{DiskAttachment, Node, NodeState, Selector, Sighting, Transition};
+pub use node::{DiskAttachment, HelloFacts, Node, NodeState, Selector, Sighting, Transition};
 
 /// Milliseconds since the Unix epoch (every timestamp in the model).
 pub fn now_ms() -> i64 {

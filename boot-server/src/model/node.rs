@@ -145,6 +145,58 @@ pub struct Node {
     /// in full mode the node's live lease is its address.
     #[serde(default)]
     pub observed_ip: Option<Ipv4Addr>,
+    /// When this boot's agent said hello (ms since the epoch).
+    #[serde(default)]
+    pub last_hello_ms: Option<i64>,
+    /// The image the agent said it runs (from its command line) at hello.
+    #[serde(default)]
+    pub running_image: Option<String>,
+    /// Agent protocol version of the running agent.
+    #[serde(default)]
+    pub agent_protocol: Option<u32>,
+    /// Environment whose slot the node holds (from the slot table).
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Index of that slot.
+    #[serde(default)]
+    pub slot: Option<u32>,
+}
+
+/// What an agent's hello says about the boot it runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HelloFacts {
+    /// Agent inventory (boot_proto::Inventory as JSON).
+    pub inventory: serde_json::Value,
+    /// Image named on the boot's command line.
+    pub image: Option<String>,
+    /// Agent protocol version.
+    pub protocol: u32,
+}
+
+impl Node {
+    /// Whether the agent heart-beat within `fresh_ms` of `now_ms`.
+    pub fn agent_up(&self, now_ms: i64, fresh_ms: i64) -> bool {
+        self.last_heartbeat_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) <= fresh_ms)
+            && self.state.heart_beating()
+    }
+
+    /// What the last heartbeat's busy hook said.
+    pub fn busy(&self) -> Option<bool> {
+        self.heartbeat
+            .as_ref()
+            .and_then(|h| h.get("busy"))
+            .and_then(|b| b.as_bool())
+    }
+
+    /// The last heartbeat's 1-minute load average.
+    pub fn load1(&self) -> f64 {
+        self.heartbeat
+            .as_ref()
+            .and_then(|h| h.get("load1"))
+            .and_then(|b| b.as_f64())
+            .unwrap_or(0.0)
+    }
 }
 
 /// What the firmware/boot chain facts say about a node at boot time.

@@ -21,6 +21,23 @@ struct Data {
     next_command: i64,
     events: Vec<Event>,
     next_event: i64,
+    environments: BTreeMap<String, Environment>,
+    slots: BTreeMap<(String, u32), Slot>,
+    load: Vec<LoadSample>,
+}
+
+impl Data {
+    /// A node as the store returns it: with the slot it holds.
+    fn with_slot(&self, n: &Node) -> Node {
+        let mut n = n.clone();
+        let held = self
+            .slots
+            .values()
+            .find(|s| s.node.as_deref() == Some(n.id.as_str()));
+        n.environment = held.map(|s| s.environment.clone());
+        n.slot = held.map(|s| s.index);
+        n
+    }
 }
 
 /// The in-memory store.
@@ -64,6 +81,11 @@ fn new_node(mac: MacAddr, now: i64) -> Node {
         labels: BTreeMap::new(),
         power: None,
         observed_ip: None,
+        last_hello_ms: None,
+        running_image: None,
+        agent_protocol: None,
+        environment: None,
+        slot: None,
     }
 }
 
@@ -192,13 +214,18 @@ impl NodeStore for MemoryStore {
         })
     }
     async fn node(&self, id: &str) -> Result<Option<Node>> {
-        self.with(|d| Ok(d.nodes.get(id).cloned()))
+        self.with(|d| Ok(d.nodes.get(id).map(|n| d.with_slot(n))))
     }
     async fn node_by_mac(&self, mac: MacAddr) -> Result<Option<Node>> {
-        self.with(|d| Ok(d.nodes.values().find(|n| n.mac == mac).cloned()))
+        self.with(|d| {
+            Ok(d.nodes
+                .values()
+                .find(|n| n.mac == mac)
+                .map(|n| d.with_slot(n)))
+        })
     }
     async fn nodes(&self) -> Result<Vec<Node>> {
-        self.with(|d| Ok(d.nodes.values().cloned().collect()))
+        self.with(|d| Ok(d.nodes.values().map(|n| d.with_slot(n)).collect()))
     }
     async fn transition_node(
         &self,
@@ -221,11 +248,14 @@ impl NodeStore for MemoryStore {
             Ok(())
         })
     }
-    async fn record_hello(&self, id: &str, inv: &serde_json::Value, serving: bool) -> Result<()> {
+    async fn record_hello(&self, id: &str, hello: &HelloFacts, serving: bool) -> Result<()> {
         self.with(|d| {
             let n = node_mut(d, id)?;
             let now = now_ms();
-            n.inventory = Some(inv.clone());
+            n.inventory = Some(hello.inventory.clone());
+            n.running_image = hello.image.clone();
+            n.agent_protocol = Some(hello.protocol);
+            n.last_hello_ms = Some(now);
             n.last_heartbeat_ms = Some(now);
             n.last_seen_ms = now;
             apply(n, Transition::AgentUp { serving });
@@ -555,6 +585,102 @@ impl EventStore for MemoryStore {
             let extra = d.events.len().saturating_sub(keep as usize);
             d.events.drain(..extra);
             Ok(extra as u64)
+        })
+    }
+}
+
+#[async_trait]
+impl EnvStore for MemoryStore {
+    async fn put_environment(&self, env: &Environment) -> Result<()> {
+        self.with(|d| {
+            d.environments.insert(env.name.clone(), env.clone());
+            Ok(())
+        })
+    }
+    async fn environment(&self, name: &str) -> Result<Option<Environment>> {
+        self.with(|d| Ok(d.environments.get(name).cloned()))
+    }
+    async fn environments(&self) -> Result<Vec<Environment>> {
+        self.with(|d| Ok(d.environments.values().cloned().collect()))
+    }
+    async fn delete_environment(&self, name: &str) -> Result<()> {
+        self.with(|d| {
+            let held = d
+                .slots
+                .values()
+                .filter(|s| s.environment == name && s.node.is_some())
+                .count();
+            if held > 0 {
+                return Err(Refused::Conflict(format!(
+                    "environment {name} still holds {held} node(s); deactivate it and wait until its slots are vacant"
+                ))
+                .into());
+            }
+            if d.environments.remove(name).is_none() {
+                return Err(Refused::NotFound(format!("no environment {name}")).into());
+            }
+            d.slots.retain(|(e, _), _| e != name);
+            Ok(())
+        })
+    }
+    async fn slots(&self, env: Option<&str>) -> Result<Vec<Slot>> {
+        self.with(|d| {
+            Ok(d.slots
+                .values()
+                .filter(|s| env.is_none_or(|e| s.environment == e))
+                .cloned()
+                .collect())
+        })
+    }
+    async fn write_slots(&self, _fence: Fence, writes: &[(Slot, Expect)]) -> Result<bool> {
+        self.with(|d| {
+            for (slot, expect) in writes {
+                if let Expect::Step(want) = expect {
+                    let key = (slot.environment.clone(), slot.index);
+                    let have = d.slots.get(&key).map(|s| s.step).unwrap_or_default();
+                    if have != *want {
+                        return Ok(false);
+                    }
+                }
+            }
+            let mut next = d.slots.clone();
+            for (slot, _) in writes {
+                next.insert((slot.environment.clone(), slot.index), slot.clone());
+            }
+            let mut holders = std::collections::HashSet::new();
+            for s in next.values() {
+                if let Some(n) = &s.node {
+                    if !holders.insert(n.clone()) {
+                        return Err(
+                            Refused::Conflict(format!("node {n} would hold two slots")).into()
+                        );
+                    }
+                }
+            }
+            d.slots = next;
+            Ok(true)
+        })
+    }
+    async fn append_load(&self, sample: &LoadSample) -> Result<()> {
+        self.with(|d| {
+            d.load.push(sample.clone());
+            Ok(())
+        })
+    }
+    async fn load_history(&self, env: &str, since_ms: i64) -> Result<Vec<LoadSample>> {
+        self.with(|d| {
+            Ok(d.load
+                .iter()
+                .filter(|s| s.environment == env && s.at_ms >= since_ms)
+                .cloned()
+                .collect())
+        })
+    }
+    async fn prune_load(&self, before_ms: i64) -> Result<u64> {
+        self.with(|d| {
+            let n = d.load.len();
+            d.load.retain(|s| s.at_ms >= before_ms);
+            Ok((n - d.load.len()) as u64)
         })
     }
 }

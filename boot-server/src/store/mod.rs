@@ -1,10 +1,11 @@
 //! The store owns all durable state: nodes, the boot-image table and
 //! assignments, DHCP leases and reservations, virtual-disk attachments, agent
-//! commands and the append-only event log.
+//! commands, the append-only event log, and the engine's environments,
+//! slots and load history.
 //!
 //! One trait per aggregate ([`ImageStore`], [`NodeStore`], [`LeaseStore`],
 //! [`ReservationStore`], [`DiskAttachmentStore`], [`CommandStore`],
-//! [`EventStore`]); [`Store`] is all of them. Backends: [`SqliteStore`]
+//! [`EventStore`], [`EnvStore`]); [`Store`] is all of them. Backends: [`SqliteStore`]
 //! (embedded default: WAL, group commit, versioned migrations) and
 //! [`MemoryStore`] (unit tests of plan, control and engine decisions, no I/O).
 //! A PostgreSQL backend will implement the same traits, so nothing here may
@@ -14,8 +15,9 @@ pub mod memory;
 pub mod sqlite;
 
 use crate::model::{
-    BootImage, CommandStatus, DiskAttachment, Event, EventKind, Lease, MacAddr, Node, NodeState,
-    QueuedCommand, Reservation, Selector, Sighting, Transition,
+    BootImage, CommandStatus, DiskAttachment, Environment, Event, EventKind, HelloFacts, Lease,
+    LoadSample, MacAddr, Node, NodeState, QueuedCommand, Reservation, Selector, Sighting, Slot,
+    SlotStep, Transition,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -89,13 +91,9 @@ pub trait NodeStore: Send + Sync {
     async fn set_node_state(&self, id: &str, state: NodeState) -> Result<()>;
     /// The node was told to boot `image` (applies [`Transition::Boot`]).
     async fn set_booted_image(&self, id: &str, image: &str) -> Result<()>;
-    /// Stores the agent's inventory (hello) and applies [`Transition::AgentUp`].
-    async fn record_hello(
-        &self,
-        id: &str,
-        inventory: &serde_json::Value,
-        serving: bool,
-    ) -> Result<()>;
+    /// Stores what the agent's hello says (inventory, image, protocol, its
+    /// time) and applies [`Transition::AgentUp`].
+    async fn record_hello(&self, id: &str, hello: &HelloFacts, serving: bool) -> Result<()>;
     /// Stores a heartbeat; returns the state transition it caused (a failed
     /// node recovering), if any.
     async fn record_heartbeat(
@@ -208,6 +206,46 @@ pub trait EventStore: Send + Sync {
     async fn prune_events(&self, keep: u64) -> Result<u64>;
 }
 
+/// The engine's fencing token. Every engine write carries it: a store
+/// shared by several servers refuses a write whose fence is older than the
+/// designated controller's (several-servers issue); the embedded store has
+/// one engine and accepts every fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fence(pub u64);
+
+/// What a slot write expects to find in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is there (admin changes).
+    Any,
+    /// The slot is at this step (a slot not stored yet counts as vacant).
+    Step(SlotStep),
+}
+
+/// Environments, their slots and the load history (the engine's state).
+#[async_trait]
+pub trait EnvStore: Send + Sync {
+    /// Adds or replaces an environment.
+    async fn put_environment(&self, env: &Environment) -> Result<()>;
+    async fn environment(&self, name: &str) -> Result<Option<Environment>>;
+    async fn environments(&self) -> Result<Vec<Environment>>;
+    /// Deletes an environment and its slots; refused ([`Refused::Conflict`])
+    /// while one of its slots holds a node.
+    async fn delete_environment(&self, name: &str) -> Result<()>;
+    /// Stored slots (of one environment, or all), by environment and index.
+    async fn slots(&self, env: Option<&str>) -> Result<Vec<Slot>>;
+    /// Writes slots in one transaction if each is at its expected step;
+    /// false (nothing written) when one moved on. Refused
+    /// ([`Refused::Conflict`]) when a node would hold two slots.
+    async fn write_slots(&self, fence: Fence, writes: &[(Slot, Expect)]) -> Result<bool>;
+    /// Records a load report of a node serving an environment.
+    async fn append_load(&self, sample: &LoadSample) -> Result<()>;
+    /// An environment's load reports since `since_ms`, oldest first.
+    async fn load_history(&self, env: &str, since_ms: i64) -> Result<Vec<LoadSample>>;
+    /// Deletes load reports older than `before_ms`; returns how many.
+    async fn prune_load(&self, before_ms: i64) -> Result<u64>;
+}
+
 /// All of the store.
 pub trait Store:
     ImageStore
@@ -217,6 +255,7 @@ pub trait Store:
     + DiskAttachmentStore
     + CommandStore
     + EventStore
+    + EnvStore
     + Send
     + Sync
     + 'static
@@ -231,6 +270,7 @@ impl<T> Store for T where
         + DiskAttachmentStore
         + CommandStore
         + EventStore
+        + EnvStore
         + Send
         + Sync
         + 'static

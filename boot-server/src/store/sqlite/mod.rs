@@ -16,6 +16,7 @@
 
 mod commands;
 mod disks;
+mod envs;
 mod events;
 mod images;
 mod leases;

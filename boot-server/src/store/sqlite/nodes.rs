@@ -1,14 +1,16 @@
 //! Nodes, their life-cycle states and agent token digests (table `nodes`).
 
 use super::{json_col, SqliteStore};
-use crate::model::{now_ms, MacAddr, Node, NodeState, Sighting, Transition};
+use crate::model::{now_ms, HelloFacts, MacAddr, Node, NodeState, Sighting, Transition};
 use crate::store::{Enrolment, NodeStore, Refused, Result};
 use anyhow::anyhow;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::net::Ipv4Addr;
 
-const NODE_COLS: &str = "id, mac, uuid, arch, state, first_seen_ms, last_seen_ms, last_heartbeat_ms, booted_image, inventory, heartbeat, enrolled, serial, labels, power, observed_ip";
+const NODE_COLS: &str = "id, mac, uuid, arch, state, first_seen_ms, last_seen_ms, last_heartbeat_ms, booted_image, inventory, heartbeat, enrolled, serial, labels, power, observed_ip, last_hello_ms, running_image, agent_protocol, slots.environment, slots.idx";
+/// Nodes with the slot each holds.
+const NODE_FROM: &str = "nodes LEFT JOIN slots ON slots.node = nodes.id";
 
 fn node_from_row(r: &Row) -> rusqlite::Result<Node> {
     let state: String = r.get(4)?;
@@ -31,11 +33,16 @@ fn node_from_row(r: &Row) -> rusqlite::Result<Node> {
         labels: json_col(r.get(13)?).unwrap_or_default(),
         power: r.get(14)?,
         observed_ip: observed.and_then(|s| s.parse().ok()),
+        last_hello_ms: r.get(16)?,
+        running_image: r.get(17)?,
+        agent_protocol: r.get(18)?,
+        environment: r.get(19)?,
+        slot: r.get(20)?,
     })
 }
 
 pub(super) fn node_where(c: &Connection, clause: &str, arg: &str) -> Result<Option<Node>> {
-    let sql = format!("SELECT {NODE_COLS} FROM nodes WHERE {clause}");
+    let sql = format!("SELECT {NODE_COLS} FROM {NODE_FROM} WHERE {clause}");
     Ok(c.query_row(&sql, params![arg], node_from_row).optional()?)
 }
 
@@ -119,7 +126,7 @@ impl NodeStore for SqliteStore {
 
     async fn nodes(&self) -> Result<Vec<Node>> {
         self.read(|c| {
-            let mut st = c.prepare(&format!("SELECT {NODE_COLS} FROM nodes ORDER BY id"))?;
+            let mut st = c.prepare(&format!("SELECT {NODE_COLS} FROM {NODE_FROM} ORDER BY id"))?;
             let rows = st.query_map([], node_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -163,13 +170,14 @@ impl NodeStore for SqliteStore {
         .await
     }
 
-    async fn record_hello(&self, id: &str, inv: &serde_json::Value, serving: bool) -> Result<()> {
-        let (id, inv) = (id.to_string(), inv.to_string());
+    async fn record_hello(&self, id: &str, hello: &HelloFacts, serving: bool) -> Result<()> {
+        let (id, inv) = (id.to_string(), hello.inventory.to_string());
+        let (image, protocol) = (hello.image.clone(), hello.protocol);
         self.write(move |c| {
             let now = now_ms();
             c.execute(
-                "UPDATE nodes SET inventory = ?2, last_heartbeat_ms = ?3, last_seen_ms = ?3 WHERE id = ?1",
-                params![id, inv, now],
+                "UPDATE nodes SET inventory = ?2, last_heartbeat_ms = ?3, last_seen_ms = ?3, last_hello_ms = ?3, running_image = ?4, agent_protocol = ?5 WHERE id = ?1",
+                params![id, inv, now, image, protocol],
             )?;
             transition(c, &id, Transition::AgentUp { serving })?;
             Ok(())

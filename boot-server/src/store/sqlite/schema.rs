@@ -7,6 +7,8 @@
 //! - 2: node enrolment (serial, labels, power), observed address, agent tokens
 //!   stored as SHA-256 digests (round-1 plaintext tokens are hashed in place),
 //!   command redelivery time, DHCP reservations, event index by kind.
+//! - 3: the engine: environments, slots (at most one per node), load
+//!   samples; what a node's hello said (time, image, agent protocol).
 
 use anyhow::{bail, Context, Result};
 use rusqlite::Connection;
@@ -79,6 +81,30 @@ CREATE TABLE reservations (
 CREATE INDEX events_kind ON events(kind, id);
 "#;
 
+const V3: &str = r#"
+ALTER TABLE nodes ADD COLUMN last_hello_ms BIGINT;
+ALTER TABLE nodes ADD COLUMN running_image TEXT;
+ALTER TABLE nodes ADD COLUMN agent_protocol INTEGER;
+CREATE TABLE environments (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE slots (
+    environment TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    node TEXT,
+    step TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (environment, idx)
+);
+CREATE UNIQUE INDEX slots_node ON slots(node) WHERE node IS NOT NULL;
+CREATE TABLE load_samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms BIGINT NOT NULL,
+    node TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX load_samples_env ON load_samples(environment, at_ms);
+"#;
+
 /// Round-1 tokens were stored in plain text: store their digests instead.
 fn hash_round1_tokens(tx: &rusqlite::Transaction) -> rusqlite_migration::HookResult {
     let rows: Vec<(String, Option<String>, Option<String>)> = {
@@ -97,12 +123,16 @@ fn hash_round1_tokens(tx: &rusqlite::Transaction) -> rusqlite_migration::HookRes
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up_with_hook(V2, hash_round1_tokens)])
+    Migrations::new(vec![
+        M::up(V1),
+        M::up_with_hook(V2, hash_round1_tokens),
+        M::up(V3),
+    ])
 }
 
 /// The schema version this build writes.
 pub fn latest_version() -> usize {
-    2
+    3
 }
 
 fn version_of(conn: &Connection) -> Result<usize> {

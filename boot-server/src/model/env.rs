@@ -1,0 +1,553 @@
+//! Application environments (virtual clusters that claim nodes from the
+//! pool), their slots (one per node position, with its own host name,
+//! address and disk), the durable steps a slot goes through while a node is
+//! moved into or out of it, scaling policies, schedules and load samples.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// An application environment: an image, how many nodes it wants, how it
+/// ranks against the others, and what its nodes run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Environment {
+    /// Unique name (`[a-z0-9-]`, ≤ 40 characters).
+    pub name: String,
+    /// Free text for operators.
+    pub description: String,
+    /// Boot image its nodes boot (a Linux image for warm moves by kexec).
+    pub image: String,
+    /// Base disk each slot's copy-on-write overlay is made from (root on NBD).
+    pub disk_base: Option<String>,
+    /// Never fewer nodes than this while active (preemption and policy respect it).
+    pub min: u32,
+    /// Nodes wanted now (set by `env scale`, policies and schedules).
+    pub desired: u32,
+    /// Never more nodes than this.
+    pub max: u32,
+    /// Higher takes nodes from lower when short of them.
+    pub priority: i32,
+    /// Share of the pool (percent) this environment is entitled to over the
+    /// engine's sliding window; below it, it may take nodes from
+    /// environments above theirs.
+    pub share_pct: Option<u32>,
+    /// Its nodes may be taken by higher-priority environments.
+    pub preemptible: bool,
+    /// What a node must have to serve here.
+    pub requirements: Requirements,
+    /// Application hooks delivered to the agent with each slot.
+    pub hooks: boot_proto::Hooks,
+    /// Key/values delivered to every slot (a slot's own ones win).
+    pub config: BTreeMap<String, String>,
+    /// Host name of slot `n`: `{env}` and `{slot}` are replaced.
+    pub hostname_pattern: String,
+    /// Addresses given to slots in index order (DHCP reservations that
+    /// follow whichever node holds the slot); none: nodes keep their lease.
+    pub addresses: Option<AddressRange>,
+    /// Start / stop / resize at given times.
+    pub schedules: Vec<Schedule>,
+    /// Load-driven scaling.
+    pub policy: Option<Policy>,
+    /// Inactive environments hold no nodes.
+    pub active: bool,
+    /// Warm moves (kexec when the agent is up) or always a cold reboot.
+    pub boot: BootMode,
+    /// Software version label of what the environment runs.
+    pub version: String,
+    /// When it was created and last changed (ms since the epoch).
+    pub created_ms: i64,
+    /// Last change (ms since the epoch).
+    pub updated_ms: i64,
+}
+
+impl Default for Environment {
+    fn default() -> Self {
+        Environment {
+            name: String::new(),
+            description: String::new(),
+            image: String::new(),
+            disk_base: None,
+            min: 0,
+            desired: 0,
+            max: 16,
+            priority: 0,
+            share_pct: None,
+            preemptible: true,
+            requirements: Requirements::default(),
+            hooks: boot_proto::Hooks::default(),
+            config: BTreeMap::new(),
+            hostname_pattern: "{env}-{slot}".into(),
+            addresses: None,
+            schedules: Vec::new(),
+            policy: None,
+            active: true,
+            boot: BootMode::Warm,
+            version: String::new(),
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+}
+
+impl Environment {
+    /// Nodes the environment should hold now.
+    pub fn target(&self) -> u32 {
+        if self.active {
+            self.desired.clamp(self.min, self.max)
+        } else {
+            0
+        }
+    }
+
+    /// Host name of slot `index`.
+    pub fn hostname(&self, index: u32) -> String {
+        self.hostname_pattern
+            .replace("{env}", &self.name)
+            .replace("{slot}", &index.to_string())
+    }
+
+    /// Address of slot `index`, if the environment gives addresses.
+    pub fn address(&self, index: u32) -> Option<Ipv4Addr> {
+        self.addresses.as_ref().and_then(|r| r.nth(index))
+    }
+
+    /// Overlay (disk) id of slot `index`, if the environment has a disk base.
+    pub fn overlay(&self, index: u32) -> Option<String> {
+        self.disk_base
+            .as_ref()
+            .map(|_| format!("{}-slot{index}", self.name))
+    }
+
+    /// Checks the fields an admin sets; the message says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 40
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !self.name.starts_with('-');
+        if !name_ok {
+            return Err(format!(
+                "environment name {:?}: use 1-40 of a-z, 0-9 and '-'",
+                self.name
+            ));
+        }
+        if self.image.is_empty() {
+            return Err("an environment needs an image (--image)".into());
+        }
+        if self.min > self.max {
+            return Err(format!("min {} is above max {}", self.min, self.max));
+        }
+        if self.max > 1024 {
+            return Err(format!("max {} is above 1024", self.max));
+        }
+        if let Some(s) = self.share_pct {
+            if s > 100 {
+                return Err(format!("share {s}% is above 100%"));
+            }
+        }
+        if let Some(r) = &self.addresses {
+            if r.len() < self.max as u64 {
+                return Err(format!(
+                    "address range {r} has {} addresses for up to {} slots",
+                    r.len(),
+                    self.max
+                ));
+            }
+        }
+        let probe = self.hostname(self.max.max(1) - 1);
+        let host_ok = !probe.is_empty()
+            && probe.len() <= 63
+            && probe.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !probe.starts_with('-');
+        if !host_ok {
+            return Err(format!(
+                "hostname pattern {:?} gives {probe:?}, not a host name",
+                self.hostname_pattern
+            ));
+        }
+        for s in &self.schedules {
+            s.parse_cron()?;
+        }
+        if let Some(p) = &self.policy {
+            p.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// Warm or cold moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootMode {
+    /// kexec into the new image when the agent is up (else cold).
+    #[default]
+    Warm,
+    /// Always reboot through firmware.
+    Cold,
+}
+
+/// An inclusive IPv4 range, written `10.0.0.10-10.0.0.20`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressRange {
+    /// First address.
+    pub first: Ipv4Addr,
+    /// Last address (inclusive).
+    pub last: Ipv4Addr,
+}
+
+impl AddressRange {
+    /// Number of addresses in the range.
+    pub fn len(&self) -> u64 {
+        u64::from(u32::from(self.last)).saturating_sub(u64::from(u32::from(self.first))) + 1
+    }
+    /// Whether the range is empty (never: first ≤ last is checked at parse).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    /// The `n`th address (0-based), if inside the range.
+    pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
+        let ip = u32::from(self.first).checked_add(n)?;
+        (ip <= u32::from(self.last)).then(|| Ipv4Addr::from(ip))
+    }
+}
+
+impl std::fmt::Display for AddressRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl std::str::FromStr for AddressRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?}: write FIRST-LAST, e.g. 10.0.0.10-10.0.0.20"))?;
+        let first: Ipv4Addr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{a:?}: not an IPv4 address"))?;
+        let last: Ipv4Addr = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("{b:?}: not an IPv4 address"))?;
+        if first > last {
+            return Err(format!("{s}: the first address is above the last"));
+        }
+        Ok(AddressRange { first, last })
+    }
+}
+
+impl Serialize for AddressRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AddressRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a node must have to serve an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Requirements {
+    /// Firmware/architecture as seen at boot (`bios`, `uefi-x64`, ...).
+    pub firmware: Option<String>,
+    /// At least this many CPUs (agent inventory).
+    pub min_cpus: Option<u32>,
+    /// At least this much memory in MiB (agent inventory).
+    pub min_memory_mib: Option<u64>,
+    /// Labels the node must carry with these values (rack, location, ...).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Requirements {
+    /// Whether `node` meets them (unknown inventory fails a stated minimum).
+    pub fn met_by(&self, node: &super::Node) -> bool {
+        if let Some(f) = &self.firmware {
+            if node.arch.as_deref() != Some(f.as_str()) {
+                return false;
+            }
+        }
+        let inv = node.inventory.as_ref();
+        if let Some(c) = self.min_cpus {
+            let cpus = inv.and_then(|i| i.get("cpus")).and_then(|v| v.as_u64());
+            if cpus.unwrap_or(0) < u64::from(c) {
+                return false;
+            }
+        }
+        if let Some(m) = self.min_memory_mib {
+            let mem = inv
+                .and_then(|i| i.get("memory_bytes"))
+                .and_then(|v| v.as_u64());
+            if mem.unwrap_or(0) / (1024 * 1024) < m {
+                return false;
+            }
+        }
+        self.labels
+            .iter()
+            .all(|(k, v)| node.labels.get(k) == Some(v))
+    }
+}
+
+/// A timed change of an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// When, in the `cron` crate's syntax with seconds
+    /// (`sec min hour day-of-month month day-of-week [year]`), UTC.
+    pub cron: String,
+    /// What happens then.
+    pub action: ScheduleAction,
+}
+
+impl Schedule {
+    /// The parsed cron expression, or why it does not parse.
+    pub fn parse_cron(&self) -> Result<cron::Schedule, String> {
+        self.cron.parse::<cron::Schedule>().map_err(|e| {
+            format!(
+                "schedule {:?}: {e} (sec min hour dom month dow [year])",
+                self.cron
+            )
+        })
+    }
+}
+
+/// What a schedule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleAction {
+    /// Make the environment active.
+    Activate,
+    /// Make it inactive (it gives its nodes back).
+    Deactivate,
+    /// Set its desired node count.
+    Scale(u32),
+}
+
+/// Load-driven scaling of an environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Policy {
+    /// Health key averaged over the environment's nodes (`load` falls back
+    /// to the agent's 1-minute load average when the health hook prints none).
+    pub metric: String,
+    /// Add a node when the average stays above this for the window.
+    pub add_above: f64,
+    /// Remove a (not busy) node when it stays below this for the window.
+    pub remove_below: f64,
+    /// The window, seconds.
+    pub window_secs: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            metric: "load".into(),
+            add_above: 0.8,
+            remove_below: 0.2,
+            window_secs: 60,
+        }
+    }
+}
+
+impl Policy {
+    /// Checks thresholds and window.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.add_above.is_finite() && self.remove_below.is_finite()) {
+            return Err("policy thresholds must be numbers".into());
+        }
+        if self.remove_below >= self.add_above {
+            return Err(format!(
+                "remove-below {} must be under add-above {}",
+                self.remove_below, self.add_above
+            ));
+        }
+        if self.window_secs == 0 || self.window_secs > 86_400 {
+            return Err("policy window must be 1..=86400 seconds".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where a slot is in moving a node in or out. Every step is stored before
+/// its action is taken, so a restarted engine resumes where it stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotStep {
+    /// No node.
+    #[default]
+    Vacant,
+    /// A node was chosen; nothing done to it yet.
+    Pending,
+    /// Its previous work is being stopped (stop hook, then force).
+    Stopping,
+    /// Its boot is being pointed at the environment: image, address, disk.
+    Pointing,
+    /// It reboots (kexec or cold) into the environment's image.
+    Booting,
+    /// Its agent is up in the image: configuration and start hook.
+    Starting,
+    /// It serves the environment.
+    Ready,
+    /// It is leaving the environment (stop, unconfigure, back to the pool).
+    Releasing,
+    /// The move failed; the engine gives the node back and tries another.
+    Failed,
+}
+
+impl SlotStep {
+    /// The kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotStep::Vacant => "vacant",
+            SlotStep::Pending => "pending",
+            SlotStep::Stopping => "stopping",
+            SlotStep::Pointing => "pointing",
+            SlotStep::Booting => "booting",
+            SlotStep::Starting => "starting",
+            SlotStep::Ready => "ready",
+            SlotStep::Releasing => "releasing",
+            SlotStep::Failed => "failed",
+        }
+    }
+    /// Parses [`SlotStep::as_str`] names.
+    pub fn parse(s: &str) -> Option<SlotStep> {
+        [
+            SlotStep::Vacant,
+            SlotStep::Pending,
+            SlotStep::Stopping,
+            SlotStep::Pointing,
+            SlotStep::Booting,
+            SlotStep::Starting,
+            SlotStep::Ready,
+            SlotStep::Releasing,
+            SlotStep::Failed,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+    /// Steps of a node moving in (not yet serving, not leaving).
+    pub fn moving_in(self) -> bool {
+        matches!(
+            self,
+            SlotStep::Pending
+                | SlotStep::Stopping
+                | SlotStep::Pointing
+                | SlotStep::Booting
+                | SlotStep::Starting
+        )
+    }
+}
+
+/// One node position of an environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Slot {
+    /// Environment name.
+    pub environment: String,
+    /// Position (0-based); host name, address and disk follow it.
+    pub index: u32,
+    /// Host name of the slot.
+    pub hostname: String,
+    /// Fixed address (a reservation for whichever node holds the slot).
+    pub ip: Option<Ipv4Addr>,
+    /// The slot's own overlay disk (created on first use).
+    pub overlay: Option<String>,
+    /// Node holding the slot (at most one slot per node).
+    pub node: Option<String>,
+    /// Where the move in or out is.
+    pub step: SlotStep,
+    /// When the current step began (ms since the epoch).
+    pub step_since_ms: i64,
+    /// When the current move began (timings are relative to it).
+    pub move_since_ms: i64,
+    /// Human-readable detail of the step (why it waits, why it failed).
+    pub detail: String,
+    /// Failed moves in a row (back-off).
+    pub attempt: u32,
+    /// Per-slot key/values (post-boot configuration), over the environment's.
+    pub config: BTreeMap<String, String>,
+    /// Milliseconds each step of the current or last move took.
+    pub timings: BTreeMap<String, i64>,
+}
+
+/// One load report of a node serving an environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadSample {
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// Node that reported it.
+    pub node: String,
+    /// Environment it served.
+    pub environment: String,
+    /// 1-minute load average.
+    pub load1: f64,
+    /// CPU busy fraction.
+    pub cpu_busy: f64,
+    /// What the busy hook said.
+    pub busy: Option<bool>,
+    /// What the health hook printed.
+    pub health: BTreeMap<String, String>,
+}
+
+impl LoadSample {
+    /// The value of `metric`: a numeric health key, else for `load` the
+    /// 1-minute load average and for `cpu` the busy fraction.
+    pub fn metric(&self, metric: &str) -> Option<f64> {
+        if let Some(v) = self.health.get(metric).and_then(|v| v.parse::<f64>().ok()) {
+            return v.is_finite().then_some(v);
+        }
+        match metric {
+            "load" => Some(self.load1),
+            "cpu" => Some(self.cpu_busy),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_hostnames_and_validation() {
+        let r: AddressRange = "10.0.0.10-10.0.0.12".parse().unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.nth(2), Some("10.0.0.12".parse().unwrap()));
+        assert_eq!(r.nth(3), None);
+        assert!("10.0.0.12-10.0.0.10".parse::<AddressRange>().is_err());
+        let mut e = Environment {
+            name: "web".into(),
+            image: "lab".into(),
+            max: 3,
+            addresses: Some(r),
+            ..Default::default()
+        };
+        assert_eq!(e.hostname(2), "web-2");
+        assert_eq!(e.address(1), Some("10.0.0.11".parse().unwrap()));
+        assert!(e.validate().is_ok());
+        e.max = 4;
+        assert!(e.validate().unwrap_err().contains("3 addresses"));
+        e.max = 3;
+        e.schedules.push(Schedule {
+            cron: "not cron".into(),
+            action: ScheduleAction::Activate,
+        });
+        assert!(e.validate().is_err());
+        e.schedules[0].cron = "*/5 * * * * *".into();
+        assert!(e.validate().is_ok());
+        e.desired = 9;
+        assert_eq!(e.target(), 3);
+        e.active = false;
+        assert_eq!(e.target(), 0);
+        let j = serde_json::to_value(ScheduleAction::Scale(2)).unwrap();
+        assert_eq!(j, serde_json::json!({"scale": 2}));
+    }
+}
