@@ -41,6 +41,7 @@ pub struct Config {
     pub ra: RaConfig,
     pub nbd: NbdConfig,
     pub agent: AgentConfig,
+    pub engine: EngineConfig,
     pub loaders: LoaderConfig,
 }
 
@@ -146,6 +147,47 @@ pub struct NbdConfig {
     pub disks_dir: Option<PathBuf>,
 }
 
+/// The dynamic boot engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Run the engine (environments claim pool nodes).
+    pub enabled: bool,
+    /// Longest pause between two passes (it also runs on every change).
+    pub tick_ms: u64,
+    /// Only nodes an admin enrolled join the pool (else every node whose
+    /// agent said hello does).
+    pub manual_enrolment: bool,
+    /// Stop hook time before the agent forces the application down.
+    pub stop_timeout_secs: u64,
+    /// A node not up in the new image after this fails the move.
+    pub boot_timeout_secs: u64,
+    /// Start hook (and slot configuration) time.
+    pub start_timeout_secs: u64,
+    /// A node whose move failed is not picked again for this long.
+    pub failed_node_cooldown_secs: u64,
+    /// Sliding window over which entitlement shares are enforced.
+    pub entitlement_window_secs: u64,
+    /// Load samples kept this long.
+    pub load_retain_secs: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            enabled: true,
+            tick_ms: 1000,
+            manual_enrolment: false,
+            stop_timeout_secs: 20,
+            boot_timeout_secs: 300,
+            start_timeout_secs: 120,
+            failed_node_cooldown_secs: 300,
+            entitlement_window_secs: 3600,
+            load_retain_secs: 86_400,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
@@ -188,6 +230,7 @@ impl Default for Config {
             ra: RaConfig::default(),
             nbd: NbdConfig::default(),
             agent: AgentConfig::default(),
+            engine: EngineConfig::default(),
             loaders: LoaderConfig::default(),
         }
     }

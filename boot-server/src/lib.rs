@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod disks;
+pub mod engine;
 pub mod events;
 pub mod fsutil;
 pub mod http;

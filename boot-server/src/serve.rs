@@ -183,6 +183,14 @@ pub async fn run(mut config: Config) -> Result<()> {
     }
 
     tasks.spawn(heartbeat_watchdog(control.clone()));
+    if config.engine.enabled {
+        let engine = Arc::new(crate::engine::Engine::new(
+            control.clone(),
+            Arc::new(crate::engine::SystemClock),
+        ));
+        tasks.spawn(engine.run());
+        ready.push("engine=on".into());
+    }
     tracing::info!("boot-server ready: {}", ready.join(" "));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

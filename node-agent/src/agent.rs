@@ -1,4 +1,5 @@
-//! The agent's life: hello (until accepted), a heartbeat thread, and the
+//! The agent's life: hello (until accepted), a heartbeat thread (with the
+//! health and busy probes of [`crate::health`]), and the
 //! long-poll command loop that reports Started then Succeeded/Failed for each
 //! command through the [`Outbox`] (kept until acknowledged). Never exits on
 //! network trouble: every failure is retried with exponential backoff; a 401
@@ -8,7 +9,10 @@ use crate::app::App;
 use crate::client::{Backoff, CallError, Client};
 use crate::commands::{After, Executor};
 use crate::config::Config;
+use crate::health::Prober;
+use crate::hooks::Hooks;
 use crate::outbox::Outbox;
+use crate::slot::{self, SlotFiles};
 use crate::{inventory, power};
 use boot_proto::{Command, CommandResult, CommandStatus, Heartbeat, Hello, HelloReply};
 use std::fs;
@@ -181,8 +185,11 @@ pub fn run(cfg: Config) -> ! {
 
     let (kick_tx, kick_rx) = mpsc::channel::<()>();
     let kick_tx = Mutex::new(kick_tx);
+    let hooks = Hooks::new(&cfg.hooks_dir, SlotFiles::new(&cfg.state_dir).hooks_dir);
+    // An agent restarted in the same boot keeps the slot it was given.
+    slot::restore(&cfg, &hooks);
     let app = App::new(
-        &cfg.hooks_dir,
+        hooks,
         Arc::new(move || {
             let _ = kick_tx.lock().map(|t| t.send(()));
         }),
@@ -227,13 +234,15 @@ pub fn run(cfg: Config) -> ! {
 
 fn heartbeat_loop(session: &Session, app: App, interval: Duration, kick: mpsc::Receiver<()>) {
     let mut prev = None;
+    let mut prober = Prober::new(app.hooks().clone());
     // Prime the CPU sample so the first heartbeat has a real delta.
     let _ = sample_heartbeat(&mut prev, app.state());
     loop {
         // Wake at the interval, or early when the app state changes.
         let _ = kick.recv_timeout(interval);
         while kick.try_recv().is_ok() {}
-        let hb = sample_heartbeat(&mut prev, app.state());
+        let mut hb = sample_heartbeat(&mut prev, app.state());
+        (hb.health, hb.busy) = prober.probe();
         let g = session.generation();
         match session.client().heartbeat(&hb) {
             Ok(()) => {}
@@ -350,7 +359,10 @@ mod tests {
         };
         for process in 0..2 {
             // A new process: fresh executor and app, the record from disk.
-            let app = App::new(&hooks, Arc::new(|| {}));
+            let app = App::new(
+                Hooks::new(&hooks, dir.path().join("slot-hooks")),
+                Arc::new(|| {}),
+            );
             let exec = Executor::new(cfg.clone(), app, None);
             let outbox = Outbox::open(Some(record.clone()));
             handle(&exec, &outbox, cmd.clone());
@@ -380,6 +392,8 @@ mod tests {
         let h = hello_body(&cfg, inventory::collect(None));
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["protocol_version"], boot_proto::PROTOCOL_VERSION);
+        // Slot configuration and heartbeat health/busy are protocol 3.
+        assert_eq!(v["protocol_version"], 3);
         assert_eq!(v["image"], "lab");
     }
 }

@@ -1,15 +1,16 @@
-//! Application lifecycle through hooks: `<hooks>/start` is spawned in its own
+//! Application lifecycle through hooks (the slot's server-defined hook, else
+//! the local one: see [`crate::hooks`]): `start` is spawned in its own
 //! process group (it is either the app itself or a launcher), optional
-//! `<hooks>/health` decides readiness, `<hooks>/stop` asks it to stop, then
-//! SIGTERM and SIGKILL go to the process group. Tracks [`AppState`].
+//! `health` decides readiness, `stop` asks it to stop, then SIGTERM and
+//! SIGKILL go to the process group. Tracks [`AppState`].
 
+use crate::hooks::Hooks;
 use anyhow::{bail, Context, Result};
 use boot_proto::AppState;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +33,7 @@ struct Inner {
 /// Application controller shared by the command loop and the heartbeat.
 #[derive(Clone)]
 pub struct App {
-    hooks: PathBuf,
+    hooks: Hooks,
     inner: Arc<Mutex<Inner>>,
     on_change: Arc<dyn Fn() + Send + Sync>,
 }
@@ -41,29 +42,9 @@ fn group_alive(pgid: i32) -> bool {
     killpg(Pid::from_raw(pgid), None).is_ok()
 }
 
-/// Starts a hook in its own process group. A hook file that was just written
-/// can be briefly "text file busy" (ETXTBSY: a process forked elsewhere still
-/// holds its write descriptor until it execs), so that error is retried.
-fn spawn_hook(path: &Path) -> Result<Child> {
-    let mut tries = 0;
-    loop {
-        match Command::new(path)
-            .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-        {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(10 * tries));
-            }
-            r => return r.with_context(|| format!("spawn {}", path.display())),
-        }
-    }
-}
-
 /// Runs a hook to completion with a deadline (killing its group on timeout).
-fn run_hook(path: &Path, deadline: Instant) -> Result<String> {
-    let mut child = spawn_hook(path)?;
+fn run_hook(hooks: &Hooks, path: &Path, deadline: Instant) -> Result<String> {
+    let mut child = hooks.spawn(path, Stdio::inherit)?;
     loop {
         if let Some(st) = child.try_wait().context("wait hook")? {
             if st.success() {
@@ -72,8 +53,7 @@ fn run_hook(path: &Path, deadline: Instant) -> Result<String> {
             bail!("{} failed: {st}", path.display());
         }
         if Instant::now() >= deadline {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
+            crate::hooks::kill_group(&mut child);
             bail!("{} timed out", path.display());
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -81,12 +61,17 @@ fn run_hook(path: &Path, deadline: Instant) -> Result<String> {
 }
 
 impl App {
-    pub fn new(hooks: impl Into<PathBuf>, on_change: Arc<dyn Fn() + Send + Sync>) -> App {
+    pub fn new(hooks: Hooks, on_change: Arc<dyn Fn() + Send + Sync>) -> App {
         App {
-            hooks: hooks.into(),
+            hooks,
             inner: Arc::default(),
             on_change,
         }
+    }
+
+    /// The hooks this app runs.
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
     }
 
     pub fn state(&self) -> AppState {
@@ -104,20 +89,23 @@ impl App {
 
     /// Runs the start hook; returns once the app is running (or failed).
     pub fn start(&self, timeout: Duration) -> Result<String> {
-        let hook = self.hooks.join("start");
         {
             let g = self.lock();
             if g.state == AppState::Running && g.pgid.is_some_and(group_alive) {
                 return Ok(format!("already running (pgid {})", g.pgid.unwrap_or(0)));
             }
         }
-        if !hook.exists() {
+        let Some((hook, source)) = self.hooks.find("start") else {
             self.set(AppState::Failed);
-            bail!("no start hook at {}", hook.display());
-        }
+            bail!(
+                "no start hook (neither from the server nor in {})",
+                self.hooks.local_dir().display()
+            );
+        };
         let t0 = Instant::now();
         let deadline = t0 + timeout;
-        let child: Child = spawn_hook(&hook)?;
+        let child: Child = self.hooks.spawn(&hook, Stdio::inherit)?;
+        tracing::info!(hook = %hook.display(), %source, "start hook spawned");
         let pid = child.id() as i32;
         let gen = {
             let mut g = self.lock();
@@ -156,8 +144,8 @@ impl App {
             })
             .context("spawn app monitor")?;
 
-        let health = self.hooks.join("health");
-        let has_health = health.exists();
+        let health = self.hooks.find("health").map(|(p, _)| p);
+        let has_health = health.is_some();
         let mut ready_detail = None;
         loop {
             let now = Instant::now();
@@ -177,9 +165,13 @@ impl App {
                     ready_detail = Some("start hook running".to_string());
                     break;
                 }
-            } else if run_hook(&health, deadline).is_ok() {
-                ready_detail = Some("health hook passed".to_string());
-                break;
+            } else if let Some(h) = &health {
+                // Never alongside the heartbeat's run of the same hook.
+                let _running = self.hooks.lock("health");
+                if run_hook(&self.hooks, h, deadline).is_ok() {
+                    ready_detail = Some("health hook passed".to_string());
+                    break;
+                }
             }
         }
         let ms = t0.elapsed().as_millis();
@@ -224,9 +216,9 @@ impl App {
         };
         (self.on_change)();
         let mut steps = Vec::new();
-        let hook = self.hooks.join("stop");
-        if hook.exists() {
-            match run_hook(&hook, deadline) {
+        if let Some((hook, _)) = self.hooks.find("stop") {
+            let _running = self.hooks.lock("stop");
+            match run_hook(&self.hooks, &hook, deadline) {
                 Ok(s) => steps.push(s),
                 Err(e) => steps.push(format!("{e:#}")),
             }
@@ -289,7 +281,7 @@ mod tests {
     }
 
     fn app(dir: &Path) -> App {
-        App::new(dir, Arc::new(|| {}))
+        App::new(Hooks::new(dir, dir.join("slot-hooks")), Arc::new(|| {}))
     }
 
     #[test]
@@ -322,6 +314,45 @@ mod tests {
         assert!(marker.exists());
         assert!(s.contains("SIGKILL"), "{s}");
         assert_eq!(a.state(), AppState::Stopped);
+    }
+
+    /// StopApp's timeout: a stop hook that hangs is killed with its process
+    /// group, then the app's group is force-killed, and the result says so.
+    #[test]
+    fn hanging_stop_hook_and_stubborn_app_are_force_killed() {
+        let d = tempfile::tempdir().unwrap();
+        let app_pid = d.path().join("app.pid");
+        let hook_child = d.path().join("hook-child.pid");
+        hook(
+            d.path(),
+            "start",
+            &format!(
+                "trap '' TERM; echo $$ > {}; while :; do sleep 0.05; done",
+                app_pid.display()
+            ),
+        );
+        hook(
+            d.path(),
+            "stop",
+            &format!("sleep 60 & echo $! > {}; wait", hook_child.display()),
+        );
+        let a = app(d.path());
+        a.start(Duration::from_secs(5)).unwrap();
+        let t = Instant::now();
+        let s = a.stop(Duration::from_millis(300)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(s.contains("stop timed out"), "{s}");
+        assert!(s.contains("SIGKILLed"), "{s}");
+        assert_eq!(a.state(), AppState::Stopped);
+        for f in [&app_pid, &hook_child] {
+            let pid: i32 = std::fs::read_to_string(f).unwrap().trim().parse().unwrap();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            assert!(
+                stat.is_empty() || stat.contains(") Z"),
+                "{} still alive: {stat}",
+                f.display()
+            );
+        }
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Carries out one server [`CommandKind`] and says what must happen after
 //! its result has been reported (nothing, a cold reboot or a kexec jump).
+//! Slot configuration (`Configure` / `Unconfigure`) is [`crate::slot`]'s.
 
 use crate::app::App;
 use crate::bootptr::{self, EfiVars};
 use crate::config::Config;
-use crate::{freeze, nbd, power};
+use crate::{freeze, nbd, power, slot};
 use boot_proto::CommandKind;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -105,11 +106,13 @@ impl Executor {
                     After::Nothing,
                 )
             }
-            CommandKind::Configure { .. } | CommandKind::Unconfigure => Outcome {
-                ok: false,
-                detail: "slot configuration is not supported by this agent yet".into(),
-                after: After::Nothing,
-            },
+            CommandKind::Configure { slot } => Outcome::from(
+                slot::install(&self.cfg, self.app.hooks(), slot),
+                After::Nothing,
+            ),
+            CommandKind::Unconfigure => {
+                Outcome::from(slot::remove(&self.cfg, self.app.hooks()), After::Nothing)
+            }
             CommandKind::AttachDisk {
                 export,
                 host,

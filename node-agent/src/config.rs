@@ -36,6 +36,9 @@ pub struct Config {
     /// Per-boot agent state (done command ids, unacknowledged results):
     /// `/run/node-agent` by default, a tmpfs that lives exactly one boot.
     pub state_dir: PathBuf,
+    /// File the slot's host name is written to (`--hostname-file`;
+    /// `/etc/hostname` by default, none in dry-run unless given).
+    pub hostname_file: Option<PathBuf>,
     /// Optional credentials file (see the module doc).
     pub credentials_file: PathBuf,
     /// The arguments this configuration came from, for [`Config::reload`].
@@ -98,7 +101,7 @@ pub fn parse_bootif(v: &str) -> Option<String> {
 
 const USAGE: &str = "usage: node-agent [--server URL] [--token T] [--node ID] [--image NAME] \
 [--cmdline-file PATH] [--efivars-dir DIR] [--hooks-dir DIR] [--http-boot-url URL] \
-[--poll-wait SECS] [--state-dir DIR] [--credentials-file PATH] [--dry-run]\n\
+[--poll-wait SECS] [--state-dir DIR] [--credentials-file PATH] [--hostname-file PATH] [--dry-run]\n\
 env: BOOTSRV_SERVER BOOTSRV_TOKEN BOOTSRV_NODE BOOTSRV_IMAGE NODE_AGENT_DRY_RUN=1 NODE_AGENT_LOG=debug";
 
 impl Config {
@@ -117,7 +120,7 @@ impl Config {
                 "--dry-run" => flags.push((name, None)),
                 "--server" | "--token" | "--node" | "--image" | "--cmdline-file"
                 | "--efivars-dir" | "--hooks-dir" | "--http-boot-url" | "--poll-wait"
-                | "--state-dir" | "--credentials-file" => {
+                | "--state-dir" | "--credentials-file" | "--hostname-file" => {
                     let v = match inline {
                         Some(v) => v,
                         None => it
@@ -177,6 +180,13 @@ impl Config {
             Some(s) => s.parse().with_context(|| format!("--poll-wait {s:?}"))?,
             None => 25,
         };
+        let dry_run = flags.iter().any(|(k, _)| k == "--dry-run")
+            || env("NODE_AGENT_DRY_RUN").is_some_and(|v| v == "1");
+        let hostname_file = match flag("--hostname-file") {
+            Some(p) => Some(PathBuf::from(p)),
+            None if dry_run => None,
+            None => Some("/etc/hostname".into()),
+        };
         Ok(Config {
             server,
             node: pick("--node", "BOOTSRV_NODE", cmdline::NODE),
@@ -190,10 +200,10 @@ impl Config {
                 .unwrap_or_else(|| "/etc/node-agent/hooks".into())
                 .into(),
             http_boot_url: pick("--http-boot-url", "BOOTSRV_HTTPBOOT", cmdline::HTTPBOOT),
-            dry_run: flags.iter().any(|(k, _)| k == "--dry-run")
-                || env("NODE_AGENT_DRY_RUN").is_some_and(|v| v == "1"),
+            dry_run,
             poll_wait_secs,
             state_dir,
+            hostname_file,
             credentials_file,
             args: args.to_vec(),
         })
@@ -209,6 +219,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn parses_cmdline_words_and_quotes() {
@@ -256,6 +267,7 @@ mod tests {
         assert_eq!(c.image.as_deref(), Some("lab"));
         assert_eq!(c.bootif_mac.as_deref(), Some("52:54:00:00:00:01"));
         assert!(!c.dry_run);
+        assert_eq!(c.hostname_file.as_deref(), Some(Path::new("/etc/hostname")));
 
         let env = |k: &str| (k == "BOOTSRV_TOKEN").then(|| "T2".to_string());
         let c = Config::from_sources(&args, &env).unwrap();
@@ -266,6 +278,10 @@ mod tests {
         let c = Config::from_sources(&args2, &env).unwrap();
         assert_eq!(c.token, "T3");
         assert!(c.dry_run);
+        assert_eq!(
+            c.hostname_file, None,
+            "a dry run leaves /etc/hostname alone"
+        );
 
         assert!(Config::from_sources(&["--bogus".into()], &none).is_err());
 

@@ -256,5 +256,6 @@ async fn result(
         EventKind::CommandResult,
         json!({ "id": body.id, "status": body.status.as_str(), "detail": detail }),
     );
+    c.wake_engine();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -472,6 +472,8 @@ pub struct Slot {
     pub detail: String,
     /// Failed moves in a row (back-off).
     pub attempt: u32,
+    /// The agent command the current step waits for.
+    pub command: Option<i64>,
     /// Per-slot key/values (post-boot configuration), over the environment's.
     pub config: BTreeMap<String, String>,
     /// Milliseconds each step of the current or last move took.

@@ -1,0 +1,289 @@
+//! Allocation decisions, as pure functions of what the store holds: which
+//! environment gets which node (an idle pool node first, else one taken
+//! from a lower-priority or over-entitled preemptible environment), and
+//! which slots give their node back when an environment shrinks. No I/O:
+//! unit tests feed it plain values.
+
+use crate::model::{Environment, Node, NodeState, Slot, SlotStep};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// What the engine decided to do with one slot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Put `node` into slot `index` of `env`; `from` is the slot it leaves
+    /// (preemption), vacated in the same store write.
+    Claim {
+        env: String,
+        index: u32,
+        node: String,
+        from: Option<(String, u32)>,
+        reason: String,
+    },
+    /// Slot `index` of `env` gives its node back.
+    Release {
+        env: String,
+        index: u32,
+        node: String,
+        reason: String,
+    },
+    /// The environment is short of nodes and none can be had now.
+    Short {
+        env: String,
+        holding: u32,
+        target: u32,
+        below_min: bool,
+    },
+}
+
+/// Everything a decision looks at.
+pub struct World<'a> {
+    pub envs: &'a [Environment],
+    pub slots: &'a [Slot],
+    pub nodes: &'a [Node],
+    pub now_ms: i64,
+    /// A node whose heartbeat is older than this is not up.
+    pub fresh_ms: i64,
+    /// Only enrolled nodes join the pool.
+    pub manual_enrolment: bool,
+    /// Nodes not to pick now (a move of theirs failed recently).
+    pub cooling: &'a HashSet<String>,
+    /// Average nodes held per environment over the entitlement window.
+    pub usage: &'a HashMap<String, f64>,
+}
+
+impl World<'_> {
+    fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Nodes that could serve some environment (not retired, quarantined or failed).
+    fn pool_size(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| self.eligible(n) || n.environment.is_some())
+            .count()
+    }
+
+    fn eligible(&self, n: &Node) -> bool {
+        n.state == NodeState::Idle
+            && n.environment.is_none()
+            && n.agent_up(self.now_ms, self.fresh_ms)
+            && (!self.manual_enrolment || n.enrolled)
+            && !self.cooling.contains(&n.id)
+    }
+
+    /// Entitled nodes of `env` (its share of the pool), if it has a share.
+    fn entitled(&self, env: &Environment) -> Option<f64> {
+        env.share_pct
+            .map(|p| f64::from(p) / 100.0 * self.pool_size() as f64)
+    }
+
+    fn over_entitlement(&self, env: &Environment) -> bool {
+        let used = self.usage.get(&env.name).copied().unwrap_or(0.0);
+        match self.entitled(env) {
+            Some(e) => used > e,
+            None => true,
+        }
+    }
+
+    fn under_entitlement(&self, env: &Environment) -> bool {
+        let used = self.usage.get(&env.name).copied().unwrap_or(0.0);
+        self.entitled(env).is_some_and(|e| used < e)
+    }
+}
+
+/// Slots of `env` that hold a node and are not giving it back.
+fn holding(slots: &[Slot], env: &str) -> u32 {
+    slots
+        .iter()
+        .filter(|s| {
+            s.environment == env
+                && s.node.is_some()
+                && !matches!(s.step, SlotStep::Releasing | SlotStep::Failed)
+        })
+        .count() as u32
+}
+
+/// The lowest slot index of `env` that is free (absent or vacant) and not taken.
+fn free_index(env: &Environment, slots: &[Slot], taken: &HashSet<(String, u32)>) -> Option<u32> {
+    (0..env.max).find(|i| {
+        !taken.contains(&(env.name.clone(), *i))
+            && slots
+                .iter()
+                .find(|s| s.environment == env.name && s.index == *i)
+                .is_none_or(|s| s.node.is_none() && s.step == SlotStep::Vacant)
+    })
+}
+
+/// Smaller is a better fit: the least capable node that meets the
+/// requirements keeps bigger nodes for environments that need them.
+fn fit_rank(n: &Node) -> (u64, u64, String) {
+    let inv = n.inventory.as_ref();
+    let cpus = inv.and_then(|i| i.get("cpus")).and_then(|v| v.as_u64());
+    let mem = inv
+        .and_then(|i| i.get("memory_bytes"))
+        .and_then(|v| v.as_u64());
+    (cpus.unwrap_or(0), mem.unwrap_or(0), n.id.clone())
+}
+
+/// What to do now, environments by priority (highest first).
+pub fn decide(w: &World) -> Vec<Decision> {
+    let mut out = Vec::new();
+    let mut envs: Vec<&Environment> = w.envs.iter().collect();
+    envs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(&b.name)));
+    let mut held: BTreeMap<String, u32> = envs
+        .iter()
+        .map(|e| (e.name.clone(), holding(w.slots, &e.name)))
+        .collect();
+    let mut used_nodes: HashSet<String> = HashSet::new();
+    let mut taken_slots: HashSet<(String, u32)> = HashSet::new();
+    let mut pool: Vec<&Node> = w.nodes.iter().filter(|n| w.eligible(n)).collect();
+    pool.sort_by_key(|n| fit_rank(n));
+
+    for env in &envs {
+        let target = env.target();
+        let mut have = held[&env.name];
+        while have < target {
+            let Some(index) = free_index(env, w.slots, &taken_slots) else {
+                break;
+            };
+            let idle = pool
+                .iter()
+                .position(|n| !used_nodes.contains(&n.id) && env.requirements.met_by(n));
+            let (node, from, reason) = if let Some(i) = idle {
+                let n = pool.remove(i);
+                (
+                    n.id.clone(),
+                    None,
+                    format!(
+                        "{} wants {target} nodes, holds {have}; idle pool node",
+                        env.name
+                    ),
+                )
+            } else if let Some((victim, why)) = pick_victim(w, env, &held, &used_nodes) {
+                let v_env = victim.environment.clone();
+                *held.get_mut(&v_env).expect("victim env is known") -= 1;
+                (
+                    victim.node.clone().expect("victim holds a node"),
+                    Some((v_env, victim.index)),
+                    why,
+                )
+            } else {
+                out.push(Decision::Short {
+                    env: env.name.clone(),
+                    holding: have,
+                    target,
+                    below_min: have < env.min.min(env.max) && env.active,
+                });
+                break;
+            };
+            used_nodes.insert(node.clone());
+            taken_slots.insert((env.name.clone(), index));
+            out.push(Decision::Claim {
+                env: env.name.clone(),
+                index,
+                node,
+                from,
+                reason,
+            });
+            have += 1;
+        }
+        held.insert(env.name.clone(), have);
+        if have > target {
+            out.extend(releases(w, env, have - target, target));
+        }
+    }
+    out
+}
+
+/// Which of `env`'s nodes to give back: ready ones that are not busy, the
+/// highest slot index first (so slot numbers stay dense and each slot
+/// keeps its disk for when the environment grows again).
+fn releases(w: &World, env: &Environment, excess: u32, target: u32) -> Vec<Decision> {
+    let mut candidates: Vec<&Slot> = w
+        .slots
+        .iter()
+        .filter(|s| {
+            s.environment == env.name
+                && s.node.is_some()
+                && matches!(s.step, SlotStep::Ready | SlotStep::Pending)
+        })
+        .collect();
+    candidates.sort_by_key(|s| std::cmp::Reverse(s.index));
+    let mut out = Vec::new();
+    for s in candidates {
+        if out.len() as u32 >= excess {
+            break;
+        }
+        let node_id = s.node.clone().unwrap_or_default();
+        if w.node(&node_id).and_then(|n| n.busy()) == Some(true) {
+            continue;
+        }
+        out.push(Decision::Release {
+            env: env.name.clone(),
+            index: s.index,
+            node: node_id,
+            reason: if env.active {
+                format!("{} wants {target} nodes", env.name)
+            } else {
+                format!("{} is inactive", env.name)
+            },
+        });
+    }
+    out
+}
+
+/// A ready slot of another environment whose node `env` may take: that
+/// environment is preemptible, stays at or above its minimum, and ranks
+/// below `env` (lower priority, or over its entitlement while `env` is
+/// under its own); its node is not busy and meets `env`'s requirements.
+/// The lowest-priority, least-loaded node wins.
+fn pick_victim<'a>(
+    w: &'a World,
+    env: &Environment,
+    held: &BTreeMap<String, u32>,
+    used: &HashSet<String>,
+) -> Option<(&'a Slot, String)> {
+    let under = w.under_entitlement(env);
+    let mut best: Option<(&Slot, (i32, i64), String)> = None;
+    for s in w.slots.iter().filter(|s| s.step == SlotStep::Ready) {
+        let Some(node_id) = &s.node else { continue };
+        if s.environment == env.name || used.contains(node_id) {
+            continue;
+        }
+        let Some(v) = w.envs.iter().find(|e| e.name == s.environment) else {
+            continue;
+        };
+        let Some(node) = w.node(node_id) else {
+            continue;
+        };
+        let v_held = held.get(&v.name).copied().unwrap_or(0);
+        if !v.preemptible || v_held <= v.min || node.busy() == Some(true) {
+            continue;
+        }
+        if !env.requirements.met_by(node) {
+            continue;
+        }
+        let why = if v.priority < env.priority {
+            format!(
+                "{} (priority {}) is short; preempting {} (priority {}), least loaded",
+                env.name, env.priority, v.name, v.priority
+            )
+        } else if under && w.over_entitlement(v) {
+            format!(
+                "{} is under its {}% share; {} is over its own",
+                env.name,
+                env.share_pct.unwrap_or(0),
+                v.name
+            )
+        } else {
+            continue;
+        };
+        let load_milli = (node.load1() * 1000.0) as i64;
+        let rank = (v.priority, load_milli);
+        if best.as_ref().is_none_or(|(_, r, _)| rank < *r) {
+            best = Some((s, rank, why));
+        }
+    }
+    best.map(|(s, _, why)| (s, why))
+}

@@ -1,0 +1,497 @@
+//! The dynamic boot engine: it owns decisions. Each pass reads what the
+//! store holds (environments, slots, nodes, load), turns schedules and
+//! load policies into desired node counts, decides which node goes where
+//! ([`decide`]), stores each claim or release as a slot step, and advances
+//! every slot by its durable steps ([`steps`]). It runs on every change
+//! the control layer or an agent reports, and at least once per tick.
+//! Time comes from a [`Clock`], so tests move it by hand.
+
+mod clock;
+mod decide;
+mod steps;
+#[cfg(test)]
+mod tests;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use decide::{decide, Decision, World};
+
+use crate::config::EngineConfig;
+use crate::control::{new_slot, Control};
+use crate::model::{Environment, EventKind, Node, ScheduleAction, Slot, SlotStep};
+use crate::store::{Expect, Fence};
+use anyhow::Result;
+use serde_json::json;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often the usage window takes a sample, at most.
+const USAGE_SAMPLE_MS: i64 = 5_000;
+
+/// What the engine remembers between passes (all of it can be lost: the
+/// store holds every step; this only paces alerts, schedules and policies).
+#[derive(Default)]
+struct Memory {
+    /// Nodes not to pick until the given time (their move failed).
+    cooling: HashMap<String, i64>,
+    /// (time, nodes held per environment), over the entitlement window.
+    usage: VecDeque<(i64, HashMap<String, u32>)>,
+    /// Environments with an open "below minimum" alert.
+    short: HashSet<String>,
+    /// Environments whose target was met (for started/stopped alerts).
+    met: HashMap<String, bool>,
+    /// Last time each environment's schedules were checked.
+    schedule_checked: HashMap<String, i64>,
+    /// Last policy action per environment.
+    policy_acted: HashMap<String, i64>,
+    /// Last SLA alert per environment.
+    sla_alerted: HashMap<String, i64>,
+    /// Last load-sample pruning.
+    pruned_ms: i64,
+}
+
+/// The engine.
+pub struct Engine {
+    c: Arc<Control>,
+    clock: Arc<dyn Clock>,
+    mem: Mutex<Memory>,
+}
+
+impl Engine {
+    /// An engine over the control layer.
+    pub fn new(c: Arc<Control>, clock: Arc<dyn Clock>) -> Engine {
+        Engine {
+            c,
+            clock,
+            mem: Mutex::new(Memory::default()),
+        }
+    }
+
+    fn cfg(&self) -> &EngineConfig {
+        &self.c.config.engine
+    }
+
+    fn fresh_ms(&self) -> i64 {
+        (self.c.config.agent.heartbeat_timeout_secs * 1000) as i64
+    }
+
+    fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.mem.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cool(&self, node: &str) {
+        let until = self.clock.now_ms() + self.cfg().failed_node_cooldown_secs as i64 * 1000;
+        self.mem().cooling.insert(node.to_string(), until);
+    }
+
+    /// Runs passes until the server stops: on every wake-up, else each tick.
+    /// A failed pass is logged and retried; it never stops the server.
+    pub async fn run(self: Arc<Self>) -> Result<()> {
+        let tick = Duration::from_millis(self.cfg().tick_ms.max(50));
+        loop {
+            if let Err(e) = self.pass().await {
+                tracing::warn!(error = %format!("{e:#}"), "engine pass failed; retrying");
+            }
+            tokio::select! {
+                _ = self.c.engine_wake.notified() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+
+    /// One pass: schedules, policies, decisions, then every slot's step.
+    pub async fn pass(&self) -> Result<()> {
+        let now = self.clock.now_ms();
+        self.run_schedules(now).await?;
+        self.run_policies(now).await?;
+        let envs = self.c.store.environments().await?;
+        let slots = self.c.store.slots(None).await?;
+        let nodes = self.c.store.nodes().await?;
+        let usage = self.usage(now, &envs, &slots);
+        let cooling: HashSet<String> = {
+            let mut m = self.mem();
+            m.cooling.retain(|_, until| *until > now);
+            m.cooling.keys().cloned().collect()
+        };
+        let world = World {
+            envs: &envs,
+            slots: &slots,
+            nodes: &nodes,
+            now_ms: now,
+            fresh_ms: self.fresh_ms(),
+            manual_enrolment: self.cfg().manual_enrolment,
+            cooling: &cooling,
+            usage: &usage,
+        };
+        let decisions = decide(&world);
+        let mut shorts = HashSet::new();
+        for d in decisions {
+            if let Decision::Short { env, .. } = &d {
+                shorts.insert(env.clone());
+            }
+            if let Err(e) = self.apply(d, &envs, &slots, now).await {
+                tracing::warn!(error = %format!("{e:#}"), "engine decision not applied");
+            }
+        }
+        self.mem().short.retain(|e| shorts.contains(e));
+        // Advance every slot that holds a node, each on its own, so that many
+        // nodes move in parallel and one slow store call delays no other.
+        let slots = self.c.store.slots(None).await?;
+        let nodes: HashMap<String, Node> = self
+            .c
+            .store
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|n| (n.id.clone(), n))
+            .collect();
+        let mut work = Vec::new();
+        for slot in slots.iter().filter(|s| s.node.is_some()) {
+            let Some(env) = envs.iter().find(|e| e.name == slot.environment) else {
+                continue;
+            };
+            let node = slot.node.as_ref().and_then(|n| nodes.get(n)).cloned();
+            work.push(async move {
+                let (e, i) = (slot.environment.clone(), slot.index);
+                if let Err(err) = self.advance(slot.clone(), env, node).await {
+                    tracing::warn!(env = %e, slot = i, error = %format!("{err:#}"), "slot step failed; retrying");
+                }
+            });
+        }
+        futures_util::future::join_all(work).await;
+        self.env_alerts(&envs, &slots);
+        self.prune(now).await;
+        Ok(())
+    }
+
+    /// Stores one decision as slot writes (claims vacate the victim's slot
+    /// in the same write) and records why.
+    async fn apply(
+        &self,
+        d: Decision,
+        envs: &[Environment],
+        slots: &[Slot],
+        now: i64,
+    ) -> Result<()> {
+        let find = |env: &str, index: u32| {
+            slots
+                .iter()
+                .find(|s| s.environment == env && s.index == index)
+                .cloned()
+        };
+        match d {
+            Decision::Claim {
+                env,
+                index,
+                node,
+                from,
+                reason,
+            } => {
+                let Some(e) = envs.iter().find(|x| x.name == env) else {
+                    return Ok(());
+                };
+                let mut slot = find(&env, index).unwrap_or_else(|| new_slot(e, index));
+                let expect = Expect::Step(slot.step);
+                slot.hostname = e.hostname(index);
+                slot.ip = e.address(index);
+                slot.overlay = e.overlay(index);
+                slot.node = Some(node.clone());
+                slot.step = SlotStep::Pending;
+                slot.step_since_ms = now;
+                slot.move_since_ms = now;
+                slot.command = None;
+                slot.timings.clear();
+                slot.detail = reason.clone();
+                let mut writes = vec![(slot, expect)];
+                if let Some((v_env, v_index)) = &from {
+                    let Some(mut v) = find(v_env, *v_index) else {
+                        return Ok(());
+                    };
+                    let expect = Expect::Step(v.step);
+                    v.node = None;
+                    v.step = SlotStep::Vacant;
+                    v.step_since_ms = now;
+                    v.command = None;
+                    v.detail = format!("node {node} taken by {env}");
+                    writes.push((v, expect));
+                }
+                if self.c.store.write_slots(Fence::default(), &writes).await? {
+                    tracing::info!(env = %env, slot = index, node = %node, reason = %reason, "claim");
+                    self.c.events.emit(
+                        Some(node.clone()),
+                        EventKind::EngineDecision,
+                        json!({ "env": env, "action": if from.is_some() { "preempt" } else { "claim" }, "slot": index, "nodes": [node], "from": from.as_ref().map(|(e, i)| json!({"env": e, "slot": i})), "reason": reason }),
+                    );
+                }
+            }
+            Decision::Release {
+                env,
+                index,
+                node,
+                reason,
+            } => {
+                let Some(mut slot) = find(&env, index) else {
+                    return Ok(());
+                };
+                let expect = Expect::Step(slot.step);
+                slot.step = SlotStep::Releasing;
+                slot.step_since_ms = now;
+                slot.command = None;
+                slot.detail = reason.clone();
+                if self
+                    .c
+                    .store
+                    .write_slots(Fence::default(), &[(slot, expect)])
+                    .await?
+                {
+                    tracing::info!(env = %env, slot = index, node = %node, reason = %reason, "release");
+                    self.c.events.emit(
+                        Some(node.clone()),
+                        EventKind::EngineDecision,
+                        json!({ "env": env, "action": "release", "slot": index, "nodes": [node], "reason": reason }),
+                    );
+                }
+            }
+            Decision::Short {
+                env,
+                holding,
+                target,
+                below_min,
+            } => {
+                if below_min && self.mem().short.insert(env.clone()) {
+                    self.c.events.emit(
+                        None,
+                        EventKind::Alert,
+                        json!({ "alert": "env-below-minimum", "env": env, "holding": holding, "target": target }),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Average nodes held per environment over the entitlement window.
+    fn usage(&self, now: i64, envs: &[Environment], slots: &[Slot]) -> HashMap<String, f64> {
+        let window = self.cfg().entitlement_window_secs as i64 * 1000;
+        let mut m = self.mem();
+        if m.usage
+            .back()
+            .is_none_or(|(t, _)| now - t >= USAGE_SAMPLE_MS)
+        {
+            let held = envs
+                .iter()
+                .map(|e| {
+                    let n = slots
+                        .iter()
+                        .filter(|s| s.environment == e.name && s.node.is_some())
+                        .count() as u32;
+                    (e.name.clone(), n)
+                })
+                .collect();
+            m.usage.push_back((now, held));
+        }
+        while m.usage.front().is_some_and(|(t, _)| now - t > window) {
+            m.usage.pop_front();
+        }
+        let samples = m.usage.len().max(1) as f64;
+        let mut avg: HashMap<String, f64> = HashMap::new();
+        for (_, held) in &m.usage {
+            for (e, n) in held {
+                *avg.entry(e.clone()).or_default() += f64::from(*n) / samples;
+            }
+        }
+        avg
+    }
+
+    /// Applies schedules whose time came since the last check.
+    async fn run_schedules(&self, now: i64) -> Result<()> {
+        use chrono::{TimeZone, Utc};
+        for env in self.c.store.environments().await? {
+            if env.schedules.is_empty() {
+                continue;
+            }
+            let since = *self
+                .mem()
+                .schedule_checked
+                .entry(env.name.clone())
+                .or_insert(now);
+            self.mem().schedule_checked.insert(env.name.clone(), now);
+            let Some(from) = Utc.timestamp_millis_opt(since).single() else {
+                continue;
+            };
+            for s in &env.schedules {
+                let Ok(cron) = s.parse_cron() else { continue };
+                let due = cron
+                    .after(&from)
+                    .next()
+                    .is_some_and(|t| t.timestamp_millis() <= now);
+                if !due {
+                    continue;
+                }
+                let patch = match s.action {
+                    ScheduleAction::Activate => json!({ "active": true }),
+                    ScheduleAction::Deactivate => json!({ "active": false }),
+                    ScheduleAction::Scale(n) => json!({ "desired": n.clamp(env.min, env.max) }),
+                };
+                tracing::info!(env = %env.name, cron = %s.cron, action = ?s.action, "schedule");
+                self.c.update_env(&env.name, patch).await?;
+                self.c.events.emit(
+                    None,
+                    EventKind::EngineDecision,
+                    json!({ "env": env.name, "action": "schedule", "schedule": s, "reason": format!("schedule {}", s.cron) }),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Load policies: above the threshold for the window adds a node,
+    /// below removes one (the decision picks a node that is not busy);
+    /// min and max always hold. Acts only when every slot of the
+    /// environment is ready and a whole window passed since its last action.
+    async fn run_policies(&self, now: i64) -> Result<()> {
+        let slots = self.c.store.slots(None).await?;
+        for env in self.c.store.environments().await? {
+            let Some(p) = env.policy.clone() else {
+                continue;
+            };
+            if !env.active {
+                continue;
+            }
+            let window = p.window_secs as i64 * 1000;
+            let mine: Vec<&Slot> = slots
+                .iter()
+                .filter(|s| s.environment == env.name && s.node.is_some())
+                .collect();
+            if mine.is_empty() || mine.iter().any(|s| s.step != SlotStep::Ready) {
+                continue;
+            }
+            let settled = mine.iter().map(|s| s.step_since_ms).max().unwrap_or(now);
+            let last = self.mem().policy_acted.get(&env.name).copied().unwrap_or(0);
+            if now - settled < window || now - last < window {
+                continue;
+            }
+            let samples = self.c.store.load_history(&env.name, now - window).await?;
+            let values: Vec<f64> = samples.iter().filter_map(|s| s.metric(&p.metric)).collect();
+            if values.is_empty() {
+                continue;
+            }
+            let avg = values.iter().sum::<f64>() / values.len() as f64;
+            self.sla_check(&env, &samples, now);
+            let desired = env.desired.clamp(env.min, env.max);
+            let next = if avg > p.add_above && desired < env.max {
+                desired + 1
+            } else if avg < p.remove_below && desired > env.min {
+                desired - 1
+            } else {
+                continue;
+            };
+            self.mem().policy_acted.insert(env.name.clone(), now);
+            let reason = format!(
+                "{} averaged {avg:.2} over {}s ({} samples); thresholds {} / {}",
+                p.metric,
+                p.window_secs,
+                values.len(),
+                p.remove_below,
+                p.add_above
+            );
+            tracing::info!(env = %env.name, from = desired, to = next, %reason, "policy");
+            self.c
+                .update_env(&env.name, json!({ "desired": next }))
+                .await?;
+            self.c.events.emit(
+                None,
+                EventKind::EngineDecision,
+                json!({ "env": env.name, "action": "scale", "from": desired, "to": next, "reason": reason }),
+            );
+            self.c.events.emit(
+                None,
+                EventKind::Alert,
+                json!({ "alert": "load-threshold", "env": env.name, "metric": p.metric, "average": avg, "to": next }),
+            );
+        }
+        Ok(())
+    }
+
+    /// An SLA alert when a node's health says `latency_ms` above the
+    /// environment's `sla_latency_ms` config value (once per policy window).
+    fn sla_check(&self, env: &Environment, samples: &[crate::model::LoadSample], now: i64) {
+        let Some(limit) = env
+            .config
+            .get("sla_latency_ms")
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            return;
+        };
+        let worst = samples
+            .iter()
+            .filter_map(|s| s.metric("latency_ms"))
+            .fold(f64::NEG_INFINITY, f64::max);
+        if worst <= limit {
+            return;
+        }
+        let mut m = self.mem();
+        let window = env
+            .policy
+            .as_ref()
+            .map_or(60_000, |p| p.window_secs as i64 * 1000);
+        if m.sla_alerted
+            .get(&env.name)
+            .is_some_and(|t| now - t < window)
+        {
+            return;
+        }
+        m.sla_alerted.insert(env.name.clone(), now);
+        drop(m);
+        self.c.events.emit(
+            None,
+            EventKind::Alert,
+            json!({ "alert": "sla-latency", "env": env.name, "latency_ms": worst, "limit_ms": limit }),
+        );
+    }
+
+    /// `env-started` when an active environment first has all its target
+    /// nodes ready; `env-stopped` when an inactive one holds none.
+    fn env_alerts(&self, envs: &[Environment], slots: &[Slot]) {
+        for env in envs {
+            let ready = slots
+                .iter()
+                .filter(|s| s.environment == env.name && s.step == SlotStep::Ready)
+                .count() as u32;
+            let held = slots
+                .iter()
+                .filter(|s| s.environment == env.name && s.node.is_some())
+                .count() as u32;
+            let state = if env.active && env.target() > 0 && ready >= env.target() {
+                Some(true)
+            } else if !env.active && held == 0 {
+                Some(false)
+            } else {
+                None
+            };
+            let Some(state) = state else { continue };
+            let before = self.mem().met.insert(env.name.clone(), state);
+            if before != Some(state) {
+                let alert = if state { "env-started" } else { "env-stopped" };
+                if before.is_some() || state {
+                    self.c.events.emit(
+                        None,
+                        EventKind::Alert,
+                        json!({ "alert": alert, "env": env.name, "nodes": ready }),
+                    );
+                }
+            }
+        }
+    }
+
+    async fn prune(&self, now: i64) {
+        if now - self.mem().pruned_ms < 600_000 {
+            return;
+        }
+        self.mem().pruned_ms = now;
+        let keep = self.cfg().load_retain_secs as i64 * 1000;
+        if let Err(e) = self.c.store.prune_load(now - keep).await {
+            tracing::warn!(error = %format!("{e:#}"), "load samples not pruned");
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! The durable steps of a slot. Each pass looks at a slot's stored step and
+//! what the node did since (commands finished, a hello in the new image),
+//! takes the step's action and stores the next step. Every action is
+//! idempotent and every step is stored before the next action, so a server
+//! killed at any point resumes the move after restart, and a slot never
+//! holds two nodes (the store refuses it).
+//!
+//! Moving in: `pending → stopping → pointing → booting → starting → ready`;
+//! moving out: `releasing → vacant`; a move that fails goes `failed → vacant`
+//! and its node cools down before it is picked again.
+
+use super::Engine;
+use crate::model::{
+    BootMode, Environment, EventKind, ImageKind, Node, NodeState, Reservation, Selector, Slot,
+    SlotStep,
+};
+use crate::store::{Expect, Fence};
+use anyhow::{Context, Result};
+use boot_proto::{CommandKind, CommandStatus, SlotConfig};
+use serde_json::json;
+
+/// What the step is waiting on, decided from the node and its command.
+enum Wait {
+    /// Done: go on.
+    Done,
+    /// The command failed (its detail).
+    Failed(String),
+    /// Still waiting.
+    Pending,
+}
+
+impl Engine {
+    /// Advances one slot that holds a node by at most one step.
+    pub(super) async fn advance(
+        &self,
+        slot: Slot,
+        env: &Environment,
+        node: Option<Node>,
+    ) -> Result<()> {
+        let now = self.clock.now_ms();
+        let Some(node) = node else {
+            // The node row vanished (never expected): free the slot.
+            return self
+                .vacate(&slot, "its node is gone", false)
+                .await
+                .map(|_| ());
+        };
+        let up = node.agent_up(now, self.fresh_ms());
+        let waited = now - slot.step_since_ms;
+        match slot.step {
+            SlotStep::Vacant | SlotStep::Ready => self.check_ready(slot, env, &node).await,
+            SlotStep::Pending => {
+                if up {
+                    let id = self
+                        .c
+                        .queue(
+                            &node.id,
+                            CommandKind::StopApp {
+                                timeout_secs: self.cfg().stop_timeout_secs,
+                            },
+                        )
+                        .await?;
+                    self.step(&slot, SlotStep::Stopping, "stopping its work", Some(id))
+                        .await
+                } else {
+                    self.step(
+                        &slot,
+                        SlotStep::Pointing,
+                        "agent not up: nothing to stop",
+                        None,
+                    )
+                    .await
+                }
+            }
+            SlotStep::Stopping => {
+                let limit = (self.cfg().stop_timeout_secs as i64 + 15) * 1000;
+                let detail = match self.command_wait(slot.command).await? {
+                    Wait::Done => "work stopped".to_string(),
+                    Wait::Failed(d) => format!("stop hook failed ({d}); forced"),
+                    Wait::Pending if !up => "agent went down while stopping".into(),
+                    Wait::Pending if waited > limit => "stop timed out; going on".into(),
+                    Wait::Pending => return Ok(()),
+                };
+                self.step(&slot, SlotStep::Pointing, &detail, None).await
+            }
+            SlotStep::Pointing => {
+                self.point(&slot, env, &node).await?;
+                // Stored before the boot command is queued: a restart in
+                // between finds `booting` with no command and queues it.
+                self.step(
+                    &slot,
+                    SlotStep::Booting,
+                    "boot pointed at the environment",
+                    None,
+                )
+                .await?;
+                Ok(())
+            }
+            SlotStep::Booting => self.booting(slot, env, &node, up, waited).await,
+            SlotStep::Starting => {
+                let limit = self.cfg().start_timeout_secs as i64 * 1000;
+                match self.command_wait(slot.command).await? {
+                    Wait::Done => {
+                        self.step(&slot, SlotStep::Ready, "application started", None)
+                            .await?;
+                        self.ready(&slot, env, &node, now);
+                        Ok(())
+                    }
+                    Wait::Failed(d) => self.fail(&slot, &format!("start hook failed: {d}")).await,
+                    Wait::Pending if node.state == NodeState::Failed => {
+                        self.fail(&slot, "node stopped heart-beating while starting")
+                            .await
+                    }
+                    Wait::Pending if waited > limit => self.fail(&slot, "start timed out").await,
+                    Wait::Pending if slot.command.is_none() && up => {
+                        self.start(&slot, env, &node).await
+                    }
+                    Wait::Pending => Ok(()),
+                }
+            }
+            SlotStep::Releasing => self.releasing(slot, &node, up, waited).await,
+            SlotStep::Failed => {
+                self.point_back(&slot, &node).await?;
+                self.cool(&node.id);
+                self.vacate(&slot, &format!("move failed: {}", slot.detail), true)
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    async fn booting(
+        &self,
+        slot: Slot,
+        env: &Environment,
+        node: &Node,
+        up: bool,
+        waited: i64,
+    ) -> Result<()> {
+        let arrived = node.last_hello_ms.is_some_and(|t| t >= slot.step_since_ms)
+            && node.running_image.as_deref() == Some(env.image.as_str());
+        if arrived {
+            self.step(
+                &slot,
+                SlotStep::Starting,
+                "up in the environment's image",
+                None,
+            )
+            .await?;
+            let slot = self.reload(&slot).await?;
+            return self.start(&slot, env, node).await;
+        }
+        if waited > self.cfg().boot_timeout_secs as i64 * 1000 {
+            return self
+                .fail(&slot, "not up in the environment's image in time")
+                .await;
+        }
+        match (slot.command, up) {
+            (None, true) => {
+                let (kind, how) = self.boot_command(env, node).await;
+                let id = self.c.queue(&node.id, kind).await?;
+                self.set_command(&slot, id, &format!("rebooting ({how})"))
+                    .await
+            }
+            (None, false) => {
+                self.set_detail(&slot, "waiting for the node to network-boot (agent not up)")
+                    .await
+            }
+            (Some(id), _) => {
+                // A warm boot that failed (kexec download or load) falls back to cold, once.
+                if let Wait::Failed(d) = self.command_wait(Some(id)).await? {
+                    let is_kexec = matches!(
+                        self.c.store.command(id).await?.map(|c| c.command),
+                        Some(CommandKind::Kexec { .. })
+                    );
+                    if is_kexec && up {
+                        let id = self.c.queue(&node.id, CommandKind::Reprovision).await?;
+                        return self
+                            .set_command(&slot, id, &format!("kexec failed ({d}); cold reboot"))
+                            .await;
+                    }
+                    return self.fail(&slot, &format!("reboot failed: {d}")).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Warm (kexec) when the environment allows it, the agent is up and the
+    /// image is Linux; else a cold reboot through the firmware's network boot.
+    async fn boot_command(&self, env: &Environment, node: &Node) -> (CommandKind, &'static str) {
+        if env.boot == BootMode::Warm {
+            let linux = matches!(
+                self.c.store.image(&env.image).await,
+                Ok(Some(i)) if i.kind == ImageKind::Linux
+            );
+            if linux {
+                match self.c.plan.kexec_command(node).await {
+                    Ok(k) => return (k, "warm, kexec"),
+                    Err(e) => {
+                        tracing::warn!(node = %node.id, error = %format!("{e:#}"), "kexec not possible; cold reboot")
+                    }
+                }
+            }
+        }
+        (CommandKind::Reprovision, "cold, network boot")
+    }
+
+    /// Sends the slot's configuration and starts the application.
+    async fn start(&self, slot: &Slot, env: &Environment, node: &Node) -> Result<()> {
+        if node.agent_protocol.unwrap_or(1) >= 3 {
+            let mut config = env.config.clone();
+            config.extend(slot.config.clone());
+            if let Some(ip) = slot.ip {
+                config.insert("SLOT_IP".into(), ip.to_string());
+            }
+            let cfg = SlotConfig {
+                environment: env.name.clone(),
+                slot: slot.index,
+                hostname: slot.hostname.clone(),
+                hooks: env.hooks.clone(),
+                config,
+            };
+            self.c
+                .queue(&node.id, CommandKind::Configure { slot: cfg })
+                .await?;
+        }
+        let id = self
+            .c
+            .queue(
+                &node.id,
+                CommandKind::StartApp {
+                    timeout_secs: self.cfg().start_timeout_secs,
+                },
+            )
+            .await?;
+        self.set_command(slot, id, "configured; starting the application")
+            .await
+    }
+
+    /// Points the node's boot at the environment: its image, the slot's
+    /// address and host name, the slot's disk (created on first use; taken
+    /// from whichever node had it, whose connections are cut).
+    async fn point(&self, slot: &Slot, env: &Environment, node: &Node) -> Result<()> {
+        let c = &self.c;
+        if let Some(ip) = slot.ip {
+            for r in c.store.reservations().await? {
+                if r.ip == ip && r.mac != node.mac {
+                    c.remove_reservation(r.mac)
+                        .await
+                        .map_err(anyhow::Error::from)?;
+                }
+            }
+            c.put_reservation(Reservation {
+                mac: node.mac,
+                ip,
+                hostname: Some(slot.hostname.clone()),
+            })
+            .await
+            .map_err(anyhow::Error::from)
+            .context("slot address")?;
+        }
+        let attached = c.store.disk_attachments().await?;
+        for a in attached.iter().filter(|a| a.node == node.id) {
+            if Some(&a.overlay) != slot.overlay.as_ref() {
+                c.detach_disk(&a.overlay)
+                    .await
+                    .map_err(anyhow::Error::from)?;
+            }
+        }
+        if let (Some(overlay), Some(base)) = (&slot.overlay, &env.disk_base) {
+            let exists = c
+                .list_disks()
+                .await
+                .map_err(anyhow::Error::from)?
+                .iter()
+                .any(|d| &d.name == overlay);
+            if !exists {
+                c.create_overlay(overlay.clone(), base.clone())
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .context("slot disk")?;
+            }
+            match attached.iter().find(|a| &a.overlay == overlay) {
+                Some(a) if a.node == node.id => {}
+                Some(_) => {
+                    c.detach_disk(overlay).await.map_err(anyhow::Error::from)?;
+                    c.attach_disk(overlay.clone(), &node.id, false, None)
+                        .await
+                        .map_err(anyhow::Error::from)?;
+                }
+                None => {
+                    c.attach_disk(overlay.clone(), &node.id, false, None)
+                        .await
+                        .map_err(anyhow::Error::from)?;
+                }
+            }
+        }
+        c.assign(Selector::Mac(node.mac), Some(env.image.clone()))
+            .await
+            .map_err(anyhow::Error::from)?;
+        Ok(())
+    }
+
+    /// Undoes [`Engine::point`] for a node leaving its slot: no image of
+    /// its own (the default image), no slot address, no slot disk.
+    async fn point_back(&self, slot: &Slot, node: &Node) -> Result<()> {
+        let c = &self.c;
+        c.assign(Selector::Mac(node.mac), None)
+            .await
+            .map_err(anyhow::Error::from)?;
+        if slot.ip.is_some() {
+            let mine = c
+                .store
+                .reservations()
+                .await?
+                .into_iter()
+                .any(|r| r.mac == node.mac && Some(r.ip) == slot.ip);
+            if mine {
+                c.remove_reservation(node.mac)
+                    .await
+                    .map_err(anyhow::Error::from)?;
+            }
+        }
+        if let Some(overlay) = &slot.overlay {
+            let attached = c.store.disk_attachments().await?;
+            if attached
+                .iter()
+                .any(|a| &a.overlay == overlay && a.node == node.id)
+            {
+                c.detach_disk(overlay).await.map_err(anyhow::Error::from)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn releasing(&self, slot: Slot, node: &Node, up: bool, waited: i64) -> Result<()> {
+        if up && node.busy() == Some(true) && slot.command.is_none() {
+            return self
+                .set_detail(&slot, "waiting: the node's busy hook says busy")
+                .await;
+        }
+        if slot.command.is_none() && up {
+            let id = self
+                .c
+                .queue(
+                    &node.id,
+                    CommandKind::StopApp {
+                        timeout_secs: self.cfg().stop_timeout_secs,
+                    },
+                )
+                .await?;
+            return self.set_command(&slot, id, "stopping its work").await;
+        }
+        let limit = (self.cfg().stop_timeout_secs as i64 + 15) * 1000;
+        if let Wait::Pending = self.command_wait(slot.command).await? {
+            if up && waited <= limit {
+                return Ok(());
+            }
+        }
+        // Work stopped (or the agent is gone): back to the pool image.
+        self.point_back(&slot, node).await?;
+        if up {
+            if node.agent_protocol.unwrap_or(1) >= 3 {
+                self.c.queue(&node.id, CommandKind::Unconfigure).await?;
+            }
+            let refreshed = self.c.store.node(&node.id).await?.unwrap_or(node.clone());
+            let kind = match self.c.plan.kexec_command(&refreshed).await {
+                Ok(k) => k,
+                Err(_) => CommandKind::Reprovision,
+            };
+            self.c.queue(&node.id, kind).await?;
+        }
+        if self
+            .vacate(&slot, "node returned to the pool", false)
+            .await?
+        {
+            self.c.events.emit(
+                Some(node.id.clone()),
+                EventKind::Alert,
+                json!({ "alert": "node-removed", "env": slot.environment, "slot": slot.index, "node": node.id }),
+            );
+        }
+        Ok(())
+    }
+
+    /// A ready slot whose node stopped heart-beating gives it up (alert);
+    /// the environment is refilled from the pool.
+    async fn check_ready(&self, slot: Slot, _env: &Environment, node: &Node) -> Result<()> {
+        if node.state == NodeState::Failed {
+            self.c.events.emit(
+                Some(node.id.clone()),
+                EventKind::Alert,
+                json!({ "alert": "node-unavailable", "env": slot.environment, "slot": slot.index, "node": node.id }),
+            );
+            self.cool(&node.id);
+            self.vacate(&slot, "its node stopped heart-beating", true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn ready(&self, slot: &Slot, env: &Environment, node: &Node, now: i64) {
+        let mut timings = slot.timings.clone();
+        timings.insert(SlotStep::Starting.as_str().into(), now - slot.step_since_ms);
+        let total = now - slot.move_since_ms;
+        tracing::info!(env = %env.name, slot = slot.index, node = %node.id, total_ms = total, "slot ready");
+        self.c.events.emit(
+            Some(node.id.clone()),
+            EventKind::EngineDecision,
+            json!({ "env": env.name, "action": "ready", "slot": slot.index, "nodes": [node.id], "total_ms": total, "timings": timings }),
+        );
+        self.c.events.emit(
+            Some(node.id.clone()),
+            EventKind::Alert,
+            json!({ "alert": "node-added", "env": env.name, "slot": slot.index, "node": node.id, "total_ms": total }),
+        );
+    }
+
+    async fn fail(&self, slot: &Slot, why: &str) -> Result<()> {
+        tracing::warn!(env = %slot.environment, slot = slot.index, node = ?slot.node, why, "slot move failed");
+        self.step(slot, SlotStep::Failed, why, None).await
+    }
+
+    /// The state of the command a step waits for.
+    async fn command_wait(&self, id: Option<i64>) -> Result<Wait> {
+        let Some(id) = id else {
+            return Ok(Wait::Pending);
+        };
+        Ok(match self.c.store.command(id).await? {
+            None => Wait::Done,
+            Some(cmd) => match cmd.status {
+                CommandStatus::Succeeded | CommandStatus::Acknowledged => Wait::Done,
+                CommandStatus::Failed => Wait::Failed(cmd.detail),
+                _ => Wait::Pending,
+            },
+        })
+    }
+
+    /// Stores the slot's next step (if the slot is still where we saw it).
+    pub(super) async fn step(
+        &self,
+        slot: &Slot,
+        to: SlotStep,
+        detail: &str,
+        command: Option<i64>,
+    ) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut next = slot.clone();
+        let spent = now - slot.step_since_ms;
+        next.timings.insert(slot.step.as_str().into(), spent);
+        next.step = to;
+        next.step_since_ms = now;
+        next.detail = detail.to_string();
+        next.command = command;
+        if to == SlotStep::Ready {
+            next.attempt = 0;
+        }
+        if self.write(slot, next).await? {
+            self.c.events.emit(
+                slot.node.clone(),
+                EventKind::SlotStep,
+                json!({ "env": slot.environment, "slot": slot.index, "node": slot.node, "from": slot.step.as_str(), "to": to.as_str(), "ms": spent, "detail": detail }),
+            );
+        }
+        Ok(())
+    }
+
+    async fn set_command(&self, slot: &Slot, id: i64, detail: &str) -> Result<()> {
+        let mut next = slot.clone();
+        next.command = Some(id);
+        next.detail = detail.to_string();
+        self.write(slot, next).await.map(|_| ())
+    }
+
+    async fn set_detail(&self, slot: &Slot, detail: &str) -> Result<()> {
+        if slot.detail == detail {
+            return Ok(());
+        }
+        let mut next = slot.clone();
+        next.detail = detail.to_string();
+        self.write(slot, next).await.map(|_| ())
+    }
+
+    /// Empties the slot (its node leaves it); true if written.
+    pub(super) async fn vacate(&self, slot: &Slot, why: &str, failed: bool) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let mut next = slot.clone();
+        next.node = None;
+        next.step = SlotStep::Vacant;
+        next.step_since_ms = now;
+        next.command = None;
+        next.detail = why.to_string();
+        if failed {
+            next.attempt += 1;
+        }
+        let done = self.write(slot, next).await?;
+        if done {
+            self.c.events.emit(
+                slot.node.clone(),
+                EventKind::SlotStep,
+                json!({ "env": slot.environment, "slot": slot.index, "node": slot.node, "from": slot.step.as_str(), "to": "vacant", "ms": now - slot.step_since_ms, "detail": why }),
+            );
+        }
+        Ok(done)
+    }
+
+    async fn write(&self, seen: &Slot, next: Slot) -> Result<bool> {
+        self.c
+            .store
+            .write_slots(Fence::default(), &[(next, Expect::Step(seen.step))])
+            .await
+    }
+
+    async fn reload(&self, slot: &Slot) -> Result<Slot> {
+        self.c
+            .store
+            .slots(Some(&slot.environment))
+            .await?
+            .into_iter()
+            .find(|s| s.index == slot.index)
+            .context("slot vanished")
+    }
+}
