@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job: installs what is missing, builds, starts boot-server (embedded SQLite
 # state) in a lab network namespace, network-boots one QEMU node from the default
-# image and prints its boot timeline; the server keeps running until Ctrl-C.
+# image and prints its boot timeline; then the engine moves it into an application
+# environment (`demo`: the lab image under another name, with a start hook) by kexec and
+# prints how long each step took; the server keeps running until Ctrl-C.
 #
 # Usage: qemu-tests/lab-up.sh [--firmware bios|uefi] [--nic virtio-net-pci|e1000]
 #                             [--mac MAC] [--state DIR] [--timeout S]
@@ -49,8 +51,26 @@ lab_start_guest --name node1 --firmware "$firmware" --nic "$nic" --mac "$mac" --
 t0_ms="$(awk -v t="${LAB_GUEST_T0[node1]}" 'BEGIN { printf "%.0f", t * 1000 }')"
 echo "console: ${LAB_GUEST_LOG[node1]}" >&2
 "$server" --config "$config" node timeline "$mac" --since-ms "$t0_ms" --wait "$timeout"
+cli() { "$server" --config "$config" "$@"; }
 echo
-"$server" --config "$config" node list
+cli node list
+echo
+
+step "the engine: environment demo claims the node from the pool (warm move by kexec)"
+sed -e 's/^name = "lab"/name = "demo"/' "$repo/images/lab/image.toml" > "$LAB_DIR/demo.toml"
+cli image add --server-path "$LAB_DIR/demo.toml" >/dev/null
+printf '#!/bin/sh\necho "demo application on $(hostname), slot $SLOT_INDEX" > /dev/console\n' > "$LAB_DIR/demo-start"
+cli env delete demo >/dev/null 2>&1 || true
+cli env create demo --image demo --nodes 1 --max 2 --hostname-pattern 'demo-{slot}' \
+    --hook "start=$LAB_DIR/demo-start" >/dev/null
+for _ in $(seq "$timeout"); do
+    [ "$(cli slot list demo --json | jq -r '.[0].step // ""')" = ready ] && break
+    sleep 1
+done
+cli env show demo
+echo
+cli env history demo --json | jq -r '.decisions[] | select(.detail.action == "ready") |
+    "demo slot \(.detail.slot) ready \(.detail.total_ms) ms after the decision; per step (ms): \(.detail.timings | tojson)"'
 echo
 echo "boot-server is running in namespace $LAB_NS; admin CLI: $server --config $config ..."
 echo "Ctrl-C stops the node and the server and removes the namespace."

@@ -65,7 +65,7 @@ wait_ready() {
     echo "--- server log:"; tail -n 25 "$LAB_DIR/server.log"
     return 1
 }
-node_field() { cli node show "$1" | tr -d ' \n' | grep -o "\"$2\":[^,}]*" | head -n1 | sed 's/^[^:]*://'; }
+node_field() { cli node show "$1" --json | tr -d ' \n' | grep -o "\"$2\":[^,}]*" | head -n1 | sed 's/^[^:]*://'; }
 
 test_full() {
     lab_create full || { not_ok "full: lab namespace"; return; }
@@ -80,8 +80,8 @@ test_full() {
         bash -c 'grep -q " dhcp " <<<"$1" && grep -q " script " <<<"$1" && grep -q " kernel " <<<"$1" && grep -q " initrd " <<<"$1"' _ "$tl"
     tl="$(wait_ready "$uefi" uefi)"; echo "$tl"
     check "full: UEFI guest (OVMF) boots the default image and its agent reports ready" grep -q "agent    ready on lab" <<<"$tl"
-    check "full: inventory says bios for the BIOS node" grep -q '"firmware":"bios"' <<<"$(cli node show "$bios" | tr -d ' \n')"
-    check "full: inventory says uefi for the UEFI node" grep -q '"firmware":"uefi"' <<<"$(cli node show "$uefi" | tr -d ' \n')"
+    check "full: inventory says bios for the BIOS node" grep -q '"firmware":"bios"' <<<"$(cli node show "$bios" --json | tr -d ' \n')"
+    check "full: inventory says uefi for the UEFI node" grep -q '"firmware":"uefi"' <<<"$(cli node show "$uefi" --json | tr -d ' \n')"
     local leases; leases="$(cli leases)"; echo "$leases"
     check "full: both guests hold durable leases" bash -c 'grep -q "$1" <<<"$3" && grep -q "$2" <<<"$3"' _ "$bios" "$uefi" "$leases"
     # Heartbeats keep arriving: the heartbeat timestamp moves.

@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod mac;
+pub use mac::{fmt_mac, write_mac};
+
 /// Header carrying the per-node, per-boot agent token minted into the boot
 /// script's kernel command line (`bootsrv.token=`).
 pub const AGENT_TOKEN_HEADER: &str = "x-node-token";
@@ -146,17 +149,23 @@ pub mod nbd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FirmwareKind {
+    /// Legacy BIOS (PXE from the NIC's option ROM).
     Bios,
+    /// UEFI firmware.
     Uefi,
 }
 
 /// One network interface as the agent sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Nic {
+    /// Kernel interface name, e.g. `eth0`.
     pub name: String,
+    /// Hardware address as sysfs prints it (`52:54:00:12:34:ab`).
     pub mac: String,
+    /// IPv4 addresses configured on it (`10.0.0.5`).
     #[serde(default)]
     pub ipv4: Vec<String>,
+    /// Kernel driver bound to the interface, if any.
     #[serde(default)]
     pub driver: Option<String>,
 }
@@ -164,8 +173,11 @@ pub struct Nic {
 /// One block device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Disk {
+    /// Kernel block device name, e.g. `sda` or `nvme0n1`.
     pub name: String,
+    /// Capacity in bytes.
     pub size_bytes: u64,
+    /// Model string the device reports, if any.
     #[serde(default)]
     pub model: Option<String>,
 }
@@ -173,25 +185,36 @@ pub struct Disk {
 /// Hardware inventory reported once per boot in [`Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Inventory {
+    /// Every network interface except loopback, sorted by name.
     pub nics: Vec<Nic>,
     /// MAC of the interface the node booted from, if known.
     #[serde(default)]
     pub boot_mac: Option<String>,
+    /// SMBIOS system UUID (firmware's stable machine id).
     #[serde(default)]
     pub smbios_uuid: Option<String>,
+    /// SMBIOS system serial number.
     #[serde(default)]
     pub serial: Option<String>,
+    /// SMBIOS system manufacturer.
     #[serde(default)]
     pub vendor: Option<String>,
+    /// SMBIOS product name.
     #[serde(default)]
     pub product: Option<String>,
+    /// Logical CPUs listed in `/proc/cpuinfo`.
     pub cpus: u32,
+    /// CPU model name from `/proc/cpuinfo`.
     #[serde(default)]
     pub cpu_model: Option<String>,
+    /// Total memory in bytes.
     pub memory_bytes: u64,
+    /// Whole block devices (`/sys/block`), without loop, RAM, optical and empty NBD devices.
     #[serde(default)]
     pub disks: Vec<Disk>,
+    /// Firmware the node booted with, if the agent could tell.
     pub firmware: Option<FirmwareKind>,
+    /// Running kernel release (`uname -r`).
     #[serde(default)]
     pub kernel: Option<String>,
 }
@@ -202,7 +225,9 @@ pub struct Hello {
     /// Agent protocol version ([`PROTOCOL_VERSION`]); round-1 agents send none (1).
     #[serde(default = "round1_protocol")]
     pub protocol_version: u32,
+    /// Agent build version (its crate version).
     pub agent_version: String,
+    /// What the node is made of.
     pub inventory: Inventory,
     /// Milliseconds since the kernel started when the agent became ready.
     #[serde(default)]
@@ -212,8 +237,10 @@ pub struct Hello {
     pub image: Option<String>,
 }
 
+/// The server's answer to a [`Hello`]: who the node is and how often to report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HelloReply {
+    /// Id the server knows the node by; the agent quotes it in later calls.
     pub node_id: String,
     /// Seconds between heartbeats the server expects.
     pub heartbeat_interval_secs: u64,
@@ -223,12 +250,18 @@ pub struct HelloReply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum AppState {
+    /// No application hook ran yet (or none is defined).
     #[default]
     None,
+    /// The start hook is running.
     Starting,
+    /// The application is up (start hook succeeded).
     Running,
+    /// The stop hook is running.
     Stopping,
+    /// The application was stopped on purpose.
     Stopped,
+    /// A hook failed or the application died.
     Failed,
 }
 
@@ -239,10 +272,14 @@ pub struct Heartbeat {
     pub load1: f64,
     /// CPU busy fraction since the previous heartbeat, 0..=1.
     pub cpu_busy: f64,
+    /// Total memory in bytes.
     pub mem_total_bytes: u64,
+    /// Memory available to new work in bytes (`MemAvailable`).
     pub mem_available_bytes: u64,
+    /// State of the node's application.
     #[serde(default)]
     pub app: AppState,
+    /// Milliseconds since the kernel started.
     pub uptime_ms: u64,
     /// What the environment's `health` hook printed, as `key=value` pairs
     /// (e.g. `load=0.7 busy=1 latency_ms=40`); empty without a hook.
@@ -303,36 +340,55 @@ pub enum CommandKind {
     Reprovision,
     /// Download kernel + initrd and kexec into them.
     Kexec {
+        /// URL of the kernel to download.
         kernel_url: String,
+        /// URL of the initrd, if the kernel needs one.
         initrd_url: Option<String>,
+        /// Kernel command line for the new kernel.
         cmdline: String,
     },
     /// Run the node's application start hook.
-    StartApp { timeout_secs: u64 },
+    StartApp {
+        /// Seconds the start hook may take before it counts as failed.
+        timeout_secs: u64,
+    },
     /// Run the stop hook; force-kill after the timeout.
-    StopApp { timeout_secs: u64 },
+    StopApp {
+        /// Seconds the stop hook may take before the application is killed.
+        timeout_secs: u64,
+    },
     /// Sync and freeze file systems for a clone; report when quiesced.
     Quiesce,
     /// Undo [`CommandKind::Quiesce`].
     Thaw,
     /// Take on an environment slot's configuration: host name, hooks and
     /// key/values (protocol 3). The agent answers succeeded once installed.
-    Configure { slot: SlotConfig },
+    Configure {
+        /// The slot the node now holds.
+        slot: SlotConfig,
+    },
     /// Forget the slot configuration (server hooks, host name): the node
     /// went back to the pool (protocol 3).
     Unconfigure,
     /// Attach a network block device.
     AttachDisk {
+        /// NBD export name.
         export: String,
+        /// NBD server host (name or address).
         host: String,
+        /// NBD server TCP port.
         port: u16,
+        /// Where to mount the device once attached; `None` leaves it unmounted.
         mount: Option<String>,
     },
 }
 
+/// One queued command as the agent receives it on its poll.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
+    /// Server-assigned id, quoted back in the [`CommandResult`].
     pub id: u64,
+    /// What to do.
     #[serde(flatten)]
     pub kind: CommandKind,
 }
@@ -344,11 +400,17 @@ pub struct Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CommandStatus {
+    /// Waiting in the server's queue.
     Queued,
+    /// Handed to the agent by a poll.
     Delivered,
+    /// The agent began carrying it out.
     Started,
+    /// The agent finished it successfully.
     Succeeded,
+    /// The agent could not carry it out (see the result's detail).
     Failed,
+    /// Whoever queued it has seen the final result.
     Acknowledged,
 }
 
@@ -398,8 +460,11 @@ impl CommandStatus {
 /// The agent's report on a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandResult {
+    /// Id of the [`Command`] this reports on.
     pub id: u64,
+    /// Where the command stands now.
     pub status: CommandStatus,
+    /// Free text for the operator: error cause or output summary.
     #[serde(default)]
     pub detail: String,
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The DHCP crate's advisor and lease store.
 pub struct DhcpBackend {
+    /// Decides what each client boots.
     pub plan: Arc<BootPlan>,
+    /// Where leases and nodes are kept.
     pub store: Arc<dyn Store>,
     /// Proxy mode: the server leases nothing, the DHCP exchange shows the address.
     pub proxy: bool,
@@ -145,8 +147,11 @@ impl boot_dhcp::LeaseStore for DhcpBackend {
 /// Records TFTP transfers of known nodes in the event log (the boot timeline
 /// reads them); transfers to addresses no node holds are not recorded.
 pub struct TftpEvents {
+    /// Where nodes are looked up by address.
     pub store: Arc<dyn Store>,
+    /// Where the transfer events go.
     pub events: EventHub,
+    /// Runtime the TFTP threads hand their async work to.
     pub runtime: tokio::runtime::Handle,
 }
 

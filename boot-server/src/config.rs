@@ -7,6 +7,7 @@ use serde::Deserialize;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+/// The whole configuration file; every table and key is optional.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -33,21 +34,33 @@ pub struct Config {
     pub trust_boot_network: bool,
     /// Most nodes recorded from script fetches alone (no DHCP seen, not enrolled).
     pub discovery_limit: usize,
+    /// `[http]`: the node-facing HTTP service.
     pub http: HttpConfig,
+    /// `[admin]`: where the admin API listens.
     pub admin: AdminConfig,
+    /// `[events]`: the event log.
     pub events: EventsConfig,
+    /// `[tftp]`: the TFTP server.
     pub tftp: TftpConfig,
+    /// `[dhcp]`: the DHCP or proxyDHCP server.
     pub dhcp: DhcpConfig,
+    /// `[ra]`: IPv6 Router Advertisements.
     pub ra: RaConfig,
+    /// `[nbd]`: the NBD server and its disk store.
     pub nbd: NbdConfig,
+    /// `[agent]`: what node agents are told and held to.
     pub agent: AgentConfig,
+    /// `[engine]`: the dynamic boot engine.
     pub engine: EngineConfig,
+    /// `[loaders]`: iPXE loader file per firmware.
     pub loaders: LoaderConfig,
 }
 
+/// `[http]`: the node-facing HTTP service (scripts, files, agent API).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
+    /// Listen address; default `0.0.0.0:8080`.
     pub listen: SocketAddr,
     /// Base URL written into scripts; default `http://<server_ip>:<port>`.
     pub public_url: Option<String>,
@@ -60,6 +73,7 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
+    /// Own TCP listener for the admin API (Bearer token); `None` shares the HTTP listener.
     pub listen: Option<SocketAddr>,
 }
 
@@ -77,32 +91,46 @@ impl Default for EventsConfig {
     }
 }
 
+/// `[tftp]`: the TFTP server (serves the loaders and images directories).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TftpConfig {
+    /// Run it; default on.
     pub enabled: bool,
+    /// Listen address; default `0.0.0.0:69`.
     pub listen: SocketAddr,
+    /// Largest block size granted to clients; default 1468 (fits a 1500-byte MTU).
     pub max_blksize: u16,
 }
 
+/// `dhcp.mode`: which DHCP service runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DhcpMode {
+    /// No DHCP (another server does everything, or static setups).
     Off,
+    /// Full DHCP server handing out addresses from `[[dhcp.subnet]]`.
     Full,
+    /// proxyDHCP: boot information only, next to another DHCP server.
     Proxy,
 }
 
+/// `[dhcp]`: the DHCP service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DhcpConfig {
+    /// Which service runs; default off.
     pub mode: DhcpMode,
+    /// Server port; default 67.
     pub port: u16,
+    /// PXE boot-server port (proxy requests); default 4011, 0 disables it.
     pub proxy_port: u16,
+    /// `[[dhcp.subnet]]` tables: the address pools (full mode).
     #[serde(rename = "subnet")]
     pub subnets: Vec<SubnetConfig>,
 }
 
+/// `[[dhcp.subnet]]`: one address pool.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubnetConfig {
@@ -110,12 +138,17 @@ pub struct SubnetConfig {
     pub network: String,
     /// First and last address of the pool.
     pub range: [Ipv4Addr; 2],
+    /// Default gateway handed out (option 3).
     pub router: Option<Ipv4Addr>,
+    /// DNS servers handed out (option 6).
     #[serde(default)]
     pub dns: Vec<Ipv4Addr>,
+    /// DNS domain handed out (option 15).
     pub domain: Option<String>,
+    /// Lease time in seconds; default 3600.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
+    /// `[[dhcp.subnet.reservation]]` tables (round 1; imported into the store).
     #[serde(default, rename = "reservation")]
     pub reservations: Vec<Reservation>,
 }
@@ -125,12 +158,16 @@ pub struct SubnetConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reservation {
+    /// Client MAC.
     pub mac: String,
+    /// Reserved address.
     pub ip: Ipv4Addr,
+    /// Host name handed out with it.
     #[serde(default)]
     pub hostname: Option<String>,
 }
 
+/// `[ra]`: IPv6 Router Advertisements on the boot interface.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaConfig {
@@ -138,10 +175,13 @@ pub struct RaConfig {
     pub enabled: bool,
 }
 
+/// `[nbd]`: the NBD server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NbdConfig {
+    /// Run it; default on.
     pub enabled: bool,
+    /// Listen address; default `0.0.0.0:10809`.
     pub listen: SocketAddr,
     /// Disk store directory; default `<state_dir>/disks`.
     pub disks_dir: Option<PathBuf>,
@@ -188,20 +228,25 @@ impl Default for EngineConfig {
     }
 }
 
+/// `[agent]`: timing of node agents.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
+    /// Seconds between heartbeats agents are told to keep; default 5.
     pub heartbeat_interval_secs: u64,
     /// A ready node with no heartbeat for this long is marked failed.
     pub heartbeat_timeout_secs: u64,
 }
 
+/// `[loaders]`: file name of the iPXE loader per firmware, in `loaders_dir`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoaderConfig {
+    /// Legacy BIOS loader; default `undionly.kpxe`.
     pub bios: String,
     /// `ipxe.efi` (own drivers) or `snponly.efi` (firmware's network stack).
     pub uefi_x64: String,
+    /// UEFI arm64 loader; default `ipxe-arm64.efi`.
     pub uefi_arm64: String,
 }
 
@@ -329,6 +374,8 @@ impl Config {
         Ok(config)
     }
 
+    /// Refuses settings that cannot work together: DHCP without `server_ip`,
+    /// full mode without a subnet, a bad CIDR, a weak admin token.
     pub fn validate(&self) -> Result<()> {
         if self.dhcp.mode != DhcpMode::Off {
             if self.server_ip.is_none() {
@@ -367,6 +414,7 @@ impl Config {
         self.state_dir.join("admin.sock")
     }
 
+    /// Directory of the disk store: `nbd.disks_dir`, else `<state_dir>/disks`.
     pub fn disks_dir(&self) -> PathBuf {
         self.nbd
             .disks_dir

@@ -84,7 +84,7 @@ pub fn find_manifests(images_dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Resolves a path inside the images directory (no escaping it).
 pub fn file_in(images_dir: &Path, rel: &str) -> Result<PathBuf> {
-    boot_tftp::resolve_path(&[images_dir.to_path_buf()], rel)
+    boot_fs::resolve_path(&[images_dir.to_path_buf()], rel)
         .map_err(|e| anyhow::anyhow!("{rel}: {e}"))
         .with_context(|| format!("image file {rel} under {}", images_dir.display()))
 }
@@ -118,7 +118,13 @@ pub enum Integrity {
     /// The file matches its image's recorded digest.
     Intact,
     /// The file changed since its digest was recorded: not served.
-    Changed { image: String, reason: String },
+    /// Not served; which image and why.
+    Changed {
+        /// The image the file belongs to.
+        image: String,
+        /// Why: unreadable, or its size or digest differs.
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -31,8 +31,11 @@ use std::sync::{Arc, Mutex};
 /// What a network-boot client told DHCP about itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DhcpFacts {
+    /// MAC of the booting interface (`chaddr`).
     pub mac: MacAddr,
+    /// SMBIOS UUID (option 97), if sent.
     pub uuid: Option<String>,
+    /// Firmware derived from option 93, if sent.
     pub firmware: Option<Firmware>,
     /// iPXE already runs (option 77 `iPXE` or option 175 present).
     pub is_ipxe: bool,
@@ -46,6 +49,7 @@ pub struct DhcpFacts {
 pub struct DhcpBoot {
     /// TFTP file name of a loader, or an HTTP URL.
     pub filename: String,
+    /// Server to fetch the loader from (siaddr).
     pub next_server: Ipv4Addr,
     /// Option 60: `PXEClient` or `HTTPClient`.
     pub vendor_class: &'static str,
@@ -54,16 +58,20 @@ pub struct DhcpBoot {
 /// Hints iPXE passes on the script URL.
 #[derive(Debug, Clone, Default)]
 pub struct ScriptHints {
+    /// SMBIOS UUID from `${uuid}`, if iPXE knows it.
     pub uuid: Option<String>,
+    /// Firmware from `${platform}`/`${buildarch}`, if given.
     pub firmware: Option<Firmware>,
 }
 
 /// A rendered script and what it boots.
 #[derive(Debug, Clone)]
 pub struct Script {
+    /// The iPXE script.
     pub text: String,
     /// The node, when the server knows (or now records) it.
     pub node: Option<Node>,
+    /// Image it boots (none for a local-boot or wait script).
     pub image: Option<String>,
 }
 

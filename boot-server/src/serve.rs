@@ -24,6 +24,8 @@ use tokio::task::JoinSet;
 /// How long requests in flight may take to finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// Runs every enabled service from `config` until SIGTERM or SIGINT, then
+/// lets requests in flight finish.
 pub async fn run(mut config: Config) -> Result<()> {
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(config.http.listen)

@@ -17,7 +17,10 @@ fn fingerprint(s: &str) -> String {
 }
 
 fn set_lease(db: &std::path::Path, ip: &str) {
+    // The running server writes too: wait for its lock instead of failing
+    // at once with "database is locked".
     let st = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
         .arg(db)
         .arg(format!(
             "INSERT OR REPLACE INTO leases(mac, ip, expires_at_ms) VALUES ('52:54:00:00:00:31', '{ip}', 99999999999999)"

@@ -43,6 +43,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session for the node described by `hello`, talking to `cfg.server` with `cfg.token`.
     pub fn new(cfg: Config, hello: Hello) -> Arc<Session> {
         Arc::new(Session {
             client: Client::new(&cfg.server, &cfg.token),
@@ -52,6 +53,7 @@ impl Session {
         })
     }
 
+    /// The HTTP client of this session (its token can change on reload).
     pub fn client(&self) -> &Client {
         &self.client
     }

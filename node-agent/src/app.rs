@@ -61,6 +61,8 @@ fn run_hook(hooks: &Hooks, path: &Path, deadline: Instant) -> Result<String> {
 }
 
 impl App {
+    /// An app run by `hooks`; `on_change` is called after every state
+    /// change (to send a heartbeat early).
     pub fn new(hooks: Hooks, on_change: Arc<dyn Fn() + Send + Sync>) -> App {
         App {
             hooks,
@@ -74,6 +76,7 @@ impl App {
         &self.hooks
     }
 
+    /// The application's current state.
     pub fn state(&self) -> AppState {
         self.lock().state
     }

@@ -11,12 +11,21 @@ use thiserror::Error;
 /// Why one call failed; every variant is retried by the caller.
 #[derive(Debug, Error)]
 pub enum CallError {
+    /// No HTTP answer (connection refused, timeout, ...); the cause.
     #[error("transport: {0}")]
     Transport(String),
+    /// The server refused the token (401/403).
     #[error("unauthorized (HTTP {0}): token rejected")]
     Unauthorized(i32),
+    /// Any other non-success answer.
     #[error("HTTP {status}: {body}")]
-    Status { status: i32, body: String },
+    Status {
+        /// The HTTP status code.
+        status: i32,
+        /// The answer's body (the server's error text).
+        body: String,
+    },
+    /// The answer's body did not decode; the cause.
     #[error("bad reply body: {0}")]
     Body(String),
 }
@@ -52,7 +61,9 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// First delay after a failure, in milliseconds.
     pub const MIN_MS: u64 = 100;
+    /// Cap on the delay, in milliseconds.
     pub const MAX_MS: u64 = 5000;
 
     /// The next delay to sleep; doubles the following one up to the cap.
@@ -72,6 +83,7 @@ impl Backoff {
         Duration::from_millis(base - spread + jitter)
     }
 
+    /// Back to the first delay (after a success).
     pub fn reset(&mut self) {
         self.next_ms = Self::MIN_MS;
     }
@@ -103,6 +115,7 @@ pub fn fingerprint(token: &str) -> String {
 }
 
 impl Client {
+    /// A client of the server at `base` (e.g. `http://10.0.0.1:8080`) using agent token `token`.
     pub fn new(base: &str, token: &str) -> Client {
         Client {
             target: Arc::new(RwLock::new(Target {
@@ -176,15 +189,18 @@ impl Client {
         serde_json::from_slice(resp.as_bytes()).map_err(|e| CallError::Body(e.to_string()))
     }
 
+    /// Announces the node (`POST /api/agent/hello`); the reply names it.
     pub fn hello(&self, h: &Hello) -> Result<HelloReply, CallError> {
         let r = self.post("/api/agent/hello", h, 10)?;
         Self::json(&r)
     }
 
+    /// Sends a heartbeat (`POST /api/agent/heartbeat`).
     pub fn heartbeat(&self, h: &Heartbeat) -> Result<(), CallError> {
         self.post("/api/agent/heartbeat", h, 10).map(|_| ())
     }
 
+    /// Reports on a command (`POST /api/agent/results`).
     pub fn result(&self, r: &CommandResult) -> Result<(), CallError> {
         self.post("/api/agent/results", r, 10).map(|_| ())
     }

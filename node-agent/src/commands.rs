@@ -13,16 +13,22 @@ use std::time::Duration;
 /// What to do once the final result is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum After {
+    /// Nothing more: keep running.
     Nothing,
+    /// Reboot through firmware.
     Reboot,
+    /// Jump into the kernel loaded by kexec.
     KexecJump,
 }
 
 /// Result of a command: detail text, success flag, follow-up action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
+    /// Whether the command succeeded.
     pub ok: bool,
+    /// What happened, for the operator.
     pub detail: String,
+    /// What to do after reporting.
     pub after: After,
 }
 
@@ -45,13 +51,16 @@ impl Outcome {
 
 /// Executes commands; owns the node-side state commands share.
 pub struct Executor {
+    /// The agent's configuration.
     pub cfg: Config,
+    /// The application hooks.
     pub app: App,
     boot_mac: Option<String>,
     frozen: Mutex<Vec<String>>,
 }
 
 impl Executor {
+    /// An executor for the node configured by `cfg`; `boot_mac` is the interface it booted from, if known.
     pub fn new(cfg: Config, app: App, boot_mac: Option<String>) -> Executor {
         Executor {
             cfg,
@@ -65,6 +74,7 @@ impl Executor {
         self.cfg.efivars_dir.is_dir()
     }
 
+    /// Carries out `kind` (blocking) and says how it went.
     pub fn execute(&self, kind: &CommandKind) -> Outcome {
         match kind {
             CommandKind::Reboot => Outcome {

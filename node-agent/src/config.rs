@@ -19,12 +19,17 @@ use std::path::PathBuf;
 pub struct Config {
     /// Base URL of the boot server, e.g. `http://10.77.0.1:8080` (no trailing `/`).
     pub server: String,
+    /// Node id the server assigned (`bootsrv.node`), if given.
     pub node: Option<String>,
+    /// Agent token sent with every call (`bootsrv.token`).
     pub token: String,
+    /// Image the node booted (`bootsrv.image`), if given.
     pub image: Option<String>,
     /// MAC from `BOOTIF=01-aa-bb-..` if the boot loader passed one, normalised to `aa:bb:..`.
     pub bootif_mac: Option<String>,
+    /// Directory of the EFI variables (`/sys/firmware/efi/efivars`).
     pub efivars_dir: PathBuf,
+    /// Directory of the local application hooks (`/etc/node-agent/hooks`).
     pub hooks_dir: PathBuf,
     /// Optional HTTP-boot URI used when a network boot entry has to be created
     /// from scratch (`bootsrv.httpboot=` or `--http-boot-url`).
@@ -105,7 +110,7 @@ const USAGE: &str = "usage: node-agent [--server URL] [--token T] [--node ID] [-
 env: BOOTSRV_SERVER BOOTSRV_TOKEN BOOTSRV_NODE BOOTSRV_IMAGE NODE_AGENT_DRY_RUN=1 NODE_AGENT_LOG=debug";
 
 impl Config {
-    /// Builds the configuration from process arguments (without argv[0]) and an
+    /// Builds the configuration from process arguments (without `argv[0]`) and an
     /// environment lookup. Precedence: flag > environment > kernel command line.
     pub fn from_sources(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
         let mut flags: Vec<(String, Option<String>)> = Vec::new();

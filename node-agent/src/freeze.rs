@@ -43,11 +43,16 @@ const SKIP: &[&str] = &[
     "virtiofs",
 ];
 
+/// One line of `/proc/self/mounts`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// Device or source.
     pub source: String,
+    /// Mount point.
     pub target: String,
+    /// File system type.
     pub fstype: String,
+    /// Whether it is mounted read-write.
     pub writable: bool,
 }
 
@@ -72,6 +77,7 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Parses `/proc/self/mounts` text (octal escapes decoded).
 pub fn parse_mounts(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|l| {
@@ -119,8 +125,11 @@ fn fs_ioctl(path: &str, req: libc::c_ulong) -> std::io::Result<()> {
 /// Outcome of a quiesce or thaw.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FreezeReport {
+    /// Mount points frozen (or thawed).
     pub done: Vec<String>,
+    /// Mount points whose file system cannot be frozen.
     pub unsupported: Vec<String>,
+    /// Mount points where the ioctl failed, with the error.
     pub failed: Vec<String>,
 }
 

@@ -68,6 +68,7 @@ pub struct Prober {
 }
 
 impl Prober {
+    /// A prober running `hooks`' health and busy hooks.
     pub fn new(hooks: Hooks) -> Prober {
         Prober {
             hooks,

@@ -58,6 +58,7 @@ pub fn parse_uptime_ms(text: &str) -> Option<u64> {
     Some((secs * 1000.0) as u64)
 }
 
+/// Milliseconds since boot (0 if `/proc/uptime` is unreadable).
 pub fn uptime_ms() -> u64 {
     fs::read_to_string("/proc/uptime")
         .ok()

@@ -54,10 +54,15 @@ pub fn memfd(name: &str, data: &[u8]) -> Result<File> {
 /// What [`kexec_prepare`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KexecReport {
+    /// Size of the downloaded kernel.
     pub kernel_bytes: usize,
+    /// Size of the downloaded initrd (0 without one).
     pub initrd_bytes: usize,
+    /// Milliseconds the downloads took.
     pub download_ms: u64,
+    /// Milliseconds loading into the kernel took.
     pub load_ms: u64,
+    /// How it was loaded (`kexec_file_load`, kexec-tools, or dry run).
     pub method: String,
 }
 

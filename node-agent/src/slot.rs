@@ -32,13 +32,17 @@ pub const RESERVED: [&str; 3] = ["SLOT_ENVIRONMENT", "SLOT_INDEX", "SLOT_HOSTNAM
 /// Where the slot's files live, under the runtime directory.
 #[derive(Debug, Clone)]
 pub struct SlotFiles {
+    /// The server's hook scripts (`slot-hooks/`).
     pub hooks_dir: PathBuf,
+    /// `slot.env`: `KEY=value` lines for the hooks.
     pub env_file: PathBuf,
+    /// `slot.json`: the installed configuration, re-read at agent start.
     pub record: PathBuf,
     runtime: PathBuf,
 }
 
 impl SlotFiles {
+    /// The slot files under the agent's runtime directory.
     pub fn new(runtime: &Path) -> SlotFiles {
         SlotFiles {
             hooks_dir: runtime.join("slot-hooks"),

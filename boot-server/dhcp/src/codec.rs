@@ -16,20 +16,38 @@ const MIN_REPLY: usize = 300;
 /// Why a packet was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// Shorter than the BOOTP header plus magic cookie; carries the length.
     #[error("packet truncated: {0} bytes")]
     Truncated(usize),
+    /// Longer than any DHCP packet this server accepts; carries the length.
     #[error("packet too large: {0} bytes")]
     TooLarge(usize),
+    /// The options area does not start with the DHCP magic cookie.
     #[error("bad magic cookie")]
     BadMagic,
+    /// `hlen` is larger than the 16-byte `chaddr` field.
     #[error("bad hardware address length {0}")]
     BadHlen(u8),
+    /// An option's length runs past the end of the packet.
     #[error("option {code} overruns the packet at offset {offset}")]
-    OptionOverrun { code: u8, offset: usize },
+    OptionOverrun {
+        /// The option's code.
+        code: u8,
+        /// Where in the packet the option starts.
+        offset: usize,
+    },
+    /// An option's length is invalid for its code.
     #[error("option {code} has invalid length {len}")]
-    BadOptionLength { code: u8, len: usize },
+    BadOptionLength {
+        /// The option's code.
+        code: u8,
+        /// The length it claimed.
+        len: usize,
+    },
+    /// An option's value could not be decoded.
     #[error("option {0} could not be decoded")]
     BadOption(u8),
+    /// The DHCP codec refused the packet; its message.
     #[error("codec error: {0}")]
     Codec(String),
 }

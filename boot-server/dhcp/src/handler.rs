@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use boot_proto::fmt_mac;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 use tracing::{debug, info, warn};
 
@@ -33,7 +34,9 @@ pub enum Ingress {
 /// A reply to send.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
+    /// The encoded reply.
     pub packet: Vec<u8>,
+    /// Where to send it (client, broadcast or relay).
     pub dest: SocketAddrV4,
     /// The reply as built (for logs and tests).
     pub message: Message,
@@ -60,14 +63,8 @@ fn opt_ip(msg: &Message, code: OptionCode) -> Option<Ipv4Addr> {
     }
 }
 
-fn mac_str(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 impl Handler {
+    /// A handler answering with `config`, asking `advisor` what each client boots and keeping bindings in `leases`.
     pub fn new(
         config: DhcpConfig,
         advisor: Arc<dyn BootAdvisor>,
@@ -105,7 +102,7 @@ impl Handler {
 
     fn store_error(&self, what: &str, mac: &[u8; 6], ip: Ipv4Addr, e: &anyhow::Error) {
         DhcpStats::inc(&self.stats.store_errors);
-        warn!(mac = %mac_str(mac), %ip, "lease store: {what}: {e:#}");
+        warn!(mac = %fmt_mac(mac), %ip, "lease store: {what}: {e:#}");
     }
 
     /// Load durable leases into the pool (start-up); full mode answers from
@@ -140,7 +137,7 @@ impl Handler {
                         n += 1;
                     }
                 }
-                Ok(false) => debug!(mac = %mac_str(&e.mac), ip = %e.ip, "renewed before expiry"),
+                Ok(false) => debug!(mac = %fmt_mac(&e.mac), ip = %e.ip, "renewed before expiry"),
                 Err(err) => self.store_error("expiring lease", &e.mac, e.ip, &err),
             }
         }
@@ -159,7 +156,7 @@ impl Handler {
             return Err(e.context(format!("freeing {ip}")));
         }
         self.pool.unbind(mac, ip);
-        info!(mac = %mac_str(&mac), %ip, "address freed");
+        info!(mac = %fmt_mac(&mac), %ip, "address freed");
         Ok(Some(mac))
     }
 
@@ -262,7 +259,7 @@ impl Handler {
 
     fn nak(&self, req: &Message, raw: &RawOpts, why: &str) -> Option<Outgoing> {
         DhcpStats::inc(&self.stats.naks);
-        info!(mac = %mac_str(&mac_of(req)), "NAK: {why}");
+        info!(mac = %fmt_mac(&mac_of(req)), "NAK: {why}");
         let m = reply::nak(req, self.config.server_ip, why);
         let dest = reply::destination(req, true, self.server_port(), self.client_port());
         self.finish(m, raw, dest)
@@ -296,7 +293,7 @@ impl Handler {
             &self.stats.proxy_acks
         };
         DhcpStats::inc(counter);
-        debug!(mac = %mac_str(&facts.mac), file = %answer.filename, "proxy {mtype:?}");
+        debug!(mac = %fmt_mac(&facts.mac), file = %answer.filename, "proxy {mtype:?}");
         self.finish(m, raw, dest)
     }
 
@@ -316,12 +313,12 @@ impl Handler {
             .offer(subnet, facts.mac, requested, cfg.fixed_address);
         if let Some(w) = self.pool.wanted(subnet, facts.mac, cfg.fixed_address) {
             if ip != Some(w) {
-                warn!(mac = %mac_str(&facts.mac), fixed = %w, "fixed address held by another client");
+                warn!(mac = %fmt_mac(&facts.mac), fixed = %w, "fixed address held by another client");
             }
         }
         let Some(ip) = ip else {
             DhcpStats::inc(&self.stats.pool_exhausted);
-            warn!(mac = %mac_str(&facts.mac), "address pool exhausted");
+            warn!(mac = %fmt_mac(&facts.mac), "address pool exhausted");
             return None;
         };
         let s = &self.pool.subnets[subnet];
@@ -330,7 +327,7 @@ impl Handler {
         reply::add_subnet_opts(&mut m, s, true);
         self.add_client_opts(&mut m, req, facts, &cfg);
         DhcpStats::inc(&self.stats.offers);
-        debug!(mac = %mac_str(&facts.mac), %ip, "OFFER");
+        debug!(mac = %fmt_mac(&facts.mac), %ip, "OFFER");
         let dest = reply::destination(req, false, self.server_port(), self.client_port());
         self.finish(m, raw, dest)
     }
@@ -415,7 +412,7 @@ impl Handler {
         reply::add_subnet_opts(&mut m, s, true);
         self.add_client_opts(&mut m, req, facts, &cfg);
         DhcpStats::inc(&self.stats.acks);
-        debug!(mac = %mac_str(&facts.mac), %ip, "ACK");
+        debug!(mac = %fmt_mac(&facts.mac), %ip, "ACK");
         let dest = reply::destination(req, false, self.server_port(), self.client_port());
         self.finish(m, raw, dest)
     }
@@ -455,7 +452,7 @@ impl Handler {
         match self.leases.remove(facts.mac, ip).await {
             Ok(()) => {
                 self.pool.unbind(facts.mac, ip);
-                info!(mac = %mac_str(&facts.mac), %ip, "RELEASE");
+                info!(mac = %fmt_mac(&facts.mac), %ip, "RELEASE");
             }
             Err(e) => self.store_error("removing released lease", &facts.mac, ip, &e),
         }
@@ -474,11 +471,11 @@ impl Handler {
             // Only the holder may give an address back: anyone else's
             // DECLINE (spoofed, or stale) must not take it from its holder.
             DhcpStats::inc(&self.stats.declines_ignored);
-            warn!(mac = %mac_str(&facts.mac), %ip, "DECLINE for an address this client does not hold: ignored");
+            warn!(mac = %fmt_mac(&facts.mac), %ip, "DECLINE for an address this client does not hold: ignored");
             return;
         }
         DhcpStats::inc(&self.stats.declines);
-        warn!(mac = %mac_str(&facts.mac), %ip, "DECLINE: address marked bad");
+        warn!(mac = %fmt_mac(&facts.mac), %ip, "DECLINE: address marked bad");
         self.pool.mark_declined(facts.mac, ip);
         match self.leases.remove(facts.mac, ip).await {
             Ok(()) => {

@@ -12,7 +12,9 @@ use tracing::warn;
 /// A fixed address for one client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
+    /// The client's hardware address.
     pub mac: [u8; 6],
+    /// The address it always gets.
     pub ip: Ipv4Addr,
     /// Option 12 for this client (unless the advisor gives one).
     pub hostname: Option<String>,

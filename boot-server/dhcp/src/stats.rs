@@ -5,17 +5,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// DHCP server counters.
 #[derive(Debug, Default)]
 pub struct DhcpStats {
+    /// Packets received on any DHCP socket.
     pub received: AtomicU64,
+    /// Packets dropped because they did not decode.
     pub malformed_dropped: AtomicU64,
+    /// Decoded packets left unanswered (not a request, no message type, or nothing to say for this client).
     pub ignored: AtomicU64,
+    /// OFFERs sent (full mode).
     pub offers: AtomicU64,
+    /// ACKs sent (full mode).
     pub acks: AtomicU64,
+    /// NAKs sent.
     pub naks: AtomicU64,
+    /// proxyDHCP OFFERs sent.
     pub proxy_offers: AtomicU64,
+    /// proxyDHCP ACKs sent.
     pub proxy_acks: AtomicU64,
+    /// INFORMs answered.
     pub informs: AtomicU64,
+    /// RELEASEs processed.
     pub releases: AtomicU64,
+    /// DECLINEs that marked an address bad.
     pub declines: AtomicU64,
+    /// DISCOVERs left unanswered because the pool had no free address.
     pub pool_exhausted: AtomicU64,
     /// Commits that failed (no ACK sent).
     pub commit_failures: AtomicU64,
@@ -25,6 +37,7 @@ pub struct DhcpStats {
     pub declines_ignored: AtomicU64,
     /// Full-mode requests dropped because the leases are not loaded yet.
     pub not_ready: AtomicU64,
+    /// Replies the socket failed to send.
     pub send_errors: AtomicU64,
 }
 

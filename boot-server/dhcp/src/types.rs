@@ -10,6 +10,7 @@ use crate::reservations::Reservation;
 /// What the client told us about itself, for the boot decision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientFacts {
+    /// The client's hardware address (`chaddr`).
     pub mac: [u8; 6],
     /// Option 93 (first entry).
     pub client_arch: Option<u16>,
@@ -91,10 +92,15 @@ pub trait BootAdvisor: Send + Sync + 'static {
 /// A DHCP binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// The client's hardware address.
     pub mac: [u8; 6],
+    /// The address bound to it.
     pub ip: Ipv4Addr,
+    /// When the binding runs out unless renewed.
     pub expires_at: SystemTime,
+    /// Host name the client sent (option 12), if any.
     pub hostname: Option<String>,
+    /// Client identifier (option 61), if the client sent one.
     pub client_id: Option<Vec<u8>>,
 }
 
@@ -131,13 +137,16 @@ pub trait LeaseStore: Send + Sync + 'static {
 /// Full DHCP server or proxyDHCP (boot information only, no addresses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Hands out addresses and boot information.
     Full,
+    /// Only adds boot information to another server's offers (proxyDHCP).
     Proxy,
 }
 
 /// Server configuration.
 #[derive(Debug, Clone)]
 pub struct DhcpConfig {
+    /// Full server or proxyDHCP.
     pub mode: Mode,
     /// Bind to this device (SO_BINDTODEVICE) when set.
     pub interface: Option<String>,
@@ -172,13 +181,19 @@ impl DhcpConfig {
 /// One address pool (full mode).
 #[derive(Debug, Clone)]
 pub struct SubnetConfig {
+    /// Network address of the subnet.
     pub network: Ipv4Addr,
+    /// Prefix length of the subnet mask.
     pub prefix_len: u8,
     /// Inclusive range of dynamic addresses.
     pub range: (Ipv4Addr, Ipv4Addr),
+    /// Default gateway (option 3), if any.
     pub router: Option<Ipv4Addr>,
+    /// DNS servers (option 6).
     pub dns: Vec<Ipv4Addr>,
+    /// DNS domain (option 15), if any.
     pub domain: Option<String>,
+    /// How long a lease lasts (option 51).
     pub lease_time: Duration,
 }
 

@@ -207,7 +207,7 @@ pub fn pread_full(f: &File, mut buf: &mut [u8], mut off: u64) -> io::Result<()> 
 
 fn punch_hole(f: &File, off: u64, len: u64) {
     // Best effort: a failed punch leaves stale bytes that the map state hides anyway.
-    // SAFETY: plain syscall on a valid fd.
+    // SAFETY: fallocate(2) takes no pointers; `f` keeps the fd open for the call.
     unsafe {
         libc::fallocate(
             f.as_raw_fd(),
@@ -240,7 +240,7 @@ pub fn file_extents(f: &File, off: u64, len: u64, out: &mut Vec<(u64, bool)>) {
             pos += h;
             continue;
         }
-        // SAFETY: as above.
+        // SAFETY: lseek(2) takes no pointers and `fd` is kept open by `f`.
         let hole = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_HOLE) };
         let hole = if hole < 0 {
             end

@@ -24,7 +24,7 @@ fn root() -> &'static PathBuf {
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = boot_tftp::parse_request(data) {
         let root = root();
-        if let Ok(p) = boot_tftp::resolve_path(std::slice::from_ref(root), &req.filename) {
+        if let Ok(p) = boot_fs::resolve_path(std::slice::from_ref(root), &req.filename) {
             assert!(p.starts_with(root), "escaped the root: {p:?}");
         }
     }

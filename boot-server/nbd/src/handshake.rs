@@ -25,9 +25,13 @@ pub const ALLOC_CONTEXT_ID: u32 = 1;
 
 /// Result of a successful handshake.
 pub struct Negotiated {
+    /// Name of the export the client chose.
     pub export: String,
+    /// The disk that export serves.
     pub disk: Disk,
+    /// Whether structured replies were negotiated.
     pub structured: bool,
+    /// Whether the `base:allocation` meta context was negotiated.
     pub meta_alloc: bool,
 }
 

@@ -8,9 +8,13 @@ pub use boot_proto::nbd::*;
 
 /// Command flags.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
+/// The client does not want holes punched (WRITE_ZEROES).
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// READ must come back as one chunk (don't fragment).
 pub const CMD_FLAG_DF: u16 = 1 << 2;
+/// BLOCK_STATUS: one extent is enough.
 pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+/// WRITE_ZEROES must fail fast rather than be slow.
 pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
 /// Every command flag this server understands; others get EINVAL.
 pub const CMD_FLAGS_KNOWN: u16 =
@@ -18,24 +22,37 @@ pub const CMD_FLAGS_KNOWN: u16 =
 
 /// Structured reply chunk types and flags.
 pub const REPLY_FLAG_DONE: u16 = 1;
+/// Structured chunk without payload.
 pub const REPLY_TYPE_NONE: u16 = 0;
+/// Structured chunk: data at an offset.
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// Structured chunk: a hole (zeroes) at an offset.
 pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+/// Structured chunk: block status extents.
 pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// Structured chunk: an error.
 pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
 
 /// `base:allocation` status bits.
 pub const STATE_HOLE: u32 = 1;
+/// `base:allocation`: the range reads as zeroes.
 pub const STATE_ZERO: u32 = 2;
 
 /// Errno values on the wire.
 pub const EPERM: u32 = 1;
+/// I/O error.
 pub const EIO: u32 = 5;
+/// Out of memory.
 pub const ENOMEM: u32 = 12;
+/// Invalid argument.
 pub const EINVAL: u32 = 22;
+/// No space left on the device.
 pub const ENOSPC: u32 = 28;
+/// Value too large (request past the end of the export).
 pub const EOVERFLOW: u32 = 75;
+/// Operation not supported.
 pub const ENOTSUP: u32 = 95;
+/// The server is shutting down.
 pub const ESHUTDOWN: u32 = 108;
 
 /// Size of a request header on the wire.
@@ -48,16 +65,27 @@ pub const BASE_ALLOCATION: &str = "base:allocation";
 /// Why client bytes were rejected.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ParseError {
+    /// Fewer bytes than the structure needs.
     #[error("short buffer: need {need} bytes, got {got}")]
-    Short { need: usize, got: usize },
+    Short {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes available.
+        got: usize,
+    },
+    /// A request header without the request magic.
     #[error("bad request magic {0:#x}")]
     BadMagic(u32),
+    /// A string longer than [`MAX_STRING`].
     #[error("string longer than {MAX_STRING} bytes")]
     StringTooLong,
+    /// A string that is not UTF-8 or contains NUL.
     #[error("string is not valid UTF-8 or contains NUL")]
     BadString,
+    /// Bytes left over after an option's payload.
     #[error("trailing bytes in option payload")]
     Trailing,
+    /// An option that takes no payload came with one.
     #[error("option payload must be empty")]
     NotEmpty,
 }
@@ -65,18 +93,28 @@ pub enum ParseError {
 /// Transmission-phase command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
+    /// NBD_CMD_READ.
     Read,
+    /// NBD_CMD_WRITE.
     Write,
+    /// NBD_CMD_DISC: the client disconnects.
     Disc,
+    /// NBD_CMD_FLUSH.
     Flush,
+    /// NBD_CMD_TRIM.
     Trim,
+    /// NBD_CMD_CACHE.
     Cache,
+    /// NBD_CMD_WRITE_ZEROES.
     WriteZeroes,
+    /// NBD_CMD_BLOCK_STATUS.
     BlockStatus,
+    /// Any other command number.
     Unknown(u16),
 }
 
 impl Command {
+    /// The command with wire number `t`.
     pub fn from_wire(t: u16) -> Self {
         match t {
             0 => Command::Read,
@@ -95,14 +133,20 @@ impl Command {
 /// A parsed request header (the WRITE payload follows it on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
+    /// NBD_CMD_FLAG_* bits.
     pub flags: u16,
+    /// What to do.
     pub command: Command,
+    /// Opaque value echoed in the reply.
     pub cookie: u64,
+    /// Byte offset into the export.
     pub offset: u64,
+    /// Length in bytes.
     pub length: u32,
 }
 
 impl Request {
+    /// Whether the client asked for force unit access (write through before replying).
     pub fn fua(&self) -> bool {
         self.flags & CMD_FLAG_FUA != 0
     }
@@ -177,7 +221,9 @@ fn string_at(b: &[u8], at: usize, len: usize) -> Result<String, ParseError> {
 /// Payload of NBD_OPT_INFO / NBD_OPT_GO.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoRequest {
+    /// Export name (empty: the default export).
     pub name: String,
+    /// NBD_INFO_* items the client asked for.
     pub infos: Vec<u16>,
 }
 
@@ -202,7 +248,9 @@ pub fn parse_go(data: &[u8]) -> Result<GoRequest, ParseError> {
 /// Payload of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetaContextRequest {
+    /// Export name the contexts are for.
     pub export: String,
+    /// Context queries, e.g. `base:allocation` or `base:`.
     pub queries: Vec<String>,
 }
 
@@ -229,14 +277,23 @@ pub fn parse_meta_context(data: &[u8]) -> Result<MetaContextRequest, ParseError>
 /// A client option, decoded from its number and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientOption {
+    /// NBD_OPT_EXPORT_NAME (old-style: no reply, straight to transmission).
     ExportName(String),
+    /// NBD_OPT_ABORT.
     Abort,
+    /// NBD_OPT_LIST.
     List,
+    /// NBD_OPT_INFO.
     Info(GoRequest),
+    /// NBD_OPT_GO.
     Go(GoRequest),
+    /// NBD_OPT_STRUCTURED_REPLY.
     StructuredReply,
+    /// NBD_OPT_LIST_META_CONTEXT.
     ListMetaContext(MetaContextRequest),
+    /// NBD_OPT_SET_META_CONTEXT.
     SetMetaContext(MetaContextRequest),
+    /// Any other option number (answered with an error).
     Unsupported(u32),
 }
 

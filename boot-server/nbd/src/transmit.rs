@@ -52,7 +52,8 @@ static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
 /// send(2) with MSG_MORE so the header shares a segment with the data after it.
 fn send_more(sock: &TcpStream, mut b: &[u8]) -> io::Result<()> {
     while !b.is_empty() {
-        // SAFETY: valid fd and buffer.
+        // SAFETY: `sock` keeps the fd open; the pointer and length come from
+        // the live slice `b`, which send(2) only reads.
         let n = unsafe {
             libc::send(
                 sock.as_raw_fd(),

@@ -18,18 +18,28 @@ pub enum Endpoint {
     /// The admin Unix socket.
     Socket(PathBuf),
     /// `http://host:port` with the admin token.
-    Tcp { authority: String, token: String },
+    Tcp {
+        /// `host:port` of the server.
+        authority: String,
+        /// The admin token.
+        token: String,
+    },
 }
 
 /// An error the server answered (`{"code", "message"}`), or a transport failure.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    /// The server answered with an error.
     #[error("{message}")]
     Api {
+        /// HTTP status of the answer.
         status: StatusCode,
+        /// Machine-readable error code (`not-found`, `conflict`, ...).
         code: String,
+        /// Human-readable message.
         message: String,
     },
+    /// No answer (connection failed); the cause.
     #[error("{0}")]
     Transport(String),
 }
@@ -57,6 +67,7 @@ pub struct Client {
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 impl Client {
+    /// A client of the server at `endpoint`.
     pub fn new(endpoint: Endpoint) -> Client {
         Client { endpoint }
     }

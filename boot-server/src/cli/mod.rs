@@ -8,6 +8,8 @@
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 unauthorised.
 
 pub mod client;
+mod env_print;
+mod envs;
 mod print;
 
 use crate::config::Config;
@@ -18,6 +20,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
+/// The parsed command line.
 #[derive(Parser)]
 #[command(
     name = "boot-server",
@@ -26,8 +29,10 @@ use std::path::{Path, PathBuf};
 )]
 pub struct Cli {
     /// TOML configuration file (defaults apply without one). Admin commands
-    /// use it to find the server's state directory and admin socket.
-    #[arg(long, short, global = true, env = "BOOT_SERVER_CONFIG")]
+    /// use it to find the server's state directory and admin socket. Give it
+    /// before the command (`boot-server -c FILE node list`), or after `serve`:
+    /// after other commands `--config` is theirs (`env create --config KEY=VALUE`).
+    #[arg(long, short, env = "BOOT_SERVER_CONFIG")]
     pub config: Option<PathBuf>,
     /// State directory of the server to talk to (its admin socket), instead of the config's.
     #[arg(long, global = true, env = "BOOT_SERVER_STATE_DIR")]
@@ -39,40 +44,63 @@ pub struct Cli {
     /// File holding the admin token (for --server).
     #[arg(long, global = true, env = "BOOT_SERVER_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// What to do.
     #[command(subcommand)]
     pub command: Cmd,
 }
 
+/// The commands.
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run the boot server.
-    Serve,
+    Serve {
+        /// TOML configuration file (as `boot-server --config FILE serve`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Manage the boot-image table.
     #[command(subcommand)]
     Image(ImageCmd),
     /// Show, set or (with --clear) remove the image of nodes without an assignment.
     DefaultImage {
+        /// Image to make the default (none: show the current one).
         name: Option<String>,
+        /// Remove the default image instead.
         #[arg(long, conflicts_with = "name")]
         clear: bool,
     },
     /// Assign an image to a node by MAC or SMBIOS UUID (or remove with --clear).
     Assign {
+        /// MAC of the node.
         #[arg(long, required_unless_present = "uuid", conflicts_with = "uuid")]
         mac: Option<String>,
+        /// SMBIOS UUID of the node.
         #[arg(long)]
         uuid: Option<String>,
+        /// Image to assign.
         #[arg(required_unless_present = "clear")]
         image: Option<String>,
+        /// Remove the node's assignment instead.
         #[arg(long)]
         clear: bool,
     },
     /// Nodes and their agents.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Application environments: the engine moves pool nodes into their slots.
+    #[command(subcommand)]
+    Env(Box<envs::EnvCmd>),
+    /// Environment slots (host name, address, node, step of its move).
+    #[command(subcommand)]
+    Slot(envs::SlotCmd),
+    /// Load-driven scaling policies of environments.
+    #[command(subcommand)]
+    Policy(envs::PolicyCmd),
     /// An agent command and its status.
     Command {
+        /// Command id.
         id: i64,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -84,26 +112,37 @@ pub enum Cmd {
     Reservation(ReservationCmd),
     /// DHCP leases.
     Leases {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// The event log (audit trail and boot timeline), one JSON object per line.
     Events {
+        /// Only events of this node id.
         #[arg(long)]
         node: Option<String>,
+        /// Only events with an id above this one.
         #[arg(long, default_value_t = 0)]
         after: i64,
+        /// At most this many events.
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
     /// Print the admin API token (reads the state directory).
     AdminToken,
     /// Write a consistent copy of the server's state database to FILE.
-    Backup { file: PathBuf },
+    Backup {
+        /// Where to write the copy.
+        file: PathBuf,
+    },
     /// Replace the state database with FILE (server stopped; the current one is kept as state.db.pre-restore).
-    Restore { file: PathBuf },
+    Restore {
+        /// The backup to restore.
+        file: PathBuf,
+    },
 }
 
+/// Boot-image commands.
 #[derive(Subcommand)]
 pub enum ImageCmd {
     /// Add or update images from manifests (image.toml): the files they name
@@ -111,46 +150,67 @@ pub enum ImageCmd {
     /// images/ for images/lab/image.toml), or with --server-path the manifest
     /// is a file on the server, its paths relative to the server's images directory.
     Add {
+        /// image.toml manifests to add.
         manifests: Vec<PathBuf>,
+        /// The manifests are paths on the server (nothing is uploaded).
         #[arg(long)]
         server_path: bool,
     },
     /// Import every images/*/image.toml of the server's images directory.
     Import,
+    /// List the images.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Remove an image from the table.
     Remove {
+        /// Image name.
         name: String,
     },
 }
 
+/// Virtual-disk commands.
 #[derive(Subcommand)]
 pub enum DiskCmd {
     /// Create a read-only base disk from FILE (raw copied; qcow2 etc. converted),
     /// uploaded, or with --server-path a file on the server.
     AddBase {
+        /// Name of the new base.
         name: String,
+        /// Disk image file (raw, or a format qemu-img converts).
         file: PathBuf,
+        /// FILE is a path on the server (nothing is uploaded).
         #[arg(long)]
         server_path: bool,
     },
     /// Create a copy-on-write overlay of a base.
     Create {
+        /// Id of the new overlay.
         id: String,
+        /// Base disk it starts from.
         #[arg(long)]
         base: String,
     },
     /// Snapshot an overlay (for cloning): a new overlay with its current contents.
-    Snapshot { id: String, snapshot: String },
+    Snapshot {
+        /// Overlay to snapshot.
+        id: String,
+        /// Id of the new overlay.
+        snapshot: String,
+    },
+    /// List bases and overlays.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Delete an overlay (refused while attached or open) or, with --base, a base.
     Delete {
+        /// Overlay (or, with --base, base) to delete.
         id: String,
+        /// Delete a base disk instead of an overlay.
         #[arg(long)]
         base: bool,
     },
@@ -158,9 +218,12 @@ pub enum DiskCmd {
     /// boot on it is the node's root file system (`bootsrv.root=` on the kernel
     /// command line). With --now, the running agent also attaches it at once.
     Attach {
+        /// Overlay to attach.
         id: String,
+        /// Node id.
         #[arg(long)]
         node: String,
+        /// Also attach it on the running node now.
         #[arg(long)]
         now: bool,
         /// With --now: mount point on the node (none: block device only).
@@ -168,75 +231,117 @@ pub enum DiskCmd {
         mount: Option<String>,
     },
     /// Detach an overlay: its export stops working and open connections are closed.
-    Detach { id: String },
+    Detach {
+        /// Overlay to detach.
+        id: String,
+    },
 }
 
+/// DHCP reservation commands.
 #[derive(Subcommand)]
 pub enum ReservationCmd {
     /// Reserve IP (and a host name) for MAC; moves the address if another MAC held it.
     Add {
+        /// Client MAC.
         #[arg(long)]
         mac: String,
+        /// Address to reserve.
         #[arg(long)]
         ip: std::net::Ipv4Addr,
+        /// Host name handed out with it (option 12).
         #[arg(long)]
         hostname: Option<String>,
     },
+    /// List the reservations.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Remove the reservation of a MAC.
     Remove {
+        /// Client MAC.
         #[arg(long)]
         mac: String,
     },
 }
 
+/// Node commands.
 #[derive(Subcommand)]
 pub enum NodeCmd {
+    /// List the nodes.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Show one node.
     Show {
+        /// Node id or MAC.
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Register a node ahead of its first boot (labels, power control).
     Add {
+        /// MAC of the node's boot interface.
         #[arg(long)]
         mac: String,
+        /// Serial number (SMBIOS).
         #[arg(long)]
         serial: Option<String>,
         /// KEY=VALUE (repeatable), e.g. rack=r1.
-        #[arg(long = "label")]
-        labels: Vec<String>,
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = envs::parse_kv)]
+        labels: Vec<(String, String)>,
         /// ipmi://HOST[:PORT] or qmp:///PATH
         #[arg(long)]
         power: Option<String>,
     },
     /// Cold reboot through firmware and PXE.
-    Reboot { id: String },
+    Reboot {
+        /// Node id or MAC.
+        id: String,
+    },
     /// Point the firmware at network boot, then reboot.
-    Reprovision { id: String },
+    Reprovision {
+        /// Node id or MAC.
+        id: String,
+    },
     /// Warm reprovision: kexec straight into IMAGE (also assigns it).
-    Kexec { id: String, image: String },
+    Kexec {
+        /// Node id or MAC.
+        id: String,
+        /// Image to boot.
+        image: String,
+    },
     /// Take a node out of service (kept up, never allocated).
-    Quarantine { id: String },
+    Quarantine {
+        /// Node id or MAC.
+        id: String,
+    },
     /// Return a quarantined node to the pool.
-    Release { id: String },
+    Release {
+        /// Node id or MAC.
+        id: String,
+    },
     /// Retire a node for good.
-    Retire { id: String },
+    Retire {
+        /// Node id or MAC.
+        id: String,
+    },
     /// The node's agent commands, newest first.
     Commands {
+        /// Node id or MAC.
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// The node's boot timeline: DHCP, loader, script, kernel, initrd, agent
     /// ready, in seconds since SINCE_MS (e.g. power-on; default the first event shown).
     Timeline {
+        /// Node id or MAC.
         id: String,
         /// Only events at or after this time (ms since the Unix epoch).
         #[arg(long)]
@@ -249,7 +354,9 @@ pub enum NodeCmd {
 
 /// Why the CLI failed, with its exit code.
 pub struct Failure {
+    /// Process exit code (see the module doc).
     pub code: u8,
+    /// What went wrong.
     pub error: anyhow::Error,
 }
 
@@ -274,12 +381,16 @@ impl From<CallError> for Failure {
 
 /// Runs one command line.
 pub async fn run(cli: Cli) -> std::result::Result<(), Failure> {
-    let mut config = Config::load(cli.config.as_deref())?;
+    let file = match &cli.command {
+        Cmd::Serve { config: Some(f) } => Some(f.as_path()),
+        _ => cli.config.as_deref(),
+    };
+    let mut config = Config::load(file)?;
     if let Some(d) = &cli.state_dir {
         config.state_dir = d.clone();
     }
     match cli.command {
-        Cmd::Serve => return Ok(crate::serve::run(config).await?),
+        Cmd::Serve { .. } => return Ok(crate::serve::run(config).await?),
         Cmd::AdminToken => {
             println!("{}", crate::serve::admin_token(&config)?);
             return Ok(());
@@ -363,7 +474,7 @@ fn show(v: &Value) {
 
 async fn command(c: &Client, cmd: Cmd) -> std::result::Result<(), Failure> {
     match cmd {
-        Cmd::Serve | Cmd::AdminToken | Cmd::Restore { .. } => unreachable!("handled before"),
+        Cmd::Serve { .. } | Cmd::AdminToken | Cmd::Restore { .. } => unreachable!("handled before"),
         Cmd::Image(ImageCmd::Add {
             manifests,
             server_path,
@@ -433,6 +544,9 @@ async fn command(c: &Client, cmd: Cmd) -> std::result::Result<(), Failure> {
             .await?;
         }
         Cmd::Node(cmd) => node_command(c, cmd).await?,
+        Cmd::Env(cmd) => envs::env_command(c, *cmd).await?,
+        Cmd::Slot(cmd) => envs::slot_command(c, cmd).await?,
+        Cmd::Policy(cmd) => envs::policy_command(c, cmd).await?,
         Cmd::Command { id, json } => {
             let v = c
                 .json(Method::GET, &format!("/api/commands/{id}"), None)
@@ -688,10 +802,16 @@ async fn node_command(c: &Client, cmd: NodeCmd) -> std::result::Result<(), Failu
                 print::nodes(&v)
             }
         }
-        NodeCmd::Show { id, json: _ } => show(
-            &c.json(Method::GET, &format!("/api/nodes/{}", enc(&id)), None)
-                .await?,
-        ),
+        NodeCmd::Show { id, json } => {
+            let v = c
+                .json(Method::GET, &format!("/api/nodes/{}", enc(&id)), None)
+                .await?;
+            if json {
+                show(&v)
+            } else {
+                print::node(&v)
+            }
+        }
         NodeCmd::Add {
             mac,
             serial,
@@ -699,11 +819,8 @@ async fn node_command(c: &Client, cmd: NodeCmd) -> std::result::Result<(), Failu
             power,
         } => {
             let mut map = serde_json::Map::new();
-            for l in labels {
-                let (k, v) = l
-                    .split_once('=')
-                    .with_context(|| format!("--label {l}: use KEY=VALUE"))?;
-                map.insert(k.to_string(), Value::String(v.to_string()));
+            for (k, v) in labels {
+                map.insert(k, Value::String(v));
             }
             let v = c
                 .json(

@@ -44,11 +44,20 @@ pub fn images(v: &Value) {
     }
 }
 
+/// Environment and slot a node serves, e.g. `web/2` (`-` in the pool).
+fn env_slot(n: &Value) -> String {
+    match (n["environment"].as_str(), n["slot"].as_u64()) {
+        (Some(e), Some(i)) => format!("{e}/{i}"),
+        (Some(e), None) => e.to_string(),
+        _ => "-".into(),
+    }
+}
+
 pub fn nodes(v: &Value) {
     let now = now_ms();
     println!(
-        "{:<18} {:<17} {:<12} {:<9} {:<12} {:>8}",
-        "ID", "MAC", "STATE", "ARCH", "IMAGE", "HB_AGO_S"
+        "{:<18} {:<17} {:<12} {:<9} {:<12} {:<16} {:>8}",
+        "ID", "MAC", "STATE", "ARCH", "IMAGE", "ENV/SLOT", "HB_AGO_S"
     );
     for n in v.as_array().into_iter().flatten() {
         let ago = n["last_heartbeat_ms"]
@@ -56,15 +65,78 @@ pub fn nodes(v: &Value) {
             .map(|t| format!("{:.1}", (now - t) as f64 / 1000.0))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<18} {:<17} {:<12} {:<9} {:<12} {:>8}",
+            "{:<18} {:<17} {:<12} {:<9} {:<12} {:<16} {:>8}",
             s(n, "id"),
             s(n, "mac"),
             s(n, "state"),
             s(n, "arch"),
             s(n, "booted_image"),
+            env_slot(n),
             ago
         );
     }
+}
+
+/// One node's fields (`node show`; `--json` has everything).
+pub fn node(n: &Value) {
+    let now = now_ms();
+    let ago = |k: &str| {
+        n[k].as_i64()
+            .map(|t| format!("{:.1} s ago", (now - t) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let line = |k: &str, v: String| println!("{:<15}{v}", format!("{k}:"));
+    line("id", s(n, "id"));
+    line("mac", s(n, "mac"));
+    line("state", s(n, "state"));
+    line("environment", env_slot(n));
+    line("arch", s(n, "arch"));
+    line("booted image", s(n, "booted_image"));
+    line("running image", s(n, "running_image"));
+    line("address", s(n, "observed_ip"));
+    line("serial", s(n, "serial"));
+    line("uuid", s(n, "uuid"));
+    let labels: Vec<String> = n["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+        .collect();
+    line(
+        "labels",
+        if labels.is_empty() {
+            "-".into()
+        } else {
+            labels.join(" ")
+        },
+    );
+    line("power", s(n, "power"));
+    line("agent hello", ago("last_hello_ms"));
+    line("heartbeat", ago("last_heartbeat_ms"));
+    let hb = &n["heartbeat"];
+    if !hb.is_null() {
+        let health: Vec<String> = hb["health"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+            .collect();
+        line(
+            "load",
+            format!(
+                "{} (busy: {}){}",
+                hb["load1"],
+                s(hb, "busy"),
+                if health.is_empty() {
+                    String::new()
+                } else {
+                    format!("   health: {}", health.join(" "))
+                }
+            ),
+        );
+    }
+    line("first seen", ago("first_seen_ms"));
+    line("last seen", ago("last_seen_ms"));
 }
 
 pub fn leases(v: &Value) {

@@ -14,10 +14,13 @@ use std::sync::Arc;
 pub struct DiskView {
     /// `base`, `overlay` or `snapshot`.
     pub kind: &'static str,
+    /// Base name or overlay id.
     pub name: String,
     /// The base an overlay is built on.
     pub base: Option<String>,
+    /// Virtual size in bytes.
     pub size: u64,
+    /// Bytes the disk actually uses on the host.
     pub allocated_bytes: u64,
     /// Node the overlay is attached to.
     pub node: Option<String>,

@@ -49,7 +49,9 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
+    /// Which kind of failure (maps to an HTTP status and exit code).
     pub kind: ErrorKind,
+    /// What went wrong and what to do about it.
     pub message: String,
 }
 
@@ -61,12 +63,15 @@ impl Error {
             message: message.into(),
         }
     }
+    /// A [`ErrorKind::BadRequest`] error.
     pub fn bad_request(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::BadRequest, m)
     }
+    /// A [`ErrorKind::NotFound`] error.
     pub fn not_found(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::NotFound, m)
     }
+    /// A [`ErrorKind::Conflict`] error.
     pub fn conflict(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::Conflict, m)
     }
@@ -125,13 +130,19 @@ pub trait ExportControl: Send + Sync {
 
 /// Every admin operation, over the store and the running services.
 pub struct Control {
+    /// Durable state.
     pub store: Arc<dyn Store>,
+    /// The server's configuration.
     pub config: Arc<Config>,
+    /// Boot decisions (scripts, DHCP answers).
     pub plan: Arc<BootPlan>,
+    /// Event log and its live subscribers.
     pub events: EventHub,
+    /// Wakes agents waiting on a command poll.
     pub wakeups: CommandWakeups,
     /// Wakes the engine when something it decides on changed.
     pub engine_wake: Notify,
+    /// Digests of image files, checked before serving.
     pub image_files: Arc<ImageFiles>,
     disks: Option<Arc<boot_nbd::DiskStore>>,
     exports: Option<Arc<dyn ExportControl>>,

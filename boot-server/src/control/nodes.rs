@@ -17,9 +17,15 @@ pub enum NodeCommand {
     /// Point the firmware at network boot, then reboot.
     Reprovision,
     /// Warm reprovision: assign `image` and kexec straight into it.
-    Kexec { image: String },
+    Kexec {
+        /// Image to boot.
+        image: String,
+    },
     /// Any agent command as is (advanced; disk attach goes through `disk attach`).
-    Raw { command: CommandKind },
+    Raw {
+        /// The command, sent as is.
+        command: CommandKind,
+    },
 }
 
 impl Control {

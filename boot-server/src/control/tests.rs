@@ -3,7 +3,7 @@
 use super::*;
 use crate::model::{now_ms, Lease, MacAddr, NodeState, Selector};
 use crate::plan::ScriptHints;
-use crate::store::{Enrolment, LeaseStore, MemoryStore};
+use crate::store::{Enrolment, MemoryStore};
 use std::net::{IpAddr, Ipv4Addr};
 
 fn setup(trust: bool) -> (Arc<Control>, tempfile::TempDir) {

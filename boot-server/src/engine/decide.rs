@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 pub enum Decision {
     /// Put `node` into slot `index` of `env`; `from` is the slot it leaves
     /// (preemption), vacated in the same store write.
+    #[allow(missing_docs)]
     Claim {
         env: String,
         index: u32,
@@ -20,13 +21,16 @@ pub enum Decision {
         reason: String,
     },
     /// Slot `index` of `env` gives its node back.
+    #[allow(missing_docs)]
     Release {
         env: String,
         index: u32,
         node: String,
         reason: String,
     },
-    /// The environment is short of nodes and none can be had now.
+    /// The environment `env` holds `holding` of its `target` nodes and none
+    /// can be had now (`below_min`: under its minimum).
+    #[allow(missing_docs)]
     Short {
         env: String,
         holding: u32,
@@ -37,9 +41,13 @@ pub enum Decision {
 
 /// Everything a decision looks at.
 pub struct World<'a> {
+    /// Every environment.
     pub envs: &'a [Environment],
+    /// Every stored slot.
     pub slots: &'a [Slot],
+    /// Every node (with the slot it holds).
     pub nodes: &'a [Node],
+    /// Now, by the engine's clock.
     pub now_ms: i64,
     /// A node whose heartbeat is older than this is not up.
     pub fresh_ms: i64,

@@ -493,5 +493,9 @@ impl Engine {
         if let Err(e) = self.c.store.prune_load(now - keep).await {
             tracing::warn!(error = %format!("{e:#}"), "load samples not pruned");
         }
+        // Older than an hour: one sample per node and minute is enough.
+        if let Err(e) = self.c.store.downsample_load(now - 3_600_000, 60_000).await {
+            tracing::warn!(error = %format!("{e:#}"), "load samples not downsampled");
+        }
     }
 }

@@ -87,14 +87,16 @@ impl Engine {
                 self.point(&slot, env, &node).await?;
                 // Stored before the boot command is queued: a restart in
                 // between finds `booting` with no command and queues it.
-                self.step(
+                let mut next = slot.clone();
+                next.hello_before = node.last_hello_ms;
+                self.step_from(
                     &slot,
+                    next,
                     SlotStep::Booting,
                     "boot pointed at the environment",
                     None,
                 )
-                .await?;
-                Ok(())
+                .await
             }
             SlotStep::Booting => self.booting(slot, env, &node, up, waited).await,
             SlotStep::Starting => {
@@ -137,7 +139,8 @@ impl Engine {
         up: bool,
         waited: i64,
     ) -> Result<()> {
-        let arrived = node.last_hello_ms.is_some_and(|t| t >= slot.step_since_ms)
+        let arrived = node.last_hello_ms.is_some()
+            && node.last_hello_ms != slot.hello_before
             && node.running_image.as_deref() == Some(env.image.as_str());
         if arrived {
             self.step(
@@ -157,6 +160,11 @@ impl Engine {
         }
         match (slot.command, up) {
             (None, true) => {
+                // A restart between queuing the boot and storing its id must
+                // not boot twice (the second kexec would carry a newer token).
+                if let Some(id) = self.open_command(&node.id, is_boot).await? {
+                    return self.set_command(&slot, id, "rebooting").await;
+                }
                 let (kind, how) = self.boot_command(env, node).await;
                 let id = self.c.queue(&node.id, kind).await?;
                 self.set_command(&slot, id, &format!("rebooting ({how})"))
@@ -208,6 +216,10 @@ impl Engine {
 
     /// Sends the slot's configuration and starts the application.
     async fn start(&self, slot: &Slot, env: &Environment, node: &Node) -> Result<()> {
+        let started = |k: &CommandKind| matches!(k, CommandKind::StartApp { .. });
+        if let Some(id) = self.open_command(&node.id, started).await? {
+            return self.set_command(slot, id, "starting the application").await;
+        }
         if node.agent_protocol.unwrap_or(1) >= 3 {
             let mut config = env.config.clone();
             config.extend(slot.config.clone());
@@ -422,6 +434,23 @@ impl Engine {
         self.step(slot, SlotStep::Failed, why, None).await
     }
 
+    /// An unfinished command of the node that `kind` matches (queued by a
+    /// pass that did not live to store its id).
+    async fn open_command(
+        &self,
+        node: &str,
+        kind: impl Fn(&CommandKind) -> bool,
+    ) -> Result<Option<i64>> {
+        Ok(self
+            .c
+            .store
+            .commands_of(node, 20)
+            .await?
+            .into_iter()
+            .find(|c| !c.status.is_final() && kind(&c.command))
+            .map(|c| c.id))
+    }
+
     /// The state of the command a step waits for.
     async fn command_wait(&self, id: Option<i64>) -> Result<Wait> {
         let Some(id) = id else {
@@ -445,8 +474,20 @@ impl Engine {
         detail: &str,
         command: Option<i64>,
     ) -> Result<()> {
+        self.step_from(slot, slot.clone(), to, detail, command)
+            .await
+    }
+
+    /// [`Engine::step`] with other fields of the slot changed too.
+    async fn step_from(
+        &self,
+        slot: &Slot,
+        mut next: Slot,
+        to: SlotStep,
+        detail: &str,
+        command: Option<i64>,
+    ) -> Result<()> {
         let now = self.clock.now_ms();
-        let mut next = slot.clone();
         let spent = now - slot.step_since_ms;
         next.timings.insert(slot.step.as_str().into(), spent);
         next.step = to;
@@ -521,4 +562,12 @@ impl Engine {
             .find(|s| s.index == slot.index)
             .context("slot vanished")
     }
+}
+
+/// Commands that end the node's boot to bring it into a new image.
+fn is_boot(k: &CommandKind) -> bool {
+    matches!(
+        k,
+        CommandKind::Kexec { .. } | CommandKind::Reprovision | CommandKind::Reboot
+    )
 }

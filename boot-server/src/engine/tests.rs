@@ -1,1 +1,427 @@
+//! Engine decisions and slot steps against the in-memory store, with agents
+//! played by the test (they answer commands the way node-agent does) and a
+//! clock moved by hand: no SQLite, no sockets, no guests.
 
+use super::*;
+use crate::config::Config;
+use crate::events::EventHub;
+use crate::images::ImageFiles;
+use crate::model::{now_ms, HelloFacts, MacAddr, NodeState, Policy, Schedule, Sighting};
+use crate::plan::BootPlan;
+use crate::store::{MemoryStore, Refused, Store};
+use boot_proto::{CommandKind, CommandStatus};
+use std::net::Ipv4Addr;
+
+struct Lab {
+    c: Arc<Control>,
+    engine: Engine,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+fn mac(i: u8) -> MacAddr {
+    MacAddr([0x52, 0x54, 0, 0xee, 0, i])
+}
+
+async fn lab(nodes: u8) -> Lab {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(images.join("lab")).unwrap();
+    std::fs::write(images.join("lab/k"), b"kernel").unwrap();
+    std::fs::write(images.join("lab/i"), b"initrd").unwrap();
+    let mut config = Config {
+        images_dir: images,
+        state_dir: dir.path().join("state"),
+        server_ip: Some(Ipv4Addr::new(10, 0, 0, 1)),
+        dhcp: crate::config::DhcpConfig {
+            subnets: vec![toml::from_str(
+                "network = \"10.0.0.0/24\"\nrange = [\"10.0.0.100\", \"10.0.0.200\"]",
+            )
+            .unwrap()],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // Heartbeats are stamped by the real clock; the test clock runs ahead.
+    config.agent.heartbeat_timeout_secs = 86_400;
+    let config = Arc::new(config);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let events = EventHub::start(store.clone(), 10_000);
+    let plan = Arc::new(BootPlan::new(store.clone(), config.clone(), events.clone()).unwrap());
+    let files = Arc::new(ImageFiles::new(&config.images_dir));
+    let c = Arc::new(Control::new(store, config, plan, events, files, None, None));
+    for (name, file) in [("pool", "lab/k"), ("img-a", "lab/k"), ("img-b", "lab/k")] {
+        c.add_image(format!(
+            "name = \"{name}\"\nkind = \"linux\"\nkernel = \"{file}\"\ninitrd = \"lab/i\"\n"
+        ))
+        .await
+        .unwrap();
+    }
+    c.set_default_image(Some("pool".into())).await.unwrap();
+    for i in 1..=nodes {
+        let (n, _) = c
+            .store
+            .observe_node(&Sighting {
+                mac: mac(i),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        hello(&c, &n.id, "pool").await;
+    }
+    let clock = Arc::new(ManualClock::new(now_ms()));
+    let engine = Engine::new(c.clone(), clock.clone());
+    Lab {
+        c,
+        engine,
+        clock,
+        _dir: dir,
+    }
+}
+
+async fn hello(c: &Control, node: &str, image: &str) {
+    // A real boot takes seconds; keep two hellos of one node apart in time.
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    let facts = HelloFacts {
+        inventory: serde_json::json!({"cpus": 2, "memory_bytes": 1u64 << 30, "nics": []}),
+        image: Some(image.into()),
+        protocol: 3,
+    };
+    let serving = c
+        .store
+        .node(node)
+        .await
+        .unwrap()
+        .unwrap()
+        .environment
+        .is_some();
+    c.store.record_hello(node, &facts, serving).await.unwrap();
+    c.store
+        .record_heartbeat(node, &serde_json::json!({"load1": 0.0}), serving)
+        .await
+        .unwrap();
+}
+
+/// Plays every node's agent once: runs its due commands like node-agent.
+async fn agents(l: &Lab, busy: &[&str]) {
+    for n in l.c.store.nodes().await.unwrap() {
+        let serving = n.environment.is_some();
+        let hb = serde_json::json!({"load1": 0.1, "busy": busy.contains(&n.id.as_str())});
+        l.c.store
+            .record_heartbeat(&n.id, &hb, serving)
+            .await
+            .unwrap();
+        for cmd in l.c.store.take_commands(&n.id, 0).await.unwrap() {
+            match &cmd.command {
+                CommandKind::Kexec { cmdline, .. } => {
+                    let image = cmdline
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("bootsrv.image="))
+                        .unwrap()
+                        .to_string();
+                    l.c.store
+                        .close_commands_of_previous_boot(&n.id)
+                        .await
+                        .unwrap();
+                    hello(&l.c, &n.id, &image).await;
+                    break;
+                }
+                _ => {
+                    l.c.store
+                        .update_command(&n.id, cmd.id, CommandStatus::Succeeded, "ok")
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// Engine passes and agent rounds until nothing moves (or `rounds` ran out).
+async fn settle(l: &Lab, busy: &[&str], rounds: usize) {
+    for _ in 0..rounds {
+        l.engine.pass().await.unwrap();
+        agents(l, busy).await;
+        l.clock.advance(100);
+    }
+}
+
+async fn env(l: &Lab, name: &str, image: &str, f: impl FnOnce(&mut Environment)) {
+    let mut e = Environment {
+        name: name.into(),
+        image: image.into(),
+        max: 4,
+        addresses: Some("10.0.0.50-10.0.0.59".parse().unwrap()),
+        ..Default::default()
+    };
+    if name == "b" {
+        e.addresses = Some("10.0.0.60-10.0.0.69".parse().unwrap());
+    }
+    f(&mut e);
+    l.c.create_env(e).await.unwrap();
+}
+
+async fn ready_nodes(l: &Lab, name: &str) -> Vec<String> {
+    l.c.store
+        .slots(Some(name))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.step == SlotStep::Ready)
+        .filter_map(|s| s.node)
+        .collect()
+}
+
+#[tokio::test]
+async fn scaling_claims_idle_nodes_and_points_them_at_the_slot() {
+    let l = lab(3).await;
+    env(&l, "a", "img-a", |e| e.desired = 1).await;
+    settle(&l, &[], 12).await;
+    assert_eq!(ready_nodes(&l, "a").await.len(), 1);
+    l.c.scale_env("a", 3).await.unwrap();
+    settle(&l, &[], 12).await;
+    let ready = ready_nodes(&l, "a").await;
+    assert_eq!(ready.len(), 3, "{:?}", l.c.store.slots(None).await.unwrap());
+    for (i, s) in l.c.store.slots(Some("a")).await.unwrap().iter().enumerate() {
+        let n =
+            l.c.store
+                .node(s.node.as_ref().unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(n.running_image.as_deref(), Some("img-a"));
+        assert_eq!(n.state, NodeState::Ready);
+        assert_eq!(
+            (n.environment.as_deref(), n.slot),
+            (Some("a"), Some(i as u32))
+        );
+        assert_eq!(s.hostname, format!("a-{i}"));
+        assert!(s.timings.contains_key("booting"), "{s:?}");
+        let r = l.c.store.reservations().await.unwrap();
+        assert!(r.iter().any(|r| r.mac == n.mac && Some(r.ip) == s.ip));
+    }
+    // Down to 1: the highest slots go back to the pool image.
+    l.c.scale_env("a", 1).await.unwrap();
+    settle(&l, &[], 12).await;
+    let slots = l.c.store.slots(Some("a")).await.unwrap();
+    assert_eq!(slots.iter().filter(|s| s.node.is_some()).count(), 1);
+    assert!(slots[0].node.is_some());
+    let idle: Vec<_> =
+        l.c.store
+            .nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.state == NodeState::Idle)
+            .collect();
+    assert_eq!(idle.len(), 2);
+    assert!(idle
+        .iter()
+        .all(|n| n.running_image.as_deref() == Some("pool")));
+}
+
+#[tokio::test]
+async fn higher_priority_preempts_but_never_below_minimum() {
+    let l = lab(3).await;
+    env(&l, "a", "img-a", |e| {
+        e.desired = 3;
+        e.min = 2;
+    })
+    .await;
+    settle(&l, &[], 12).await;
+    assert_eq!(ready_nodes(&l, "a").await.len(), 3);
+    env(&l, "b", "img-b", |e| {
+        e.desired = 2;
+        e.priority = 10;
+    })
+    .await;
+    settle(&l, &[], 15).await;
+    assert_eq!(ready_nodes(&l, "a").await.len(), 2, "A kept its minimum");
+    assert_eq!(ready_nodes(&l, "b").await.len(), 1);
+    let events = l.c.store.events(0, None, 10_000).await.unwrap();
+    assert!(events.iter().any(|e| e.detail["action"] == "preempt"));
+    assert!(events
+        .iter()
+        .any(|e| e.detail["alert"] == "env-below-minimum" || e.detail["env"] == "b"));
+    // A not preemptible: nothing more moves even with a lower minimum.
+    l.c.update_env("a", serde_json::json!({"min": 0, "preemptible": false}))
+        .await
+        .unwrap();
+    settle(&l, &[], 6).await;
+    assert_eq!(ready_nodes(&l, "b").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_busy_node_is_released_only_once_idle() {
+    let l = lab(2).await;
+    env(&l, "a", "img-a", |e| e.desired = 2).await;
+    settle(&l, &[], 12).await;
+    let slots = l.c.store.slots(Some("a")).await.unwrap();
+    let (n0, n1) = (
+        slots[0].node.clone().unwrap(),
+        slots[1].node.clone().unwrap(),
+    );
+    let both = [n0.as_str(), n1.as_str()];
+    agents(&l, &both).await;
+    l.c.scale_env("a", 1).await.unwrap();
+    settle(&l, &both, 10).await;
+    let slots = l.c.store.slots(Some("a")).await.unwrap();
+    assert!(
+        slots.iter().all(|s| s.node.is_some()),
+        "busy nodes kept: {slots:?}"
+    );
+    // The node of slot 0 stays busy; slot 1's becomes idle and goes.
+    settle(&l, &[n0.as_str()], 10).await;
+    let slots = l.c.store.slots(Some("a")).await.unwrap();
+    assert_eq!(slots[0].node.as_deref(), Some(n0.as_str()));
+    assert_eq!(slots[1].node, None, "{slots:?}");
+}
+
+#[tokio::test]
+async fn load_policy_adds_then_removes_within_min_and_max() {
+    let l = lab(3).await;
+    env(&l, "a", "img-a", |e| {
+        e.desired = 1;
+        e.min = 1;
+        e.max = 2;
+        e.addresses = None;
+        e.policy = Some(Policy {
+            metric: "load".into(),
+            add_above: 0.8,
+            remove_below: 0.2,
+            window_secs: 10,
+        });
+    })
+    .await;
+    settle(&l, &[], 10).await;
+    let node = ready_nodes(&l, "a").await[0].clone();
+    let sample = |at_ms, load: &str| crate::model::LoadSample {
+        at_ms,
+        node: node.clone(),
+        environment: "a".into(),
+        load1: 0.0,
+        cpu_busy: 0.0,
+        busy: None,
+        health: [("load".to_string(), load.to_string())].into(),
+    };
+    for _ in 0..3 {
+        l.clock.advance(5_000);
+        l.c.store
+            .append_load(&sample(l.clock.now_ms(), "0.95"))
+            .await
+            .unwrap();
+    }
+    settle(&l, &[], 12).await;
+    assert_eq!(
+        l.c.store.environment("a").await.unwrap().unwrap().desired,
+        2
+    );
+    assert_eq!(ready_nodes(&l, "a").await.len(), 2);
+    // Never above max, whatever the load.
+    for _ in 0..3 {
+        l.clock.advance(5_000);
+        l.c.store
+            .append_load(&sample(l.clock.now_ms(), "0.99"))
+            .await
+            .unwrap();
+    }
+    settle(&l, &[], 5).await;
+    assert_eq!(
+        l.c.store.environment("a").await.unwrap().unwrap().desired,
+        2
+    );
+    for _ in 0..4 {
+        l.clock.advance(5_000);
+        l.c.store
+            .append_load(&sample(l.clock.now_ms(), "0.05"))
+            .await
+            .unwrap();
+    }
+    settle(&l, &[], 12).await;
+    assert_eq!(
+        l.c.store.environment("a").await.unwrap().unwrap().desired,
+        1
+    );
+    assert_eq!(ready_nodes(&l, "a").await.len(), 1);
+}
+
+#[tokio::test]
+async fn schedules_start_and_stop_an_environment() {
+    let l = lab(1).await;
+    env(&l, "a", "img-a", |e| {
+        e.desired = 1;
+        e.active = false;
+        e.schedules = vec![
+            Schedule {
+                cron: "0 0 * * * *".into(),
+                action: crate::model::ScheduleAction::Activate,
+            },
+            Schedule {
+                cron: "0 30 * * * *".into(),
+                action: crate::model::ScheduleAction::Deactivate,
+            },
+        ];
+    })
+    .await;
+    // Put the clock just before the hour.
+    let hour = 3_600_000;
+    let now = l.clock.now_ms();
+    l.clock.advance(hour - now % hour - 1_000);
+    settle(&l, &[], 3).await;
+    assert!(ready_nodes(&l, "a").await.is_empty());
+    l.clock.advance(2_000);
+    settle(&l, &[], 12).await;
+    assert_eq!(ready_nodes(&l, "a").await.len(), 1);
+    l.clock.advance(hour / 2);
+    settle(&l, &[], 12).await;
+    assert!(ready_nodes(&l, "a").await.is_empty());
+    let e = l.c.store.environment("a").await.unwrap().unwrap();
+    assert!(!e.active);
+}
+
+#[tokio::test]
+async fn a_restarted_engine_finishes_the_moves_and_no_node_holds_two_slots() {
+    let l = lab(2).await;
+    env(&l, "a", "img-a", |e| e.desired = 2).await;
+    // Two passes: claimed and part-way, then the engine "dies".
+    l.engine.pass().await.unwrap();
+    agents(&l, &[]).await;
+    l.engine.pass().await.unwrap();
+    let mid = l.c.store.slots(Some("a")).await.unwrap();
+    assert!(mid.iter().all(|s| s.step.moving_in()), "{mid:?}");
+    let fresh = Engine::new(l.c.clone(), l.clock.clone());
+    for _ in 0..12 {
+        fresh.pass().await.unwrap();
+        agents(&l, &[]).await;
+    }
+    assert_eq!(ready_nodes(&l, "a").await.len(), 2);
+    // The store refuses a second slot for a node.
+    let mut dup = mid[0].clone();
+    dup.index = 3;
+    let err =
+        l.c.store
+            .write_slots(Fence::default(), &[(dup, Expect::Any)])
+            .await
+            .unwrap_err();
+    assert!(err.downcast_ref::<Refused>().is_some(), "{err:#}");
+}
+
+#[tokio::test]
+async fn quarantine_cuts_the_node_out_and_the_slot_is_refilled() {
+    let l = lab(2).await;
+    env(&l, "a", "img-a", |e| e.desired = 1).await;
+    settle(&l, &[], 10).await;
+    let first = ready_nodes(&l, "a").await[0].clone();
+    l.c.env_quarantine("a", &first).await.unwrap();
+    settle(&l, &[], 12).await;
+    let n = l.c.store.node(&first).await.unwrap().unwrap();
+    assert_eq!(n.state, NodeState::Quarantined);
+    assert_eq!(n.environment, None);
+    let now_ready = ready_nodes(&l, "a").await;
+    assert_eq!(now_ready.len(), 1);
+    assert_ne!(now_ready[0], first);
+    let events = l.c.store.events(0, None, 10_000).await.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.detail["alert"] == "node-quarantined"));
+}

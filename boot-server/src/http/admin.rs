@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
+/// The admin API's routes (`/api/...`), all behind the admin token or the Unix socket.
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/nodes", get(nodes).post(enrol))
@@ -57,6 +58,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/disks/{id}/attach", post(attach))
         .route("/api/disks/{id}/detach", post(detach))
         .route("/api/backup", get(backup))
+        .merge(super::envs::routes())
         .route_layer(middleware::from_fn_with_state(state, authorize))
 }
 

@@ -31,6 +31,7 @@ struct AgentNode {
     token_digest: String,
 }
 
+/// The agent API's routes (`/api/agent/...`), authenticated by the per-node token.
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/agent/hello", post(hello))
@@ -127,6 +128,13 @@ async fn hello(
         protocol: body.protocol_version,
     };
     c.store.record_hello(&node.id, &facts, serving).await?;
+    if c.config.engine.manual_enrolment && !node.enrolled && node.state == NodeState::Discovered {
+        // Manual enrolment: an agent's hello does not put an unknown node
+        // into the pool; an admin's `node add` does.
+        c.store
+            .set_node_state(&node.id, NodeState::Discovered)
+            .await?;
+    }
     c.wake_engine();
     c.events.emit(
         Some(node.id.clone()),

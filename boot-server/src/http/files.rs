@@ -1,7 +1,7 @@
 //! Static file responses (images and loaders): `Content-Length` always (iPXE
 //! pre-sizes its buffer only when it knows the length), `HEAD`, and single
 //! `Range` requests answered with 206 for HTTP SAN boot. Paths are resolved by
-//! the same no-escape rule as TFTP ([`boot_tftp::resolve_path`]).
+//! the same no-escape rule as TFTP ([`boot_fs::resolve_path`]).
 //!
 //! Bodies are read with positioned reads of [`CHUNK`] bytes on the blocking
 //! pool, one chunk at a time and only when hyper asks for more (its write
@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 /// Serves `rel` from `roots` (first root holding it wins).
 pub async fn serve(roots: &[PathBuf], rel: &str, method: &Method, headers: &HeaderMap) -> Response {
-    let path = match boot_tftp::resolve_path(roots, rel) {
+    let path = match boot_fs::resolve_path(roots, rel) {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(path = rel, error = %e, "file refused");

@@ -84,6 +84,7 @@ pub const FD_RESERVE: u64 = 256;
 /// gave them.
 #[derive(Debug, Clone, Copy)]
 pub struct UnixPeer {
+    /// Credentials of the connecting process.
     pub cred: Option<tokio::net::unix::UCred>,
 }
 

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod envs;
 pub mod files;
 pub mod listener;
 pub mod range;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 /// Shared by all handlers.
 pub struct AppState {
+    /// Every admin operation.
     pub control: Arc<Control>,
     /// The admin token (the Unix socket needs none).
     pub admin_token: String,
@@ -66,6 +68,7 @@ pub fn admin_router(state: Arc<AppState>, via_socket: bool) -> Router {
 pub struct ApiError(pub ControlError);
 
 impl ApiError {
+    /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
         ApiError(ControlError::new(kind, message))
     }

@@ -10,7 +10,12 @@ pub enum RangeAnswer {
     /// 200 with the whole body (no or ignorable Range header).
     Full,
     /// 206 with bytes `start..=end`.
-    Partial { start: u64, end: u64 },
+    Partial {
+        /// First byte.
+        start: u64,
+        /// Last byte (inclusive).
+        end: u64,
+    },
     /// 416 Range Not Satisfiable.
     Unsatisfiable,
 }

@@ -474,6 +474,9 @@ pub struct Slot {
     pub attempt: u32,
     /// The agent command the current step waits for.
     pub command: Option<i64>,
+    /// The node's last hello when its reboot was asked for: a later hello
+    /// (whatever the clocks say) is the new boot.
+    pub hello_before: Option<i64>,
     /// Per-slot key/values (post-boot configuration), over the environment's.
     pub config: BTreeMap<String, String>,
     /// Milliseconds each step of the current or last move took.

@@ -163,10 +163,15 @@ impl EventKind {
 /// An entry of the append-only audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// Position in the log (increasing; `events --after` pages by it).
     pub id: i64,
+    /// When it happened (ms since the Unix epoch).
     pub at_ms: i64,
+    /// Node it concerns, if any.
     pub node: Option<String>,
+    /// What happened.
     pub kind: EventKind,
+    /// Kind-specific facts (JSON object).
     pub detail: serde_json::Value,
 }
 

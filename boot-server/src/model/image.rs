@@ -28,13 +28,17 @@ impl ImageKind {
 /// A row of the boot-image table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BootImage {
+    /// Unique name nodes and assignments refer to.
     pub name: String,
+    /// Free-form version from the manifest.
     #[serde(default)]
     pub version: String,
+    /// How the image boots.
     pub kind: ImageKind,
     /// Kernel path relative to the images directory (linux images).
     #[serde(default)]
     pub kernel: Option<String>,
+    /// Initrd path relative to the images directory, if any.
     #[serde(default)]
     pub initrd: Option<String>,
     /// Kernel command-line template; `{server}`, `{node}`, `{mac}`, `{image}` are substituted.
@@ -49,6 +53,7 @@ pub struct BootImage {
     /// SHA-256 of kernel then initrd, hex, computed when the image is added.
     #[serde(default)]
     pub checksum: Option<String>,
+    /// Total size of the image's files in bytes.
     #[serde(default)]
     pub size_bytes: u64,
     /// SHA-256 of each file (path relative to the images directory, hex):
@@ -61,8 +66,11 @@ pub struct BootImage {
 /// One file of an image with its size and digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageFile {
+    /// Path relative to the images directory.
     pub path: String,
+    /// Size in bytes.
     pub size: u64,
+    /// SHA-256 of the content, lowercase hex.
     pub sha256: String,
 }
 
@@ -70,12 +78,17 @@ pub struct ImageFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Firmware {
+    /// Legacy BIOS PXE.
     Bios,
+    /// 32-bit x86 UEFI.
     UefiIa32,
+    /// x86-64 UEFI.
     UefiX64,
+    /// arm64 UEFI.
     UefiArm64,
     /// x86-64 UEFI HTTP boot (no TFTP, wants option 60 `HTTPClient` and a URL).
     UefiHttpX64,
+    /// arm64 UEFI HTTP boot.
     UefiHttpArm64,
 }
 

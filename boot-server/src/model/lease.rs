@@ -7,10 +7,15 @@ use std::net::Ipv4Addr;
 /// A DHCP binding. Durable before the ACK that promises it leaves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
+    /// The client's MAC.
     pub mac: MacAddr,
+    /// The bound address.
     pub ip: Ipv4Addr,
+    /// When it runs out unless renewed (ms since the Unix epoch).
     pub expires_at_ms: i64,
+    /// Host name the client sent (option 12), if any.
     pub hostname: Option<String>,
+    /// Client identifier (option 61), if the client sent one.
     pub client_id: Option<Vec<u8>>,
 }
 
@@ -18,8 +23,11 @@ pub struct Lease {
 /// full mode. The engine will move a slot's reservation between nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
+    /// The client's MAC.
     pub mac: MacAddr,
+    /// The address it always gets.
     pub ip: Ipv4Addr,
+    /// Host name handed out with it (option 12).
     #[serde(default)]
     pub hostname: Option<String>,
 }

@@ -19,12 +19,19 @@ use std::net::Ipv4Addr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeState {
+    /// Seen at boot, never enrolled, no agent yet.
     Discovered,
+    /// In the pool, in no environment.
     Idle,
+    /// Told to boot an image, not up yet.
     Provisioning,
+    /// Agent up and serving.
     Ready,
+    /// Heartbeats stopped or failure reported.
     Failed,
+    /// Cut out of service, kept up, never allocated.
     Quarantined,
+    /// Out of service for good.
     Retired,
 }
 
@@ -37,11 +44,17 @@ pub enum Transition {
     Boot,
     /// The node's agent said hello; `serving` when the node holds an
     /// environment slot or an explicit assignment.
-    AgentUp { serving: bool },
+    AgentUp {
+        /// The node holds an environment slot or an explicit assignment.
+        serving: bool,
+    },
     /// Heartbeats stopped or the node reported failure.
     Fail,
     /// A heartbeat arrived from a failed node.
-    Recover { serving: bool },
+    Recover {
+        /// As for [`Transition::AgentUp`].
+        serving: bool,
+    },
     /// Cut out of service by an admin or the engine.
     Quarantine,
     /// Back into the pool from quarantine.
@@ -114,13 +127,19 @@ impl NodeState {
 pub struct Node {
     /// Stable id derived from the first MAC seen: `node-525400123456`.
     pub id: String,
+    /// MAC the node was first seen with (its id derives from it).
     pub mac: MacAddr,
+    /// SMBIOS system UUID, if the firmware or agent reported one.
     pub uuid: Option<String>,
     /// Firmware/architecture as seen at boot: `bios`, `uefi-x64`, `uefi-arm64`.
     pub arch: Option<String>,
+    /// Life-cycle state.
     pub state: NodeState,
+    /// When the server first saw it (ms since the Unix epoch).
     pub first_seen_ms: i64,
+    /// When the server last heard of it (any protocol).
     pub last_seen_ms: i64,
+    /// When its agent last sent a heartbeat.
     pub last_heartbeat_ms: Option<i64>,
     /// Image the node was last told to boot.
     pub booted_image: Option<String>,
@@ -202,8 +221,11 @@ impl Node {
 /// What the firmware/boot chain facts say about a node at boot time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sighting {
+    /// MAC of the booting interface.
     pub mac: MacAddr,
+    /// SMBIOS UUID the boot chain reported (DHCP option 97, script URL), if any.
     pub uuid: Option<String>,
+    /// Firmware/architecture the boot chain reported (`bios`, `uefi-x64`, ...).
     pub arch: Option<String>,
     /// Address shown in a proxy/relay DHCP exchange (option 50 or ciaddr).
     pub observed_ip: Option<Ipv4Addr>,
@@ -213,7 +235,9 @@ pub struct Sighting {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "by", content = "value", rename_all = "lowercase")]
 pub enum Selector {
+    /// By MAC of the node.
     Mac(MacAddr),
+    /// By SMBIOS UUID (compared lowercase).
     Uuid(String),
 }
 
@@ -240,9 +264,13 @@ impl Selector {
 /// random secret, and the NBD server also checks the peer's address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskAttachment {
+    /// The overlay disk's id.
     pub overlay: String,
+    /// Id of the node it is attached to.
     pub node: String,
+    /// The NBD export name (holds a random secret).
     pub export: String,
+    /// When it was attached (ms since the Unix epoch).
     pub created_ms: i64,
 }
 

@@ -683,4 +683,15 @@ impl EnvStore for MemoryStore {
             Ok((n - d.load.len()) as u64)
         })
     }
+    async fn downsample_load(&self, before_ms: i64, bucket_ms: i64) -> Result<u64> {
+        self.with(|d| {
+            let n = d.load.len();
+            let mut seen = std::collections::HashSet::new();
+            let bucket = bucket_ms.max(1);
+            d.load.retain(|s| {
+                s.at_ms >= before_ms || seen.insert((s.node.clone(), s.at_ms.div_euclid(bucket)))
+            });
+            Ok((n - d.load.len()) as u64)
+        })
+    }
 }

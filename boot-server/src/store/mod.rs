@@ -34,7 +34,12 @@ pub type Result<T> = anyhow::Result<T>;
 pub enum Refused {
     /// The address is leased to another MAC whose lease has not expired.
     #[error("address {ip} is leased to {holder}")]
-    AddressHeld { ip: Ipv4Addr, holder: MacAddr },
+    AddressHeld {
+        /// The address asked for.
+        ip: Ipv4Addr,
+        /// The MAC holding it.
+        holder: MacAddr,
+    },
     /// The named thing does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -48,24 +53,34 @@ pub enum Refused {
 pub trait ImageStore: Send + Sync {
     /// Adds or replaces an image row.
     async fn put_image(&self, image: &BootImage) -> Result<()>;
+    /// The image named `name`, if any.
     async fn image(&self, name: &str) -> Result<Option<BootImage>>;
+    /// Every image, by name.
     async fn images(&self) -> Result<Vec<BootImage>>;
     /// Removes an image; refuses ([`Refused::Conflict`]) while an assignment or the default names it.
     async fn remove_image(&self, name: &str) -> Result<()>;
+    /// Sets (or with `None` clears) the image of nodes without an assignment.
     async fn set_default_image(&self, image: Option<&str>) -> Result<()>;
+    /// The image of nodes without an assignment.
     async fn default_image(&self) -> Result<Option<String>>;
     /// Sets (or with `None` removes) the image of the selected nodes.
     async fn assign(&self, selector: &Selector, image: Option<&str>) -> Result<()>;
+    /// The image assigned to the selected nodes, if any.
     async fn assignment(&self, selector: &Selector) -> Result<Option<String>>;
+    /// Every assignment.
     async fn assignments(&self) -> Result<Vec<(Selector, String)>>;
 }
 
 /// An admin's registration of a node ahead of its first boot.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Enrolment {
+    /// MAC of the node's boot interface.
     pub mac: MacAddr,
+    /// Serial number, if known.
     pub serial: Option<String>,
+    /// Free-form labels (rack, location, ...).
     pub labels: BTreeMap<String, String>,
+    /// Power control URI (`ipmi://host`, `qmp:///path`).
     pub power: Option<String>,
 }
 
@@ -77,8 +92,11 @@ pub trait NodeStore: Send + Sync {
     async fn observe_node(&self, sighting: &Sighting) -> Result<(Node, bool)>;
     /// Registers (or updates the registration of) a node; returns it.
     async fn enrol_node(&self, enrolment: &Enrolment) -> Result<Node>;
+    /// The node with id `id`, if any.
     async fn node(&self, id: &str) -> Result<Option<Node>>;
+    /// The node first seen with `mac`, if any.
     async fn node_by_mac(&self, mac: MacAddr) -> Result<Option<Node>>;
+    /// Every node.
     async fn nodes(&self) -> Result<Vec<Node>>;
     /// Applies a life-cycle transition ([`NodeState::next`]); returns the
     /// state before and after, or `None` when it did not apply.
@@ -118,6 +136,7 @@ pub trait NodeStore: Send + Sync {
 /// DHCP leases. An address belongs to at most one MAC while its lease lives.
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
+    /// Every lease, expired ones included until they are removed.
     async fn leases(&self) -> Result<Vec<Lease>>;
     /// Adds or renews a lease. Refused ([`Refused::AddressHeld`]) when
     /// another MAC holds a live lease on the address; an expired lease of
@@ -140,6 +159,7 @@ pub trait LeaseStore: Send + Sync {
 /// DHCP reservations (fixed address and hostname per MAC).
 #[async_trait]
 pub trait ReservationStore: Send + Sync {
+    /// Every reservation.
     async fn reservations(&self) -> Result<Vec<Reservation>>;
     /// Adds or replaces the reservation of a MAC. Refused when the address
     /// is reserved for another MAC.
@@ -153,13 +173,16 @@ pub trait ReservationStore: Send + Sync {
 pub trait DiskAttachmentStore: Send + Sync {
     /// Attaches an overlay to a node (replacing an earlier attachment of that overlay).
     async fn attach_disk(&self, overlay: &str, node: &str, export: &str) -> Result<()>;
+    /// Detaches an overlay; false if it was not attached.
     async fn detach_disk(&self, overlay: &str) -> Result<bool>;
+    /// Every attachment.
     async fn disk_attachments(&self) -> Result<Vec<DiskAttachment>>;
 }
 
 /// Agent commands, delivered at least once.
 #[async_trait]
 pub trait CommandStore: Send + Sync {
+    /// Queues a command for a node; returns its id.
     async fn queue_command(&self, node: &str, command: &boot_proto::CommandKind) -> Result<i64>;
     /// Commands for a node's poll: queued ones, and delivered ones not
     /// started within `redeliver_after_ms` (their delivery may have been
@@ -169,6 +192,7 @@ pub trait CommandStore: Send + Sync {
         node: &str,
         redeliver_after_ms: i64,
     ) -> Result<Vec<QueuedCommand>>;
+    /// The command with id `id`, if any.
     async fn command(&self, id: i64) -> Result<Option<QueuedCommand>>;
     /// A node's commands, newest first.
     async fn commands_of(&self, node: &str, limit: u32) -> Result<Vec<QueuedCommand>>;
@@ -189,9 +213,13 @@ pub trait CommandStore: Send + Sync {
 /// An event not yet stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
+    /// When it happened (ms since the Unix epoch).
     pub at_ms: i64,
+    /// Node it concerns, if any.
     pub node: Option<String>,
+    /// What happened.
     pub kind: EventKind,
+    /// Kind-specific facts (JSON object).
     pub detail: serde_json::Value,
 }
 
@@ -227,7 +255,9 @@ pub enum Expect {
 pub trait EnvStore: Send + Sync {
     /// Adds or replaces an environment.
     async fn put_environment(&self, env: &Environment) -> Result<()>;
+    /// One environment by name.
     async fn environment(&self, name: &str) -> Result<Option<Environment>>;
+    /// Every environment, by name.
     async fn environments(&self) -> Result<Vec<Environment>>;
     /// Deletes an environment and its slots; refused ([`Refused::Conflict`])
     /// while one of its slots holds a node.
@@ -244,6 +274,9 @@ pub trait EnvStore: Send + Sync {
     async fn load_history(&self, env: &str, since_ms: i64) -> Result<Vec<LoadSample>>;
     /// Deletes load reports older than `before_ms`; returns how many.
     async fn prune_load(&self, before_ms: i64) -> Result<u64>;
+    /// Downsamples load reports older than `before_ms` to the first one per
+    /// node and `bucket_ms`; returns how many were dropped.
+    async fn downsample_load(&self, before_ms: i64, bucket_ms: i64) -> Result<u64>;
 }
 
 /// All of the store.

@@ -37,7 +37,8 @@
 //! 2 cores (it steals the client's CPU). UEFI clients negotiate windowsize 4,
 //! which this server honours and dnsmasq 2.90 does not.
 //!
-//! Module map: [`packet`] wire format, [`path`] safe path resolution,
+//! Module map: [`packet`] wire format, [`path`] the answer to a refused name
+//! (names are resolved by `boot_fs::resolve_path`),
 //! [`negotiate`] option negotiation, [`source`] file reading, [`netascii`]
 //! streaming conversion, [`admission`] transfer limits, [`transfer`] one
 //! transfer's state machine, [`server`] the listener.
@@ -57,7 +58,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use packet::{parse_request, Mode, ParseError, Request, RequestKind, RequestOptions};
-pub use path::{resolve_path, PathError};
 pub use server::TftpServer;
 pub use stats::TftpStats;
 

@@ -22,8 +22,11 @@ pub const MAX_CLIENT_TIMEOUT_SECS: u8 = 10;
 /// Parameters of one transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
+    /// Bytes of file data per DATA packet (512 unless negotiated).
     pub blksize: usize,
+    /// DATA packets sent before waiting for an ACK (1 unless negotiated).
     pub windowsize: u16,
+    /// Retransmission timeout in force for this transfer.
     pub timeout: Duration,
     /// The OACK to send first, if the client asked for any supported option.
     pub oack: Option<Vec<u8>>,

@@ -131,6 +131,7 @@ pub struct NetasciiStream {
 }
 
 impl NetasciiStream {
+    /// A stream over `file`, whose unconverted size is `raw_len` bytes.
     pub fn new(file: File, raw_len: u64) -> NetasciiStream {
         NetasciiStream {
             file,

@@ -8,10 +8,15 @@ use thiserror::Error;
 
 /// RFC 1350 opcodes.
 pub mod opcode {
+    /// Read request.
     pub const RRQ: u16 = 1;
+    /// Write request (always refused: the server is read-only).
     pub const WRQ: u16 = 2;
+    /// A block of file data.
     pub const DATA: u16 = 3;
+    /// Acknowledgement of a block.
     pub const ACK: u16 = 4;
+    /// Error report; ends the transfer.
     pub const ERROR: u16 = 5;
     /// RFC 2347 option acknowledgement.
     pub const OACK: u16 = 6;
@@ -19,29 +24,40 @@ pub mod opcode {
 
 /// RFC 1350 / 2347 error codes.
 pub mod error_code {
+    /// Not defined; see the message.
     pub const NOT_DEFINED: u16 = 0;
+    /// File not found.
     pub const FILE_NOT_FOUND: u16 = 1;
+    /// Access violation.
     pub const ACCESS_VIOLATION: u16 = 2;
+    /// Disk full or allocation exceeded.
     pub const DISK_FULL: u16 = 3;
+    /// Illegal TFTP operation.
     pub const ILLEGAL_OPERATION: u16 = 4;
+    /// Unknown transfer ID (packet from a stranger port).
     pub const UNKNOWN_TID: u16 = 5;
+    /// RFC 2347: the client refused the OACK's options.
     pub const OPTION_NEGOTIATION: u16 = 8;
 }
 
-/// Smallest and largest block size allowed by RFC 2348.
+/// Smallest block size RFC 2348 allows.
 pub const MIN_BLKSIZE: u16 = 8;
+/// Largest block size RFC 2348 allows.
 pub const MAX_BLKSIZE: u16 = 65464;
 
 /// Read or write request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
+    /// RRQ: the client reads a file.
     Read,
+    /// WRQ: the client wants to write a file.
     Write,
 }
 
 /// Transfer mode of a request (RFC 1350 §5), matched case-insensitively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Bytes sent as they are.
     Octet,
     /// Served with real netascii conversion (LF -> CR LF, CR -> CR NUL).
     Netascii,
@@ -68,30 +84,41 @@ pub struct RequestOptions {
 /// A parsed RRQ or WRQ.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// RRQ or WRQ.
     pub kind: RequestKind,
     /// The file name exactly as sent (validated as UTF-8, not yet resolved).
     pub filename: String,
+    /// Transfer mode requested.
     pub mode: Mode,
+    /// Options the client asked for.
     pub options: RequestOptions,
 }
 
 /// Why a packet was not a valid request.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ParseError {
+    /// Shorter than the smallest request; carries the length.
     #[error("packet too short ({0} bytes)")]
     TooShort(usize),
+    /// A valid opcode that is not RRQ/WRQ (e.g. an ACK on the server port).
     #[error("opcode {0} is not a request")]
     NotARequest(u16),
+    /// An opcode RFC 1350/2347 does not define.
     #[error("unknown opcode {0}")]
     UnknownOpcode(u16),
+    /// A string field runs to the end of the packet without its NUL.
     #[error("field is not NUL-terminated")]
     Unterminated,
+    /// A string field is not UTF-8.
     #[error("field is not valid UTF-8")]
     InvalidUtf8,
+    /// The file name field is empty.
     #[error("empty file name")]
     EmptyFilename,
+    /// A mode other than netascii, octet or mail.
     #[error("unknown transfer mode {0:?}")]
     UnknownMode(String),
+    /// An option name comes without its value.
     #[error("option {0:?} has no value")]
     OptionWithoutValue(String),
 }
@@ -200,8 +227,16 @@ impl<'a> Fields<'a> {
 /// A packet a client sends during a transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientPacket<'a> {
+    /// ACK of the given block number.
     Ack(u16),
-    Error { code: u16, message: &'a str },
+    /// The client aborts the transfer.
+    Error {
+        /// The TFTP error code it sent.
+        code: u16,
+        /// Its error message.
+        message: &'a str,
+    },
+    /// Any other opcode (the transfer ignores it).
     Other(u16),
 }
 

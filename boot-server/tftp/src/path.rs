@@ -1,258 +1,58 @@
-//! Mapping a requested TFTP file name onto a file below one of the served roots.
-//!
-//! The name is normalised (`\` -> `/`, leading `/` stripped, `.` and empty
-//! components dropped); `..` components and NUL bytes are refused outright, and
-//! the result is canonicalised so that a symlink leading out of its root is
-//! refused too. An absolute request like `/etc/passwd` is looked up *inside*
-//! the roots (as `etc/passwd`), never on the host.
+//! The TFTP answer to a refused file name. Resolving names onto files below
+//! the served roots is `boot_fs::resolve_path` (shared with HTTP file
+//! serving); this module only maps its [`PathError`] onto a TFTP error code.
 
-use std::io;
-use std::path::{Path, PathBuf};
-use thiserror::Error;
+use boot_fs::PathError;
 
 use crate::packet::error_code;
 
-/// Why a requested name could not be served.
-#[derive(Debug, Error)]
-pub enum PathError {
-    #[error("invalid file name: {0}")]
-    InvalidName(&'static str),
-    #[error("access violation: '..' is not allowed in file names")]
-    Traversal,
-    #[error("access violation: file resolves outside the served directories")]
-    OutsideRoot,
-    #[error("file not found")]
-    NotFound,
-    #[error("not a regular file")]
-    NotAFile,
-    #[error("access violation: permission denied")]
-    PermissionDenied,
-    #[error("I/O error resolving file: {0}")]
-    Io(#[source] io::Error),
-}
-
-impl PathError {
-    /// The TFTP error code to answer with.
-    pub fn tftp_code(&self) -> u16 {
-        match self {
-            PathError::NotFound | PathError::NotAFile => error_code::FILE_NOT_FOUND,
-            PathError::InvalidName(_)
-            | PathError::Traversal
-            | PathError::OutsideRoot
-            | PathError::PermissionDenied => error_code::ACCESS_VIOLATION,
-            PathError::Io(_) => error_code::NOT_DEFINED,
-        }
-    }
-}
-
-/// Normalises a requested name into a relative path of plain components.
-pub fn normalise(requested: &str) -> Result<PathBuf, PathError> {
-    if requested.contains('\0') {
-        return Err(PathError::InvalidName("contains NUL"));
-    }
-    let mut rel = PathBuf::new();
-    for comp in requested.split(['/', '\\']) {
-        match comp {
-            "" | "." => {}
-            ".." => return Err(PathError::Traversal),
-            c => rel.push(c),
-        }
-    }
-    if rel.as_os_str().is_empty() {
-        return Err(PathError::InvalidName("empty path"));
-    }
-    Ok(rel)
-}
-
-/// Resolves `requested` against `roots` (searched in order) and returns the
-/// canonical path of a regular file inside the first root that has it.
-///
-/// A name that exists in a root but resolves (through symlinks) outside that
-/// root is refused with [`PathError::OutsideRoot`]; later roots are not tried,
-/// so a bad link is never silently shadowed.
-pub fn resolve_path(roots: &[PathBuf], requested: &str) -> Result<PathBuf, PathError> {
-    let rel = normalise(requested)?;
-    let mut saw_denied = false;
-    for root in roots {
-        let Ok(root) = root.canonicalize() else {
-            continue;
-        };
-        let candidate = root.join(&rel);
-        match candidate.canonicalize() {
-            Ok(real) => {
-                if !real.starts_with(&root) {
-                    return Err(PathError::OutsideRoot);
-                }
-                return check_file(&real).map(|()| real);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => saw_denied = true,
-            // ENOTDIR (a component is a file) behaves like "not found".
-            Err(e) if e.raw_os_error() == Some(20) => continue,
-            Err(e) => return Err(PathError::Io(e)),
-        }
-    }
-    if saw_denied {
-        Err(PathError::PermissionDenied)
-    } else {
-        Err(PathError::NotFound)
-    }
-}
-
-fn check_file(real: &Path) -> Result<(), PathError> {
-    match std::fs::metadata(real) {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(PathError::NotAFile),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(PathError::PermissionDenied),
-        Err(e) => Err(PathError::Io(e)),
+/// The TFTP error code to answer a refused name with: 1 (file not found) for
+/// missing names and non-files, 2 (access violation) for unsafe or unreadable
+/// names, 0 for other I/O failures.
+pub fn tftp_code(e: &PathError) -> u16 {
+    match e {
+        PathError::NotFound | PathError::NotAFile => error_code::FILE_NOT_FOUND,
+        PathError::InvalidName(_)
+        | PathError::Traversal
+        | PathError::OutsideRoot
+        | PathError::PermissionDenied => error_code::ACCESS_VIOLATION,
+        PathError::Io(_) => error_code::NOT_DEFINED,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
-
-    struct Tree {
-        _dir: tempfile::TempDir,
-        base: PathBuf,
-    }
-
-    /// base/root1/{a.txt, sub/b.txt, out -> ../secret, inlink -> sub/b.txt, d/}
-    /// base/root2/{a.txt, only2.txt}
-    /// base/secret
-    fn tree() -> Tree {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().canonicalize().unwrap();
-        fs::create_dir_all(base.join("root1/sub")).unwrap();
-        fs::create_dir_all(base.join("root1/d")).unwrap();
-        fs::create_dir_all(base.join("root2")).unwrap();
-        fs::write(base.join("root1/a.txt"), "1").unwrap();
-        fs::write(base.join("root1/sub/b.txt"), "b").unwrap();
-        fs::write(base.join("root2/a.txt"), "2").unwrap();
-        fs::write(base.join("root2/only2.txt"), "o").unwrap();
-        fs::write(base.join("secret"), "s").unwrap();
-        std::os::unix::fs::symlink("../secret", base.join("root1/out")).unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", base.join("root1/abs")).unwrap();
-        std::os::unix::fs::symlink("sub/b.txt", base.join("root1/inlink")).unwrap();
-        Tree { _dir: dir, base }
-    }
-
-    fn roots(t: &Tree) -> Vec<PathBuf> {
-        vec![t.base.join("root1"), t.base.join("root2")]
-    }
+    use std::path::PathBuf;
 
     #[test]
-    fn finds_in_first_root_then_second() {
-        let t = tree();
-        let r = roots(&t);
-        assert_eq!(
-            resolve_path(&r, "a.txt").unwrap(),
-            t.base.join("root1/a.txt")
-        );
-        assert_eq!(
-            resolve_path(&r, "only2.txt").unwrap(),
-            t.base.join("root2/only2.txt")
-        );
-        assert_eq!(
-            resolve_path(&r, "sub/b.txt").unwrap(),
-            t.base.join("root1/sub/b.txt")
-        );
-        assert_eq!(
-            resolve_path(&r, "./sub//b.txt").unwrap(),
-            t.base.join("root1/sub/b.txt")
-        );
-    }
-
-    #[test]
-    fn leading_slash_and_backslash_stay_inside() {
-        let t = tree();
-        let r = roots(&t);
-        assert_eq!(
-            resolve_path(&r, "/a.txt").unwrap(),
-            t.base.join("root1/a.txt")
-        );
-        assert_eq!(
-            resolve_path(&r, "\\sub\\b.txt").unwrap(),
-            t.base.join("root1/sub/b.txt")
-        );
-        // An absolute host path is looked up relative to the roots: not found there.
-        assert!(matches!(
-            resolve_path(&r, "/etc/passwd"),
-            Err(PathError::NotFound)
-        ));
-    }
-
-    #[test]
-    fn traversal_refused() {
-        let t = tree();
-        let r = roots(&t);
-        for name in [
-            "../etc/passwd",
-            "a/../../x",
-            "sub/../a.txt",
-            "..",
-            "..\\secret",
-            "sub\\..\\..\\secret",
-        ] {
-            let e = resolve_path(&r, name).unwrap_err();
-            assert!(matches!(e, PathError::Traversal), "{name}: {e:?}");
-            assert_eq!(e.tftp_code(), error_code::ACCESS_VIOLATION);
+    fn codes() {
+        let cases = [
+            (PathError::NotFound, error_code::FILE_NOT_FOUND),
+            (PathError::NotAFile, error_code::FILE_NOT_FOUND),
+            (PathError::InvalidName("x"), error_code::ACCESS_VIOLATION),
+            (PathError::Traversal, error_code::ACCESS_VIOLATION),
+            (PathError::OutsideRoot, error_code::ACCESS_VIOLATION),
+            (PathError::PermissionDenied, error_code::ACCESS_VIOLATION),
+            (
+                PathError::Io(std::io::Error::other("x")),
+                error_code::NOT_DEFINED,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(tftp_code(&e), code, "{e:?}");
         }
     }
 
+    /// What a client asking for `../x` gets: an access violation.
     #[test]
-    fn nul_and_empty_refused() {
-        let t = tree();
-        let r = roots(&t);
-        assert!(matches!(
-            resolve_path(&r, "a.txt\0.png"),
-            Err(PathError::InvalidName(_))
-        ));
-        assert!(matches!(
-            resolve_path(&r, "/"),
-            Err(PathError::InvalidName(_))
-        ));
-        assert!(matches!(
-            resolve_path(&r, ""),
-            Err(PathError::InvalidName(_))
-        ));
-    }
-
-    #[test]
-    fn symlinks_out_of_root_refused_inside_allowed() {
-        let t = tree();
-        let r = roots(&t);
-        let e = resolve_path(&r, "out").unwrap_err();
-        assert!(matches!(e, PathError::OutsideRoot), "{e:?}");
-        assert_eq!(e.tftp_code(), error_code::ACCESS_VIOLATION);
-        assert!(matches!(
-            resolve_path(&r, "abs"),
-            Err(PathError::OutsideRoot)
-        ));
+    fn traversal_is_an_access_violation() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = boot_fs::resolve_path(&[PathBuf::from(dir.path())], "../x").unwrap_err();
+        assert_eq!(tftp_code(&e), error_code::ACCESS_VIOLATION);
         assert_eq!(
-            resolve_path(&r, "inlink").unwrap(),
-            t.base.join("root1/sub/b.txt")
-        );
-    }
-
-    #[test]
-    fn missing_and_directories() {
-        let t = tree();
-        let r = roots(&t);
-        let e = resolve_path(&r, "nope").unwrap_err();
-        assert!(matches!(e, PathError::NotFound));
-        assert_eq!(e.tftp_code(), error_code::FILE_NOT_FOUND);
-        assert!(matches!(resolve_path(&r, "d"), Err(PathError::NotAFile)));
-        assert!(matches!(
-            resolve_path(&r, "a.txt/x"),
-            Err(PathError::NotFound)
-        ));
-        // Missing roots are skipped.
-        let r2 = vec![t.base.join("missing"), t.base.join("root2")];
-        assert_eq!(
-            resolve_path(&r2, "a.txt").unwrap(),
-            t.base.join("root2/a.txt")
+            e.to_string(),
+            "access violation: '..' is not allowed in file names"
         );
     }
 }

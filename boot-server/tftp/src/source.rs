@@ -70,6 +70,7 @@ impl Source {
         self.len
     }
 
+    /// Whether the file has no bytes to send.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -25,10 +25,11 @@ use crate::packet::{
     encode_error, error_code, parse_client_packet, write_data_header, ClientPacket, Mode, Request,
     RequestKind,
 };
-use crate::path::resolve_path;
+use crate::path::tftp_code;
 use crate::source::Source;
 use crate::stats::TftpStats;
 use crate::{TftpConfig, TransferObserver};
+use boot_fs::resolve_path;
 
 /// Longest single blocking wait, so a stopped server's transfers end promptly.
 const POLL_SLICE: Duration = Duration::from_millis(200);
@@ -131,7 +132,7 @@ fn run(
     }
     let path = match resolve_path(&shared.config.roots, file) {
         Ok(p) => p,
-        Err(e) => return refuse(sock, peer, file, e.tftp_code(), format!("{file}: {e}")),
+        Err(e) => return refuse(sock, peer, file, tftp_code(&e), format!("{file}: {e}")),
     };
     let mut source = match Source::open(&path, req.mode) {
         Ok(s) => s,

@@ -3,27 +3,42 @@
 
 use thiserror::Error;
 
+/// `LOAD_OPTION_ACTIVE`: the firmware may boot this entry.
 pub const LOAD_OPTION_ACTIVE: u32 = 1;
 
+/// Device path type: hardware.
 pub const DP_HARDWARE: u8 = 1;
+/// Device path type: messaging (network, USB, ...).
 pub const DP_MESSAGING: u8 = 3;
+/// Device path type: end of path.
 pub const DP_END: u8 = 0x7f;
+/// End subtype: end of the entire path.
 pub const DP_END_ENTIRE: u8 = 0xff;
+/// Messaging subtype: MAC address.
 pub const MSG_MAC: u8 = 0x0b;
+/// Messaging subtype: IPv4.
 pub const MSG_IPV4: u8 = 0x0c;
+/// Messaging subtype: IPv6.
 pub const MSG_IPV6: u8 = 0x0d;
+/// Messaging subtype: URI (HTTP boot).
 pub const MSG_URI: u8 = 0x18;
 
+/// Why bytes are not a valid `EFI_LOAD_OPTION`.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// Shorter than the fixed header.
     #[error("load option shorter than its header")]
     Short,
+    /// The description is not NUL-terminated UCS-2.
     #[error("description is not NUL-terminated UCS-2")]
     Description,
+    /// The FilePathList length runs past the variable.
     #[error("file path list length {0} exceeds the option")]
     PathLength(usize),
+    /// A device-path node's length is invalid; carries its offset.
     #[error("device path node at offset {0} is malformed")]
     Node(usize),
+    /// The path has no End node.
     #[error("device path does not end with an End node")]
     NoEnd,
 }
@@ -31,12 +46,16 @@ pub enum DecodeError {
 /// One device-path node: type, subtype and the payload after the 4-byte header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DpNode {
+    /// Device path type (`DP_*`).
     pub typ: u8,
+    /// Device path subtype (`MSG_*`, ...).
     pub sub: u8,
+    /// Payload after the 4-byte node header.
     pub data: Vec<u8>,
 }
 
 impl DpNode {
+    /// The End-of-entire-path node that terminates a path.
     pub fn end() -> DpNode {
         DpNode {
             typ: DP_END,
@@ -70,6 +89,7 @@ impl DpNode {
         }
     }
 
+    /// URI node holding `uri` (HTTP boot).
     pub fn uri(uri: &str) -> DpNode {
         DpNode {
             typ: DP_MESSAGING,
@@ -78,6 +98,7 @@ impl DpNode {
         }
     }
 
+    /// Whether this is the End-of-entire-path node.
     pub fn is_end(&self) -> bool {
         self.typ == DP_END && self.sub == DP_END_ENTIRE
     }
@@ -131,14 +152,18 @@ pub fn decode_path(b: &[u8]) -> Result<Vec<DpNode>, DecodeError> {
 /// A decoded `Boot####` variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOption {
+    /// `LOAD_OPTION_*` bits.
     pub attributes: u32,
+    /// Name shown in the firmware boot menu.
     pub description: String,
     /// The raw FilePathList (may hold several instances).
     pub file_path: Vec<u8>,
+    /// Bytes after the path, passed to the boot application.
     pub optional_data: Vec<u8>,
 }
 
 impl LoadOption {
+    /// An active option named `description` booting `path`, without optional data.
     pub fn new(description: &str, path: &[DpNode]) -> LoadOption {
         LoadOption {
             attributes: LOAD_OPTION_ACTIVE,
@@ -148,6 +173,7 @@ impl LoadOption {
         }
     }
 
+    /// Decodes the content of a `Boot####` variable.
     pub fn decode(b: &[u8]) -> Result<LoadOption, DecodeError> {
         if b.len() < 6 {
             return Err(DecodeError::Short);
@@ -181,6 +207,7 @@ impl LoadOption {
         })
     }
 
+    /// Encodes as the content of a `Boot####` variable.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&self.attributes.to_le_bytes());
@@ -199,6 +226,7 @@ impl LoadOption {
         decode_path(&self.file_path).unwrap_or_default()
     }
 
+    /// Whether the firmware may boot this option.
     pub fn is_active(&self) -> bool {
         self.attributes & LOAD_OPTION_ACTIVE != 0
     }
@@ -236,11 +264,15 @@ impl LoadOption {
 /// Network boot flavours, best first for our server (PXE over IPv4 then HTTP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum NetKind {
+    /// PXE over IPv4.
     PxeV4,
+    /// UEFI HTTP boot.
     Http,
+    /// PXE over IPv6.
     PxeV6,
 }
 
+/// Parses `aa:bb:cc:dd:ee:ff` (or dash-separated) into six octets.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let v: Vec<u8> = s
         .split([':', '-'])

@@ -30,6 +30,7 @@ pub struct EfiVars {
 }
 
 impl EfiVars {
+    /// Variables under `dir` (normally `/sys/firmware/efi/efivars`).
     pub fn new(dir: impl Into<PathBuf>) -> EfiVars {
         EfiVars { dir: dir.into() }
     }
@@ -141,12 +142,14 @@ pub fn boot_next_bytes(n: u16) -> [u8; 2] {
     n.to_le_bytes()
 }
 
+/// Decodes a `BootOrder` value (little-endian u16 entry numbers).
 pub fn decode_order(b: &[u8]) -> Vec<u16> {
     b.chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect()
 }
 
+/// Encodes entry numbers as a `BootOrder` value.
 pub fn encode_order(v: &[u16]) -> Vec<u8> {
     v.iter().flat_map(|n| n.to_le_bytes()).collect()
 }
@@ -188,12 +191,19 @@ fn fmt_order(v: &[u16]) -> String {
 /// What [`set_network_boot`] changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// The `Boot####` entry now pointed at.
     pub entry: u16,
+    /// Its description.
     pub description: String,
+    /// Whether the entry was created (no matching one existed).
     pub created: bool,
+    /// Whether an existing inactive entry was activated.
     pub activated: bool,
+    /// `BootNext` before the change, if it was set.
     pub boot_next_old: Option<u16>,
+    /// `BootOrder` before the change.
     pub boot_order_old: Vec<u16>,
+    /// `BootOrder` after the change.
     pub boot_order_new: Vec<u16>,
 }
 

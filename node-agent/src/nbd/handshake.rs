@@ -12,24 +12,35 @@ pub use boot_proto::nbd::*;
 /// Largest option reply we accept (server input is untrusted).
 const MAX_REPLY: u32 = 64 * 1024;
 
+/// Why the NBD handshake failed.
 #[derive(Debug, Error)]
 pub enum HandshakeError {
+    /// The connection failed mid-handshake.
     #[error("i/o during NBD handshake: {0}")]
     Io(#[from] std::io::Error),
+    /// The server's greeting lacks the NBD magic.
     #[error("not an NBD server (magic {0:#x})")]
     BadMagic(u64),
+    /// An option reply lacks the reply magic.
     #[error("bad option reply magic {0:#x}")]
     BadReplyMagic(u64),
+    /// An option reply larger than this client accepts.
     #[error("option reply of {0} bytes is too large")]
     TooLarge(u32),
+    /// The server refused the export.
     #[error("server refused export {export:?}: error {code:#x} {message}")]
     Refused {
+        /// The export asked for.
         export: String,
+        /// NBD_REP_ERR_* code.
         code: u32,
+        /// The server's message.
         message: String,
     },
+    /// GO was acknowledged without NBD_INFO_EXPORT.
     #[error("server acknowledged GO without describing the export")]
     NoExportInfo,
+    /// A reply that does not parse; what was wrong.
     #[error("malformed reply: {0}")]
     Malformed(&'static str),
 }
@@ -37,7 +48,9 @@ pub enum HandshakeError {
 /// The outcome: a socket in transmission phase plus what the kernel needs.
 #[derive(Debug)]
 pub struct Negotiated {
+    /// The socket, now in the transmission phase.
     pub stream: TcpStream,
+    /// Export size in bytes.
     pub size: u64,
     /// Transmission flags (NBD_FLAG_HAS_FLAGS, READ_ONLY, SEND_FLUSH, ...).
     pub flags: u16,

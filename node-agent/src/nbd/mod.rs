@@ -24,12 +24,19 @@ const NBD_SET_FLAGS: libc::c_ulong = 0xab0a;
 /// Result of [`attach`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attached {
+    /// NBD device index (`/dev/nbdN`).
     pub index: u32,
+    /// Device path, e.g. `/dev/nbd0`.
     pub device: PathBuf,
+    /// Export size in bytes.
     pub size: u64,
+    /// How the device was configured: `netlink` or `ioctl`.
     pub via: &'static str,
+    /// Mount point and file system type, when mounted.
     pub mounted: Option<(String, String)>,
+    /// Milliseconds the NBD handshake took.
     pub handshake_ms: u64,
+    /// Milliseconds the kernel attach took.
     pub attach_ms: u64,
 }
 
@@ -197,6 +204,7 @@ pub struct DeviceWatch {
 }
 
 impl DeviceWatch {
+    /// Opens the size attribute of `/dev/nbd{index}`.
     pub fn open(index: u32) -> Result<DeviceWatch> {
         let p = format!("/sys/block/nbd{index}/size");
         let size = fs::File::open(&p).with_context(|| format!("open {p}"))?;
@@ -216,10 +224,12 @@ impl DeviceWatch {
         }
     }
 
+    /// Whether the device has a size, i.e. is connected.
     pub fn connected(&self) -> bool {
         self.sectors() > 0
     }
 
+    /// The device index.
     pub fn index(&self) -> u32 {
         self.index
     }
@@ -241,6 +251,7 @@ pub struct Reconnector {
 }
 
 impl Reconnector {
+    /// Opens everything the reconnector needs for device `index` attached to `export` at `host:port`.
     pub fn prepare(index: u32, host: String, port: u16, export: String) -> Result<Reconnector> {
         let mut genl = netlink::Genl::open()?;
         let (_, groups) = genl.family("nbd")?;

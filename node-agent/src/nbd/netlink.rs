@@ -23,19 +23,33 @@ const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
 /// Multicast group on which the kernel announces dead NBD links.
 pub const NBD_MCAST_GROUP: &str = "nbd_mc_group";
 
+/// NBD genl command: connect a device.
 pub const NBD_CMD_CONNECT: u8 = 1;
+/// NBD genl command: disconnect a device.
 pub const NBD_CMD_DISCONNECT: u8 = 2;
+/// NBD genl command: hand a device new sockets.
 pub const NBD_CMD_RECONFIGURE: u8 = 3;
+/// NBD genl notification: a device's connection died.
 pub const NBD_CMD_LINK_DEAD: u8 = 4;
+/// NBD attribute: device index.
 pub const NBD_ATTR_INDEX: u16 = 1;
+/// NBD attribute: size in bytes.
 pub const NBD_ATTR_SIZE_BYTES: u16 = 2;
+/// NBD attribute: block size in bytes.
 pub const NBD_ATTR_BLOCK_SIZE_BYTES: u16 = 3;
+/// NBD attribute: I/O timeout in seconds.
 pub const NBD_ATTR_TIMEOUT: u16 = 4;
+/// NBD attribute: transmission flags from the server.
 pub const NBD_ATTR_SERVER_FLAGS: u16 = 5;
+/// NBD attribute: client flags.
 pub const NBD_ATTR_CLIENT_FLAGS: u16 = 6;
+/// NBD attribute: nested list of sockets.
 pub const NBD_ATTR_SOCKETS: u16 = 7;
+/// NBD attribute: seconds to wait for a reconnect after a dead link.
 pub const NBD_ATTR_DEAD_CONN_TIMEOUT: u16 = 8;
+/// Nested item of `NBD_ATTR_SOCKETS`.
 pub const NBD_SOCK_ITEM: u16 = 1;
+/// Attribute inside a socket item: the file descriptor.
 pub const NBD_SOCK_FD: u16 = 1;
 const NBD_GENL_VERSION: u8 = 1;
 
@@ -49,6 +63,7 @@ pub fn put_attr(buf: &mut Vec<u8>, typ: u16, payload: &[u8]) {
     }
 }
 
+/// Appends a nested attribute holding `inner`.
 pub fn put_nested(buf: &mut Vec<u8>, typ: u16, inner: &[u8]) {
     put_attr(buf, typ | NLA_F_NESTED, inner);
 }
@@ -76,6 +91,7 @@ pub struct Genl {
 }
 
 impl Genl {
+    /// Opens and binds a generic netlink socket.
     pub fn open() -> Result<Genl> {
         // SAFETY: plain socket(2)/bind(2)/setsockopt(2) with checked results.
         unsafe {
@@ -141,7 +157,8 @@ impl Genl {
         let mut replies = Vec::new();
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            // SAFETY: buf is valid for its length.
+            // SAFETY: recv(2) writes at most `buf.len()` bytes into the live,
+            // owned `buf`; `self.fd` is open for the call.
             let n =
                 unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
@@ -253,7 +270,8 @@ impl Genl {
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
         };
         let mut buf = vec![0u8; 16 * 1024];
-        // SAFETY: valid option value and buffer.
+        // SAFETY: the option value is a live `timeval` passed with its size,
+        // and recv(2) writes at most `buf.len()` bytes into the owned `buf`.
         let n = unsafe {
             libc::setsockopt(
                 self.fd.as_raw_fd(),
@@ -296,12 +314,19 @@ impl Genl {
 /// Parameters of an NBD_CMD_CONNECT.
 #[derive(Debug, Clone)]
 pub struct ConnectParams {
+    /// Device index to use; `None` lets the kernel pick one.
     pub index: Option<u32>,
+    /// Export size in bytes.
     pub size_bytes: u64,
+    /// Block size in bytes.
     pub block_size: u64,
+    /// Transmission flags the server sent.
     pub server_flags: u64,
+    /// I/O timeout in seconds.
     pub timeout_secs: u64,
+    /// Seconds the kernel waits for a reconnect after a dead link.
     pub dead_conn_timeout_secs: u64,
+    /// NBD_CFLAG_* bits.
     pub client_flags: u64,
 }
 
@@ -372,6 +397,7 @@ pub fn reconfigure(index: u32, sock: RawFd) -> Result<()> {
     Ok(())
 }
 
+/// Disconnects device `index` through netlink.
 pub fn disconnect(index: u32) -> Result<()> {
     let mut g = Genl::open()?;
     let fam = g.family_id("nbd")?;

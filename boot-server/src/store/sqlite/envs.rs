@@ -197,4 +197,18 @@ impl EnvStore for SqliteStore {
             )
             .await? as u64)
     }
+
+    async fn downsample_load(&self, before_ms: i64, bucket_ms: i64) -> Result<u64> {
+        let bucket = bucket_ms.max(1);
+        Ok(self
+            .write(move |c| {
+                Ok(c.execute(
+                    "DELETE FROM load_samples WHERE at_ms < ?1 AND id NOT IN (
+                         SELECT MIN(id) FROM load_samples WHERE at_ms < ?1
+                         GROUP BY node, at_ms / ?2)",
+                    params![before_ms, bucket],
+                )?)
+            })
+            .await? as u64)
+    }
 }

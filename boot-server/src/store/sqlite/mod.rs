@@ -249,6 +249,91 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn slots_hold_a_node_once_move_atomically_and_survive_reopen() {
+        use crate::model::{LoadSample, Sighting, Slot, SlotStep};
+        use crate::store::{EnvStore, Expect, Fence};
+        let dir = tempfile::tempdir().unwrap();
+        let slot = |env: &str, index, node: Option<&str>, step| Slot {
+            environment: env.into(),
+            index,
+            node: node.map(str::to_string),
+            step,
+            ..Default::default()
+        };
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            let (n, _) = s
+                .observe_node(&Sighting {
+                    mac: mac(1),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let a0 = slot("a", 0, Some(&n.id), SlotStep::Pending);
+            assert!(s
+                .write_slots(
+                    Fence::default(),
+                    &[(a0.clone(), Expect::Step(SlotStep::Vacant))]
+                )
+                .await
+                .unwrap());
+            // A stale expectation writes nothing.
+            assert!(!s
+                .write_slots(
+                    Fence::default(),
+                    &[(a0.clone(), Expect::Step(SlotStep::Vacant))]
+                )
+                .await
+                .unwrap());
+            // A second slot for the node is refused, and nothing of that write stays.
+            let b0 = slot("b", 0, Some(&n.id), SlotStep::Pending);
+            let err = s
+                .write_slots(Fence::default(), &[(b0.clone(), Expect::Any)])
+                .await
+                .unwrap_err();
+            assert!(err.downcast_ref::<Refused>().is_some(), "{err:#}");
+            assert!(s.slots(Some("b")).await.unwrap().is_empty());
+            // Moving it (preemption) is one write: vacate a0, claim b0.
+            let vacant = slot("a", 0, None, SlotStep::Vacant);
+            assert!(s
+                .write_slots(
+                    Fence::default(),
+                    &[
+                        (b0, Expect::Step(SlotStep::Vacant)),
+                        (vacant, Expect::Step(SlotStep::Pending))
+                    ]
+                )
+                .await
+                .unwrap());
+            let node = s.node(&n.id).await.unwrap().unwrap();
+            assert_eq!(
+                (node.environment.as_deref(), node.slot),
+                (Some("b"), Some(0))
+            );
+            for i in 0..120 {
+                s.append_load(&LoadSample {
+                    at_ms: i * 1000,
+                    node: n.id.clone(),
+                    environment: "b".into(),
+                    load1: 1.0,
+                    cpu_busy: 0.5,
+                    busy: None,
+                    health: Default::default(),
+                })
+                .await
+                .unwrap();
+            }
+            assert_eq!(s.downsample_load(60_000, 30_000).await.unwrap(), 58);
+            assert_eq!(s.load_history("b", 0).await.unwrap().len(), 62);
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let slots = s.slots(None).await.unwrap();
+        assert_eq!(slots.len(), 2);
+        assert_eq!(slots[1].node.as_deref(), Some("node-020000000001"));
+        assert_eq!(slots[1].step, SlotStep::Pending);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_writes_commit_in_groups_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,758 @@
+//! The engine's commands: `env` (environments), `slot list` and `policy`.
+//! Options are parsed by clap value parsers, so a malformed `--require`,
+//! `--config`, `--hook`, `--schedule` or `--addresses` is a usage error
+//! (exit 2) that says what to write. `env create` sends an environment
+//! body; `env set` sends only what was given, merged client-side with the
+//! current environment for maps (config, hooks, requirements), while
+//! `--schedule` replaces the schedule list (`--clear-schedules` empties it).
+
+use super::client::{CallError, Client};
+use super::{enc, env_print, show, Failure};
+use crate::model::{AddressRange, Schedule, ScheduleAction};
+use clap::{Args, Subcommand};
+use hyper::Method;
+use serde_json::{json, Map, Value};
+
+#[derive(Subcommand)]
+pub enum EnvCmd {
+    /// Create an environment (active unless --inactive).
+    Create {
+        name: String,
+        /// Boot image its nodes boot.
+        #[arg(long)]
+        image: String,
+        #[command(flatten)]
+        opts: EnvOpts,
+    },
+    /// Change an environment: only the options given change.
+    Set {
+        name: String,
+        /// Boot image its nodes boot.
+        #[arg(long)]
+        image: Option<String>,
+        #[command(flatten)]
+        opts: EnvOpts,
+        /// Remove a config key (repeatable).
+        #[arg(long = "unset-config", value_name = "KEY")]
+        unset_config: Vec<String>,
+        /// Remove a hook: start, stop, health or busy (repeatable).
+        #[arg(long = "unset-hook", value_name = "NAME", value_parser = ["start", "stop", "health", "busy"])]
+        unset_hook: Vec<String>,
+        /// Drop every requirement (before adding the --require ones).
+        #[arg(long)]
+        clear_requirements: bool,
+        /// Drop every schedule.
+        #[arg(long, conflicts_with = "schedules")]
+        clear_schedules: bool,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// An environment, its slots and their last move's timings.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an environment (refused while it holds nodes: deactivate it first).
+    Delete { name: String },
+    /// Make an environment active (it claims nodes).
+    Activate { name: String },
+    /// Make an environment inactive (it gives its nodes back).
+    Deactivate { name: String },
+    /// Set the number of nodes it wants (min ≤ N ≤ max).
+    Scale { name: String, nodes: u32 },
+    /// Put an idle pool node (id or MAC) into the environment.
+    AddNode { name: String, node: String },
+    /// Take a node out of the environment (back to the pool).
+    RemoveNode { name: String, node: String },
+    /// Cut a node out without stopping it (kept up for inspection, never allocated).
+    Quarantine { name: String, node: String },
+    /// Load reports of its nodes and the engine's decisions about it.
+    History {
+        name: String,
+        /// Only from this time on (ms since the Unix epoch).
+        #[arg(long)]
+        since_ms: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Options shared by `env create` and `env set` (each optional).
+#[derive(Args)]
+pub struct EnvOpts {
+    #[arg(long)]
+    description: Option<String>,
+    /// Never fewer nodes while active.
+    #[arg(long)]
+    min: Option<u32>,
+    /// Nodes wanted now.
+    #[arg(long = "nodes")]
+    desired: Option<u32>,
+    /// Never more nodes.
+    #[arg(long)]
+    max: Option<u32>,
+    /// Higher takes nodes from lower.
+    #[arg(long, allow_hyphen_values = true)]
+    priority: Option<i32>,
+    /// Share of the pool in percent (`none` clears it).
+    #[arg(long, value_name = "PCT|none", value_parser = parse_share)]
+    share: Option<Clearable<u32>>,
+    /// Its nodes may be taken by higher priorities (`--preemptible=false` to forbid).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    preemptible: Option<bool>,
+    /// Base disk of each slot's overlay (`none` clears it).
+    #[arg(long, value_name = "BASE|none", value_parser = parse_disk_base)]
+    disk_base: Option<Clearable<String>>,
+    /// Host name of slot N, e.g. 'web-{slot}' ({env} is the environment's name).
+    #[arg(long)]
+    hostname_pattern: Option<String>,
+    /// Addresses of the slots in index order, FIRST-LAST (`none`: nodes keep their lease).
+    #[arg(long, value_name = "FIRST-LAST|none", value_parser = parse_addresses)]
+    addresses: Option<Clearable<AddressRange>>,
+    /// firmware=bios | cpus=N | memory-mib=N | label:KEY=VALUE (repeatable).
+    #[arg(long = "require", value_name = "REQ", value_parser = parse_require)]
+    requires: Vec<Require>,
+    /// NAME=FILE: FILE's text becomes the start, stop, health or busy hook (repeatable).
+    #[arg(long = "hook", value_name = "NAME=FILE", value_parser = parse_hook)]
+    hooks: Vec<(String, String)>,
+    /// KEY=VALUE delivered to every slot (repeatable).
+    #[arg(long = "config", id = "env_config", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    config: Vec<(String, String)>,
+    /// 'CRON=>activate', 'CRON=>deactivate' or 'CRON=>scale:N'; CRON has
+    /// seconds first (sec min hour dom month dow [year], UTC). Repeatable; on
+    /// `env set` the given ones replace the list.
+    #[arg(long = "schedule", id = "schedules", value_name = "CRON=>ACTION", value_parser = parse_schedule)]
+    schedules: Vec<Schedule>,
+    /// Created inactive (`env set --inactive=false` activates).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    inactive: Option<bool>,
+    /// Moves: warm (kexec when the agent is up) or cold (always reboot).
+    #[arg(long, value_parser = ["warm", "cold"])]
+    boot: Option<String>,
+    /// Version label of what it runs.
+    #[arg(long)]
+    version: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum SlotCmd {
+    /// Slots of every environment, or of ENV.
+    List {
+        env: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Scale ENV by load: add a node when the metric stays above X for the
+    /// window, remove one when it stays below Y.
+    Set {
+        env: String,
+        #[arg(long, allow_hyphen_values = true)]
+        add_above: f64,
+        #[arg(long, allow_hyphen_values = true)]
+        remove_below: f64,
+        /// Window in seconds.
+        #[arg(long = "window")]
+        window_secs: u64,
+        /// Health key averaged over the nodes (`load`: 1-minute load average).
+        #[arg(long, default_value = "load")]
+        metric: String,
+    },
+    /// Remove ENV's policy.
+    Clear { env: String },
+}
+
+/// A value or `none` (clears the field).
+#[derive(Clone, Debug)]
+pub enum Clearable<T> {
+    Set(T),
+    Clear,
+}
+
+impl<T: serde::Serialize> Clearable<T> {
+    fn to_json(&self) -> Value {
+        match self {
+            Clearable::Set(v) => json!(v),
+            Clearable::Clear => Value::Null,
+        }
+    }
+}
+
+fn clearable<T>(s: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<Clearable<T>, String> {
+    if s == "none" {
+        Ok(Clearable::Clear)
+    } else {
+        f(s).map(Clearable::Set)
+    }
+}
+
+fn parse_share(s: &str) -> Result<Clearable<u32>, String> {
+    clearable(s, |s| {
+        s.trim_end_matches('%')
+            .parse::<u32>()
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or_else(|| "give a percentage 0..100, or none".to_string())
+    })
+}
+
+fn parse_disk_base(s: &str) -> Result<Clearable<String>, String> {
+    clearable(s, |s| {
+        if s.is_empty() {
+            Err("give a base disk name (boot-server disk list), or none".into())
+        } else {
+            Ok(s.to_string())
+        }
+    })
+}
+
+fn parse_addresses(s: &str) -> Result<Clearable<AddressRange>, String> {
+    clearable(s, |s| s.parse::<AddressRange>())
+}
+
+/// One `--require`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Require {
+    Firmware(String),
+    Cpus(u32),
+    MemoryMib(u64),
+    Label(String, String),
+}
+
+const REQUIRE_USAGE: &str =
+    "use firmware=bios|uefi-x64|..., cpus=N, memory-mib=N or label:KEY=VALUE";
+
+fn parse_require(s: &str) -> Result<Require, String> {
+    if let Some(label) = s.strip_prefix("label:") {
+        let (k, v) = parse_kv(label).map_err(|_| format!("{s:?}: {REQUIRE_USAGE}"))?;
+        return Ok(Require::Label(k, v));
+    }
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: {REQUIRE_USAGE}"))?;
+    let number = || format!("{s:?}: {k} takes a whole number");
+    match k {
+        "firmware" if !v.is_empty() => Ok(Require::Firmware(v.to_string())),
+        "cpus" => v.parse().map(Require::Cpus).map_err(|_| number()),
+        "memory-mib" => v.parse().map(Require::MemoryMib).map_err(|_| number()),
+        _ => Err(format!("{s:?}: {REQUIRE_USAGE}")),
+    }
+}
+
+/// `KEY=VALUE` (also `node add --label`).
+pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: use KEY=VALUE")),
+    }
+}
+
+const HOOKS: [&str; 4] = ["start", "stop", "health", "busy"];
+
+fn parse_hook(s: &str) -> Result<(String, String), String> {
+    let (name, file) = s.split_once('=').ok_or_else(|| {
+        format!("{s:?}: use NAME=FILE with NAME one of start, stop, health, busy")
+    })?;
+    if !HOOKS.contains(&name) {
+        return Err(format!(
+            "{name:?} is not a hook: use start, stop, health or busy"
+        ));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?;
+    Ok((name.to_string(), text))
+}
+
+fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    let usage = "use 'CRON=>activate', 'CRON=>deactivate' or 'CRON=>scale:N'";
+    let (cron, action) = s
+        .rsplit_once("=>")
+        .ok_or_else(|| format!("{s:?}: {usage}"))?;
+    let action = match action.trim() {
+        "activate" => ScheduleAction::Activate,
+        "deactivate" => ScheduleAction::Deactivate,
+        a => match a.strip_prefix("scale:").map(|n| n.trim().parse::<u32>()) {
+            Some(Ok(n)) => ScheduleAction::Scale(n),
+            _ => return Err(format!("{a:?}: {usage}")),
+        },
+    };
+    let sched = Schedule {
+        cron: cron.trim().to_string(),
+        action,
+    };
+    sched.parse_cron()?;
+    Ok(sched)
+}
+
+/// The JSON fields `opts` set; `current` (the stored environment, for
+/// `env set`) is what maps are merged into.
+fn fields(opts: EnvOpts, current: Option<&Value>) -> Map<String, Value> {
+    let mut f = Map::new();
+    let mut put = |k: &str, v: Value| {
+        f.insert(k.to_string(), v);
+    };
+    if let Some(v) = opts.description {
+        put("description", json!(v));
+    }
+    if let Some(v) = opts.min {
+        put("min", json!(v));
+    }
+    if let Some(v) = opts.desired {
+        put("desired", json!(v));
+    }
+    if let Some(v) = opts.max {
+        put("max", json!(v));
+    }
+    if let Some(v) = opts.priority {
+        put("priority", json!(v));
+    }
+    if let Some(v) = opts.share {
+        put("share_pct", v.to_json());
+    }
+    if let Some(v) = opts.preemptible {
+        put("preemptible", json!(v));
+    }
+    if let Some(v) = opts.disk_base {
+        put("disk_base", v.to_json());
+    }
+    if let Some(v) = opts.hostname_pattern {
+        put("hostname_pattern", json!(v));
+    }
+    if let Some(v) = opts.addresses {
+        put("addresses", v.to_json());
+    }
+    if let Some(v) = opts.inactive {
+        put("active", json!(!v));
+    }
+    if let Some(v) = opts.boot {
+        put("boot", json!(v));
+    }
+    if let Some(v) = opts.version {
+        put("version", json!(v));
+    }
+    let base = |k: &str| {
+        current
+            .and_then(|c| c.get(k))
+            .cloned()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({}))
+    };
+    if !opts.requires.is_empty() {
+        let mut r = base("requirements");
+        for req in opts.requires {
+            match req {
+                Require::Firmware(fw) => r["firmware"] = json!(fw),
+                Require::Cpus(n) => r["min_cpus"] = json!(n),
+                Require::MemoryMib(n) => r["min_memory_mib"] = json!(n),
+                Require::Label(k, v) => {
+                    if !r["labels"].is_object() {
+                        r["labels"] = json!({});
+                    }
+                    r["labels"][k] = json!(v);
+                }
+            }
+        }
+        put("requirements", r);
+    }
+    if !opts.hooks.is_empty() {
+        let mut h = base("hooks");
+        for (name, text) in opts.hooks {
+            h[name] = json!(text);
+        }
+        put("hooks", h);
+    }
+    if !opts.config.is_empty() {
+        let mut c = base("config");
+        for (k, v) in opts.config {
+            c[k] = json!(v);
+        }
+        put("config", c);
+    }
+    if !opts.schedules.is_empty() {
+        put("schedules", json!(opts.schedules));
+    }
+    f
+}
+
+fn env_path(name: &str) -> String {
+    format!("/api/environments/{}", enc(name))
+}
+
+/// One line about an environment after a change.
+fn summary(verb: &str, v: &Value) {
+    println!(
+        "{verb} environment {} ({}, {} of {}..{} nodes wanted, holding {})",
+        v["name"].as_str().unwrap_or("?"),
+        if v["active"] == true {
+            "active"
+        } else {
+            "inactive"
+        },
+        v["desired"],
+        v["min"],
+        v["max"],
+        v["holding"]
+    );
+}
+
+/// Runs an `env` command.
+pub async fn env_command(c: &Client, cmd: EnvCmd) -> Result<(), Failure> {
+    match cmd {
+        EnvCmd::Create { name, image, opts } => {
+            let mut body = fields(opts, None);
+            body.insert("name".into(), json!(name));
+            body.insert("image".into(), json!(image));
+            let v = c
+                .json(Method::POST, "/api/environments", Some(Value::Object(body)))
+                .await?;
+            summary("created", &v);
+        }
+        EnvCmd::Set {
+            name,
+            image,
+            opts,
+            unset_config,
+            unset_hook,
+            clear_requirements,
+            clear_schedules,
+        } => {
+            let mut current = c.json(Method::GET, &env_path(&name), None).await?;
+            for k in &unset_config {
+                if let Some(m) = current["config"].as_object_mut() {
+                    m.remove(k);
+                }
+            }
+            for k in &unset_hook {
+                if let Some(m) = current["hooks"].as_object_mut() {
+                    m.remove(k);
+                }
+            }
+            if clear_requirements {
+                current["requirements"] = json!({});
+            }
+            let mut body = fields(opts, Some(&current));
+            for (changed, key) in [
+                (!unset_config.is_empty(), "config"),
+                (!unset_hook.is_empty(), "hooks"),
+                (clear_requirements, "requirements"),
+            ] {
+                if changed && !body.contains_key(key) {
+                    body.insert(key.into(), current[key].clone());
+                }
+            }
+            if clear_schedules {
+                body.insert("schedules".into(), json!([]));
+            }
+            if let Some(i) = image {
+                body.insert("image".into(), json!(i));
+            }
+            if body.is_empty() {
+                return Err(Failure {
+                    code: 2,
+                    error: anyhow::anyhow!(
+                        "nothing to change: give at least one option (see env set --help)"
+                    ),
+                });
+            }
+            let v = c
+                .json(Method::PATCH, &env_path(&name), Some(Value::Object(body)))
+                .await?;
+            summary("changed", &v);
+        }
+        EnvCmd::List { json } => {
+            let v = c.json(Method::GET, "/api/environments", None).await?;
+            if json {
+                show(&v)
+            } else {
+                env_print::environments(&v)
+            }
+        }
+        EnvCmd::Show { name, json } => {
+            let v = c.json(Method::GET, &env_path(&name), None).await?;
+            if json {
+                show(&v)
+            } else {
+                env_print::environment(&v)
+            }
+        }
+        EnvCmd::Delete { name } => {
+            c.json(Method::DELETE, &env_path(&name), None).await?;
+            println!("deleted environment {name}");
+        }
+        EnvCmd::Activate { name } => {
+            let v = c
+                .json(Method::POST, &format!("{}/activate", env_path(&name)), None)
+                .await?;
+            summary("activated", &v);
+        }
+        EnvCmd::Deactivate { name } => {
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!("{}/deactivate", env_path(&name)),
+                    None,
+                )
+                .await?;
+            summary("deactivated", &v);
+        }
+        EnvCmd::Scale { name, nodes } => {
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!("{}/scale", env_path(&name)),
+                    Some(json!({ "nodes": nodes })),
+                )
+                .await?;
+            summary("scaled", &v);
+        }
+        EnvCmd::AddNode { name, node } => {
+            let v = node_call(c, &name, "add-node", &node).await?;
+            println!(
+                "{} takes slot {} of {name} ({}, {})",
+                v["node"].as_str().unwrap_or(&node),
+                v["index"],
+                v["hostname"].as_str().unwrap_or("?"),
+                v["step"].as_str().unwrap_or("?")
+            );
+        }
+        EnvCmd::RemoveNode { name, node } => {
+            let v = node_call(c, &name, "remove-node", &node).await?;
+            println!(
+                "{} leaves slot {} of {name} ({})",
+                v["node"].as_str().unwrap_or(&node),
+                v["index"],
+                v["step"].as_str().unwrap_or("?")
+            );
+        }
+        EnvCmd::Quarantine { name, node } => {
+            let v = node_call(c, &name, "quarantine", &node).await?;
+            println!(
+                "{} is {} (cut out of {name}, kept running)",
+                v["id"].as_str().unwrap_or(&node),
+                v["state"].as_str().unwrap_or("?")
+            );
+        }
+        EnvCmd::History {
+            name,
+            since_ms,
+            json,
+        } => {
+            let v = c
+                .json(
+                    Method::GET,
+                    &format!(
+                        "{}/history?since_ms={}",
+                        env_path(&name),
+                        since_ms.unwrap_or(0)
+                    ),
+                    None,
+                )
+                .await?;
+            if json {
+                show(&v)
+            } else {
+                env_print::history(&v)
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn node_call(c: &Client, env: &str, what: &str, node: &str) -> Result<Value, CallError> {
+    c.json(
+        Method::POST,
+        &format!("{}/{what}", env_path(env)),
+        Some(json!({ "node": node })),
+    )
+    .await
+}
+
+/// Runs a `slot` command.
+pub async fn slot_command(c: &Client, cmd: SlotCmd) -> Result<(), Failure> {
+    match cmd {
+        SlotCmd::List { env, json } => {
+            let path = match &env {
+                Some(e) => format!("/api/slots?environment={}", enc(e)),
+                None => "/api/slots".to_string(),
+            };
+            let v = c.json(Method::GET, &path, None).await?;
+            if json {
+                show(&v)
+            } else {
+                env_print::slots(&v, true)
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a `policy` command.
+pub async fn policy_command(c: &Client, cmd: PolicyCmd) -> Result<(), Failure> {
+    let (env, body) = match cmd {
+        PolicyCmd::Set {
+            env,
+            add_above,
+            remove_below,
+            window_secs,
+            metric,
+        } => (
+            env,
+            json!({ "metric": metric, "add_above": add_above, "remove_below": remove_below, "window_secs": window_secs }),
+        ),
+        PolicyCmd::Clear { env } => (env, Value::Null),
+    };
+    let v = c
+        .json(
+            Method::PUT,
+            &format!("{}/policy", env_path(&env)),
+            Some(body),
+        )
+        .await?;
+    println!("{env}: {}", env_print::policy(&v["policy"]));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap's own checks (duplicate options etc.) run only in debug builds
+        // or here: `env create --config KEY=VALUE` beside `boot-server --config FILE`.
+        use clap::CommandFactory;
+        super::super::Cli::command().debug_assert();
+        use clap::Parser;
+        let cli = super::super::Cli::try_parse_from([
+            "boot-server",
+            "--config",
+            "f.toml",
+            "env",
+            "create",
+            "web",
+            "--image",
+            "lab",
+            "--config",
+            "role=a",
+            "--preemptible",
+            "--priority",
+            "-2",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("f.toml")));
+        let super::super::Cmd::Env(cmd) = cli.command else {
+            panic!("not env")
+        };
+        let EnvCmd::Create { opts, .. } = *cmd else {
+            panic!("not env create")
+        };
+        assert_eq!(opts.config, vec![("role".to_string(), "a".to_string())]);
+        assert_eq!(opts.preemptible, Some(true));
+        assert_eq!(opts.priority, Some(-2));
+        let serve =
+            super::super::Cli::try_parse_from(["boot-server", "serve", "--config", "f.toml"])
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            serve.command,
+            super::super::Cmd::Serve { config: Some(_) }
+        ));
+    }
+
+    #[test]
+    fn option_values_parse_or_say_what_to_write() {
+        assert_eq!(
+            parse_require("label:rack=r1").unwrap(),
+            Require::Label("rack".into(), "r1".into())
+        );
+        assert_eq!(parse_require("cpus=2").unwrap(), Require::Cpus(2));
+        assert_eq!(
+            parse_require("memory-mib=512").unwrap(),
+            Require::MemoryMib(512)
+        );
+        assert_eq!(
+            parse_require("firmware=bios").unwrap(),
+            Require::Firmware("bios".into())
+        );
+        assert!(parse_require("cpus=two")
+            .unwrap_err()
+            .contains("whole number"));
+        assert!(parse_require("gpu=1")
+            .unwrap_err()
+            .contains("label:KEY=VALUE"));
+        let s = parse_schedule("0 0 8 * * *=>scale:3").unwrap();
+        assert_eq!(s.action, ScheduleAction::Scale(3));
+        assert_eq!(s.cron, "0 0 8 * * *");
+        assert_eq!(
+            parse_schedule("*/5 * * * * * => deactivate")
+                .unwrap()
+                .action,
+            ScheduleAction::Deactivate
+        );
+        assert!(parse_schedule("0 0 8 * * *=>scale:x").is_err());
+        assert!(parse_schedule("0 0 8 * * *").is_err());
+        assert!(parse_schedule("never=>activate")
+            .unwrap_err()
+            .contains("sec min hour"));
+        assert!(parse_kv("=v").is_err());
+        assert_eq!(parse_kv("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_hook("boot=/dev/null")
+            .unwrap_err()
+            .contains("not a hook"));
+        assert!(parse_hook("start=/nonexistent/x")
+            .unwrap_err()
+            .contains("reading"));
+        assert!(matches!(parse_share("none"), Ok(Clearable::Clear)));
+        assert!(parse_share("150").is_err());
+        assert!(parse_addresses("10.0.0.9-10.0.0.1").is_err());
+    }
+
+    #[test]
+    fn set_merges_maps_and_replaces_schedules() {
+        let current = json!({
+            "config": {"a": "1", "b": "2"},
+            "hooks": {"start": "old"},
+            "requirements": {"labels": {"rack": "r1"}},
+            "schedules": [{"cron": "0 0 1 * * *", "action": "activate"}]
+        });
+        let opts = EnvOpts {
+            description: None,
+            min: Some(1),
+            desired: None,
+            max: None,
+            priority: None,
+            share: Some(Clearable::Clear),
+            preemptible: None,
+            disk_base: None,
+            hostname_pattern: None,
+            addresses: None,
+            requires: vec![Require::Cpus(2), Require::Label("zone".into(), "z".into())],
+            hooks: vec![("health".into(), "echo load=1".into())],
+            config: vec![("b".into(), "3".into())],
+            schedules: vec![parse_schedule("0 0 2 * * *=>scale:2").unwrap()],
+            inactive: Some(false),
+            boot: Some("cold".into()),
+            version: None,
+        };
+        let f = Value::Object(fields(opts, Some(&current)));
+        assert_eq!(f["config"], json!({"a": "1", "b": "3"}));
+        assert_eq!(f["hooks"], json!({"start": "old", "health": "echo load=1"}));
+        assert_eq!(
+            f["requirements"],
+            json!({"min_cpus": 2, "labels": {"rack": "r1", "zone": "z"}})
+        );
+        assert_eq!(
+            f["schedules"],
+            json!([{"cron": "0 0 2 * * *", "action": {"scale": 2}}])
+        );
+        assert_eq!(f["share_pct"], Value::Null);
+        assert_eq!(f["active"], json!(true));
+        assert_eq!(f["boot"], json!("cold"));
+        assert_eq!(f["min"], json!(1));
+        assert!(f.get("description").is_none() && f.get("max").is_none());
+    }
+}
