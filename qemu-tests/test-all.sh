@@ -73,6 +73,7 @@ if [ "$lab" = 1 ]; then
     suite lab-nbd-reconnect script "$here/test-nbd-reconnect.sh"
     suite lab-powerloss script "$here/test-powerloss.sh"
     suite agent-qemu-smoke script "$repo/node-agent/tests/qemu-smoke.sh" "$td/x86_64-unknown-linux-gnu/release/node-agent"
+    suite lab-engine script "$here/test-engine.sh"
 fi
 if [ "$fuzz" = 1 ]; then
     suite fuzz-smoke step env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" "$repo/boot-server/fuzz/smoke.sh"
