@@ -100,7 +100,7 @@ scenario_1() {
     moved="$(comm -13 <(tr ' ' '\n' <<<"$before" | sort) <(tr ' ' '\n' <<<"$after" | sort) | grep -c . || true)"
     t_check "1: two nodes came from the pool ($before -> $after)" test "$moved" = 2
     t_check "1: each slot's node boots alpha's image with the slot's host name, address and disk" eng_slots_match alpha env-a 1
-    t_check "1: the engine's decision is in the event log (engine-decision for alpha)" eng_event_since engine-decision '.detail.env == "alpha" or (.detail | tostring | test("\"alpha\""))'
+    t_check "1: the engine's decision is in the event log (engine-decision for alpha)" eng_wait "the event" 15 eng_event_since engine-decision '.detail.env == "alpha" or (.detail | tostring | test("\"alpha\""))'
     # Move a slot's node away (scale 3 -> 2) and back (2 -> 3): the slot's disk
     # keeps what its start hook wrote.
     local -A marks=()
@@ -240,7 +240,7 @@ scenario_5() {
     else
         t_fail "5: the schedule '$at' activated beta"; eng_diag; return
     fi
-    t_check "5: an env-started alert for beta" eng_event_since alert '.detail.alert == "env-started"'
+    t_check "5: an env-started alert for beta" eng_wait "the event" 15 eng_event_since alert '.detail.alert == "env-started"'
     local t2; t2="$(eng_now_ms)"
     at="$(eng_cron_in 3)"
     eng_mark
@@ -250,7 +250,7 @@ scenario_5() {
     else
         t_fail "5: the schedule '$at' deactivated beta"; eng_diag; return
     fi
-    t_check "5: an env-stopped alert for beta" eng_event_since alert '.detail.alert == "env-stopped"'
+    t_check "5: an env-stopped alert for beta" eng_wait "the event" 15 eng_event_since alert '.detail.alert == "env-stopped"'
     t_check "5: beta is inactive" eng_is "$(eng_cli env show beta --json | jq -r .active)" false
 }
 
@@ -297,7 +297,7 @@ scenario_7() {
     else
         t_fail "7: the quarantined node stays up (heartbeats go on)"; eng_diag
     fi
-    t_check "7: an alert event says node-quarantined" eng_event_since alert '.detail.alert == "node-quarantined"'
+    t_check "7: an alert event says node-quarantined" eng_wait "the event" 15 eng_event_since alert '.detail.alert == "node-quarantined"'
     t_check "7: no slot holds the quarantined node" eng_is "$(eng_slots | jq --arg n "$n" '[.[] | select(.node == $n)] | length')" 0
     t_check "7: slots and nodes stay consistent" eng_consistent
 }

@@ -159,6 +159,8 @@ impl Engine {
             });
         }
         futures_util::future::join_all(work).await;
+        // Alerts on what the steps just did, not on what the pass began with.
+        let slots = self.c.store.slots(None).await?;
         self.env_alerts(&envs, &slots);
         self.prune(now).await;
         Ok(())
