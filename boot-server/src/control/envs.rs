@@ -313,11 +313,7 @@ impl Control {
     /// an alert is raised. The slot is refilled from the pool.
     pub async fn env_quarantine(&self, name: &str, node: &str) -> Result<Node> {
         let (node, slot) = self.slot_of(name, node).await?;
-        let mut vacated = slot.clone();
-        vacated.node = None;
-        vacated.step = SlotStep::Vacant;
-        vacated.step_since_ms = now_ms();
-        vacated.detail = format!("{} quarantined", node.id);
+        let vacated = slot.vacated(now_ms(), &format!("{} quarantined", node.id));
         if !self
             .store
             .write_slots(Fence::default(), &[(vacated, Expect::Step(slot.step))])

@@ -206,16 +206,14 @@ impl Engine {
                 slot.detail = reason.clone();
                 let mut writes = vec![(slot, expect)];
                 if let Some((v_env, v_index)) = &from {
-                    let Some(mut v) = find(v_env, *v_index) else {
+                    let Some(v) = find(v_env, *v_index) else {
                         return Ok(());
                     };
                     let expect = Expect::Step(v.step);
-                    v.node = None;
-                    v.step = SlotStep::Vacant;
-                    v.step_since_ms = now;
-                    v.command = None;
-                    v.detail = format!("node {node} taken by {env}");
-                    writes.push((v, expect));
+                    writes.push((
+                        v.vacated(now, &format!("node {node} taken by {env}")),
+                        expect,
+                    ));
                 }
                 if self.c.store.write_slots(Fence::default(), &writes).await? {
                     self.c.wake_engine();

@@ -51,15 +51,7 @@ impl Engine {
             SlotStep::Vacant | SlotStep::Ready => self.check_ready(slot, env, &node).await,
             SlotStep::Pending => {
                 if up {
-                    let id = self
-                        .c
-                        .queue(
-                            &node.id,
-                            CommandKind::StopApp {
-                                timeout_secs: self.cfg().stop_timeout_secs,
-                            },
-                        )
-                        .await?;
+                    let id = self.stop_app(&node.id).await?;
                     self.step(&slot, SlotStep::Stopping, "stopping its work", Some(id))
                         .await
                 } else {
@@ -427,15 +419,7 @@ impl Engine {
                 .await;
         }
         if slot.command.is_none() && up {
-            let id = self
-                .c
-                .queue(
-                    &node.id,
-                    CommandKind::StopApp {
-                        timeout_secs: self.cfg().stop_timeout_secs,
-                    },
-                )
-                .await?;
+            let id = self.stop_app(&node.id).await?;
             return self.set_command(&slot, id, "stopping its work").await;
         }
         let limit = (self.cfg().stop_timeout_secs as i64 + 15) * 1000;
@@ -513,6 +497,15 @@ impl Engine {
     async fn fail(&self, slot: &Slot, why: &str) -> Result<()> {
         tracing::warn!(env = %slot.environment, slot = slot.index, node = ?slot.node, why, "slot move failed");
         self.step(slot, SlotStep::Failed, why, None).await
+    }
+
+    /// Asks the node's agent to stop its application (stop hook, then force).
+    async fn stop_app(&self, node: &str) -> Result<i64> {
+        let timeout_secs = self.cfg().stop_timeout_secs;
+        Ok(self
+            .c
+            .queue(node, CommandKind::StopApp { timeout_secs })
+            .await?)
     }
 
     /// An unfinished command of the node that `kind` matches (queued by a
@@ -610,14 +603,7 @@ impl Engine {
     /// Empties the slot (its node leaves it); true if written.
     pub(super) async fn vacate(&self, slot: &Slot, why: &str, failed: bool) -> Result<bool> {
         let now = self.clock.now_ms();
-        let mut next = slot.clone();
-        next.node = None;
-        next.step = SlotStep::Vacant;
-        next.step_since_ms = now;
-        next.command = None;
-        next.returning = false;
-        next.cut_after_boot.clear();
-        next.detail = why.to_string();
+        let mut next = slot.vacated(now, why);
         if failed {
             next.attempt += 1;
         }

@@ -489,6 +489,22 @@ pub struct Slot {
     pub timings: BTreeMap<String, i64>,
 }
 
+impl Slot {
+    /// This slot emptied at `now_ms` (its node left it), saying why.
+    pub fn vacated(&self, now_ms: i64, why: &str) -> Slot {
+        Slot {
+            node: None,
+            step: SlotStep::Vacant,
+            step_since_ms: now_ms,
+            command: None,
+            returning: false,
+            cut_after_boot: Vec::new(),
+            detail: why.to_string(),
+            ..self.clone()
+        }
+    }
+}
+
 /// One load report of a node serving an environment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadSample {
