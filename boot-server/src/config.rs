@@ -54,6 +54,31 @@ pub struct Config {
     pub engine: EngineConfig,
     /// `[loaders]`: iPXE loader file per firmware.
     pub loaders: LoaderConfig,
+    /// `[power]`: BMC power control (fencing, failure detection).
+    pub power: PowerConfig,
+}
+
+/// `[power]`: power control of nodes through their BMC or QEMU monitor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PowerConfig {
+    /// BMC credentials (TOML, mode 0600); default `<state_dir>/power.toml`.
+    pub credentials_file: Option<PathBuf>,
+    /// How often the power state of nodes holding a slot is read, so that
+    /// a machine that lost power is seen at once; 0 turns it off.
+    pub poll_ms: u64,
+    /// Longest wait for a BMC's answer.
+    pub timeout_ms: u64,
+}
+
+impl Default for PowerConfig {
+    fn default() -> Self {
+        PowerConfig {
+            credentials_file: None,
+            poll_ms: 1000,
+            timeout_ms: 5000,
+        }
+    }
 }
 
 /// `[http]`: the node-facing HTTP service (scripts, files, agent API).
@@ -277,6 +302,7 @@ impl Default for Config {
             agent: AgentConfig::default(),
             engine: EngineConfig::default(),
             loaders: LoaderConfig::default(),
+            power: PowerConfig::default(),
         }
     }
 }
@@ -367,8 +393,10 @@ impl Config {
                 *dir = base.join(&*dir);
             }
         }
-        if let Some(d) = config.scripts_dir.as_mut().filter(|d| d.is_relative()) {
-            *d = base.join(&*d);
+        for d in [&mut config.scripts_dir, &mut config.power.credentials_file] {
+            if let Some(d) = d.as_mut().filter(|d| d.is_relative()) {
+                *d = base.join(&*d);
+            }
         }
         config.validate()?;
         Ok(config)
@@ -412,6 +440,14 @@ impl Config {
     /// The admin API's Unix socket.
     pub fn admin_socket(&self) -> PathBuf {
         self.state_dir.join("admin.sock")
+    }
+
+    /// The BMC credentials file: `power.credentials_file`, else `<state_dir>/power.toml`.
+    pub fn power_credentials_file(&self) -> PathBuf {
+        self.power
+            .credentials_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("power.toml"))
     }
 
     /// Directory of the disk store: `nbd.disks_dir`, else `<state_dir>/disks`.

@@ -205,4 +205,8 @@ impl crate::control::ExportControl for NodeExports {
     fn revoke(&self, overlay: &str) -> usize {
         NodeExports::revoke(self, overlay)
     }
+
+    async fn revoke_and_wait(&self, overlay: &str, timeout: Duration) -> Result<usize> {
+        NodeExports::revoke_and_wait(self, overlay, timeout).await
+    }
 }

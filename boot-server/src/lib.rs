@@ -21,6 +21,8 @@ pub mod http;
 pub mod images;
 pub mod model;
 pub mod plan;
+pub mod power;
 pub mod secret;
 pub mod serve;
 pub mod store;
+pub mod watch;

@@ -1,7 +1,7 @@
 //! `boot-server serve`: wiring only. Opens the store, starts the event hub,
 //! the boot plan and the control layer, imports image manifests, and runs
 //! the protocol servers (HTTP, admin socket, TFTP, DHCP, Router
-//! Advertisements, NBD) and the heartbeat watchdog until SIGTERM / Ctrl-C
+//! Advertisements, NBD) and the failure watches until SIGTERM / Ctrl-C
 //! (then stops accepting, lets requests in flight finish within 10 s, and
 //! exits 0) or until a server fails.
 
@@ -11,11 +11,10 @@ use crate::control::Control;
 use crate::events::EventHub;
 use crate::http::{self, AppState};
 use crate::images::ImageFiles;
-use crate::model::{now_ms, EventKind, Reservation, Transition};
+use crate::model::Reservation;
 use crate::plan::BootPlan;
 use crate::store::{SqliteStore, Store};
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -184,7 +183,8 @@ pub async fn run(mut config: Config) -> Result<()> {
         tasks.spawn(async move { server.run().await.context("NBD server") });
     }
 
-    tasks.spawn(heartbeat_watchdog(control.clone()));
+    tasks.spawn(crate::watch::heartbeat_watchdog(control.clone()));
+    tasks.spawn(crate::watch::power_watch(control.clone()));
     if config.engine.enabled {
         let engine = Arc::new(crate::engine::Engine::new(
             control.clone(),
@@ -323,49 +323,5 @@ fn dhcp_reservation(r: &Reservation) -> boot_dhcp::Reservation {
         mac: r.mac.octets(),
         ip: r.ip,
         hostname: r.hostname.clone(),
-    }
-}
-
-/// Marks heart-beating nodes failed when their heartbeats stop. Store
-/// errors are logged and retried at the next tick, never fatal.
-async fn heartbeat_watchdog(control: Arc<Control>) -> Result<()> {
-    let limit_ms = (control.config.agent.heartbeat_timeout_secs * 1000) as i64;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let now = now_ms();
-        let nodes = match control.store.nodes().await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "watchdog could not list nodes");
-                continue;
-            }
-        };
-        for node in nodes {
-            let Some(last) = node.last_heartbeat_ms else {
-                continue;
-            };
-            if !node.state.heart_beating() || now - last <= limit_ms {
-                continue;
-            }
-            match control
-                .store
-                .transition_node(&node.id, Transition::Fail)
-                .await
-            {
-                Ok(Some((from, to))) => {
-                    tracing::warn!(node = %node.id, silent_ms = now - last, "no heartbeat: node failed");
-                    control.events.emit(
-                        Some(node.id.clone()),
-                        EventKind::NodeFailed,
-                        json!({ "reason": "heartbeat timeout", "silent_ms": now - last, "from": from.as_str(), "to": to.as_str() }),
-                    );
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(node = %node.id, error = %format!("{e:#}"), "watchdog could not mark the node failed")
-                }
-            }
-        }
     }
 }

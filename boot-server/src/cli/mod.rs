@@ -315,6 +315,15 @@ pub enum NodeCmd {
         /// Image to boot.
         image: String,
     },
+    /// Power control through the node's BMC or QEMU monitor: status, on,
+    /// off (hard), cycle, pxe (boot from the network next).
+    Power {
+        /// Node id or MAC.
+        id: String,
+        /// status | on | off | cycle | pxe
+        #[arg(default_value = "status")]
+        action: String,
+    },
     /// Take a node out of service (kept up, never allocated).
     Quarantine {
         /// Node id or MAC.
@@ -840,6 +849,16 @@ async fn node_command(c: &Client, cmd: NodeCmd) -> std::result::Result<(), Failu
         NodeCmd::Reprovision { id } => queue(id, json!({ "kind": "reprovision" })).await?,
         NodeCmd::Kexec { id, image } => {
             queue(id, json!({ "kind": "kexec", "image": image })).await?
+        }
+        NodeCmd::Power { id, action } => {
+            let path = format!("/api/nodes/{}/power", enc(&id));
+            let v = if action == "status" {
+                c.json(Method::GET, &path, None).await?
+            } else {
+                c.json(Method::POST, &path, Some(json!({ "action": action })))
+                    .await?
+            };
+            println!("{id}: power {}", v["state"].as_str().unwrap_or("unknown"));
         }
         NodeCmd::Quarantine { id } => set_state(id, "quarantined").await?,
         NodeCmd::Release { id } => set_state(id, "idle").await?,

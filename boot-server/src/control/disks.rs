@@ -282,7 +282,7 @@ impl Control {
         Ok(closed)
     }
 
-    async fn refresh_exports(&self) {
+    pub(super) async fn refresh_exports(&self) {
         if let Some(e) = &self.exports {
             if let Err(err) = e.refresh().await {
                 tracing::warn!(error = %format!("{err:#}"), "NBD export table not refreshed");

@@ -9,10 +9,12 @@ mod envs;
 mod images;
 mod network;
 mod nodes;
+mod power;
 
 pub use disks::DiskView;
 pub use envs::{new_slot, EnvHistory, EnvView};
 pub use nodes::NodeCommand;
+pub use power::Fence;
 
 use crate::config::Config;
 use crate::events::EventHub;
@@ -126,6 +128,13 @@ pub trait ExportControl: Send + Sync {
     async fn refresh(&self) -> anyhow::Result<()>;
     /// Closes every open connection serving `overlay`; how many were closed.
     fn revoke(&self, overlay: &str) -> usize;
+    /// [`ExportControl::revoke`], then waits until the cut connections'
+    /// requests in flight have ended (fencing), at most `timeout`.
+    async fn revoke_and_wait(
+        &self,
+        overlay: &str,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<usize>;
 }
 
 /// Every admin operation, over the store and the running services.

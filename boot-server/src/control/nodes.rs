@@ -32,11 +32,7 @@ impl Control {
     /// Registers a node ahead of its first boot (or updates its registration).
     pub async fn enrol(&self, e: Enrolment) -> Result<crate::model::Node> {
         if let Some(p) = &e.power {
-            if !(p.starts_with("ipmi://") || p.starts_with("qmp://")) {
-                return Err(Error::bad_request(format!(
-                    "power {p:?}: use ipmi://HOST[:PORT] or qmp:///PATH (credentials are set apart)"
-                )));
-            }
+            crate::power::check_uri(p).map_err(|e| Error::bad_request(format!("{e:#}")))?;
         }
         let node = self.store.enrol_node(&e).await?;
         self.events.emit(

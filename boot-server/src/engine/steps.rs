@@ -100,7 +100,9 @@ impl Engine {
                 let limit = self.cfg().start_timeout_secs as i64 * 1000;
                 match self.command_wait(slot.command).await? {
                     Wait::Done => {
-                        self.step(&slot, SlotStep::Ready, "application started", None)
+                        let mut next = slot.clone();
+                        next.failed_over_ms = None;
+                        self.step_from(&slot, next, SlotStep::Ready, "application started", None)
                             .await?;
                         self.ready(&slot, env, &node, now);
                         Ok(())
@@ -461,20 +463,32 @@ impl Engine {
         self.write(&slot, next).await.map(|_| ())
     }
 
-    /// A ready slot whose node stopped heart-beating gives it up (alert);
-    /// the environment is refilled from the pool.
+    /// A ready slot whose node failed (heartbeats stopped, or its BMC reads
+    /// off) fails over: the node is fenced first — the slot disk's export
+    /// revoked and its connections drained, the node powered off through
+    /// its BMC where it has one — and only then is the slot freed, to be
+    /// refilled from the pool with the same host name, address and disk.
     async fn check_ready(&self, slot: Slot, _env: &Environment, node: &Node) -> Result<()> {
-        if node.state == NodeState::Failed {
-            self.c.events.emit(
-                Some(node.id.clone()),
-                EventKind::Alert,
-                json!({ "alert": "node-unavailable", "env": slot.environment, "slot": slot.index, "node": node.id }),
-            );
-            self.cool(&node.id);
-            self.vacate(&slot, "its node stopped heart-beating", true)
-                .await?;
+        if node.state != NodeState::Failed {
+            return Ok(());
         }
-        Ok(())
+        let detected = self.clock.now_ms();
+        let fence = self.c.fence(node, slot.overlay.as_deref()).await;
+        let detail =
+            json!({ "env": slot.environment, "slot": slot.index, "node": node.id, "fence": fence });
+        self.c
+            .events
+            .emit(Some(node.id.clone()), EventKind::Fenced, detail.clone());
+        let mut alert = detail;
+        alert["alert"] = json!("failover-started");
+        self.c
+            .events
+            .emit(Some(node.id.clone()), EventKind::Alert, alert);
+        self.cool(&node.id);
+        let mut next = slot.vacated(detected, "its node failed; fenced, failing over");
+        next.attempt = slot.attempt + 1;
+        next.failed_over_ms = Some(detected);
+        self.write(&slot, next).await.map(|_| ())
     }
 
     fn ready(&self, slot: &Slot, env: &Environment, node: &Node, now: i64) {
@@ -492,6 +506,13 @@ impl Engine {
             EventKind::Alert,
             json!({ "alert": "node-added", "env": env.name, "slot": slot.index, "node": node.id, "total_ms": total }),
         );
+        if let Some(failed) = slot.failed_over_ms {
+            self.c.events.emit(
+                Some(node.id.clone()),
+                EventKind::Alert,
+                json!({ "alert": "failover-finished", "env": env.name, "slot": slot.index, "node": node.id, "failover_ms": now - failed, "move_ms": total }),
+            );
+        }
     }
 
     async fn fail(&self, slot: &Slot, why: &str) -> Result<()> {

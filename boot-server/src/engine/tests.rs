@@ -6,7 +6,9 @@ use super::*;
 use crate::config::Config;
 use crate::events::EventHub;
 use crate::images::ImageFiles;
-use crate::model::{now_ms, HelloFacts, MacAddr, NodeState, Policy, Schedule, Sighting};
+use crate::model::{
+    now_ms, HelloFacts, MacAddr, NodeState, Policy, Schedule, Sighting, Transition,
+};
 use crate::plan::BootPlan;
 use crate::store::{MemoryStore, Refused, Store};
 use boot_proto::{CommandKind, CommandStatus};
@@ -105,6 +107,9 @@ async fn hello(c: &Control, node: &str, image: &str) {
 /// Plays every node's agent once: runs its due commands like node-agent.
 async fn agents(l: &Lab, busy: &[&str]) {
     for n in l.c.store.nodes().await.unwrap() {
+        if n.state == NodeState::Failed {
+            continue; // a failed node's agent is dead
+        }
         let serving = n.environment.is_some();
         let hb = serde_json::json!({"load1": 0.1, "busy": busy.contains(&n.id.as_str())});
         l.c.store
@@ -424,4 +429,133 @@ async fn quarantine_cuts_the_node_out_and_the_slot_is_refilled() {
     assert!(events
         .iter()
         .any(|e| e.detail["alert"] == "node-quarantined"));
+}
+
+#[tokio::test]
+async fn a_failed_node_is_fenced_and_its_slot_fails_over_to_a_spare() {
+    let l = lab(2).await;
+    env(&l, "a", "img-a", |e| e.desired = 1).await;
+    settle(&l, &[], 10).await;
+    let before = l.c.store.slots(Some("a")).await.unwrap()[0].clone();
+    let first = before.node.clone().unwrap();
+    l.c.store
+        .transition_node(&first, Transition::Fail)
+        .await
+        .unwrap();
+    settle(&l, &[], 12).await;
+    let after = l.c.store.slots(Some("a")).await.unwrap()[0].clone();
+    assert_eq!(after.step, SlotStep::Ready);
+    let spare = after.node.clone().unwrap();
+    assert_ne!(spare, first);
+    assert_eq!((&after.hostname, after.ip), (&before.hostname, before.ip));
+    assert_eq!(after.failed_over_ms, None);
+    // Events are written in batches: wait for the last one.
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = l.c.store.events(0, None, 10_000).await.unwrap();
+        if events
+            .iter()
+            .any(|e| e.detail["alert"] == "failover-finished")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let fenced = events
+        .iter()
+        .find(|e| e.kind == EventKind::Fenced)
+        .expect("a fenced event");
+    assert_eq!(fenced.node.as_deref(), Some(first.as_str()));
+    // No BMC: the fence is recorded as not proven.
+    assert_eq!(fenced.detail["fence"]["proven"], false);
+    assert_eq!(fenced.detail["fence"]["power"], "no power control");
+    let started = events
+        .iter()
+        .position(|e| e.detail["alert"] == "failover-started")
+        .unwrap();
+    let finished = events
+        .iter()
+        .position(|e| e.detail["alert"] == "failover-finished")
+        .expect("failover-finished alert");
+    assert!(started < finished);
+    assert_eq!(events[finished].node.as_deref(), Some(spare.as_str()));
+    assert!(events[finished].detail["failover_ms"].as_i64().unwrap() >= 0);
+}
+
+/// A QEMU guest's monitor socket (a machine with no board: enough for QMP).
+fn qemu_with_qmp(dir: &std::path::Path, name: &str) -> (std::process::Child, std::path::PathBuf) {
+    let sock = dir.join(format!("{name}.qmp"));
+    let child = std::process::Command::new("qemu-system-x86_64")
+        .args(["-M", "none", "-display", "none", "-nodefaults", "-qmp"])
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .spawn()
+        .unwrap();
+    (child, sock)
+}
+
+#[tokio::test]
+async fn a_node_whose_power_reads_off_fails_over_fenced_and_proven() {
+    if !test_support::require(
+        "a_node_whose_power_reads_off_fails_over_fenced_and_proven",
+        &[test_support::Need::Tool("qemu-system-x86_64")],
+    ) {
+        return;
+    }
+    let l = lab(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut guests = HashMap::new();
+    for i in 1..=2u8 {
+        let (child, sock) = qemu_with_qmp(dir.path(), &format!("g{i}"));
+        let node =
+            l.c.enrol(crate::store::Enrolment {
+                mac: mac(i),
+                power: Some(format!("qmp://{}", sock.display())),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        guests.insert(node.id.clone(), (child, sock));
+    }
+    for (_, sock) in guests.values() {
+        for _ in 0..500 {
+            if sock.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    env(&l, "a", "img-a", |e| e.desired = 1).await;
+    settle(&l, &[], 10).await;
+    let holder = ready_nodes(&l, "a").await[0].clone();
+    // Every machine reads on: nothing fails.
+    assert!(crate::watch::power_round(&l.c).await.unwrap().is_empty());
+    // The holder's QEMU dies.
+    let (child, _) = guests.get_mut(&holder).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        crate::watch::power_round(&l.c).await.unwrap(),
+        vec![holder.clone()]
+    );
+    settle(&l, &[], 12).await;
+    let now = ready_nodes(&l, "a").await;
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], holder);
+    let mut fenced = None;
+    for _ in 0..200 {
+        let events = l.c.store.events(0, None, 10_000).await.unwrap();
+        fenced = events.into_iter().find(|e| e.kind == EventKind::Fenced);
+        if fenced.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let fenced = fenced.expect("a fenced event");
+    assert_eq!(fenced.node.as_deref(), Some(holder.as_str()));
+    assert_eq!(fenced.detail["fence"]["proven"], true, "{}", fenced.detail);
+    assert_eq!(fenced.detail["fence"]["power"], "off via qmp");
+    for (_, (mut child, _)) in guests {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

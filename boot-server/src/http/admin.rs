@@ -29,6 +29,10 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/nodes/{id}", get(node))
         .route("/api/nodes/{id}/state", put(node_state))
         .route(
+            "/api/nodes/{id}/power",
+            get(node_power).post(node_power_act),
+        )
+        .route(
             "/api/nodes/{id}/commands",
             post(queue_command).get(node_commands),
         )
@@ -136,6 +140,26 @@ async fn node_state(
     Json(b): Json<StateBody>,
 ) -> ApiResult {
     ok(s.control.set_node_state(&id, b.state).await?)
+}
+
+async fn node_power(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
+    let state = s.control.node_power_status(&id).await?;
+    ok(serde_json::json!({ "node": id, "state": state }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PowerBody {
+    action: crate::power::PowerAction,
+}
+
+async fn node_power_act(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Json(b): Json<PowerBody>,
+) -> ApiResult {
+    let state = s.control.node_power(&id, b.action).await?;
+    ok(serde_json::json!({ "node": id, "action": b.action, "state": state }))
 }
 
 /// A node command (`reboot`, `reprovision`, `kexec` by image), or an agent

@@ -487,6 +487,9 @@ pub struct Slot {
     pub config: BTreeMap<String, String>,
     /// Milliseconds each step of the current or last move took.
     pub timings: BTreeMap<String, i64>,
+    /// When the node that held the slot was found failed (and fenced): the
+    /// slot is failing over until a new node is ready in it.
+    pub failed_over_ms: Option<i64>,
 }
 
 impl Slot {

@@ -70,6 +70,11 @@ pub enum EventKind {
     SlotStep,
     /// Something an operator should look at (detail `alert` says what).
     Alert,
+    /// A power action on a node through its BMC or QEMU monitor.
+    Power,
+    /// A failed node was fenced (connections cut, powered off) before its
+    /// slot's disk went to another machine; says whether that is proven.
+    Fenced,
     /// A kind this build does not know.
     #[serde(other)]
     Unknown,
@@ -109,6 +114,8 @@ impl EventKind {
         EventKind::EngineDecision,
         EventKind::SlotStep,
         EventKind::Alert,
+        EventKind::Power,
+        EventKind::Fenced,
         EventKind::Unknown,
     ];
 
@@ -146,6 +153,8 @@ impl EventKind {
             EventKind::EngineDecision => "engine-decision",
             EventKind::SlotStep => "slot-step",
             EventKind::Alert => "alert",
+            EventKind::Power => "power",
+            EventKind::Fenced => "fenced",
             EventKind::Unknown => "unknown",
         }
     }

@@ -1,0 +1,147 @@
+//! Power control and fencing as admin operations: a node's power state and
+//! actions through its BMC (or QEMU monitor), and the fence the failover
+//! path puts up before a failed node's slot disk goes to another machine.
+
+use super::{Control, Error, Result};
+use crate::model::{EventKind, Node};
+use crate::power::{self, Credentials, PowerAction, PowerDriver, PowerState};
+use serde::Serialize;
+use serde_json::json;
+use std::time::Duration;
+
+/// How a failed node was kept from writing its slot's disk.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Fence {
+    /// Open NBD connections of the slot's disk that were cut.
+    pub connections_cut: usize,
+    /// The disk's export is gone and the cut connections' requests in
+    /// flight have ended (nothing the node sent can still reach the disk).
+    pub export_revoked: bool,
+    /// What the BMC did: "off via ipmi", "already off (qmp)", or why not.
+    pub power: String,
+    /// True when the node is proven unable to write: its BMC reads off.
+    /// Revoking the export alone is not proof (a node could be cut off
+    /// from us but not from the disk's other paths).
+    pub proven: bool,
+}
+
+impl Control {
+    fn power_driver_of(&self, node: &Node) -> Result<Option<Box<dyn PowerDriver>>> {
+        let Some(uri) = &node.power else {
+            return Ok(None);
+        };
+        let creds = Credentials::load(&self.config.power_credentials_file())
+            .map_err(|e| Error::new(super::ErrorKind::Unavailable, format!("{e:#}")))?;
+        let timeout = Duration::from_millis(self.config.power.timeout_ms.max(100));
+        power::driver(uri, &creds, timeout)
+            .map(Some)
+            .map_err(|e| Error::bad_request(format!("{e:#}")))
+    }
+
+    /// The node's power state as its BMC reports it.
+    pub async fn node_power_status(&self, id: &str) -> Result<PowerState> {
+        let node = self.find_node(id).await?;
+        let driver = self.power_driver_of(&node)?.ok_or_else(|| {
+            Error::conflict(format!(
+                "node {} has no power control (enrol it with --power ipmi://HOST or qmp:///PATH)",
+                node.id
+            ))
+        })?;
+        driver.status().await.map_err(unavailable)
+    }
+
+    /// Carries out a power action on the node and records it.
+    pub async fn node_power(&self, id: &str, action: PowerAction) -> Result<PowerState> {
+        let node = self.find_node(id).await?;
+        let driver = self.power_driver_of(&node)?.ok_or_else(|| {
+            Error::conflict(format!(
+                "node {} has no power control (enrol it with --power ipmi://HOST or qmp:///PATH)",
+                node.id
+            ))
+        })?;
+        driver.act(action).await.map_err(unavailable)?;
+        let state = driver.status().await.map_err(unavailable)?;
+        self.events.emit(
+            Some(node.id.clone()),
+            EventKind::Power,
+            json!({ "action": action, "driver": driver.kind(), "state": state }),
+        );
+        Ok(state)
+    }
+
+    /// The power state of a node with power control, None without (or when
+    /// the BMC does not answer: unknown is not off).
+    pub async fn power_state_of(&self, node: &Node) -> Option<PowerState> {
+        let driver = self.power_driver_of(node).ok()??;
+        match driver.status().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(node = %node.id, error = %format!("{e:#}"), "power state unknown");
+                None
+            }
+        }
+    }
+
+    /// Fences a failed node before its slot disk goes elsewhere: cuts the
+    /// open connections of the disk and powers the node off through its BMC,
+    /// then reads the power state back to prove it.
+    pub async fn fence(&self, node: &Node, disk: Option<&str>) -> Fence {
+        let (mut connections_cut, mut export_revoked) = (0, disk.is_none());
+        if let Some(d) = disk {
+            // Forget the attachment first, so that the export name stops
+            // working, then cut and drain what is open.
+            let detached = match self.store.detach_disk(d).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(disk = d, error = %format!("{e:#}"), "fence: disk not detached");
+                    false
+                }
+            };
+            self.refresh_exports().await;
+            if let Some(x) = &self.exports {
+                match x.revoke_and_wait(d, Duration::from_secs(10)).await {
+                    Ok(n) => {
+                        connections_cut = n;
+                        export_revoked = detached;
+                    }
+                    Err(e) => {
+                        tracing::warn!(disk = d, error = %format!("{e:#}"), "fence: connections still open")
+                    }
+                }
+            }
+        }
+        let (power, proven) = match self.power_driver_of(node) {
+            Ok(None) => ("no power control".to_string(), false),
+            Err(e) => (format!("power control unusable: {}", e.message), false),
+            Ok(Some(driver)) => {
+                let acted = driver.act(PowerAction::Off).await;
+                match (acted, driver.status().await) {
+                    (Ok(()), Ok(PowerState::Off)) => (format!("off via {}", driver.kind()), true),
+                    (Err(e), Ok(PowerState::Off)) => {
+                        tracing::debug!(node = %node.id, error = %format!("{e:#}"), "power off failed but the node reads off");
+                        (format!("already off ({})", driver.kind()), true)
+                    }
+                    (_, Ok(PowerState::On)) => (
+                        format!("still on after power off via {}", driver.kind()),
+                        false,
+                    ),
+                    (Err(e), Err(_)) | (Ok(()), Err(e)) => {
+                        (format!("{} did not answer: {e:#}", driver.kind()), false)
+                    }
+                }
+            }
+        };
+        let fence = Fence {
+            connections_cut,
+            export_revoked,
+            power,
+            proven,
+        };
+        tracing::warn!(node = %node.id, disk = ?disk, cut = fence.connections_cut, power = %fence.power, proven = fence.proven, "node fenced");
+        fence
+    }
+}
+
+fn unavailable(e: anyhow::Error) -> Error {
+    Error::new(super::ErrorKind::Unavailable, format!("{e:#}"))
+}
