@@ -37,4 +37,6 @@ pub mod server;
 mod session;
 
 pub use login::{Chap, ChapSecret};
-pub use server::{valid_iqn, DiskRef, IscsiHandle, IscsiLimits, IscsiServer, TargetConfig};
+pub use server::{
+    valid_iqn, DiskRef, IscsiHandle, IscsiLimits, IscsiServer, SessionInfo, TargetConfig,
+};

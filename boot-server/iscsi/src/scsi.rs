@@ -6,6 +6,7 @@
 //! Supported: TEST UNIT READY, REQUEST SENSE, INQUIRY (standard, VPD 0x00 0x80 0x83
 //! 0xb0 0xb1 0xb2), MODE SENSE 6/10 (caching, control, informational exceptions),
 //! READ CAPACITY 10/16, GET LBA STATUS, READ/WRITE 6/10/12/16 (FUA), VERIFY 10/12/16,
+//! WRITE AND VERIFY 10/12/16 (written with FUA),
 //! WRITE SAME 10/16 (UNMAP, NDOB), UNMAP, SYNCHRONIZE CACHE 10/16 (= the disk's flush,
 //! the same durability as NBD FLUSH), REPORT LUNS. Everything else: CHECK CONDITION,
 //! ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE.
@@ -185,7 +186,7 @@ fn range(cdb: &[u8]) -> Option<Range> {
                 flags: 0,
             }
         }
-        0x28 | 0x2a | 0x2f | 0x41 | 0x34 | 0x35 => {
+        0x28 | 0x2a | 0x2e | 0x2f | 0x41 | 0x34 | 0x35 => {
             let c = c(10)?;
             Range {
                 lba: be32(&c[2..6]),
@@ -193,7 +194,7 @@ fn range(cdb: &[u8]) -> Option<Range> {
                 flags: c[1],
             }
         }
-        0xa8 | 0xaa | 0xaf => {
+        0xa8 | 0xaa | 0xae | 0xaf => {
             let c = c(12)?;
             Range {
                 lba: be32(&c[2..6]),
@@ -201,7 +202,7 @@ fn range(cdb: &[u8]) -> Option<Range> {
                 flags: c[1],
             }
         }
-        0x88 | 0x8a | 0x8f | 0x93 | 0x90 | 0x91 => {
+        0x88 | 0x8a | 0x8e | 0x8f | 0x93 | 0x90 | 0x91 => {
             let c = c(16)?;
             Range {
                 lba: be64(&c[2..10]),
@@ -220,7 +221,7 @@ pub fn transfer(cdb: &[u8]) -> Transfer {
         return Transfer::NoneOrIn;
     };
     match op {
-        0x0a | 0x2a | 0xaa | 0x8a => match range(cdb) {
+        0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e => match range(cdb) {
             Some(r) => Transfer::Out(r.blocks * BLOCK),
             None => Transfer::NoneOrIn,
         },
@@ -310,7 +311,7 @@ impl Lu {
             return Err(Sense::INVALID_OPCODE);
         };
         match op {
-            0x0a | 0x2a | 0xaa | 0x8a | 0x41 | 0x93 => {
+            0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x41 | 0x93 => {
                 let r = range(cdb).ok_or(Sense::INVALID_FIELD_IN_CDB)?;
                 if r.flags & 0xe0 != 0 {
                     return Err(Sense::INVALID_FIELD_IN_CDB);
@@ -353,7 +354,9 @@ impl Lu {
                 _ => Err(Sense::INVALID_FIELD_IN_CDB),
             },
             0x08 | 0x28 | 0xa8 | 0x88 => self.read(cdb),
-            0x0a | 0x2a | 0xaa | 0x8a => self.write(cdb, out),
+            0x0a | 0x2a | 0xaa | 0x8a => self.write(cdb, out, false),
+            // WRITE AND VERIFY: the data is on the medium (durable) before GOOD.
+            0x2e | 0xae | 0x8e => self.write(cdb, out, true),
             0x2f | 0xaf | 0x8f => self.verify(cdb, out),
             0x41 | 0x93 => self.write_same(cdb, out),
             0x42 => self.unmap(cdb, out),
@@ -620,7 +623,7 @@ impl Lu {
         Ok(Reply::good(buf))
     }
 
-    fn write(&self, cdb: &[u8], out: &[u8]) -> Result<Reply, Sense> {
+    fn write(&self, cdb: &[u8], out: &[u8], verify: bool) -> Result<Reply, Sense> {
         if self.disk.read_only() {
             return Err(Sense::WRITE_PROTECTED);
         }
@@ -629,7 +632,7 @@ impl Lu {
         // shorter (an iSCSI residual overflow): only those are written (FCP-4 9.4.2 a).
         let len = ((r.blocks * BLOCK) as usize).min(out.len());
         let data = &out[..len];
-        let fua = r.flags & 0x08 != 0;
+        let fua = verify || r.flags & 0x08 != 0;
         self.disk
             .write_at(data, r.lba * BLOCK, fua)
             .map_err(|e| io_sense(&e, true))?;

@@ -79,8 +79,26 @@ struct Target {
     generation: u64,
 }
 
+/// One logged-in connection, as [`IscsiHandle::sessions`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The initiator's address and port.
+    pub peer: SocketAddr,
+    /// The initiator's iSCSI name.
+    pub initiator: String,
+    /// The target IQN (None for a discovery session).
+    pub target: Option<String>,
+    /// The CHAP user that authenticated, if any.
+    pub chap_user: Option<String>,
+    /// CRC32C header digest in use.
+    pub header_digest: bool,
+    /// CRC32C data digest in use.
+    pub data_digest: bool,
+}
+
 struct Entry {
     ip: IpAddr,
+    info: Option<SessionInfo>,
     /// (target IQN, overlay id if the disk is an overlay) once logged in.
     target: Option<(String, Option<String>)>,
     sock: OwnedFd,
@@ -137,6 +155,7 @@ impl Registry {
             id,
             Entry {
                 ip,
+                info: None,
                 target: None,
                 sock: dup,
             },
@@ -220,6 +239,15 @@ impl Ticket {
             e.target = Some((iqn.to_string(), overlay));
         }
         true
+    }
+}
+
+impl Ticket {
+    /// Records what a finished login negotiated (for [`IscsiHandle::sessions`]).
+    pub(crate) fn set_info(&self, info: SessionInfo) {
+        if let Some(e) = self.reg.lock().conns.get_mut(&self.id) {
+            e.info = Some(info);
+        }
     }
 }
 
@@ -343,6 +371,16 @@ impl IscsiHandle {
     /// Open connections in total (including ones still logging in).
     pub fn connections(&self) -> usize {
         self.reg.count(|_| true)
+    }
+
+    /// The logged-in connections (normal and discovery sessions).
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.reg
+            .lock()
+            .conns
+            .values()
+            .filter_map(|e| e.info.clone())
+            .collect()
     }
 
     /// The target names in the table.

@@ -107,6 +107,17 @@ pub(crate) fn connection(sock: TcpStream, peer: SocketAddr, ticket: Ticket) -> R
         chap_user = neg.chap_user.as_deref().unwrap_or("-"),
         header_digest = neg.params.header_digest, data_digest = neg.params.data_digest,
         "iSCSI login");
+    ticket.set_info(crate::server::SessionInfo {
+        peer,
+        initiator: neg.initiator.clone(),
+        target: match &neg.kind {
+            SessionKind::Normal(t) => Some(t.clone()),
+            SessionKind::Discovery => None,
+        },
+        chap_user: neg.chap_user.clone(),
+        header_digest: neg.params.header_digest,
+        data_digest: neg.params.data_digest,
+    });
     sock.set_read_timeout(None)?;
     let mut s = Session {
         digests: Digests {
