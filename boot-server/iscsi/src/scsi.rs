@@ -726,7 +726,7 @@ impl Lu {
         }
         let p = &out[..plen];
         let bdl = be16(&p[2..4]) as usize;
-        if bdl % 16 != 0 || 8 + bdl > plen {
+        if !bdl.is_multiple_of(16) || 8 + bdl > plen {
             return Err(Sense::PARAM_LIST_LENGTH);
         }
         let descs: Vec<(u64, u64)> = p[8..8 + bdl]

@@ -314,3 +314,87 @@ fn chap_mutual_proves_the_target_too() {
     // One-way CHAP still works against a target configured for mutual.
     assert!(inq(&url, &[]));
 }
+
+#[test]
+fn removing_the_target_cuts_a_real_initiator_mid_session() {
+    use std::io::BufRead;
+    if !test_support::require(
+        "removing_the_target_cuts",
+        &[Need::Tool("qemu-io"), Need::Tool("stdbuf")],
+    ) {
+        return;
+    }
+    if !qemu_has_iscsi()
+        && test_support::skip(
+            "removing_the_target_cuts",
+            "qemu-io has no iscsi driver (install qemu-block-extra)",
+        )
+    {
+        return;
+    }
+    let fx = Fixture::new(SIZE);
+    // Unbuffered output, so each completed read is seen as it happens.
+    let mut child = Command::new("stdbuf")
+        .args([
+            "-o0",
+            "qemu-io",
+            "-f",
+            "raw",
+            "-c",
+            "read 0 4096",
+            "-c",
+            "sleep 1000",
+            "-c",
+            "read 0 4096",
+            &fx.url(OVERLAY_IQN),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("first read");
+    assert!(first.contains("read 4096/4096 bytes"), "{first}");
+    // qemu-io now sleeps with its session open.
+    assert_eq!(fx.handle.remove_target(OVERLAY_IQN), 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(rt.block_on(
+        fx.handle
+            .wait_closed(OVERLAY_IQN, std::time::Duration::from_secs(5))
+    ));
+    // libiscsi keeps trying to log in again (refused: the target is gone), so the
+    // second read must not complete; wait well past the sleep, then stop it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    let mut after = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => after.push(l),
+            Err(_) => break, // timed out, or qemu-io gave up and exited
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !after.iter().any(|l| l.contains("read 4096/4096")),
+        "a read completed after the target was removed: {after:?}"
+    );
+    assert_eq!(
+        fx.handle.connections_to(OVERLAY_IQN),
+        0,
+        "it logged in again"
+    );
+}
