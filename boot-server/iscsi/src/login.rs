@@ -374,7 +374,10 @@ impl Login {
         self.stat_sn = self.stat_sn.wrapping_add(1);
         let cmd_sn = req.u32_at(24);
         p.set_u32(28, cmd_sn);
-        p.set_u32(32, cmd_sn.wrapping_add(self.limits.cmd_window - 1));
+        p.set_u32(
+            32,
+            cmd_sn.wrapping_add(self.limits.cmd_window.saturating_sub(1)),
+        );
         p
     }
 
