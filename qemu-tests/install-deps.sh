@@ -8,6 +8,8 @@ packages=(
     kea-admin iproute2 cpio zstd lz4 xz-utils sqlite3 tcpdump curl perl kmod file e2fsprogs gcc jq binutils
     linux-source bc bison flex libelf-dev libssl-dev make  # the lab kernel (images/build-lab-kernel.sh)
     ipmitool openipmi  # BMC power control and its simulator (failover fencing)
+    libiscsi-bin  # iSCSI initiator tools + iscsi-test-cu conformance suite (boot-iscsi tests)
+    qemu-block-extra  # qemu-img/qemu-io iscsi:// driver (boot-iscsi tests)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -26,11 +26,14 @@
 #     converges, no node half-assigned, no slot held by two nodes
 #   7 quarantine: the node stays up (heartbeats go on), leaves the environment, and an
 #     alert event says so
+#   8 failover: the QEMU of a node holding alpha's slot 1 is killed; its power (QMP) reads
+#     off, it is fenced (proven) and an idle spare comes up as slot 1 with the slot's host
+#     name, address and the marker its disk holds; time kill -> ready printed
 # Assertions read what a user sees: `slot list --json`, `node list/show --json`,
 # `events`. Waits poll the CLI with a deadline. Prints `N passed, M failed, K skipped`.
 # Needs root (a skip outside CI, a failure under CI).
 # Usage: qemu-tests/test-engine.sh [--timeout S] [--fleet-only] [SCENARIO...]
-#   SCENARIO: 1..7 (default all, in order; each builds on the state the previous left)
+#   SCENARIO: 1..8 (default all, in order; each builds on the state the previous left)
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -46,7 +49,7 @@ while [ $# -gt 0 ]; do
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(1 2 3 4 5 6 7)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(1 2 3 4 5 6 7 8)
 
 # shellcheck source=lib/lab.sh
 . "$here/lib/lab.sh"
@@ -300,6 +303,45 @@ scenario_7() {
     t_check "7: an alert event says node-quarantined" eng_wait "the event" 15 eng_event_since alert '.detail.alert == "node-quarantined"'
     t_check "7: no slot holds the quarantined node" eng_is "$(eng_slots | jq --arg n "$n" '[.[] | select(.node == $n)] | length')" 0
     t_check "7: slots and nodes stay consistent" eng_consistent
+}
+
+# ---- 8: failover to a spare ------------------------------------------------------------
+scenario_8() {
+    local n q
+    # Spares: release what scenario 7 quarantined; alpha holds 2 nodes, beta none.
+    for q in $(eng_nodes | jq -r '.[] | select(.state == "quarantined") | .id'); do
+        eng_cli node release "$q" >/dev/null || true
+    done
+    eng_cli env deactivate beta >/dev/null 2>&1 || true
+    eng_cli env set alpha --min 1 >/dev/null; eng_cli env scale alpha 2 >/dev/null
+    if ! eng_wait "alpha has 2 ready slots and a node idle" "$timeout" eng_env_and_idle alpha 2 1; then
+        t_fail "8: alpha holds 2 ready slots with a spare idle"; eng_diag; return
+    fi
+    n="$(eng_slot_field alpha 1 node)"
+    local host ip marker g=""
+    host="$(eng_slot_field alpha 1 hostname)" ip="$(eng_slot_field alpha 1 ip)"
+    marker="$(eng_slot_health alpha 1 marker)"
+    for i in "${!ENG_MACS[@]}"; do
+        [ "$(eng_node_id "${ENG_MACS[$i]}")" = "$n" ] && g="${ENG_GUESTS[$i]}"
+    done
+    [ -n "$g" ] || { t_fail "8: the guest of $n is known"; return; }
+    eng_mark
+    local t; t="$(eng_now_ms)"
+    kill -9 "${LAB_GUEST_PID[$g]}"
+    if eng_wait "alpha slot 1 ready on another node" "$timeout" eng_slot_moved alpha 1 "$n"; then
+        t_ok "8: $g ($n) killed: slot 1 ready on $(eng_slot_field alpha 1 node) $(eng_secs_since_ms "$t") s after the kill"
+    else
+        t_fail "8: slot 1 ready on a spare after $g was killed"; eng_diag; return
+    fi
+    t_check "8: the slot kept its host name and address ($host, $ip)" \
+        test "$(eng_slot_field alpha 1 hostname) $(eng_slot_field alpha 1 ip)" = "$host $ip"
+    t_check "8: the spare runs from slot 1's disk: the marker slot 1 wrote ($marker)" \
+        eng_wait "the marker" 30 eng_slot_health_is alpha 1 marker "$marker"
+    t_check "8: the dead node was fenced, proven by its power state (fenced: off via qmp)" \
+        eng_wait "the event" 15 eng_event_since fenced ".node == \"$n\" and .detail.fence.proven == true and .detail.fence.export_revoked == true"
+    t_check "8: failover-started and failover-finished alerts" \
+        eng_wait "the event" 15 eng_event_since alert '.detail.alert == "failover-finished"'
+    t_check "8: slots and nodes stay consistent" eng_consistent
 }
 
 for s in "${scenarios[@]}"; do

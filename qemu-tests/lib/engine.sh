@@ -99,6 +99,13 @@ eng_env_nodes_are() { [ "$(eng_env_nodes "$1")" = "$(tr ' ' '\n' <<<"$2" | sort 
 eng_idle_count() {
     eng_nodes | jq '[.[] | select(.state == "idle" and (.environment == null))] | length'
 }
+# eng_env_and_idle ENV N IDLE: ENV holds exactly N ready slots and at least IDLE nodes are idle.
+eng_env_and_idle() { eng_env_is "$1" "$2" && [ "$(eng_idle_count)" -ge "$3" ]; }
+# eng_slot_moved ENV I OLD: slot I is ready on a node other than OLD.
+eng_slot_moved() {
+    eng_slots "$1" | jq -e --argjson i "$2" --arg old "$3" \
+        '.[] | select(.index == $i) | .step == "ready" and .node != null and .node != $old' >/dev/null
+}
 eng_fleet_is() {
     while [ $# -ge 2 ]; do
         if [ "$1" = idle ]; then
@@ -253,7 +260,11 @@ eng_fleet_up() {
     for i in $(seq "$n"); do
         m="$(printf '%s:%02x' "$ENG_MAC_PREFIX" "$i")"
         ENG_MACS+=("$m") ENG_GUESTS+=("e$i")
-        lab_start_guest --name "e$i" --firmware bios --nic virtio-net-pci --mac "$m" --mem 384 --reboot
+        # Each guest's QEMU monitor is its "BMC" (power control over QMP).
+        eng_cli node add --mac "$m" --power "qmp://$LAB_DIR/e$i.qmp" >/dev/null \
+            || { lab_log "node add $m failed"; return 1; }
+        lab_start_guest --name "e$i" --firmware bios --nic virtio-net-pci --mac "$m" --mem 384 --reboot \
+            --extra "-qmp unix:$LAB_DIR/e$i.qmp,server=on,wait=off"
     done
     for i in $(seq "$n"); do
         m="${ENG_MACS[$((i - 1))]}"
