@@ -45,7 +45,7 @@ while [ $# -gt 0 ]; do
         --timeout) timeout="$2"; shift 2 ;;
         --fleet-only) fleet_only=1; shift ;;
         -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
-        [1-7]) scenarios+=("$1"); shift ;;
+        [1-8]) scenarios+=("$1"); shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
