@@ -7,7 +7,10 @@ packages=(
     dnsmasq nginx-light udhcpc isc-dhcp-client atftp nbdkit libnbd-bin qemu-utils fio
     kea-admin iproute2 cpio zstd lz4 xz-utils sqlite3 tcpdump curl perl kmod file e2fsprogs gcc jq binutils
     linux-source bc bison flex libelf-dev libssl-dev make  # the lab kernel (images/build-lab-kernel.sh)
+    chromium nodejs  # the web UI test (qemu-tests/test-ui.sh) and boot-server/ui/vendor.sh
 )
+# npm: Debian's package, unless a nodejs from elsewhere (NodeSource) already brings it.
+command -v npm >/dev/null || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -23,6 +23,10 @@ export default async function dashboard(root) {
     // the log holds no "cleared" for most kinds, so show the last hour's.
     const hour = Date.now() - 3600e3;
     const alerts = events.filter((e) => e.kind === "alert" && e.at_ms >= hour).reverse().slice(0, 20);
+    // Agents that came up recently (the last boot of each node).
+    const seen = new Set();
+    const ready = events.filter((e) => e.kind === "agent-ready").reverse().filter((e) => !seen.has(e.node) && seen.add(e.node)).slice(0, 10);
+    const byId = Object.fromEntries(nodes.map((n) => [n.id, n]));
     fill(body,
       h("div", { class: "cards", id: "node-states" }, STATES.map((s) =>
         h("a", { class: "card", href: "#/nodes?state=" + s, dataset: { state: s } },
@@ -41,6 +45,11 @@ export default async function dashboard(root) {
         h("ul", {},
           booting.map((n) => h("li", {}, h("a", { href: "#/node/" + n.id }, n.id), " provisioning ", n.booted_image || "", " (since ", ago(n.last_seen_ms), ")")),
           moving.map((s) => h("li", {}, `${s.environment}/${s.index} `, badge(s.step), s.node ? [" ", h("a", { href: "#/node/" + s.node }, s.node)] : "", " ", s.detail || "")))),
+      h("h2", {}, "Agents up recently"),
+      h("div", { class: "panel", id: "recent-ready" }, ready.length === 0 ? h("p", { class: "muted" }, "No agent has said hello yet.") :
+        h("table", {}, h("tbody", {}, ready.map((e) => h("tr", { dataset: { node: e.node } },
+          h("td", {}, h("a", { href: "#/node/" + e.node }, e.node)), h("td", {}, byId[e.node] ? badge(byId[e.node].state) : ""),
+          h("td", {}, e.detail.image || ""), h("td", { class: "muted" }, "agent ready ", ago(e.at_ms))))))),
       h("h2", {}, "Active alerts (last hour)"),
       h("div", { class: "panel", id: "alerts" }, alerts.length === 0 ? h("p", { class: "muted" }, "None.") :
         h("ul", {}, alerts.map((a) => h("li", {}, h("strong", {}, a.detail.alert || "alert"), " ", a.detail.env ? a.detail.env + " " : "", a.node ? h("a", { href: "#/node/" + a.node }, a.node) : "", " ", a.detail.message || a.detail.reason || "", h("span", { class: "muted" }, " ", ago(a.at_ms)))))),

@@ -82,7 +82,7 @@ export default async function environment(root, [name]) {
         h("td", {}, time(e.at_ms)), h("td", {}, e.kind),
         h("td", {}, e.detail.action || (e.kind === "slot-step" ? `${e.detail.from} → ${e.detail.to}` : e.detail.alert || "")),
         h("td", {}, e.detail.slot ?? ""), h("td", {}, (e.detail.nodes || (e.node ? [e.node] : [])).join(", ")),
-        h("td", { class: "wrap" }, e.detail.reason || e.detail.message || (e.detail.total_ms ? `ready after ${secs(e.detail.total_ms)}` : "")))))));
+        h("td", { class: "wrap" }, reason(e)))))));
   }
   function renderPolicy() {
     const p = env.policy || { metric: "load", add_above: 0.8, remove_below: 0.2, window_secs: 60 };
@@ -118,6 +118,14 @@ export default async function environment(root, [name]) {
     } catch { /* next time */ }
   }, 15000);
   return () => { off(); clearInterval(poll); if (t) clearTimeout(t); chart.destroy(); };
+}
+
+/** Why the engine did it (decisions, alerts), or what a slot step did and how long the step before took. */
+function reason(e) {
+  const d = e.detail;
+  const why = d.reason || d.message || (typeof d.detail === "string" ? d.detail : "") || (d.total_ms ? `ready after ${secs(d.total_ms)}` : "");
+  const took = e.kind === "slot-step" && d.ms ? h("span", { class: "muted" }, ` (${d.from} took ${secs(d.ms)})`) : "";
+  return [why, took];
 }
 
 function kv(k, v) { return [h("dt", {}, k), h("dd", {}, v === null || v === undefined || v === "" ? "—" : String(v))]; }
