@@ -18,6 +18,7 @@
 # the token. Screenshots: $OUT (default qemu-tests/run/test-ui/), listed at the end.
 # Prints `N passed, M failed, K skipped` and its elapsed time. Needs root, chromium, npm.
 # Usage: qemu-tests/test-ui.sh [--out DIR] [--timeout S]
+#   (UI_STEPS=login,dashboard,... runs some browser steps only, see qemu-tests/ui/ui-test.mjs)
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -88,7 +89,7 @@ t_ok "the lab node $node_id booted, agent up ($((SECONDS - t_boot)) s)"
 
 # ---- the browser -------------------------------------------------------------------
 lab_exec env BASE="$base" TOKEN="$token" OUT="$out" NODE="$node_id" ENV_IMAGE=uienv ENV_NAME=uiweb \
-    LIVE_TIMEOUT="$timeout" HOME="$LAB_DIR" node "$here/ui/ui-test.mjs" > "$LAB_DIR/browser.log" 2>&1
+    LIVE_TIMEOUT="$timeout" STEPS="${UI_STEPS:-}" HOME="$LAB_DIR" node "$here/ui/ui-test.mjs" > "$LAB_DIR/browser.log" 2>&1
 rc=$?
 cat "$LAB_DIR/browser.log"
 render_ms="$(sed -n 's/^UI_RENDER_MS \([0-9]*\).*/\1/p' "$LAB_DIR/browser.log")"

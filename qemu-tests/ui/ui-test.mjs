@@ -121,12 +121,14 @@ try {
       await page.click("#wz-next");
       await page.fill("#wz-min", "0"); await page.fill("#wz-desired", "0"); await page.fill("#wz-max", "1");
       await page.click("#wz-next");
+      await page.fill("#wz-hook-start", '#!/bin/sh\necho "uiweb application on $(hostname), slot $SLOT_INDEX" > /dev/console\n');
+      await page.click("#wz-next");
       await page.click("#wz-next");
       await page.waitForSelector("#wz-review");
       await page.click("#wz-submit");
       await page.waitForSelector("#view-environment #scale-nodes", { timeout: 10000 });
       const r = await api("GET", `/api/environments/${ENV_NAME}`);
-      if (r.status !== 200 || r.json.max !== 1 || r.json.image !== ENV_IMAGE) throw new Error(`API says ${r.status} ${r.text.slice(0, 200)}`);
+      if (r.status !== 200 || r.json.max !== 1 || r.json.image !== ENV_IMAGE || !r.json.hooks.start) throw new Error(`API says ${r.status} ${r.text.slice(0, 200)}`);
     });
   }
 
@@ -141,6 +143,7 @@ try {
       if (await page.evaluate(() => window.__noReload) !== "still here") throw new Error("the page was reloaded");
       const action = await page.getAttribute('#decision-table tr[data-kind="engine-decision"]', "data-action");
       console.log(`   first decision shown: ${action}`);
+      await page.waitForSelector('#slots tr[data-slot="0"]', { timeout: 10000 });
       await shot(page, "05-environment-scaled");
     });
     await check(`scale: slot 0 of ${ENV_NAME} reaches ready on the page (live slot steps)`, async () => {
@@ -234,7 +237,7 @@ try {
       await page.waitForFunction((n) => document.querySelector("#nodes-table")?.dataset.shown === String(n), Math.ceil(SEED / 40));
       await page.fill("#node-search", "");
       await page.selectOption("#node-state", "idle");
-      await page.click("#nodes-table th:nth-child(2)");
+      // Sorted by id ascending already: one click turns it to descending.
       await page.click("#nodes-table th:nth-child(2)");
       const ids = await page.$$eval("#nodes-table tbody tr td:nth-child(2)", (c) => c.map((x) => x.textContent));
       const want = [...ids].sort().reverse();

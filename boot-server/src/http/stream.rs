@@ -46,7 +46,9 @@ struct Filter {
 
 impl Filter {
     fn wants(&self, e: &Event) -> bool {
-        self.node.as_ref().is_none_or(|n| e.node.as_ref() == Some(n))
+        self.node
+            .as_ref()
+            .is_none_or(|n| e.node.as_ref() == Some(n))
             && self.kinds.as_ref().is_none_or(|k| k.contains(&e.kind))
     }
 }
@@ -173,8 +175,11 @@ mod tests {
     async fn replay_then_live_without_duplicates_and_filtered() {
         let (tx, rx) = broadcast::channel(16);
         let c = Cursor {
-            backlog: vec![ev(1, Some("a"), EventKind::Script), ev(2, Some("b"), EventKind::Script)]
-                .into_iter(),
+            backlog: vec![
+                ev(1, Some("a"), EventKind::Script),
+                ev(2, Some("b"), EventKind::Script),
+            ]
+            .into_iter(),
             live: Some(rx),
             last_id: 2,
             filter: Filter {

@@ -80,7 +80,13 @@ mod tests {
 
     #[test]
     fn every_view_module_is_embedded() {
-        for f in ["index.html", "app.js", "api.js", "style.css", "vendor/uPlot.esm.js"] {
+        for f in [
+            "index.html",
+            "app.js",
+            "api.js",
+            "style.css",
+            "vendor/uPlot.esm.js",
+        ] {
             assert!(Assets::get(f).is_some(), "{f} not embedded");
         }
     }

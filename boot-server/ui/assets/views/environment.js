@@ -34,7 +34,7 @@ export default async function environment(root, [name]) {
         kv("image", env.image), kv("disk base", env.disk_base || "—"), kv("nodes", `min ${env.min} · desired ${env.desired} · max ${env.max} · holding ${env.holding} · target ${env.target}`),
         kv("priority", `${env.priority}${env.preemptible ? " (preemptible)" : ""}${env.share_pct ? `, share ${env.share_pct}%` : ""}`),
         kv("host names", env.hostname_pattern), kv("addresses", env.addresses ? JSON.stringify(env.addresses) : "leases"),
-        kv("boot", env.boot), kv("updated", time(env.updated_ms)))),
+        kv("hooks", Object.keys(env.hooks || {}).join(", ") || "none"), kv("boot", env.boot), kv("updated", time(env.updated_ms)))),
       h("div", { class: "toolbar" },
         h("label", { for: "scale-nodes" }, "Nodes"), scaleIn,
         h("button", { id: "scale", onclick: () => run("scale", () => post(`/api/environments/${enc}/scale`, { nodes: Number(scaleIn.value) })) }, "Scale"),
