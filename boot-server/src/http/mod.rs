@@ -33,6 +33,9 @@ pub struct AppState {
     pub control: Arc<Control>,
     /// The admin token (the Unix socket needs none).
     pub admin_token: String,
+    /// Turns true when the server stops: long-lived responses (the event
+    /// stream) end then, so that the listeners drain without waiting for them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Marks requests that came over the admin Unix socket (file permissions

@@ -11,7 +11,9 @@
 //! broadcast's bounded ring only; once it falls [`behind`](tokio::sync::broadcast::error::RecvError::Lagged)
 //! it gets one `lagged` event and the stream ends (it reconnects with
 //! `after`), and the listener's send-stall timeout cuts a peer that stops
-//! reading altogether. Nothing is buffered per client without bound.
+//! reading altogether. Nothing is buffered per client without bound. The
+//! stream ends when the server stops (an open browser tab does not hold up
+//! the graceful shutdown).
 
 use super::{ApiError, AppState};
 use crate::model::{Event, EventKind};
@@ -23,6 +25,7 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::broadcast::{error::RecvError, Receiver};
+use tokio::sync::watch;
 
 /// Most stored events replayed before going live.
 pub const REPLAY: u32 = 1000;
@@ -59,6 +62,8 @@ struct Cursor {
     live: Option<Receiver<Event>>,
     last_id: i64,
     filter: Filter,
+    /// The server's stop signal.
+    stopping: watch::Receiver<bool>,
 }
 
 fn sse(e: &Event) -> SseEvent {
@@ -112,6 +117,7 @@ pub async fn events_stream(
         live: Some(live),
         last_id,
         filter: Filter { node, kinds },
+        stopping: s.stopping.clone(),
     };
     let events = stream::unfold(cursor, next_event);
     let opened = stream::once(async { Ok(SseEvent::default().event("open").data("{}")) });
@@ -127,8 +133,13 @@ async fn next_event(mut c: Cursor) -> Option<(Result<SseEvent, Infallible>, Curs
         }
     }
     loop {
+        let mut stopping = c.stopping.clone();
         let rx = c.live.as_mut()?;
-        match rx.recv().await {
+        let received = tokio::select! {
+            r = rx.recv() => r,
+            _ = stopping.wait_for(|s| *s) => return None,
+        };
+        match received {
             Ok(e) => {
                 if e.id <= c.last_id || !c.filter.wants(&e) {
                     continue;
@@ -174,6 +185,7 @@ mod tests {
     #[tokio::test]
     async fn replay_then_live_without_duplicates_and_filtered() {
         let (tx, rx) = broadcast::channel(16);
+        let (_stop, stopping) = watch::channel(false);
         let c = Cursor {
             backlog: vec![
                 ev(1, Some("a"), EventKind::Script),
@@ -186,6 +198,7 @@ mod tests {
                 node: Some("a".into()),
                 kinds: None,
             },
+            stopping,
         };
         // 2 was both stored and broadcast; 3 is for another node; 4 is new.
         tx.send(ev(2, Some("a"), EventKind::Script)).unwrap();
@@ -200,6 +213,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_client_is_dropped_not_buffered() {
         let (tx, rx) = broadcast::channel(4);
+        let (_stop, stopping) = watch::channel(false);
         let c = Cursor {
             backlog: Vec::new().into_iter(),
             live: Some(rx),
@@ -208,6 +222,7 @@ mod tests {
                 node: None,
                 kinds: None,
             },
+            stopping,
         };
         for i in 1..=10 {
             tx.send(ev(i, None, EventKind::Script)).unwrap();
@@ -215,5 +230,26 @@ mod tests {
         let got: Vec<_> = client_stream(c).collect().await;
         assert_eq!(got.len(), 1, "one `lagged` event, then the end: {got:?}");
         assert!(format!("{:?}", got[0]).contains("lagged"));
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_when_the_server_stops() {
+        let (_tx, rx) = broadcast::channel::<Event>(4);
+        let (stop, stopping) = watch::channel(false);
+        let c = Cursor {
+            backlog: vec![ev(1, None, EventKind::Script)].into_iter(),
+            live: Some(rx),
+            last_id: 1,
+            filter: Filter {
+                node: None,
+                kinds: None,
+            },
+            stopping,
+        };
+        let mut s = Box::pin(client_stream(c));
+        assert!(s.next().await.is_some(), "the replayed event");
+        stop.send(true).unwrap();
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), s.next()).await;
+        assert!(matches!(end, Ok(None)), "the stream ended: {end:?}");
     }
 }

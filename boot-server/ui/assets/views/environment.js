@@ -81,7 +81,7 @@ export default async function environment(root, [name]) {
       h("tbody", {}, rows.map((e) => h("tr", { class: fresh && fresh.has(e.id) ? "flash" : "", dataset: { id: String(e.id), kind: e.kind, action: e.detail.action || e.detail.to || e.detail.alert || "" } },
         h("td", {}, time(e.at_ms)), h("td", {}, e.kind),
         h("td", {}, e.detail.action || (e.kind === "slot-step" ? `${e.detail.from} → ${e.detail.to}` : e.detail.alert || "")),
-        h("td", {}, e.detail.slot ?? ""), h("td", {}, (e.detail.nodes || (e.node ? [e.node] : [])).join(", ")),
+        h("td", {}, e.detail.slot ?? ""), h("td", {}, (Array.isArray(e.detail.nodes) ? e.detail.nodes : e.node ? [e.node] : []).join(", ")),
         h("td", { class: "wrap" }, reason(e)))))));
   }
   function renderPolicy() {
