@@ -10,7 +10,10 @@ packages=(
     ipmitool openipmi  # BMC power control and its simulator (failover fencing)
     libiscsi-bin  # iSCSI initiator tools + iscsi-test-cu conformance suite (boot-iscsi tests)
     qemu-block-extra  # qemu-img/qemu-io iscsi:// driver (boot-iscsi tests)
+    chromium nodejs  # the web UI test (qemu-tests/test-ui.sh) and boot-server/ui/vendor.sh
 )
+# npm: Debian's package, unless a nodejs from elsewhere (NodeSource) already brings it.
+command -v npm >/dev/null || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

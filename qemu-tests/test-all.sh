@@ -62,6 +62,8 @@ suite() {
     echo "==== $name: $p passed, $f failed, $s skipped ($((SECONDS - t0)) s)"
 }
 
+# The web UI's vendored files (uPlot) are what its package-lock.json gives.
+suite ui-vendor step "$repo/boot-server/ui/vendor.sh" --check
 # Release profile: the lab then boots the very binaries the tests ran.
 suite cargo-test cargo cargo test --release --workspace --no-fail-fast
 if [ "$lab" = 1 ]; then
@@ -74,6 +76,7 @@ if [ "$lab" = 1 ]; then
     suite lab-powerloss script "$here/test-powerloss.sh"
     suite agent-qemu-smoke script "$repo/node-agent/tests/qemu-smoke.sh" "$td/x86_64-unknown-linux-gnu/release/node-agent"
     suite lab-engine script "$here/test-engine.sh"
+    suite lab-ui script "$here/test-ui.sh"
 fi
 if [ "$fuzz" = 1 ]; then
     suite fuzz-smoke step env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" "$repo/boot-server/fuzz/smoke.sh"

@@ -87,6 +87,7 @@ pub async fn run(mut config: Config) -> Result<()> {
     let state = Arc::new(AppState {
         control: control.clone(),
         admin_token,
+        stopping: stop_rx.clone(),
     });
 
     // HTTP: scripts, files, agent API and admin API.

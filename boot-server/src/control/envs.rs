@@ -376,6 +376,24 @@ impl Control {
         Ok(EnvHistory { load, decisions })
     }
 
+    /// A node's load reports since `since_ms` (from every environment it
+    /// served), oldest first: the node view's load chart.
+    pub async fn node_load(&self, node: &str, since_ms: i64) -> Result<Vec<LoadSample>> {
+        let node = self.find_node(node).await?;
+        let mut out = Vec::new();
+        for env in self.store.environments().await? {
+            out.extend(
+                self.store
+                    .load_history(&env.name, since_ms)
+                    .await?
+                    .into_iter()
+                    .filter(|l| l.node == node.id),
+            );
+        }
+        out.sort_by_key(|l| l.at_ms);
+        Ok(out)
+    }
+
     /// Records a heartbeat of a node serving `env` in the load history.
     pub async fn record_load(&self, node: &str, env: &str, hb: &boot_proto::Heartbeat) {
         let sample = LoadSample {

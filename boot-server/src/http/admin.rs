@@ -27,6 +27,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/nodes", get(nodes).post(enrol))
         .route("/api/nodes/{id}", get(node))
+        .route("/api/nodes/{id}/load", get(node_load))
         .route("/api/nodes/{id}/state", put(node_state))
         .route(
             "/api/nodes/{id}/power",
@@ -53,6 +54,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
             put(put_reservation).delete(remove_reservation),
         )
         .route("/api/events", get(events))
+        .route("/api/events/stream", get(super::stream::events_stream))
         .route("/api/disks", get(disks))
         .route("/api/disks/bases", post(add_base))
         .route("/api/disks/bases/{name}", put(upload_base))
@@ -100,6 +102,29 @@ async fn nodes(State(s): State<Arc<AppState>>) -> ApiResult {
 
 async fn node(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
     ok(s.control.find_node(&id).await?)
+}
+
+#[derive(Deserialize)]
+struct SinceQuery {
+    /// Parsed here so that a bad number gets the API's error shape.
+    since_ms: Option<String>,
+}
+
+async fn node_load(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<SinceQuery>,
+) -> ApiResult {
+    let since = match q.since_ms.as_deref() {
+        None | Some("") => 0,
+        Some(t) => t.parse::<i64>().map_err(|_| {
+            ApiError::new(
+                ErrorKind::BadRequest,
+                format!("since_ms={t}: give milliseconds since the epoch"),
+            )
+        })?,
+    };
+    ok(s.control.node_load(&id, since).await?)
 }
 
 #[derive(Deserialize)]
@@ -375,6 +400,9 @@ struct EventsQuery {
     limit: Option<u32>,
     /// Seconds to wait for a first event after `after` (long poll, max 60).
     wait: Option<u64>,
+    /// Only the newest `tail` events of the log (before the node filter):
+    /// replaces `after` (the UI's recent-events views).
+    tail: Option<u32>,
 }
 
 async fn events(State(s): State<Arc<AppState>>, Query(q): Query<EventsQuery>) -> ApiResult {
@@ -388,7 +416,10 @@ async fn events(State(s): State<Arc<AppState>>, Query(q): Query<EventsQuery>) ->
         ),
         None => None,
     };
-    let after = q.after.unwrap_or(0);
+    let after = match q.tail {
+        Some(n) => (c.store.last_event_id().await? - i64::from(n)).max(0),
+        None => q.after.unwrap_or(0),
+    };
     let limit = q.limit.unwrap_or(1000).min(100_000);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0).min(60));
     let mut live = c.events.subscribe();

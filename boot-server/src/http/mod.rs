@@ -1,7 +1,7 @@
 //! The HTTP service: per-node iPXE scripts, image and loader files, the agent
 //! endpoints and the admin REST API. Handlers parse and answer; boot
 //! decisions come from the [`BootPlan`](crate::plan::BootPlan), admin
-//! operations from the [`Control`] layer. Every API error is one JSON shape:
+//! operations from the [`Control`] layer; the web UI's files under `/ui/`. Every API error is one JSON shape:
 //! `{"code": "not_found", "message": "..."}`.
 
 pub mod admin;
@@ -10,6 +10,8 @@ pub mod envs;
 pub mod files;
 pub mod listener;
 pub mod range;
+pub mod stream;
+pub mod ui;
 
 use crate::control::{Control, Error as ControlError, ErrorKind};
 use crate::images::Integrity;
@@ -31,6 +33,9 @@ pub struct AppState {
     pub control: Arc<Control>,
     /// The admin token (the Unix socket needs none).
     pub admin_token: String,
+    /// Turns true when the server stops: long-lived responses (the event
+    /// stream) end then, so that the listeners drain without waiting for them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Marks requests that came over the admin Unix socket (file permissions
@@ -48,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(agent::routes(state.clone()))
         .merge(admin::routes(state.clone()))
+        .merge(ui::routes())
         .with_state(state)
 }
 
@@ -55,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub fn admin_router(state: Arc<AppState>, via_socket: bool) -> Router {
     let r = admin::routes(state.clone())
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(ui::routes())
         .with_state(state);
     if via_socket {
         r.layer(Extension(ViaAdminSocket))

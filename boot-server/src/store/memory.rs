@@ -580,6 +580,9 @@ impl EventStore for MemoryStore {
                 .collect())
         })
     }
+    async fn last_event_id(&self) -> Result<i64> {
+        self.with(|d| Ok(d.events.last().map_or(0, |e| e.id)))
+    }
     async fn prune_events(&self, keep: u64) -> Result<u64> {
         self.with(|d| {
             let extra = d.events.len().saturating_sub(keep as usize);

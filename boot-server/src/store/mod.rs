@@ -232,6 +232,8 @@ pub trait EventStore: Send + Sync {
     async fn events(&self, after_id: i64, node: Option<&str>, limit: u32) -> Result<Vec<Event>>;
     /// Deletes the oldest events beyond `keep`; returns how many.
     async fn prune_events(&self, keep: u64) -> Result<u64>;
+    /// Id of the newest event (0 when the log is empty).
+    async fn last_event_id(&self) -> Result<i64>;
 }
 
 /// The engine's fencing token. Every engine write carries it: a store

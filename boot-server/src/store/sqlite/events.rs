@@ -54,6 +54,11 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn last_event_id(&self) -> Result<i64> {
+        self.read(|c| Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?))
+            .await
+    }
+
     async fn prune_events(&self, keep: u64) -> Result<u64> {
         self.write(move |c| {
             let max: i64 =
