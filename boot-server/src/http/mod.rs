@@ -31,6 +31,8 @@ pub struct AppState {
     pub control: Arc<Control>,
     /// The admin token (the Unix socket needs none).
     pub admin_token: String,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Marks requests that came over the admin Unix socket (file permissions
@@ -40,14 +42,21 @@ pub struct ViaAdminSocket;
 
 /// The node-facing router (scripts, files, agent API) plus the admin API.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/boot.ipxe", get(chain_script))
+    let mut r = Router::new();
+    if state.control.config.metrics.on_node_port {
+        r = r.route("/metrics", get(metrics));
+    }
+    r.route("/boot.ipxe", get(chain_script))
         .route("/ipxe/{mac}", get(node_script))
         .route("/images/{*path}", get(image_file).head(image_file))
         .route("/loaders/{*path}", get(loader_file).head(loader_file))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(agent::routes(state.clone()))
         .merge(admin::routes(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.metrics.clone(), "node"),
+            crate::metrics::http::count,
+        ))
         .with_state(state)
 }
 
@@ -55,12 +64,23 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub fn admin_router(state: Arc<AppState>, via_socket: bool) -> Router {
     let r = admin::routes(state.clone())
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.metrics.clone(), "admin"),
+            crate::metrics::http::count,
+        ))
         .with_state(state);
     if via_socket {
         r.layer(Extension(ViaAdminSocket))
     } else {
         r
     }
+}
+
+/// Prometheus scrape: state gauges read now, counters as they stand.
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let text = s.metrics.render(&s.control).await;
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// An API error: status + `{"code", "message"}`.
