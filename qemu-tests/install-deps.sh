@@ -7,6 +7,8 @@ packages=(
     dnsmasq nginx-light udhcpc isc-dhcp-client atftp nbdkit libnbd-bin qemu-utils fio
     kea-admin iproute2 cpio zstd lz4 xz-utils sqlite3 tcpdump curl perl kmod file e2fsprogs gcc jq binutils
     linux-source bc bison flex libelf-dev libssl-dev make  # the lab kernel (images/build-lab-kernel.sh)
+    prometheus  # promtool: check /metrics and boot-server/dist/alerts.yml (boot-server/tests/ops_*.rs)
+    systemd  # systemd-analyze verify/security of boot-server/dist/boot-server.service (tests/ops_dist.rs)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -20,6 +22,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Services the packages start on install would hold the lab's ports; the lab
 # runs its own instances inside namespaces.
-for svc in dnsmasq nginx; do
+for svc in dnsmasq nginx prometheus; do
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
