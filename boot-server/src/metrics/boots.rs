@@ -66,6 +66,7 @@ impl Boots {
                 }
             }
             EventKind::Script => {
+                self.forget_stale(at);
                 let image = e.detail["image"].as_str().unwrap_or("");
                 let (kernel, initrd) = match c.store.image(image).await {
                     Ok(Some(i)) => (i.kernel, i.initrd),

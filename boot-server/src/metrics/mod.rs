@@ -257,7 +257,7 @@ impl Metrics {
                         .iter()
                         .filter(|s| s.environment == e.name && s.step == SlotStep::Ready)
                         .count() as u32;
-                    ready < e.min
+                    ready < e.min.min(e.max)
                 })
                 .count();
             self.active("env-below-minimum", short as i64);
