@@ -11,6 +11,8 @@ packages=(
     libiscsi-bin  # iSCSI initiator tools + iscsi-test-cu conformance suite (boot-iscsi tests)
     qemu-block-extra  # qemu-img/qemu-io iscsi:// driver (boot-iscsi tests)
     chromium nodejs  # the web UI test (qemu-tests/test-ui.sh) and boot-server/ui/vendor.sh
+    prometheus  # promtool: check /metrics and boot-server/dist/alerts.yml (boot-server/tests/ops_*.rs)
+    systemd  # systemd-analyze verify/security of boot-server/dist/boot-server.service (tests/ops_dist.rs)
 )
 # npm: Debian's package, unless a nodejs from elsewhere (NodeSource) already brings it.
 command -v npm >/dev/null || packages+=(npm)
@@ -26,6 +28,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Services the packages start on install would hold the lab's ports; the lab
 # runs its own instances inside namespaces.
-for svc in dnsmasq nginx; do
+for svc in dnsmasq nginx prometheus; do
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done

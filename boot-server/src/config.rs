@@ -56,6 +56,10 @@ pub struct Config {
     pub loaders: LoaderConfig,
     /// `[power]`: BMC power control (fencing, failure detection).
     pub power: PowerConfig,
+    /// `[metrics]`: where `/metrics` is served.
+    pub metrics: MetricsConfig,
+    /// `[alerts]`: webhooks alerts are delivered to.
+    pub alerts: AlertsConfig,
 }
 
 /// `[power]`: power control of nodes through their BMC or QEMU monitor.
@@ -78,6 +82,89 @@ impl Default for PowerConfig {
             poll_ms: 1000,
             timeout_ms: 5000,
         }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint `/metrics`. It is always served on
+/// the admin listeners (Unix socket, `[admin] listen`); its labels name no
+/// node, address or token, so it may also be served on the node-facing port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Also serve `/metrics` (no token) on the node-facing HTTP port; default on.
+    pub on_node_port: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { on_node_port: true }
+    }
+}
+
+/// `[alerts]`: every `alert` event is POSTed as JSON to the webhook of its
+/// kind (`[alerts.kinds]`), else to `url`; none configured, none sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Default webhook (http or https) for kinds without their own.
+    pub url: Option<String>,
+    /// Webhook per alert kind (`node-unavailable = "https://..."`); an empty
+    /// string sends that kind nowhere.
+    pub kinds: std::collections::BTreeMap<String, String>,
+    /// Sent as `Authorization: Bearer ...` with every post.
+    pub bearer_token: Option<String>,
+    /// Time allowed for one post.
+    pub timeout_secs: u64,
+    /// Attempts per alert (network errors, 5xx, 408 and 429 are retried).
+    pub max_attempts: u32,
+    /// Alerts waiting per webhook at most; beyond it they are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            url: None,
+            kinds: Default::default(),
+            bearer_token: None,
+            timeout_secs: 5,
+            max_attempts: 6,
+            queue: 1024,
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// The webhook an alert of `kind` goes to, if any.
+    pub fn url_for(&self, kind: &str) -> Option<&String> {
+        match self.kinds.get(kind) {
+            Some(u) => Some(u).filter(|u| !u.is_empty()),
+            None => self.url.as_ref().filter(|u| !u.is_empty()),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (what, url) in self
+            .url
+            .iter()
+            .map(|u| ("alerts.url".to_string(), u))
+            .chain(
+                self.kinds
+                    .iter()
+                    .map(|(k, u)| (format!("alerts.kinds.{k}"), u)),
+            )
+        {
+            if url.is_empty() {
+                continue;
+            }
+            // The URL may hold a secret: the error names the key, not the URL.
+            let ok = reqwest::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                bail!("{what}: not an http:// or https:// URL");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -303,6 +390,8 @@ impl Default for Config {
             engine: EngineConfig::default(),
             loaders: LoaderConfig::default(),
             power: PowerConfig::default(),
+            metrics: MetricsConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -419,6 +508,7 @@ impl Config {
         if let Some(t) = &self.admin_token {
             crate::secret::check_admin_token(t).map_err(|e| anyhow::anyhow!("admin_token: {e}"))?;
         }
+        self.alerts.validate()?;
         Ok(())
     }
 
@@ -498,6 +588,32 @@ mod tests {
         let c: Config =
             toml::from_str("admin_token = \"0123456789abcdef0123456789abcdef\"").unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn alert_webhooks_by_kind_with_a_default() {
+        let c: Config = toml::from_str(
+            "[alerts]\nurl = \"http://hooks.example/all\"\n[alerts.kinds]\nnode-unavailable = \"https://pager.example/x\"\nenv-started = \"\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let a = &c.alerts;
+        assert_eq!(
+            a.url_for("node-unavailable").unwrap(),
+            "https://pager.example/x"
+        );
+        assert_eq!(
+            a.url_for("env-below-minimum").unwrap(),
+            "http://hooks.example/all"
+        );
+        assert_eq!(a.url_for("env-started"), None);
+        let bad: Config =
+            toml::from_str("[alerts.kinds]\nnode-added = \"ftp://secret@x/\"\n").unwrap();
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("alerts.kinds.node-added") && !err.contains("secret"),
+            "{err}"
+        );
     }
 
     #[test]

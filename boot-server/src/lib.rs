@@ -7,9 +7,11 @@
 //! path for every admin operation (REST handlers in [`http`], and the
 //! [`cli`] as a client of that API); the [`store`] owns durable state; the
 //! [`model`] is shared by all; [`events`] records and broadcasts what
-//! happened; [`serve`] wires them up.
+//! happened; [`metrics`] and [`alerts`] report it to Prometheus and
+//! webhooks; [`serve`] wires them up.
 
 pub mod adapters;
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -19,6 +21,7 @@ pub mod events;
 pub mod fsutil;
 pub mod http;
 pub mod images;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod power;

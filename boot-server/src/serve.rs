@@ -37,6 +37,16 @@ pub async fn run(mut config: Config) -> Result<()> {
     let store: Arc<dyn Store> = sqlite.clone();
     let config = Arc::new(config);
     let events = EventHub::start(store.clone(), config.events.retain);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    {
+        let writer = sqlite.writer_stats().clone();
+        let m = metrics.clone();
+        let _ = writer
+            .on_commit
+            .set(Box::new(move |d, _ok| m.store_commit(d)));
+        let _ = metrics.sources.store.set(writer);
+        let _ = metrics.sources.events_dropped.set(events.dropped.clone());
+    }
     let plan = Arc::new(BootPlan::new(
         store.clone(),
         config.clone(),
@@ -64,6 +74,9 @@ pub async fn run(mut config: Config) -> Result<()> {
             .map(|e| e as Arc<dyn crate::control::ExportControl>),
     ));
     control.set_sqlite(sqlite.clone());
+    metrics.spawn_observer(&events, control.clone());
+    let alerting = crate::alerts::spawn(&config.alerts, &events, metrics.clone())
+        .context("starting alert delivery")?;
 
     // What is already in the store is served as is: these only write changes,
     // and a failure (read-only or full disk) is reported, not fatal.
@@ -88,6 +101,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         control: control.clone(),
         admin_token,
         stopping: stop_rx.clone(),
+        metrics: metrics.clone(),
     });
 
     // HTTP: scripts, files, agent API and admin API.
@@ -143,6 +157,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         )
         .await
         .with_context(|| format!("binding TFTP on {}", config.tftp.listen))?;
+        let _ = metrics.sources.tftp.set(server.stats());
         ready.push(format!("tftp={}", server.local_addr()));
         tasks.spawn(async move { server.run().await.context("TFTP server") });
     }
@@ -160,6 +175,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             .await
             .context("starting DHCP")?;
         control.set_dhcp(Arc::new(crate::adapters::DhcpLink(server.control())));
+        let _ = metrics.sources.dhcp.set(server.stats());
         ready.push(format!("dhcp={:?}", config.dhcp.mode).to_lowercase());
         tasks.spawn(async move { server.run().await.context("DHCP server") });
     }
@@ -180,6 +196,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             .await
             .with_context(|| format!("binding NBD on {}", config.nbd.listen))?;
         exports.set_nbd(server.handle()); // detach: exports.revoke(overlay)
+        let _ = metrics.sources.nbd.set(server.handle());
         ready.push(format!("nbd={}", server.local_addr()));
         tasks.spawn(async move { server.run().await.context("NBD server") });
     }
@@ -193,6 +210,9 @@ pub async fn run(mut config: Config) -> Result<()> {
         ));
         tasks.spawn(engine.run());
         ready.push("engine=on".into());
+    }
+    if alerting {
+        ready.push("alerts=on".into());
     }
     tracing::info!("boot-server ready: {}", ready.join(" "));
 

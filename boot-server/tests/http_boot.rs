@@ -153,9 +153,18 @@ fn boot_secrets_go_only_to_the_nodes_address() {
         token_of(&stolen).is_none(),
         "token handed to another address: {stolen}"
     );
-    assert!(s
+    // Events are written in batches, off the request path: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !s
         .cli(&["events", "--node", "52:54:00:00:00:01"])
-        .contains("access-refused"));
+        .contains("access-refused")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access-refused event"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     // A hello with the right token from another address is refused too.
     assert_eq!(
         agent_post(&s, "127.0.0.2", &first, "/api/agent/hello", HELLO),

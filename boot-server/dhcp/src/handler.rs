@@ -180,6 +180,7 @@ impl Handler {
         ingress: Ingress,
     ) -> Option<Outgoing> {
         DhcpStats::inc(&self.stats.received);
+        DhcpStats::add(&self.stats.bytes_received, packet.len());
         let (msg, raw) = match decode_full(packet) {
             Ok(v) => v,
             Err(e) => {

@@ -209,9 +209,12 @@ async fn serve(
         let s = sock.clone();
         tokio::spawn(async move {
             if let Some(out) = h.handle(&packet, src, ingress).await {
-                if let Err(e) = s.send_to(&out.packet, out.dest).await {
-                    DhcpStats::inc(&h.stats().send_errors);
-                    warn!(dest = %out.dest, "sending DHCP reply: {e}");
+                match s.send_to(&out.packet, out.dest).await {
+                    Ok(n) => DhcpStats::add(&h.stats().bytes_sent, n),
+                    Err(e) => {
+                        DhcpStats::inc(&h.stats().send_errors);
+                        warn!(dest = %out.dest, "sending DHCP reply: {e}");
+                    }
                 }
             }
             drop(permit);

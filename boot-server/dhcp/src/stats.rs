@@ -39,11 +39,18 @@ pub struct DhcpStats {
     pub not_ready: AtomicU64,
     /// Replies the socket failed to send.
     pub send_errors: AtomicU64,
+    /// Bytes of every packet received (malformed ones included).
+    pub bytes_received: AtomicU64,
+    /// Bytes of the replies sent.
+    pub bytes_sent: AtomicU64,
 }
 
 impl DhcpStats {
     pub(crate) fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add(c: &AtomicU64, n: usize) {
+        c.fetch_add(n as u64, Ordering::Relaxed);
     }
     /// Read a counter.
     pub fn get(c: &AtomicU64) -> u64 {

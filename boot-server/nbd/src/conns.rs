@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::stats::NbdStats;
+
 /// Resource limits of an [`crate::NbdServer`]. `Default` gives the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NbdLimits {
@@ -69,6 +71,7 @@ pub(crate) struct Registry {
     inner: Mutex<Inner>,
     closed: Notify,
     buffers: ByteBudget,
+    stats: Arc<NbdStats>,
 }
 
 fn shutdown(fd: &OwnedFd) {
@@ -83,6 +86,7 @@ impl Registry {
             limits,
             inner: Mutex::new(Inner::default()),
             closed: Notify::new(),
+            stats: Arc::new(NbdStats::default()),
         })
     }
 
@@ -157,6 +161,10 @@ impl Registry {
 
     pub(crate) fn buffers(&self) -> &ByteBudget {
         &self.buffers
+    }
+
+    pub(crate) fn stats(&self) -> &Arc<NbdStats> {
+        &self.stats
     }
 }
 
@@ -254,6 +262,11 @@ impl NbdHandle {
     /// Open connections in total (including ones still negotiating).
     pub fn connections(&self) -> usize {
         self.reg.count(None)
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> Arc<NbdStats> {
+        self.reg.stats.clone()
     }
 
     /// The limits the server runs with.

@@ -34,6 +34,7 @@ pub mod conns;
 pub mod handshake;
 pub mod proto;
 pub mod server;
+pub mod stats;
 pub mod transmit;
 
 pub use boot_disk::{BaseInfo, Disk, DiskStore, OverlayInfo};
@@ -44,3 +45,4 @@ pub use proto::{
     Request,
 };
 pub use server::{fingerprint, AllowAllResolver, ExportResolver, ExportTarget, NbdServer};
+pub use stats::NbdStats;

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::conns::{NbdHandle, NbdLimits, Registry, Ticket};
 use crate::handshake::handshake;
+use crate::stats::NbdStats;
 use crate::transmit;
 use boot_disk::DiskStore;
 
@@ -176,9 +177,14 @@ impl NbdServer {
                     continue;
                 }
             };
+            let stats = self.registry.stats().clone();
             let ticket = match self.registry.admit(peer.ip(), &sock) {
-                Ok(t) => t,
+                Ok(t) => {
+                    NbdStats::add(&stats.connections, 1);
+                    t
+                }
                 Err(why) => {
+                    NbdStats::add(&stats.refused, 1);
                     tracing::warn!(%peer, "NBD connection refused: {why}");
                     continue;
                 }
@@ -207,7 +213,12 @@ async fn connection(
         handshake(&mut sock, peer, &store, &resolver, &ticket),
     )
     .await
-    .context("handshake timed out")??;
+    .context("handshake timed out")
+    .and_then(|r| r);
+    if neg.is_err() {
+        NbdStats::add(&ticket.registry().stats().handshake_failures, 1);
+    }
+    let neg = neg?;
     let Some(neg) = neg else { return Ok(()) };
     tracing::debug!(
         %peer,

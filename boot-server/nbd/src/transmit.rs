@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use crate::conns::{BudgetGuard, Ticket, SMALL_BUF};
 use crate::handshake::{Negotiated, ALLOC_CONTEXT_ID, MAX_PAYLOAD};
 use crate::proto::*;
+use crate::stats::NbdStats;
 use boot_disk::Disk;
 
 /// A client that accepts no reply bytes for this long is cut off (it would otherwise
@@ -110,6 +111,7 @@ struct Conn {
     disk: Disk,
     structured: bool,
     meta_alloc: bool,
+    stats: std::sync::Arc<NbdStats>,
 }
 
 impl Conn {
@@ -136,6 +138,7 @@ impl Conn {
         match r {
             Ok(()) => self.ok_reply(cookie),
             Err(e) => {
+                NbdStats::add(&self.stats.errors, 1);
                 tracing::warn!("I/O error: {e}");
                 self.error_reply(cookie, errno(&e))
             }
@@ -207,6 +210,7 @@ impl Conn {
         match self.disk.read_at(&mut buf[hdr..hdr + len], req.offset) {
             Ok(()) => Out::Buf(hdr + len),
             Err(e) => {
+                NbdStats::add(&self.stats.errors, 1);
                 tracing::warn!("read error: {e}");
                 Out::Small(self.error_reply(req.cookie, errno(&e)))
             }
@@ -331,6 +335,7 @@ fn serve_blocking(sock: TcpStream, neg: Negotiated, ticket: &Ticket) -> Result<(
             disk: neg.disk,
             structured: neg.structured,
             meta_alloc: neg.meta_alloc,
+            stats: ticket.registry().stats().clone(),
         },
         reader: Mutex::new(BufReader::with_capacity(128 * 1024, sock.try_clone()?)),
         writer: Mutex::new(sock.try_clone()?),
@@ -403,7 +408,14 @@ fn read_next<'a>(sh: &'a Shared<'_>, buf: &mut Vec<u8>) -> Result<Next<'a>> {
             return Err(e).context("read request");
         }
     }
-    let req = parse_request(&hdr).context("bad request")?;
+    let stats = sh.ticket.registry().stats();
+    let req = match parse_request(&hdr) {
+        Ok(r) => r,
+        Err(e) => {
+            NbdStats::add(&stats.malformed, 1);
+            return Err(e).context("bad request");
+        }
+    };
     if req.command == Command::Disc {
         // Workers still executing finish and send their replies.
         sh.stop.store(true, Ordering::SeqCst);
@@ -432,23 +444,36 @@ fn read_next<'a>(sh: &'a Shared<'_>, buf: &mut Vec<u8>) -> Result<Next<'a>> {
             buf.resize(len, 0);
         }
         rd.read_exact(&mut buf[..len]).context("write payload")?;
+        NbdStats::add(&stats.bytes_written, len as u64);
     }
     Ok(Next::Run(req, budget))
 }
 
 fn worker(sh: &Shared<'_>) -> Result<()> {
+    let stats = sh.ticket.registry().stats();
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let mut budget = None;
         let out = match read_next(sh, &mut buf)? {
             Next::Stop => return Ok(()),
             Next::Refuse(req, err) => {
+                NbdStats::add(&stats.errors, 1);
                 tracing::debug!(?req, err, "request refused");
                 Out::Small(sh.conn.error_reply(req.cookie, err))
             }
             Next::Run(req, b) => {
                 budget = b;
-                sh.conn.execute(&req, &mut buf)
+                let counter = match req.command {
+                    Command::Read => &stats.reads,
+                    Command::Write => &stats.writes,
+                    _ => &stats.other_requests,
+                };
+                NbdStats::add(counter, 1);
+                let out = sh.conn.execute(&req, &mut buf);
+                if req.command == Command::Read && !matches!(out, Out::Small(_)) {
+                    NbdStats::add(&stats.bytes_read, u64::from(req.length));
+                }
+                out
             }
         };
         let mut w = sh.writer.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;

@@ -716,7 +716,10 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
             serve.command,
-            super::super::Cmd::Serve { config: Some(_) }
+            super::super::Cmd::Serve {
+                config: Some(_),
+                ..
+            }
         ));
     }
 

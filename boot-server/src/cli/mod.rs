@@ -49,6 +49,25 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+/// How `serve` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
+}
+
+impl Cli {
+    /// The log format asked for (`serve --log-format`; text for other commands).
+    pub fn log_format(&self) -> LogFormat {
+        match self.command {
+            Cmd::Serve { log_format, .. } => log_format,
+            _ => LogFormat::Text,
+        }
+    }
+}
+
 /// The commands.
 #[derive(Subcommand)]
 pub enum Cmd {
@@ -57,6 +76,10 @@ pub enum Cmd {
         /// TOML configuration file (as `boot-server --config FILE serve`).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Log lines as human-readable text or as one JSON object per line
+        /// (for journald / log shippers). Levels come from RUST_LOG (default info).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "BOOT_SERVER_LOG_FORMAT")]
+        log_format: LogFormat,
     },
     /// Manage the boot-image table.
     #[command(subcommand)]
@@ -391,7 +414,9 @@ impl From<CallError> for Failure {
 /// Runs one command line.
 pub async fn run(cli: Cli) -> std::result::Result<(), Failure> {
     let file = match &cli.command {
-        Cmd::Serve { config: Some(f) } => Some(f.as_path()),
+        Cmd::Serve {
+            config: Some(f), ..
+        } => Some(f.as_path()),
         _ => cli.config.as_deref(),
     };
     let mut config = Config::load(file)?;

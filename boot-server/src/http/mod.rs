@@ -36,6 +36,8 @@ pub struct AppState {
     /// Turns true when the server stops: long-lived responses (the event
     /// stream) end then, so that the listeners drain without waiting for them.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Marks requests that came over the admin Unix socket (file permissions
@@ -45,8 +47,11 @@ pub struct ViaAdminSocket;
 
 /// The node-facing router (scripts, files, agent API) plus the admin API.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/boot.ipxe", get(chain_script))
+    let mut r = Router::new();
+    if state.control.config.metrics.on_node_port {
+        r = r.route("/metrics", get(metrics));
+    }
+    r.route("/boot.ipxe", get(chain_script))
         .route("/ipxe/{mac}", get(node_script))
         .route("/images/{*path}", get(image_file).head(image_file))
         .route("/loaders/{*path}", get(loader_file).head(loader_file))
@@ -54,6 +59,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(agent::routes(state.clone()))
         .merge(admin::routes(state.clone()))
         .merge(ui::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            (state.metrics.clone(), "node"),
+            crate::metrics::http::count,
+        ))
         .with_state(state)
 }
 
@@ -62,12 +71,23 @@ pub fn admin_router(state: Arc<AppState>, via_socket: bool) -> Router {
     let r = admin::routes(state.clone())
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(ui::routes())
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.metrics.clone(), "admin"),
+            crate::metrics::http::count,
+        ))
         .with_state(state);
     if via_socket {
         r.layer(Extension(ViaAdminSocket))
     } else {
         r
     }
+}
+
+/// Prometheus scrape: state gauges read now, counters as they stand.
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let text = s.metrics.render(&s.control).await;
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// An API error: status + `{"code", "message"}`.

@@ -50,7 +50,7 @@ pub struct SqliteStore {
 }
 
 /// Counters of the writer thread (group commit is visible as `commits` < `writes`).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct WriterStats {
     /// Transactions committed.
     pub commits: AtomicU64,
@@ -58,6 +58,22 @@ pub struct WriterStats {
     pub writes: AtomicU64,
     /// Transactions that failed (their writes were reported as failed).
     pub failures: AtomicU64,
+    /// Called after every transaction with its duration (batch start to
+    /// commit, fsync included) and whether it committed (metrics hook).
+    pub on_commit: std::sync::OnceLock<CommitHook>,
+}
+
+/// See [`WriterStats::on_commit`].
+pub type CommitHook = Box<dyn Fn(std::time::Duration, bool) + Send + Sync>;
+
+impl std::fmt::Debug for WriterStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterStats")
+            .field("commits", &self.commits)
+            .field("writes", &self.writes)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {
@@ -106,7 +122,7 @@ impl SqliteStore {
     }
 
     /// The writer's counters.
-    pub fn writer_stats(&self) -> &WriterStats {
+    pub fn writer_stats(&self) -> &Arc<WriterStats> {
         &self.stats
     }
 
@@ -180,7 +196,11 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, stats: &WriterStat
             }
         }
         let mut finishers = Vec::with_capacity(batch.len());
+        let started = std::time::Instant::now();
         let outcome = run_batch(&mut conn, batch, &mut finishers);
+        if let Some(hook) = stats.on_commit.get() {
+            hook(started.elapsed(), outcome.is_ok());
+        }
         match &outcome {
             Ok(()) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
