@@ -377,6 +377,9 @@ impl DiskStore {
     pub fn delete_base(&self, name: &str) -> Result<()> {
         check_name("base", name)?;
         let _a = self.admin()?;
+        if !self.base_path(name).exists() {
+            bail!("base {name} not found");
+        }
         let users: Vec<String> = self
             .list_overlays()?
             .into_iter()

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// One disk as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DiskView {
     /// `base`, `overlay` or `snapshot`.
+    #[schema(value_type = String)]
     pub kind: &'static str,
     /// Base name or overlay id.
     pub name: String,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// What an event records. Kinds written by a newer server and unknown here
 /// read back as [`EventKind::Unknown`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     /// A DHCP answer carried boot options (loader or script URL).
@@ -70,6 +70,11 @@ pub enum EventKind {
     SlotStep,
     /// Something an operator should look at (detail `alert` says what).
     Alert,
+    /// A state-changing admin API call: the token's name, method, path and
+    /// outcome (never the token).
+    Audit,
+    /// An API token was created or revoked.
+    TokenChanged,
     /// A kind this build does not know.
     #[serde(other)]
     Unknown,
@@ -109,6 +114,8 @@ impl EventKind {
         EventKind::EngineDecision,
         EventKind::SlotStep,
         EventKind::Alert,
+        EventKind::Audit,
+        EventKind::TokenChanged,
         EventKind::Unknown,
     ];
 
@@ -146,6 +153,8 @@ impl EventKind {
             EventKind::EngineDecision => "engine-decision",
             EventKind::SlotStep => "slot-step",
             EventKind::Alert => "alert",
+            EventKind::Audit => "audit",
+            EventKind::TokenChanged => "token-changed",
             EventKind::Unknown => "unknown",
         }
     }
@@ -161,7 +170,7 @@ impl EventKind {
 }
 
 /// An entry of the append-only audit log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Position in the log (increasing; `events --after` pages by it).
     pub id: i64,
