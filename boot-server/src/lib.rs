@@ -24,3 +24,4 @@ pub mod plan;
 pub mod secret;
 pub mod serve;
 pub mod store;
+pub mod tls;
