@@ -110,6 +110,12 @@ impl Control {
     /// Creates a read-only base from a file on the server (raw copied,
     /// qcow2 and friends converted).
     pub async fn add_base(&self, name: String, file: PathBuf) -> Result<DiskView> {
+        if !file.exists() {
+            return Err(Error::not_found(format!(
+                "no file {:?} on the server (give the path of a raw or qcow2 image)",
+                file.display().to_string()
+            )));
+        }
         let n = name.clone();
         let b = self
             .on_disks(move |d| d.create_base_from_file(&n, &file))
