@@ -178,6 +178,7 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
     fi
 fi
 st_t0=$SECONDS
+cd "$dir" || finish  # schemathesis keeps a cache directory in its working directory
 "$venv/bin/schemathesis" run "$url/api/openapi.json" \
     --tls-verify "$ca" -H "Authorization: Bearer $token" \
     --max-examples "${ST_MAX_EXAMPLES:-25}" --seed 1 -w 2 \
