@@ -78,15 +78,17 @@ pub fn operated_environment(method: &Method, path: &str) -> Option<String> {
         Some((n, a)) => (n, Some(a)),
         None => (rest, None),
     };
-    let operates = match (method.as_str(), action) {
-        ("PATCH", None) => true,
-        (
-            "POST",
-            Some("activate" | "deactivate" | "scale" | "add-node" | "remove-node" | "quarantine"),
-        ) => true,
-        ("PUT", Some("policy")) => true,
-        _ => false,
-    };
+    let operates = matches!(
+        (method.as_str(), action),
+        ("PATCH", None)
+            | (
+                "POST",
+                Some(
+                    "activate" | "deactivate" | "scale" | "add-node" | "remove-node" | "quarantine"
+                ),
+            )
+            | ("PUT", Some("policy"))
+    );
     if !operates || name.is_empty() {
         return None;
     }
@@ -112,7 +114,7 @@ pub fn allows(p: &Principal, method: &Method, path: &str) -> Result<(), String> 
             p.name
         )),
         TokenRole::Operator => match operated_environment(method, path) {
-            Some(env) if p.environments.iter().any(|e| *e == env) => Ok(()),
+            Some(env) if p.environments.contains(&env) => Ok(()),
             Some(env) => Err(format!(
                 "token {:?} may operate environment(s) {}, not {env:?}",
                 p.name,
