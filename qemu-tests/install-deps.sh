@@ -13,6 +13,7 @@ packages=(
     chromium nodejs  # the web UI test (qemu-tests/test-ui.sh) and boot-server/ui/vendor.sh
     prometheus  # promtool: check /metrics and boot-server/dist/alerts.yml (boot-server/tests/ops_*.rs)
     systemd  # systemd-analyze verify/security of boot-server/dist/boot-server.service (tests/ops_dist.rs)
+    python3 python3-venv openssl  # qemu-tests/test-api.sh (schemathesis venv, certificate fingerprint)
 )
 # npm: Debian's package, unless a nodejs from elsewhere (NodeSource) already brings it.
 command -v npm >/dev/null || packages+=(npm)

@@ -66,6 +66,7 @@ suite() {
 suite ui-vendor step "$repo/boot-server/ui/vendor.sh" --check
 # Release profile: the lab then boots the very binaries the tests ran.
 suite cargo-test cargo cargo test --release --workspace --no-fail-fast
+suite api script "$here/test-api.sh"
 if [ "$lab" = 1 ]; then
     suite agent-build step env RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release -p node-agent --target x86_64-unknown-linux-gnu

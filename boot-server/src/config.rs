@@ -180,13 +180,31 @@ pub struct HttpConfig {
 
 /// The admin API's listeners. The Unix socket `state_dir/admin.sock` (0600:
 /// file permissions are the authentication) always serves it; `listen`
-/// gives it a TCP listener of its own (Bearer token), else it shares the
-/// node-facing HTTP listener.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// gives it a TCP listener of its own (Bearer token, TLS unless `tls =
+/// false`), else it shares the node-facing HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Own TCP listener for the admin API (Bearer token); `None` shares the HTTP listener.
     pub listen: Option<SocketAddr>,
+    /// TLS on that listener (default on).
+    pub tls: bool,
+    /// PEM certificate chain; with `key`. Unset: a self-signed certificate
+    /// made at first start in `state_dir/tls/` (its SHA-256 fingerprint is logged).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: None,
+            tls: true,
+            cert: None,
+            key: None,
+        }
+    }
 }
 
 /// The event log.
@@ -504,6 +522,9 @@ impl Config {
         }
         for s in &self.dhcp.subnets {
             parse_cidr(&s.network).with_context(|| format!("subnet {}", s.network))?;
+        }
+        if self.admin.cert.is_some() != self.admin.key.is_some() {
+            bail!("[admin] cert and key go together: give both, or neither for a self-signed certificate");
         }
         if let Some(t) = &self.admin_token {
             crate::secret::check_admin_token(t).map_err(|e| anyhow::anyhow!("admin_token: {e}"))?;

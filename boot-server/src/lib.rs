@@ -29,3 +29,4 @@ pub mod secret;
 pub mod serve;
 pub mod store;
 pub mod watch;
+pub mod tls;

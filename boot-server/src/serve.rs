@@ -130,13 +130,34 @@ pub async fn run(mut config: Config) -> Result<()> {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the admin API on {addr}"))?;
-        ready.push(format!("admin-http={}", l.local_addr()?));
-        http_tasks.spawn(http::listener::serve_tcp(
-            l,
-            http::admin_router(state.clone(), false),
-            listen_cfg.clone(),
-            stopped(stop_rx.clone()),
-        ));
+        if config.admin.tls {
+            let tls = crate::tls::admin_tls(&config)?;
+            tracing::info!(
+                cert = %tls.cert_path.display(),
+                sha256 = %tls.fingerprint,
+                "admin API over TLS; clients pin this fingerprint (boot-server --fingerprint) or trust the certificate (--ca-file)"
+            );
+            println!(
+                "admin TLS certificate SHA-256 fingerprint: {}",
+                tls.fingerprint
+            );
+            ready.push(format!("admin-https={}", l.local_addr()?));
+            http_tasks.spawn(http::listener::serve_tls(
+                l,
+                http::admin_router(state.clone(), false),
+                listen_cfg.clone(),
+                tls.acceptor,
+                stopped(stop_rx.clone()),
+            ));
+        } else {
+            ready.push(format!("admin-http={}", l.local_addr()?));
+            http_tasks.spawn(http::listener::serve_tcp(
+                l,
+                http::admin_router(state.clone(), false),
+                listen_cfg.clone(),
+                stopped(stop_rx.clone()),
+            ));
+        }
     }
 
     // TFTP: loaders first, then image files.

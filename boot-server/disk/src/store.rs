@@ -306,6 +306,10 @@ impl DiskStore {
     /// chunks only. Writers to `id` are paused for the duration.
     pub fn snapshot_overlay(&self, id: &str, snapshot_id: &str) -> Result<OverlayInfo> {
         check_name("overlay", snapshot_id)?;
+        check_name("overlay", id)?;
+        if !self.overlay_dir(id).exists() {
+            bail!("overlay {id} not found");
+        }
         let src = self.open_overlay(id)?;
         let _a = self.admin()?;
         let dir = self.overlay_dir(snapshot_id);
@@ -377,6 +381,9 @@ impl DiskStore {
     pub fn delete_base(&self, name: &str) -> Result<()> {
         check_name("base", name)?;
         let _a = self.admin()?;
+        if !self.base_path(name).exists() {
+            bail!("base {name} not found");
+        }
         let users: Vec<String> = self
             .list_overlays()?
             .into_iter()

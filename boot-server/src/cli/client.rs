@@ -17,13 +17,45 @@ use std::path::{Path, PathBuf};
 pub enum Endpoint {
     /// The admin Unix socket.
     Socket(PathBuf),
-    /// `http://host:port` with the admin token.
+    /// `http://host:port` (or `https://` with `tls`) with a token.
     Tcp {
         /// `host:port` of the server.
         authority: String,
-        /// The admin token.
+        /// The token.
         token: String,
+        /// TLS, and how the server's certificate is trusted.
+        tls: Option<TlsTarget>,
     },
+}
+
+/// A TLS connection's configuration and the name its certificate must carry.
+#[derive(Clone)]
+pub struct TlsTarget {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsTarget({:?})", self.name)
+    }
+}
+
+impl TlsTarget {
+    /// TLS to `authority` (`host:port`), trusting its certificate as `trust` says.
+    pub fn new(authority: &str, trust: &crate::tls::Trust) -> Result<TlsTarget> {
+        let host = match authority.rsplit_once(':') {
+            Some((h, _)) => h,
+            None => authority,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .with_context(|| format!("{host:?} is not a host name or address"))?;
+        Ok(TlsTarget {
+            connector: tokio_rustls::TlsConnector::from(crate::tls::client_config(trust)?),
+            name,
+        })
+    }
 }
 
 /// An error the server answered (`{"code", "message"}`), or a transport failure.
@@ -94,7 +126,11 @@ impl Client {
                 })?;
                 ("localhost".to_string(), Box::new(s))
             }
-            Endpoint::Tcp { authority, token } => {
+            Endpoint::Tcp {
+                authority,
+                token,
+                tls,
+            } => {
                 let s = tokio::net::TcpStream::connect(authority)
                     .await
                     .map_err(|e| {
@@ -103,7 +139,17 @@ impl Client {
                         ))
                     })?;
                 req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-                (authority.clone(), Box::new(s))
+                let stream: Box<dyn IoStream> = match tls {
+                    None => Box::new(s),
+                    Some(t) => {
+                        Box::new(t.connector.connect(t.name.clone(), s).await.map_err(|e| {
+                            CallError::Transport(format!(
+                                "TLS with boot-server at {authority}: {e}"
+                            ))
+                        })?)
+                    }
+                };
+                (authority.clone(), stream)
             }
         };
         let req = req

@@ -44,6 +44,19 @@ pub struct Cli {
     /// File holding the admin token (for --server).
     #[arg(long, global = true, env = "BOOT_SERVER_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// For an https:// --server: trust the certificates (PEM) in this file
+    /// (a CA, or the server's own certificate, e.g. its state_dir/tls/admin-cert.pem).
+    #[arg(
+        long,
+        global = true,
+        env = "BOOT_SERVER_CA_FILE",
+        conflicts_with = "fingerprint"
+    )]
+    pub ca_file: Option<PathBuf>,
+    /// For an https:// --server: accept exactly the certificate with this
+    /// SHA-256 (64 hex digits, colons allowed; the server logs it at start).
+    #[arg(long, global = true, env = "BOOT_SERVER_FINGERPRINT")]
+    pub fingerprint: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Cmd,
@@ -153,6 +166,9 @@ pub enum Cmd {
     },
     /// Print the admin API token (reads the state directory).
     AdminToken,
+    /// API tokens: admin, read-only, or operator of named environments.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Write a consistent copy of the server's state database to FILE.
     Backup {
         /// Where to write the copy.
@@ -162,6 +178,36 @@ pub enum Cmd {
     Restore {
         /// The backup to restore.
         file: PathBuf,
+    },
+}
+
+/// API token commands.
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a token and print its secret (shown this once; the server keeps only a digest).
+    Create {
+        /// Unique name (the audit log records it).
+        name: String,
+        /// admin, read-only, or operator.
+        #[arg(long, default_value = "read-only")]
+        role: String,
+        /// For an operator: an environment it may operate (repeatable).
+        #[arg(long = "env", value_name = "ENV")]
+        environments: Vec<String>,
+        /// Print JSON (with the secret) instead of the secret alone.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tokens (names, roles, environments; never secrets).
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: requests carrying it get 401 from now on.
+    Revoke {
+        /// Token name.
+        name: String,
     },
 }
 
@@ -434,11 +480,41 @@ pub async fn run(cli: Cli) -> std::result::Result<(), Failure> {
     }
     let endpoint = match &cli.server {
         Some(url) => {
-            let authority = url
-                .trim_end_matches('/')
-                .strip_prefix("http://")
-                .with_context(|| format!("--server {url}: give http://HOST:PORT"))?
-                .to_string();
+            let url = url.trim_end_matches('/');
+            let (authority, https) = if let Some(a) = url.strip_prefix("https://") {
+                (a.to_string(), true)
+            } else if let Some(a) = url.strip_prefix("http://") {
+                (a.to_string(), false)
+            } else {
+                return Err(anyhow::anyhow!(
+                    "--server {url}: give http://HOST:PORT or https://HOST:PORT"
+                )
+                .into());
+            };
+            let tls = match (https, &cli.ca_file, &cli.fingerprint) {
+                (false, None, None) => None,
+                (false, _, _) => {
+                    return Err(anyhow::anyhow!(
+                        "--ca-file and --fingerprint are for an https:// --server"
+                    )
+                    .into())
+                }
+                (true, Some(f), _) => Some(crate::tls::Trust::CaFile(f.clone())),
+                (true, None, Some(fp)) => Some(crate::tls::Trust::Fingerprint(
+                    crate::tls::parse_fingerprint(fp)?,
+                )),
+                (true, None, None) => {
+                    return Err(anyhow::anyhow!(
+                        "an https:// --server needs --ca-file FILE or --fingerprint HEX \
+                         (the server logs its certificate's SHA-256 at start)"
+                    )
+                    .into())
+                }
+            };
+            let tls = match tls {
+                Some(t) => Some(client::TlsTarget::new(&authority, &t)?),
+                None => None,
+            };
             let token = match (std::env::var("BOOT_SERVER_TOKEN"), &cli.token_file) {
                 (Ok(t), _) if !t.trim().is_empty() => t.trim().to_string(),
                 (_, Some(f)) => std::fs::read_to_string(f)
@@ -452,7 +528,11 @@ pub async fn run(cli: Cli) -> std::result::Result<(), Failure> {
                     .into())
                 }
             };
-            Endpoint::Tcp { authority, token }
+            Endpoint::Tcp {
+                authority,
+                token,
+                tls,
+            }
         }
         None => Endpoint::Socket(config.admin_socket()),
     };
@@ -500,6 +580,62 @@ fn enc(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+async fn token_command(c: &Client, cmd: TokenCmd) -> std::result::Result<(), Failure> {
+    match cmd {
+        TokenCmd::Create {
+            name,
+            role,
+            environments,
+            json,
+        } => {
+            let v = c
+                .json(
+                    Method::POST,
+                    "/api/tokens",
+                    Some(json!({ "name": name, "role": role, "environments": environments })),
+                )
+                .await?;
+            if json {
+                show(&v)
+            } else {
+                println!("{}", v["secret"].as_str().unwrap_or_default());
+            }
+        }
+        TokenCmd::List { json } => {
+            let v = c.json(Method::GET, "/api/tokens", None).await?;
+            if json {
+                show(&v)
+            } else {
+                println!(
+                    "{:<24} {:<10} {:<10} ENVIRONMENTS",
+                    "NAME", "ROLE", "SHA256"
+                );
+                for t in v.as_array().into_iter().flatten() {
+                    let envs: Vec<&str> = t["environments"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    println!(
+                        "{:<24} {:<10} {:<10} {}",
+                        t["name"].as_str().unwrap_or("?"),
+                        t["role"].as_str().unwrap_or("?"),
+                        t["fingerprint"].as_str().unwrap_or(""),
+                        envs.join(",")
+                    );
+                }
+            }
+        }
+        TokenCmd::Revoke { name } => {
+            c.json(Method::DELETE, &format!("/api/tokens/{}", enc(&name)), None)
+                .await?;
+            println!("revoked {name}");
+        }
+    }
+    Ok(())
 }
 
 fn show(v: &Value) {
@@ -616,6 +752,7 @@ async fn command(c: &Client, cmd: Cmd) -> std::result::Result<(), Failure> {
             )
             .await?;
         }
+        Cmd::Token(t) => token_command(c, t).await?,
         Cmd::Leases { json } => {
             let v = c.json(Method::GET, "/api/leases", None).await?;
             if json {

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// One disk as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DiskView {
     /// `base`, `overlay` or `snapshot`.
+    #[schema(value_type = String)]
     pub kind: &'static str,
     /// Base name or overlay id.
     pub name: String,
@@ -109,6 +110,12 @@ impl Control {
     /// Creates a read-only base from a file on the server (raw copied,
     /// qcow2 and friends converted).
     pub async fn add_base(&self, name: String, file: PathBuf) -> Result<DiskView> {
+        if !file.exists() {
+            return Err(Error::not_found(format!(
+                "no file {:?} on the server (give the path of a raw or qcow2 image)",
+                file.display().to_string()
+            )));
+        }
         let n = name.clone();
         let b = self
             .on_disks(move |d| d.create_base_from_file(&n, &file))

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 /// An environment with its slots (what `env show` prints).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EnvView {
     /// The environment.
     #[serde(flatten)]
@@ -25,7 +25,7 @@ pub struct EnvView {
 }
 
 /// Load reports and engine decisions of an environment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EnvHistory {
     /// Load reports of its nodes, oldest first.
     pub load: Vec<LoadSample>,

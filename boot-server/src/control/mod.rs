@@ -10,11 +10,13 @@ mod images;
 mod network;
 mod nodes;
 mod power;
+mod tokens;
 
 pub use disks::DiskView;
 pub use envs::{new_slot, EnvHistory, EnvView};
 pub use nodes::NodeCommand;
 pub use power::Fence;
+pub use tokens::NewToken;
 
 use crate::config::Config;
 use crate::events::EventHub;
@@ -28,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 /// What went wrong with an admin operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The request is malformed or names something invalid (HTTP 400).

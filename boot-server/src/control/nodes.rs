@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 /// A command an admin sends to a node's agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum NodeCommand {
     /// Cold reboot through firmware (and so PXE).
@@ -24,6 +24,7 @@ pub enum NodeCommand {
     /// Any agent command as is (advanced; disk attach goes through `disk attach`).
     Raw {
         /// The command, sent as is.
+        #[schema(value_type = Object)]
         command: CommandKind,
     },
 }

@@ -4,21 +4,42 @@
 //! bodies are parsed here so that malformed JSON gets the API's one error
 //! shape (`400 {"code": "bad_request", ...}`) and misspelt fields are
 //! refused rather than ignored. Mounted by [`super::admin::routes`] inside
-//! its authorisation layer.
+//! its authorisation layer; described for OpenAPI by [`EnvsApi`].
 
+use super::extract::{parse, ApiPath, ApiQuery};
 use super::{ApiError, AppState};
-use crate::control::ErrorKind;
-use crate::model::{Environment, Policy};
+use crate::control::{EnvHistory, EnvView, ErrorKind};
+use crate::model::{Environment, Node, Policy, Slot};
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::Arc;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+/// The OpenAPI description of the engine's routes.
+#[derive(OpenApi)]
+#[openapi(paths(
+    list,
+    create,
+    show,
+    change,
+    remove,
+    activate,
+    deactivate,
+    scale,
+    add_node,
+    remove_node,
+    quarantine,
+    policy,
+    history,
+    slots
+))]
+pub struct EnvsApi;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -47,14 +68,6 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 fn bad(m: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::BadRequest, m)
-}
-
-/// Parses a JSON body into `T`, answering 400 in the API's shape.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(bad("the request needs a JSON body"));
-    }
-    serde_json::from_slice(body).map_err(|e| bad(format!("request body: {e}")))
 }
 
 /// Fields an environment body may carry: the environment's own, plus the
@@ -88,10 +101,36 @@ fn strip_view_fields(body: &mut Value) {
     }
 }
 
+/// The environment named in the path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct EnvName {
+    /// Environment name.
+    name: String,
+}
+
+/// A new environment: its name, and any other environment field.
+#[derive(serde::Serialize, ToSchema)]
+#[allow(dead_code)]
+struct EnvCreate {
+    /// Environment name.
+    name: String,
+    #[schema(inline)]
+    #[serde(flatten)]
+    rest: Environment,
+}
+
+/// Every environment with its slots.
+#[utoipa::path(get, operation_id = "env_list", path = "/api/environments", tag = "environments",
+    responses((status = 200, description = "Every environment", body = [EnvView])))]
 async fn list(State(s): State<Arc<AppState>>) -> ApiResult {
     ok(s.control.environments().await?)
 }
 
+/// Creates an environment (`name` required; the other fields default).
+#[utoipa::path(post, operation_id = "env_create", path = "/api/environments", tag = "environments", request_body = EnvCreate,
+    responses((status = 201, description = "The environment", body = EnvView)))]
 async fn create(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult {
     let mut v: Value = parse(&body)?;
     check_env_fields(&v)?;
@@ -105,13 +144,20 @@ async fn create(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult {
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-async fn show(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult {
+/// One environment with its slots.
+#[utoipa::path(get, operation_id = "env_show", path = "/api/environments/{name}", tag = "environments", params(EnvName),
+    responses((status = 200, description = "The environment", body = EnvView)))]
+async fn show(State(s): State<Arc<AppState>>, ApiPath(name): ApiPath<String>) -> ApiResult {
     ok(s.control.environment(&name).await?)
 }
 
+/// Changes an environment: the fields given replace the stored ones.
+#[utoipa::path(patch, operation_id = "env_change", path = "/api/environments/{name}", tag = "environments", params(EnvName),
+    request_body = Environment,
+    responses((status = 200, description = "The environment as changed", body = EnvView)))]
 async fn change(
     State(s): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Bytes,
 ) -> ApiResult {
     let mut patch: Value = parse(&body)?;
@@ -120,58 +166,90 @@ async fn change(
     ok(s.control.update_env(&name, patch).await?)
 }
 
-async fn remove(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult {
+/// Deletes an environment (its nodes are released first).
+#[utoipa::path(delete, operation_id = "env_remove", path = "/api/environments/{name}", tag = "environments", params(EnvName),
+    responses((status = 204, description = "Deleted")))]
+async fn remove(State(s): State<Arc<AppState>>, ApiPath(name): ApiPath<String>) -> ApiResult {
     s.control.delete_env(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn activate(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult {
+/// Activates an environment: the engine fills its slots.
+#[utoipa::path(post, operation_id = "env_activate", path = "/api/environments/{name}/activate", tag = "environments", params(EnvName),
+    responses((status = 200, description = "The environment", body = EnvView)))]
+async fn activate(State(s): State<Arc<AppState>>, ApiPath(name): ApiPath<String>) -> ApiResult {
     ok(s.control.set_env_active(&name, true).await?)
 }
 
-async fn deactivate(State(s): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult {
+/// Deactivates an environment: the engine releases its nodes.
+#[utoipa::path(post, operation_id = "env_deactivate", path = "/api/environments/{name}/deactivate", tag = "environments", params(EnvName),
+    responses((status = 200, description = "The environment", body = EnvView)))]
+async fn deactivate(State(s): State<Arc<AppState>>, ApiPath(name): ApiPath<String>) -> ApiResult {
     ok(s.control.set_env_active(&name, false).await?)
 }
 
-#[derive(Deserialize)]
+/// How many nodes an environment wants.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ScaleBody {
+    /// Desired node count.
     nodes: u32,
 }
 
-async fn scale(State(s): State<Arc<AppState>>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+/// Sets the number of nodes an environment wants (within min..max).
+#[utoipa::path(post, operation_id = "env_scale", path = "/api/environments/{name}/scale", tag = "environments", params(EnvName),
+    request_body = ScaleBody,
+    responses((status = 200, description = "The environment", body = EnvView)))]
+async fn scale(
+    State(s): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+    body: Bytes,
+) -> ApiResult {
     let b: ScaleBody = parse(&body)?;
     ok(s.control.scale_env(&name, b.nodes).await?)
 }
 
-#[derive(Deserialize)]
+/// A node, by id or MAC.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NodeBody {
     /// Node id or MAC.
     node: String,
 }
 
+/// Moves a given pool node into the environment (a new slot).
+#[utoipa::path(post, operation_id = "env_add_node", path = "/api/environments/{name}/add-node", tag = "environments", params(EnvName),
+    request_body = NodeBody,
+    responses((status = 200, description = "The slot the node goes to", body = Slot)))]
 async fn add_node(
     State(s): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Bytes,
 ) -> ApiResult {
     let b: NodeBody = parse(&body)?;
     ok(s.control.env_add_node(&name, &b.node).await?)
 }
 
+/// Releases a node of the environment back to the pool.
+#[utoipa::path(post, operation_id = "env_remove_node", path = "/api/environments/{name}/remove-node", tag = "environments", params(EnvName),
+    request_body = NodeBody,
+    responses((status = 200, description = "The slot it left", body = Slot)))]
 async fn remove_node(
     State(s): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Bytes,
 ) -> ApiResult {
     let b: NodeBody = parse(&body)?;
     ok(s.control.env_remove_node(&name, &b.node).await?)
 }
 
+/// Takes a node of the environment out of service (its slot is refilled).
+#[utoipa::path(post, operation_id = "env_quarantine", path = "/api/environments/{name}/quarantine", tag = "environments", params(EnvName),
+    request_body = NodeBody,
+    responses((status = 200, description = "The node, quarantined", body = Node)))]
 async fn quarantine(
     State(s): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Bytes,
 ) -> ApiResult {
     let b: NodeBody = parse(&body)?;
@@ -179,13 +257,17 @@ async fn quarantine(
 }
 
 /// A policy body: `null` clears; unknown fields are refused.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PolicyBody {
+    /// Load figure compared (default `cpu_busy`).
     #[serde(default = "default_metric")]
     metric: String,
+    /// Add a node when the average stays above this.
     add_above: f64,
+    /// Remove a node when the average stays below this.
     remove_below: f64,
+    /// Averaging window in seconds.
     window_secs: u64,
 }
 
@@ -193,9 +275,13 @@ fn default_metric() -> String {
     Policy::default().metric
 }
 
+/// Sets (or with `null` clears) the environment's load-driven scaling policy.
+#[utoipa::path(put, operation_id = "env_policy", path = "/api/environments/{name}/policy", tag = "environments", params(EnvName),
+    request_body(content = Option<PolicyBody>, description = "The policy, or null to clear it"),
+    responses((status = 200, description = "The environment", body = EnvView)))]
 async fn policy(
     State(s): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Bytes,
 ) -> ApiResult {
     let b: Option<PolicyBody> = parse(&body)?;
@@ -208,16 +294,24 @@ async fn policy(
     ok(s.control.set_policy(&name, p).await?)
 }
 
-#[derive(Deserialize)]
+/// From when.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
-    /// Parsed here so that a bad number gets the API's error shape.
+    /// Only samples and decisions at or after this time (ms since the
+    /// Unix epoch). Parsed here so that a bad number gets the API's error shape.
+    #[param(value_type = Option<i64>)]
     since_ms: Option<String>,
 }
 
+/// The environment's load samples and the engine's decisions about it.
+#[utoipa::path(get, operation_id = "env_history", path = "/api/environments/{name}/history", tag = "environments",
+    params(EnvName, HistoryQuery),
+    responses((status = 200, description = "Load and decisions", body = EnvHistory)))]
 async fn history(
     State(s): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> ApiResult {
     let since = match q.since_ms.as_deref() {
         None | Some("") => 0,
@@ -228,11 +322,17 @@ async fn history(
     ok(s.control.env_history(&name, since).await?)
 }
 
-#[derive(Deserialize)]
+/// Which environment.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SlotsQuery {
+    /// Only this environment's slots.
     environment: Option<String>,
 }
 
-async fn slots(State(s): State<Arc<AppState>>, Query(q): Query<SlotsQuery>) -> ApiResult {
+/// Slots of every environment, or of one.
+#[utoipa::path(get, operation_id = "env_slots", path = "/api/slots", tag = "environments", params(SlotsQuery),
+    responses((status = 200, description = "The slots", body = [Slot])))]
+async fn slots(State(s): State<Arc<AppState>>, ApiQuery(q): ApiQuery<SlotsQuery>) -> ApiResult {
     ok(s.control.slots(q.environment.as_deref()).await?)
 }

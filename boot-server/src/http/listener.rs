@@ -102,9 +102,27 @@ where
     F: Future<Output = ()> + Send,
 {
     let local = listener.local_addr().context("HTTP listener address")?;
-    run(Listener::Tcp(listener), app, config, shutdown)
+    run(Listener::Tcp(listener), app, config, None, shutdown)
         .await
         .with_context(|| format!("HTTP server on {local}"))
+}
+
+/// Like [`serve_tcp`] over TLS: each connection's handshake must finish
+/// within `config.header_read_timeout`.
+pub async fn serve_tls<F>(
+    listener: TcpListener,
+    app: Router,
+    config: ListenerConfig,
+    tls: tokio_rustls::TlsAcceptor,
+    shutdown: F,
+) -> Result<()>
+where
+    F: Future<Output = ()> + Send,
+{
+    let local = listener.local_addr().context("HTTPS listener address")?;
+    run(Listener::Tcp(listener), app, config, Some(tls), shutdown)
+        .await
+        .with_context(|| format!("HTTPS server on {local}"))
 }
 
 /// Like [`serve_tcp`] on a Unix socket; handlers may extract
@@ -118,7 +136,7 @@ pub async fn serve_unix<F>(
 where
     F: Future<Output = ()> + Send,
 {
-    run(Listener::Unix(listener), app, config, shutdown)
+    run(Listener::Unix(listener), app, config, None, shutdown)
         .await
         .context("HTTP server on Unix socket")
 }
@@ -171,7 +189,13 @@ impl Listener {
     }
 }
 
-async fn run<F>(listener: Listener, app: Router, config: ListenerConfig, shutdown: F) -> Result<()>
+async fn run<F>(
+    listener: Listener,
+    app: Router,
+    config: ListenerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: F,
+) -> Result<()>
 where
     F: Future<Output = ()> + Send,
 {
@@ -245,7 +269,19 @@ where
             Accepted::Tcp(stream, addr) => {
                 let _ = stream.set_nodelay(true);
                 let io = StallGuard::new(stream, config.send_stall_timeout);
-                spawn_connection(&http, &graceful, &mut tasks, &app, io, addr, slot);
+                match &tls {
+                    None => spawn_connection(&http, &graceful, &mut tasks, &app, io, addr, slot),
+                    Some(acceptor) => spawn_tls_connection(
+                        &http,
+                        &graceful,
+                        &mut tasks,
+                        &app,
+                        (acceptor.clone(), config.header_read_timeout),
+                        io,
+                        addr,
+                        slot,
+                    ),
+                }
             }
             Accepted::Unix(stream, peer) => {
                 let io = StallGuard::new(stream, config.send_stall_timeout);
@@ -292,6 +328,47 @@ fn spawn_connection<Io, P>(
         let _slot = slot;
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "HTTP connection ended with an error");
+        }
+    });
+}
+
+/// Like [`spawn_connection`] after a TLS handshake (bounded by `limit`).
+#[allow(clippy::too_many_arguments)]
+fn spawn_tls_connection<Io>(
+    http: &hyper::server::conn::http1::Builder,
+    graceful: &GracefulShutdown,
+    tasks: &mut JoinSet<()>,
+    app: &Router,
+    (acceptor, limit): (tokio_rustls::TlsAcceptor, Duration),
+    io: Io,
+    peer: SocketAddr,
+    slot: Slot,
+) where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let app = app.clone();
+    let http = http.clone();
+    let watcher = graceful.watcher();
+    tasks.spawn(async move {
+        let _slot = slot;
+        let stream = match tokio::time::timeout(limit, acceptor.accept(io)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let service = service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req)
+        });
+        let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "HTTPS connection ended with an error");
         }
     });
 }

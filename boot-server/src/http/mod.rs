@@ -6,12 +6,16 @@
 
 pub mod admin;
 pub mod agent;
+pub mod auth;
 pub mod envs;
+pub mod extract;
 pub mod files;
 pub mod listener;
+pub mod openapi;
 pub mod range;
 pub mod stream;
 pub mod ui;
+pub mod tokens;
 
 use crate::control::{Control, Error as ControlError, ErrorKind};
 use crate::images::Integrity;
@@ -31,7 +35,7 @@ use std::sync::Arc;
 pub struct AppState {
     /// Every admin operation.
     pub control: Arc<Control>,
-    /// The admin token (the Unix socket needs none).
+    /// The bootstrap admin token (the Unix socket needs none; API tokens are in the store).
     pub admin_token: String,
     /// Turns true when the server stops: long-lived responses (the event
     /// stream) end then, so that the listeners drain without waiting for them.

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 /// An application environment: an image, how many nodes it wants, how it
 /// ranks against the others, and what its nodes run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Environment {
     /// Unique name (`[a-z0-9-]`, ≤ 40 characters).
@@ -37,6 +37,7 @@ pub struct Environment {
     /// What a node must have to serve here.
     pub requirements: Requirements,
     /// Application hooks delivered to the agent with each slot.
+    #[schema(value_type = Object)]
     pub hooks: boot_proto::Hooks,
     /// Key/values delivered to every slot (a slot's own ones win).
     pub config: BTreeMap<String, String>,
@@ -179,7 +180,7 @@ impl Environment {
 }
 
 /// Warm or cold moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootMode {
     /// kexec into the new image when the agent is up (else cold).
@@ -241,6 +242,15 @@ impl std::str::FromStr for AddressRange {
     }
 }
 
+/// OpenAPI: an address range is a string `FIRST-LAST`.
+impl utoipa::PartialSchema for AddressRange {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::model::string_schema("An inclusive IPv4 range FIRST-LAST", "10.0.0.10-10.0.0.20")
+    }
+}
+
+impl utoipa::ToSchema for AddressRange {}
+
 impl Serialize for AddressRange {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -255,7 +265,7 @@ impl<'de> Deserialize<'de> for AddressRange {
 }
 
 /// What a node must have to serve an environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Requirements {
     /// Firmware/architecture as seen at boot (`bios`, `uefi-x64`, ...).
@@ -298,7 +308,7 @@ impl Requirements {
 }
 
 /// A timed change of an environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Schedule {
     /// When, in the `cron` crate's syntax with seconds
     /// (`sec min hour day-of-month month day-of-week [year]`), UTC.
@@ -320,7 +330,7 @@ impl Schedule {
 }
 
 /// What a schedule does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScheduleAction {
     /// Make the environment active.
@@ -332,7 +342,7 @@ pub enum ScheduleAction {
 }
 
 /// Load-driven scaling of an environment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Policy {
     /// Health key averaged over the environment's nodes (`load` falls back
@@ -378,7 +388,9 @@ impl Policy {
 
 /// Where a slot is in moving a node in or out. Every step is stored before
 /// its action is taken, so a restarted engine resumes where it stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlotStep {
     /// No node.
@@ -447,7 +459,7 @@ impl SlotStep {
 }
 
 /// One node position of an environment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Slot {
     /// Environment name.
@@ -457,6 +469,7 @@ pub struct Slot {
     /// Host name of the slot.
     pub hostname: String,
     /// Fixed address (a reservation for whichever node holds the slot).
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub ip: Option<Ipv4Addr>,
     /// The slot's own overlay disk (created on first use).
     pub overlay: Option<String>,
@@ -509,7 +522,7 @@ impl Slot {
 }
 
 /// One load report of a node serving an environment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoadSample {
     /// When (ms since the epoch).
     pub at_ms: i64,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// What an event records. Kinds written by a newer server and unknown here
 /// read back as [`EventKind::Unknown`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     /// A DHCP answer carried boot options (loader or script URL).
@@ -75,6 +75,11 @@ pub enum EventKind {
     /// A failed node was fenced (connections cut, powered off) before its
     /// slot's disk went to another machine; says whether that is proven.
     Fenced,
+    /// A state-changing admin API call: the token's name, method, path and
+    /// outcome (never the token).
+    Audit,
+    /// An API token was created or revoked.
+    TokenChanged,
     /// A kind this build does not know.
     #[serde(other)]
     Unknown,
@@ -116,6 +121,8 @@ impl EventKind {
         EventKind::Alert,
         EventKind::Power,
         EventKind::Fenced,
+        EventKind::Audit,
+        EventKind::TokenChanged,
         EventKind::Unknown,
     ];
 
@@ -155,6 +162,8 @@ impl EventKind {
             EventKind::Alert => "alert",
             EventKind::Power => "power",
             EventKind::Fenced => "fenced",
+            EventKind::Audit => "audit",
+            EventKind::TokenChanged => "token-changed",
             EventKind::Unknown => "unknown",
         }
     }
@@ -170,7 +179,7 @@ impl EventKind {
 }
 
 /// An entry of the append-only audit log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Position in the log (increasing; `events --after` pages by it).
     pub id: i64,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// How an image boots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageKind {
     /// Kernel + initrd over HTTP.
@@ -26,7 +26,7 @@ impl ImageKind {
 }
 
 /// A row of the boot-image table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BootImage {
     /// Unique name nodes and assignments refer to.
     pub name: String,
@@ -64,7 +64,7 @@ pub struct BootImage {
 }
 
 /// One file of an image with its size and digest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageFile {
     /// Path relative to the images directory.
     pub path: String,
@@ -75,7 +75,7 @@ pub struct ImageFile {
 }
 
 /// Firmware kind derived from DHCP option 93 (client system architecture).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Firmware {
     /// Legacy BIOS PXE.

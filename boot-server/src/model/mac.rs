@@ -34,6 +34,15 @@ impl fmt::Display for MacAddr {
     }
 }
 
+/// OpenAPI: a MAC address is a string (`52:54:00:12:34:ab`; dashes and bare hex parse too).
+impl utoipa::PartialSchema for MacAddr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::model::string_schema("A MAC address: 52:54:00:12:34:ab", "52:54:00:12:34:ab")
+    }
+}
+
+impl utoipa::ToSchema for MacAddr {}
+
 /// Why a text is not a MAC address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadMac(pub String);

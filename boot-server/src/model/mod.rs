@@ -11,6 +11,7 @@ mod image;
 mod lease;
 mod mac;
 mod node;
+mod token;
 
 pub use command::{CommandStatus, QueuedCommand};
 pub use env::{
@@ -22,6 +23,7 @@ pub use image::{BootImage, Firmware, ImageFile, ImageKind};
 pub use lease::{Lease, Reservation};
 pub use mac::{BadMac, MacAddr};
 pub use node::{DiskAttachment, HelloFacts, Node, NodeState, Selector, Sighting, Transition};
+pub use token::{ApiToken, TokenRole};
 
 /// Milliseconds since the Unix epoch (every timestamp in the model).
 pub fn now_ms() -> i64 {
@@ -29,4 +31,17 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// An OpenAPI string schema with a description and an example (for types
+/// with their own text form).
+pub(crate) fn string_schema(
+    description: &str,
+    example: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(description))
+        .examples([serde_json::json!(example)])
+        .into()
 }

@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 /// - `failed`: heart-beating state whose heartbeats stopped (or that reported failure);
 /// - `quarantined`: cut out by an admin or the engine, kept up, never allocated;
 /// - `retired`: out of service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeState {
     /// Seen at boot, never enrolled, no agent yet.
@@ -123,7 +123,7 @@ impl NodeState {
 }
 
 /// A machine the server knows (seen by DHCP, HTTP or its agent, or enrolled).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Node {
     /// Stable id derived from the first MAC seen: `node-525400123456`.
     pub id: String,
@@ -163,6 +163,7 @@ pub struct Node {
     /// relay mode) or its first script fetch (enrolled nodes without DHCP);
     /// in full mode the node's live lease is its address.
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub observed_ip: Option<Ipv4Addr>,
     /// When this boot's agent said hello (ms since the epoch).
     #[serde(default)]
@@ -240,7 +241,7 @@ pub struct Sighting {
 }
 
 /// Which nodes an assignment applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "by", content = "value", rename_all = "lowercase")]
 pub enum Selector {
     /// By MAC of the node.
@@ -270,7 +271,7 @@ impl Selector {
 
 /// A virtual disk (overlay) attached to a node. The export name holds a
 /// random secret, and the NBD server also checks the peer's address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DiskAttachment {
     /// The overlay disk's id.
     pub overlay: String,

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// What a BMC says of a machine's power.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PowerState {
     /// Running.
@@ -35,7 +35,7 @@ impl PowerState {
 }
 
 /// What the engine and admins ask of a BMC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PowerAction {
     /// Power on.

@@ -24,6 +24,7 @@ struct Data {
     environments: BTreeMap<String, Environment>,
     slots: BTreeMap<(String, u32), Slot>,
     load: Vec<LoadSample>,
+    api_tokens: BTreeMap<String, (ApiToken, String)>,
 }
 
 impl Data {
@@ -696,5 +697,35 @@ impl EnvStore for MemoryStore {
             });
             Ok((n - d.load.len()) as u64)
         })
+    }
+}
+
+#[async_trait]
+impl TokenStore for MemoryStore {
+    async fn put_token(&self, token: &ApiToken, digest: &str) -> Result<()> {
+        self.with(|d| {
+            if d.api_tokens.contains_key(&token.name) {
+                return Err(
+                    Refused::Conflict(format!("a token named {:?} exists", token.name)).into(),
+                );
+            }
+            d.api_tokens
+                .insert(token.name.clone(), (token.clone(), digest.to_string()));
+            Ok(())
+        })
+    }
+    async fn tokens(&self) -> Result<Vec<ApiToken>> {
+        self.with(|d| Ok(d.api_tokens.values().map(|(t, _)| t.clone()).collect()))
+    }
+    async fn token_by_digest(&self, digest: &str) -> Result<Option<ApiToken>> {
+        self.with(|d| {
+            Ok(d.api_tokens
+                .values()
+                .find(|(_, h)| h == digest)
+                .map(|(t, _)| t.clone()))
+        })
+    }
+    async fn revoke_token(&self, name: &str) -> Result<bool> {
+        self.with(|d| Ok(d.api_tokens.remove(name).is_some()))
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! One trait per aggregate ([`ImageStore`], [`NodeStore`], [`LeaseStore`],
 //! [`ReservationStore`], [`DiskAttachmentStore`], [`CommandStore`],
-//! [`EventStore`], [`EnvStore`]); [`Store`] is all of them. Backends: [`SqliteStore`]
+//! [`EventStore`], [`EnvStore`], [`TokenStore`]); [`Store`] is all of them. Backends: [`SqliteStore`]
 //! (embedded default: WAL, group commit, versioned migrations) and
 //! [`MemoryStore`] (unit tests of plan, control and engine decisions, no I/O).
 //! A PostgreSQL backend will implement the same traits, so nothing here may
@@ -15,9 +15,9 @@ pub mod memory;
 pub mod sqlite;
 
 use crate::model::{
-    BootImage, CommandStatus, DiskAttachment, Environment, Event, EventKind, HelloFacts, Lease,
-    LoadSample, MacAddr, Node, NodeState, QueuedCommand, Reservation, Selector, Sighting, Slot,
-    SlotStep, Transition,
+    ApiToken, BootImage, CommandStatus, DiskAttachment, Environment, Event, EventKind, HelloFacts,
+    Lease, LoadSample, MacAddr, Node, NodeState, QueuedCommand, Reservation, Selector, Sighting,
+    Slot, SlotStep, Transition,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -281,6 +281,20 @@ pub trait EnvStore: Send + Sync {
     async fn downsample_load(&self, before_ms: i64, bucket_ms: i64) -> Result<u64>;
 }
 
+/// API tokens (digests only; the secret is shown once, at creation).
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// Adds a token under the SHA-256 `digest` of its secret; refuses
+    /// ([`Refused::Conflict`]) a name already in use.
+    async fn put_token(&self, token: &ApiToken, digest: &str) -> Result<()>;
+    /// Every token, by name.
+    async fn tokens(&self) -> Result<Vec<ApiToken>>;
+    /// The token whose secret has this digest.
+    async fn token_by_digest(&self, digest: &str) -> Result<Option<ApiToken>>;
+    /// Deletes a token; whether it existed.
+    async fn revoke_token(&self, name: &str) -> Result<bool>;
+}
+
 /// All of the store.
 pub trait Store:
     ImageStore
@@ -291,6 +305,7 @@ pub trait Store:
     + CommandStore
     + EventStore
     + EnvStore
+    + TokenStore
     + Send
     + Sync
     + 'static
@@ -306,6 +321,7 @@ impl<T> Store for T where
         + CommandStore
         + EventStore
         + EnvStore
+        + TokenStore
         + Send
         + Sync
         + 'static

@@ -23,6 +23,7 @@ mod leases;
 mod nodes;
 mod reservations;
 pub mod schema;
+mod tokens;
 
 use super::Result;
 use anyhow::{anyhow, Context};

@@ -105,6 +105,15 @@ CREATE TABLE load_samples (
 CREATE INDEX load_samples_env ON load_samples(environment, at_ms);
 "#;
 
+const V4: &str = r#"
+CREATE TABLE api_tokens (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+"#;
+
 /// Round-1 tokens were stored in plain text: store their digests instead.
 fn hash_round1_tokens(tx: &rusqlite::Transaction) -> rusqlite_migration::HookResult {
     let rows: Vec<(String, Option<String>, Option<String>)> = {
@@ -127,12 +136,13 @@ fn migrations() -> Migrations<'static> {
         M::up(V1),
         M::up_with_hook(V2, hash_round1_tokens),
         M::up(V3),
+        M::up(V4),
     ])
 }
 
 /// The schema version this build writes.
 pub fn latest_version() -> usize {
-    3
+    4
 }
 
 fn version_of(conn: &Connection) -> Result<usize> {
