@@ -7,6 +7,7 @@ packages=(
     dnsmasq nginx-light udhcpc isc-dhcp-client atftp nbdkit libnbd-bin qemu-utils fio
     kea-admin iproute2 cpio zstd lz4 xz-utils sqlite3 tcpdump curl perl kmod file e2fsprogs gcc jq binutils
     linux-source bc bison flex libelf-dev libssl-dev make  # the lab kernel (images/build-lab-kernel.sh)
+    postgresql  # the PostgreSQL store's tests (qemu-tests/lib/test-postgres.sh)
 )
 missing=()
 for p in "${packages[@]}"; do
