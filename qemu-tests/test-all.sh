@@ -64,6 +64,20 @@ suite() {
 
 # The web UI's vendored files (uPlot) are what its package-lock.json gives.
 suite ui-vendor step "$repo/boot-server/ui/vendor.sh" --check
+# --- PostgreSQL for the store's conformance tests (store/postgres) ---------
+# A private cluster on 127.0.0.1:55432 (qemu-tests/lib/test-postgres.sh);
+# the cargo suite reads BOOT_TEST_PG_URL (an URL already set is kept).
+if [ -z "${BOOT_TEST_PG_URL:-}" ]; then
+    if BOOT_TEST_PG_URL="$("$here/lib/test-postgres.sh" start)"; then
+        export BOOT_TEST_PG_URL
+        trap '"$here/lib/test-postgres.sh" stop' EXIT
+    else
+        echo "test-all: PostgreSQL for the store tests did not start; its tests fail under CI" >&2
+        unset BOOT_TEST_PG_URL
+    fi
+fi
+# --- end PostgreSQL --------------------------------------------------------
+
 # Release profile: the lab then boots the very binaries the tests ran.
 suite cargo-test cargo cargo test --release --workspace --no-fail-fast
 suite api script "$here/test-api.sh"

@@ -52,6 +52,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[engine]`: the dynamic boot engine.
     pub engine: EngineConfig,
+    /// `[store]`: where the state lives (SQLite in `state_dir`, or PostgreSQL).
+    pub store: StoreConfig,
     /// `[loaders]`: iPXE loader file per firmware.
     pub loaders: LoaderConfig,
     /// `[power]`: BMC power control (fencing, failure detection).
@@ -317,6 +319,42 @@ pub struct NbdConfig {
     pub disks_dir: Option<PathBuf>,
 }
 
+/// `[store]`: the state store. Without `url`, the embedded SQLite database
+/// in `state_dir`; with `url = "postgres://user@host/db"`, a PostgreSQL
+/// database shared by several boot servers, of which the designated
+/// controller (a lease in the database) runs the engine.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// PostgreSQL URL (libpq form); `None` keeps the SQLite store.
+    pub url: Option<String>,
+    /// Designated-controller lease time: a dead controller is replaced
+    /// within about this long (plus 0.5 s); default 3000.
+    pub controller_ttl_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            controller_ttl_ms: 3000,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field(
+                "url",
+                &self.url.as_deref().map(crate::store::postgres::redact),
+            )
+            .field("controller_ttl_ms", &self.controller_ttl_ms)
+            .finish()
+    }
+}
+
 /// The dynamic boot engine.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -406,6 +444,7 @@ impl Default for Config {
             nbd: NbdConfig::default(),
             agent: AgentConfig::default(),
             engine: EngineConfig::default(),
+            store: StoreConfig::default(),
             loaders: LoaderConfig::default(),
             power: PowerConfig::default(),
             metrics: MetricsConfig::default(),
@@ -512,6 +551,14 @@ impl Config {
     /// Refuses settings that cannot work together: DHCP without `server_ip`,
     /// full mode without a subnet, a bad CIDR, a weak admin token.
     pub fn validate(&self) -> Result<()> {
+        if let Some(url) = &self.store.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                bail!("store.url must be a postgres:// URL");
+            }
+            if self.store.controller_ttl_ms < 400 {
+                bail!("store.controller_ttl_ms must be at least 400");
+            }
+        }
         if self.dhcp.mode != DhcpMode::Off {
             if self.server_ip.is_none() {
                 bail!("dhcp.mode = {:?} needs server_ip", self.dhcp.mode);

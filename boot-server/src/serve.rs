@@ -1,4 +1,6 @@
-//! `boot-server serve`: wiring only. Opens the store, starts the event hub,
+//! `boot-server serve`: wiring only. Opens the store (SQLite, or PostgreSQL
+//! shared with other servers: then the engine runs only while this server
+//! holds the designated-controller lease), starts the event hub,
 //! the boot plan and the control layer, imports image manifests, and runs
 //! the protocol servers (HTTP, admin socket, TFTP, DHCP, Router
 //! Advertisements, NBD) and the failure watches until SIGTERM / Ctrl-C
@@ -13,7 +15,8 @@ use crate::http::{self, AppState};
 use crate::images::ImageFiles;
 use crate::model::Reservation;
 use crate::plan::BootPlan;
-use crate::store::{SqliteStore, Store};
+use crate::store::postgres::controller::Candidate;
+use crate::store::{Fence, PgStore, SqliteStore, Store};
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,20 +36,34 @@ pub async fn run(mut config: Config) -> Result<()> {
     // URLs in scripts carry the port actually bound (the config may say 0).
     config.http.listen.set_port(listener.local_addr()?.port());
     let admin_token = admin_token(&config)?;
-    let sqlite = Arc::new(SqliteStore::open(&config.state_dir)?);
-    let store: Arc<dyn Store> = sqlite.clone();
+    let (store, sqlite, pg): (Arc<dyn Store>, _, _) = match &config.store.url {
+        Some(url) => {
+            let pg = Arc::new(PgStore::connect(url).await.with_context(|| {
+                format!(
+                    "opening the PostgreSQL store {}",
+                    crate::store::postgres::redact(url)
+                )
+            })?);
+            (pg.clone(), None, Some(pg))
+        }
+        None => {
+            let sqlite = Arc::new(SqliteStore::open(&config.state_dir)?);
+            (sqlite.clone(), Some(sqlite), None)
+        }
+    };
     let config = Arc::new(config);
     let events = EventHub::start(store.clone(), config.events.retain);
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    {
+    // Commit latency is measured at the SQLite writer (PostgreSQL: not yet).
+    if let Some(sqlite) = &sqlite {
         let writer = sqlite.writer_stats().clone();
         let m = metrics.clone();
         let _ = writer
             .on_commit
             .set(Box::new(move |d, _ok| m.store_commit(d)));
         let _ = metrics.sources.store.set(writer);
-        let _ = metrics.sources.events_dropped.set(events.dropped.clone());
     }
+    let _ = metrics.sources.events_dropped.set(events.dropped.clone());
     let plan = Arc::new(BootPlan::new(
         store.clone(),
         config.clone(),
@@ -73,7 +90,9 @@ pub async fn run(mut config: Config) -> Result<()> {
             .clone()
             .map(|e| e as Arc<dyn crate::control::ExportControl>),
     ));
-    control.set_sqlite(sqlite.clone());
+    if let Some(sqlite) = &sqlite {
+        control.set_sqlite(sqlite.clone());
+    }
     metrics.spawn_observer(&events, control.clone());
     let alerting = crate::alerts::spawn(&config.alerts, &events, metrics.clone())
         .context("starting alert delivery")?;
@@ -224,13 +243,32 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     tasks.spawn(crate::watch::heartbeat_watchdog(control.clone()));
     tasks.spawn(crate::watch::power_watch(control.clone()));
+    // The lease this server holds as designated controller (shared store).
+    let mut controller: Option<(Arc<PgStore>, String, watch::Receiver<Option<Fence>>)> = None;
     if config.engine.enabled {
-        let engine = Arc::new(crate::engine::Engine::new(
-            control.clone(),
-            Arc::new(crate::engine::SystemClock),
-        ));
-        tasks.spawn(engine.run());
-        ready.push("engine=on".into());
+        match &pg {
+            None => {
+                let engine = Arc::new(crate::engine::Engine::new(
+                    control.clone(),
+                    Arc::new(crate::engine::SystemClock),
+                ));
+                tasks.spawn(engine.run());
+                ready.push("engine=on".into());
+            }
+            Some(pg) => {
+                let candidate =
+                    Candidate::new(Duration::from_millis(config.store.controller_ttl_ms));
+                let (lease_tx, lease_rx) = watch::channel(None);
+                controller = Some((pg.clone(), candidate.holder.clone(), lease_rx.clone()));
+                ready.push(format!("engine=when-controller({})", candidate.holder));
+                let pg = pg.clone();
+                tasks.spawn(async move {
+                    candidate.run(pg, lease_tx).await;
+                    Ok(())
+                });
+                tasks.spawn(engine_while_controller(control.clone(), lease_rx));
+            }
+        }
     }
     if alerting {
         ready.push("alerts=on".into());
@@ -260,8 +298,44 @@ pub async fn run(mut config: Config) -> Result<()> {
         tracing::warn!("requests still running after {DRAIN:?}; stopping anyway");
     }
     tasks.shutdown().await;
+    if let Some((pg, holder, lease)) = controller {
+        let fence = *lease.borrow();
+        if let Some(fence) = fence {
+            // The engine has stopped: let another server take over at once.
+            match pg.resign_controller(&holder, fence).await {
+                Ok(_) => tracing::info!("controller lease given up"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "controller lease not given up; it expires on its own")
+                }
+            }
+        }
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs the engine while this server holds the controller lease (with the
+/// lease's fence), and stops it (mid-pass: every step is durable) when the
+/// lease is lost.
+async fn engine_while_controller(
+    control: Arc<Control>,
+    mut lease: watch::Receiver<Option<Fence>>,
+) -> Result<()> {
+    loop {
+        let fence = *lease.borrow_and_update();
+        let running = fence.map(|f| {
+            let engine =
+                crate::engine::Engine::new(control.clone(), Arc::new(crate::engine::SystemClock))
+                    .with_fence(f);
+            tokio::spawn(Arc::new(engine).run())
+        });
+        let changed = lease.changed().await;
+        if let Some(task) = running {
+            task.abort();
+            let _ = task.await;
+        }
+        changed.context("controller lease task ended")?;
+    }
 }
 
 /// The first task of either set to end.

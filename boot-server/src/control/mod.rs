@@ -86,7 +86,9 @@ impl From<anyhow::Error> for Error {
         if let Some(r) = e.downcast_ref::<Refused>() {
             let kind = match r {
                 Refused::NotFound(_) => ErrorKind::NotFound,
-                Refused::AddressHeld { .. } | Refused::Conflict(_) => ErrorKind::Conflict,
+                Refused::AddressHeld { .. } | Refused::Conflict(_) | Refused::Fenced { .. } => {
+                    ErrorKind::Conflict
+                }
             };
             return Error::new(kind, r.to_string());
         }

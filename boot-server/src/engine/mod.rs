@@ -55,6 +55,8 @@ pub struct Engine {
     c: Arc<Control>,
     clock: Arc<dyn Clock>,
     mem: Mutex<Memory>,
+    /// Fence of the controller lease this engine runs under (0: embedded store).
+    fence: Fence,
 }
 
 impl Engine {
@@ -64,7 +66,16 @@ impl Engine {
             c,
             clock,
             mem: Mutex::new(Memory::default()),
+            fence: Fence::default(),
         }
+    }
+
+    /// The engine of the designated controller holding the lease `fence`:
+    /// its slot writes carry it, so they are refused once another server
+    /// has taken the lease over.
+    pub fn with_fence(mut self, fence: Fence) -> Engine {
+        self.fence = fence;
+        self
     }
 
     fn cfg(&self) -> &EngineConfig {
@@ -215,7 +226,7 @@ impl Engine {
                         expect,
                     ));
                 }
-                if self.c.store.write_slots(Fence::default(), &writes).await? {
+                if self.c.store.write_slots(self.fence, &writes).await? {
                     self.c.wake_engine();
                     tracing::info!(env = %env, slot = index, node = %node, reason = %reason, "claim");
                     self.c.events.emit(
@@ -242,7 +253,7 @@ impl Engine {
                 if self
                     .c
                     .store
-                    .write_slots(Fence::default(), &[(slot, expect)])
+                    .write_slots(self.fence, &[(slot, expect)])
                     .await?
                 {
                     self.c.wake_engine();

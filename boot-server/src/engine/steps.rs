@@ -14,7 +14,7 @@ use crate::model::{
     BootMode, Environment, EventKind, ImageKind, Node, NodeState, Reservation, Selector, Slot,
     SlotStep, Transition,
 };
-use crate::store::{Expect, Fence};
+use crate::store::Expect;
 use anyhow::{Context, Result};
 use boot_proto::{CommandKind, CommandStatus, SlotConfig};
 use serde_json::json;
@@ -642,7 +642,7 @@ impl Engine {
     async fn write(&self, seen: &Slot, next: Slot) -> Result<bool> {
         self.c
             .store
-            .write_slots(Fence::default(), &[(next, Expect::Step(seen.step))])
+            .write_slots(self.fence, &[(next, Expect::Step(seen.step))])
             .await
     }
 

@@ -7,11 +7,16 @@
 //! [`ReservationStore`], [`DiskAttachmentStore`], [`CommandStore`],
 //! [`EventStore`], [`EnvStore`], [`TokenStore`]); [`Store`] is all of them. Backends: [`SqliteStore`]
 //! (embedded default: WAL, group commit, versioned migrations) and
-//! [`MemoryStore`] (unit tests of plan, control and engine decisions, no I/O).
-//! A PostgreSQL backend will implement the same traits, so nothing here may
-//! rely on SQLite-only behaviour. Every write returns only once it is durable.
+//! [`MemoryStore`] (unit tests of plan, control and engine decisions, no I/O)
+//! and [`PgStore`] (several servers sharing one PostgreSQL database, with the
+//! designated-controller lease). Nothing here may rely on one backend's
+//! behaviour; [`conformance`] checks every backend against the same tests.
+//! Every write returns only once it is durable.
 
+#[cfg(test)]
+pub mod conformance;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 use crate::model::{
@@ -24,6 +29,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Store results carry context for the log; callers map them to API errors.
@@ -46,6 +52,15 @@ pub enum Refused {
     /// The change conflicts with what uses it.
     #[error("{0}")]
     Conflict(String),
+    /// An engine write carried the fence of a controller that has since
+    /// lost its lease (another server took over).
+    #[error("fence {fence} is older than the designated controller's ({current}): this server is no longer the controller")]
+    Fenced {
+        /// The write's fence.
+        fence: u64,
+        /// The current controller's fence.
+        current: u64,
+    },
 }
 
 /// The boot-image table, the default image and assignments.
@@ -236,10 +251,11 @@ pub trait EventStore: Send + Sync {
     async fn last_event_id(&self) -> Result<i64>;
 }
 
-/// The engine's fencing token. Every engine write carries it: a store
-/// shared by several servers refuses a write whose fence is older than the
-/// designated controller's (several-servers issue); the embedded store has
-/// one engine and accepts every fence.
+/// The engine's fencing token. Every engine slot write carries it: the
+/// PostgreSQL store refuses ([`Refused::Fenced`]) a write whose fence is
+/// older than the designated controller's; `Fence(0)` is an unfenced write
+/// (admin changes, guarded by their [`Expect`]). The embedded store has one
+/// engine and accepts every fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Fence(pub u64);
 

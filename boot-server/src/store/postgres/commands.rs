@@ -1,0 +1,155 @@
+//! Agent commands (table `commands`), delivered at least once: a delivered
+//! command is handed out again until the agent reports it started. Taking
+//! commands locks their rows (`FOR UPDATE SKIP LOCKED`), so two servers
+//! answering polls of one node never hand out one command twice at once.
+
+use super::PgStore;
+use crate::model::{now_ms, CommandStatus, QueuedCommand};
+use crate::store::{ends_boot, CommandStore, Result};
+use anyhow::Context;
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+
+const COMMAND_COLS: &str = "id, node, body, status, detail, created_ms, delivered_ms";
+
+fn to_command(r: &Row) -> Result<QueuedCommand> {
+    Ok(QueuedCommand {
+        id: r.get(0),
+        node: r.get(1),
+        command: serde_json::from_str(r.get(2)).context("stored command body")?,
+        status: CommandStatus::parse(r.get(3)).unwrap_or(CommandStatus::Failed),
+        detail: r.get(4),
+        created_ms: r.get(5),
+        delivered_ms: r.get(6),
+    })
+}
+
+#[async_trait]
+impl CommandStore for PgStore {
+    async fn queue_command(&self, node: &str, command: &boot_proto::CommandKind) -> Result<i64> {
+        let body = serde_json::to_string(command)?;
+        Ok(self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO commands(node, body, status, created_ms) VALUES ($1, $2, 'queued', $3) RETURNING id",
+                &[&node, &body, &now_ms()],
+            )
+            .await?
+            .get(0))
+    }
+
+    async fn take_commands(
+        &self,
+        node: &str,
+        redeliver_after_ms: i64,
+    ) -> Result<Vec<QueuedCommand>> {
+        let now = now_ms();
+        let due = now - redeliver_after_ms;
+        let rows = self
+            .client()
+            .await?
+            .query(
+                format!(
+                    "UPDATE commands SET status = 'delivered', delivered_ms = $3 WHERE id IN (
+                         SELECT id FROM commands WHERE node = $1 AND (status = 'queued' OR (status = 'delivered' AND COALESCE(delivered_ms, 0) <= $2))
+                         ORDER BY id FOR UPDATE SKIP LOCKED)
+                     RETURNING {COMMAND_COLS}"
+                )
+                .as_str(),
+                &[&node, &due, &now],
+            )
+            .await?;
+        let mut out = rows.iter().map(to_command).collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|c| c.id);
+        Ok(out)
+    }
+
+    async fn command(&self, id: i64) -> Result<Option<QueuedCommand>> {
+        self.client()
+            .await?
+            .query_opt(
+                format!("SELECT {COMMAND_COLS} FROM commands WHERE id = $1").as_str(),
+                &[&id],
+            )
+            .await?
+            .as_ref()
+            .map(to_command)
+            .transpose()
+    }
+
+    async fn commands_of(&self, node: &str, limit: u32) -> Result<Vec<QueuedCommand>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                format!(
+                    "SELECT {COMMAND_COLS} FROM commands WHERE node = $1 ORDER BY id DESC LIMIT $2"
+                )
+                .as_str(),
+                &[&node, &(limit as i64)],
+            )
+            .await?;
+        rows.iter().map(to_command).collect()
+    }
+
+    async fn update_command(
+        &self,
+        node: &str,
+        id: i64,
+        status: CommandStatus,
+        detail: &str,
+    ) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let current = tx
+            .query_opt(
+                "SELECT status FROM commands WHERE id = $1 AND node = $2 FOR UPDATE",
+                &[&id, &node],
+            )
+            .await?;
+        let Some(current) = current else {
+            return Ok(false);
+        };
+        // A late or repeated report never moves a finished command back.
+        if !CommandStatus::parse(current.get(0)).is_some_and(CommandStatus::is_final) {
+            tx.execute(
+                "UPDATE commands SET status = $2, detail = $3 WHERE id = $1",
+                &[&id, &status.as_str(), &detail],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn close_commands_of_previous_boot(&self, node: &str) -> Result<usize> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let rows = tx
+            .query(
+                format!(
+                    "SELECT {COMMAND_COLS} FROM commands WHERE node = $1 AND status IN ('delivered', 'started') FOR UPDATE"
+                )
+                .as_str(),
+                &[&node],
+            )
+            .await?;
+        for row in &rows {
+            let cmd = to_command(row)?;
+            let (status, detail) = if ends_boot(&cmd.command) {
+                (CommandStatus::Succeeded, "the node booted again")
+            } else {
+                (CommandStatus::Failed, "the node rebooted before reporting")
+            };
+            tx.execute(
+                "UPDATE commands SET status = $2, detail = $3 WHERE id = $1",
+                &[&cmd.id, &status.as_str(), &detail],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+}
