@@ -498,7 +498,8 @@ async fn attach(
         .control
         .attach_disk(id.clone(), &b.node, b.now, b.mount)
         .await?;
-    ok(json!({ "overlay": id, "node": node, "export": export, "command": command }))
+    let iscsi = s.control.iscsi_access(&id, &node, &export);
+    ok(json!({ "overlay": id, "node": node, "export": export, "command": command, "iscsi": iscsi }))
 }
 
 async fn detach(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> ApiResult {
