@@ -48,6 +48,8 @@ pub struct Config {
     pub ra: RaConfig,
     /// `[nbd]`: the NBD server and its disk store.
     pub nbd: NbdConfig,
+    /// `[iscsi]`: the iSCSI target over the same disk store.
+    pub iscsi: IscsiConfig,
     /// `[agent]`: what node agents are told and held to.
     pub agent: AgentConfig,
     /// `[engine]`: the dynamic boot engine.
@@ -355,6 +357,16 @@ impl std::fmt::Debug for StoreConfig {
     }
 }
 
+/// `[iscsi]`: the iSCSI target (attached overlays as targets, see `crate::iscsi`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IscsiConfig {
+    /// Run it; default off.
+    pub enabled: bool,
+    /// Listen address; default `0.0.0.0:3260`.
+    pub listen: SocketAddr,
+}
+
 /// The dynamic boot engine.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -442,6 +454,7 @@ impl Default for Config {
             dhcp: DhcpConfig::default(),
             ra: RaConfig::default(),
             nbd: NbdConfig::default(),
+            iscsi: IscsiConfig::default(),
             agent: AgentConfig::default(),
             engine: EngineConfig::default(),
             store: StoreConfig::default(),
@@ -495,6 +508,15 @@ impl Default for NbdConfig {
             enabled: true,
             listen: "0.0.0.0:10809".parse().unwrap(),
             disks_dir: None,
+        }
+    }
+}
+
+impl Default for IscsiConfig {
+    fn default() -> Self {
+        IscsiConfig {
+            enabled: false,
+            listen: "0.0.0.0:3260".parse().unwrap(),
         }
     }
 }

@@ -8,8 +8,11 @@
 //! The NBD crate asks synchronously, so the attachment table is a snapshot
 //! refreshed from the store every second (and at once after `refresh`);
 //! [`NodeExports::revoke`] forgets a detached overlay at once and cuts its
-//! open connections.
+//! open connections. When iSCSI runs, the same snapshot and address rule drive
+//! its target table (`crate::iscsi`): every refresh syncs it, every revocation
+//! cuts iSCSI sessions too (one path for both protocols).
 
+use crate::iscsi::{IscsiTargets, Reachable};
 use crate::plan::BootPlan;
 use crate::secret::{constant_time_eq, fingerprint};
 use crate::store::Store;
@@ -37,6 +40,26 @@ struct Table {
     revocations: u64,
 }
 
+impl Table {
+    /// The address rule: an attachment is reachable only from its node's current
+    /// address (None: from nowhere).
+    fn address_of(&self, a: &Attachment) -> Option<IpAddr> {
+        self.node_ip.get(&a.node).copied()
+    }
+
+    /// Every attachment reachable now, with the address it is reachable from.
+    fn reachable(&self) -> impl Iterator<Item = Reachable<'_>> {
+        self.by_overlay.iter().filter_map(|(overlay, a)| {
+            Some(Reachable {
+                overlay,
+                node: &a.node,
+                export: &a.export,
+                address: self.address_of(a)?,
+            })
+        })
+    }
+}
+
 /// The NBD export policy of the boot server (an [`ExportResolver`]).
 pub struct NodeExports {
     store: Arc<dyn Store>,
@@ -45,6 +68,7 @@ pub struct NodeExports {
     admin_prefix: String,
     table: RwLock<Table>,
     nbd: OnceLock<NbdHandle>,
+    iscsi: OnceLock<IscsiTargets>,
 }
 
 impl NodeExports {
@@ -62,6 +86,7 @@ impl NodeExports {
             admin_prefix: format!("admin:{admin_token}:"),
             table: RwLock::new(Table::default()),
             nbd: OnceLock::new(),
+            iscsi: OnceLock::new(),
         })
     }
 
@@ -71,7 +96,21 @@ impl NodeExports {
         let _ = self.nbd.set(handle);
     }
 
-    /// Rebuilds the table from attachments and node addresses.
+    /// Connects the running iSCSI server (`IscsiServer::handle()`): its target table
+    /// follows this one from now on, and [`NodeExports::revoke`] cuts its sessions
+    /// too. Only the first call takes effect.
+    pub fn set_iscsi(&self, handle: boot_iscsi::IscsiHandle) {
+        // Under the table lock, so that no refresh or revocation interleaves.
+        let t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        if self.iscsi.set(IscsiTargets::new(handle)).is_ok() {
+            if let Some(i) = self.iscsi.get() {
+                i.sync(t.reachable());
+            }
+        }
+    }
+
+    /// Rebuilds the table from attachments and node addresses (and the iSCSI
+    /// targets from the table).
     pub async fn refresh(&self) -> Result<()> {
         let seen = self.read().revocations;
         let mut by_overlay = HashMap::new();
@@ -94,6 +133,9 @@ impl NodeExports {
         if t.revocations == seen {
             t.by_overlay = by_overlay;
             t.node_ip = node_ip;
+            if let Some(i) = self.iscsi.get() {
+                i.sync(t.reachable());
+            }
         }
         // else: a revocation raced this refresh; the next one reads the new state.
         Ok(())
@@ -105,22 +147,24 @@ impl NodeExports {
         loop {
             tick.tick().await;
             if let Err(e) = self.refresh().await {
-                tracing::warn!(error = %format!("{e:#}"), "NBD export table not refreshed");
+                tracing::warn!(error = %format!("{e:#}"), "NBD/iSCSI export table not refreshed");
             }
         }
     }
 
-    /// Cuts off a detached overlay: forgets its export name at once (no waiting for
-    /// the next refresh) and closes every open NBD connection serving it. Call it
-    /// after the attachment is removed from the store. Returns how many connections
-    /// were closed (0 until [`NodeExports::set_nbd`] was called).
+    /// Cuts off a detached overlay: forgets its export name and iSCSI target at
+    /// once (no waiting for the next refresh) and closes every open NBD connection
+    /// and iSCSI session serving it. Call it after the attachment is removed from
+    /// the store. Returns how many connections were closed (NBD and iSCSI; 0 for a
+    /// protocol whose server is not connected).
     pub fn revoke(&self, overlay: &str) -> usize {
-        {
+        let iscsi = {
             let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
             t.by_overlay.remove(overlay);
             t.revocations += 1;
-        }
-        self.nbd.get().map_or(0, |h| h.revoke(overlay))
+            self.iscsi.get().map_or(0, |i| i.revoke(overlay))
+        };
+        iscsi + self.nbd.get().map_or(0, |h| h.revoke(overlay))
     }
 
     /// [`NodeExports::revoke`], then waits until the cut connections' in-flight
@@ -131,6 +175,11 @@ impl NodeExports {
         if let Some(h) = self.nbd.get() {
             if !h.wait_closed(overlay, timeout).await {
                 bail!("NBD connections to {overlay} still running after {timeout:?}");
+            }
+        }
+        if let Some(i) = self.iscsi.get() {
+            if !i.wait_closed(overlay, timeout).await {
+                bail!("iSCSI sessions to {overlay} still running after {timeout:?}");
             }
         }
         Ok(n)
@@ -168,7 +217,7 @@ impl ExportResolver for NodeExports {
         if !constant_time_eq(name.as_bytes(), a.export.as_bytes()) {
             return None;
         }
-        let current = t.node_ip.get(&a.node).copied();
+        let current = t.address_of(a);
         if current == Some(peer.ip()) {
             return Some(ExportTarget::Overlay(overlay.to_string()));
         }

@@ -1,8 +1,9 @@
-//! boot-server: network boot service (DHCP, TFTP, HTTP iPXE, NBD) with a
+//! boot-server: network boot service (DHCP, TFTP, HTTP iPXE, NBD, iSCSI) with a
 //! boot-image table in an embedded SQLite store.
 //!
 //! Layers, data flowing one way: protocol crates (`boot-dhcp`, `boot-tftp`,
-//! `boot-nbd`) parse and answer through [`adapters`] and [`disks`]; the
+//! `boot-nbd`, `boot-iscsi`) parse and answer through [`adapters`], [`disks`]
+//! and [`iscsi`]; the
 //! [`plan`] decides what each node boots; the [`control`] layer is the one
 //! path for every admin operation (REST handlers in [`http`], and the
 //! [`cli`] as a client of that API); the [`store`] owns durable state; the
@@ -21,6 +22,7 @@ pub mod events;
 pub mod fsutil;
 pub mod http;
 pub mod images;
+pub mod iscsi;
 pub mod metrics;
 pub mod model;
 pub mod plan;

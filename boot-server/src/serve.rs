@@ -3,7 +3,7 @@
 //! holds the designated-controller lease), starts the event hub,
 //! the boot plan and the control layer, imports image manifests, and runs
 //! the protocol servers (HTTP, admin socket, TFTP, DHCP, Router
-//! Advertisements, NBD) and the failure watches until SIGTERM / Ctrl-C
+//! Advertisements, NBD, iSCSI) and the failure watches until SIGTERM / Ctrl-C
 //! (then stops accepting, lets requests in flight finish within 10 s, and
 //! exits 0) or until a server fails.
 
@@ -71,7 +71,8 @@ pub async fn run(mut config: Config) -> Result<()> {
     )?);
     let image_files = Arc::new(ImageFiles::new(&config.images_dir));
 
-    let disks = if config.nbd.enabled {
+    // One disk store and one export table for NBD and iSCSI.
+    let disks = if config.nbd.enabled || config.iscsi.enabled {
         Some(Arc::new(boot_nbd::DiskStore::open(&config.disks_dir())?))
     } else {
         None
@@ -226,19 +227,34 @@ pub async fn run(mut config: Config) -> Result<()> {
         tasks.spawn(async move { ra.run().await.context("RA responder") });
     }
 
-    // NBD virtual disks.
+    // Virtual disks over NBD and iSCSI, both following the export table.
     if let (Some(disks), Some(exports)) = (disks, exports) {
         if let Err(e) = exports.refresh().await {
-            tracing::warn!(error = %format!("{e:#}"), "NBD export table not built yet; retrying every second");
+            tracing::warn!(error = %format!("{e:#}"), "export table not built yet; retrying every second");
         }
         tasks.spawn(exports.clone().run_refresher());
-        let server = boot_nbd::NbdServer::bind(config.nbd.listen, disks, exports.clone())
+        if config.nbd.enabled {
+            let server =
+                boot_nbd::NbdServer::bind(config.nbd.listen, disks.clone(), exports.clone())
+                    .await
+                    .with_context(|| format!("binding NBD on {}", config.nbd.listen))?;
+            exports.set_nbd(server.handle()); // detach: exports.revoke(overlay)
+            let _ = metrics.sources.nbd.set(server.handle());
+            ready.push(format!("nbd={}", server.local_addr()));
+            tasks.spawn(async move { server.run().await.context("NBD server") });
+        }
+        if config.iscsi.enabled {
+            let server = boot_iscsi::IscsiServer::bind(
+                config.iscsi.listen,
+                disks,
+                boot_iscsi::IscsiLimits::default(),
+            )
             .await
-            .with_context(|| format!("binding NBD on {}", config.nbd.listen))?;
-        exports.set_nbd(server.handle()); // detach: exports.revoke(overlay)
-        let _ = metrics.sources.nbd.set(server.handle());
-        ready.push(format!("nbd={}", server.local_addr()));
-        tasks.spawn(async move { server.run().await.context("NBD server") });
+            .with_context(|| format!("binding iSCSI on {}", config.iscsi.listen))?;
+            exports.set_iscsi(server.handle()); // targets follow the table; revoke cuts
+            ready.push(format!("iscsi={}", server.local_addr()));
+            tasks.spawn(async move { server.run().await.context("iSCSI server") });
+        }
     }
 
     tasks.spawn(crate::watch::heartbeat_watchdog(control.clone()));

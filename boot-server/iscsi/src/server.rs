@@ -320,6 +320,26 @@ impl IscsiHandle {
         n
     }
 
+    /// Removes target `iqn` from the table but leaves its open connections running
+    /// (new logins and discovery no longer find it; [`IscsiHandle::revoke`] or
+    /// [`IscsiHandle::revoke_overlay`] cuts them later). True if it was there.
+    pub fn forget_target(&self, iqn: &str) -> bool {
+        let existed = self.reg.lock().targets.remove(iqn).is_some();
+        if existed {
+            tracing::info!(
+                target_iqn = iqn,
+                open = self.connections_to(iqn),
+                "iSCSI target withdrawn; open connections kept"
+            );
+        }
+        existed
+    }
+
+    /// The configuration of target `iqn`, if it is in the table.
+    pub fn target(&self, iqn: &str) -> Option<TargetConfig> {
+        self.reg.lock().targets.get(iqn).map(|t| t.cfg.clone())
+    }
+
     /// Closes at once every open connection to target `iqn` (their sockets are shut
     /// down; commands executing finish). The target stays in the table, so remove or
     /// replace it first when the initiator must not log in again.

@@ -93,6 +93,28 @@ fn revoking_an_overlay_cuts_sessions_on_it_and_replacing_a_target_too() {
 }
 
 #[test]
+fn forgetting_a_target_keeps_open_sessions_until_the_overlay_is_revoked() {
+    let fx = Fixture::new(SIZE);
+    let mut c = Client::login(fx.addr, None, OVERLAY_IQN).unwrap();
+    let cfg = fx.handle.target(OVERLAY_IQN).expect("target in the table");
+    assert!(fx.handle.forget_target(OVERLAY_IQN));
+    assert!(!fx.handle.forget_target(OVERLAY_IQN), "forgotten twice");
+    assert_eq!(fx.handle.target(OVERLAY_IQN), None);
+    // The open session still reads; a new login does not find the target.
+    assert_eq!(c.read10(0, 1).unwrap(), fx.base[..512]);
+    assert_eq!(
+        Client::login(fx.addr, None, OVERLAY_IQN).err(),
+        Some(0x0203)
+    );
+    // Revoking the overlay cuts it.
+    assert_eq!(fx.handle.revoke_overlay("node"), 1);
+    assert!(c.read10(0, 1).is_err(), "session survived the revocation");
+    // Adding it back (a fresh entry) works as before.
+    fx.handle.add_target(OVERLAY_IQN, cfg).unwrap();
+    Client::login(fx.addr, None, OVERLAY_IQN).unwrap();
+}
+
+#[test]
 fn connection_caps_close_extra_connections_at_once() {
     let limits = IscsiLimits {
         max_connections_per_ip: 2,

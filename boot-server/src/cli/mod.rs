@@ -286,6 +286,7 @@ pub enum DiskCmd {
     /// Attach an overlay to a node: mints its export name; from the node's next
     /// boot on it is the node's root file system (`bootsrv.root=` on the kernel
     /// command line). With --now, the running agent also attaches it at once.
+    /// With iSCSI on, also prints the overlay's iSCSI target and CHAP credentials.
     Attach {
         /// Overlay to attach.
         id: String,
@@ -299,7 +300,8 @@ pub enum DiskCmd {
         #[arg(long, requires = "now")]
         mount: Option<String>,
     },
-    /// Detach an overlay: its export stops working and open connections are closed.
+    /// Detach an overlay: its export (and iSCSI target) stops working and open
+    /// connections (NBD and iSCSI) are closed.
     Detach {
         /// Overlay to detach.
         id: String,
@@ -919,6 +921,15 @@ async fn disk_command(c: &Client, cmd: DiskCmd) -> std::result::Result<(), Failu
                 v["node"].as_str().unwrap_or(&node),
                 v["export"].as_str().unwrap_or("?")
             );
+            if let Some(t) = v["iscsi"].as_object() {
+                let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("?");
+                println!(
+                    "iscsi target {} chap-user {} chap-secret {}",
+                    s("target"),
+                    s("chap_user"),
+                    s("chap_secret")
+                );
+            }
         }
         DiskCmd::Detach { id } => {
             let v = c

@@ -263,7 +263,21 @@ impl Control {
         self.detach(id, false).await
     }
 
-    /// Closes every open connection to an overlay; how many.
+    /// The iSCSI target and CHAP credentials of an attachment (None when iSCSI
+    /// is off or the overlay id makes no valid iSCSI name).
+    pub fn iscsi_access(
+        &self,
+        overlay: &str,
+        node: &str,
+        export: &str,
+    ) -> Option<crate::iscsi::NodeTarget> {
+        if !self.config.iscsi.enabled {
+            return None;
+        }
+        crate::iscsi::node_target(overlay, node, export)
+    }
+
+    /// Closes every open connection to an overlay (NBD and iSCSI); how many.
     pub fn cut_disk(&self, id: &str) -> usize {
         self.exports.as_ref().map(|e| e.revoke(id)).unwrap_or(0)
     }
@@ -292,7 +306,7 @@ impl Control {
     pub(super) async fn refresh_exports(&self) {
         if let Some(e) = &self.exports {
             if let Err(err) = e.refresh().await {
-                tracing::warn!(error = %format!("{err:#}"), "NBD export table not refreshed");
+                tracing::warn!(error = %format!("{err:#}"), "NBD/iSCSI export table not refreshed");
             }
         }
     }

@@ -124,8 +124,9 @@ pub trait DhcpLink: Send + Sync {
     /// Releases whatever lease holds `ip` (store first, then memory).
     async fn free_address(&self, ip: std::net::Ipv4Addr) -> anyhow::Result<()>;
 }
-/// The NBD side of disk attachments: rebuild the export table after a
-/// change, and cut the open connections of a detached overlay.
+/// The NBD and iSCSI side of disk attachments: rebuild the export table (and
+/// the iSCSI targets) after a change, and cut the open connections of a
+/// detached overlay, whichever protocol they use.
 #[async_trait::async_trait]
 pub trait ExportControl: Send + Sync {
     /// Rebuilds the export table from the store.
@@ -164,7 +165,7 @@ pub struct Control {
 }
 
 impl Control {
-    /// The control layer; `disks`/`exports` are absent when NBD is off.
+    /// The control layer; `disks`/`exports` are absent when NBD and iSCSI are off.
     pub fn new(
         store: Arc<dyn Store>,
         config: Arc<Config>,

@@ -792,6 +792,8 @@ struct Attached {
     export: String,
     /// With `now`: the agent command attaching it.
     command: Option<i64>,
+    /// The same disk over iSCSI (target and CHAP login), when iSCSI is on.
+    iscsi: Option<crate::iscsi::NodeTarget>,
 }
 
 /// Attaches an overlay to a node (its root disk from the next boot on).
@@ -807,11 +809,13 @@ async fn attach(
         .control
         .attach_disk(id.clone(), &b.node, b.now, b.mount)
         .await?;
+    let iscsi = s.control.iscsi_access(&id, &node, &export);
     ok(Attached {
         overlay: id,
         node,
         export,
         command,
+        iscsi,
     })
 }
 
