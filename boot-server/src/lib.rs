@@ -30,5 +30,5 @@ pub mod power;
 pub mod secret;
 pub mod serve;
 pub mod store;
-pub mod watch;
 pub mod tls;
+pub mod watch;

@@ -14,8 +14,8 @@ pub mod listener;
 pub mod openapi;
 pub mod range;
 pub mod stream;
-pub mod ui;
 pub mod tokens;
+pub mod ui;
 
 use crate::control::{Control, Error as ControlError, ErrorKind};
 use crate::images::Integrity;

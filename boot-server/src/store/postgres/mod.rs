@@ -25,8 +25,8 @@ mod images;
 mod leases;
 mod nodes;
 mod reservations;
-mod tokens;
 pub mod schema;
+mod tokens;
 
 use super::Result;
 use anyhow::{anyhow, Context};
