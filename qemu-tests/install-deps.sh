@@ -14,6 +14,7 @@ packages=(
     prometheus  # promtool: check /metrics and boot-server/dist/alerts.yml (boot-server/tests/ops_*.rs)
     systemd  # systemd-analyze verify/security of boot-server/dist/boot-server.service (tests/ops_dist.rs)
     python3 python3-venv openssl  # qemu-tests/test-api.sh (schemathesis venv, certificate fingerprint)
+    socat  # qemu-tests/lab-up.sh: the web UI reached from the host's loopback
     postgresql  # the PostgreSQL store's tests (qemu-tests/lib/test-postgres.sh)
 )
 # npm: Debian's package, unless a nodejs from elsewhere (NodeSource) already brings it.

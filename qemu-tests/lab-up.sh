@@ -72,6 +72,16 @@ echo
 cli env history demo --json | jq -r '.decisions[] | select(.detail.action == "ready") |
     "demo slot \(.detail.slot) ready \(.detail.total_ms) ms after the decision; per step (ms): \(.detail.timings | tojson)"'
 echo
+# The web UI: the server lives in the lab namespace; forward a host loopback
+# port to its HTTP port so that a browser on this machine reaches it.
+ui_port="${UI_PORT:-8180}"
+if command -v socat >/dev/null; then
+    socat "TCP-LISTEN:$ui_port,bind=127.0.0.1,reuseaddr,fork" \
+        "EXEC:ip netns exec $LAB_NS socat STDIO TCP\:$LAB_BRIDGE_ADDR\:8080" \
+        >"$LAB_DIR/ui-forward.log" 2>&1 &
+    LAB_PID[ui-forward]=$!
+    echo "web UI: http://127.0.0.1:$ui_port/ui/  (log in with the token in $state/admin.token)"
+fi
 echo "boot-server is running in namespace $LAB_NS; admin CLI: $server --config $config ..."
 echo "Ctrl-C stops the node and the server and removes the namespace."
 wait "${LAB_PID[server]}"
