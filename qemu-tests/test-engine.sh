@@ -26,7 +26,7 @@
 #     converges, no node half-assigned, no slot held by two nodes
 #   7 quarantine: the node stays up (heartbeats go on), leaves the environment, and an
 #     alert event says so
-#   8 failover: the QEMU of a node holding alpha's slot 1 is killed; its power (QMP) reads
+#   8 failover: the QEMU of the node holding alpha's highest ready slot is killed; its power (QMP) reads
 #     off, it is fenced (proven) and an idle spare comes up as slot 1 with the slot's host
 #     name, address and the marker its disk holds; time kill -> ready printed
 # Assertions read what a user sees: `slot list --json`, `node list/show --json`,
@@ -317,10 +317,13 @@ scenario_8() {
     if ! eng_wait "alpha has 2 ready slots and a node idle" "$timeout" eng_env_and_idle alpha 2 1; then
         t_fail "8: alpha holds 2 ready slots with a spare idle"; eng_diag; return
     fi
-    n="$(eng_slot_field alpha 1 node)"
+    # The slot whose node dies: the highest one that holds a ready node.
+    local k
+    k="$(eng_slots alpha | jq -r '[.[] | select(.node != null and .step == "ready")] | max_by(.index) | .index')"
+    n="$(eng_slot_field alpha "$k" node)"
     local host ip marker g=""
-    host="$(eng_slot_field alpha 1 hostname)" ip="$(eng_slot_field alpha 1 ip)"
-    marker="$(eng_slot_health alpha 1 marker)"
+    host="$(eng_slot_field alpha "$k" hostname)" ip="$(eng_slot_field alpha "$k" ip)"
+    marker="$(eng_slot_health alpha "$k" marker)"
     for i in "${!ENG_MACS[@]}"; do
         [ "$(eng_node_id "${ENG_MACS[$i]}")" = "$n" ] && g="${ENG_GUESTS[$i]}"
     done
@@ -328,15 +331,15 @@ scenario_8() {
     eng_mark
     local t; t="$(eng_now_ms)"
     kill -9 "${LAB_GUEST_PID[$g]}"
-    if eng_wait "alpha slot 1 ready on another node" "$timeout" eng_slot_moved alpha 1 "$n"; then
-        t_ok "8: $g ($n) killed: slot 1 ready on $(eng_slot_field alpha 1 node) $(eng_secs_since_ms "$t") s after the kill"
+    if eng_wait "alpha slot $k ready on another node" "$timeout" eng_slot_moved alpha "$k" "$n"; then
+        t_ok "8: $g ($n) killed: slot $k ready on $(eng_slot_field alpha "$k" node) $(eng_secs_since_ms "$t") s after the kill"
     else
-        t_fail "8: slot 1 ready on a spare after $g was killed"; eng_diag; return
+        t_fail "8: slot $k ready on a spare after $g was killed"; eng_diag; return
     fi
     t_check "8: the slot kept its host name and address ($host, $ip)" \
-        test "$(eng_slot_field alpha 1 hostname) $(eng_slot_field alpha 1 ip)" = "$host $ip"
-    t_check "8: the spare runs from slot 1's disk: the marker slot 1 wrote ($marker)" \
-        eng_wait "the marker" 30 eng_slot_health_is alpha 1 marker "$marker"
+        test "$(eng_slot_field alpha "$k" hostname) $(eng_slot_field alpha "$k" ip)" = "$host $ip"
+    t_check "8: the spare runs from slot $k's disk: the marker slot $k wrote ($marker)" \
+        eng_wait "the marker" 30 eng_slot_health_is alpha "$k" marker "$marker"
     t_check "8: the dead node was fenced, proven by its power state (fenced: off via qmp)" \
         eng_wait "the event" 15 eng_event_since fenced ".node == \"$n\" and .detail.fence.proven == true and .detail.fence.export_revoked == true"
     t_check "8: failover-started and failover-finished alerts" \

@@ -234,7 +234,8 @@ struct PowerView {
 /// The node's power state, read from its BMC (or QEMU monitor).
 #[utoipa::path(get, path = "/api/nodes/{id}/power", tag = "nodes",
     params(("id" = String, Path, description = "Node id or MAC")),
-    responses((status = 200, description = "Power state", body = PowerView)))]
+    responses((status = 200, description = "Power state", body = PowerView),
+        (status = 409, description = "The node has no power control", body = super::openapi::ErrorBody)))]
 async fn node_power(State(s): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> ApiResult {
     let state = s.control.node_power_status(&id).await?;
     ok(PowerView {
