@@ -1,7 +1,8 @@
 //! Failure detection: a node whose heartbeats stop is marked failed
 //! (heartbeat watchdog), and so is a node holding a slot whose BMC or QEMU
-//! monitor reads power off (power watch) — which sees a dead machine within
-//! about a second instead of waiting out the heartbeat timeout. Marking a
+//! monitor reads power off three rounds in a row (power watch) — which sees a
+//! dead machine within a few seconds instead of waiting out the heartbeat
+//! timeout. Marking a
 //! node failed wakes the engine, which fences it and fails its slot over.
 
 use crate::control::Control;
@@ -9,6 +10,7 @@ use crate::model::{now_ms, EventKind, Node, Transition};
 use crate::power::PowerState;
 use anyhow::Result;
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,16 +69,26 @@ pub async fn power_watch(control: Arc<Control>) -> Result<()> {
     }
     let mut tick = tokio::time::interval(Duration::from_millis(poll.max(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut offs = HashMap::new();
     loop {
         tick.tick().await;
-        if let Err(e) = power_round(&control).await {
+        if let Err(e) = power_round(&control, &mut offs).await {
             tracing::warn!(error = %format!("{e:#}"), "power watch round failed");
         }
     }
 }
 
-/// One round of the power watch; the nodes it marked failed.
-pub async fn power_round(control: &Control) -> Result<Vec<String>> {
+/// Off readings in a row before a node is marked failed: a monitor or BMC
+/// that is briefly busy (QEMU serves one QMP client at a time) must not
+/// fail a live node.
+pub const OFF_READINGS: u32 = 3;
+
+/// One round of the power watch; the nodes it marked failed. `offs` counts
+/// each node's off readings in a row across rounds.
+pub async fn power_round(
+    control: &Control,
+    offs: &mut HashMap<String, u32>,
+) -> Result<Vec<String>> {
     let watched: Vec<Node> = control
         .store
         .nodes()
@@ -87,10 +99,18 @@ pub async fn power_round(control: &Control) -> Result<Vec<String>> {
     let reads = watched.iter().map(|n| control.power_state_of(n));
     let states = futures_util::future::join_all(reads).await;
     let mut failed = Vec::new();
+    offs.retain(|id, _| watched.iter().any(|n| &n.id == id));
     for (node, state) in watched.iter().zip(states) {
         if state != Some(PowerState::Off) {
+            offs.remove(&node.id);
             continue;
         }
+        let seen = offs.entry(node.id.clone()).or_insert(0);
+        *seen += 1;
+        if *seen < OFF_READINGS {
+            continue;
+        }
+        offs.remove(&node.id);
         if let Some((from, to)) = control
             .store
             .transition_node(&node.id, Transition::Fail)

@@ -112,15 +112,23 @@ fn holding(slots: &[Slot], env: &str) -> u32 {
         .count() as u32
 }
 
-/// The lowest slot index of `env` that is free (absent or vacant) and not taken.
+/// The slot of `env` to fill next: a vacant slot failing over first (its
+/// host name, address and disk come back on the new node), else the lowest
+/// free one (absent or vacant); never one already taken this pass.
 fn free_index(env: &Environment, slots: &[Slot], taken: &HashSet<(String, u32)>) -> Option<u32> {
-    (0..env.max).find(|i| {
+    let slot = |i: u32| {
+        slots
+            .iter()
+            .find(|s| s.environment == env.name && s.index == i)
+    };
+    let free = |i: &u32| {
         !taken.contains(&(env.name.clone(), *i))
-            && slots
-                .iter()
-                .find(|s| s.environment == env.name && s.index == *i)
-                .is_none_or(|s| s.node.is_none() && s.step == SlotStep::Vacant)
-    })
+            && slot(*i).is_none_or(|s| s.node.is_none() && s.step == SlotStep::Vacant)
+    };
+    (0..env.max)
+        .filter(free)
+        .find(|i| slot(*i).is_some_and(|s| s.failed_over_ms.is_some()))
+        .or_else(|| (0..env.max).find(free))
 }
 
 /// Smaller is a better fit: the least capable node that meets the
