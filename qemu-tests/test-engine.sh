@@ -307,11 +307,9 @@ scenario_7() {
 
 # ---- 8: failover to a spare ------------------------------------------------------------
 scenario_8() {
-    local n q
-    # Spares: release what scenario 7 quarantined; alpha holds 2 nodes, beta none.
-    for q in $(eng_nodes | jq -r '.[] | select(.state == "quarantined") | .id'); do
-        eng_cli node release "$q" >/dev/null || true
-    done
+    local n
+    # The spare: a node idle on the pool image (what scenario 7 quarantined stays
+    # quarantined: released, it would still run alpha's image from a cut disk).
     eng_cli env deactivate beta >/dev/null 2>&1 || true
     eng_cli env set alpha --min 1 >/dev/null; eng_cli env scale alpha 2 >/dev/null
     if ! eng_wait "alpha has 2 ready slots and a node idle" "$timeout" eng_env_and_idle alpha 2 1; then
