@@ -38,27 +38,27 @@ impl Control {
             .map_err(|e| Error::bad_request(format!("{e:#}")))
     }
 
-    /// The node's power state as its BMC reports it.
-    pub async fn node_power_status(&self, id: &str) -> Result<PowerState> {
-        let node = self.find_node(id).await?;
-        let driver = self.power_driver_of(&node)?.ok_or_else(|| {
+    /// The node's driver, or a conflict naming how to give it one.
+    fn required_power_driver(&self, node: &Node) -> Result<Box<dyn PowerDriver>> {
+        self.power_driver_of(node)?.ok_or_else(|| {
             Error::conflict(format!(
                 "node {} has no power control (enrol it with --power ipmi://HOST or qmp:///PATH)",
                 node.id
             ))
-        })?;
+        })
+    }
+
+    /// The node's power state as its BMC reports it.
+    pub async fn node_power_status(&self, id: &str) -> Result<PowerState> {
+        let node = self.find_node(id).await?;
+        let driver = self.required_power_driver(&node)?;
         driver.status().await.map_err(unavailable)
     }
 
     /// Carries out a power action on the node and records it.
     pub async fn node_power(&self, id: &str, action: PowerAction) -> Result<PowerState> {
         let node = self.find_node(id).await?;
-        let driver = self.power_driver_of(&node)?.ok_or_else(|| {
-            Error::conflict(format!(
-                "node {} has no power control (enrol it with --power ipmi://HOST or qmp:///PATH)",
-                node.id
-            ))
-        })?;
+        let driver = self.required_power_driver(&node)?;
         driver.act(action).await.map_err(unavailable)?;
         let state = driver.status().await.map_err(unavailable)?;
         self.events.emit(
