@@ -29,6 +29,8 @@
 #   8 failover: the QEMU of the node holding alpha's highest ready slot is killed; its power (QMP) reads
 #     off, it is fenced (proven) and an idle spare comes up as slot 1 with the slot's host
 #     name, address and the marker its disk holds; time kill -> ready printed
+# The agents talk to the server's agent API over TLS with its certificate pinned
+# (bootsrv.tlspin on the kernel command line).
 # Assertions read what a user sees: `slot list --json`, `node list/show --json`,
 # `events`. Waits poll the CLI with a deadline. Prints `N passed, M failed, K skipped`.
 # Needs root (a skip outside CI, a failure under CI).
@@ -73,6 +75,12 @@ if ! eng_fleet_up engine 4; then
     exit 1
 fi
 t_ok "fleet: 4 guests idle in the pool on the default image ($(eng_secs_since "$eng_t_fleet") s)"
+# The agents got there over TLS: the plain listener refuses the agent API.
+agent_plain_refused() {
+    lab_exec curl -s -X POST -H 'x-node-token: x' "http://$LAB_BRIDGE_ADDR:8080/api/agent/hello" -d '{}' \
+        | grep -q 'served over TLS at https://10.77.0.1:8443'
+}
+t_check "fleet: the agents talk TLS (pinned certificate); plain HTTP refuses the agent API" agent_plain_refused
 if [ "$fleet_only" = 1 ]; then eng_fleet_down; t_summary; exit; fi
 if ! eng_has_engine; then
     t_fail "the server has no engine (\`boot-server env\` missing): scenarios not run"

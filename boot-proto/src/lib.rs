@@ -27,8 +27,11 @@ fn round1_protocol() -> u32 {
 
 /// Kernel command-line keys the boot script sets for the agent.
 pub mod cmdline {
-    /// Base URL of the boot server's HTTP service, e.g. `http://10.0.0.1:8080`.
+    /// Base URL of the boot server's agent API, e.g. `http://10.0.0.1:8080`,
+    /// or `https://10.0.0.1:8443` with [`TLS_PIN`].
     pub const SERVER: &str = "bootsrv.server";
+    /// SHA-256 (hex) of the agent API's TLS certificate, pinned by the agent.
+    pub const TLS_PIN: &str = "bootsrv.tlspin";
     /// Node id assigned by the server.
     pub const NODE: &str = "bootsrv.node";
     /// Per-boot agent token.

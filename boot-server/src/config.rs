@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// The whole configuration file; every table and key is optional.
@@ -416,6 +416,12 @@ pub struct AgentConfig {
     pub heartbeat_interval_secs: u64,
     /// A ready node with no heartbeat for this long is marked failed.
     pub heartbeat_timeout_secs: u64,
+    /// Serve the agent API over TLS on this address (the server's
+    /// certificate, see `[admin] cert`); nodes get its URL and the
+    /// certificate's SHA-256 on their kernel command line, and the plain
+    /// HTTP listener refuses the agent API. `None` (default): agents talk
+    /// plain HTTP on `[http] listen`.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// `[loaders]`: file name of the iPXE loader per firmware, in `loaders_dir`.
@@ -526,6 +532,7 @@ impl Default for AgentConfig {
         AgentConfig {
             heartbeat_interval_secs: 5,
             heartbeat_timeout_secs: 20,
+            tls_listen: None,
         }
     }
 }
@@ -615,6 +622,21 @@ impl Config {
                     ip => ip.to_string(),
                 });
         format!("http://{}:{}", ip, self.http.listen.port())
+    }
+
+    /// Base URL of the agent API as nodes see it: `https://` on `[agent]
+    /// tls_listen` when set, else the HTTP service's [`Config::public_url`].
+    pub fn agent_url(&self) -> String {
+        match self.agent.tls_listen {
+            Some(a) => {
+                let ip = self.server_ip.map(IpAddr::V4).unwrap_or(match a.ip() {
+                    ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    ip => ip,
+                });
+                format!("https://{}", SocketAddr::new(ip, a.port()))
+            }
+            None => self.public_url(),
+        }
     }
 
     /// The admin API's Unix socket.

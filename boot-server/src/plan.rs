@@ -98,6 +98,8 @@ pub struct BootPlan {
     seen: Mutex<HashMap<MacAddr, Seen>>,
     /// Nodes recorded from a script fetch alone (no DHCP): bounded.
     http_discovered: AtomicUsize,
+    /// SHA-256 of the agent API's TLS certificate (`[agent] tls_listen`).
+    agent_tls_pin: Option<String>,
 }
 
 const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
@@ -115,6 +117,13 @@ const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
 ];
 
 impl BootPlan {
+    /// Nodes' agents talk to `[agent] tls_listen` and pin this certificate
+    /// fingerprint (put on their kernel command line).
+    pub fn with_agent_tls_pin(mut self, fingerprint: String) -> BootPlan {
+        self.agent_tls_pin = Some(fingerprint);
+        self
+    }
+
     /// Loads the script templates (built-in, or from `scripts_dir`).
     pub fn new(store: Arc<dyn Store>, config: Arc<Config>, events: EventHub) -> Result<BootPlan> {
         let mut templates = Environment::new();
@@ -131,6 +140,7 @@ impl BootPlan {
                 .with_context(|| format!("parsing script template {name}"))?;
         }
         Ok(BootPlan {
+            agent_tls_pin: None,
             store,
             config,
             events,
@@ -410,6 +420,15 @@ impl BootPlan {
             .set_next_token(&node.id, &crate::secret::digest(&token))
             .await?;
         let mut cmdline = kernel_cmdline(image, node, &base, &token);
+        // The agent's server, and the certificate it pins when that is TLS.
+        cmdline.push_str(&format!(
+            " {}={}",
+            boot_proto::cmdline::SERVER,
+            self.config.agent_url()
+        ));
+        if let Some(pin) = &self.agent_tls_pin {
+            cmdline.push_str(&format!(" {}={pin}", boot_proto::cmdline::TLS_PIN));
+        }
         // A virtual disk attached to the node becomes its root file system.
         if let (true, Some(ip)) = (self.config.nbd.enabled, self.config.server_ip) {
             let attached = self.store.disk_attachments().await?;
@@ -510,7 +529,8 @@ fn is_real_uuid(u: &str) -> bool {
 }
 
 /// The image's command-line template with the node's values, plus the keys
-/// the agent reads (`bootsrv.*`) and `BOOTIF` (pxelinux convention).
+/// the agent reads (`bootsrv.*` but the server, which the caller adds) and
+/// `BOOTIF` (pxelinux convention).
 fn kernel_cmdline(image: &BootImage, node: &Node, base: &str, token: &str) -> String {
     use boot_proto::cmdline as k;
     let custom = image
@@ -520,8 +540,7 @@ fn kernel_cmdline(image: &BootImage, node: &Node, base: &str, token: &str) -> St
         .replace("{mac}", &node.mac.to_string())
         .replace("{image}", &image.name);
     format!(
-        "{custom} {}={base} {}={} {}={token} {}={} {}={}",
-        k::SERVER,
+        "{custom} {}={} {}={token} {}={} {}={}",
         k::NODE,
         node.id,
         k::TOKEN,

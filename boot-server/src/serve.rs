@@ -35,6 +35,16 @@ pub async fn run(mut config: Config) -> Result<()> {
         .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
     // URLs in scripts carry the port actually bound (the config may say 0).
     config.http.listen.set_port(listener.local_addr()?.port());
+    let agent_tls = match config.agent.tls_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the agent API (TLS) on {addr}"))?;
+            config.agent.tls_listen = Some(l.local_addr()?);
+            Some((l, crate::tls::server_tls(&config)?))
+        }
+        None => None,
+    };
     let admin_token = admin_token(&config)?;
     let (store, sqlite, pg): (Arc<dyn Store>, _, _) = match &config.store.url {
         Some(url) => {
@@ -64,11 +74,11 @@ pub async fn run(mut config: Config) -> Result<()> {
         let _ = metrics.sources.store.set(writer);
     }
     let _ = metrics.sources.events_dropped.set(events.dropped.clone());
-    let plan = Arc::new(BootPlan::new(
-        store.clone(),
-        config.clone(),
-        events.clone(),
-    )?);
+    let mut plan = BootPlan::new(store.clone(), config.clone(), events.clone())?;
+    if let Some((_, tls)) = &agent_tls {
+        plan = plan.with_agent_tls_pin(tls.fingerprint.clone());
+    }
+    let plan = Arc::new(plan);
     let image_files = Arc::new(ImageFiles::new(&config.images_dir));
 
     // One disk store and one export table for NBD and iSCSI.
@@ -133,6 +143,21 @@ pub async fn run(mut config: Config) -> Result<()> {
         listen_cfg.clone(),
         stopped(stop_rx.clone()),
     ));
+    if let Some((l, tls)) = agent_tls {
+        tracing::info!(
+            listen = %l.local_addr()?,
+            sha256 = %tls.fingerprint,
+            "agent API over TLS; nodes pin this certificate (bootsrv.tlspin)"
+        );
+        ready.push(format!("agent-https={}", l.local_addr()?));
+        http_tasks.spawn(http::listener::serve_tls(
+            l,
+            http::agent_tls_router(state.clone()),
+            listen_cfg.clone(),
+            tls.acceptor,
+            stopped(stop_rx.clone()),
+        ));
+    }
     // Admin API on the Unix socket (file permissions authenticate).
     let socket = config.admin_socket();
     let _ = std::fs::remove_file(&socket);
@@ -151,7 +176,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             .await
             .with_context(|| format!("binding the admin API on {addr}"))?;
         if config.admin.tls {
-            let tls = crate::tls::admin_tls(&config)?;
+            let tls = crate::tls::server_tls(&config)?;
             tracing::info!(
                 cert = %tls.cert_path.display(),
                 sha256 = %tls.fingerprint,

@@ -2,11 +2,14 @@
 //! (heartbeat watchdog), and so is a node holding a slot whose BMC or QEMU
 //! monitor reads power off three rounds in a row (power watch) — which sees a
 //! dead machine within a few seconds instead of waiting out the heartbeat
-//! timeout. Marking a
-//! node failed wakes the engine, which fences it and fails its slot over.
+//! timeout — and, where its environment asks for it, a node whose health hook
+//! failed several heartbeats in a row or whose agent reports the application
+//! failed ([`judge_heartbeat`]). Each environment tunes these
+//! ([`Detection`]). Marking a node failed wakes the engine, which fences it
+//! and fails its slot over.
 
 use crate::control::Control;
-use crate::model::{now_ms, EventKind, Node, Transition};
+use crate::model::{now_ms, Detection, EventKind, Node, Transition};
 use crate::power::PowerState;
 use anyhow::Result;
 use serde_json::json;
@@ -17,14 +20,14 @@ use std::time::Duration;
 /// Marks heart-beating nodes failed when their heartbeats stop. Store
 /// errors are logged and retried at the next tick, never fatal.
 pub async fn heartbeat_watchdog(control: Arc<Control>) -> Result<()> {
-    let limit_ms = (control.config.agent.heartbeat_timeout_secs * 1000) as i64;
+    let default_ms = (control.config.agent.heartbeat_timeout_secs * 1000) as i64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let now = now_ms();
-        let nodes = match control.store.nodes().await {
-            Ok(n) => n,
-            Err(e) => {
+        let (nodes, detections) = match (control.store.nodes().await, detections(&control).await) {
+            (Ok(n), Ok(d)) => (n, d),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %format!("{e:#}"), "watchdog could not list nodes");
                 continue;
             }
@@ -33,30 +36,125 @@ pub async fn heartbeat_watchdog(control: Arc<Control>) -> Result<()> {
             let Some(last) = node.last_heartbeat_ms else {
                 continue;
             };
+            let limit_ms = detection_of(&node, &detections)
+                .and_then(|d| d.heartbeat_timeout_secs)
+                .map_or(default_ms, |s| (s * 1000) as i64);
             if !node.state.heart_beating() || now - last <= limit_ms {
                 continue;
             }
-            match control
-                .store
-                .transition_node(&node.id, Transition::Fail)
-                .await
-            {
-                Ok(Some((from, to))) => {
-                    tracing::warn!(node = %node.id, silent_ms = now - last, "no heartbeat: node failed");
-                    control.events.emit(
-                        Some(node.id.clone()),
-                        EventKind::NodeFailed,
-                        json!({ "reason": "heartbeat timeout", "silent_ms": now - last, "from": from.as_str(), "to": to.as_str() }),
-                    );
-                    control.wake_engine();
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(node = %node.id, error = %format!("{e:#}"), "watchdog could not mark the node failed")
-                }
+            let detail = json!({ "reason": "heartbeat timeout", "silent_ms": now - last });
+            if let Err(e) = fail_node(&control, &node.id, detail).await {
+                tracing::warn!(node = %node.id, error = %format!("{e:#}"), "watchdog could not mark the node failed")
             }
         }
     }
+}
+
+/// Each environment's detection settings, by name.
+async fn detections(control: &Control) -> Result<HashMap<String, Detection>> {
+    Ok(control
+        .store
+        .environments()
+        .await?
+        .into_iter()
+        .map(|e| (e.name, e.detection))
+        .collect())
+}
+
+/// The detection settings of the environment `node` serves, if any.
+fn detection_of<'a>(node: &Node, all: &'a HashMap<String, Detection>) -> Option<&'a Detection> {
+    node.environment.as_ref().and_then(|e| all.get(e))
+}
+
+/// Marks `node` failed (if it is not already), says why in a `node-failed`
+/// event (`detail` plus the state change) and wakes the engine, which fences
+/// it. Whether it changed anything.
+pub async fn fail_node(
+    control: &Control,
+    node: &str,
+    mut detail: serde_json::Value,
+) -> Result<bool> {
+    let Some((from, to)) = control
+        .store
+        .transition_node(node, Transition::Fail)
+        .await?
+    else {
+        return Ok(false);
+    };
+    tracing::warn!(%node, reason = %detail["reason"], "node failed");
+    detail["from"] = json!(from.as_str());
+    detail["to"] = json!(to.as_str());
+    control
+        .events
+        .emit(Some(node.to_string()), EventKind::NodeFailed, detail);
+    control.wake_engine();
+    Ok(true)
+}
+
+/// What a heartbeat of a node holding a slot says about its health, as its
+/// environment's [`Detection`] asks: the agent reporting the application
+/// failed, or the health hook failed in the last `health_failures`
+/// heartbeats in a row (read back from the load samples the heartbeats
+/// left, so a server restart forgets nothing), fails the node. Called after
+/// the heartbeat is recorded; the node's slot must be ready (an
+/// application still starting is not failing).
+pub async fn judge_heartbeat(
+    control: &Control,
+    node: &Node,
+    hb: &boot_proto::Heartbeat,
+) -> Result<bool> {
+    let health_failed = hb.health.get("health").is_some_and(|h| h == "failed");
+    let app_failed = hb.app == boot_proto::AppState::Failed;
+    let Some(env_name) = &node.environment else {
+        return Ok(false);
+    };
+    if !health_failed && !app_failed {
+        return Ok(false);
+    }
+    let Some(env) = control.store.environment(env_name).await? else {
+        return Ok(false);
+    };
+    let d = &env.detection;
+    let ready = control.store.slots(Some(env_name)).await?.iter().any(|s| {
+        s.node.as_deref() == Some(node.id.as_str()) && s.step == crate::model::SlotStep::Ready
+    });
+    if !ready {
+        return Ok(false);
+    }
+    if app_failed && d.app_failure {
+        let detail = json!({ "reason": "application failed", "environment": env_name });
+        return fail_node(control, &node.id, detail).await;
+    }
+    if !health_failed || d.health_failures == 0 {
+        return Ok(false);
+    }
+    let n = d.health_failures as usize;
+    // Enough history for n beats (twice the interval each, plus slack).
+    let window_ms =
+        (n as i64 + 2) * 2 * (control.config.agent.heartbeat_interval_secs as i64 * 1000) + 5_000;
+    let mut mine: Vec<_> = control
+        .store
+        .load_history(env_name, now_ms() - window_ms)
+        .await?
+        .into_iter()
+        .filter(|s| s.node == node.id)
+        .collect();
+    mine.sort_by_key(|s| s.at_ms);
+    let failed_in_a_row = mine
+        .iter()
+        .rev()
+        .take_while(|s| s.health.get("health").is_some_and(|h| h == "failed"))
+        .count();
+    if failed_in_a_row < n {
+        return Ok(false);
+    }
+    let detail = json!({
+        "reason": "health hook failed",
+        "environment": env_name,
+        "heartbeats_failed": failed_in_a_row,
+        "health": hb.health,
+    });
+    fail_node(control, &node.id, detail).await
 }
 
 /// Reads, every `[power] poll_ms`, the power state of each heart-beating
@@ -89,12 +187,14 @@ pub async fn power_round(
     control: &Control,
     offs: &mut HashMap<String, u32>,
 ) -> Result<Vec<String>> {
+    let detections = detections(control).await?;
     let watched: Vec<Node> = control
         .store
         .nodes()
         .await?
         .into_iter()
-        .filter(|n| n.power.is_some() && n.environment.is_some() && n.state.heart_beating())
+        .filter(|n| n.power.is_some() && n.state.heart_beating())
+        .filter(|n| detection_of(n, &detections).is_some_and(|d| d.power_watch))
         .collect();
     let reads = watched.iter().map(|n| control.power_state_of(n));
     let states = futures_util::future::join_all(reads).await;
@@ -111,18 +211,7 @@ pub async fn power_round(
             continue;
         }
         offs.remove(&node.id);
-        if let Some((from, to)) = control
-            .store
-            .transition_node(&node.id, Transition::Fail)
-            .await?
-        {
-            tracing::warn!(node = %node.id, "power reads off: node failed");
-            control.events.emit(
-                Some(node.id.clone()),
-                EventKind::NodeFailed,
-                json!({ "reason": "power off", "from": from.as_str(), "to": to.as_str() }),
-            );
-            control.wake_engine();
+        if fail_node(control, &node.id, json!({ "reason": "power off" })).await? {
             failed.push(node.id.clone());
         }
     }

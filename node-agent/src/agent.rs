@@ -46,7 +46,7 @@ impl Session {
     /// A session for the node described by `hello`, talking to `cfg.server` with `cfg.token`.
     pub fn new(cfg: Config, hello: Hello) -> Arc<Session> {
         Arc::new(Session {
-            client: Client::new(&cfg.server, &cfg.token),
+            client: Client::pinned(&cfg.server, &cfg.token, cfg.tls_pin.as_deref()),
             cfg,
             hello: Mutex::new(hello),
             generation: Mutex::new(0),
@@ -68,7 +68,10 @@ impl Session {
     fn refresh_credentials(&self) {
         match self.cfg.reload(&|k| std::env::var(k).ok()) {
             Ok(c) => {
-                if self.client.set_target(&c.server, &c.token) {
+                if self
+                    .client
+                    .set_endpoint(&c.server, &c.token, c.tls_pin.as_deref())
+                {
                     info!(server = %c.server, token = %self.client.token_fingerprint(), "credentials changed");
                 }
             }

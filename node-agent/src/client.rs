@@ -1,5 +1,8 @@
-//! HTTP client for the server's `/api/agent/*` endpoints (plain HTTP via
-//! `minreq`), with the node token header and the retry/backoff policy.
+//! HTTP client for the server's `/api/agent/*` endpoints (`ureq`): plain
+//! HTTP, or HTTPS pinned to the server certificate's SHA-256 (`bootsrv.tlspin`,
+//! crate `tls-pin`: a self-signed server certificate has no CA to trust, and
+//! a node's clock may be wrong at boot), with the node token header and the
+//! retry/backoff policy.
 
 use boot_proto::{Command, CommandResult, Heartbeat, Hello, HelloReply, AGENT_TOKEN_HEADER};
 use serde::de::DeserializeOwned;
@@ -94,13 +97,57 @@ impl Backoff {
 struct Target {
     base: String,
     token: String,
+    /// SHA-256 of the server's certificate, for an `https://` base.
+    pin: Option<String>,
+}
+
+/// The target and the HTTP agent made for it (TLS settings follow the pin).
+#[derive(Clone)]
+struct Connection {
+    target: Target,
+    http: Result<ureq::Agent, String>,
+}
+
+impl Connection {
+    fn new(target: Target) -> Connection {
+        let http = http_agent(&target.base, target.pin.as_deref());
+        Connection { target, http }
+    }
+}
+
+/// An HTTP agent for `base`: plain for `http://`; for `https://` one that
+/// trusts only the certificate `pin` names (an error without a pin).
+fn http_agent(base: &str, pin: Option<&str>) -> Result<ureq::Agent, String> {
+    let builder = ureq::AgentBuilder::new();
+    if !base.starts_with("https://") {
+        return Ok(builder.build());
+    }
+    let pin = pin.ok_or_else(|| {
+        format!(
+            "{base} is HTTPS but no certificate fingerprint is pinned ({}=)",
+            boot_proto::cmdline::TLS_PIN
+        )
+    })?;
+    let pin = tls_pin::parse_fingerprint(pin).map_err(|e| e.to_string())?;
+    let config = tls_pin::pinned_client_config(&pin).map_err(|e| e.to_string())?;
+    Ok(builder.tls_config(Arc::new(config)).build())
 }
 
 /// Blocking client bound to one server and token. Clones share the target, so
 /// [`Client::set_target`] (after re-reading credentials) switches every thread.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
-    target: Arc<RwLock<Target>>,
+    conn: Arc<RwLock<Connection>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token: its fingerprint only.
+        f.debug_struct("Client")
+            .field("base", &self.base())
+            .field("token", &self.token_fingerprint())
+            .finish()
+    }
 }
 
 /// Short, non-reversible fingerprint of a token for logs (never log the token).
@@ -117,19 +164,27 @@ pub fn fingerprint(token: &str) -> String {
 impl Client {
     /// A client of the server at `base` (e.g. `http://10.0.0.1:8080`) using agent token `token`.
     pub fn new(base: &str, token: &str) -> Client {
+        Client::pinned(base, token, None)
+    }
+
+    /// A client of `base` that, for an `https://` base, trusts only the
+    /// certificate with SHA-256 `pin`.
+    pub fn pinned(base: &str, token: &str, pin: Option<&str>) -> Client {
         Client {
-            target: Arc::new(RwLock::new(Target {
+            conn: Arc::new(RwLock::new(Connection::new(Target {
                 base: base.trim_end_matches('/').to_string(),
                 token: token.to_string(),
-            })),
+                pin: pin.map(str::to_string),
+            }))),
         }
     }
 
+    fn conn(&self) -> Connection {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn target(&self) -> Target {
-        self.target
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.conn().target
     }
 
     /// Base URL currently in use.
@@ -142,51 +197,78 @@ impl Client {
         fingerprint(&self.target().token)
     }
 
-    /// Switches every clone to a new server and token; returns whether anything changed.
+    /// Switches every clone to a new server and token (keeping the pin);
+    /// returns whether anything changed.
     pub fn set_target(&self, base: &str, token: &str) -> bool {
+        let pin = self.target().pin;
+        self.set_endpoint(base, token, pin.as_deref())
+    }
+
+    /// Switches every clone to a new server, token and certificate pin;
+    /// returns whether anything changed.
+    pub fn set_endpoint(&self, base: &str, token: &str, pin: Option<&str>) -> bool {
         let new = Target {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
+            pin: pin.map(str::to_string),
         };
-        let mut t = self.target.write().unwrap_or_else(|p| p.into_inner());
-        if *t == new {
+        let mut c = self.conn.write().unwrap_or_else(|p| p.into_inner());
+        if c.target == new {
             return false;
         }
-        *t = new;
+        *c = Connection::new(new);
         true
     }
 
-    fn send(&self, req: minreq::Request) -> Result<minreq::Response, CallError> {
-        let token = self.target().token;
-        let resp = req
-            .with_header(AGENT_TOKEN_HEADER, &token)
-            .send()
-            .map_err(|e| CallError::Transport(e.to_string()))?;
-        match resp.status_code {
-            200..=299 => Ok(resp),
-            401 | 403 => Err(CallError::Unauthorized(resp.status_code)),
-            s => Err(CallError::Status {
-                status: s,
-                body: resp.as_str().unwrap_or("").chars().take(200).collect(),
+    /// One call: `method` on `path` with the token, `body` as JSON if any;
+    /// the answer's body on 2xx.
+    fn call<B: Serialize>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+        timeout: u64,
+    ) -> Result<String, CallError> {
+        let Connection { target, http } = self.conn();
+        let http = http.map_err(CallError::Transport)?;
+        let req = http
+            .request(method, &format!("{}{path}", target.base))
+            .set(AGENT_TOKEN_HEADER, &target.token)
+            .timeout(Duration::from_secs(timeout));
+        let sent = match body {
+            Some(b) => {
+                let json = serde_json::to_vec(b).map_err(|e| CallError::Body(e.to_string()))?;
+                req.set("content-type", "application/json")
+                    .send_bytes(&json)
+            }
+            None => req.call(),
+        };
+        match sent {
+            Ok(resp) => resp
+                .into_string()
+                .map_err(|e| CallError::Transport(e.to_string())),
+            Err(ureq::Error::Status(code @ (401 | 403), _)) => {
+                Err(CallError::Unauthorized(i32::from(code)))
+            }
+            Err(ureq::Error::Status(code, resp)) => Err(CallError::Status {
+                status: i32::from(code),
+                body: resp
+                    .into_string()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect(),
             }),
+            Err(ureq::Error::Transport(t)) => Err(CallError::Transport(t.to_string())),
         }
     }
 
-    fn post<B: Serialize>(
-        &self,
-        path: &str,
-        body: &B,
-        timeout: u64,
-    ) -> Result<minreq::Response, CallError> {
-        let req = minreq::post(format!("{}{path}", self.base()))
-            .with_timeout(timeout)
-            .with_json(body)
-            .map_err(|e| CallError::Body(e.to_string()))?;
-        self.send(req)
+    fn post<B: Serialize>(&self, path: &str, body: &B, timeout: u64) -> Result<String, CallError> {
+        self.call("POST", path, Some(body), timeout)
     }
 
-    fn json<T: DeserializeOwned>(resp: &minreq::Response) -> Result<T, CallError> {
-        serde_json::from_slice(resp.as_bytes()).map_err(|e| CallError::Body(e.to_string()))
+    fn json<T: DeserializeOwned>(body: &str) -> Result<T, CallError> {
+        serde_json::from_str(body).map_err(|e| CallError::Body(e.to_string()))
     }
 
     /// Announces the node (`POST /api/agent/hello`); the reply names it.
@@ -207,26 +289,27 @@ impl Client {
 
     /// Long poll; the HTTP timeout is the wait plus a margin.
     pub fn commands(&self, wait_secs: u64) -> Result<Vec<Command>, CallError> {
-        let req = minreq::get(format!(
-            "{}/api/agent/commands?wait={wait_secs}",
-            self.base()
-        ))
-        .with_timeout(wait_secs + 10);
-        let r = self.send(req)?;
+        let path = format!("/api/agent/commands?wait={wait_secs}");
+        let r = self.call::<()>("GET", &path, None, wait_secs + 10)?;
         Self::json(&r)
     }
 
     /// Downloads a URL (kernel/initrd) into memory. No token header: image
     /// URLs may point at any plain HTTP server.
     pub fn download(url: &str, timeout: u64) -> anyhow::Result<Vec<u8>> {
-        let r = minreq::get(url)
-            .with_timeout(timeout)
-            .send()
+        use std::io::Read;
+        let r = ureq::get(url)
+            .timeout(Duration::from_secs(timeout))
+            .call()
             .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
-        if r.status_code != 200 {
-            anyhow::bail!("GET {url}: HTTP {}", r.status_code);
+        if r.status() != 200 {
+            anyhow::bail!("GET {url}: HTTP {}", r.status());
         }
-        Ok(r.into_bytes())
+        let mut data = Vec::new();
+        r.into_reader()
+            .read_to_end(&mut data)
+            .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+        Ok(data)
     }
 }
 
@@ -258,6 +341,19 @@ mod tests {
         assert_eq!(a.token_fingerprint(), fingerprint("t2"));
         assert_ne!(fingerprint("t1"), fingerprint("t2"));
         assert!(!fingerprint("secret-token").contains("secret"));
+        assert!(!format!("{a:?}").contains("t2"));
+    }
+
+    #[test]
+    fn https_needs_a_valid_pin() {
+        let e = Client::new("https://x:1", "t")
+            .heartbeat(&Heartbeat::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("no certificate fingerprint"), "{e}");
+        let e = Client::pinned("https://x:1", "t", Some("abcd"))
+            .heartbeat(&Heartbeat::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("64 hex digits"), "{e}");
     }
 
     #[test]

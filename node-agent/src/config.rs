@@ -19,6 +19,8 @@ use std::path::PathBuf;
 pub struct Config {
     /// Base URL of the boot server, e.g. `http://10.77.0.1:8080` (no trailing `/`).
     pub server: String,
+    /// SHA-256 of the server's TLS certificate, pinned for an `https://` server.
+    pub tls_pin: Option<String>,
     /// Node id the server assigned (`bootsrv.node`), if given.
     pub node: Option<String>,
     /// Agent token sent with every call (`bootsrv.token`).
@@ -104,10 +106,10 @@ pub fn parse_bootif(v: &str) -> Option<String> {
     }
 }
 
-const USAGE: &str = "usage: node-agent [--server URL] [--token T] [--node ID] [--image NAME] \
+const USAGE: &str = "usage: node-agent [--server URL] [--tls-pin SHA256] [--token T] [--node ID] [--image NAME] \
 [--cmdline-file PATH] [--efivars-dir DIR] [--hooks-dir DIR] [--http-boot-url URL] \
 [--poll-wait SECS] [--state-dir DIR] [--credentials-file PATH] [--hostname-file PATH] [--dry-run]\n\
-env: BOOTSRV_SERVER BOOTSRV_TOKEN BOOTSRV_NODE BOOTSRV_IMAGE NODE_AGENT_DRY_RUN=1 NODE_AGENT_LOG=debug";
+env: BOOTSRV_SERVER BOOTSRV_TLS_PIN BOOTSRV_TOKEN BOOTSRV_NODE BOOTSRV_IMAGE NODE_AGENT_DRY_RUN=1 NODE_AGENT_LOG=debug";
 
 impl Config {
     /// Builds the configuration from process arguments (without `argv[0]`) and an
@@ -123,7 +125,7 @@ impl Config {
             match name.as_str() {
                 "-h" | "--help" => bail!("{USAGE}"),
                 "--dry-run" => flags.push((name, None)),
-                "--server" | "--token" | "--node" | "--image" | "--cmdline-file"
+                "--server" | "--tls-pin" | "--token" | "--node" | "--image" | "--cmdline-file"
                 | "--efivars-dir" | "--hooks-dir" | "--http-boot-url" | "--poll-wait"
                 | "--state-dir" | "--credentials-file" | "--hostname-file" => {
                     let v = match inline {
@@ -178,8 +180,17 @@ impl Config {
             )
         })?;
         let server = server.trim_end_matches('/').to_string();
-        if !server.starts_with("http://") {
-            bail!("server URL {server:?} must start with http:// (the agent speaks plain HTTP)");
+        let tls_pin = pick("--tls-pin", "BOOTSRV_TLS_PIN", cmdline::TLS_PIN);
+        if server.starts_with("https://") {
+            let Some(pin) = &tls_pin else {
+                bail!(
+                    "server URL {server:?} is HTTPS: pin its certificate with {}= (its SHA-256), BOOTSRV_TLS_PIN or --tls-pin",
+                    cmdline::TLS_PIN
+                );
+            };
+            tls_pin::parse_fingerprint(pin)?;
+        } else if !server.starts_with("http://") {
+            bail!("server URL {server:?} must start with http:// or https://");
         }
         let poll_wait_secs = match flag("--poll-wait") {
             Some(s) => s.parse().with_context(|| format!("--poll-wait {s:?}"))?,
@@ -194,6 +205,7 @@ impl Config {
         };
         Ok(Config {
             server,
+            tls_pin,
             node: pick("--node", "BOOTSRV_NODE", cmdline::NODE),
             token: pick("--token", "BOOTSRV_TOKEN", cmdline::TOKEN).unwrap_or_default(),
             image: pick("--image", "BOOTSRV_IMAGE", cmdline::IMAGE),

@@ -34,21 +34,8 @@ fn agent_against_real_server_recovers_and_delivers_results() {
     lab.start_server();
 
     // The node's boot script: its kernel command line carries the token.
-    let script = minreq::get(format!("{}/ipxe/{MAC}", lab.base()))
-        .with_timeout(10)
-        .send()
-        .unwrap();
-    assert_eq!(script.status_code, 200);
-    let script = script.as_str().unwrap().to_string();
-    let token = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("bootsrv.token="))
-        .unwrap_or_else(|| panic!("no bootsrv.token= in {script}"))
-        .to_string();
-    let kernel_line = script
-        .lines()
-        .find(|l| l.contains("bootsrv.token="))
-        .unwrap();
+    let (kernel_line, token) = lab.kernel_line();
+    let kernel_line = kernel_line.as_str();
     let dir = lab.dir.path().to_path_buf();
     // The node booted with an older token: the server answers 401 until the
     // credentials file has the current one.

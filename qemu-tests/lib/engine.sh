@@ -245,7 +245,10 @@ eng_fleet_up() {
     ENG_CTL="$LAB_DIR/ctl" ENG_HOOKS="$LAB_DIR/hooks"
     mkdir -p "$ENG_CTL/load" "$ENG_CTL/busy"
     lab_spawn ctl busybox httpd -f -p "$LAB_BRIDGE_ADDR:$ENG_CTL_PORT" -h "$ENG_CTL" || return 1
-    lab_start_boot_server "$server" "$LAB_DIR/state" || return 1
+    # The agents talk TLS to the server (ENG_AGENT_TLS=0: plain HTTP).
+    local tls=()
+    [ "${ENG_AGENT_TLS:-1}" = 0 ] || tls=(-e '/^\[agent\]/a tls_listen = "0.0.0.0:8443"')
+    lab_start_boot_server "$server" "$LAB_DIR/state" "${tls[@]}" || return 1
     ENG_CONFIG="$LAB_SERVER_CONFIG" ENG_SERVER_NAME=server ENG_SERVER_LOG="$LAB_DIR/server.log"
     for img in env-a env-b; do
         mf="$LAB_DIR/$img.toml"

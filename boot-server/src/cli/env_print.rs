@@ -127,6 +127,22 @@ pub fn environment(e: &Value) {
         "active",
         format!("{}   boot: {}", yes(&e["active"]), s(e, "boot")),
     );
+    let d = &e["detection"];
+    line(
+        "detection",
+        format!(
+            "silence {}   health failures {}   app failure: {}   power watch: {}",
+            d["heartbeat_timeout_secs"]
+                .as_u64()
+                .map_or("server default".to_string(), |s| format!("{s} s")),
+            match d["health_failures"].as_u64() {
+                Some(0) | None => "off".to_string(),
+                Some(n) => format!("{n} in a row"),
+            },
+            yes(&d["app_failure"]),
+            yes(&d["power_watch"])
+        ),
+    );
     line(
         "nodes",
         format!(

@@ -173,6 +173,11 @@ pub struct EnvOpts {
     /// Moves: warm (kexec when the agent is up) or cold (always reboot).
     #[arg(long, value_parser = ["warm", "cold"])]
     boot: Option<String>,
+    /// Failure detection (repeatable, merged on `env set`): silence=SECS|default
+    /// (heartbeat timeout), health-failures=N (failed health hooks in a row; 0 =
+    /// off), app-failure=BOOL (the agent reporting the app failed), power-watch=BOOL.
+    #[arg(long = "detect", value_name = "KEY=VALUE", value_parser = parse_detect)]
+    detect: Vec<(String, Value)>,
     /// Version label of what it runs.
     #[arg(long)]
     version: Option<String>,
@@ -302,6 +307,28 @@ fn parse_require(s: &str) -> Result<Require, String> {
     }
 }
 
+/// `--detect KEY=VALUE`: the [`Detection`](crate::model::Detection) field and its JSON value.
+fn parse_detect(s: &str) -> Result<(String, Value), String> {
+    const USAGE: &str = "use silence=SECS|default, health-failures=N, app-failure=true|false or power-watch=true|false";
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?}: {USAGE}"))?;
+    let bad = || format!("{s:?}: {USAGE}");
+    let flag = || v.parse::<bool>().map(Value::from).map_err(|_| bad());
+    match k {
+        "silence" if v == "default" => Ok(("heartbeat_timeout_secs".into(), Value::Null)),
+        "silence" => v
+            .parse::<u64>()
+            .map(|n| ("heartbeat_timeout_secs".into(), json!(n)))
+            .map_err(|_| bad()),
+        "health-failures" => v
+            .parse::<u32>()
+            .map(|n| ("health_failures".into(), json!(n)))
+            .map_err(|_| bad()),
+        "app-failure" => Ok(("app_failure".into(), flag()?)),
+        "power-watch" => Ok(("power_watch".into(), flag()?)),
+        _ => Err(bad()),
+    }
+}
+
 /// `KEY=VALUE` (also `node add --label`).
 pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -415,6 +442,13 @@ fn fields(opts: EnvOpts, current: Option<&Value>) -> Map<String, Value> {
             }
         }
         put("requirements", r);
+    }
+    if !opts.detect.is_empty() {
+        let mut d = base("detection");
+        for (k, v) in opts.detect {
+            d[k] = v;
+        }
+        put("detection", d);
     }
     if !opts.hooks.is_empty() {
         let mut h = base("hooks");
@@ -796,6 +830,7 @@ mod tests {
             schedules: vec![parse_schedule("0 0 2 * * *=>scale:2").unwrap()],
             inactive: Some(false),
             boot: Some("cold".into()),
+            detect: vec![parse_detect("health-failures=3").unwrap()],
             version: None,
         };
         let f = Value::Object(fields(opts, Some(&current)));
@@ -812,6 +847,9 @@ mod tests {
         assert_eq!(f["share_pct"], Value::Null);
         assert_eq!(f["active"], json!(true));
         assert_eq!(f["boot"], json!("cold"));
+        assert_eq!(f["detection"], json!({"health_failures": 3}));
+        assert!(parse_detect("silence=x").is_err());
+        assert_eq!(parse_detect("silence=default").unwrap().1, Value::Null);
         assert_eq!(f["min"], json!(1));
         assert!(f.get("description").is_none() && f.get("max").is_none());
     }

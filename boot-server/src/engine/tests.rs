@@ -570,3 +570,70 @@ async fn a_node_whose_power_reads_off_fails_over_fenced_and_proven() {
         let _ = child.wait();
     }
 }
+
+#[tokio::test]
+async fn a_node_whose_health_hook_keeps_failing_fails_over_as_its_environment_asks() {
+    let l = lab(2).await;
+    env(&l, "a", "img-a", |e| {
+        e.desired = 1;
+        e.detection.health_failures = 3;
+    })
+    .await;
+    settle(&l, &[], 10).await;
+    let first = l.c.store.slots(Some("a")).await.unwrap()[0]
+        .node
+        .clone()
+        .unwrap();
+    let beat = |health: &str| boot_proto::Heartbeat {
+        health: [("health".to_string(), health.to_string())].into(),
+        ..Default::default()
+    };
+    // One bad beat between good ones, then two: not yet three in a row.
+    for h in ["failed", "ok", "failed", "failed"] {
+        let node = l.c.store.node(&first).await.unwrap().unwrap();
+        l.c.record_load(&first, "a", &beat(h)).await;
+        let failed = crate::watch::judge_heartbeat(&l.c, &node, &beat(h))
+            .await
+            .unwrap();
+        assert!(!failed, "failed after {h}");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    // The third failure in a row fails the node; the engine moves the slot.
+    let node = l.c.store.node(&first).await.unwrap().unwrap();
+    l.c.record_load(&first, "a", &beat("failed")).await;
+    assert!(crate::watch::judge_heartbeat(&l.c, &node, &beat("failed"))
+        .await
+        .unwrap());
+    settle(&l, &[], 12).await;
+    let after = l.c.store.slots(Some("a")).await.unwrap()[0].clone();
+    assert_eq!(after.step, SlotStep::Ready);
+    assert_ne!(after.node.as_deref(), Some(first.as_str()));
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = l.c.store.events(0, None, 10_000).await.unwrap();
+        if events.iter().any(|e| e.kind == EventKind::Fenced) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let why = events
+        .iter()
+        .find(|e| e.kind == EventKind::NodeFailed)
+        .expect("a node-failed event");
+    assert_eq!(why.detail["reason"], "health hook failed");
+    assert_eq!(why.detail["heartbeats_failed"], 3);
+    assert!(events.iter().any(|e| e.kind == EventKind::Fenced));
+
+    // Without the setting the same beats fail nothing.
+    let holder = after.node.unwrap();
+    let mut e = l.c.store.environment("a").await.unwrap().unwrap();
+    e.detection.health_failures = 0;
+    l.c.store.put_environment(&e).await.unwrap();
+    let node = l.c.store.node(&holder).await.unwrap().unwrap();
+    for _ in 0..4 {
+        l.c.record_load(&holder, "a", &beat("failed")).await;
+        assert!(!crate::watch::judge_heartbeat(&l.c, &node, &beat("failed"))
+            .await
+            .unwrap());
+    }
+}

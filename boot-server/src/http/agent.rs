@@ -41,6 +41,26 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route_layer(middleware::from_fn_with_state(state, authenticate))
 }
 
+/// With `[agent] tls_listen` set, the plain listener's agent routes answer
+/// 403 (before any token is read) so that no token travels in the clear.
+pub fn refused_in_the_clear() -> Router<Arc<AppState>> {
+    async fn refuse(State(s): State<Arc<AppState>>) -> Response {
+        ApiError::new(
+            ErrorKind::Forbidden,
+            format!(
+                "the agent API is served over TLS at {}",
+                s.control.config.agent_url()
+            ),
+        )
+        .into_response()
+    }
+    Router::new()
+        .route("/api/agent/hello", post(refuse))
+        .route("/api/agent/heartbeat", post(refuse))
+        .route("/api/agent/commands", get(refuse))
+        .route("/api/agent/results", post(refuse))
+}
+
 fn unauthorized(m: &str) -> Response {
     ApiError::new(ErrorKind::Unauthorized, m).into_response()
 }
@@ -194,6 +214,9 @@ async fn heartbeat(
     }
     if let Some(env) = &a.node.environment {
         c.record_load(&a.node.id, env, &body).await;
+        if let Err(e) = crate::watch::judge_heartbeat(c, &a.node, &body).await {
+            tracing::warn!(node = %a.node.id, error = %format!("{e:#}"), "could not judge the heartbeat's health");
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }

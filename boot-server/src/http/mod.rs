@@ -60,11 +60,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/images/{*path}", get(image_file).head(image_file))
         .route("/loaders/{*path}", get(loader_file).head(loader_file))
         .route("/healthz", get(|| async { "ok\n" }))
-        .merge(agent::routes(state.clone()))
+        .merge(if state.control.config.agent.tls_listen.is_some() {
+            agent::refused_in_the_clear()
+        } else {
+            agent::routes(state.clone())
+        })
         .merge(admin::routes(state.clone()))
         .merge(ui::routes())
         .layer(axum::middleware::from_fn_with_state(
             (state.metrics.clone(), "node"),
+            crate::metrics::http::count,
+        ))
+        .with_state(state)
+}
+
+/// The agent API alone, for its TLS listener (`[agent] tls_listen`).
+pub fn agent_tls_router(state: Arc<AppState>) -> Router {
+    agent::routes(state.clone())
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.metrics.clone(), "agent-tls"),
             crate::metrics::http::count,
         ))
         .with_state(state)

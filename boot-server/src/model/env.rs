@@ -54,6 +54,8 @@ pub struct Environment {
     pub active: bool,
     /// Warm moves (kexec when the agent is up) or always a cold reboot.
     pub boot: BootMode,
+    /// How its nodes are judged failed (then fenced and their slots failed over).
+    pub detection: Detection,
     /// Software version label of what the environment runs.
     pub version: String,
     /// When it was created and last changed (ms since the epoch).
@@ -84,6 +86,7 @@ impl Default for Environment {
             policy: None,
             active: true,
             boot: BootMode::Warm,
+            detection: Detection::default(),
             version: String::new(),
             created_ms: 0,
             updated_ms: 0,
@@ -149,6 +152,7 @@ impl Environment {
                 return Err(format!("share {s}% is above 100%"));
             }
         }
+        self.detection.validate()?;
         if let Some(r) = &self.addresses {
             if r.len() < self.max as u64 {
                 return Err(format!(
@@ -339,6 +343,52 @@ pub enum ScheduleAction {
     Deactivate,
     /// Set its desired node count.
     Scale(u32),
+}
+
+/// How an environment's nodes are judged failed. Every way ends the same:
+/// the node is marked failed, fenced, and its slot fails over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Detection {
+    /// Heartbeat silence (seconds) after which a node holding a slot is
+    /// failed; `None`: the server's `[agent] heartbeat_timeout_secs`.
+    pub heartbeat_timeout_secs: Option<u64>,
+    /// Heartbeats in a row whose health hook failed (`health=failed`)
+    /// before the node is failed; 0 (default): the health hook only informs.
+    pub health_failures: u32,
+    /// The agent reporting the application failed (the start hook failed,
+    /// or the application exited with an error) fails the node.
+    pub app_failure: bool,
+    /// Read the node's power state (BMC or QEMU monitor) where it has power
+    /// control: a machine that reads off is failed within seconds.
+    pub power_watch: bool,
+}
+
+impl Default for Detection {
+    fn default() -> Self {
+        Detection {
+            heartbeat_timeout_secs: None,
+            health_failures: 0,
+            app_failure: false,
+            power_watch: true,
+        }
+    }
+}
+
+impl Detection {
+    /// Checks the numbers.
+    pub fn validate(&self) -> Result<(), String> {
+        if self
+            .heartbeat_timeout_secs
+            .is_some_and(|s| !(3..=86_400).contains(&s))
+        {
+            return Err("detection.heartbeat_timeout_secs must be 3..=86400 seconds".into());
+        }
+        if self.health_failures > 1000 {
+            return Err("detection.health_failures must be at most 1000".into());
+        }
+        Ok(())
+    }
 }
 
 /// Load-driven scaling of an environment.

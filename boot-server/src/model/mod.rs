@@ -15,7 +15,7 @@ mod token;
 
 pub use command::{CommandStatus, QueuedCommand};
 pub use env::{
-    AddressRange, BootMode, Environment, LoadSample, Policy, Requirements, Schedule,
+    AddressRange, BootMode, Detection, Environment, LoadSample, Policy, Requirements, Schedule,
     ScheduleAction, Slot, SlotStep,
 };
 pub use event::{Event, EventKind};

@@ -106,6 +106,12 @@ pub struct Lab {
 impl Lab {
     /// A lab for the node with `mac` (`52:54:00:..`).
     pub fn new(mac: &str) -> Lab {
+        Lab::with_config(mac, "")
+    }
+
+    /// A lab whose server config ends with `extra` (TOML lines, which land in
+    /// its last table, `[agent]`, unless they open another).
+    pub fn with_config(mac: &str, extra: &str) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("images/lab");
         std::fs::create_dir_all(&img).unwrap();
@@ -123,7 +129,7 @@ impl Lab {
             .unwrap()
             .port();
         let config = dir.path().join("boot-server.toml");
-        let text = format!("{TRUST_BOOT_NETWORK}{CONFIG}")
+        let text = format!("{TRUST_BOOT_NETWORK}{CONFIG}{extra}")
             .replace("@DIR@", dir.path().to_str().unwrap())
             .replace("@PORT@", &port.to_string());
         std::fs::write(&config, text).unwrap();
@@ -173,31 +179,24 @@ impl Lab {
     }
 
     pub fn admin_get(&self, path: &str) -> serde_json::Value {
-        let r = minreq::get(format!("{}{path}", self.base()))
-            .with_header("authorization", format!("Bearer {}", self.admin_token()))
-            .with_timeout(10)
-            .send()
-            .unwrap();
-        assert_eq!(
-            r.status_code,
-            200,
-            "GET {path}: {}",
-            r.as_str().unwrap_or("")
-        );
-        serde_json::from_slice(r.as_bytes()).unwrap()
+        let r = ureq::get(&format!("{}{path}", self.base()))
+            .set("authorization", &format!("Bearer {}", self.admin_token()))
+            .timeout(Duration::from_secs(10))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        serde_json::from_str(&r.into_string().unwrap()).unwrap()
     }
 
     /// Queues a command for the node; returns its id.
     pub fn queue(&self, kind: serde_json::Value) -> u64 {
-        let r = minreq::post(format!("{}/api/nodes/{}/commands", self.base(), self.node))
-            .with_header("authorization", format!("Bearer {}", self.admin_token()))
-            .with_json(&kind)
-            .unwrap()
-            .with_timeout(10)
-            .send()
-            .unwrap();
-        assert_eq!(r.status_code, 202, "queue: {}", r.as_str().unwrap_or(""));
-        let v: serde_json::Value = serde_json::from_slice(r.as_bytes()).unwrap();
+        let r = ureq::post(&format!("{}/api/nodes/{}/commands", self.base(), self.node))
+            .set("authorization", &format!("Bearer {}", self.admin_token()))
+            .set("content-type", "application/json")
+            .timeout(Duration::from_secs(10))
+            .send_string(&kind.to_string())
+            .unwrap_or_else(|e| panic!("queue: {e}"));
+        assert_eq!(r.status(), 202);
+        let v: serde_json::Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
         v["id"].as_u64().unwrap()
     }
 
@@ -217,12 +216,12 @@ impl Lab {
     /// The kernel command line of the node's boot script (it carries the
     /// server URL and the node's token) and the token.
     pub fn kernel_line(&self) -> (String, String) {
-        let script = minreq::get(format!("{}/ipxe/{}", self.base(), self.mac))
-            .with_timeout(10)
-            .send()
+        let script = ureq::get(&format!("{}/ipxe/{}", self.base(), self.mac))
+            .timeout(Duration::from_secs(10))
+            .call()
+            .unwrap()
+            .into_string()
             .unwrap();
-        assert_eq!(script.status_code, 200);
-        let script = script.as_str().unwrap().to_string();
         let token = script
             .split_whitespace()
             .find_map(|w| w.strip_prefix("bootsrv.token="))
