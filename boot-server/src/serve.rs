@@ -52,7 +52,11 @@ pub async fn run(mut config: Config) -> Result<()> {
         }
     };
     let config = Arc::new(config);
-    let events = EventHub::start(store.clone(), config.events.retain);
+    // A shared store's live feed follows the log every server appends to.
+    let events = match &pg {
+        Some(_) => EventHub::start_shared(store.clone(), config.events.retain),
+        None => EventHub::start(store.clone(), config.events.retain),
+    };
     let metrics = Arc::new(crate::metrics::Metrics::new());
     // Commit latency is measured at the SQLite writer (PostgreSQL: not yet).
     if let Some(sqlite) = &sqlite {
@@ -285,6 +289,19 @@ pub async fn run(mut config: Config) -> Result<()> {
                 tasks.spawn(engine_while_controller(control.clone(), lease_rx));
             }
         }
+    }
+    if let Some(pg) = &pg {
+        // What the other servers change wakes this one's waiters, and its
+        // engine wake-ups reach the controller.
+        control.set_peers(Arc::new(crate::control::cluster::PgPeers::start(
+            pg.clone(),
+            controller.as_ref().map(|(_, _, lease)| lease.clone()),
+        )));
+        tasks.spawn(crate::control::cluster::follow_wakeups(
+            control.clone(),
+            pg.listen(),
+        ));
+        ready.push("peers=listen".into());
     }
     if alerting {
         ready.push("alerts=on".into());

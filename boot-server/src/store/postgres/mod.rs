@@ -24,6 +24,7 @@ mod events;
 mod images;
 mod leases;
 mod nodes;
+pub mod notify;
 mod reservations;
 pub mod schema;
 mod tokens;
