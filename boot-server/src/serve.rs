@@ -276,8 +276,10 @@ pub async fn run(mut config: Config) -> Result<()> {
                 ready.push("engine=on".into());
             }
             Some(pg) => {
-                let candidate =
-                    Candidate::new(Duration::from_millis(config.store.controller_ttl_ms));
+                let candidate = Candidate::new(
+                    &config.store.server_name(),
+                    Duration::from_millis(config.store.controller_ttl_ms),
+                );
                 let (lease_tx, lease_rx) = watch::channel(None);
                 controller = Some((pg.clone(), candidate.holder.clone(), lease_rx.clone()));
                 ready.push(format!("engine=when-controller({})", candidate.holder));
@@ -306,6 +308,36 @@ pub async fn run(mut config: Config) -> Result<()> {
     if alerting {
         ready.push("alerts=on".into());
     }
+    // The server registry: who this server is, every second.
+    let info = crate::model::ServerInfo {
+        name: config.store.server_name(),
+        holder: controller
+            .as_ref()
+            .map(|(_, holder, _)| holder.clone())
+            .unwrap_or_default(),
+        role: if pg.is_none() && config.engine.enabled {
+            crate::model::ServerRole::Controller
+        } else {
+            crate::model::ServerRole::Member
+        },
+        segment: config.store.segment.clone().unwrap_or_else(|| {
+            config
+                .dhcp
+                .subnets
+                .iter()
+                .map(|s| s.network.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        listen: ready.clone(),
+        started_ms: crate::model::now_ms(),
+    };
+    tasks.spawn(crate::control::servers::run_heartbeat(
+        control.clone(),
+        info,
+        controller.as_ref().map(|(_, _, lease)| lease.clone()),
+    ));
     tracing::info!("boot-server ready: {}", ready.join(" "));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

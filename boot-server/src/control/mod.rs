@@ -11,6 +11,7 @@ mod images;
 mod network;
 mod nodes;
 mod power;
+pub mod servers;
 mod tokens;
 
 pub use disks::DiskView;

@@ -27,6 +27,7 @@ mod nodes;
 pub mod notify;
 mod reservations;
 pub mod schema;
+mod servers;
 mod tokens;
 
 use super::Result;
