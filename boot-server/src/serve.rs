@@ -215,6 +215,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             plan: plan.clone(),
             store: store.clone(),
             proxy: config.dhcp.mode == DhcpMode::Proxy,
+            shared: pg.clone(),
         });
         let server = boot_dhcp::DhcpServer::bind(dhcp_config, backend.clone(), backend)
             .await
