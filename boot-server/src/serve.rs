@@ -139,6 +139,8 @@ pub async fn run(mut config: Config) -> Result<()> {
     ));
     // Admin API on the Unix socket (file permissions authenticate).
     let socket = config.admin_socket();
+    // The state directory holds the socket even when the store is elsewhere.
+    crate::fsutil::private_dir(&config.state_dir)?;
     let _ = std::fs::remove_file(&socket);
     let unix = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("binding the admin socket {}", socket.display()))?;
