@@ -75,7 +75,7 @@ config() { # server number
     'trust_boot_network = true' 'default_image = "lab"' \
     '[http]' 'listen = "0.0.0.0:8080"' '[tftp]' 'enabled = false' '[nbd]' 'enabled = false' \
     '[ra]' 'enabled = false' '[dhcp]' 'mode = "full"' 'proxy_port = 0' \
-    '[[dhcp.subnet]]' 'network = "10.61.0.0/16"' 'range = ["10.61.1.0", "10.61.4.255"]' 'lease_secs = 3600' \
+    '[[dhcp.subnet]]' 'network = "10.61.0.0/16"' 'range = ["10.61.1.0", "10.61.15.255"]' 'lease_secs = 3600' \
     '[store]' "url = \"$url\"" 'controller_ttl_ms = 3000' "server_name = \"srv$1\"" 'segment = "10.61.0.0/16"' \
     >"$work/s$1.toml"
 }
@@ -135,8 +135,11 @@ else
   date +%s%N >"$work/queue.t"
   api 1 POST "/api/nodes/$node/commands" -H 'content-type: application/json' -d '{"kind":"reboot"}' >"$work/queue.json"
   wait "$poller"
-  ms=$(( ($(cat "$work/poll.t") - $(cat "$work/queue.t")) / 1000000 ))
-  echo "    command queued on srv1 reached the poll on srv2 after $ms ms: $(cat "$work/poll.json")"
+  # From the command's creation on server 1 (its created_ms, same host
+  # clock) to the poll's answer on server 2: no client start-up counted.
+  created=$(api 1 GET "/api/nodes/$node/commands" | python3 -c 'import json,sys; print(min(c["created_ms"] for c in json.load(sys.stdin)))' 2>/dev/null)
+  ms=$(( $(cat "$work/poll.t") / 1000000 - ${created:-0} ))
+  echo "    command queued on srv1 reached the poll on srv2 after $ms ms (from the client: $(( ($(cat "$work/poll.t") - $(cat "$work/queue.t")) / 1000000 )) ms): $(cat "$work/poll.json")"
   t_check "a command queued on server 1 reaches an agent polling server 2 within 100 ms ($ms ms)" \
     sh -c "grep -q reboot '$work/poll.json' && [ $ms -lt 100 ]"
 fi
