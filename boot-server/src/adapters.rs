@@ -21,6 +21,9 @@ pub struct DhcpBackend {
     pub store: Arc<dyn Store>,
     /// Proxy mode: the server leases nothing, the DHCP exchange shows the address.
     pub proxy: bool,
+    /// The store shared with other servers, which then allocates addresses
+    /// (absent: this server owns the store and allocates in memory).
+    pub shared: Option<Arc<crate::store::PgStore>>,
 }
 
 #[async_trait]
@@ -100,6 +103,26 @@ fn to_ms(t: SystemTime) -> i64 {
 
 #[async_trait]
 impl boot_dhcp::LeaseStore for DhcpBackend {
+    fn shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    async fn allocate(
+        &self,
+        mac: [u8; 6],
+        range: (std::net::Ipv4Addr, std::net::Ipv4Addr),
+        prefer: &[std::net::Ipv4Addr],
+        hold_until: SystemTime,
+    ) -> anyhow::Result<Option<std::net::Ipv4Addr>> {
+        match &self.shared {
+            Some(pg) => {
+                pg.allocate_address(MacAddr(mac), range, prefer, to_ms(hold_until))
+                    .await
+            }
+            None => Ok(None),
+        }
+    }
+
     async fn load(&self) -> anyhow::Result<Vec<boot_dhcp::Lease>> {
         Ok(self
             .store
@@ -126,6 +149,16 @@ impl boot_dhcp::LeaseStore for DhcpBackend {
                 client_id: lease.client_id.clone(),
             })
             .await
+            .map_err(|e| {
+                if matches!(
+                    e.downcast_ref::<crate::store::Refused>(),
+                    Some(crate::store::Refused::AddressHeld { .. })
+                ) {
+                    e.context(boot_dhcp::AddressTaken(lease.ip))
+                } else {
+                    e
+                }
+            })
     }
 
     async fn remove(&self, mac: [u8; 6], ip: std::net::Ipv4Addr) -> anyhow::Result<()> {

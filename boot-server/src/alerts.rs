@@ -83,7 +83,7 @@ pub fn spawn(
         ));
     }
     let config = config.clone();
-    let mut rx = events.subscribe();
+    let mut rx = events.subscribe_local();
     tokio::spawn(async move {
         loop {
             let e = match rx.recv().await {

@@ -333,6 +333,12 @@ pub struct StoreConfig {
     /// Designated-controller lease time: a dead controller is replaced
     /// within about this long (plus 0.5 s); default 3000.
     pub controller_ttl_ms: u64,
+    /// This server's name in the server registry (unique among the servers
+    /// sharing the store); default the host name.
+    pub server_name: Option<String>,
+    /// The network segment this server answers (shown by `server list`);
+    /// default its DHCP subnets.
+    pub segment: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -340,7 +346,22 @@ impl Default for StoreConfig {
         StoreConfig {
             url: None,
             controller_ttl_ms: 3000,
+            server_name: None,
+            segment: None,
         }
+    }
+}
+
+impl StoreConfig {
+    /// This server's registry name: `server_name`, else the host name.
+    pub fn server_name(&self) -> String {
+        self.server_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "boot-server".into())
+        })
     }
 }
 
@@ -353,6 +374,8 @@ impl std::fmt::Debug for StoreConfig {
                 &self.url.as_deref().map(crate::store::postgres::redact),
             )
             .field("controller_ttl_ms", &self.controller_ttl_ms)
+            .field("server_name", &self.server_name)
+            .field("segment", &self.segment)
             .finish()
     }
 }

@@ -3,6 +3,14 @@
 //! background task appends events to the store in batches, prunes the log
 //! to its retention limit, and broadcasts each stored event to subscribers
 //! (the agent long poll, the engine, the UI's live updates).
+//!
+//! With a store shared by several servers ([`EventHub::start_shared`]) the
+//! live feed carries every server's events: a follower task reads the log
+//! after its cursor whenever this server stored events or another server
+//! said it did ([`EventHub::poke`], from the store's notifications), and at
+//! least every second; it broadcasts them in id order, which the shared
+//! store makes commit order. [`EventHub::subscribe_local`] carries only this
+//! server's own events (metrics, alerts: counted and sent once).
 
 use crate::model::{now_ms, Event, EventKind};
 use crate::store::{NewEvent, Store};
@@ -11,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Notify};
 
 /// Events waiting to be written at most; beyond it they are dropped and counted.
 const QUEUE: usize = 16_384;
@@ -19,6 +27,8 @@ const QUEUE: usize = 16_384;
 const BATCH: usize = 512;
 /// Repeated file-fetch events for the same node and path within this window are coalesced.
 const COALESCE: Duration = Duration::from_secs(10);
+/// The shared log is read at least this often (a missed notification).
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
 /// Last time a (node, path) file fetch was recorded.
 type RecentFiles = HashMap<(Option<String>, String), Instant>;
@@ -28,6 +38,9 @@ type RecentFiles = HashMap<(Option<String>, String), Instant>;
 pub struct EventHub {
     tx: mpsc::Sender<NewEvent>,
     live: broadcast::Sender<Event>,
+    local: broadcast::Sender<Event>,
+    /// Wakes the follower (shared store only).
+    follow: Option<Arc<Notify>>,
     recent_files: Arc<Mutex<RecentFiles>>,
     /// Events dropped because the writer fell behind.
     pub dropped: Arc<AtomicU64>,
@@ -38,12 +51,52 @@ impl EventHub {
     pub fn start(store: Arc<dyn Store>, retain: u64) -> EventHub {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (live, _) = broadcast::channel(1024);
-        tokio::spawn(writer(store, rx, live.clone(), retain));
+        let (local, _) = broadcast::channel(1024);
+        let feeds = Feeds {
+            local: local.clone(),
+            live: Some(live.clone()),
+            follow: None,
+        };
+        tokio::spawn(writer(store, rx, feeds, retain));
         EventHub {
             tx,
             live,
+            local,
+            follow: None,
             recent_files: Arc::new(Mutex::new(HashMap::new())),
             dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// [`EventHub::start`] for a store other servers append to as well: the
+    /// live feed follows the stored log (every server's events, in order).
+    pub fn start_shared(store: Arc<dyn Store>, retain: u64) -> EventHub {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (live, _) = broadcast::channel(1024);
+        let (local, _) = broadcast::channel(1024);
+        let follow = Arc::new(Notify::new());
+        let feeds = Feeds {
+            local: local.clone(),
+            live: None,
+            follow: Some(follow.clone()),
+        };
+        tokio::spawn(follower(store.clone(), live.clone(), follow.clone()));
+        tokio::spawn(writer(store, rx, feeds, retain));
+        EventHub {
+            tx,
+            live,
+            local,
+            follow: Some(follow),
+            recent_files: Arc::new(Mutex::new(HashMap::new())),
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Another server stored events: the live feed reads them now (shared
+    /// store; a no-op otherwise).
+    pub fn poke(&self) {
+        if let Some(f) = &self.follow {
+            f.notify_one();
         }
     }
 
@@ -82,16 +135,67 @@ impl EventHub {
         }
     }
 
-    /// Stored events as they are written.
+    /// Stored events as they are written (every server's, with a shared store).
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.live.subscribe()
+    }
+
+    /// This server's own events as it stores them.
+    pub fn subscribe_local(&self) -> broadcast::Receiver<Event> {
+        self.local.subscribe()
+    }
+}
+
+/// Where the writer hands stored events.
+struct Feeds {
+    local: broadcast::Sender<Event>,
+    /// The live feed, when this writer is its only source (own store).
+    live: Option<broadcast::Sender<Event>>,
+    /// The follower to wake, when the live feed follows the stored log.
+    follow: Option<Arc<Notify>>,
+}
+
+/// Broadcasts every stored event after the log's end at start, in id order,
+/// when poked and at least every [`FOLLOW_EVERY`].
+async fn follower(store: Arc<dyn Store>, live: broadcast::Sender<Event>, poke: Arc<Notify>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut cursor = loop {
+        match store.last_event_id().await {
+            Ok(id) => break id,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "event log end not read yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    loop {
+        let _ = tokio::time::timeout(FOLLOW_EVERY, poke.notified()).await;
+        loop {
+            match store.events(cursor, None, BATCH as u32).await {
+                Ok(list) => {
+                    let full = list.len() == BATCH;
+                    for e in list {
+                        cursor = e.id;
+                        let _ = live.send(e);
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "stored events not read for the live feed; retrying");
+                    break;
+                }
+            }
+        }
     }
 }
 
 async fn writer(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<NewEvent>,
-    live: broadcast::Sender<Event>,
+    feeds: Feeds,
     retain: u64,
 ) {
     let mut last_prune = Instant::now();
@@ -114,7 +218,13 @@ async fn writer(
             }
         };
         for e in stored {
-            let _ = live.send(e);
+            if let Some(live) = &feeds.live {
+                let _ = live.send(e.clone());
+            }
+            let _ = feeds.local.send(e);
+        }
+        if let Some(f) = &feeds.follow {
+            f.notify_one();
         }
         since_prune += n as u64;
         // Prune every minute, or sooner when many events came in.
@@ -127,5 +237,73 @@ async fn writer(
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "event log not pruned"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::{pg_schema, pg_store};
+    use crate::store::PgStore;
+
+    /// Two servers' hubs on one shared store: each one's live feed carries
+    /// the other's events, in id order; the local feed only its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_hub_sees_every_servers_events() {
+        let test = "events::tests::a_shared_hub_sees_every_servers_events";
+        let Some(a) = pg_store(test).await else {
+            return;
+        };
+        let url = std::env::var("BOOT_TEST_PG_URL").unwrap();
+        let b = PgStore::connect_in_schema(&url, &pg_schema(test))
+            .await
+            .unwrap();
+        let b = Arc::new(b);
+        let hub_a = EventHub::start_shared(Arc::new(a), 1000);
+        let hub_b = EventHub::start_shared(b.clone(), 1000);
+        let mut wakes = b.listen();
+        assert_eq!(
+            wakes.recv().await,
+            Some(crate::store::postgres::notify::Wake::Resync)
+        );
+        // Let both followers read the log's end first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut live_b = hub_b.subscribe();
+        let mut local_b = hub_b.subscribe_local();
+        let t0 = Instant::now();
+        hub_a.emit(
+            Some("n1".into()),
+            EventKind::Unknown,
+            serde_json::json!({"from": "a"}),
+        );
+        // b's notification listener pokes its hub, as serve wires it.
+        loop {
+            let w = tokio::time::timeout(Duration::from_secs(2), wakes.recv())
+                .await
+                .expect("no notification");
+            if w == Some(crate::store::postgres::notify::Wake::Events) {
+                hub_b.poke();
+                break;
+            }
+        }
+        let e = tokio::time::timeout(Duration::from_millis(500), live_b.recv())
+            .await
+            .expect("b's live feed missed a's event")
+            .unwrap();
+        assert_eq!(e.detail["from"], "a");
+        eprintln!("a's event reached b's live feed after {:?}", t0.elapsed());
+        hub_b.emit(None, EventKind::Unknown, serde_json::json!({"from": "b"}));
+        let own = tokio::time::timeout(Duration::from_secs(2), local_b.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(own.detail["from"], "b");
+        let next = tokio::time::timeout(Duration::from_secs(2), live_b.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.detail["from"], "b");
+        assert!(next.id > e.id);
+        assert!(local_b.try_recv().is_err(), "a's event on b's local feed");
     }
 }

@@ -62,7 +62,11 @@ pub async fn run(mut config: Config) -> Result<()> {
         }
     };
     let config = Arc::new(config);
-    let events = EventHub::start(store.clone(), config.events.retain);
+    // A shared store's live feed follows the log every server appends to.
+    let events = match &pg {
+        Some(_) => EventHub::start_shared(store.clone(), config.events.retain),
+        None => EventHub::start(store.clone(), config.events.retain),
+    };
     let metrics = Arc::new(crate::metrics::Metrics::new());
     // Commit latency is measured at the SQLite writer (PostgreSQL: not yet).
     if let Some(sqlite) = &sqlite {
@@ -160,6 +164,8 @@ pub async fn run(mut config: Config) -> Result<()> {
     }
     // Admin API on the Unix socket (file permissions authenticate).
     let socket = config.admin_socket();
+    // The state directory holds the socket even when the store is elsewhere.
+    crate::fsutil::private_dir(&config.state_dir)?;
     let _ = std::fs::remove_file(&socket);
     let unix = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("binding the admin socket {}", socket.display()))?;
@@ -236,6 +242,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             plan: plan.clone(),
             store: store.clone(),
             proxy: config.dhcp.mode == DhcpMode::Proxy,
+            shared: pg.clone(),
         });
         let server = boot_dhcp::DhcpServer::bind(dhcp_config, backend.clone(), backend)
             .await
@@ -297,8 +304,10 @@ pub async fn run(mut config: Config) -> Result<()> {
                 ready.push("engine=on".into());
             }
             Some(pg) => {
-                let candidate =
-                    Candidate::new(Duration::from_millis(config.store.controller_ttl_ms));
+                let candidate = Candidate::new(
+                    &config.store.server_name(),
+                    Duration::from_millis(config.store.controller_ttl_ms),
+                );
                 let (lease_tx, lease_rx) = watch::channel(None);
                 controller = Some((pg.clone(), candidate.holder.clone(), lease_rx.clone()));
                 ready.push(format!("engine=when-controller({})", candidate.holder));
@@ -311,9 +320,52 @@ pub async fn run(mut config: Config) -> Result<()> {
             }
         }
     }
+    if let Some(pg) = &pg {
+        // What the other servers change wakes this one's waiters, and its
+        // engine wake-ups reach the controller.
+        control.set_peers(Arc::new(crate::control::cluster::PgPeers::start(
+            pg.clone(),
+            controller.as_ref().map(|(_, _, lease)| lease.clone()),
+        )));
+        tasks.spawn(crate::control::cluster::follow_wakeups(
+            control.clone(),
+            pg.listen(),
+        ));
+        ready.push("peers=listen".into());
+    }
     if alerting {
         ready.push("alerts=on".into());
     }
+    // The server registry: who this server is, every second.
+    let info = crate::model::ServerInfo {
+        name: config.store.server_name(),
+        holder: controller
+            .as_ref()
+            .map(|(_, holder, _)| holder.clone())
+            .unwrap_or_default(),
+        role: if pg.is_none() && config.engine.enabled {
+            crate::model::ServerRole::Controller
+        } else {
+            crate::model::ServerRole::Member
+        },
+        segment: config.store.segment.clone().unwrap_or_else(|| {
+            config
+                .dhcp
+                .subnets
+                .iter()
+                .map(|s| s.network.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        listen: ready.clone(),
+        started_ms: crate::model::now_ms(),
+    };
+    tasks.spawn(crate::control::servers::run_heartbeat(
+        control.clone(),
+        info,
+        controller.as_ref().map(|(_, _, lease)| lease.clone()),
+    ));
     tracing::info!("boot-server ready: {}", ready.join(" "));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -20,7 +20,10 @@ use crate::pool::Pool;
 use crate::reply;
 use crate::reservations::Reservations;
 use crate::stats::DhcpStats;
-use crate::types::{BootAdvisor, ClientFacts, DhcpConfig, Lease, LeaseStore, Mode};
+use crate::types::{AddressTaken, BootAdvisor, ClientFacts, DhcpConfig, Lease, LeaseStore, Mode};
+
+/// How long a shared store holds an offered address for the client.
+const OFFER_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Which port a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,9 +312,32 @@ impl Handler {
             .select_subnet(req.giaddr(), self.config.server_ip)?;
         let requested = opt_ip(req, OptionCode::RequestedIpAddress);
         let cfg = self.advisor.client_config(facts).await;
-        let ip = self
-            .pool
-            .offer(subnet, facts.mac, requested, cfg.fixed_address);
+        let ip = if self.leases.shared() {
+            // Several servers: the store allocates (and holds the offer).
+            let s = &self.pool.subnets[subnet];
+            let mut prefer: Vec<Ipv4Addr> = cfg.fixed_address.into_iter().collect();
+            prefer.extend(requested.filter(|r| s.in_range(*r)));
+            let hold = SystemTime::now() + OFFER_HOLD;
+            match self
+                .leases
+                .allocate(facts.mac, s.range, &prefer, hold)
+                .await
+            {
+                Ok(ip) => ip,
+                Err(e) => {
+                    self.store_error(
+                        "allocating an address, no OFFER",
+                        &facts.mac,
+                        Ipv4Addr::UNSPECIFIED,
+                        &e,
+                    );
+                    return None;
+                }
+            }
+        } else {
+            self.pool
+                .offer(subnet, facts.mac, requested, cfg.fixed_address)
+        };
         if let Some(w) = self.pool.wanted(subnet, facts.mac, cfg.fixed_address) {
             if ip != Some(w) {
                 warn!(mac = %fmt_mac(&facts.mac), fixed = %w, "fixed address held by another client");
@@ -377,10 +403,20 @@ impl Handler {
             }
         }
         let expires_at = SystemTime::now() + s.lease_time;
-        let undo = match self
+        let mut bound = self
             .pool
-            .bind(subnet, facts.mac, ip, expires_at, cfg.fixed_address)
-        {
+            .bind(subnet, facts.mac, ip, expires_at, cfg.fixed_address);
+        if bound.is_err() && self.leases.shared() {
+            // This server's memory may be stale (another server freed or
+            // moved the address): the store decides, at the commit.
+            if let Some(holder) = self.pool.holder_of(ip).filter(|h| *h != facts.mac) {
+                self.pool.unbind(holder, ip);
+            }
+            bound = self
+                .pool
+                .bind(subnet, facts.mac, ip, expires_at, cfg.fixed_address);
+        }
+        let undo = match bound {
             Ok(u) => u,
             Err(_) => return self.nak(req, raw, "address not available"),
         };
@@ -399,6 +435,10 @@ impl Handler {
             // The pool goes back exactly as it was: the client's previous
             // binding (still valid, still in the store) keeps its address.
             self.pool.restore(undo);
+            if e.downcast_ref::<AddressTaken>().is_some() {
+                // Another server leased it meanwhile: the client starts over.
+                return self.nak(req, raw, "address not available");
+            }
             DhcpStats::inc(&self.stats.commit_failures);
             self.store_error("commit failed, no ACK", &facts.mac, ip, &e);
             return None;

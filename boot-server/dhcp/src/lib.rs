@@ -16,6 +16,11 @@
 //!   leaves only after the commit returned. A failed commit means no ACK and
 //!   puts the memory pool back exactly as it was (the client's previous,
 //!   still-valid binding keeps its address).
+//! - **Shared store** ([`LeaseStore::shared`], several servers on one
+//!   segment): the store allocates each OFFER's address and holds it for
+//!   the client ([`LeaseStore::allocate`], 60 s); the memory pool is this
+//!   server's cache, the store's constraints decide, and a commit refused
+//!   with [`AddressTaken`] (another server leased it) gets a NAK.
 //! - **Store first:** RELEASE, DECLINE and expiry delete in the store before
 //!   memory forgets; expiry is one conditional [`LeaseStore::expire`], so a
 //!   renewal between the sweep and the delete wins. Store errors are counted

@@ -104,18 +104,46 @@ pub struct Lease {
     pub client_id: Option<Vec<u8>>,
 }
 
+/// A [`LeaseStore::commit`] error saying the address is leased to another
+/// MAC (a conflict, not a failure): the client gets a NAK and starts over.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("address {0} is leased to another client")]
+pub struct AddressTaken(pub Ipv4Addr);
+
 /// Durable lease storage, owned by the integrator.
 ///
 /// Any error is counted ([`crate::DhcpStats::store_errors`]), logged and
 /// retried later; the server never ACKs what the store did not confirm.
 #[async_trait::async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
+    /// Whether several servers allocate from this store (then an OFFER's
+    /// address comes from [`LeaseStore::allocate`], not the memory pool,
+    /// and the memory pool is only this server's cache). Default: no.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Shared store only: an address of `range` for `mac`, held for it
+    /// until `hold_until` (the offer) unless it holds it longer already:
+    /// its live lease, else the first of `prefer` that is free, else a free
+    /// one; never one another MAC holds or is reserved for. `None`: the
+    /// range is full.
+    async fn allocate(
+        &self,
+        mac: [u8; 6],
+        range: (Ipv4Addr, Ipv4Addr),
+        prefer: &[Ipv4Addr],
+        hold_until: SystemTime,
+    ) -> anyhow::Result<Option<Ipv4Addr>> {
+        let _ = (mac, range, prefer, hold_until);
+        Ok(None)
+    }
     /// At start-up. On error the server retries with backoff and answers no
     /// full-mode request until it succeeds.
     async fn load(&self) -> anyhow::Result<Vec<Lease>>;
     /// Insert or replace `lease.mac`'s lease. Returns only when durable; the
     /// ACK is sent after. Must fail, changing nothing, when `lease.ip` is
-    /// held by another MAC whose lease has not expired.
+    /// held by another MAC whose lease has not expired (with
+    /// [`AddressTaken`] in the error chain: the client gets a NAK).
     async fn commit(&self, lease: &Lease) -> anyhow::Result<()>;
     /// RELEASE / DECLINE / freeing an address: delete `mac`'s lease on `ip`
     /// if there is one (Ok when there is none).

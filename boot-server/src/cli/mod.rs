@@ -169,6 +169,9 @@ pub enum Cmd {
     /// API tokens: admin, read-only, or operator of named environments.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// The boot servers sharing the store: role, segment, version, last heartbeat.
+    #[command(subcommand)]
+    Server(ServerCmd),
     /// Write a consistent copy of the server's state database to FILE.
     Backup {
         /// Where to write the copy.
@@ -178,6 +181,32 @@ pub enum Cmd {
     Restore {
         /// The backup to restore.
         file: PathBuf,
+    },
+}
+
+/// Server registry commands.
+#[derive(Subcommand)]
+pub enum ServerCmd {
+    /// List the servers sharing the store (a server silent for 5 s is down).
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Designate the preferred controller: it takes the controller lease
+    /// whenever it is up.
+    Prefer {
+        /// A registered server's name.
+        #[arg(required_unless_present = "none")]
+        name: Option<String>,
+        /// Clear the preference (any server may keep the lease).
+        #[arg(long, conflicts_with = "name")]
+        none: bool,
+    },
+    /// Remove a down server from the registry.
+    Forget {
+        /// The server's name.
+        name: String,
     },
 }
 
@@ -584,6 +613,67 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
+async fn server_command(c: &Client, cmd: ServerCmd) -> std::result::Result<(), Failure> {
+    match cmd {
+        ServerCmd::List { json } => {
+            let v = c.json(Method::GET, "/api/servers", None).await?;
+            if json {
+                show(&v);
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:<11} {:<9} {:<18} {:<10} {:>13} LISTEN",
+                "NAME", "ROLE", "PREFERRED", "SEGMENT", "VERSION", "HEARTBEAT"
+            );
+            for s in v.as_array().into_iter().flatten() {
+                let listen: Vec<&str> = s["listen"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let age = s["heartbeat_age_ms"].as_i64().unwrap_or(0);
+                println!(
+                    "{:<16} {:<11} {:<9} {:<18} {:<10} {:>13} {}",
+                    s["name"].as_str().unwrap_or("?"),
+                    s["role"].as_str().unwrap_or("?"),
+                    if s["preferred"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        ""
+                    },
+                    s["segment"].as_str().unwrap_or(""),
+                    s["version"].as_str().unwrap_or(""),
+                    format!("{:.1} s ago", age as f64 / 1000.0),
+                    listen.join(" ")
+                );
+            }
+        }
+        ServerCmd::Prefer { name, none: _ } => {
+            c.json(
+                Method::PUT,
+                "/api/servers/preferred",
+                Some(json!({ "name": name })),
+            )
+            .await?;
+            match name {
+                Some(n) => println!("preferred controller: {n}"),
+                None => println!("no preferred controller"),
+            }
+        }
+        ServerCmd::Forget { name } => {
+            c.json(
+                Method::DELETE,
+                &format!("/api/servers/{}", enc(&name)),
+                None,
+            )
+            .await?;
+            println!("forgot {name}");
+        }
+    }
+    Ok(())
+}
+
 async fn token_command(c: &Client, cmd: TokenCmd) -> std::result::Result<(), Failure> {
     match cmd {
         TokenCmd::Create {
@@ -755,6 +845,7 @@ async fn command(c: &Client, cmd: Cmd) -> std::result::Result<(), Failure> {
             .await?;
         }
         Cmd::Token(t) => token_command(c, t).await?,
+        Cmd::Server(t) => server_command(c, t).await?,
         Cmd::Leases { json } => {
             let v = c.json(Method::GET, "/api/leases", None).await?;
             if json {

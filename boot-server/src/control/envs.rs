@@ -37,6 +37,10 @@ impl Control {
     /// Wakes the engine (something it decides on changed).
     pub fn wake_engine(&self) {
         self.engine_wake.notify_one();
+        // The controller may be another server.
+        if let Some(peers) = self.peers() {
+            peers.wake_engine();
+        }
     }
 
     /// An environment with its slots.

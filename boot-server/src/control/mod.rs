@@ -4,12 +4,14 @@
 //! event on the [`EventHub`] (store + live broadcast). Errors carry a kind
 //! that the API maps to an HTTP status and the CLI to an exit code.
 
+pub mod cluster;
 mod disks;
 mod envs;
 mod images;
 mod network;
 mod nodes;
 mod power;
+pub mod servers;
 mod tokens;
 
 pub use disks::DiskView;
@@ -114,6 +116,13 @@ impl CommandWakeups {
     pub fn wake(&self, node: &str) {
         self.for_node(node).notify_waiters();
     }
+    /// Wakes every poll waiting now (they look at the store again).
+    pub fn wake_all(&self) {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for n in map.values() {
+            n.notify_waiters();
+        }
+    }
 }
 
 /// The running DHCP server, as the control layer drives it.
@@ -161,6 +170,7 @@ pub struct Control {
     disks: Option<Arc<boot_nbd::DiskStore>>,
     exports: Option<Arc<dyn ExportControl>>,
     dhcp: Mutex<Option<Arc<dyn DhcpLink>>>,
+    peers: Mutex<Option<Arc<dyn cluster::PeerLink>>>,
     sqlite: Mutex<Option<Arc<crate::store::SqliteStore>>>,
 }
 
@@ -186,6 +196,7 @@ impl Control {
             disks,
             exports,
             dhcp: Mutex::new(None),
+            peers: Mutex::new(None),
             sqlite: Mutex::new(None),
         }
     }

@@ -220,3 +220,53 @@ async fn control_decisions() {
         ErrorKind::Conflict
     );
 }
+
+fn server(name: &str, holder: &str, role: crate::model::ServerRole) -> crate::model::ServerInfo {
+    crate::model::ServerInfo {
+        name: name.into(),
+        holder: holder.into(),
+        role,
+        segment: "10.0.0.0/24".into(),
+        version: "1".into(),
+        listen: vec!["http=10.0.0.1:80".into()],
+        started_ms: now_ms(),
+    }
+}
+
+#[tokio::test]
+async fn servers_register_and_only_an_engine_server_is_preferred() {
+    use crate::model::ServerRole::{Controller, Member};
+    let (c, _d) = setup(false);
+    c.store
+        .heartbeat_server(&server("s1", "s1:1:a", Controller))
+        .await
+        .unwrap();
+    c.store
+        .heartbeat_server(&server("s2", "", Member))
+        .await
+        .unwrap();
+    let list = c.list_servers().await.unwrap();
+    let roles: Vec<(&str, &str, bool)> = list
+        .iter()
+        .map(|s| (s.name.as_str(), s.role.as_str(), s.up))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![("s1", "controller", true), ("s2", "member", true)]
+    );
+    assert_eq!(
+        c.prefer_server(Some("nope".into())).await.unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        c.prefer_server(Some("s2".into())).await.unwrap_err().kind,
+        ErrorKind::Conflict
+    );
+    c.prefer_server(Some("s1".into())).await.unwrap();
+    assert!(c.list_servers().await.unwrap()[0].preferred);
+    // An up server is not forgotten.
+    assert_eq!(
+        c.forget_server("s2").await.unwrap_err().kind,
+        ErrorKind::Conflict
+    );
+}

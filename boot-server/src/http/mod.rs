@@ -13,6 +13,7 @@ pub mod files;
 pub mod listener;
 pub mod openapi;
 pub mod range;
+pub mod servers;
 pub mod stream;
 pub mod tokens;
 pub mod ui;

@@ -273,7 +273,7 @@ impl Metrics {
     /// Follows the event broadcast until the hub stops: counts events,
     /// decisions and alerts, and times boots and moves from them.
     pub fn spawn_observer(self: &Arc<Self>, events: &EventHub, control: Arc<Control>) {
-        let mut rx = events.subscribe();
+        let mut rx = events.subscribe_local();
         let me = self.clone();
         tokio::spawn(async move {
             let mut boots = boots::Boots::default();

@@ -11,6 +11,7 @@ mod image;
 mod lease;
 mod mac;
 mod node;
+mod server;
 mod token;
 
 pub use command::{CommandStatus, QueuedCommand};
@@ -23,6 +24,7 @@ pub use image::{BootImage, Firmware, ImageFile, ImageKind};
 pub use lease::{Lease, Reservation};
 pub use mac::{BadMac, MacAddr};
 pub use node::{DiskAttachment, HelloFacts, Node, NodeState, Selector, Sighting, Transition};
+pub use server::{ServerInfo, ServerRecord, ServerRole, SERVER_DOWN_AFTER_MS, SERVER_HEARTBEAT_MS};
 pub use token::{ApiToken, TokenRole};
 
 /// Milliseconds since the Unix epoch (every timestamp in the model).

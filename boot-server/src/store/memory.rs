@@ -25,6 +25,8 @@ struct Data {
     slots: BTreeMap<(String, u32), Slot>,
     load: Vec<LoadSample>,
     api_tokens: BTreeMap<String, (ApiToken, String)>,
+    servers: BTreeMap<String, (crate::model::ServerInfo, i64)>,
+    preferred_controller: Option<String>,
 }
 
 impl Data {
@@ -727,5 +729,41 @@ impl TokenStore for MemoryStore {
     }
     async fn revoke_token(&self, name: &str) -> Result<bool> {
         self.with(|d| Ok(d.api_tokens.remove(name).is_some()))
+    }
+}
+
+#[async_trait]
+impl crate::store::ServerStore for MemoryStore {
+    async fn heartbeat_server(&self, server: &crate::model::ServerInfo) -> Result<()> {
+        self.with(|d| {
+            d.servers
+                .insert(server.name.clone(), (server.clone(), now_ms()));
+            Ok(())
+        })
+    }
+    async fn servers(&self) -> Result<Vec<crate::model::ServerRecord>> {
+        let now = now_ms();
+        self.with(|d| {
+            Ok(d.servers
+                .values()
+                .map(|(info, at)| crate::model::ServerRecord {
+                    info: info.clone(),
+                    last_heartbeat_ms: *at,
+                    age_ms: now - at,
+                })
+                .collect())
+        })
+    }
+    async fn forget_server(&self, name: &str) -> Result<bool> {
+        self.with(|d| Ok(d.servers.remove(name).is_some()))
+    }
+    async fn set_preferred_controller(&self, name: Option<&str>) -> Result<()> {
+        self.with(|d| {
+            d.preferred_controller = name.map(str::to_string);
+            Ok(())
+        })
+    }
+    async fn preferred_controller(&self) -> Result<Option<String>> {
+        self.with(|d| Ok(d.preferred_controller.clone()))
     }
 }

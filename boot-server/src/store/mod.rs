@@ -21,8 +21,8 @@ pub mod sqlite;
 
 use crate::model::{
     ApiToken, BootImage, CommandStatus, DiskAttachment, Environment, Event, EventKind, HelloFacts,
-    Lease, LoadSample, MacAddr, Node, NodeState, QueuedCommand, Reservation, Selector, Sighting,
-    Slot, SlotStep, Transition,
+    Lease, LoadSample, MacAddr, Node, NodeState, QueuedCommand, Reservation, Selector, ServerInfo,
+    ServerRecord, Sighting, Slot, SlotStep, Transition,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -311,6 +311,22 @@ pub trait TokenStore: Send + Sync {
     async fn revoke_token(&self, name: &str) -> Result<bool>;
 }
 
+/// The server registry and the preferred controller.
+#[async_trait]
+pub trait ServerStore: Send + Sync {
+    /// Registers a server, or renews its registration, as alive now.
+    async fn heartbeat_server(&self, server: &ServerInfo) -> Result<()>;
+    /// Every registered server, by name, with its last heartbeat.
+    async fn servers(&self) -> Result<Vec<ServerRecord>>;
+    /// Removes a server's registration; whether it was there.
+    async fn forget_server(&self, name: &str) -> Result<bool>;
+    /// Sets (or with `None` clears) the server that takes the controller
+    /// lease whenever it is up.
+    async fn set_preferred_controller(&self, name: Option<&str>) -> Result<()>;
+    /// The preferred controller, if one is set.
+    async fn preferred_controller(&self) -> Result<Option<String>>;
+}
+
 /// All of the store.
 pub trait Store:
     ImageStore
@@ -322,6 +338,7 @@ pub trait Store:
     + EventStore
     + EnvStore
     + TokenStore
+    + ServerStore
     + Send
     + Sync
     + 'static
@@ -338,6 +355,7 @@ impl<T> Store for T where
         + EventStore
         + EnvStore
         + TokenStore
+        + ServerStore
         + Send
         + Sync
         + 'static

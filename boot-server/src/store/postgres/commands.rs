@@ -2,6 +2,8 @@
 //! command is handed out again until the agent reports it started. Taking
 //! commands locks their rows (`FOR UPDATE SKIP LOCKED`), so two servers
 //! answering polls of one node never hand out one command twice at once.
+//! Queueing notifies every server (`notify`), so a poll waiting on any of
+//! them wakes when the command commits.
 
 use super::PgStore;
 use crate::model::{now_ms, CommandStatus, QueuedCommand};
@@ -29,15 +31,19 @@ fn to_command(r: &Row) -> Result<QueuedCommand> {
 impl CommandStore for PgStore {
     async fn queue_command(&self, node: &str, command: &boot_proto::CommandKind) -> Result<i64> {
         let body = serde_json::to_string(command)?;
-        Ok(self
-            .client()
-            .await?
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let id: i64 = tx
             .query_one(
                 "INSERT INTO commands(node, body, status, created_ms) VALUES ($1, $2, 'queued', $3) RETURNING id",
                 &[&node, &body, &now_ms()],
             )
             .await?
-            .get(0))
+            .get(0);
+        // Wakes the node's long poll on whichever server it waits.
+        super::notify::notify(&tx, &format!("c:{node}")).await?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     async fn take_commands(

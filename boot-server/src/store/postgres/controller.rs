@@ -18,6 +18,7 @@
 //! it is paused past that point instead, its fenced writes are refused.
 
 use super::PgStore;
+use crate::model::SERVER_DOWN_AFTER_MS;
 use crate::store::{Fence, Result};
 use deadpool_postgres::GenericClient;
 use std::time::Duration;
@@ -37,10 +38,14 @@ pub struct ControllerLease {
 
 impl PgStore {
     /// Takes the controller lease if it is free (expired), or renews it if
-    /// `holder` holds it with `held`. Returns the fence while held.
+    /// `holder` holds it with `held`. Returns the fence while held. Server
+    /// `name` neither takes nor renews it while another server is the
+    /// preferred controller and up (a candidate whose heartbeat is younger
+    /// than [`SERVER_DOWN_AFTER_MS`]).
     pub async fn claim_controller(
         &self,
         holder: &str,
+        name: &str,
         held: Option<Fence>,
         ttl: Duration,
     ) -> Result<Option<Fence>> {
@@ -50,14 +55,23 @@ impl PgStore {
             .client()
             .await?
             .query_opt(
-                "UPDATE controller SET
+                "WITH preferred AS (
+                     SELECT EXISTS (
+                         SELECT 1 FROM settings s JOIN servers v ON v.name = s.value
+                         WHERE s.key = 'preferred_controller' AND s.value <> $4
+                           AND (v.body::jsonb ->> 'holder') <> ''
+                           AND v.heartbeat_ms > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT - $5
+                     ) AS elsewhere)
+                 UPDATE controller SET
                      fence = CASE WHEN holder = $1 AND fence = $2 THEN fence ELSE fence + 1 END,
                      taken_at = CASE WHEN holder = $1 AND fence = $2 THEN taken_at ELSE now() END,
                      holder = $1,
                      expires_at = now() + $3::FLOAT8 * interval '1 second'
-                 WHERE id = 1 AND ((holder = $1 AND fence = $2) OR expires_at <= now())
+                 FROM preferred
+                 WHERE id = 1 AND NOT preferred.elsewhere
+                   AND ((holder = $1 AND fence = $2) OR expires_at <= now())
                  RETURNING fence",
-                &[&holder, &held, &ttl_s],
+                &[&holder, &held, &ttl_s, &name, &SERVER_DOWN_AFTER_MS],
             )
             .await?;
         Ok(row.map(|r| Fence(r.get::<_, i64>(0) as u64)))
@@ -99,23 +113,24 @@ impl PgStore {
 pub struct Candidate {
     /// This server's holder id.
     pub holder: String,
+    /// The server's name in the registry.
+    pub name: String,
     /// Lease time.
     pub ttl: Duration,
 }
 
 impl Candidate {
-    /// A candidate named after this host and process (unique per run, so
-    /// a restarted server waits for its predecessor's lease to expire).
-    pub fn new(ttl: Duration) -> Candidate {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "host".into());
+    /// Server `name`'s candidate, with a holder id unique to this run
+    /// (`name:pid:random`, so a restarted server waits for its
+    /// predecessor's lease to expire).
+    pub fn new(name: &str, ttl: Duration) -> Candidate {
         Candidate {
             holder: format!(
-                "{host}:{}:{:08x}",
+                "{name}:{}:{:08x}",
                 std::process::id(),
                 rand::random::<u32>()
             ),
+            name: name.to_string(),
             ttl,
         }
     }
@@ -138,7 +153,7 @@ impl Candidate {
             };
             let attempt = tokio::time::timeout_at(
                 limit,
-                store.claim_controller(&self.holder, held, self.ttl),
+                store.claim_controller(&self.holder, &self.name, held, self.ttl),
             )
             .await;
             match attempt {
@@ -151,9 +166,12 @@ impl Candidate {
                     deadline = started + self.ttl;
                 }
                 Ok(Ok(None)) => {
-                    if held.take().is_some() {
-                        tracing::warn!(holder = %self.holder, "controller lease lost to another server; engine stopped");
+                    if let Some(fence) = held.take() {
+                        tracing::warn!(holder = %self.holder, "controller lease lost to another server, or the preferred controller is up; engine stopped");
                         let _ = tx.send(None);
+                        // Free it at once for the preferred controller (a
+                        // no-op when another server holds it already).
+                        let _ = store.resign_controller(&self.holder, fence).await;
                     }
                 }
                 Ok(Err(e)) => {
@@ -197,11 +215,15 @@ mod tests {
             .await
             .unwrap();
         let ttl = Duration::from_millis(600);
-        let fa = a.claim_controller("a", None, ttl).await.unwrap().unwrap();
+        let fa = a
+            .claim_controller("a", "a", None, ttl)
+            .await
+            .unwrap()
+            .unwrap();
         // While a holds it, b cannot take it; a renews with the same fence.
-        assert_eq!(b.claim_controller("b", None, ttl).await.unwrap(), None);
+        assert_eq!(b.claim_controller("b", "b", None, ttl).await.unwrap(), None);
         assert_eq!(
-            a.claim_controller("a", Some(fa), ttl).await.unwrap(),
+            a.claim_controller("a", "a", Some(fa), ttl).await.unwrap(),
             Some(fa)
         );
         let (n, _) = a
@@ -225,7 +247,7 @@ mod tests {
         // a pauses (stops renewing); b takes over once the lease expires.
         let t0 = std::time::Instant::now();
         let fb = loop {
-            if let Some(f) = b.claim_controller("b", None, ttl).await.unwrap() {
+            if let Some(f) = b.claim_controller("b", "b", None, ttl).await.unwrap() {
                 break f;
             }
             assert!(t0.elapsed() < Duration::from_secs(5), "no takeover");
@@ -235,7 +257,10 @@ mod tests {
         let lease = b.controller_lease().await.unwrap();
         assert_eq!((lease.holder.as_str(), lease.fence), ("b", fb.0));
         // a wakes up: its renewal fails and its fenced write is refused...
-        assert_eq!(a.claim_controller("a", Some(fa), ttl).await.unwrap(), None);
+        assert_eq!(
+            a.claim_controller("a", "a", Some(fa), ttl).await.unwrap(),
+            None
+        );
         let mut ready = pending.clone();
         ready.step = SlotStep::Booting;
         let err = a
@@ -255,7 +280,11 @@ mod tests {
             .unwrap());
         // Resigning frees it at once.
         assert!(b.resign_controller("b", fb).await.unwrap());
-        let fa2 = a.claim_controller("a", None, ttl).await.unwrap().unwrap();
+        let fa2 = a
+            .claim_controller("a", "a", None, ttl)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(fa2.0 > fb.0);
     }
 
@@ -272,13 +301,13 @@ mod tests {
         let ttl = Duration::from_millis(1000);
         let (ta, mut ra) = watch::channel(None);
         let (tb, mut rb) = watch::channel(None);
-        let ca = Candidate::new(ttl);
+        let ca = Candidate::new("a", ttl);
         let task_a = tokio::spawn(ca.run(std::sync::Arc::new(a), ta));
         tokio::time::timeout(Duration::from_secs(5), ra.wait_for(|f| f.is_some()))
             .await
             .expect("no controller elected")
             .unwrap();
-        let task_b = tokio::spawn(Candidate::new(ttl).run(std::sync::Arc::new(b), tb));
+        let task_b = tokio::spawn(Candidate::new("b", ttl).run(std::sync::Arc::new(b), tb));
         // b stays a candidate while a renews (three lease times).
         let steady = tokio::time::timeout(ttl * 3, rb.wait_for(|f| f.is_some()))
             .await
@@ -342,5 +371,91 @@ mod tests {
             format!("{err:#}").contains("newer than this boot-server"),
             "{err:#}"
         );
+    }
+}
+
+#[cfg(test)]
+mod preferred_tests {
+    use super::*;
+    use crate::model::{ServerInfo, ServerRole};
+    use crate::store::conformance::{pg_schema, pg_store};
+    use crate::store::ServerStore;
+
+    fn info(name: &str) -> ServerInfo {
+        ServerInfo {
+            name: name.into(),
+            holder: format!("{name}:1:x"),
+            role: ServerRole::Member,
+            segment: String::new(),
+            version: "1".into(),
+            listen: vec![],
+            started_ms: 0,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_preferred_controller_takes_the_lease_while_it_is_up() {
+        let test = "store::postgres::controller::preferred_tests::the_preferred_controller_takes_the_lease_while_it_is_up";
+        let Some(a) = pg_store(test).await else {
+            return;
+        };
+        let url = std::env::var("BOOT_TEST_PG_URL").unwrap();
+        let b = PgStore::connect_in_schema(&url, &pg_schema(test))
+            .await
+            .unwrap();
+        let ttl = Duration::from_secs(30);
+        a.heartbeat_server(&info("a")).await.unwrap();
+        b.heartbeat_server(&info("b")).await.unwrap();
+        let fa = a
+            .claim_controller("a:1:x", "a", None, ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        // b is preferred and up: a's renewal is refused, a steps down...
+        b.set_preferred_controller(Some("b")).await.unwrap();
+        assert_eq!(
+            a.claim_controller("a:1:x", "a", Some(fa), ttl)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(a.resign_controller("a:1:x", fa).await.unwrap());
+        // ...and b takes it at once (no waiting for the 30 s lease).
+        let fb = b
+            .claim_controller("b:1:x", "b", None, ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(fb.0 > fa.0);
+        assert_eq!(b.controller_lease().await.unwrap().holder, "b:1:x");
+        // b goes silent past the down time: a may take over once the lease
+        // has expired.
+        a.client()
+            .await
+            .unwrap()
+            .execute(
+                "UPDATE servers SET heartbeat_ms = heartbeat_ms - 60000 WHERE name = 'b'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            a.claim_controller("a:1:x", "a", None, ttl).await.unwrap(),
+            None
+        );
+        a.client()
+            .await
+            .unwrap()
+            .execute("UPDATE controller SET expires_at = now()", &[])
+            .await
+            .unwrap();
+        assert!(a
+            .claim_controller("a:1:x", "a", None, ttl)
+            .await
+            .unwrap()
+            .is_some());
+        let listed = a.servers().await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed[1].age_ms >= 60_000, "{listed:?}");
     }
 }

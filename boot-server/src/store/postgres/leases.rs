@@ -65,6 +65,97 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Allocates an address of `lo..=hi` for `mac` from the database (several
+    /// servers on one segment): its live lease if it has one in the range,
+    /// else the first free address of `prefer`, else a free one (searched
+    /// from a point derived from the MAC, so servers racing for different
+    /// clients rarely try the same address), stored as a lease of `mac`
+    /// until `hold_until_ms` (the offer). The unique address constraint
+    /// settles races: a candidate another server took meanwhile is skipped.
+    /// Addresses reserved for other MACs are never chosen. `None`: full.
+    pub async fn allocate_address(
+        &self,
+        mac: MacAddr,
+        (lo, hi): (Ipv4Addr, Ipv4Addr),
+        prefer: &[Ipv4Addr],
+        hold_until_ms: i64,
+    ) -> Result<Option<Ipv4Addr>> {
+        let (lo_n, hi_n) = (u32::from(lo) as i64, u32::from(hi) as i64);
+        if hi_n < lo_n {
+            return Ok(None);
+        }
+        let mac_s = mac.to_string();
+        let now = now_ms();
+        let c = self.client().await?;
+        if let Some(r) = c
+            .query_opt(
+                "SELECT ip FROM leases WHERE mac = $1 AND expires_at_ms > $2",
+                &[&mac_s, &now],
+            )
+            .await?
+        {
+            let ip: Ipv4Addr = r
+                .get::<_, &str>(0)
+                .parse()
+                .context("stored lease address")?;
+            let n = u32::from(ip) as i64;
+            if (lo_n..=hi_n).contains(&n) || prefer.contains(&ip) {
+                return Ok(Some(ip));
+            }
+        }
+        let size = hi_n - lo_n + 1;
+        let spread = i64::from(u32::from_be_bytes([mac.0[2], mac.0[3], mac.0[4], mac.0[5]]));
+        let start = lo_n + spread % size;
+        let free = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.ip = host('0.0.0.0'::inet + g.n) AND l.mac <> $1 AND l.expires_at_ms > $2)
+                    AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.ip = host('0.0.0.0'::inet + g.n) AND r.mac <> $1)";
+        let mut candidates: Vec<Ipv4Addr> = Vec::new();
+        for p in prefer {
+            let n = u32::from(*p) as i64;
+            let ok: bool = c
+                .query_one(
+                    format!("SELECT {free} FROM (SELECT $3::BIGINT AS n) g").as_str(),
+                    &[&mac_s, &now, &n],
+                )
+                .await?
+                .get(0);
+            if ok {
+                candidates.push(*p);
+            }
+        }
+        let rows = c
+            .query(
+                format!(
+                    "(SELECT g.n FROM generate_series($3::BIGINT, $4::BIGINT) g(n) WHERE {free} LIMIT 16)
+                     UNION ALL
+                     (SELECT g.n FROM generate_series($5::BIGINT, $3::BIGINT - 1) g(n) WHERE {free} LIMIT 16)
+                     LIMIT 16"
+                )
+                .as_str(),
+                &[&mac_s, &now, &start, &hi_n, &lo_n],
+            )
+            .await?;
+        candidates.extend(
+            rows.iter()
+                .map(|r| Ipv4Addr::from(r.get::<_, i64>(0) as u32)),
+        );
+        drop(c);
+        for ip in candidates {
+            let hold = Lease {
+                mac,
+                ip,
+                expires_at_ms: hold_until_ms,
+                hostname: None,
+                client_id: None,
+            };
+            if self.try_put_lease(&hold).await?.is_none() {
+                return Ok(Some(ip));
+            }
+        }
+        Ok(None)
+    }
+}
+
 #[async_trait]
 impl LeaseStore for PgStore {
     async fn leases(&self) -> Result<Vec<Lease>> {
@@ -165,5 +256,78 @@ impl LeaseStore for PgStore {
             // Proxy/relay mode: no lease here, the observed address says.
             None => node_where(&c, "observed_ip = $1", &ip).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod allocate_tests {
+    use super::*;
+    use crate::model::Reservation;
+    use crate::store::conformance::{mac, pg_schema, pg_store};
+    use crate::store::ReservationStore;
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    /// Two servers allocate for 40 clients at once from one 32-address
+    /// range: every address goes to one MAC, the reserved one to nobody
+    /// else, and the 9 clients too many get `None`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_servers_never_allocate_one_address_twice() {
+        let test =
+            "store::postgres::leases::allocate_tests::two_servers_never_allocate_one_address_twice";
+        let Some(a) = pg_store(test).await else {
+            return;
+        };
+        let url = std::env::var("BOOT_TEST_PG_URL").unwrap();
+        let b = PgStore::connect_in_schema(&url, &pg_schema(test))
+            .await
+            .unwrap();
+        let reserved: Ipv4Addr = "10.7.0.5".parse().unwrap();
+        a.put_reservation(&Reservation {
+            mac: mac(999),
+            ip: reserved,
+            hostname: None,
+        })
+        .await
+        .unwrap();
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let range: (Ipv4Addr, Ipv4Addr) =
+            ("10.7.0.0".parse().unwrap(), "10.7.0.31".parse().unwrap());
+        let hold = now_ms() + 60_000;
+        let mut tasks = Vec::new();
+        for i in 0..40u32 {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                (
+                    i,
+                    s.allocate_address(mac(i), range, &[], hold).await.unwrap(),
+                )
+            }));
+        }
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap());
+        }
+        let ips: Vec<Ipv4Addr> = got.iter().filter_map(|(_, ip)| *ip).collect();
+        let unique: HashSet<_> = ips.iter().collect();
+        assert_eq!(ips.len(), 31, "{got:?}");
+        assert_eq!(unique.len(), 31, "an address allocated twice: {got:?}");
+        assert!(!unique.contains(&reserved));
+        // The store agrees, and a client asking again gets its own address.
+        let stored = a.leases().await.unwrap();
+        assert_eq!(stored.len(), 31);
+        let (i, ip) = got.iter().find(|(_, ip)| ip.is_some()).unwrap();
+        assert_eq!(
+            b.allocate_address(mac(*i), range, &[], hold).await.unwrap(),
+            *ip
+        );
+        // The reservation's holder gets its address when it prefers it.
+        let r = (reserved, reserved);
+        assert_eq!(
+            a.allocate_address(mac(999), r, &[reserved], hold)
+                .await
+                .unwrap(),
+            Some(reserved)
+        );
     }
 }

@@ -24,8 +24,10 @@ mod events;
 mod images;
 mod leases;
 mod nodes;
+pub mod notify;
 mod reservations;
 pub mod schema;
+mod servers;
 mod tokens;
 
 use super::Result;

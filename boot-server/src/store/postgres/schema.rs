@@ -10,6 +10,8 @@
 //! - 3: the engine: environments, slots (at most one per node), load
 //!   samples, what a node's hello said; and (PostgreSQL only, as only a
 //!   shared store has several servers) the designated-controller lease row.
+//! - 4: API tokens.
+//! - 5: the server registry (name, registration, last heartbeat).
 
 use anyhow::{bail, Context, Result};
 
@@ -121,7 +123,15 @@ CREATE TABLE api_tokens (
 );
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const V5: &str = r#"
+CREATE TABLE servers (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    heartbeat_ms BIGINT NOT NULL
+);
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this build writes (the same number as SQLite's).
 pub fn latest_version() -> usize {

@@ -23,6 +23,7 @@ mod leases;
 mod nodes;
 mod reservations;
 pub mod schema;
+mod servers;
 mod tokens;
 
 use super::Result;

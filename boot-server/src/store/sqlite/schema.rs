@@ -114,6 +114,14 @@ CREATE TABLE api_tokens (
 );
 "#;
 
+const V5: &str = r#"
+CREATE TABLE servers (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    heartbeat_ms INTEGER NOT NULL
+);
+"#;
+
 /// Round-1 tokens were stored in plain text: store their digests instead.
 fn hash_round1_tokens(tx: &rusqlite::Transaction) -> rusqlite_migration::HookResult {
     let rows: Vec<(String, Option<String>, Option<String>)> = {
@@ -137,12 +145,13 @@ fn migrations() -> Migrations<'static> {
         M::up_with_hook(V2, hash_round1_tokens),
         M::up(V3),
         M::up(V4),
+        M::up(V5),
     ])
 }
 
 /// The schema version this build writes.
 pub fn latest_version() -> usize {
-    4
+    5
 }
 
 fn version_of(conn: &Connection) -> Result<usize> {
