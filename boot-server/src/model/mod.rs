@@ -15,8 +15,8 @@ mod token;
 
 pub use command::{CommandStatus, QueuedCommand};
 pub use env::{
-    AddressRange, BootMode, Environment, LoadSample, Policy, Requirements, Schedule,
-    ScheduleAction, Slot, SlotStep,
+    AddressRange, BootMode, CloneJob, CloneOrigin, ClonePhase, Environment, LoadSample, Policy,
+    Removal, Requirements, Schedule, ScheduleAction, Slot, SlotStep,
 };
 pub use event::{Event, EventKind};
 pub use image::{BootImage, Firmware, ImageFile, ImageKind};
