@@ -92,6 +92,7 @@ if [ "$lab" = 1 ]; then
     suite agent-qemu-smoke script "$repo/node-agent/tests/qemu-smoke.sh" "$td/x86_64-unknown-linux-gnu/release/node-agent"
     suite lab-engine script "$here/test-engine.sh"
     suite lab-ha script "$here/test-ha.sh"
+    suite lab-clone script "$here/test-clone.sh"
     suite lab-ui script "$here/test-ui.sh"
 fi
 if [ "$fuzz" = 1 ]; then

@@ -16,7 +16,10 @@ pub const AGENT_TOKEN_HEADER: &str = "x-node-token";
 pub const ADMIN_TOKEN_HEADER: &str = "authorization";
 
 /// Version of the agent protocol this build speaks (sent in [`Hello`]).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
+/// First agent protocol version with live cloning ([`CommandKind::PrepareClone`],
+/// [`CommandKind::FinishClone`], the clone hooks and [`SlotConfig::reidentify`]).
+pub const CLONE_PROTOCOL_VERSION: u32 = 4;
 /// Oldest agent protocol version a server still accepts: agents inside
 /// installed operating systems lag one release behind.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
@@ -312,6 +315,58 @@ pub struct Hooks {
     /// Exit 0 = busy (the node must not be taken away now).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub busy: Option<String>,
+    /// Before a live clone of this node: stop taking new work, finish or
+    /// suspend sessions. A non-zero exit refuses the clone (its output is
+    /// the reason) unless the clone is forced. Protocol 4.
+    #[serde(
+        default,
+        rename = "prepare-clone",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub prepare_clone: Option<String>,
+    /// After the clone's snapshot (file systems thawed): resume. Protocol 4.
+    #[serde(
+        default,
+        rename = "clone-done",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub clone_done: Option<String>,
+    /// On a clone's first boot, before the start hook: drop the sessions,
+    /// caches and leases it inherited from its template. Protocol 4.
+    #[serde(
+        default,
+        rename = "purge-sessions",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub purge_sessions: Option<String>,
+}
+
+/// Every hook name an environment can define, as written on the wire and
+/// as file names under the agent's hook directories.
+pub const HOOK_NAMES: [&str; 7] = [
+    "start",
+    "stop",
+    "health",
+    "busy",
+    "prepare-clone",
+    "clone-done",
+    "purge-sessions",
+];
+
+impl Hooks {
+    /// The script of hook `name` (one of [`HOOK_NAMES`]).
+    pub fn get(&self, name: &str) -> Option<&String> {
+        match name {
+            "start" => self.start.as_ref(),
+            "stop" => self.stop.as_ref(),
+            "health" => self.health.as_ref(),
+            "busy" => self.busy.as_ref(),
+            "prepare-clone" => self.prepare_clone.as_ref(),
+            "clone-done" => self.clone_done.as_ref(),
+            "purge-sessions" => self.purge_sessions.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// What a node needs to know about the environment slot it holds: sent with
@@ -331,6 +386,11 @@ pub struct SlotConfig {
     /// `/run/node-agent/slot.env` as `KEY=value` lines for the hooks.
     #[serde(default)]
     pub config: std::collections::BTreeMap<String, String>,
+    /// This is a clone's boot: give the node its own identity before the
+    /// application starts (new `/etc/machine-id`, SSH host keys regenerated
+    /// if present, the `purge-sessions` hook). Protocol 4.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reidentify: bool,
 }
 
 /// A command the server asks the agent to carry out.
@@ -364,6 +424,21 @@ pub enum CommandKind {
     Quiesce,
     /// Undo [`CommandKind::Quiesce`].
     Thaw,
+    /// Live clone, first half (protocol 4): run the `prepare-clone` hook
+    /// (a refusal fails the command with its reason unless `force`), then
+    /// sync and freeze the file systems and answer. The agent thaws by
+    /// itself (and runs `clone-done`) after `hold_secs` if no
+    /// [`CommandKind::FinishClone`] came.
+    PrepareClone {
+        /// Go on when the `prepare-clone` hook refuses.
+        force: bool,
+        /// Longest freeze before the agent thaws on its own.
+        hold_secs: u64,
+    },
+    /// Live clone, second half (protocol 4): the snapshot is taken; thaw
+    /// and run the `clone-done` hook. The result's detail starts with
+    /// `pause_ms=N` (freeze to thaw, as the agent measured it).
+    FinishClone,
     /// Take on an environment slot's configuration: host name, hooks and
     /// key/values (protocol 3). The agent answers succeeded once installed.
     Configure {
@@ -384,6 +459,16 @@ pub enum CommandKind {
         /// Where to mount the device once attached; `None` leaves it unmounted.
         mount: Option<String>,
     },
+}
+
+/// The `pause_ms=N` a [`CommandKind::FinishClone`] result's detail starts with.
+pub fn clone_pause_ms(detail: &str) -> Option<u64> {
+    detail
+        .strip_prefix("pause_ms=")?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// One queued command as the agent receives it on its poll.
@@ -489,5 +574,28 @@ mod tests {
         let s = serde_json::to_string(&c).unwrap();
         assert!(s.contains(r#""kind":"kexec""#), "{s}");
         assert_eq!(serde_json::from_str::<Command>(&s).unwrap(), c);
+    }
+
+    #[test]
+    fn clone_wire_forms() {
+        let c = CommandKind::PrepareClone {
+            force: true,
+            hold_secs: 30,
+        };
+        let s = serde_json::to_string(&c).unwrap();
+        assert_eq!(s, r#"{"kind":"prepare-clone","force":true,"hold_secs":30}"#);
+        let h: Hooks =
+            serde_json::from_str(r#"{"start":"a","prepare-clone":"b","purge-sessions":"c"}"#)
+                .unwrap();
+        assert_eq!(h.get("prepare-clone").map(String::as_str), Some("b"));
+        assert_eq!(h.get("purge-sessions").map(String::as_str), Some("c"));
+        assert_eq!(h.get("clone-done"), None);
+        // A protocol-3 slot has no reidentify; a false one is not sent.
+        let old: SlotConfig =
+            serde_json::from_str(r#"{"environment":"e","slot":1,"hostname":"h"}"#).unwrap();
+        assert!(!old.reidentify);
+        assert!(!serde_json::to_string(&old).unwrap().contains("reidentify"));
+        assert_eq!(clone_pause_ms("pause_ms=412; thawed"), Some(412));
+        assert_eq!(clone_pause_ms("thawed"), None);
     }
 }

@@ -413,6 +413,9 @@ pub struct EngineConfig {
     pub entitlement_window_secs: u64,
     /// Load samples kept this long.
     pub load_retain_secs: u64,
+    /// Longest freeze of a clone's template: its agent thaws by itself
+    /// after this, and a snapshot not taken by then fails the clone.
+    pub clone_hold_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -427,6 +430,7 @@ impl Default for EngineConfig {
             failed_node_cooldown_secs: 300,
             entitlement_window_secs: 3600,
             load_retain_secs: 86_400,
+            clone_hold_secs: 60,
         }
     }
 }

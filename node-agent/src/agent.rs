@@ -397,8 +397,8 @@ mod tests {
         let h = hello_body(&cfg, inventory::collect(None));
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["protocol_version"], boot_proto::PROTOCOL_VERSION);
-        // Slot configuration and heartbeat health/busy are protocol 3.
-        assert_eq!(v["protocol_version"], 3);
+        // Slot configuration and heartbeat health/busy are protocol 3; cloning 4.
+        assert_eq!(v["protocol_version"], 4);
         assert_eq!(v["image"], "lab");
     }
 }

@@ -5,7 +5,7 @@
 use crate::app::App;
 use crate::bootptr::{self, EfiVars};
 use crate::config::Config;
-use crate::{freeze, nbd, power, slot};
+use crate::{clone, freeze, identity, nbd, power, slot};
 use boot_proto::CommandKind;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -57,6 +57,10 @@ pub struct Executor {
     pub app: App,
     boot_mac: Option<String>,
     frozen: Mutex<Vec<String>>,
+    cloning: clone::Cloning,
+    /// Why the application must not start (a clone's identity change
+    /// failed); cleared by the next successful `Configure`.
+    blocked: Mutex<Option<String>>,
 }
 
 impl Executor {
@@ -67,6 +71,8 @@ impl Executor {
             app,
             boot_mac,
             frozen: Mutex::new(Vec::new()),
+            cloning: clone::Cloning::default(),
+            blocked: Mutex::new(None),
         }
     }
 
@@ -92,10 +98,18 @@ impl Executor {
                     .map(|r| r.to_string()),
                 After::KexecJump,
             ),
-            CommandKind::StartApp { timeout_secs } => Outcome::from(
-                self.app.start(Duration::from_secs(*timeout_secs)),
-                After::Nothing,
-            ),
+            CommandKind::StartApp { timeout_secs } => {
+                let blocked = self
+                    .blocked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let r = match blocked {
+                    Some(why) => Err(anyhow::anyhow!("not started: {why}")),
+                    None => self.app.start(Duration::from_secs(*timeout_secs)),
+                };
+                Outcome::from(r, After::Nothing)
+            }
             CommandKind::StopApp { timeout_secs } => Outcome::from(
                 self.app.stop(Duration::from_secs(*timeout_secs)),
                 After::Nothing,
@@ -116,10 +130,18 @@ impl Executor {
                     After::Nothing,
                 )
             }
-            CommandKind::Configure { slot } => Outcome::from(
-                slot::install(&self.cfg, self.app.hooks(), slot),
+            CommandKind::Configure { slot } => Outcome::from(self.configure(slot), After::Nothing),
+            CommandKind::PrepareClone { force, hold_secs } => Outcome::from(
+                self.cloning.prepare(
+                    self.app.hooks(),
+                    *force,
+                    Duration::from_secs((*hold_secs).max(1)),
+                ),
                 After::Nothing,
             ),
+            CommandKind::FinishClone => {
+                Outcome::from(self.cloning.finish(self.app.hooks()), After::Nothing)
+            }
             CommandKind::Unconfigure => {
                 Outcome::from(slot::remove(&self.cfg, self.app.hooks()), After::Nothing)
             }
@@ -133,6 +155,25 @@ impl Executor {
                 After::Nothing,
             ),
         }
+    }
+
+    /// Installs the slot; on a clone's boot, changes its identity too (a
+    /// failure there keeps the application from starting).
+    fn configure(&self, s: &boot_proto::SlotConfig) -> anyhow::Result<String> {
+        let mut detail = slot::install(&self.cfg, self.app.hooks(), s)?;
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        if s.reidentify {
+            match identity::reidentify(self.cfg.identity_root.as_deref(), self.app.hooks()) {
+                Ok(d) => detail.push_str(&format!("; clone identity: {d}")),
+                Err(e) => {
+                    let why = format!("clone identity change failed: {e:#}");
+                    *blocked = Some(why.clone());
+                    anyhow::bail!("{detail}; {why}");
+                }
+            }
+        }
+        *blocked = None;
+        Ok(detail)
     }
 
     fn reprovision(&self) -> anyhow::Result<String> {

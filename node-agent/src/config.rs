@@ -46,6 +46,10 @@ pub struct Config {
     /// File the slot's host name is written to (`--hostname-file`;
     /// `/etc/hostname` by default, none in dry-run unless given).
     pub hostname_file: Option<PathBuf>,
+    /// Root under which a clone's first boot renews `/etc/machine-id` and
+    /// the SSH host keys (`--identity-root`; `/` by default, none in
+    /// dry-run unless given).
+    pub identity_root: Option<PathBuf>,
     /// Optional credentials file (see the module doc).
     pub credentials_file: PathBuf,
     /// The arguments this configuration came from, for [`Config::reload`].
@@ -108,7 +112,7 @@ pub fn parse_bootif(v: &str) -> Option<String> {
 
 const USAGE: &str = "usage: node-agent [--server URL] [--tls-pin SHA256] [--token T] [--node ID] [--image NAME] \
 [--cmdline-file PATH] [--efivars-dir DIR] [--hooks-dir DIR] [--http-boot-url URL] \
-[--poll-wait SECS] [--state-dir DIR] [--credentials-file PATH] [--hostname-file PATH] [--dry-run]\n\
+[--poll-wait SECS] [--state-dir DIR] [--credentials-file PATH] [--hostname-file PATH] [--identity-root DIR] [--dry-run]\n\
 env: BOOTSRV_SERVER BOOTSRV_TLS_PIN BOOTSRV_TOKEN BOOTSRV_NODE BOOTSRV_IMAGE NODE_AGENT_DRY_RUN=1 NODE_AGENT_LOG=debug";
 
 impl Config {
@@ -127,7 +131,7 @@ impl Config {
                 "--dry-run" => flags.push((name, None)),
                 "--server" | "--tls-pin" | "--token" | "--node" | "--image" | "--cmdline-file"
                 | "--efivars-dir" | "--hooks-dir" | "--http-boot-url" | "--poll-wait"
-                | "--state-dir" | "--credentials-file" | "--hostname-file" => {
+                | "--state-dir" | "--credentials-file" | "--hostname-file" | "--identity-root" => {
                     let v = match inline {
                         Some(v) => v,
                         None => it
@@ -203,7 +207,13 @@ impl Config {
             None if dry_run => None,
             None => Some("/etc/hostname".into()),
         };
+        let identity_root = match flag("--identity-root") {
+            Some(p) => Some(PathBuf::from(p)),
+            None if dry_run => None,
+            None => Some("/".into()),
+        };
         Ok(Config {
+            identity_root,
             server,
             tls_pin,
             node: pick("--node", "BOOTSRV_NODE", cmdline::NODE),

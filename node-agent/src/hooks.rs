@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The hook names an environment can define.
-pub const NAMES: [&str; 4] = ["start", "stop", "health", "busy"];
+pub const NAMES: [&str; boot_proto::HOOK_NAMES.len()] = boot_proto::HOOK_NAMES;
 
 /// Where a hook came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +103,11 @@ impl Hooks {
     }
 
     fn lock_of(&self, name: &str) -> &Mutex<()> {
-        let i = NAMES.iter().position(|n| *n == name).unwrap_or(0);
+        // An unknown name shares the last lock (never the start hook's).
+        let i = NAMES
+            .iter()
+            .position(|n| *n == name)
+            .unwrap_or(NAMES.len() - 1);
         &self.inner.locks[i]
     }
 

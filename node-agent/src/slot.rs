@@ -2,7 +2,8 @@
 //! removes what the server's `Configure` / `Unconfigure` deliver, under the
 //! agent's runtime directory (`/run/node-agent`, a tmpfs that lives one boot):
 //!
-//! - `slot-hooks/{start,stop,health,busy}`: the server-defined hooks (dir and
+//! - `slot-hooks/<name>` (start, stop, health, busy, prepare-clone,
+//!   clone-done, purge-sessions): the server-defined hooks (dir and
 //!   files 0700; `#!/bin/sh` added when the text has no shebang); a hook the
 //!   server leaves out is absent, so the local one runs (see [`crate::hooks`]);
 //! - `slot.env`: `KEY='value'` lines (`SLOT_ENVIRONMENT`, `SLOT_INDEX`,
@@ -131,14 +132,8 @@ pub fn hook_text(script: &str) -> String {
     }
 }
 
-fn server_hooks(slot: &SlotConfig) -> [(&'static str, Option<&String>); 4] {
-    let h = &slot.hooks;
-    [
-        (NAMES[0], h.start.as_ref()),
-        (NAMES[1], h.stop.as_ref()),
-        (NAMES[2], h.health.as_ref()),
-        (NAMES[3], h.busy.as_ref()),
-    ]
+fn server_hooks(slot: &SlotConfig) -> Vec<(&'static str, Option<&String>)> {
+    NAMES.iter().map(|n| (*n, slot.hooks.get(n))).collect()
 }
 
 /// Writes `bytes` to `path` with `mode` through a temporary file and a rename.
@@ -372,6 +367,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            reidentify: false,
         }
     }
 

@@ -16,7 +16,7 @@ secs=${2:-10}
 clients=${3:-50000}
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-target=${CARGO_TARGET_DIR:-/work/targets/dhcp}
+target=${CARGO_TARGET_DIR:-$repo/target}
 [ "$(id -u)" = 0 ] || { echo "SKIP: needs root (network namespaces)"; exit 0; }
 command -v perfdhcp >/dev/null || { echo "perfdhcp missing (apt-get install kea-admin)"; exit 1; }
 command -v dnsmasq >/dev/null || { echo "dnsmasq missing"; exit 1; }

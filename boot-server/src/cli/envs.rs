@@ -40,8 +40,8 @@ pub enum EnvCmd {
         /// Remove a config key (repeatable).
         #[arg(long = "unset-config", value_name = "KEY")]
         unset_config: Vec<String>,
-        /// Remove a hook: start, stop, health or busy (repeatable).
-        #[arg(long = "unset-hook", value_name = "NAME", value_parser = ["start", "stop", "health", "busy"])]
+        /// Remove a hook: start, stop, health, busy, prepare-clone, clone-done or purge-sessions (repeatable).
+        #[arg(long = "unset-hook", value_name = "NAME", value_parser = HOOKS)]
         unset_hook: Vec<String>,
         /// Drop every requirement (before adding the --require ones).
         #[arg(long)]
@@ -93,12 +93,36 @@ pub enum EnvCmd {
         /// Node id or MAC.
         node: String,
     },
-    /// Take a node out of the environment (back to the pool).
+    /// Take a node out of the environment (back to the pool). Given a slot
+    /// index, or for a clone's node, the slot goes away too once its node has
+    /// left (its disk kept unless --delete-disk).
     RemoveNode {
         /// Environment name.
         name: String,
-        /// Node id or MAC.
+        /// Node id or MAC, or a slot index.
         node: String,
+        /// Delete the slot's overlay too (the slot goes away).
+        #[arg(long)]
+        delete_disk: bool,
+    },
+    /// Clone a running slot into a new slot while it keeps serving: its
+    /// prepare-clone hook (may refuse), freeze, snapshot of its disk, thaw,
+    /// clone-done; the new slot boots from the snapshot with its own host
+    /// name, address, machine id and SSH host keys, then joins.
+    Clone {
+        /// Environment name.
+        name: String,
+        /// The (ready) slot to clone.
+        slot: u32,
+        /// The new slot's index (default: the lowest free one).
+        #[arg(long)]
+        into: Option<u32>,
+        /// Go on when the prepare-clone hook refuses.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON instead of text (the API's answer as is).
+        #[arg(long)]
+        json: bool,
     },
     /// Cut a node out without stopping it (kept up for inspection, never allocated).
     Quarantine {
@@ -337,16 +361,15 @@ pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
     }
 }
 
-const HOOKS: [&str; 4] = ["start", "stop", "health", "busy"];
+const HOOKS: [&str; 7] = boot_proto::HOOK_NAMES;
 
 fn parse_hook(s: &str) -> Result<(String, String), String> {
-    let (name, file) = s.split_once('=').ok_or_else(|| {
-        format!("{s:?}: use NAME=FILE with NAME one of start, stop, health, busy")
-    })?;
+    let names = HOOKS.join(", ");
+    let (name, file) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: use NAME=FILE with NAME one of {names}"))?;
     if !HOOKS.contains(&name) {
-        return Err(format!(
-            "{name:?} is not a hook: use start, stop, health or busy"
-        ));
+        return Err(format!("{name:?} is not a hook: use one of {names}"));
     }
     let text = std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?;
     Ok((name.to_string(), text))
@@ -611,14 +634,75 @@ pub async fn env_command(c: &Client, cmd: EnvCmd) -> Result<(), Failure> {
                 v["step"].as_str().unwrap_or("?")
             );
         }
-        EnvCmd::RemoveNode { name, node } => {
-            let v = node_call(c, &name, "remove-node", &node).await?;
+        EnvCmd::RemoveNode {
+            name,
+            node,
+            delete_disk,
+        } => {
+            let mut body = match node.parse::<u32>() {
+                Ok(i) => json!({ "slot": i }),
+                Err(_) => json!({ "node": node }),
+            };
+            if delete_disk {
+                body["delete_disk"] = json!(true);
+            }
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!("{}/remove-node", env_path(&name)),
+                    Some(body),
+                )
+                .await?;
+            let gone = if v["removal"].is_null() {
+                String::new()
+            } else if delete_disk {
+                "; the slot and its disk go away".into()
+            } else {
+                format!(
+                    "; the slot goes away, disk {} kept",
+                    v["overlay"].as_str().unwrap_or("-")
+                )
+            };
             println!(
-                "{} leaves slot {} of {name} ({})",
-                v["node"].as_str().unwrap_or(&node),
+                "{} leaves slot {} of {name} ({}{gone})",
+                v["node"].as_str().unwrap_or("no node"),
                 v["index"],
                 v["step"].as_str().unwrap_or("?")
             );
+        }
+        EnvCmd::Clone {
+            name,
+            slot,
+            into,
+            force,
+            json,
+        } => {
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!("{}/clone", env_path(&name)),
+                    Some(json!({ "slot": slot, "into": into, "force": force })),
+                )
+                .await?;
+            if json {
+                show(&v)
+            } else {
+                let j = &v["job"];
+                let ns = &v["new_slot"];
+                println!(
+                    "cloned {name} slot {slot} into slot {} ({}): template paused {} ms, snapshot {} ms, disk {}; {} ({}) waits for a node",
+                    j["into"],
+                    j["phase"].as_str().unwrap_or("?"),
+                    j["pause_ms"].as_i64().map_or("?".into(), |p| p.to_string()),
+                    j["snapshot_ms"].as_i64().map_or("?".into(), |p| p.to_string()),
+                    j["overlay"].as_str().unwrap_or("-"),
+                    ns["hostname"].as_str().unwrap_or("?"),
+                    ns["ip"].as_str().unwrap_or("no fixed address"),
+                );
+                if let Some(d) = j["detail"].as_str().filter(|d| !d.is_empty()) {
+                    println!("  {d}");
+                }
+            }
         }
         EnvCmd::Quarantine { name, node } => {
             let v = node_call(c, &name, "quarantine", &node).await?;

@@ -69,7 +69,7 @@ impl Control {
             .collect())
     }
 
-    async fn must_env(&self, name: &str) -> Result<Environment> {
+    pub(super) async fn must_env(&self, name: &str) -> Result<Environment> {
         self.store.environment(name).await?.ok_or_else(|| {
             Error::not_found(format!(
                 "no environment {name} (see `boot-server env list`)"
@@ -337,7 +337,7 @@ impl Control {
         self.find_node(&node.id).await
     }
 
-    async fn slot_of(&self, env: &str, node: &str) -> Result<(Node, Slot)> {
+    pub(super) async fn slot_of(&self, env: &str, node: &str) -> Result<(Node, Slot)> {
         self.must_env(env).await?;
         let node = self.find_node(node).await?;
         let slot = self

@@ -5,6 +5,7 @@
 //! that the API maps to an HTTP status and the CLI to an exit code.
 
 pub mod cluster;
+mod clone;
 mod disks;
 mod envs;
 mod images;
@@ -14,6 +15,7 @@ mod power;
 pub mod servers;
 mod tokens;
 
+pub use clone::CloneReport;
 pub use disks::DiskView;
 pub use envs::{new_slot, EnvHistory, EnvView};
 pub use nodes::NodeCommand;

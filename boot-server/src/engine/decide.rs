@@ -123,11 +123,19 @@ fn free_index(env: &Environment, slots: &[Slot], taken: &HashSet<(String, u32)>)
     };
     let free = |i: &u32| {
         !taken.contains(&(env.name.clone(), *i))
-            && slot(*i).is_none_or(|s| s.node.is_none() && s.step == SlotStep::Vacant)
+            && slot(*i).is_none_or(|s| {
+                s.node.is_none() && s.step == SlotStep::Vacant && s.removal.is_none()
+            })
     };
     (0..env.max)
         .filter(free)
         .find(|i| slot(*i).is_some_and(|s| s.failed_over_ms.is_some()))
+        .or_else(|| {
+            // Then a clone waiting for its node (its disk is the snapshot).
+            (0..env.max)
+                .filter(free)
+                .find(|i| slot(*i).is_some_and(|s| s.reidentify))
+        })
         .or_else(|| (0..env.max).find(free))
 }
 
@@ -223,6 +231,7 @@ fn releases(w: &World, env: &Environment, excess: u32, target: u32) -> Vec<Decis
             s.environment == env.name
                 && s.node.is_some()
                 && matches!(s.step, SlotStep::Ready | SlotStep::Pending)
+                && !s.cloning()
         })
         .collect();
     candidates.sort_by_key(|s| std::cmp::Reverse(s.index));
@@ -264,7 +273,7 @@ fn pick_victim<'a>(
     let mut best: Option<(&Slot, (i32, i64), String)> = None;
     for s in w.slots.iter().filter(|s| s.step == SlotStep::Ready) {
         let Some(node_id) = &s.node else { continue };
-        if s.environment == env.name || used.contains(node_id) {
+        if s.environment == env.name || used.contains(node_id) || s.cloning() {
             continue;
         }
         let Some(v) = w.envs.iter().find(|e| e.name == s.environment) else {

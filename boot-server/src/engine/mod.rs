@@ -7,6 +7,7 @@
 //! Time comes from a [`Clock`], so tests move it by hand.
 
 mod clock;
+mod clone;
 mod decide;
 mod steps;
 #[cfg(test)]
@@ -170,6 +171,15 @@ impl Engine {
             });
         }
         futures_util::future::join_all(work).await;
+        // Vacant slots on their way out (`env remove-node`) go away.
+        for slot in slots
+            .iter()
+            .filter(|s| s.node.is_none() && s.removal.is_some())
+        {
+            if let Err(e) = self.finish_removal(slot).await {
+                tracing::warn!(env = %slot.environment, slot = slot.index, error = %format!("{e:#}"), "slot removal not finished; retrying");
+            }
+        }
         // Alerts on what the steps just did, not on what the pass began with.
         let slots = self.c.store.slots(None).await?;
         self.env_alerts(&envs, &slots);

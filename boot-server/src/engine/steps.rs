@@ -20,7 +20,7 @@ use boot_proto::{CommandKind, CommandStatus, SlotConfig};
 use serde_json::json;
 
 /// What the step is waiting on, decided from the node and its command.
-enum Wait {
+pub(super) enum Wait {
     /// Done: go on.
     Done,
     /// The command failed (its detail).
@@ -48,6 +48,7 @@ impl Engine {
         let up = node.agent_up(now, self.fresh_ms());
         let waited = now - slot.step_since_ms;
         match slot.step {
+            SlotStep::Ready if slot.cloning() => self.cloning(slot, env, &node).await,
             SlotStep::Vacant | SlotStep::Ready => self.check_ready(slot, env, &node).await,
             SlotStep::Pending => {
                 if up {
@@ -102,6 +103,8 @@ impl Engine {
                     Wait::Done => {
                         let mut next = slot.clone();
                         next.failed_over_ms = None;
+                        // A clone's node has taken its own identity.
+                        next.reidentify = false;
                         self.step_from(&slot, next, SlotStep::Ready, "application started", None)
                             .await?;
                         self.ready(&slot, env, &node, now);
@@ -225,7 +228,16 @@ impl Engine {
         if let Some(id) = self.open_command(&node.id, started).await? {
             return self.set_command(slot, id, "starting the application").await;
         }
-        if node.agent_protocol.unwrap_or(1) >= 3 {
+        let protocol = node.agent_protocol.unwrap_or(1);
+        if slot.reidentify && protocol < boot_proto::CLONE_PROTOCOL_VERSION {
+            let why = format!(
+                "a clone's node must change its identity; the agent of {} speaks protocol {protocol}, needs {}",
+                node.id,
+                boot_proto::CLONE_PROTOCOL_VERSION
+            );
+            return self.fail(slot, &why).await;
+        }
+        if protocol >= 3 {
             let mut config = env.config.clone();
             config.extend(slot.config.clone());
             if let Some(ip) = slot.ip {
@@ -237,6 +249,7 @@ impl Engine {
                 hostname: slot.hostname.clone(),
                 hooks: env.hooks.clone(),
                 config,
+                reidentify: slot.reidentify,
             };
             self.c
                 .queue(&node.id, CommandKind::Configure { slot: cfg })
@@ -400,6 +413,7 @@ impl Engine {
                 .vacate(&slot, "node returned to the pool", false)
                 .await?
             {
+                self.removed_if_asked(&slot).await;
                 if left {
                     // Its new boot said hello while it still held the slot.
                     self.c
@@ -435,6 +449,7 @@ impl Engine {
             self.point_back(&slot, node, true).await?;
             self.cut_unattached(&slot.cut_after_boot).await?;
             if self.vacate(&slot, "node down; slot freed", false).await? {
+                self.removed_if_asked(&slot).await;
                 self.c.events.emit(
                     Some(node.id.clone()),
                     EventKind::Alert,
@@ -491,6 +506,20 @@ impl Engine {
         self.write(&slot, next).await.map(|_| ())
     }
 
+    /// After a release: a slot marked for removal goes away now (or on a later pass).
+    async fn removed_if_asked(&self, slot: &Slot) {
+        if slot.removal.is_none() {
+            return;
+        }
+        let r = match self.reload(slot).await {
+            Ok(s) => self.finish_removal(&s).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::warn!(env = %slot.environment, slot = slot.index, error = %format!("{e:#}"), "slot removal not finished; retrying");
+        }
+    }
+
     fn ready(&self, slot: &Slot, env: &Environment, node: &Node, now: i64) {
         let mut timings = slot.timings.clone();
         timings.insert(SlotStep::Starting.as_str().into(), now - slot.step_since_ms);
@@ -506,6 +535,15 @@ impl Engine {
             EventKind::Alert,
             json!({ "alert": "node-added", "env": env.name, "slot": slot.index, "node": node.id, "total_ms": total }),
         );
+        if let Some(origin) = slot.clone_of.as_ref().filter(|_| slot.reidentify) {
+            self.c.events.emit(
+                Some(node.id.clone()),
+                EventKind::EngineDecision,
+                json!({ "env": env.name, "action": "clone-ready", "slot": slot.index, "from": origin.slot,
+                        "nodes": [node.id], "clone_ms": now - origin.requested_ms, "pause_ms": origin.pause_ms,
+                        "reason": format!("clone of slot {} ready", origin.slot) }),
+            );
+        }
         if let Some(failed) = slot.failed_over_ms {
             self.c.events.emit(
                 Some(node.id.clone()),
@@ -531,7 +569,7 @@ impl Engine {
 
     /// An unfinished command of the node that `kind` matches (queued by a
     /// pass that did not live to store its id).
-    async fn open_command(
+    pub(super) async fn open_command(
         &self,
         node: &str,
         kind: impl Fn(&CommandKind) -> bool,
@@ -547,7 +585,7 @@ impl Engine {
     }
 
     /// The state of the command a step waits for.
-    async fn command_wait(&self, id: Option<i64>) -> Result<Wait> {
+    pub(super) async fn command_wait(&self, id: Option<i64>) -> Result<Wait> {
         let Some(id) = id else {
             return Ok(Wait::Pending);
         };
@@ -612,7 +650,7 @@ impl Engine {
         self.write(slot, next).await.map(|_| ())
     }
 
-    async fn set_detail(&self, slot: &Slot, detail: &str) -> Result<()> {
+    pub(super) async fn set_detail(&self, slot: &Slot, detail: &str) -> Result<()> {
         if slot.detail == detail {
             return Ok(());
         }
@@ -646,7 +684,7 @@ impl Engine {
             .await
     }
 
-    async fn reload(&self, slot: &Slot) -> Result<Slot> {
+    pub(super) async fn reload(&self, slot: &Slot) -> Result<Slot> {
         self.c
             .store
             .slots(Some(&slot.environment))

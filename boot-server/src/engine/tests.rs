@@ -6,11 +6,12 @@ use super::*;
 use crate::config::Config;
 use crate::events::EventHub;
 use crate::images::ImageFiles;
+use crate::model::ClonePhase as ClonePhaseT;
 use crate::model::{
     now_ms, HelloFacts, MacAddr, NodeState, Policy, Schedule, Sighting, Transition,
 };
 use crate::plan::BootPlan;
-use crate::store::{MemoryStore, Refused, Store};
+use crate::store::{Expect, Fence, MemoryStore, Refused, Store};
 use boot_proto::{CommandKind, CommandStatus};
 use std::net::Ipv4Addr;
 
@@ -18,6 +19,7 @@ struct Lab {
     c: Arc<Control>,
     engine: Engine,
     clock: Arc<ManualClock>,
+    disks: Arc<boot_nbd::DiskStore>,
     _dir: tempfile::TempDir,
 }
 
@@ -51,7 +53,19 @@ async fn lab(nodes: u8) -> Lab {
     let events = EventHub::start(store.clone(), 10_000);
     let plan = Arc::new(BootPlan::new(store.clone(), config.clone(), events.clone()).unwrap());
     let files = Arc::new(ImageFiles::new(&config.images_dir));
-    let c = Arc::new(Control::new(store, config, plan, events, files, None, None));
+    let disks = Arc::new(boot_nbd::DiskStore::open(&dir.path().join("disks")).unwrap());
+    let raw = dir.path().join("base.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    disks.create_base_from_file("base", &raw).unwrap();
+    let c = Arc::new(Control::new(
+        store,
+        config,
+        plan,
+        events,
+        files,
+        Some(disks.clone()),
+        None,
+    ));
     for (name, file) in [("pool", "lab/k"), ("img-a", "lab/k"), ("img-b", "lab/k")] {
         c.add_image(format!(
             "name = \"{name}\"\nkind = \"linux\"\nkernel = \"{file}\"\ninitrd = \"lab/i\"\n"
@@ -77,6 +91,7 @@ async fn lab(nodes: u8) -> Lab {
         c,
         engine,
         clock,
+        disks,
         _dir: dir,
     }
 }
@@ -87,7 +102,7 @@ async fn hello(c: &Control, node: &str, image: &str) {
     let facts = HelloFacts {
         inventory: serde_json::json!({"cpus": 2, "memory_bytes": 1u64 << 30, "nics": []}),
         image: Some(image.into()),
-        protocol: 3,
+        protocol: boot_proto::PROTOCOL_VERSION,
     };
     let serving = c
         .store
@@ -106,6 +121,15 @@ async fn hello(c: &Control, node: &str, image: &str) {
 
 /// Plays every node's agent once: runs its due commands like node-agent.
 async fn agents(l: &Lab, busy: &[&str]) {
+    agents_answering(l, busy, |_| None).await
+}
+
+/// [`agents`], with `answer` deciding some commands' results itself.
+async fn agents_answering(
+    l: &Lab,
+    busy: &[&str],
+    answer: impl Fn(&CommandKind) -> Option<(CommandStatus, String)>,
+) {
     for n in l.c.store.nodes().await.unwrap() {
         if n.state == NodeState::Failed {
             continue; // a failed node's agent is dead
@@ -131,9 +155,10 @@ async fn agents(l: &Lab, busy: &[&str]) {
                     hello(&l.c, &n.id, &image).await;
                     break;
                 }
-                _ => {
+                k => {
+                    let (st, detail) = answer(k).unwrap_or((CommandStatus::Succeeded, "ok".into()));
                     l.c.store
-                        .update_command(&n.id, cmd.id, CommandStatus::Succeeded, "ok")
+                        .update_command(&n.id, cmd.id, st, &detail)
                         .await
                         .unwrap();
                 }
@@ -636,4 +661,291 @@ async fn a_node_whose_health_hook_keeps_failing_fails_over_as_its_environment_as
             .await
             .unwrap());
     }
+}
+// ---- live clones -------------------------------------------------------------------
+
+/// An agent that answers the clone commands: prepare-clone refuses unless
+/// forced (when `refuse`), the thaw reports a 42 ms pause.
+fn clone_agent(refuse: bool) -> impl Fn(&CommandKind) -> Option<(CommandStatus, String)> {
+    move |k| {
+        match k {
+        CommandKind::PrepareClone { force, .. } if refuse && !force => Some((
+            CommandStatus::Failed,
+            "prepare-clone refused the clone (prepare-clone (server) exit status: 1: 3 sessions open)"
+                .into(),
+        )),
+        CommandKind::PrepareClone { .. } => Some((CommandStatus::Succeeded, "frozen: done [/]".into())),
+        CommandKind::FinishClone => Some((
+            CommandStatus::Succeeded,
+            "pause_ms=42; thawed: done [/]; clone-done ok".into(),
+        )),
+        _ => None,
+    }
+    }
+}
+
+async fn clone_env(l: &Lab) {
+    env(l, "a", "img-a", |e| {
+        e.desired = 2;
+        e.disk_base = Some("base".into());
+        e.hooks.purge_sessions = Some("rm -rf /var/lib/sessions".into());
+    })
+    .await;
+    settle(l, &[], 15).await;
+    assert_eq!(ready_nodes(l, "a").await.len(), 2);
+}
+
+/// Runs `env clone` while the engine and the agents go on; its answer.
+async fn run_clone(
+    l: &Lab,
+    slot: u32,
+    into: Option<u32>,
+    force: bool,
+    refuse: bool,
+) -> crate::control::Result<crate::control::CloneReport> {
+    let c = l.c.clone();
+    let h = tokio::spawn(async move { c.env_clone("a", slot, into, force).await });
+    for _ in 0..100 {
+        if h.is_finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        l.engine.pass().await.unwrap();
+        agents_answering(l, &[], clone_agent(refuse)).await;
+        l.clock.advance(100);
+    }
+    h.await.unwrap()
+}
+
+fn disk(l: &Lab) -> Arc<boot_nbd::DiskStore> {
+    l.disks.clone()
+}
+
+fn read(l: &Lab, overlay: &str, off: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    disk(l)
+        .open_overlay(overlay)
+        .unwrap()
+        .read_at(&mut b, off)
+        .unwrap();
+    b
+}
+
+#[tokio::test]
+async fn a_clone_copies_the_template_disk_and_boots_with_a_new_identity() {
+    let l = lab(3).await;
+    clone_env(&l).await;
+    let o1 = disk(&l).open_overlay("a-slot1").unwrap();
+    o1.write_at(b"as of the freeze", 8192, true).unwrap();
+    drop(o1);
+    let r = run_clone(&l, 1, Some(3), false, false).await.unwrap();
+    assert_eq!(r.job.phase, ClonePhaseT::Done, "{r:?}");
+    assert_eq!(r.job.pause_ms, Some(42));
+    assert_eq!(r.job.overlay.as_deref(), Some("a-slot3"));
+    let ns = r.new_slot.expect("new slot");
+    assert_eq!((ns.index, ns.reidentify), (3, true));
+    assert_eq!(ns.clone_of.as_ref().map(|o| o.slot), Some(1));
+    // The template keeps its node and serves on; later writes stay its own.
+    let o1 = disk(&l).open_overlay("a-slot1").unwrap();
+    o1.write_at(b"after the thaw!!", 8192, true).unwrap();
+    drop(o1);
+    assert_eq!(
+        l.c.store.environment("a").await.unwrap().unwrap().desired,
+        3
+    );
+    settle(&l, &[], 20).await;
+    let slots = l.c.store.slots(Some("a")).await.unwrap();
+    let s3 = slots.iter().find(|s| s.index == 3).unwrap();
+    assert_eq!(s3.step, SlotStep::Ready, "{s3:?}");
+    assert!(!s3.reidentify, "identity change is once");
+    assert_eq!(s3.hostname, "a-3");
+    assert_eq!(s3.ip, Some(Ipv4Addr::new(10, 0, 0, 53)));
+    assert_eq!(read(&l, "a-slot3", 8192, 16), b"as of the freeze");
+    assert_eq!(read(&l, "a-slot1", 8192, 16), b"after the thaw!!");
+    // Its node got the slot with a new identity, before the start hook.
+    let node = s3.node.clone().unwrap();
+    let cmds = l.c.store.commands_of(&node, 50).await.unwrap();
+    let conf = cmds
+        .iter()
+        .find_map(|c| match &c.command {
+            CommandKind::Configure { slot } => Some((c.id, slot.clone())),
+            _ => None,
+        })
+        .expect("configure");
+    assert!(conf.1.reidentify && conf.1.hostname == "a-3", "{conf:?}");
+    assert!(conf.1.hooks.purge_sessions.is_some());
+    let start = cmds
+        .iter()
+        .find(|c| matches!(c.command, CommandKind::StartApp { .. }))
+        .unwrap();
+    assert!(conf.0 < start.id, "configure (and its purge) before start");
+    let n = l.c.store.node(&node).await.unwrap().unwrap();
+    let res = l.c.store.reservations().await.unwrap();
+    assert!(res
+        .iter()
+        .any(|r| r.mac == n.mac && r.ip == Ipv4Addr::new(10, 0, 0, 53)));
+    // Events are written in batches: wait for them.
+    let mut seen = (false, false);
+    for _ in 0..100 {
+        let ev = l.c.store.events(0, None, 10_000).await.unwrap();
+        seen = (
+            ev.iter()
+                .any(|e| e.detail["action"] == "clone" && e.detail["pause_ms"] == 42),
+            ev.iter().any(|e| {
+                e.detail["action"] == "clone-ready" && e.detail["clone_ms"].as_i64().is_some()
+            }),
+        );
+        if seen == (true, true) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, (true, true), "clone and clone-ready events");
+    // The template slot is still ready on its node.
+    let s1 = slots.iter().find(|s| s.index == 1).unwrap();
+    assert_eq!(s1.step, SlotStep::Ready);
+    assert_eq!(s1.node, r.node);
+
+    // remove-node on the clone: its node goes back, the slot goes away,
+    // the disk with it (--delete-disk).
+    let gone = l.c.env_remove("a", Some(&node), None, true).await.unwrap();
+    assert_eq!(gone.index, 3);
+    settle(&l, &[], 20).await;
+    let slots = l.c.store.slots(Some("a")).await.unwrap();
+    assert!(slots.iter().all(|s| s.index != 3), "{slots:?}");
+    assert!(!disk(&l)
+        .list_overlays()
+        .unwrap()
+        .iter()
+        .any(|o| o.id == "a-slot3"));
+    assert_eq!(
+        l.c.store.environment("a").await.unwrap().unwrap().desired,
+        2
+    );
+    let n = l.c.store.node(&node).await.unwrap().unwrap();
+    assert_eq!((n.state, n.environment), (NodeState::Idle, None));
+}
+
+#[tokio::test]
+async fn a_refused_clone_creates_nothing_unless_forced_and_a_kept_disk_stays() {
+    let l = lab(3).await;
+    clone_env(&l).await;
+    let e = run_clone(&l, 0, None, false, true).await.unwrap_err();
+    assert_eq!(e.kind, crate::control::ErrorKind::Conflict);
+    assert!(e.message.contains("3 sessions open"), "{e}");
+    let slots = l.c.store.slots(Some("a")).await.unwrap();
+    assert_eq!(slots.len(), 2, "no new slot: {slots:?}");
+    assert!(!disk(&l)
+        .list_overlays()
+        .unwrap()
+        .iter()
+        .any(|o| o.id == "a-slot2"));
+    assert_eq!(
+        l.c.store.environment("a").await.unwrap().unwrap().desired,
+        2
+    );
+    // Forced: the lowest free slot (2) gets the clone.
+    let r = run_clone(&l, 0, None, true, true).await.unwrap();
+    assert_eq!(
+        (r.job.phase, r.job.into, r.job.force),
+        (ClonePhaseT::Done, 2, true)
+    );
+    settle(&l, &[], 20).await;
+    assert_eq!(ready_nodes(&l, "a").await.len(), 3);
+    // Bad requests say what is wrong.
+    let e = l.c.env_clone("a", 0, Some(0), false).await.unwrap_err();
+    assert!(e.message.contains("into itself"), "{e}");
+    let e = l.c.env_clone("a", 0, Some(9), false).await.unwrap_err();
+    assert!(e.message.contains("outside"), "{e}");
+    let e = l.c.env_clone("a", 3, None, false).await.unwrap_err();
+    assert!(e.message.contains("no node"), "{e}");
+    // Removing the clone by slot index keeps its disk by default.
+    l.c.env_remove("a", None, Some(2), false).await.unwrap();
+    settle(&l, &[], 20).await;
+    assert!(l
+        .c
+        .store
+        .slots(Some("a"))
+        .await
+        .unwrap()
+        .iter()
+        .all(|s| s.index != 2));
+    assert!(disk(&l)
+        .list_overlays()
+        .unwrap()
+        .iter()
+        .any(|o| o.id == "a-slot2"));
+    // A slot whose disk exists is refused as a clone target.
+    let e = l.c.env_clone("a", 0, Some(2), false).await.unwrap_err();
+    assert!(e.message.contains("exists"), "{e}");
+}
+
+/// A restarted engine finds the clone frozen but not snapshotted: within
+/// the hold time it snapshots and thaws; past it, it fails the clone and
+/// asks the agent to thaw (which it does by itself anyway).
+#[tokio::test]
+async fn a_restart_mid_clone_snapshots_in_time_or_fails_and_thaws() {
+    let l = lab(3).await;
+    clone_env(&l).await;
+    let mut s =
+        l.c.store
+            .slots(Some("a"))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.index == 1)
+            .unwrap();
+    let now = l.clock.now_ms();
+    let job = |frozen: i64, into: u32| crate::model::CloneJob {
+        into,
+        phase: ClonePhaseT::Snapshotting,
+        requested_ms: now,
+        phase_since_ms: frozen,
+        frozen_ms: Some(frozen),
+        overlay: Some(format!("a-slot{into}")),
+        desired_before: Some(2),
+        ..Default::default()
+    };
+    // Past the hold time: failed, thaw asked, nothing created.
+    s.clone = Some(job(now - 61_000, 3));
+    assert!(l
+        .c
+        .store
+        .write_slots(Fence::default(), &[(s.clone(), Expect::Any)])
+        .await
+        .unwrap());
+    let restarted = Engine::new(l.c.clone(), l.clock.clone());
+    restarted.pass().await.unwrap();
+    let t = l.c.store.slots(Some("a")).await.unwrap();
+    let j = t[1].clone.clone().unwrap();
+    assert_eq!(j.phase, ClonePhaseT::Failed, "{j:?}");
+    assert!(j.detail.contains("hold time"), "{j:?}");
+    assert!(t.iter().all(|s| s.index != 3));
+    let node = s.node.clone().unwrap();
+    assert!(l
+        .c
+        .store
+        .commands_of(&node, 20)
+        .await
+        .unwrap()
+        .iter()
+        .any(|c| c.command == CommandKind::FinishClone));
+    // Within it: snapshot, thaw, done.
+    let mut s = t[1].clone();
+    s.clone = Some(job(l.clock.now_ms() - 1_000, 2));
+    assert!(l
+        .c
+        .store
+        .write_slots(Fence::default(), &[(s, Expect::Any)])
+        .await
+        .unwrap());
+    for _ in 0..5 {
+        restarted.pass().await.unwrap();
+        agents_answering(&l, &[], clone_agent(false)).await;
+    }
+    let t = l.c.store.slots(Some("a")).await.unwrap();
+    assert_eq!(t[1].clone.as_ref().unwrap().phase, ClonePhaseT::Done);
+    assert!(t
+        .iter()
+        .any(|s| s.index == 2 && (s.reidentify || s.step == SlotStep::Ready)));
 }

@@ -84,7 +84,13 @@ pub fn operated_environment(method: &Method, path: &str) -> Option<String> {
             | (
                 "POST",
                 Some(
-                    "activate" | "deactivate" | "scale" | "add-node" | "remove-node" | "quarantine"
+                    "activate"
+                        | "deactivate"
+                        | "scale"
+                        | "add-node"
+                        | "remove-node"
+                        | "clone"
+                        | "quarantine"
                 ),
             )
             | ("PUT", Some("policy"))

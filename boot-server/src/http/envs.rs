@@ -8,7 +8,7 @@
 
 use super::extract::{parse, ApiPath, ApiQuery};
 use super::{ApiError, AppState};
-use crate::control::{EnvHistory, EnvView, ErrorKind};
+use crate::control::{CloneReport, EnvHistory, EnvView, ErrorKind};
 use crate::model::{Environment, Node, Policy, Slot};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -34,6 +34,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
     scale,
     add_node,
     remove_node,
+    clone,
     quarantine,
     policy,
     history,
@@ -60,6 +61,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/environments/{name}/scale", post(scale))
         .route("/api/environments/{name}/add-node", post(add_node))
         .route("/api/environments/{name}/remove-node", post(remove_node))
+        .route("/api/environments/{name}/clone", post(clone))
         .route("/api/environments/{name}/quarantine", post(quarantine))
         .route("/api/environments/{name}/policy", put(policy))
         .route("/api/environments/{name}/history", get(history))
@@ -230,17 +232,69 @@ async fn add_node(
     ok(s.control.env_add_node(&name, &b.node).await?)
 }
 
-/// Releases a node of the environment back to the pool.
+/// What leaves: a node (id or MAC) or a slot (index), and its disk's fate.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RemoveBody {
+    /// Node id or MAC (or give `slot`).
+    #[serde(default)]
+    node: Option<String>,
+    /// Slot index (or give `node`).
+    #[serde(default)]
+    slot: Option<u32>,
+    /// Delete the slot's overlay too (else it is kept).
+    #[serde(default)]
+    delete_disk: bool,
+}
+
+/// Releases a node of the environment back to the pool. A clone's slot,
+/// a slot named by index, or `delete_disk` take the slot away once its
+/// node has left (its overlay kept unless `delete_disk`).
 #[utoipa::path(post, operation_id = "env_remove_node", path = "/api/environments/{name}/remove-node", tag = "environments", params(EnvName),
-    request_body = NodeBody,
+    request_body = RemoveBody,
     responses((status = 200, description = "The slot it left", body = Slot)))]
 async fn remove_node(
     State(s): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
     body: Bytes,
 ) -> ApiResult {
-    let b: NodeBody = parse(&body)?;
-    ok(s.control.env_remove_node(&name, &b.node).await?)
+    let b: RemoveBody = parse(&body)?;
+    ok(s.control
+        .env_remove(&name, b.node.as_deref(), b.slot, b.delete_disk)
+        .await?)
+}
+
+/// A live clone: the template slot, the new slot, whether a refusal of
+/// the `prepare-clone` hook is overridden.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CloneBody {
+    /// The (ready) slot to clone.
+    slot: u32,
+    /// The new slot's index (default: the lowest free one).
+    #[serde(default)]
+    into: Option<u32>,
+    /// Go on when `prepare-clone` refuses.
+    #[serde(default)]
+    force: bool,
+}
+
+/// Clones a running slot into a new slot of the environment: the
+/// template's `prepare-clone` hook, a freeze, a snapshot of its overlay,
+/// thaw and `clone-done`; the new slot then boots from the snapshot with
+/// its own identity. Answers once the snapshot is taken (or the clone
+/// stopped: 409 with the reason, e.g. the hook's refusal).
+#[utoipa::path(post, operation_id = "env_clone", path = "/api/environments/{name}/clone", tag = "environments", params(EnvName),
+    request_body = CloneBody,
+    responses((status = 200, description = "The clone's job and the new slot", body = CloneReport),
+        (status = 409, description = "Refused or stopped (the reason says why)", body = super::openapi::ErrorBody)))]
+async fn clone(
+    State(s): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+    body: Bytes,
+) -> ApiResult {
+    let b: CloneBody = parse(&body)?;
+    ok(s.control.env_clone(&name, b.slot, b.into, b.force).await?)
 }
 
 /// Takes a node of the environment out of service (its slot is refilled).

@@ -553,6 +553,115 @@ pub struct Slot {
     /// When the node that held the slot was found failed (and fenced): the
     /// slot is failing over until a new node is ready in it.
     pub failed_over_ms: Option<i64>,
+    /// A live clone of this (ready) slot in progress, or the last one's outcome.
+    pub clone: Option<CloneJob>,
+    /// This slot's disk was cloned from another slot of the environment.
+    pub clone_of: Option<CloneOrigin>,
+    /// The node coming into this slot takes a new identity at its first
+    /// boot (a clone: machine id, SSH host keys, `purge-sessions`); cleared
+    /// once the slot is ready.
+    pub reidentify: bool,
+    /// `env remove-node`: once its node has left, the slot goes away (and
+    /// with `delete_disk` its overlay too).
+    pub removal: Option<Removal>,
+}
+
+impl Slot {
+    /// A clone of this slot is under way (its node must stay).
+    pub fn cloning(&self) -> bool {
+        self.clone.as_ref().is_some_and(|c| !c.phase.is_final())
+    }
+}
+
+/// Where a live clone of a slot is. Every phase is stored before its
+/// action, so a restarted engine resumes it (and the agent thaws by itself
+/// when the hold time passes).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClonePhase {
+    /// The agent runs `prepare-clone` and freezes the file systems.
+    #[default]
+    Preparing,
+    /// Frozen: the server snapshots the slot's overlay into the new slot's.
+    Snapshotting,
+    /// The agent thaws and runs `clone-done`.
+    Thawing,
+    /// The snapshot is taken and the new slot joins the environment.
+    Done,
+    /// The clone stopped (refused, or it failed); nothing was created.
+    Failed,
+}
+
+impl ClonePhase {
+    /// The kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClonePhase::Preparing => "preparing",
+            ClonePhase::Snapshotting => "snapshotting",
+            ClonePhase::Thawing => "thawing",
+            ClonePhase::Done => "done",
+            ClonePhase::Failed => "failed",
+        }
+    }
+    /// Done or failed.
+    pub fn is_final(self) -> bool {
+        matches!(self, ClonePhase::Done | ClonePhase::Failed)
+    }
+}
+
+/// A live clone of a slot into another slot of its environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(default)]
+pub struct CloneJob {
+    /// The new slot's index.
+    pub into: u32,
+    /// Go on when `prepare-clone` refuses.
+    pub force: bool,
+    /// Where it is.
+    pub phase: ClonePhase,
+    /// The agent command the phase waits for.
+    pub command: Option<i64>,
+    /// When it was asked for (ms since the epoch).
+    pub requested_ms: i64,
+    /// When the current phase began.
+    pub phase_since_ms: i64,
+    /// When the agent said the file systems were frozen.
+    pub frozen_ms: Option<i64>,
+    /// The template's pause (freeze to thaw), as its agent measured it.
+    pub pause_ms: Option<i64>,
+    /// Milliseconds the snapshot took.
+    pub snapshot_ms: Option<i64>,
+    /// The overlay made from the snapshot (the new slot's disk).
+    pub overlay: Option<String>,
+    /// The environment's desired count when the clone was asked (it
+    /// becomes one more once the snapshot is taken).
+    pub desired_before: Option<u32>,
+    /// What happened (the refusal's reason, a warning).
+    pub detail: String,
+}
+
+/// Where a cloned slot's disk came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(default)]
+pub struct CloneOrigin {
+    /// The template slot's index.
+    pub slot: u32,
+    /// The node that held it.
+    pub node: Option<String>,
+    /// When the clone was asked for (its "request to ready" starts there).
+    pub requested_ms: i64,
+    /// The template's pause.
+    pub pause_ms: Option<i64>,
+}
+
+/// A slot on its way out of the environment (`env remove-node`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(default)]
+pub struct Removal {
+    /// Delete the slot's overlay too (else it is kept).
+    pub delete_disk: bool,
 }
 
 impl Slot {
@@ -566,6 +675,13 @@ impl Slot {
             returning: false,
             cut_after_boot: Vec::new(),
             detail: why.to_string(),
+            clone: self.clone.clone().map(|mut c| {
+                if !c.phase.is_final() {
+                    c.phase = ClonePhase::Failed;
+                    c.detail = format!("the template left its slot ({why})");
+                }
+                c
+            }),
             ..self.clone()
         }
     }

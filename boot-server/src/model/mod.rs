@@ -16,8 +16,8 @@ mod token;
 
 pub use command::{CommandStatus, QueuedCommand};
 pub use env::{
-    AddressRange, BootMode, Detection, Environment, LoadSample, Policy, Requirements, Schedule,
-    ScheduleAction, Slot, SlotStep,
+    AddressRange, BootMode, CloneJob, CloneOrigin, ClonePhase, Detection, Environment, LoadSample,
+    Policy, Removal, Requirements, Schedule, ScheduleAction, Slot, SlotStep,
 };
 pub use event::{Event, EventKind};
 pub use image::{BootImage, Firmware, ImageFile, ImageKind};

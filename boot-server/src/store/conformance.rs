@@ -155,6 +155,7 @@ conformance_tests!(
     a_failing_write_does_not_undo_its_neighbours,
     images_in_use_cannot_be_removed,
     slots_hold_a_node_once_and_move_atomically,
+    only_a_vacant_slot_is_deleted,
     an_environment_holding_nodes_is_not_deleted,
     load_history_downsamples,
     nodes_move_through_their_states_and_tokens,
@@ -391,6 +392,39 @@ async fn slots_hold_a_node_once_and_move_atomically(s: Arc<dyn Store>) {
     assert_eq!(slots.len(), 2);
     assert_eq!(slots[1].node.as_deref(), Some(n.id.as_str()));
     assert_eq!(slots[1].step, SlotStep::Pending);
+}
+
+async fn only_a_vacant_slot_is_deleted(s: Arc<dyn Store>) {
+    let (n, _) = s
+        .observe_node(&Sighting {
+            mac: mac(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let held = slot("c", 1, Some(&n.id), SlotStep::Releasing);
+    let mut clone = slot("c", 3, None, SlotStep::Vacant);
+    clone.reidentify = true;
+    assert!(s
+        .write_slots(
+            Fence::default(),
+            &[(held, Expect::Any), (clone.clone(), Expect::Any)]
+        )
+        .await
+        .unwrap());
+    // The stored body keeps the clone fields.
+    assert!(s.slots(Some("c")).await.unwrap()[1].reidentify);
+    assert!(!s.delete_slot(Fence::default(), "c", 1).await.unwrap());
+    assert!(!s.delete_slot(Fence::default(), "c", 7).await.unwrap());
+    assert!(s.delete_slot(Fence::default(), "c", 3).await.unwrap());
+    let left: Vec<u32> = s
+        .slots(Some("c"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.index)
+        .collect();
+    assert_eq!(left, vec![1]);
 }
 
 async fn an_environment_holding_nodes_is_not_deleted(s: Arc<dyn Store>) {

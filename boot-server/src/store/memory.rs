@@ -667,6 +667,19 @@ impl EnvStore for MemoryStore {
             Ok(true)
         })
     }
+    async fn delete_slot(&self, _fence: Fence, env: &str, index: u32) -> Result<bool> {
+        self.with(|d| {
+            let key = (env.to_string(), index);
+            let vacant = d
+                .slots
+                .get(&key)
+                .is_some_and(|s| s.node.is_none() && s.step == SlotStep::Vacant);
+            if vacant {
+                d.slots.remove(&key);
+            }
+            Ok(vacant)
+        })
+    }
     async fn append_load(&self, sample: &LoadSample) -> Result<()> {
         self.with(|d| {
             d.load.push(sample.clone());

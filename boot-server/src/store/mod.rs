@@ -286,6 +286,9 @@ pub trait EnvStore: Send + Sync {
     /// false (nothing written) when one moved on. Refused
     /// ([`Refused::Conflict`]) when a node would hold two slots.
     async fn write_slots(&self, fence: Fence, writes: &[(Slot, Expect)]) -> Result<bool>;
+    /// Deletes a vacant slot (`env remove-node` of a clone: the slot goes
+    /// away) if it is still vacant and holds no node; whether it was deleted.
+    async fn delete_slot(&self, fence: Fence, env: &str, index: u32) -> Result<bool>;
     /// Records a load report of a node serving an environment.
     async fn append_load(&self, sample: &LoadSample) -> Result<()>;
     /// An environment's load reports since `since_ms`, oldest first.

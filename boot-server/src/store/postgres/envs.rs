@@ -193,6 +193,27 @@ impl EnvStore for PgStore {
         Ok(true)
     }
 
+    async fn delete_slot(&self, fence: Fence, env: &str, index: u32) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let current = lock_slots(&tx).await?;
+        if fence.0 != 0 && fence.0 < current {
+            return Err(Refused::Fenced {
+                fence: fence.0,
+                current,
+            }
+            .into());
+        }
+        let n = tx
+            .execute(
+                "DELETE FROM slots WHERE environment = $1 AND idx = $2 AND node IS NULL AND step = 'vacant'",
+                &[&env, &(index as i64)],
+            )
+            .await?;
+        tx.commit().await.context("committing the slot deletion")?;
+        Ok(n > 0)
+    }
+
     async fn append_load(&self, s: &LoadSample) -> Result<()> {
         self.client()
             .await?

@@ -156,6 +156,18 @@ impl EnvStore for SqliteStore {
         .await
     }
 
+    async fn delete_slot(&self, _fence: Fence, env: &str, index: u32) -> Result<bool> {
+        let env = env.to_string();
+        self.write(move |c| {
+            let n = c.execute(
+                "DELETE FROM slots WHERE environment = ?1 AND idx = ?2 AND node IS NULL AND step = 'vacant'",
+                params![env, index],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn append_load(&self, s: &LoadSample) -> Result<()> {
         let (at, node, env, body) = (
             s.at_ms,
