@@ -65,7 +65,7 @@ impl Control {
             .collect())
     }
 
-    async fn must_env(&self, name: &str) -> Result<Environment> {
+    pub(super) async fn must_env(&self, name: &str) -> Result<Environment> {
         self.store.environment(name).await?.ok_or_else(|| {
             Error::not_found(format!(
                 "no environment {name} (see `boot-server env list`)"
@@ -73,7 +73,7 @@ impl Control {
         })
     }
 
-    async fn check_env(&self, env: &Environment) -> Result<()> {
+    pub(super) async fn check_env(&self, env: &Environment) -> Result<()> {
         env.validate().map_err(Error::bad_request)?;
         if self.store.image(&env.image).await?.is_none() {
             return Err(Error::bad_request(format!(

@@ -4,6 +4,7 @@
 //! event on the [`EventHub`] (store + live broadcast). Errors carry a kind
 //! that the API maps to an HTTP status and the CLI to an exit code.
 
+mod bundles;
 mod disks;
 mod envs;
 mod images;
@@ -12,6 +13,7 @@ mod nodes;
 mod power;
 mod tokens;
 
+pub use bundles::{ExportStream, ImportOptions, ImportPlan, PlanItem, PlanSlot, TokenToCreate};
 pub use disks::DiskView;
 pub use envs::{new_slot, EnvHistory, EnvView};
 pub use nodes::NodeCommand;
@@ -241,5 +243,7 @@ impl Control {
     }
 }
 
+#[cfg(test)]
+mod bundle_tests;
 #[cfg(test)]
 mod tests;

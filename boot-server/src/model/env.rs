@@ -503,6 +503,10 @@ pub struct Slot {
     /// When the node that held the slot was found failed (and fenced): the
     /// slot is failing over until a new node is ready in it.
     pub failed_over_ms: Option<i64>,
+    /// The node the engine takes for this slot when it is idle in the pool
+    /// (set by `env import --map-nodes`); otherwise it allocates as usual.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_node: Option<String>,
 }
 
 impl Slot {
