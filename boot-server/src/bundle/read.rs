@@ -181,7 +181,6 @@ pub fn stage(input: impl Read, dir: &Path) -> Result<Staged> {
         }
         what.with_context(|| format!("bundle entry {path}"))?;
     }
-    drop(entries);
     // The rest of the stream (tar's end blocks) up to the zstd frame's end,
     // where its checksum is verified.
     std::io::copy(&mut ar.into_inner(), &mut std::io::sink())

@@ -94,7 +94,7 @@ pub async fn export(c: &Client, name: &str, output: &str, halt: bool) -> Result<
     let progress = Progress::new("export", None);
     let written = if output == "-" {
         let mut out = tokio::io::stdout();
-        c.download(&path, &mut out, &|n, t| progress.at(n, t))
+        c.download(&path, &mut out, &|n, _| progress.at(n, None))
             .await?
     } else {
         // Written beside the target and renamed: a failed export leaves no
@@ -110,7 +110,9 @@ pub async fn export(c: &Client, name: &str, output: &str, halt: bool) -> Result<
         let mut f = tokio::fs::File::create(&tmp)
             .await
             .with_context(|| format!("creating {}", tmp.display()))?;
-        let r = c.download(&path, &mut f, &|n, t| progress.at(n, t)).await;
+        let r = c
+            .download(&path, &mut f, &|n, _| progress.at(n, None))
+            .await;
         match r {
             Ok(n) => {
                 f.sync_all().await.context("sync")?;

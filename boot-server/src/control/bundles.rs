@@ -202,6 +202,30 @@ impl Drop for Snapshots {
     }
 }
 
+/// Imports under way in this process: the first to start removes staging
+/// directories a killed server left behind.
+static IMPORTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct RunningImport;
+
+impl RunningImport {
+    fn start(root: &std::path::Path) -> RunningImport {
+        if IMPORTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                tracing::warn!(dir = %e.path().display(), "removing the staging of an interrupted import");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        RunningImport
+    }
+}
+
+impl Drop for RunningImport {
+    fn drop(&mut self) {
+        IMPORTS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A staging directory, removed when dropped.
 struct StagingDir(PathBuf);
 
@@ -511,6 +535,7 @@ impl Control {
         opts: ImportOptions,
     ) -> Result<ImportPlan> {
         let root = self.config.state_dir.join("import-staging");
+        let _running = RunningImport::start(&root);
         let dir = root.join(crate::secret::random_token(8));
         let staging = StagingDir(dir.clone());
         let d = dir.clone();

@@ -172,7 +172,7 @@ pub fn decide(w: &World) -> Vec<Decision> {
             let usable = |n: &&Node| !used_nodes.contains(&n.id) && env.requirements.met_by(n);
             let idle = preferred
                 .and_then(|p| pool.iter().position(|n| n.id == p && usable(n)))
-                .or_else(|| pool.iter().position(|n| usable(n)));
+                .or_else(|| pool.iter().position(usable));
             let (node, from, reason) = if let Some(i) = idle {
                 let n = pool.remove(i);
                 (

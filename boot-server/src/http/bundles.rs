@@ -158,7 +158,12 @@ async fn import(
         .map(|r| r.map_err(std::io::Error::other));
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let dry = opts.dry_run;
-    let plan = s.control.import_env(reader, opts).await?;
+    // Run to the end even when the client goes away: a creation step cut
+    // short would skip the rollback.
+    let control = s.control.clone();
+    let plan = tokio::spawn(async move { control.import_env(reader, opts).await })
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("import task: {e}")))??;
     let status = if dry {
         StatusCode::OK
     } else {
