@@ -37,7 +37,7 @@ now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# start N PORT: a server on a fresh state dir; prints its config path.
+# start N PORT: a server on a fresh state dir; sets CONF to its config path.
 start() {
     local n="$1" port="$2" dir="$work/s$1"
     rm -rf "$dir"; mkdir -p "$dir/state"
@@ -59,7 +59,7 @@ TOML
     pids+=($!)
     local i
     for i in $(seq 200); do
-        curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && { echo "$dir/server.toml"; return 0; }
+        curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && { CONF="$dir/server.toml"; return 0; }
         sleep 0.1
     done
     tail -n 20 "$dir/server.log" >&2
@@ -78,7 +78,7 @@ while [ "$left" -gt 0 ] && [ "$off" -lt 1020 ]; do
     off=$((off + 32)); left=$((left - 4))
 done
 
-c1="$(start 1 18181)"
+start 1 18181; c1="$CONF"
 cli1() { "$bin" --config "$c1" "$@"; }
 cli1 disk add-base benchbase "$base" --server-path >/dev/null 2>&1 || cli1 disk add-base benchbase "$base" >/dev/null
 cli1 env create bench --image lab --disk-base benchbase --max 1 --inactive >/dev/null
@@ -98,14 +98,14 @@ with open(os.path.join(d, "data"), "r+b") as data, open(os.path.join(d, "map"), 
         m.seek(4096 + off // CH); m.write(b"\x01" * (1048576 // CH))
     data.flush(); os.fsync(data.fileno()); m.flush(); os.fsync(m.fileno())
 PY
-base_data=$(( $(du -B1 "$work/s1/state/disks/bases/benchbase.raw" | cut -f1) ))
+base_data=$(( $(du -B1 "$base" | cut -f1) ))
 ov_data=$(( 102 * 1048576 ))
 raw=$(( base_data + ov_data ))
 echo "disk data: base $((base_data / 1048576)) MiB allocated of 1024 MiB, overlay $((ov_data / 1048576)) MiB (10 %); raw total $((raw / 1048576)) MiB"
 printf '%-4s %10s %9s %10s %9s %12s %8s | %10s %9s %10s %12s\n' run export_s MB/s import_s MB/s bundle_MB ratio tarzst_s MB/s untar_s tarzst_MB
 ex=() im=() tz=() ut=() bs=() ts=()
 for r in $(seq "$runs"); do
-    c2="$(start 2 18281)"
+    start 2 18281; c2="$CONF"
     cli2() { "$bin" --config "$c2" "$@"; }
     t0=$(now); cli1 env export bench -o "$work/b.bundle" 2>/dev/null; t1=$(now)
     cli2 env import "$work/b.bundle" >/dev/null 2>&1 || { echo "import failed" >&2; cli2 env import "$work/b.bundle"; exit 1; }
