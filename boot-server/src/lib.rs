@@ -13,6 +13,7 @@
 
 pub mod adapters;
 pub mod alerts;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -9,7 +9,9 @@
 #
 # API (all functions return non-zero on failure):
 #   lab_require_root                 -> 0 if root, else prints SKIP and returns 1
-#   lab_create NAME                  -> creates namespace; sets LAB_NS, LAB_DIR
+#   lab_create NAME [--subnet A.B.C] -> creates namespace; sets LAB_NS, LAB_DIR and
+#                                       LAB_BRIDGE_* (br0 is A.B.C.1/24; default 10.77.0)
+#   lab_use NAME                     -> makes lab NAME (created earlier) the current one
 #   lab_add_tap NAME TAPNAME         -> tap in lab NAME (or "" = current) on br0
 #   lab_exec CMD...                  -> run CMD inside the current lab namespace
 #   lab_spawn NAME CMD...            -> start CMD in the background inside the
@@ -92,9 +94,14 @@ lab__trap() {
     trap 'lab_cleanup; trap - TERM; kill -TERM $$' TERM
 }
 
+declare -gA LAB_BY_NAME=()
+
 lab_create() {
-    local name="${1:?lab_create NAME}"
+    local name="${1:?lab_create NAME}" subnet=10.77.0
+    [ "${2:-}" = --subnet ] && subnet="${3:?lab_create NAME --subnet A.B.C}"
     local ns="bootlab-$$-$name"
+    LAB_BRIDGE_ADDR="$subnet.1"
+    LAB_BRIDGE_CIDR="$subnet.1/24"
     lab__trap
     ip netns add "$ns" || { lab_log "cannot create namespace $ns"; return 1; }
     LAB_NAMESPACES+=("$ns")
@@ -107,7 +114,17 @@ lab_create() {
     # nodad: the address is usable at once, before any port has carrier.
     ip -n "$ns" addr add "$LAB_BRIDGE_LL" dev br0 nodad
     ip -n "$ns" link set br0 up
+    LAB_BY_NAME[$name]="$ns|$LAB_DIR|$subnet"
     lab_log "lab $ns up (br0 $LAB_BRIDGE_CIDR, dir $LAB_DIR)"
+}
+
+lab_use() {
+    local name="${1:?lab_use NAME}" rec
+    rec="${LAB_BY_NAME[$name]:-}"
+    [ -n "$rec" ] || { lab_log "no lab $name"; return 1; }
+    IFS='|' read -r LAB_NS LAB_DIR rec <<<"$rec"
+    LAB_BRIDGE_ADDR="$rec.1"
+    LAB_BRIDGE_CIDR="$rec.1/24"
 }
 
 lab_exec() {
@@ -256,7 +273,10 @@ lab_start_boot_server() {
     local bin="${1:?lab_start_boot_server BIN STATE [SED-ARGS...]}" state="${2:?state dir}" i
     shift 2
     LAB_SERVER_CONFIG="$LAB_DIR/boot-server.toml"
-    sed -e "s|@STATE_DIR@|$state|" -e "s|@IMAGES_DIR@|$LAB_LIB_DIR/../../images|" "$@" \
+    # Another subnet than the file's 10.77.0.0/24 (lab_create --subnet): move every address.
+    local net="${LAB_BRIDGE_ADDR%.1}"
+    sed -e "s|@STATE_DIR@|$state|" -e "s|@IMAGES_DIR@|$LAB_LIB_DIR/../../images|" \
+        -e "s|10\.77\.0\.|$net.|g" "$@" \
         "$LAB_LIB_DIR/../lab-server.toml" > "$LAB_SERVER_CONFIG" || return 1
     lab_spawn server "$bin" --config "$LAB_SERVER_CONFIG" serve
     for i in $(seq 300); do
@@ -315,7 +335,7 @@ lab_cleanup() {
     elif [ "${#LAB_DIRS[@]}" -gt 0 ]; then
         lab_log "logs kept in ${LAB_DIRS[*]}"
     fi
-    LAB_NAMESPACES=() LAB_DIRS=() LAB_NS="" LAB_DIR=""
+    LAB_NAMESPACES=() LAB_DIRS=() LAB_NS="" LAB_DIR="" LAB_BY_NAME=()
     LAB_GUEST_PID=() LAB_PID=() LAB_STAMP_PIDS=() LAB_WAIT_PIDS=()
     return $rc
 }

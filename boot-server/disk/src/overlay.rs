@@ -64,7 +64,8 @@ use anyhow::{bail, Context};
 
 /// Allocation granularity of overlays.
 pub const CHUNK: u64 = 64 * 1024;
-const HEADER_LEN: u64 = 4096;
+/// Bytes of the map file before its state bytes (state of chunk *i* at `HEADER_LEN + i`).
+pub const HEADER_LEN: u64 = 4096;
 const MAGIC: &[u8; 8] = b"BNBDMAP1";
 const VERSION: u32 = 1;
 const STRIPES: usize = 256;

@@ -337,6 +337,82 @@ impl DiskStore {
         Ok(info)
     }
 
+    /// Directory of overlay `id` (`overlays/<id>`), whether or not it exists.
+    pub fn overlay_path(&self, id: &str) -> Result<PathBuf> {
+        check_name("overlay", id)?;
+        Ok(self.overlay_dir(id))
+    }
+
+    /// The raw file of base `name` (`bases/<name>.raw`), whether or not it exists.
+    pub fn base_file(&self, name: &str) -> Result<PathBuf> {
+        check_name("base", name)?;
+        Ok(self.base_path(name))
+    }
+
+    /// Takes a prepared raw file as base `name` (renamed in when on the same file
+    /// system, else copied); refused when the base exists. `src` is consumed.
+    pub fn adopt_base(&self, name: &str, src: &Path) -> Result<BaseInfo> {
+        check_name("base", name)?;
+        let _a = self.admin()?;
+        let dst = self.base_path(name);
+        if dst.exists() {
+            bail!("base {name} already exists");
+        }
+        let tmp = self.root.join("bases").join(format!(".tmp-{name}.raw"));
+        if std::fs::rename(src, &tmp).is_err() {
+            std::fs::copy(src, &tmp).with_context(|| format!("copy {}", src.display()))?;
+            let _ = std::fs::remove_file(src);
+        }
+        let f = File::open(&tmp)?;
+        f.sync_all()?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o400))?;
+        std::fs::rename(&tmp, &dst)?;
+        sync_dir(&self.root.join("bases"))?;
+        self.base_info(name)
+    }
+
+    /// Takes a prepared overlay directory (`data` + `map` as [`overlay`] describes)
+    /// as overlay `id`; its map must name an existing base of the same size.
+    /// Refused when the overlay exists. `src` is consumed.
+    pub fn adopt_overlay(&self, id: &str, src: &Path) -> Result<OverlayInfo> {
+        check_name("overlay", id)?;
+        let _a = self.admin()?;
+        let dir = self.overlay_dir(id);
+        if dir.exists() {
+            bail!("overlay {id} already exists");
+        }
+        let (h, _) = overlay::read_map(&src.join("map")).context("prepared overlay")?;
+        let b = self.base_info(&h.base)?;
+        if b.size != h.size {
+            bail!(
+                "prepared overlay is {} bytes but base {} is {}",
+                h.size,
+                h.base,
+                b.size
+            );
+        }
+        let tmp = self.root.join("overlays").join(format!(".tmp-{id}"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        if std::fs::rename(src, &tmp).is_err() {
+            overlay::create_private_dir(&tmp)?;
+            for f in ["data", "map"] {
+                std::fs::copy(src.join(f), tmp.join(f))
+                    .with_context(|| format!("copy {}", src.join(f).display()))?;
+            }
+            let _ = std::fs::remove_dir_all(src);
+        }
+        for f in ["data", "map"] {
+            let file = File::open(tmp.join(f))?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            file.sync_all()?;
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+        sync_dir(&tmp)?;
+        std::fs::rename(&tmp, &dir)?;
+        sync_dir(&self.root.join("overlays"))?;
+        self.overlay_info(id)
+    }
+
     /// Every overlay and snapshot, sorted by id (unreadable ones are skipped with a warning).
     pub fn list_overlays(&self) -> Result<Vec<OverlayInfo>> {
         let mut v = Vec::new();

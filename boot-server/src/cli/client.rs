@@ -111,6 +111,28 @@ impl Client {
         body: BoxBody,
         content_type: &str,
     ) -> Result<(StatusCode, Bytes), CallError> {
+        let resp = self.request(method, path, body, content_type).await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CallError::Transport(format!("reading the answer: {e}")))?
+            .to_bytes();
+        if status.is_success() {
+            return Ok((status, bytes));
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    /// Sends a request and returns the answer with its body unread.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: BoxBody,
+        content_type: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, CallError> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -162,31 +184,90 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let resp = sender
+        sender
             .send_request(req)
             .await
-            .map_err(|e| CallError::Transport(format!("request failed: {e}")))?;
+            .map_err(|e| CallError::Transport(format!("request failed: {e}")))
+    }
+
+    /// GET `path` and write its body to `out` as it arrives, with `progress`
+    /// told of every piece; the number of bytes written.
+    pub async fn download(
+        &self,
+        path: &str,
+        out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+        progress: &dyn Fn(u64, Option<u64>),
+    ) -> Result<u64, CallError> {
+        use tokio::io::AsyncWriteExt;
+        let empty = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
+        let resp = self
+            .request(Method::GET, path, empty, "application/json")
+            .await?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| CallError::Transport(format!("reading the answer: {e}")))?
-            .to_bytes();
-        if status.is_success() {
-            return Ok((status, bytes));
+        let hint = resp
+            .headers()
+            .get("x-bundle-raw-bytes")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| CallError::Transport(format!("reading the answer: {e}")))?
+                .to_bytes();
+            return Err(api_error(status, &bytes));
         }
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        Err(CallError::Api {
-            status,
-            code: v["code"].as_str().unwrap_or("error").to_string(),
-            message: v["message"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| {
-                    format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim())
-                }),
-        })
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                CallError::Transport(format!(
+                    "the server broke off the transfer after {n} bytes: {e} (see its log)"
+                ))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data)
+                    .await
+                    .map_err(|e| CallError::Transport(format!("writing: {e}")))?;
+                n += data.len() as u64;
+                progress(n, hint);
+            }
+        }
+        out.flush()
+            .await
+            .map_err(|e| CallError::Transport(format!("writing: {e}")))?;
+        Ok(n)
+    }
+
+    /// Streams `input` as the body of a request (`len` for progress when
+    /// known) and returns the JSON answer; `progress` is told of every piece.
+    pub async fn upload_stream(
+        &self,
+        method: Method,
+        path: &str,
+        input: impl tokio::io::AsyncRead + Send + Sync + 'static,
+        content_type: &str,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<serde_json::Value, CallError> {
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(input, 256 * 1024).map(move |chunk| {
+                chunk.map(|c| {
+                    let n = sent.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed)
+                        + c.len() as u64;
+                    progress(n);
+                    Frame::data(c)
+                })
+            });
+        let body = BodyExt::boxed(StreamBody::new(stream));
+        let (_, bytes) = self.send(method, path, body, content_type).await?;
+        if bytes.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| CallError::Transport(format!("bad answer from the server: {e}")))
     }
 
     /// A JSON request (or none) and a JSON answer (`null` for an empty one).
@@ -252,6 +333,19 @@ impl Client {
         bar.finish_and_clear();
         let (_, bytes) = result.map_err(|e| anyhow!(e))?;
         Ok(serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+}
+
+/// The API's error shape (`{"code", "message"}`) of a failed answer.
+fn api_error(status: StatusCode, bytes: &[u8]) -> CallError {
+    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    CallError::Api {
+        status,
+        code: v["code"].as_str().unwrap_or("error").to_string(),
+        message: v["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP {status}: {}", String::from_utf8_lossy(bytes).trim())),
     }
 }
 

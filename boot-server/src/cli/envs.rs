@@ -131,6 +131,44 @@ pub enum EnvCmd {
         /// Node id or MAC.
         node: String,
     },
+    /// Write the environment (definition, slots, image, base and overlays,
+    /// access settings) as one bundle file for `env import` on another server.
+    Export {
+        /// Environment name.
+        name: String,
+        /// Bundle file to write (`-`: standard output).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: String,
+        /// Deactivate the environment first and wait until its nodes are
+        /// released (otherwise its disks are snapshotted while it runs).
+        #[arg(long)]
+        halt: bool,
+    },
+    /// Create an environment (inactive) from a bundle of `env export`:
+    /// everything is verified before anything is created.
+    Import {
+        /// Bundle file (`-`: standard input).
+        file: String,
+        /// Create it under this name (its disks and host names follow).
+        #[arg(long = "as", value_name = "NEW_NAME")]
+        as_name: Option<String>,
+        /// Move its addresses into this subnet (same host offsets).
+        #[arg(long, value_name = "CIDR", conflicts_with = "map_addresses")]
+        subnet: Option<String>,
+        /// File of `OLD NEW` address lines (the range moves as one).
+        #[arg(long, value_name = "FILE")]
+        map_addresses: Option<std::path::PathBuf>,
+        /// File of `FROM NODE` lines: FROM is a source node id or `slotN`;
+        /// unmapped slots get nodes from the engine's allocation.
+        #[arg(long, value_name = "FILE")]
+        map_nodes: Option<std::path::PathBuf>,
+        /// Verify the bundle and print the plan; create nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load reports of its nodes and the engine's decisions about it.
     History {
         /// Environment name.
@@ -711,6 +749,28 @@ pub async fn env_command(c: &Client, cmd: EnvCmd) -> Result<(), Failure> {
                 v["id"].as_str().unwrap_or(&node),
                 v["state"].as_str().unwrap_or("?")
             );
+        }
+        EnvCmd::Export { name, output, halt } => {
+            super::bundles::export(c, &name, &output, halt).await?;
+        }
+        EnvCmd::Import {
+            file,
+            as_name,
+            subnet,
+            map_addresses,
+            map_nodes,
+            dry_run,
+            json,
+        } => {
+            let opts = super::bundles::ImportArgs {
+                as_name,
+                subnet,
+                map_addresses,
+                map_nodes,
+                dry_run,
+                json,
+            };
+            super::bundles::import(c, &file, opts).await?;
         }
         EnvCmd::History {
             name,

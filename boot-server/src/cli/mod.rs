@@ -7,6 +7,7 @@
 //!
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 unauthorised.
 
+mod bundles;
 pub mod client;
 mod env_print;
 mod envs;

@@ -34,13 +34,13 @@ fn blocking_err(e: tokio::task::JoinError) -> Error {
 }
 
 impl Control {
-    fn disks(&self) -> Result<Arc<boot_nbd::DiskStore>> {
+    pub(super) fn disks(&self) -> Result<Arc<boot_nbd::DiskStore>> {
         self.disks
             .clone()
             .ok_or_else(|| Error::conflict("virtual disks are off ([nbd] enabled = false)"))
     }
 
-    async fn on_disks<T: Send + 'static>(
+    pub(super) async fn on_disks<T: Send + 'static>(
         &self,
         f: impl FnOnce(&boot_nbd::DiskStore) -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T> {

@@ -77,7 +77,7 @@ impl Control {
         })
     }
 
-    async fn check_env(&self, env: &Environment) -> Result<()> {
+    pub(super) async fn check_env(&self, env: &Environment) -> Result<()> {
         env.validate().map_err(Error::bad_request)?;
         if self.store.image(&env.image).await?.is_none() {
             return Err(Error::bad_request(format!(

@@ -65,7 +65,7 @@ impl Control {
         Ok(names)
     }
 
-    async fn store_image(&self, image: &BootImage) -> Result<()> {
+    pub(super) async fn store_image(&self, image: &BootImage) -> Result<()> {
         self.store.put_image(image).await?;
         self.events.emit(
             None,

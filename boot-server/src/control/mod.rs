@@ -6,6 +6,7 @@
 
 pub mod cluster;
 mod clone;
+mod bundles;
 mod disks;
 mod envs;
 mod images;
@@ -16,6 +17,7 @@ pub mod servers;
 mod tokens;
 
 pub use clone::CloneReport;
+pub use bundles::{ExportStream, ImportOptions, ImportPlan, PlanItem, PlanSlot, TokenToCreate};
 pub use disks::DiskView;
 pub use envs::{new_slot, EnvHistory, EnvView};
 pub use nodes::NodeCommand;
@@ -254,5 +256,7 @@ impl Control {
     }
 }
 
+#[cfg(test)]
+mod bundle_tests;
 #[cfg(test)]
 mod tests;

@@ -171,9 +171,16 @@ pub fn decide(w: &World) -> Vec<Decision> {
             let Some(index) = free_index(env, w.slots, &taken_slots) else {
                 break;
             };
-            let idle = pool
+            // A slot's preferred node (an import's node map) first, when idle.
+            let preferred = w
+                .slots
                 .iter()
-                .position(|n| !used_nodes.contains(&n.id) && env.requirements.met_by(n));
+                .find(|s| s.environment == env.name && s.index == index)
+                .and_then(|s| s.preferred_node.as_deref());
+            let usable = |n: &&Node| !used_nodes.contains(&n.id) && env.requirements.met_by(n);
+            let idle = preferred
+                .and_then(|p| pool.iter().position(|n| n.id == p && usable(n)))
+                .or_else(|| pool.iter().position(usable));
             let (node, from, reason) = if let Some(i) = idle {
                 let n = pool.remove(i);
                 (

@@ -113,6 +113,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(super::envs::routes())
         .merge(super::tokens::routes())
         .merge(super::servers::routes())
+        .merge(super::bundles::routes())
         .route_layer(middleware::from_fn_with_state(
             state,
             super::auth::authorize,

@@ -63,9 +63,14 @@ pub fn is_read(method: &Method) -> bool {
 }
 
 /// Paths only an admin may touch, even to read: the state database copy
-/// (it holds every digest) and the token table.
+/// (it holds every digest), the token table and environment bundles.
 fn admin_only(path: &str) -> bool {
-    path == "/api/backup" || path == "/api/tokens" || path.starts_with("/api/tokens/")
+    path == "/api/backup"
+        || path == "/api/tokens"
+        || path.starts_with("/api/tokens/")
+        // Bundles carry whole disks.
+        || path == "/api/bundles"
+        || (path.starts_with("/api/environments/") && path.ends_with("/export"))
 }
 
 /// The environment a state-changing call operates, when it is one an
@@ -110,7 +115,7 @@ pub fn allows(p: &Principal, method: &Method, path: &str) -> Result<(), String> 
     match p.role {
         TokenRole::Admin => Ok(()),
         _ if admin_only(path) => Err(format!(
-            "token {:?} is {}: only an admin token may read backups or manage tokens",
+            "token {:?} is {}: only an admin token may read backups, manage tokens or export and import environments",
             p.name,
             p.role.as_str()
         )),

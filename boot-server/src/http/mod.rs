@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod agent;
 pub mod auth;
+pub mod bundles;
 pub mod envs;
 pub mod extract;
 pub mod files;

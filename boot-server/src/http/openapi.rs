@@ -66,6 +66,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::envs::EnvsApi::openapi());
     doc.merge(super::tokens::TokensApi::openapi());
     doc.merge(super::servers::ServersApi::openapi());
+    doc.merge(super::bundles::BundlesApi::openapi());
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",

@@ -564,6 +564,10 @@ pub struct Slot {
     /// `env remove-node`: once its node has left, the slot goes away (and
     /// with `delete_disk` its overlay too).
     pub removal: Option<Removal>,
+    /// The node the engine takes for this slot when it is idle in the pool
+    /// (set by `env import --map-nodes`); otherwise it allocates as usual.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_node: Option<String>,
 }
 
 impl Slot {
