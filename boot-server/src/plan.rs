@@ -104,6 +104,9 @@ pub struct BootPlan {
     seen: Mutex<HashMap<MacAddr, Seen>>,
     /// Nodes recorded from a script fetch alone (no DHCP): bounded.
     http_discovered: AtomicUsize,
+    /// The NBD/iSCSI export table (weak: it holds the plan), refreshed before a
+    /// sanboot script goes out.
+    exports: std::sync::OnceLock<std::sync::Weak<crate::disks::NodeExports>>,
 }
 
 const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
@@ -143,7 +146,16 @@ impl BootPlan {
             templates,
             seen: Mutex::new(HashMap::new()),
             http_discovered: AtomicUsize::new(0),
+            exports: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Connects the export table, so that a sanboot script brings the node's
+    /// iSCSI target up at once (a node that has just taken its lease is otherwise
+    /// reachable only after the table's next periodic refresh, and iPXE logs in
+    /// right after the script). Only the first call takes effect.
+    pub fn set_exports(&self, exports: std::sync::Weak<crate::disks::NodeExports>) {
+        let _ = self.exports.set(exports);
     }
 
     /// What a DHCP answer to this client carries; `None` for clients that are
@@ -482,6 +494,12 @@ impl BootPlan {
                 disk.overlay
             )));
         };
+        if let Some(exports) = self.exports.get().and_then(std::sync::Weak::upgrade) {
+            exports
+                .refresh()
+                .await
+                .context("refreshing the iSCSI targets")?;
+        }
         Ok(Ok(SanBoot {
             // RFC 4173 root path: iscsi:<server>:<proto>:<port>:<lun>:<target>
             url: format!("iscsi:{}::{}::{}", portal.ip(), portal.port(), login.target),
