@@ -15,6 +15,10 @@ packages=(
     systemd  # systemd-analyze verify/security of boot-server/dist/boot-server.service (tests/ops_dist.rs)
     python3 python3-venv openssl  # qemu-tests/test-api.sh (schemathesis venv, certificate fingerprint)
     socat  # qemu-tests/lab-up.sh: the web UI reached from the host's loopback
+    open-iscsi  # iscsistart in the sanboot base disk's initramfs (images/build-sanboot-base.sh)
+    syslinux syslinux-common mtools dosfstools fdisk  # the sanboot base disk: MBR + syslinux on a FAT ESP, built without mounts
+    grub-efi-amd64-bin grub-common  # the sanboot base disk's UEFI loader (grub-mkstandalone)
+    tgt  # qemu-tests/bench/iscsi.sh: Debian's iSCSI target beside boot-server's
     postgresql  # the PostgreSQL store's tests (qemu-tests/lib/test-postgres.sh)
 )
 # npm: Debian's package, unless a nodejs from elsewhere (NodeSource) already brings it.
@@ -31,6 +35,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Services the packages start on install would hold the lab's ports; the lab
 # runs its own instances inside namespaces.
-for svc in dnsmasq nginx prometheus; do
+for svc in dnsmasq nginx prometheus tgt iscsid; do
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done

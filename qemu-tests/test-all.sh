@@ -94,6 +94,7 @@ if [ "$lab" = 1 ]; then
     suite lab-ha script "$here/test-ha.sh"
     suite lab-clone script "$here/test-clone.sh"
     suite lab-migrate script "$here/test-migrate.sh"
+    suite lab-sanboot script "$here/test-sanboot.sh"
     suite lab-ui script "$here/test-ui.sh"
 fi
 if [ "$fuzz" = 1 ]; then

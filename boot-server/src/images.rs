@@ -28,30 +28,26 @@ pub fn parse_manifest(text: &str, images_dir: &Path) -> Result<BootImage> {
         );
     }
     image.files.clear();
-    match image.kind {
-        ImageKind::Linux => {
-            let Some(kernel) = image.kernel.clone() else {
-                bail!("linux image {} has no kernel", image.name)
-            };
-            let mut whole = Sha256::new();
-            let mut size = 0;
-            for rel in std::iter::once(kernel).chain(image.initrd.clone()) {
-                let path = file_in(images_dir, &rel)?;
-                let (n, digest) = hash_file(&path, Some(&mut whole))?;
-                size += n;
-                image.files.push(ImageFile {
-                    path: rel,
-                    size: n,
-                    sha256: digest,
-                });
-            }
-            image.size_bytes = size;
-            image.checksum = Some(format!("{:x}", whole.finalize()));
+    // Sanboot images name no files: a `san_url`, or none to boot the node's own
+    // iSCSI disk (crate::plan); localdisk images name nothing at all.
+    if image.kind == ImageKind::Linux {
+        let Some(kernel) = image.kernel.clone() else {
+            bail!("linux image {} has no kernel", image.name)
+        };
+        let mut whole = Sha256::new();
+        let mut size = 0;
+        for rel in std::iter::once(kernel).chain(image.initrd.clone()) {
+            let path = file_in(images_dir, &rel)?;
+            let (n, digest) = hash_file(&path, Some(&mut whole))?;
+            size += n;
+            image.files.push(ImageFile {
+                path: rel,
+                size: n,
+                sha256: digest,
+            });
         }
-        ImageKind::Sanboot if image.san_url.is_none() => {
-            bail!("sanboot image {} has no san_url", image.name)
-        }
-        _ => {}
+        image.size_bytes = size;
+        image.checksum = Some(format!("{:x}", whole.finalize()));
     }
     Ok(image)
 }

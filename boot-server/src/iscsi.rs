@@ -9,9 +9,12 @@
 //! * The target is reachable only from the attached node's current address: the very
 //!   attachment snapshot and address rule of the NBD exports (`crate::disks`, whose
 //!   refresh and revoke drive [`IscsiTargets`]); a node without an address has no target.
-//! * One-way CHAP: user = the node id, secret = [`chap_secret`] of the attachment's
-//!   secret export name (128 bits, derived, so nothing new is stored). Secrets are
-//!   never logged; the log shows fingerprints.
+//! * CHAP: user = the node id, secret = [`chap_secret`] of the attachment's secret
+//!   export name (128 bits, derived, so nothing new is stored). For mutual CHAP the
+//!   target answers as its own name with [`reverse_secret`] (a second derived secret:
+//!   RFC 7143 §12.1.3 wants the two directions to differ); an initiator that asks
+//!   for nothing more does one-way CHAP. Secrets are never logged; the log shows
+//!   fingerprints.
 //! * The table follows the attachments: a refresh adds, changes and withdraws targets
 //!   (withdrawing leaves open sessions running, like an NBD export name that stops
 //!   working); a revocation (detach, fencing) also closes every session on the overlay.
@@ -47,6 +50,13 @@ pub fn chap_secret(export: &str) -> String {
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The secret the target proves itself with in mutual CHAP: 32 hex digits of SHA-256
+/// over another fixed label and the export name (never equal to [`chap_secret`]).
+pub fn reverse_secret(export: &str) -> String {
+    let d = Sha256::digest(format!("boot-server iSCSI reverse CHAP secret\0{export}").as_bytes());
+    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// What a node needs to log in to its overlay's target.
 #[derive(Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct NodeTarget {
@@ -56,6 +66,10 @@ pub struct NodeTarget {
     pub chap_user: String,
     /// CHAP secret.
     pub chap_secret: String,
+    /// Mutual CHAP: the name the target answers with (the target name).
+    pub reverse_user: String,
+    /// Mutual CHAP: the secret the target answers with.
+    pub reverse_secret: String,
 }
 
 impl std::fmt::Debug for NodeTarget {
@@ -67,16 +81,24 @@ impl std::fmt::Debug for NodeTarget {
                 "chap_secret",
                 &format!("sha256:{}", fingerprint(&self.chap_secret)),
             )
+            .field("reverse_user", &self.reverse_user)
+            .field(
+                "reverse_secret",
+                &format!("sha256:{}", fingerprint(&self.reverse_secret)),
+            )
             .finish()
     }
 }
 
 /// The target and credentials of overlay `overlay` attached to `node` as `export`.
 pub fn node_target(overlay: &str, node: &str, export: &str) -> Option<NodeTarget> {
+    let target = target_name(overlay)?;
     Some(NodeTarget {
-        target: target_name(overlay)?,
+        reverse_user: target.clone(),
+        target,
         chap_user: node.to_string(),
         chap_secret: chap_secret(export),
+        reverse_secret: reverse_secret(export),
     })
 }
 
@@ -125,7 +147,10 @@ impl IscsiTargets {
                         user: t.chap_user,
                         secret: t.chap_secret,
                     },
-                    target: None,
+                    target: Some(ChapSecret {
+                        user: t.reverse_user,
+                        secret: t.reverse_secret,
+                    }),
                 }),
             };
             want.insert(t.target, cfg);
@@ -198,5 +223,9 @@ mod tests {
         assert!(!"ov1.0123456789abcdef01234567".contains(&s));
         let t = node_target("ov1", "node-1", "ov1.x").unwrap();
         assert!(!format!("{t:?}").contains(&t.chap_secret));
+        assert!(!format!("{t:?}").contains(&t.reverse_secret));
+        assert_eq!(t.reverse_secret.len(), 32);
+        assert_ne!(t.reverse_secret, t.chap_secret);
+        assert_eq!(t.reverse_user, t.target);
     }
 }

@@ -81,6 +81,12 @@ struct LinuxBoot {
     cmdline: String,
 }
 
+/// The SAN a sanboot image boots, with the node's iSCSI login if it has one.
+struct SanBoot {
+    url: String,
+    login: Option<crate::iscsi::NodeTarget>,
+}
+
 /// Facts last written for a node, so the DHCP path writes only changes.
 #[derive(Debug, Clone, PartialEq)]
 struct Seen {
@@ -100,6 +106,9 @@ pub struct BootPlan {
     http_discovered: AtomicUsize,
     /// SHA-256 of the agent API's TLS certificate (`[agent] tls_listen`).
     agent_tls_pin: Option<String>,
+    /// The NBD/iSCSI export table (weak: it holds the plan), refreshed before a
+    /// sanboot script goes out.
+    exports: std::sync::OnceLock<std::sync::Weak<crate::disks::NodeExports>>,
 }
 
 const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
@@ -147,7 +156,16 @@ impl BootPlan {
             templates,
             seen: Mutex::new(HashMap::new()),
             http_discovered: AtomicUsize::new(0),
+            exports: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Connects the export table, so that a sanboot script brings the node's
+    /// iSCSI target up at once (a node that has just taken its lease is otherwise
+    /// reachable only after the table's next periodic refresh, and iPXE logs in
+    /// right after the script). Only the first call takes effect.
+    pub fn set_exports(&self, exports: std::sync::Weak<crate::disks::NodeExports>) {
+        let _ = self.exports.set(exports);
     }
 
     /// What a DHCP answer to this client carries; `None` for clients that are
@@ -297,10 +315,19 @@ impl BootPlan {
                 "linux.ipxe"
             }
             ImageKind::Localdisk => "localdisk.ipxe",
-            ImageKind::Sanboot => {
-                ctx["san_url"] = json!(image.san_url);
-                "sanboot.ipxe"
-            }
+            ImageKind::Sanboot => match self.san_boot(&node, &image).await? {
+                Ok(san) => {
+                    ctx["san_url"] = json!(san.url);
+                    if let Some(t) = san.login {
+                        ctx["chap_user"] = json!(t.chap_user);
+                        ctx["chap_secret"] = json!(t.chap_secret);
+                        ctx["reverse_user"] = json!(t.reverse_user);
+                        ctx["reverse_secret"] = json!(t.reverse_secret);
+                    }
+                    "sanboot.ipxe"
+                }
+                Err(reason) => return self.wait(ctx, Some(node), reason),
+            },
         };
         self.store.set_booted_image(&node.id, &image.name).await?;
         self.events.emit(
@@ -449,6 +476,68 @@ impl BootPlan {
             initrd_url: image.initrd.as_ref().map(|i| format!("{base}/images/{i}")),
             cmdline,
         })
+    }
+
+    /// What a sanboot image boots for `node`: the image's fixed `san_url` (shared,
+    /// no credentials) when it names one; else the iSCSI target of the overlay
+    /// attached to the node (its slot's disk) with the node's CHAP login; else why
+    /// there is nothing to boot. The caller has already checked that the script
+    /// goes to the node's own address (the login is a boot secret).
+    async fn san_boot(
+        &self,
+        node: &Node,
+        image: &BootImage,
+    ) -> Result<std::result::Result<SanBoot, String>> {
+        if let Some(url) = &image.san_url {
+            return Ok(Ok(SanBoot {
+                url: url.clone(),
+                login: None,
+            }));
+        }
+        let Some(portal) = self.iscsi_portal() else {
+            return Ok(Err(format!(
+                "image {} boots the node's iSCSI disk, but iSCSI is off ([iscsi] enabled) or the server has no address",
+                image.name
+            )));
+        };
+        let attached = self.store.disk_attachments().await?;
+        let Some(disk) = attached.iter().find(|a| a.node == node.id) else {
+            return Ok(Err(format!(
+                "image {} boots the node's iSCSI disk, and none is attached (boot-server disk attach OVERLAY --node {})",
+                image.name, node.mac
+            )));
+        };
+        let Some(login) = crate::iscsi::node_target(&disk.overlay, &node.id, &disk.export) else {
+            return Ok(Err(format!(
+                "overlay {} has no iSCSI name (id too long)",
+                disk.overlay
+            )));
+        };
+        if let Some(exports) = self.exports.get().and_then(std::sync::Weak::upgrade) {
+            exports
+                .refresh()
+                .await
+                .context("refreshing the iSCSI targets")?;
+        }
+        Ok(Ok(SanBoot {
+            // RFC 4173 root path: iscsi:<server>:<proto>:<port>:<lun>:<target>
+            url: format!("iscsi:{}::{}::{}", portal.ip(), portal.port(), login.target),
+            login: Some(login),
+        }))
+    }
+
+    /// The address nodes reach the iSCSI target on (None when iSCSI is off or
+    /// the server has no address).
+    fn iscsi_portal(&self) -> Option<std::net::SocketAddr> {
+        let iscsi = &self.config.iscsi;
+        if !iscsi.enabled {
+            return None;
+        }
+        let ip = match iscsi.listen.ip() {
+            ip if ip.is_unspecified() => IpAddr::V4(self.config.server_ip?),
+            ip => ip,
+        };
+        Some(std::net::SocketAddr::new(ip, iscsi.listen.port()))
     }
 
     /// The generic entry script (`/boot.ipxe`) for iPXE sent here by other means.

@@ -94,6 +94,10 @@ pub async fn run(mut config: Config) -> Result<()> {
     let exports = disks.as_ref().map(|d| {
         crate::disks::NodeExports::new(store.clone(), plan.clone(), d.clone(), &admin_token)
     });
+    if let Some(e) = &exports {
+        // A sanboot script brings the node's iSCSI target up before iPXE logs in.
+        plan.set_exports(Arc::downgrade(e));
+    }
     let control = Arc::new(Control::new(
         store.clone(),
         config.clone(),

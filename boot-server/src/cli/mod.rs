@@ -1016,10 +1016,12 @@ async fn disk_command(c: &Client, cmd: DiskCmd) -> std::result::Result<(), Failu
             if let Some(t) = v["iscsi"].as_object() {
                 let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("?");
                 println!(
-                    "iscsi target {} chap-user {} chap-secret {}",
+                    "iscsi target {} chap-user {} chap-secret {} reverse-user {} reverse-secret {}",
                     s("target"),
                     s("chap_user"),
-                    s("chap_secret")
+                    s("chap_secret"),
+                    s("reverse_user"),
+                    s("reverse_secret")
                 );
             }
         }

@@ -47,7 +47,9 @@ pub struct BootImage {
     /// Supported firmware kinds (`bios`, `uefi-x64`, ...); empty = any.
     #[serde(default)]
     pub archs: Vec<String>,
-    /// SAN URL for sanboot images.
+    /// SAN URL for sanboot images: a shared disk every node boots without
+    /// credentials. None: the node boots the iSCSI target of its attached overlay
+    /// with its own CHAP login.
     #[serde(default)]
     pub san_url: Option<String>,
     /// SHA-256 of kernel then initrd, hex, computed when the image is added.

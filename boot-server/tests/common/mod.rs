@@ -52,10 +52,12 @@ impl Server {
         let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Logged before the ready line is announced: a test that reads the
+                // log right after start finds it there.
+                log2.lock().unwrap().push(line.clone());
                 if line.contains("boot-server ready:") {
-                    let _ = tx.send(line.clone());
+                    let _ = tx.send(line);
                 }
-                log2.lock().unwrap().push(line);
             }
         });
         let ready = rx
