@@ -123,36 +123,71 @@ impl PgStore {
                 candidates.push(*p);
             }
         }
-        let rows = c
-            .query(
-                format!(
-                    "(SELECT g.n FROM generate_series($3::BIGINT, $4::BIGINT) g(n) WHERE {free} LIMIT 16)
-                     UNION ALL
-                     (SELECT g.n FROM generate_series($5::BIGINT, $3::BIGINT - 1) g(n) WHERE {free} LIMIT 16)
-                     LIMIT 16"
-                )
-                .as_str(),
-                &[&mac_s, &now, &start, &hi_n, &lo_n],
-            )
-            .await?;
-        candidates.extend(
-            rows.iter()
-                .map(|r| Ipv4Addr::from(r.get::<_, i64>(0) as u32)),
-        );
         drop(c);
         for ip in candidates {
+            if self.try_candidates(mac, &[ip], hold_until_ms).await? {
+                return Ok(Some(ip));
+            }
+        }
+        // Windows of the range from `start` around to it again: each
+        // query materialises at most WINDOW numbers (generate_series in
+        // FROM is computed whole), and the first window nearly always has
+        // a free address.
+        const WINDOW: i64 = 512;
+        let mut windows = Vec::new();
+        let mut from = start;
+        while from <= hi_n {
+            let to = (from + WINDOW - 1).min(hi_n);
+            windows.push((from, to));
+            from = to + 1;
+        }
+        from = lo_n;
+        while from < start {
+            let to = (from + WINDOW - 1).min(start - 1);
+            windows.push((from, to));
+            from = to + 1;
+        }
+        for (from, to) in windows {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    format!(
+                        "SELECT g.n FROM generate_series($3::BIGINT, $4::BIGINT) g(n) WHERE {free} ORDER BY g.n LIMIT 16"
+                    )
+                    .as_str(),
+                    &[&mac_s, &now, &from, &to],
+                )
+                .await?;
+            let found: Vec<Ipv4Addr> = rows
+                .iter()
+                .map(|r| Ipv4Addr::from(r.get::<_, i64>(0) as u32))
+                .collect();
+            for ip in found {
+                if self.try_candidates(mac, &[ip], hold_until_ms).await? {
+                    return Ok(Some(ip));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Holds the first of `ips` that is free for `mac` until `until_ms`;
+    /// whether one was.
+    async fn try_candidates(&self, mac: MacAddr, ips: &[Ipv4Addr], until_ms: i64) -> Result<bool> {
+        for ip in ips {
             let hold = Lease {
                 mac,
-                ip,
-                expires_at_ms: hold_until_ms,
+                ip: *ip,
+                expires_at_ms: until_ms,
                 hostname: None,
                 client_id: None,
             };
             if self.try_put_lease(&hold).await?.is_none() {
-                return Ok(Some(ip));
+                return Ok(true);
             }
         }
-        Ok(None)
+        Ok(false)
     }
 }
 
