@@ -91,6 +91,7 @@ if [ "$lab" = 1 ]; then
     suite lab-powerloss script "$here/test-powerloss.sh"
     suite agent-qemu-smoke script "$repo/node-agent/tests/qemu-smoke.sh" "$td/x86_64-unknown-linux-gnu/release/node-agent"
     suite lab-engine script "$here/test-engine.sh"
+    suite lab-failover script "$here/test-failover.sh"
     suite lab-ui script "$here/test-ui.sh"
 fi
 if [ "$fuzz" = 1 ]; then

@@ -10,6 +10,7 @@ pub mod config;
 pub mod freeze;
 pub mod health;
 pub mod hooks;
+pub mod host;
 pub mod inventory;
 pub mod nbd;
 pub mod outbox;

@@ -173,6 +173,10 @@ pub struct EnvOpts {
     /// Moves: warm (kexec when the agent is up) or cold (always reboot).
     #[arg(long, value_parser = ["warm", "cold"])]
     boot: Option<String>,
+    /// When a slot standing on a VM moves back to its repaired node:
+    /// immediate, when-idle (its busy hook says not busy) or never.
+    #[arg(long, value_parser = ["immediate", "when-idle", "never"])]
+    failback: Option<String>,
     /// Version label of what it runs.
     #[arg(long)]
     version: Option<String>,
@@ -388,6 +392,9 @@ fn fields(opts: EnvOpts, current: Option<&Value>) -> Map<String, Value> {
     }
     if let Some(v) = opts.boot {
         put("boot", json!(v));
+    }
+    if let Some(v) = opts.failback {
+        put("failback", json!(v));
     }
     if let Some(v) = opts.version {
         put("version", json!(v));
@@ -796,9 +803,11 @@ mod tests {
             schedules: vec![parse_schedule("0 0 2 * * *=>scale:2").unwrap()],
             inactive: Some(false),
             boot: Some("cold".into()),
+            failback: Some("never".into()),
             version: None,
         };
         let f = Value::Object(fields(opts, Some(&current)));
+        assert_eq!(f["failback"], json!("never"));
         assert_eq!(f["config"], json!({"a": "1", "b": "3"}));
         assert_eq!(f["hooks"], json!({"start": "old", "health": "echo load=1"}));
         assert_eq!(

@@ -6,6 +6,7 @@
 
 mod disks;
 mod envs;
+mod hosts;
 mod images;
 mod network;
 mod nodes;
@@ -14,6 +15,7 @@ mod tokens;
 
 pub use disks::DiskView;
 pub use envs::{new_slot, EnvHistory, EnvView};
+pub use hosts::{is_virtual, HostView, NewHost, VmRequest};
 pub use nodes::NodeCommand;
 pub use power::Fence;
 pub use tokens::NewToken;

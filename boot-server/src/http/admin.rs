@@ -112,6 +112,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/backup", get(backup))
         .merge(super::envs::routes())
         .merge(super::tokens::routes())
+        .merge(super::hosts::routes())
         .route_layer(middleware::from_fn_with_state(
             state,
             super::auth::authorize,

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod envs;
 pub mod extract;
 pub mod files;
+pub mod hosts;
 pub mod listener;
 pub mod openapi;
 pub mod range;
@@ -61,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/loaders/{*path}", get(loader_file).head(loader_file))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(agent::routes(state.clone()))
+        .merge(hosts::agent_routes(state.clone()))
         .merge(admin::routes(state.clone()))
         .merge(ui::routes())
         .layer(axum::middleware::from_fn_with_state(

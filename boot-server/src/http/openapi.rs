@@ -65,6 +65,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::admin::AdminApi::openapi());
     doc.merge(super::envs::EnvsApi::openapi());
     doc.merge(super::tokens::TokensApi::openapi());
+    doc.merge(super::hosts::HostsApi::openapi());
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",

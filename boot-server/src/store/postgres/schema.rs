@@ -121,7 +121,23 @@ CREATE TABLE api_tokens (
 );
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+/// Version 5 (failover hosts): hosts with their secret's digest, and the
+/// VMs they run, each as JSON.
+const V5: &str = r#"
+CREATE TABLE hosts (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL
+);
+CREATE TABLE vms (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX vms_host ON vms(host);
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this build writes (the same number as SQLite's).
 pub fn latest_version() -> usize {

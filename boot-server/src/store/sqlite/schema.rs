@@ -9,6 +9,8 @@
 //!   command redelivery time, DHCP reservations, event index by kind.
 //! - 3: the engine: environments, slots (at most one per node), load
 //!   samples; what a node's hello said (time, image, agent protocol).
+//! - 4: API tokens.
+//! - 5: failover hosts and their VMs.
 
 use anyhow::{bail, Context, Result};
 use rusqlite::Connection;
@@ -114,6 +116,22 @@ CREATE TABLE api_tokens (
 );
 "#;
 
+/// Version 5 (failover hosts): hosts with their secret's digest, and the
+/// VMs they run, each as JSON.
+const V5: &str = r#"
+CREATE TABLE hosts (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL
+);
+CREATE TABLE vms (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX vms_host ON vms(host);
+"#;
+
 /// Round-1 tokens were stored in plain text: store their digests instead.
 fn hash_round1_tokens(tx: &rusqlite::Transaction) -> rusqlite_migration::HookResult {
     let rows: Vec<(String, Option<String>, Option<String>)> = {
@@ -137,12 +155,13 @@ fn migrations() -> Migrations<'static> {
         M::up_with_hook(V2, hash_round1_tokens),
         M::up(V3),
         M::up(V4),
+        M::up(V5),
     ])
 }
 
 /// The schema version this build writes.
 pub fn latest_version() -> usize {
-    4
+    5
 }
 
 fn version_of(conn: &Connection) -> Result<usize> {
