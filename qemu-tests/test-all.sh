@@ -95,6 +95,7 @@ if [ "$lab" = 1 ]; then
     suite lab-clone script "$here/test-clone.sh"
     suite lab-migrate script "$here/test-migrate.sh"
     suite lab-sanboot script "$here/test-sanboot.sh"
+    suite lab-failover script "$here/test-failover.sh"
     suite lab-ui script "$here/test-ui.sh"
 fi
 if [ "$fuzz" = 1 ]; then

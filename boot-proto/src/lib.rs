@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod host;
 pub mod mac;
 pub use mac::{fmt_mac, write_mac};
 

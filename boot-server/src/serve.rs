@@ -295,6 +295,7 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     tasks.spawn(crate::watch::heartbeat_watchdog(control.clone()));
     tasks.spawn(crate::watch::power_watch(control.clone()));
+    tasks.spawn(crate::watch::host_watchdog(control.clone()));
     // The lease this server holds as designated controller (shared store).
     let mut controller: Option<(Arc<PgStore>, String, watch::Receiver<Option<Fence>>)> = None;
     if config.engine.enabled {

@@ -6,7 +6,8 @@
 //! failed several heartbeats in a row or whose agent reports the application
 //! failed ([`judge_heartbeat`]). Each environment tunes these
 //! ([`Detection`]). Marking a node failed wakes the engine, which fences it
-//! and fails its slot over.
+//! and fails its slot over. A failover host whose agent stops polling goes
+//! down, and the nodes of the VMs it ran fail with it (host watchdog).
 
 use crate::control::Control;
 use crate::model::{now_ms, Detection, EventKind, Node, Transition};
@@ -216,4 +217,19 @@ pub async fn power_round(
         }
     }
     Ok(failed)
+}
+
+/// Marks failover hosts down when their agent stops polling (the agent
+/// heartbeat timeout): their VMs are lost and their nodes fail, so their
+/// slots fail over again (to another host or a spare). Errors are logged
+/// and retried at the next tick.
+pub async fn host_watchdog(control: Arc<Control>) -> Result<()> {
+    let limit_ms = (control.config.agent.heartbeat_timeout_secs * 1000) as i64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Err(e) = control.hosts_check(limit_ms).await {
+            tracing::warn!(error = %e, "host watchdog round failed");
+        }
+    }
 }

@@ -12,6 +12,7 @@ pub mod freeze;
 pub mod health;
 pub mod hooks;
 pub mod identity;
+pub mod host;
 pub mod inventory;
 pub mod nbd;
 pub mod outbox;

@@ -188,6 +188,15 @@ fn main() {
         }
         return;
     }
+    if args.first().map(String::as_str) == Some("host") {
+        init_logging();
+        let r = node_agent::host::HostOptions::parse(&args[1..]).and_then(node_agent::host::run);
+        if let Err(e) = r {
+            eprintln!("node-agent host: {e:#}");
+            std::process::exit(2);
+        }
+        return;
+    }
     pid1_supervise();
     init_logging();
     let cfg = match Config::from_sources(&args, &|k| std::env::var(k).ok()) {

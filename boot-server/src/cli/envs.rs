@@ -240,6 +240,10 @@ pub struct EnvOpts {
     /// off), app-failure=BOOL (the agent reporting the app failed), power-watch=BOOL.
     #[arg(long = "detect", value_name = "KEY=VALUE", value_parser = parse_detect)]
     detect: Vec<(String, Value)>,
+    /// When a slot standing on a VM moves back to its repaired node:
+    /// immediate, when-idle (its busy hook says not busy) or never.
+    #[arg(long, value_parser = ["immediate", "when-idle", "never"])]
+    failback: Option<String>,
     /// Version label of what it runs.
     #[arg(long)]
     version: Option<String>,
@@ -476,6 +480,9 @@ fn fields(opts: EnvOpts, current: Option<&Value>) -> Map<String, Value> {
     }
     if let Some(v) = opts.boot {
         put("boot", json!(v));
+    }
+    if let Some(v) = opts.failback {
+        put("failback", json!(v));
     }
     if let Some(v) = opts.version {
         put("version", json!(v));
@@ -975,9 +982,11 @@ mod tests {
             inactive: Some(false),
             boot: Some("cold".into()),
             detect: vec![parse_detect("health-failures=3").unwrap()],
+            failback: Some("never".into()),
             version: None,
         };
         let f = Value::Object(fields(opts, Some(&current)));
+        assert_eq!(f["failback"], json!("never"));
         assert_eq!(f["config"], json!({"a": "1", "b": "3"}));
         assert_eq!(f["hooks"], json!({"start": "old", "health": "echo load=1"}));
         assert_eq!(

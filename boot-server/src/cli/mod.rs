@@ -173,6 +173,9 @@ pub enum Cmd {
     /// The boot servers sharing the store: role, segment, version, last heartbeat.
     #[command(subcommand)]
     Server(ServerCmd),
+    /// Failover hosts (`node-agent host`) that run VMs for failed-over slots.
+    #[command(subcommand)]
+    Host(HostCmd),
     /// Write a consistent copy of the server's state database to FILE.
     Backup {
         /// Where to write the copy.
@@ -237,6 +240,39 @@ pub enum TokenCmd {
     /// Revoke a token: requests carrying it get 401 from now on.
     Revoke {
         /// Token name.
+        name: String,
+    },
+}
+
+/// Failover host commands.
+#[derive(Subcommand)]
+pub enum HostCmd {
+    /// Enrol a host and print its secret (shown this once; give it to
+    /// `node-agent host --credential-file`; the server keeps only a digest).
+    Add {
+        /// Unique name.
+        name: String,
+        /// Print JSON (with the secret) instead of the secret alone.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the hosts: state, capacity, VMs in use.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one host with its VMs.
+    Show {
+        /// Host name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a host (refused while it runs VMs); its secret stops working.
+    Remove {
+        /// Host name.
         name: String,
     },
 }
@@ -437,6 +473,12 @@ pub enum NodeCmd {
     },
     /// Retire a node for good.
     Retire {
+        /// Node id or MAC.
+        id: String,
+    },
+    /// Mark a failed node repaired: the slots whose home it is move back
+    /// to it (per their environment's failback policy).
+    Repaired {
         /// Node id or MAC.
         id: String,
     },
@@ -731,6 +773,90 @@ async fn token_command(c: &Client, cmd: TokenCmd) -> std::result::Result<(), Fai
     Ok(())
 }
 
+async fn host_command(c: &Client, cmd: HostCmd) -> std::result::Result<(), Failure> {
+    let line = |h: &Value| {
+        let cap = &h["capacity"];
+        println!(
+            "{:<20} {:<6} {:>4} {:>8} {:>3}/{:<3} {:<4} {}",
+            h["name"].as_str().unwrap_or("?"),
+            h["state"].as_str().unwrap_or("?"),
+            cap["cpus"].as_u64().map_or("-".into(), |v| v.to_string()),
+            cap["memory_bytes"]
+                .as_u64()
+                .map_or("-".into(), |v| format!("{}M", v >> 20)),
+            h["vms_in_use"].as_u64().unwrap_or(0),
+            cap["reserve"]
+                .as_u64()
+                .map_or("-".into(), |v| v.to_string()),
+            if cap["kvm"].as_bool() == Some(true) {
+                "kvm"
+            } else {
+                "tcg"
+            },
+            h["fingerprint"].as_str().unwrap_or("")
+        );
+    };
+    let header = || {
+        println!(
+            "{:<20} {:<6} {:>4} {:>8} {:>7} {:<4} SHA256",
+            "NAME", "STATE", "CPUS", "MEMORY", "VMS/M", "ACCEL"
+        )
+    };
+    match cmd {
+        HostCmd::Add { name, json } => {
+            let v = c
+                .json(Method::POST, "/api/hosts", Some(json!({ "name": name })))
+                .await?;
+            if json {
+                show(&v)
+            } else {
+                println!("{}", v["secret"].as_str().unwrap_or_default());
+            }
+        }
+        HostCmd::List { json } => {
+            let v = c.json(Method::GET, "/api/hosts", None).await?;
+            if json {
+                show(&v)
+            } else {
+                header();
+                v.as_array().into_iter().flatten().for_each(line);
+            }
+        }
+        HostCmd::Show { name, json } => {
+            let v = c
+                .json(Method::GET, &format!("/api/hosts/{}", enc(&name)), None)
+                .await?;
+            if json {
+                show(&v)
+            } else {
+                header();
+                line(&v);
+                println!("VMS:");
+                for vm in v["vms"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<18} {:<10} {}/{} node {} cpus {} mem {}M {} ({})",
+                        vm["id"].as_str().unwrap_or("?"),
+                        vm["state"].as_str().unwrap_or("?"),
+                        vm["environment"].as_str().unwrap_or("?"),
+                        vm["slot"],
+                        vm["node"].as_str().unwrap_or("?"),
+                        vm["cpus"],
+                        vm["memory_mb"],
+                        vm["firmware"].as_str().unwrap_or("?"),
+                        vm["detail"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        HostCmd::Remove { name } => {
+            c.json(Method::DELETE, &format!("/api/hosts/{}", enc(&name)), None)
+                .await?;
+            println!("removed {name}");
+        }
+    }
+    Ok(())
+}
+
 fn show(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -847,6 +973,7 @@ async fn command(c: &Client, cmd: Cmd) -> std::result::Result<(), Failure> {
         }
         Cmd::Token(t) => token_command(c, t).await?,
         Cmd::Server(t) => server_command(c, t).await?,
+        Cmd::Host(h) => host_command(c, h).await?,
         Cmd::Leases { json } => {
             let v = c.json(Method::GET, "/api/leases", None).await?;
             if json {
@@ -1130,6 +1257,20 @@ async fn node_command(c: &Client, cmd: NodeCmd) -> std::result::Result<(), Failu
         NodeCmd::Quarantine { id } => set_state(id, "quarantined").await?,
         NodeCmd::Release { id } => set_state(id, "idle").await?,
         NodeCmd::Retire { id } => set_state(id, "retired").await?,
+        NodeCmd::Repaired { id } => {
+            let v = c
+                .json(
+                    Method::POST,
+                    &format!("/api/nodes/{}/repaired", enc(&id)),
+                    None,
+                )
+                .await?;
+            println!(
+                "{} marked repaired ({})",
+                v["id"].as_str().unwrap_or(&id),
+                v["state"].as_str().unwrap_or("?")
+            );
+        }
         NodeCmd::Commands { id, json } => {
             let v = c
                 .json(

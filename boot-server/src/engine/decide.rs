@@ -1,10 +1,14 @@
 //! Allocation decisions, as pure functions of what the store holds: which
 //! environment gets which node (an idle pool node first, else one taken
-//! from a lower-priority or over-entitled preemptible environment), and
-//! which slots give their node back when an environment shrinks. No I/O:
+//! from a lower-priority or over-entitled preemptible environment, else —
+//! for a slot failing over — a VM on the least-loaded live failover host),
+//! which slots give their node back when an environment shrinks, and which
+//! slots standing on a VM go back to their repaired home node. No I/O:
 //! unit tests feed it plain values.
 
-use crate::model::{Environment, Node, NodeState, Slot, SlotStep};
+use crate::control::is_virtual;
+use crate::model::{Environment, Failback, Host, HostState, Node, NodeState, Slot, SlotStep, Vm};
+use boot_proto::FirmwareKind;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What the engine decided to do with one slot.
@@ -29,13 +33,39 @@ pub enum Decision {
         reason: String,
     },
     /// The environment `env` holds `holding` of its `target` nodes and none
-    /// can be had now (`below_min`: under its minimum).
+    /// can be had now (`below_min`: under its minimum; `failing_over`: the
+    /// slot failing over that found no spare and no failover host).
     #[allow(missing_docs)]
     Short {
         env: String,
         holding: u32,
         target: u32,
         below_min: bool,
+        failing_over: Option<u32>,
+    },
+    /// Start a VM on failover host `host` for slot `index` of `env`, which
+    /// is failing over and found no spare node; the slot takes the VM's
+    /// node. Sized from the node it stands in for (`stands_in_for`).
+    #[allow(missing_docs)]
+    StartVm {
+        env: String,
+        index: u32,
+        host: String,
+        cpus: u32,
+        memory_mb: u64,
+        firmware: FirmwareKind,
+        stands_in_for: Option<String>,
+        reason: String,
+    },
+    /// Slot `index` of `env` stands on the VM node `vm` and its home node
+    /// `home` is back: stop the VM's work, then move the slot home.
+    #[allow(missing_docs)]
+    Failback {
+        env: String,
+        index: u32,
+        vm: String,
+        home: String,
+        reason: String,
     },
 }
 
@@ -57,6 +87,10 @@ pub struct World<'a> {
     pub cooling: &'a HashSet<String>,
     /// Average nodes held per environment over the entitlement window.
     pub usage: &'a HashMap<String, f64>,
+    /// Failover hosts.
+    pub hosts: &'a [Host],
+    /// VMs on failover hosts (every record; live ones hold host capacity).
+    pub vms: &'a [Vm],
 }
 
 impl World<'_> {
@@ -73,11 +107,28 @@ impl World<'_> {
     }
 
     fn eligible(&self, n: &Node) -> bool {
+        self.up_idle(n) && !self.cooling.contains(&n.id)
+    }
+
+    /// Idle in no environment, its agent up, enrolled when that is asked
+    /// for; never a VM (a VM serves the slot it was started for only).
+    fn up_idle(&self, n: &Node) -> bool {
         n.state == NodeState::Idle
+            && !is_virtual(n)
             && n.environment.is_none()
             && n.agent_up(self.now_ms, self.fresh_ms)
             && (!self.manual_enrolment || n.enrolled)
-            && !self.cooling.contains(&n.id)
+    }
+
+    /// The home node of a slot standing on a VM is back: up and idle, and
+    /// either past its cool-down, said hello since the slot left it (it
+    /// rebooted), or marked repaired by an admin.
+    fn home_is_back(&self, s: &Slot, home: &Node) -> bool {
+        let rebooted = home
+            .last_hello_ms
+            .zip(s.home_left_ms)
+            .is_some_and(|(hello, left)| hello > left);
+        self.up_idle(home) && (!self.cooling.contains(&home.id) || rebooted || s.home_repaired)
     }
 
     /// Entitled nodes of `env` (its share of the pool), if it has a share.
@@ -139,6 +190,155 @@ fn free_index(env: &Environment, slots: &[Slot], taken: &HashSet<(String, u32)>)
         .or_else(|| (0..env.max).find(free))
 }
 
+/// Whether slot `index` of `env` is vacant and failing over.
+fn failing_over(slots: &[Slot], env: &Environment, index: u32) -> bool {
+    slots.iter().any(|s| {
+        s.environment == env.name
+            && s.index == index
+            && s.node.is_none()
+            && s.failed_over_ms.is_some()
+    })
+}
+
+/// A VM the size of the node it stands in for: its CPUs, memory and
+/// firmware (1 CPU, 512 MiB, BIOS when its inventory says nothing).
+pub fn vm_size(n: Option<&Node>) -> (u32, u64, FirmwareKind) {
+    let inv = n.and_then(|n| n.inventory.as_ref());
+    let cpus = inv
+        .and_then(|i| i.get("cpus"))
+        .and_then(|v| v.as_u64())
+        .filter(|c| *c > 0)
+        .unwrap_or(1) as u32;
+    let memory_mb = inv
+        .and_then(|i| i.get("memory_bytes"))
+        .and_then(|v| v.as_u64())
+        .map(|b| b.div_ceil(1 << 20))
+        .filter(|m| *m > 0)
+        .unwrap_or(512);
+    let uefi = inv
+        .and_then(|i| i.get("firmware"))
+        .and_then(|v| v.as_str())
+        .map(|f| f == "uefi")
+        .or_else(|| {
+            n.and_then(|n| n.arch.as_deref())
+                .map(|a| a.starts_with("uefi"))
+        })
+        .unwrap_or(false);
+    let firmware = if uefi {
+        FirmwareKind::Uefi
+    } else {
+        FirmwareKind::Bios
+    };
+    (cpus, memory_mb, firmware)
+}
+
+/// Live failover hosts and what their VMs use, as decisions add VMs.
+struct HostLoad {
+    /// (host, VMs in use, CPUs in use, MiB in use), live hosts with a capacity.
+    hosts: Vec<(Host, u32, u64, u64)>,
+}
+
+impl HostLoad {
+    fn new(w: &World) -> HostLoad {
+        let hosts = w
+            .hosts
+            .iter()
+            .filter(|h| {
+                h.state == HostState::Up
+                    && h.capacity.is_some()
+                    && h.last_seen_ms
+                        .is_some_and(|t| w.now_ms.saturating_sub(t) <= w.fresh_ms)
+            })
+            .map(|h| {
+                let mine = w.vms.iter().filter(|v| v.host == h.name && v.state.live());
+                let (n, cpus, mem) = mine.fold((0, 0, 0), |(n, c, m), v| {
+                    (n + 1, c + u64::from(v.cpus), m + v.memory_mb)
+                });
+                (h.clone(), n, cpus, mem)
+            })
+            .collect();
+        HostLoad { hosts }
+    }
+
+    /// The least-loaded live host (VMs in use against its reserve, then
+    /// name) with a free VM and room for `cpus` and `memory_mb`; counts the
+    /// VM as placed. Also says why.
+    fn pick(&mut self, cpus: u32, memory_mb: u64) -> Option<(String, String)> {
+        let fits = |(h, n, c, m): &(Host, u32, u64, u64)| {
+            let Some(cap) = h.capacity.as_ref() else {
+                return false;
+            };
+            *n < cap.reserve
+                && c + u64::from(cpus) <= u64::from(cap.cpus)
+                && m + memory_mb <= cap.memory_bytes >> 20
+        };
+        let best = self.hosts.iter_mut().filter(|x| fits(x)).min_by(|a, b| {
+            let ra = a.0.capacity.as_ref().map_or(1, |c| c.reserve.max(1));
+            let rb = b.0.capacity.as_ref().map_or(1, |c| c.reserve.max(1));
+            // a.n / ra against b.n / rb, without floats.
+            (u64::from(a.1) * u64::from(rb))
+                .cmp(&(u64::from(b.1) * u64::from(ra)))
+                .then(a.0.name.cmp(&b.0.name))
+        })?;
+        let reserve = best.0.capacity.as_ref().map_or(0, |c| c.reserve);
+        let why = format!(
+            "VM on host {} ({} of its {reserve} failover VMs in use, the least loaded)",
+            best.0.name, best.1
+        );
+        best.1 += 1;
+        best.2 += u64::from(cpus);
+        best.3 += memory_mb;
+        Some((best.0.name.clone(), why))
+    }
+}
+
+/// Slots of `env` standing on a VM whose home node is back, as the
+/// environment's failback policy allows; their home nodes are taken.
+fn failbacks(w: &World, env: &Environment, used: &mut HashSet<String>) -> Vec<Decision> {
+    let mut out = Vec::new();
+    if env.failback == Failback::Never {
+        return out;
+    }
+    for s in w
+        .slots
+        .iter()
+        .filter(|s| s.environment == env.name && s.step == SlotStep::Ready && !s.failing_back)
+    {
+        let (Some(vm_id), Some(home_id)) = (&s.node, &s.home) else {
+            continue;
+        };
+        let (Some(vm), Some(home)) = (w.node(vm_id), w.node(home_id)) else {
+            continue;
+        };
+        if !is_virtual(vm) || used.contains(home_id) || !w.home_is_back(s, home) {
+            continue;
+        }
+        if !env.requirements.met_by(home) {
+            continue;
+        }
+        if env.failback == Failback::WhenIdle && vm.busy() == Some(true) {
+            continue;
+        }
+        used.insert(home_id.clone());
+        out.push(Decision::Failback {
+            env: env.name.clone(),
+            index: s.index,
+            vm: vm_id.clone(),
+            home: home_id.clone(),
+            reason: format!(
+                "{home_id} is back; slot {} of {} leaves VM {vm_id} ({} failback)",
+                s.index,
+                env.name,
+                match env.failback {
+                    Failback::Immediate => "immediate",
+                    _ => "when-idle",
+                }
+            ),
+        });
+    }
+    out
+}
+
 /// Smaller is a better fit: the least capable node that meets the
 /// requirements keeps bigger nodes for environments that need them.
 fn fit_rank(n: &Node) -> (u64, u64, String) {
@@ -164,7 +364,10 @@ pub fn decide(w: &World) -> Vec<Decision> {
     let mut pool: Vec<&Node> = w.nodes.iter().filter(|n| w.eligible(n)).collect();
     pool.sort_by_key(|n| fit_rank(n));
 
+    let mut hosts = HostLoad::new(w);
+
     for env in &envs {
+        out.extend(failbacks(w, env, &mut used_nodes));
         let target = env.target();
         let mut have = held[&env.name];
         while have < target {
@@ -199,12 +402,50 @@ pub fn decide(w: &World) -> Vec<Decision> {
                     Some((v_env, victim.index)),
                     why,
                 )
+            } else if failing_over(w.slots, env, index) {
+                let slot = w
+                    .slots
+                    .iter()
+                    .find(|s| s.environment == env.name && s.index == index);
+                let home = slot.and_then(|s| s.home.as_deref()).and_then(|h| w.node(h));
+                let (cpus, memory_mb, firmware) = vm_size(home);
+                match hosts.pick(cpus, memory_mb) {
+                    Some((host, why)) => {
+                        taken_slots.insert((env.name.clone(), index));
+                        out.push(Decision::StartVm {
+                            env: env.name.clone(),
+                            index,
+                            host,
+                            cpus,
+                            memory_mb,
+                            firmware,
+                            stands_in_for: home.map(|h| h.id.clone()),
+                            reason: format!(
+                                "slot {index} of {} is failing over and no spare node is free; {why}",
+                                env.name
+                            ),
+                        });
+                        have += 1;
+                        continue;
+                    }
+                    None => {
+                        out.push(Decision::Short {
+                            env: env.name.clone(),
+                            holding: have,
+                            target,
+                            below_min: have < env.min.min(env.max) && env.active,
+                            failing_over: Some(index),
+                        });
+                        break;
+                    }
+                }
             } else {
                 out.push(Decision::Short {
                     env: env.name.clone(),
                     holding: have,
                     target,
                     below_min: have < env.min.min(env.max) && env.active,
+                    failing_over: None,
                 });
                 break;
             };
@@ -318,4 +559,425 @@ fn pick_victim<'a>(
         }
     }
     best.map(|(s, _, why)| (s, why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HostCapacity, MacAddr, VmState, HOST_LABEL, VIRTUAL_LABEL};
+
+    const NOW: i64 = 1_000_000;
+
+    fn node(i: u8, state: NodeState) -> Node {
+        Node {
+            id: format!("n{i}"),
+            mac: MacAddr([2, 0, 0, 0, 0, i]),
+            uuid: None,
+            arch: Some("bios".into()),
+            state,
+            first_seen_ms: 0,
+            last_seen_ms: NOW,
+            last_heartbeat_ms: Some(NOW),
+            booted_image: None,
+            inventory: Some(
+                serde_json::json!({"cpus": 2, "memory_bytes": 384u64 << 20, "firmware": "bios"}),
+            ),
+            heartbeat: Some(serde_json::json!({"busy": false})),
+            enrolled: true,
+            serial: None,
+            labels: Default::default(),
+            power: None,
+            observed_ip: None,
+            last_hello_ms: Some(NOW - 500_000),
+            running_image: None,
+            agent_protocol: Some(3),
+            environment: None,
+            slot: None,
+        }
+    }
+
+    fn vm_node(i: u8, host: &str) -> Node {
+        let mut n = node(i, NodeState::Ready);
+        n.labels.insert(VIRTUAL_LABEL.into(), "true".into());
+        n.labels.insert(HOST_LABEL.into(), host.into());
+        n
+    }
+
+    fn host(name: &str, reserve: u32, seen: i64) -> Host {
+        Host {
+            name: name.into(),
+            state: HostState::Up,
+            capacity: Some(HostCapacity {
+                cpus: 8,
+                memory_bytes: 8 << 30,
+                reserve,
+                kvm: false,
+            }),
+            last_seen_ms: Some(seen),
+            down_since_ms: None,
+            agent_version: None,
+            created_ms: 0,
+            created_by: "t".into(),
+            fingerprint: "f".into(),
+        }
+    }
+
+    fn vm(id: &str, host: &str, state: VmState) -> Vm {
+        Vm {
+            id: id.into(),
+            host: host.into(),
+            mac: "02:b5:00:00:00:01".into(),
+            node: format!("node-{id}"),
+            cpus: 2,
+            memory_mb: 384,
+            firmware: "bios".into(),
+            environment: "other".into(),
+            slot: 0,
+            stands_in_for: None,
+            state,
+            requested_ms: 0,
+            started_ms: None,
+            ended_ms: None,
+            detail: String::new(),
+        }
+    }
+
+    fn env(failback: Failback) -> Environment {
+        Environment {
+            name: "web".into(),
+            image: "img".into(),
+            desired: 2,
+            min: 2,
+            max: 2,
+            failback,
+            ..Default::default()
+        }
+    }
+
+    /// Slot 0 ready on n1; slot 1 vacant and failing over from n2 (home).
+    fn failing_slots() -> Vec<Slot> {
+        vec![
+            Slot {
+                environment: "web".into(),
+                index: 0,
+                node: Some("n1".into()),
+                step: SlotStep::Ready,
+                ..Default::default()
+            },
+            Slot {
+                environment: "web".into(),
+                index: 1,
+                step: SlotStep::Vacant,
+                failed_over_ms: Some(NOW - 1000),
+                home: Some("n2".into()),
+                home_left_ms: Some(NOW - 1000),
+                ..Default::default()
+            },
+        ]
+    }
+
+    fn run(
+        envs: &[Environment],
+        slots: &[Slot],
+        nodes: &[Node],
+        hosts: &[Host],
+        vms: &[Vm],
+        cooling: &[&str],
+    ) -> Vec<Decision> {
+        let cooling: HashSet<String> = cooling.iter().map(|s| s.to_string()).collect();
+        let usage = HashMap::new();
+        decide(&World {
+            envs,
+            slots,
+            nodes,
+            now_ms: NOW,
+            fresh_ms: 10_000,
+            manual_enrolment: false,
+            cooling: &cooling,
+            usage: &usage,
+            hosts,
+            vms,
+        })
+    }
+
+    fn with_slot(mut n: Node, env: &str, i: u32) -> Node {
+        n.environment = Some(env.into());
+        n.slot = Some(i);
+        n
+    }
+
+    #[test]
+    fn a_spare_node_comes_before_a_vm() {
+        let nodes = [
+            with_slot(node(1, NodeState::Ready), "web", 0),
+            node(2, NodeState::Failed),
+            node(3, NodeState::Idle),
+        ];
+        let d = run(
+            &[env(Failback::Immediate)],
+            &failing_slots(),
+            &nodes,
+            &[host("h1", 2, NOW)],
+            &[],
+            &["n2"],
+        );
+        assert!(
+            matches!(&d[..], [Decision::Claim { index: 1, node, .. }] if node == "n3"),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn no_spare_picks_the_least_loaded_live_host_sized_like_the_home_node() {
+        let nodes = [
+            with_slot(node(1, NodeState::Ready), "web", 0),
+            node(2, NodeState::Failed),
+        ];
+        // h1 runs one of its 2 VMs; h2 none of its 2; h3 is silent; h4 full.
+        let hosts = [
+            host("h1", 2, NOW),
+            host("h2", 2, NOW - 1000),
+            host("h3", 4, NOW - 60_000),
+            host("h4", 1, NOW),
+        ];
+        let vms = [
+            vm("a", "h1", VmState::Running),
+            vm("b", "h4", VmState::Requested),
+            // Ended VMs hold no place.
+            vm("c", "h2", VmState::Exited),
+            vm("d", "h2", VmState::Stopped),
+        ];
+        let d = run(
+            &[env(Failback::Immediate)],
+            &failing_slots(),
+            &nodes,
+            &hosts,
+            &vms,
+            &["n2"],
+        );
+        match &d[..] {
+            [Decision::StartVm {
+                env,
+                index: 1,
+                host,
+                cpus: 2,
+                memory_mb: 384,
+                firmware: FirmwareKind::Bios,
+                stands_in_for,
+                ..
+            }] => {
+                assert_eq!((env.as_str(), host.as_str()), ("web", "h2"));
+                assert_eq!(stands_in_for.as_deref(), Some("n2"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn two_failing_slots_spread_over_hosts_and_a_full_fleet_fails_over_nowhere() {
+        let mut slots = failing_slots();
+        slots[0] = Slot {
+            node: None,
+            step: SlotStep::Vacant,
+            failed_over_ms: Some(NOW - 1000),
+            home: Some("n1".into()),
+            ..slots[0].clone()
+        };
+        let nodes = [node(1, NodeState::Failed), node(2, NodeState::Failed)];
+        let hosts = [host("h1", 1, NOW), host("h2", 1, NOW)];
+        let d = run(
+            &[env(Failback::Immediate)],
+            &slots,
+            &nodes,
+            &hosts,
+            &[],
+            &[],
+        );
+        let placed: Vec<(u32, &str)> = d
+            .iter()
+            .filter_map(|d| match d {
+                Decision::StartVm { index, host, .. } => Some((*index, host.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(placed, [(0, "h1"), (1, "h2")], "{d:?}");
+        // Every host full: the slot is short, and says it is failing over.
+        let vms = [
+            vm("a", "h1", VmState::Running),
+            vm("b", "h2", VmState::Running),
+        ];
+        let d = run(
+            &[env(Failback::Immediate)],
+            &slots,
+            &nodes,
+            &hosts,
+            &vms,
+            &[],
+        );
+        assert!(
+            matches!(
+                &d[..],
+                [Decision::Short {
+                    failing_over: Some(0),
+                    ..
+                }]
+            ),
+            "{d:?}"
+        );
+        // A host too small for the node is no choice either.
+        let mut small = host("h9", 4, NOW);
+        small.capacity.as_mut().unwrap().memory_bytes = 256 << 20;
+        let d = run(
+            &[env(Failback::Immediate)],
+            &slots,
+            &nodes,
+            &[small],
+            &[],
+            &[],
+        );
+        assert!(matches!(&d[0], Decision::Short { .. }), "{d:?}");
+        // A slot that is not failing over never gets a VM.
+        let plain: Vec<Slot> = slots
+            .iter()
+            .map(|s| Slot {
+                failed_over_ms: None,
+                ..s.clone()
+            })
+            .collect();
+        let d = run(
+            &[env(Failback::Immediate)],
+            &plain,
+            &nodes,
+            &hosts,
+            &[],
+            &[],
+        );
+        assert!(
+            d.iter().all(|d| matches!(
+                d,
+                Decision::Short {
+                    failing_over: None,
+                    ..
+                }
+            )),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn vms_never_join_the_pool() {
+        let mut idle_vm = vm_node(5, "h1");
+        idle_vm.state = NodeState::Idle;
+        let d = run(&[env(Failback::Immediate)], &[], &[idle_vm], &[], &[], &[]);
+        assert!(matches!(&d[..], [Decision::Short { .. }]), "{d:?}");
+    }
+
+    /// Slot 1 ready on VM node n5, home n2.
+    fn on_vm() -> (Vec<Slot>, Vec<Node>) {
+        let mut slots = failing_slots();
+        slots[1].node = Some("n5".into());
+        slots[1].step = SlotStep::Ready;
+        slots[1].failed_over_ms = None;
+        let nodes = vec![
+            with_slot(node(1, NodeState::Ready), "web", 0),
+            node(2, NodeState::Idle),
+            with_slot(vm_node(5, "h1"), "web", 1),
+        ];
+        (slots, nodes)
+    }
+
+    #[test]
+    fn failback_when_the_home_node_is_back_as_the_policy_says() {
+        let (slots, mut nodes) = on_vm();
+        // The home node rebooted since the slot left it (hello after): back,
+        // cool-down or not.
+        nodes[1].last_hello_ms = Some(NOW - 10);
+        let d = run(
+            &[env(Failback::Immediate)],
+            &slots,
+            &nodes,
+            &[],
+            &[],
+            &["n2"],
+        );
+        assert!(
+            matches!(&d[..], [Decision::Failback { index: 1, vm, home, .. }] if vm == "n5" && home == "n2"),
+            "{d:?}"
+        );
+        // never: stays on the VM.
+        let d = run(&[env(Failback::Never)], &slots, &nodes, &[], &[], &["n2"]);
+        assert!(d.is_empty(), "{d:?}");
+        // when-idle: not while the VM says busy.
+        nodes[2].heartbeat = Some(serde_json::json!({"busy": true}));
+        let d = run(
+            &[env(Failback::WhenIdle)],
+            &slots,
+            &nodes,
+            &[],
+            &[],
+            &["n2"],
+        );
+        assert!(d.is_empty(), "{d:?}");
+        nodes[2].heartbeat = Some(serde_json::json!({"busy": false}));
+        let d = run(
+            &[env(Failback::WhenIdle)],
+            &slots,
+            &nodes,
+            &[],
+            &[],
+            &["n2"],
+        );
+        assert!(matches!(&d[..], [Decision::Failback { .. }]), "{d:?}");
+    }
+
+    #[test]
+    fn no_failback_to_a_home_node_that_is_not_back() {
+        let (mut slots, mut nodes) = on_vm();
+        // Still cooling down and no hello since it failed: not back.
+        let d = run(
+            &[env(Failback::Immediate)],
+            &slots,
+            &nodes,
+            &[],
+            &[],
+            &["n2"],
+        );
+        assert!(d.is_empty(), "{d:?}");
+        // An admin marked it repaired: back.
+        slots[1].home_repaired = true;
+        let d = run(
+            &[env(Failback::Immediate)],
+            &slots,
+            &nodes,
+            &[],
+            &[],
+            &["n2"],
+        );
+        assert!(matches!(&d[..], [Decision::Failback { .. }]), "{d:?}");
+        // Its agent is down, or it is failed: not back, repaired or not.
+        nodes[1].last_heartbeat_ms = Some(NOW - 60_000);
+        let d = run(&[env(Failback::Immediate)], &slots, &nodes, &[], &[], &[]);
+        assert!(d.is_empty(), "{d:?}");
+        nodes[1].last_heartbeat_ms = Some(NOW);
+        nodes[1].state = NodeState::Failed;
+        let d = run(&[env(Failback::Immediate)], &slots, &nodes, &[], &[], &[]);
+        assert!(d.is_empty(), "{d:?}");
+        // A slot failing back already is not asked twice.
+        nodes[1].state = NodeState::Idle;
+        slots[1].failing_back = true;
+        let d = run(&[env(Failback::Immediate)], &slots, &nodes, &[], &[], &[]);
+        assert!(d.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn vm_size_follows_the_inventory() {
+        let mut n = node(1, NodeState::Failed);
+        n.inventory =
+            Some(serde_json::json!({"cpus": 4, "memory_bytes": 2u64 << 30, "firmware": "uefi"}));
+        assert_eq!(vm_size(Some(&n)), (4, 2048, FirmwareKind::Uefi));
+        n.inventory = None;
+        n.arch = Some("uefi-x64".into());
+        assert_eq!(vm_size(Some(&n)), (1, 512, FirmwareKind::Uefi));
+        assert_eq!(vm_size(None), (1, 512, FirmwareKind::Bios));
+    }
 }

@@ -49,6 +49,8 @@ struct Memory {
     sla_alerted: HashMap<String, i64>,
     /// Last load-sample pruning.
     pruned_ms: i64,
+    /// Failing-over slots with an open "failover-failed" alert.
+    failover_failed: HashSet<(String, u32)>,
 }
 
 /// The engine.
@@ -119,6 +121,8 @@ impl Engine {
         let envs = self.c.store.environments().await?;
         let slots = self.c.store.slots(None).await?;
         let nodes = self.c.store.nodes().await?;
+        let hosts = self.c.store.hosts().await?;
+        let vms = self.c.store.vms().await?;
         let usage = self.usage(now, &envs, &slots);
         let cooling: HashSet<String> = {
             let mut m = self.mem();
@@ -134,18 +138,28 @@ impl Engine {
             manual_enrolment: self.cfg().manual_enrolment,
             cooling: &cooling,
             usage: &usage,
+            hosts: &hosts,
+            vms: &vms,
         };
         let decisions = decide(&world);
         let mut shorts = HashSet::new();
+        let mut unplaced = HashSet::new();
         for d in decisions {
-            if let Decision::Short { env, .. } = &d {
+            if let Decision::Short {
+                env, failing_over, ..
+            } = &d
+            {
                 shorts.insert(env.clone());
+                if let Some(i) = failing_over {
+                    unplaced.insert((env.clone(), *i));
+                }
             }
             if let Err(e) = self.apply(d, &envs, &slots, now).await {
                 tracing::warn!(error = %format!("{e:#}"), "engine decision not applied");
             }
         }
         self.mem().short.retain(|e| shorts.contains(e));
+        self.mem().failover_failed.retain(|k| unplaced.contains(k));
         // Advance every slot that holds a node, each on its own, so that many
         // nodes move in parallel and one slow store call delays no other.
         let slots = self.c.store.slots(None).await?;
@@ -202,7 +216,76 @@ impl Engine {
                 .find(|s| s.environment == env && s.index == index)
                 .cloned()
         };
+        let d = match d {
+            Decision::StartVm {
+                env,
+                index,
+                host,
+                cpus,
+                memory_mb,
+                firmware,
+                stands_in_for,
+                reason,
+            } => {
+                // The VM's node takes the slot at once: the slot is pointed
+                // (address, disk, image) before the VM's first network boot.
+                let req = crate::control::VmRequest {
+                    host: host.clone(),
+                    environment: env.clone(),
+                    slot: index,
+                    cpus,
+                    memory_mb,
+                    firmware,
+                    stands_in_for,
+                };
+                let vm = self.c.start_vm(&req).await?;
+                self.c.events.emit(
+                    Some(vm.node.clone()),
+                    EventKind::EngineDecision,
+                    json!({ "env": env, "action": "start-vm", "slot": index, "host": host, "vm": vm.id, "nodes": [vm.node], "reason": reason }),
+                );
+                Decision::Claim {
+                    env,
+                    index,
+                    node: vm.node,
+                    from: None,
+                    reason,
+                }
+            }
+            other => other,
+        };
         match d {
+            Decision::StartVm { .. } => {}
+            Decision::Failback {
+                env,
+                index,
+                vm,
+                home,
+                reason,
+            } => {
+                let Some(slot) = find(&env, index) else {
+                    return Ok(());
+                };
+                let expect = Expect::Step(slot.step);
+                let mut next = slot.clone();
+                next.failing_back = true;
+                next.command = None;
+                next.detail = format!("failing back to {home}: stopping the VM's work");
+                if self
+                    .c
+                    .store
+                    .write_slots(self.fence, &[(next, expect)])
+                    .await?
+                {
+                    self.c.wake_engine();
+                    tracing::info!(env = %env, slot = index, vm = %vm, home = %home, "failback");
+                    self.c.events.emit(
+                        Some(home.clone()),
+                        EventKind::EngineDecision,
+                        json!({ "env": env, "action": "failback", "slot": index, "nodes": [home, vm], "reason": reason }),
+                    );
+                }
+            }
             Decision::Claim {
                 env,
                 index,
@@ -280,7 +363,18 @@ impl Engine {
                 holding,
                 target,
                 below_min,
+                failing_over,
             } => {
+                if let Some(i) = failing_over {
+                    if self.mem().failover_failed.insert((env.clone(), i)) {
+                        tracing::warn!(env = %env, slot = i, "failover failed: no spare node, no failover host");
+                        self.c.events.emit(
+                            None,
+                            EventKind::Alert,
+                            json!({ "alert": "failover-failed", "env": env, "slot": i, "reason": "no idle compatible spare node and no live failover host with a free VM" }),
+                        );
+                    }
+                }
                 if below_min && self.mem().short.insert(env.clone()) {
                     self.c.events.emit(
                         None,

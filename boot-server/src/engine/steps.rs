@@ -10,6 +10,7 @@
 //! and its node cools down before it is picked again.
 
 use super::Engine;
+use crate::control::is_virtual;
 use crate::model::{
     BootMode, Environment, EventKind, ImageKind, Node, NodeState, Reservation, Selector, Slot,
     SlotStep, Transition,
@@ -105,6 +106,12 @@ impl Engine {
                         next.failed_over_ms = None;
                         // A clone's node has taken its own identity.
                         next.reidentify = false;
+                        if !is_virtual(&node) {
+                            // On a physical node (its home or a spare): no failback.
+                            next.home = None;
+                            next.home_left_ms = None;
+                            next.home_repaired = false;
+                        }
                         self.step_from(&slot, next, SlotStep::Ready, "application started", None)
                             .await?;
                         self.ready(&slot, env, &node, now);
@@ -444,12 +451,24 @@ impl Engine {
                 return Ok(());
             }
         }
-        if !up {
-            // Nothing runs there: cut everything and free the slot.
+        if !up || is_virtual(node) {
+            // Nothing runs there (or a VM, which is stopped rather than
+            // sent back to a pool): cut everything and free the slot.
             self.point_back(&slot, node, true).await?;
             self.cut_unattached(&slot.cut_after_boot).await?;
-            if self.vacate(&slot, "node down; slot freed", false).await? {
+            let why = if up {
+                "VM freed"
+            } else {
+                "node down; slot freed"
+            };
+            if self.vacate(&slot, why, false).await? {
                 self.removed_if_asked(&slot).await;
+                if is_virtual(node) {
+                    self.c
+                        .stop_vm_of(&node.id, "its slot was released")
+                        .await
+                        .map_err(anyhow::Error::from)?;
+                }
                 self.c.events.emit(
                     Some(node.id.clone()),
                     EventKind::Alert,
@@ -478,12 +497,20 @@ impl Engine {
         self.write(&slot, next).await.map(|_| ())
     }
 
-    /// A ready slot whose node failed (heartbeats stopped, or its BMC reads
-    /// off) fails over: the node is fenced first — the slot disk's export
-    /// revoked and its connections drained, the node powered off through
-    /// its BMC where it has one — and only then is the slot freed, to be
-    /// refilled from the pool with the same host name, address and disk.
+    /// A ready slot whose node failed (heartbeats stopped, its BMC reads
+    /// off, its VM ended or its failover host went down) fails over: the
+    /// node is fenced first — the slot disk's export revoked and its
+    /// connections drained, the node powered off through its BMC where it
+    /// has one, a VM stopped on its host — and only then is the slot freed,
+    /// to be refilled from the pool (or a VM) with the same host name,
+    /// address and disk. The slot remembers its home: the physical node it
+    /// failed from, to move back to once that node is repaired.
+    /// A ready slot failing back waits for the VM's work to stop, then
+    /// moves to its home node.
     async fn check_ready(&self, slot: Slot, _env: &Environment, node: &Node) -> Result<()> {
+        if slot.failing_back && node.state != NodeState::Failed {
+            return self.failing_back(slot, node).await;
+        }
         if node.state != NodeState::Failed {
             return Ok(());
         }
@@ -503,7 +530,78 @@ impl Engine {
         let mut next = slot.vacated(detected, "its node failed; fenced, failing over");
         next.attempt = slot.attempt + 1;
         next.failed_over_ms = Some(detected);
-        self.write(&slot, next).await.map(|_| ())
+        next.failing_back = false;
+        if !is_virtual(node) {
+            next.home = Some(node.id.clone());
+            next.home_left_ms = Some(detected);
+            next.home_repaired = false;
+        }
+        if self.write(&slot, next).await? {
+            // Back from its repair, the node boots the pool image: no slot
+            // image, address or disk of its own any more.
+            if let Err(e) = self.point_back(&slot, node, true).await {
+                tracing::warn!(node = %node.id, error = %format!("{e:#}"), "failed node not pointed back to the pool image");
+            }
+            if is_virtual(node) {
+                self.c
+                    .stop_vm_of(&node.id, "its slot failed over")
+                    .await
+                    .map_err(anyhow::Error::from)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Failback: the VM's application is stopped (stop hook), then the slot
+    /// goes to its home node through the normal move (which takes the disk
+    /// from the VM, cutting its connections), and the VM is stopped and freed.
+    async fn failing_back(&self, slot: Slot, vm: &Node) -> Result<()> {
+        let Some(home) = slot.home.clone() else {
+            let mut next = slot.clone();
+            next.failing_back = false;
+            return self.write(&slot, next).await.map(|_| ());
+        };
+        let now = self.clock.now_ms();
+        let up = vm.agent_up(now, self.fresh_ms());
+        if slot.command.is_none() && up {
+            let id = self.stop_app(&vm.id).await?;
+            return self
+                .set_command(
+                    &slot,
+                    id,
+                    &format!("failing back to {home}: stopping the VM's work"),
+                )
+                .await;
+        }
+        let limit = (self.cfg().stop_timeout_secs as i64 + 15) * 1000;
+        let waited = now - slot.step_since_ms;
+        if let Wait::Pending = self.command_wait(slot.command).await? {
+            if up && waited <= limit {
+                return Ok(());
+            }
+        }
+        let mut next = slot.clone();
+        next.node = Some(home.clone());
+        next.step = SlotStep::Pending;
+        next.step_since_ms = now;
+        next.move_since_ms = now;
+        next.command = None;
+        next.timings.clear();
+        next.failing_back = false;
+        next.detail = format!("failing back from VM {} to its home node", vm.id);
+        if self.write(&slot, next).await? {
+            self.c.wake_engine();
+            self.c.events.emit(
+                Some(home.clone()),
+                EventKind::SlotStep,
+                json!({ "env": slot.environment, "slot": slot.index, "node": home, "from": "ready", "to": "pending", "ms": now - slot.step_since_ms, "detail": "failback: the VM's work stopped" }),
+            );
+            self.c
+                .stop_vm_of(&vm.id, "its slot failed back to its home node")
+                .await
+                .map_err(anyhow::Error::from)?;
+        }
+        Ok(())
     }
 
     /// After a release: a slot marked for removal goes away now (or on a later pass).
@@ -542,6 +640,13 @@ impl Engine {
                 json!({ "env": env.name, "action": "clone-ready", "slot": slot.index, "from": origin.slot,
                         "nodes": [node.id], "clone_ms": now - origin.requested_ms, "pause_ms": origin.pause_ms,
                         "reason": format!("clone of slot {} ready", origin.slot) }),
+            );
+        }
+        if slot.home.as_deref() == Some(node.id.as_str()) && slot.failed_over_ms.is_none() {
+            self.c.events.emit(
+                Some(node.id.clone()),
+                EventKind::Alert,
+                json!({ "alert": "failback-finished", "env": env.name, "slot": slot.index, "node": node.id, "move_ms": total, "away_ms": slot.home_left_ms.map(|t| now - t) }),
             );
         }
         if let Some(failed) = slot.failed_over_ms {
@@ -665,6 +770,10 @@ impl Engine {
         let mut next = slot.vacated(now, why);
         if failed {
             next.attempt += 1;
+            if next.home.is_some() && next.failed_over_ms.is_none() {
+                // A failback (or a failover) that failed: fail over again.
+                next.failed_over_ms = Some(now);
+            }
         }
         let done = self.write(slot, next).await?;
         if done {

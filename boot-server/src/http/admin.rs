@@ -114,6 +114,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(super::tokens::routes())
         .merge(super::servers::routes())
         .merge(super::bundles::routes())
+        .merge(super::hosts::routes())
         .route_layer(middleware::from_fn_with_state(
             state,
             super::auth::authorize,

@@ -11,6 +11,7 @@ pub mod bundles;
 pub mod envs;
 pub mod extract;
 pub mod files;
+pub mod hosts;
 pub mod listener;
 pub mod openapi;
 pub mod range;
@@ -67,6 +68,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         } else {
             agent::routes(state.clone())
         })
+        .merge(hosts::agent_routes(state.clone()))
         .merge(admin::routes(state.clone()))
         .merge(ui::routes())
         .layer(axum::middleware::from_fn_with_state(

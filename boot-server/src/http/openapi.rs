@@ -67,6 +67,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::tokens::TokensApi::openapi());
     doc.merge(super::servers::ServersApi::openapi());
     doc.merge(super::bundles::BundlesApi::openapi());
+    doc.merge(super::hosts::HostsApi::openapi());
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",

@@ -56,6 +56,8 @@ pub struct Environment {
     pub boot: BootMode,
     /// How its nodes are judged failed (then fenced and their slots failed over).
     pub detection: Detection,
+    /// When a slot that failed over to a VM moves back to its repaired node.
+    pub failback: Failback,
     /// Software version label of what the environment runs.
     pub version: String,
     /// When it was created and last changed (ms since the epoch).
@@ -87,6 +89,7 @@ impl Default for Environment {
             active: true,
             boot: BootMode::Warm,
             detection: Detection::default(),
+            failback: Failback::default(),
             version: String::new(),
             created_ms: 0,
             updated_ms: 0,
@@ -180,6 +183,32 @@ impl Environment {
             p.validate()?;
         }
         Ok(())
+    }
+}
+
+/// When a slot standing on a VM goes back to its home node once that node
+/// is repaired (it says hello again, or an admin marks it repaired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failback {
+    /// As soon as the home node is back.
+    Immediate,
+    /// Once the VM's busy hook says it is not busy.
+    #[default]
+    WhenIdle,
+    /// Never: the slot stays on the VM until an admin moves it.
+    Never,
+}
+
+impl Failback {
+    /// Parses the kebab-case names.
+    pub fn parse(s: &str) -> Option<Failback> {
+        match s {
+            "immediate" => Some(Failback::Immediate),
+            "when-idle" => Some(Failback::WhenIdle),
+            "never" => Some(Failback::Never),
+            _ => None,
+        }
     }
 }
 
@@ -568,6 +597,18 @@ pub struct Slot {
     /// (set by `env import --map-nodes`); otherwise it allocates as usual.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preferred_node: Option<String>,
+    /// The physical node the slot belongs on while it stands on a VM (set
+    /// when it fails over from that node): the slot moves back to it once
+    /// it is repaired ([`Environment::failback`]).
+    pub home: Option<String>,
+    /// When the slot left its home node (its failure).
+    pub home_left_ms: Option<i64>,
+    /// An admin marked the home node repaired (it may take the slot back
+    /// even while it cools down after its failure).
+    pub home_repaired: bool,
+    /// Failing back: the VM's work is being stopped before the slot moves
+    /// to its home node.
+    pub failing_back: bool,
 }
 
 impl Slot {

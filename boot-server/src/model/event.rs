@@ -80,6 +80,10 @@ pub enum EventKind {
     Audit,
     /// An API token was created or revoked.
     TokenChanged,
+    /// A failover host was enrolled, removed, came up or went down.
+    Host,
+    /// A VM on a failover host was asked for, started, stopped or ended.
+    Vm,
     /// A kind this build does not know.
     #[serde(other)]
     Unknown,
@@ -123,6 +127,8 @@ impl EventKind {
         EventKind::Fenced,
         EventKind::Audit,
         EventKind::TokenChanged,
+        EventKind::Host,
+        EventKind::Vm,
         EventKind::Unknown,
     ];
 
@@ -164,6 +170,8 @@ impl EventKind {
             EventKind::Fenced => "fenced",
             EventKind::Audit => "audit",
             EventKind::TokenChanged => "token-changed",
+            EventKind::Host => "host",
+            EventKind::Vm => "vm",
             EventKind::Unknown => "unknown",
         }
     }

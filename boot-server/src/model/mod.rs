@@ -7,6 +7,7 @@
 mod command;
 mod env;
 mod event;
+mod host;
 mod image;
 mod lease;
 mod mac;
@@ -16,10 +17,11 @@ mod token;
 
 pub use command::{CommandStatus, QueuedCommand};
 pub use env::{
-    AddressRange, BootMode, CloneJob, CloneOrigin, ClonePhase, Detection, Environment, LoadSample,
-    Policy, Removal, Requirements, Schedule, ScheduleAction, Slot, SlotStep,
+    AddressRange, BootMode, CloneJob, CloneOrigin, ClonePhase, Detection, Environment, Failback,
+    LoadSample, Policy, Removal, Requirements, Schedule, ScheduleAction, Slot, SlotStep,
 };
 pub use event::{Event, EventKind};
+pub use host::{Host, HostCapacity, HostState, Vm, VmState, HOST_LABEL, VIRTUAL_LABEL};
 pub use image::{BootImage, Firmware, ImageFile, ImageKind};
 pub use lease::{Lease, Reservation};
 pub use mac::{BadMac, MacAddr};

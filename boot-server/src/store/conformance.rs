@@ -163,7 +163,88 @@ conformance_tests!(
     events_append_in_order_and_prune,
     reservations_hold_one_address_per_mac,
     disks_attach_and_detach,
+    hosts_and_their_vms,
 );
+
+async fn hosts_and_their_vms(s: Arc<dyn Store>) {
+    use crate::model::{Host, HostCapacity, HostState, Vm, VmState};
+    let host = |name: &str| Host {
+        name: name.into(),
+        state: HostState::New,
+        capacity: None,
+        last_seen_ms: None,
+        down_since_ms: None,
+        agent_version: None,
+        created_ms: 1,
+        created_by: "test".into(),
+        fingerprint: "abcd".into(),
+    };
+    s.add_host(&host("h1"), "digest-1").await.unwrap();
+    s.add_host(&host("h2"), "digest-2").await.unwrap();
+    // A name is enrolled once; so is a secret.
+    let err = s.add_host(&host("h1"), "digest-3").await.unwrap_err();
+    assert!(
+        matches!(err.downcast_ref::<Refused>(), Some(Refused::Conflict(_))),
+        "{err:#}"
+    );
+    assert!(s.add_host(&host("h3"), "digest-1").await.is_err());
+    let names: Vec<String> = s
+        .hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    assert_eq!(names, ["h1", "h2"]);
+    assert_eq!(
+        s.host_by_digest("digest-2").await.unwrap().map(|h| h.name),
+        Some("h2".into())
+    );
+    assert!(s.host_by_digest("nope").await.unwrap().is_none());
+    // Updates change the body, never the secret.
+    let mut h = host("h1");
+    h.state = HostState::Up;
+    h.last_seen_ms = Some(5);
+    h.capacity = Some(HostCapacity {
+        cpus: 8,
+        memory_bytes: 1 << 34,
+        reserve: 2,
+        kvm: true,
+    });
+    assert!(s.update_host(&h).await.unwrap());
+    assert_eq!(s.host_by_digest("digest-1").await.unwrap(), Some(h.clone()));
+    assert!(!s.update_host(&host("nope")).await.unwrap());
+    // VMs: put adds or replaces.
+    let vm = |id: &str, host: &str| Vm {
+        id: id.into(),
+        host: host.into(),
+        mac: "02:b5:00:00:00:01".into(),
+        node: "node-02b500000001".into(),
+        cpus: 1,
+        memory_mb: 384,
+        firmware: "bios".into(),
+        environment: "web".into(),
+        slot: 1,
+        stands_in_for: Some("node-1".into()),
+        state: VmState::Requested,
+        requested_ms: 10,
+        started_ms: None,
+        ended_ms: None,
+        detail: String::new(),
+    };
+    s.put_vm(&vm("vm-1", "h1")).await.unwrap();
+    s.put_vm(&vm("vm-2", "h2")).await.unwrap();
+    let mut running = vm("vm-1", "h1");
+    running.state = VmState::Running;
+    running.started_ms = Some(20);
+    s.put_vm(&running).await.unwrap();
+    assert_eq!(s.vms().await.unwrap(), vec![running, vm("vm-2", "h2")]);
+    // Removing a host removes its VM records.
+    assert!(s.remove_host("h1").await.unwrap());
+    assert!(!s.remove_host("h1").await.unwrap());
+    assert_eq!(s.vms().await.unwrap(), vec![vm("vm-2", "h2")]);
+    assert!(s.host_by_digest("digest-1").await.unwrap().is_none());
+}
 
 async fn a_live_lease_is_never_taken_from_its_holder(store: Arc<dyn Store>) {
     store

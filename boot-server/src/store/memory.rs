@@ -27,6 +27,8 @@ struct Data {
     api_tokens: BTreeMap<String, (ApiToken, String)>,
     servers: BTreeMap<String, (crate::model::ServerInfo, i64)>,
     preferred_controller: Option<String>,
+    hosts: BTreeMap<String, (Host, String)>,
+    vms: BTreeMap<String, Vm>,
 }
 
 impl Data {
@@ -778,5 +780,61 @@ impl crate::store::ServerStore for MemoryStore {
     }
     async fn preferred_controller(&self) -> Result<Option<String>> {
         self.with(|d| Ok(d.preferred_controller.clone()))
+    }
+}
+
+#[async_trait]
+impl HostStore for MemoryStore {
+    async fn add_host(&self, host: &Host, digest: &str) -> Result<()> {
+        self.with(|d| {
+            if d.hosts.contains_key(&host.name) {
+                return Err(
+                    Refused::Conflict(format!("a host named {:?} exists", host.name)).into(),
+                );
+            }
+            if d.hosts.values().any(|(_, h)| h == digest) {
+                return Err(Refused::Conflict("that secret is in use".into()).into());
+            }
+            d.hosts
+                .insert(host.name.clone(), (host.clone(), digest.to_string()));
+            Ok(())
+        })
+    }
+    async fn hosts(&self) -> Result<Vec<Host>> {
+        self.with(|d| Ok(d.hosts.values().map(|(h, _)| h.clone()).collect()))
+    }
+    async fn host_by_digest(&self, digest: &str) -> Result<Option<Host>> {
+        self.with(|d| {
+            Ok(d.hosts
+                .values()
+                .find(|(_, h)| h == digest)
+                .map(|(h, _)| h.clone()))
+        })
+    }
+    async fn update_host(&self, host: &Host) -> Result<bool> {
+        self.with(|d| {
+            Ok(match d.hosts.get_mut(&host.name) {
+                Some((h, _)) => {
+                    *h = host.clone();
+                    true
+                }
+                None => false,
+            })
+        })
+    }
+    async fn remove_host(&self, name: &str) -> Result<bool> {
+        self.with(|d| {
+            d.vms.retain(|_, v| v.host != name);
+            Ok(d.hosts.remove(name).is_some())
+        })
+    }
+    async fn put_vm(&self, vm: &Vm) -> Result<()> {
+        self.with(|d| {
+            d.vms.insert(vm.id.clone(), vm.clone());
+            Ok(())
+        })
+    }
+    async fn vms(&self) -> Result<Vec<Vm>> {
+        self.with(|d| Ok(d.vms.values().cloned().collect()))
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! One trait per aggregate ([`ImageStore`], [`NodeStore`], [`LeaseStore`],
 //! [`ReservationStore`], [`DiskAttachmentStore`], [`CommandStore`],
-//! [`EventStore`], [`EnvStore`], [`TokenStore`]); [`Store`] is all of them. Backends: [`SqliteStore`]
+//! [`EventStore`], [`EnvStore`], [`TokenStore`], [`HostStore`]); [`Store`] is all of them. Backends: [`SqliteStore`]
 //! (embedded default: WAL, group commit, versioned migrations) and
 //! [`MemoryStore`] (unit tests of plan, control and engine decisions, no I/O)
 //! and [`PgStore`] (several servers sharing one PostgreSQL database, with the
@@ -21,8 +21,8 @@ pub mod sqlite;
 
 use crate::model::{
     ApiToken, BootImage, CommandStatus, DiskAttachment, Environment, Event, EventKind, HelloFacts,
-    Lease, LoadSample, MacAddr, Node, NodeState, QueuedCommand, Reservation, Selector, ServerInfo,
-    ServerRecord, Sighting, Slot, SlotStep, Transition,
+    Host, Lease, LoadSample, MacAddr, Node, NodeState, QueuedCommand, Reservation, Selector,
+    ServerInfo, ServerRecord, Sighting, Slot, SlotStep, Transition, Vm,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -330,6 +330,27 @@ pub trait ServerStore: Send + Sync {
     async fn preferred_controller(&self) -> Result<Option<String>>;
 }
 
+/// Failover hosts (credential digests only) and the VMs they run.
+#[async_trait]
+pub trait HostStore: Send + Sync {
+    /// Enrols a host under the SHA-256 `digest` of its secret; refuses
+    /// ([`Refused::Conflict`]) a name already in use.
+    async fn add_host(&self, host: &Host, digest: &str) -> Result<()>;
+    /// Every host, by name.
+    async fn hosts(&self) -> Result<Vec<Host>>;
+    /// The host whose secret has this digest.
+    async fn host_by_digest(&self, digest: &str) -> Result<Option<Host>>;
+    /// Stores what changed of a host (state, capacity, last poll); false
+    /// when there is no such host.
+    async fn update_host(&self, host: &Host) -> Result<bool>;
+    /// Deletes a host and its VM records; whether it existed.
+    async fn remove_host(&self, name: &str) -> Result<bool>;
+    /// Adds or replaces a VM record.
+    async fn put_vm(&self, vm: &Vm) -> Result<()>;
+    /// Every VM record, by id.
+    async fn vms(&self) -> Result<Vec<Vm>>;
+}
+
 /// All of the store.
 pub trait Store:
     ImageStore
@@ -342,6 +363,7 @@ pub trait Store:
     + EnvStore
     + TokenStore
     + ServerStore
+    + HostStore
     + Send
     + Sync
     + 'static
@@ -359,6 +381,7 @@ impl<T> Store for T where
         + EnvStore
         + TokenStore
         + ServerStore
+        + HostStore
         + Send
         + Sync
         + 'static

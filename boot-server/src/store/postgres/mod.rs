@@ -21,6 +21,7 @@ pub mod controller;
 mod disks;
 mod envs;
 mod events;
+mod hosts;
 mod images;
 mod leases;
 mod nodes;

@@ -131,7 +131,23 @@ CREATE TABLE servers (
 );
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+/// Version 6 (failover hosts): hosts with their secret's digest, and the
+/// VMs they run, each as JSON.
+const V6: &str = r#"
+CREATE TABLE hosts (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL
+);
+CREATE TABLE vms (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX vms_host ON vms(host);
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this build writes (the same number as SQLite's).
 pub fn latest_version() -> usize {

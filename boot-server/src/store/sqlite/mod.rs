@@ -18,6 +18,7 @@ mod commands;
 mod disks;
 mod envs;
 mod events;
+mod hosts;
 mod images;
 mod leases;
 mod nodes;

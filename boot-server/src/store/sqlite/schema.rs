@@ -9,6 +9,8 @@
 //!   command redelivery time, DHCP reservations, event index by kind.
 //! - 3: the engine: environments, slots (at most one per node), load
 //!   samples; what a node's hello said (time, image, agent protocol).
+//! - 4: API tokens.
+//! - 5: failover hosts and their VMs.
 
 use anyhow::{bail, Context, Result};
 use rusqlite::Connection;
@@ -122,6 +124,22 @@ CREATE TABLE servers (
 );
 "#;
 
+/// Version 6 (failover hosts): hosts with their secret's digest, and the
+/// VMs they run, each as JSON.
+const V6: &str = r#"
+CREATE TABLE hosts (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL
+);
+CREATE TABLE vms (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX vms_host ON vms(host);
+"#;
+
 /// Round-1 tokens were stored in plain text: store their digests instead.
 fn hash_round1_tokens(tx: &rusqlite::Transaction) -> rusqlite_migration::HookResult {
     let rows: Vec<(String, Option<String>, Option<String>)> = {
@@ -146,12 +164,13 @@ fn migrations() -> Migrations<'static> {
         M::up(V3),
         M::up(V4),
         M::up(V5),
+        M::up(V6),
     ])
 }
 
 /// The schema version this build writes.
 pub fn latest_version() -> usize {
-    5
+    6
 }
 
 fn version_of(conn: &Connection) -> Result<usize> {

@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# qemu-tests/test-failover.sh: failover acceptance in the QEMU lab, on a small fleet of
+# 3 BIOS TCG guests (lib/engine.sh, MACs 52:54:00:e1:00:01..03, QMP as their power
+# control) and two failover hosts: `node-agent host` processes in the lab namespace
+# that start TCG VMs on the lab bridge when the server asks.
+#
+# Environment fo: 2 slots (fo-0, fo-1; 10.77.0.220..), each with its own disk (an overlay
+# of the lab root file system; the start hook writes a marker there), failback immediate.
+# "Slot 2" of the issue is slot index 1.
+# Scenarios (in order, each on the state the previous left):
+#   1 spare: g1, g2 hold the slots, g3 idle. g2's QEMU is killed: g3 comes up as slot 1
+#     with its host name, address and the marker slot 1 wrote; g2 was fenced (QMP reads
+#     off, export revoked, proven) and the slot's disk is attached to g3 now.
+#   2 VM: two hosts h1, h2 enrolled (`host add`) and running. g3 (slot 1, no spare left)
+#     is killed: a host starts a VM sized like g3 that takes slot 1 with its host name,
+#     address and marker; the VM's node is virtual with its host.
+#   4 host death: the host running that VM is killed (agent and its QEMU): it is marked
+#     down, and slot 1 fails over to a VM on the other (backup) host, marker intact.
+#   3 failback: g3 (the slot's home) comes back: slot 1 moves back to it with its marker,
+#     and the VM is stopped (its host reports it stopped; the VM node is retired).
+# Prints kill -> ready for the spare and for each VM. Needs root (a skip outside CI, a
+# failure under CI), jq, qemu-system-x86_64, busybox.
+# Usage: qemu-tests/test-failover.sh [--timeout S]
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+timeout=150
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --timeout) timeout="$2"; shift 2 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+# shellcheck source=lib/lab.sh
+. "$here/lib/lab.sh"
+# shellcheck source=lib/summary.sh
+. "$here/lib/summary.sh"
+# shellcheck source=lib/engine.sh
+. "$here/lib/engine.sh"
+ENG_MAC_PREFIX="52:54:00:e1:00"
+t0_all=$SECONDS
+if ! lab_require_root; then t_skip "test-failover.sh" "needs root (network namespaces, tap devices)"; t_summary; exit; fi
+command -v jq >/dev/null || { t_skip "test-failover.sh" "jq missing (qemu-tests/install-deps.sh)"; t_summary; exit; }
+td="${CARGO_TARGET_DIR:-$repo/target}"
+server="$td/release/boot-server"
+# The host-mode agent: the newest of the release and the static build (test-all builds
+# the static one for the lab image).
+agent="$(ls -t "$td/release/node-agent" "$td/x86_64-unknown-linux-gnu/release/node-agent" 2>/dev/null | head -n 1)"
+[ -x "$server" ] || { t_fail "missing $server (cargo build --release -p boot-server)"; t_summary; exit 1; }
+[ -n "$agent" ] && [ -x "$agent" ] || { t_fail "missing node-agent (cargo build --release -p node-agent)"; t_summary; exit 1; }
+[ -f "$repo/images/build/lab/initrd.img" ] || { t_fail "missing lab image (images/build-lab-image.sh)"; t_summary; exit 1; }
+
+ENV=fo
+declare -A HOST_PID=()
+
+fo_node_of() { eng_slot_field "$ENV" "$1" node; }
+fo_guest_of() {
+    local n="$1" i
+    for i in "${!ENG_MACS[@]}"; do
+        [ "$(eng_node_id "${ENG_MACS[$i]}")" = "$n" ] && { echo "${ENG_GUESTS[$i]}"; return 0; }
+    done
+    return 1
+}
+# fo_slot_on_vm I [HOST]: slot I ready on a virtual node (on HOST if given).
+fo_slot_on_vm() {
+    local n; n="$(fo_node_of "$1")"
+    [ -n "$n" ] && [ "$n" != null ] || return 1
+    [ "$(eng_slot_field "$ENV" "$1" step)" = ready ] || return 1
+    eng_cli node show "$n" --json | jq -e --arg h "${2:-}" \
+        '.labels.virtual == "true" and ($h == "" or .labels.host == $h)' >/dev/null
+}
+fo_slot_on() { [ "$(fo_node_of "$1")" = "$2" ] && [ "$(eng_slot_field "$ENV" "$1" step)" = ready ]; }
+fo_host_state() { eng_cli host show "$1" --json | jq -r .state; }
+fo_host_is() { [ "$(fo_host_state "$1")" = "$2" ]; }
+fo_vm_state() { eng_cli host show "$1" --json | jq -r --arg n "$2" '[.vms[] | select(.node == $n)][0].state'; }
+fo_vm_is() { [ "$(fo_vm_state "$1" "$2")" = "$3" ]; }
+fo_same_slot() {
+    # slot 1 kept its host name, address and marker
+    test "$(eng_slot_field "$ENV" 1 hostname) $(eng_slot_field "$ENV" 1 ip)" = "$1 $2"
+}
+fo_host_start() {
+    local h="$1" dir="$LAB_DIR/host-$1"
+    mkdir -p "$dir"
+    eng_cli host add "$h" > "$dir/secret" || return 1
+    chmod 600 "$dir/secret"
+    lab_spawn "host-$h" "$agent" host --server "http://$LAB_BRIDGE_ADDR:8080" \
+        --credential-file "$dir/secret" --bridge br0 --reserve 1 --accel tcg --state-dir "$dir"
+    HOST_PID[$h]="${LAB_PID[host-$h]}"
+}
+# The whole failover host dies: its agent and the VMs it started.
+fo_host_kill() {
+    local pid="${HOST_PID[$1]}"
+    kill -STOP "$pid" 2>/dev/null
+    pkill -9 -P "$pid" 2>/dev/null
+    kill -9 "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
+}
+fo_diag() {
+    eng_diag
+    echo "--- hosts:"; eng_cli host list 2>&1
+    local h
+    for h in "${!HOST_PID[@]}"; do
+        echo "--- host $h log:"; tail -n 15 "$LAB_DIR/host-$h.log" 2>/dev/null
+        for f in "$LAB_DIR/host-$h"/*.serial; do
+            [ -f "$f" ] || continue
+            echo "--- VM console $f:"; tr -d '\r' < "$f" | tail -n 8
+        done
+    done
+}
+
+lab_gc
+if ! eng_fleet_up failover 3; then
+    t_fail "fleet: 3 guests idle in the pool"; fo_diag; t_summary; exit 1
+fi
+t_ok "fleet: 3 guests idle in the pool on the default image ($(eng_secs_since "$eng_t_fleet") s)"
+eng__write_hooks "$ENV"
+if ! eng_cli env create "$ENV" --image env-a --description "failover lab" --min 2 --nodes 2 --max 2 \
+        --priority 10 --disk-base "$ENG_BASE" --hostname-pattern 'fo-{slot}' \
+        --addresses 10.77.0.220-10.77.0.229 --failback immediate \
+        --hook "start=$ENG_HOOKS/$ENV/start" --hook "health=$ENG_HOOKS/$ENV/health" \
+        --hook "busy=$ENG_HOOKS/$ENV/busy" >/dev/null; then
+    t_fail "environment $ENV created"; fo_diag; t_summary; exit 1
+fi
+if ! eng_wait "$ENV has 2 ready slots, 1 node idle" "$timeout" eng_env_and_idle "$ENV" 2 1; then
+    t_fail "$ENV holds 2 ready slots with a spare idle"; fo_diag; t_summary; exit 1
+fi
+t_ok "$ENV holds 2 ready slots, one guest idle as the spare"
+HOSTNAME1="$(eng_slot_field "$ENV" 1 hostname)" IP1="$(eng_slot_field "$ENV" 1 ip)"
+eng_wait "slot 1's marker" 30 test -n "$(eng_slot_health "$ENV" 1 marker)"
+MARKER1="$(eng_slot_health "$ENV" 1 marker)"
+OVERLAY1="$(eng_slot_field "$ENV" 1 overlay)"
+echo "   slot 1: $HOSTNAME1 $IP1 disk $OVERLAY1 marker $MARKER1"
+declare -A FIG=()
+
+# ---- 1: a spare takes the slot ---------------------------------------------------------
+scenario_1() {
+    local n g t
+    n="$(fo_node_of 1)"; g="$(fo_guest_of "$n")" || { t_fail "1: the guest of $n is known"; return 1; }
+    eng_mark
+    t="$(eng_now_ms)"
+    kill -9 "${LAB_GUEST_PID[$g]}"
+    if ! eng_wait "slot 1 ready on another node" "$timeout" eng_slot_moved "$ENV" 1 "$n"; then
+        t_fail "1: slot 1 ready on the spare after $g was killed"; fo_diag; return 1
+    fi
+    FIG[spare]="$(eng_secs_since_ms "$t")"
+    local m; m="$(fo_node_of 1)"
+    t_ok "1: $g ($n) killed: slot 1 ready on the spare $(fo_guest_of "$m") ($m) ${FIG[spare]} s after the kill"
+    t_check "1: slot 1 kept its host name and address ($HOSTNAME1, $IP1)" fo_same_slot "$HOSTNAME1" "$IP1"
+    t_check "1: the spare runs from slot 1's disk: the marker slot 1 wrote ($MARKER1)" \
+        eng_wait "the marker" 30 eng_slot_health_is "$ENV" 1 marker "$MARKER1"
+    t_check "1: the spare reports slot 1's host name and address from inside" eng_slots_match "$ENV" env-a 1
+    t_check "1: $n was fenced before the move: export revoked, power off via QMP (proven)" \
+        eng_wait "the event" 15 eng_event_since fenced ".node == \"$n\" and .detail.fence.proven == true and .detail.fence.export_revoked == true"
+    echo "   fence: $(eng_events_after "$ENG_EV_MARK" | jq -c --arg n "$n" 'select(.kind == "fenced" and .node == $n) | .detail.fence' | head -n 1)"
+    t_check "1: slot 1's disk ($OVERLAY1) is attached to the spare, no longer to $n" \
+        eng_is "$(eng_cli disk list --json | jq -r --arg o "$OVERLAY1" '.[] | select(.name == $o) | .node')" "$m"
+    t_check "1: failover-started and failover-finished alerts" \
+        eng_wait "the event" 15 eng_event_since alert '.detail.alert == "failover-finished" and .detail.slot == 1'
+    t_check "1: slots and nodes stay consistent" eng_consistent
+}
+
+# ---- 2: no spare, a VM on a failover host takes the slot --------------------------------
+scenario_2() {
+    local n g t
+    fo_host_start h1 && fo_host_start h2 || { t_fail "2: hosts h1, h2 enrolled and started"; return 1; }
+    if eng_wait "h1 and h2 up" 60 eval 'fo_host_is h1 up && fo_host_is h2 up'; then
+        t_ok "2: failover hosts h1 and h2 enrolled with their own secrets and up ($(eng_cli host list | tail -n +2 | awk '{print $1 ": " $3 " cpus, " $4 ", " $5 " VMs, " $6}' | paste -sd';'))"
+    else
+        t_fail "2: failover hosts h1 and h2 up"; fo_diag; return 1
+    fi
+    n="$(fo_node_of 1)"; g="$(fo_guest_of "$n")" || { t_fail "2: the guest of $n is known"; return 1; }
+    HOME1="$n" HOMEG="$g"
+    eng_mark
+    t="$(eng_now_ms)"
+    kill -9 "${LAB_GUEST_PID[$g]}"
+    if ! eng_wait "slot 1 ready on a VM" "$timeout" fo_slot_on_vm 1; then
+        t_fail "2: slot 1 ready on a VM after $g was killed (no spare left)"; fo_diag; return 1
+    fi
+    FIG[vm]="$(eng_secs_since_ms "$t")"
+    local m host; m="$(fo_node_of 1)"; host="$(eng_node_field "$m" labels.host)"
+    VMHOST="$host"
+    t_ok "2: $g ($n) killed, no spare: slot 1 ready on VM node $m on host $host ${FIG[vm]} s after the kill"
+    t_check "2: slot 1 kept its host name and address ($HOSTNAME1, $IP1)" fo_same_slot "$HOSTNAME1" "$IP1"
+    t_check "2: the VM runs from slot 1's disk: the marker ($MARKER1)" \
+        eng_wait "the marker" 30 eng_slot_health_is "$ENV" 1 marker "$MARKER1"
+    t_check "2: the VM reports slot 1's host name and address from inside" eng_slots_match "$ENV" env-a 1
+    local size
+    size="$(eng_cli host show "$host" --json | jq -c --arg n "$m" '[.vms[] | select(.node == $n)][0] | {cpus, memory_mb, firmware, state, stands_in_for}')"
+    t_check "2: the VM is sized from $n's inventory and running ($size)" \
+        jq -e --arg n "$n" '.cpus == 1 and .memory_mb >= 300 and .memory_mb <= 400 and .firmware == "bios" and .state == "running" and .stands_in_for == $n' <<<"$size"
+    t_check "2: events: start-vm decision, VM requested and running, failover-finished" \
+        eng_wait "the events" 15 eval "eng_event_since engine-decision '.detail.action == \"start-vm\"' && eng_event_since vm '.detail.action == \"running\"' && eng_event_since alert '.detail.alert == \"failover-finished\" and .detail.slot == 1'"
+    t_check "2: slots and nodes stay consistent" eng_consistent
+}
+
+# ---- 4: the failover host dies, the backup host takes the slot ----------------------------
+scenario_4() {
+    local t other old
+    [ -n "${VMHOST:-}" ] || { t_fail "4: scenario 2 left a VM"; return 1; }
+    other=h1; [ "$VMHOST" = h1 ] && other=h2
+    old="$(fo_node_of 1)"
+    eng_mark
+    t="$(eng_now_ms)"
+    fo_host_kill "$VMHOST"
+    if ! eng_wait "slot 1 ready on a VM on $other" "$timeout" fo_slot_on_vm 1 "$other"; then
+        t_fail "4: slot 1 ready on a VM on the backup host $other after $VMHOST died"; fo_diag; return 1
+    fi
+    FIG[host]="$(eng_secs_since_ms "$t")"
+    t_ok "4: host $VMHOST killed with its VM: slot 1 ready on a VM on the backup host $other ${FIG[host]} s after the kill"
+    t_check "4: $VMHOST is marked down" fo_host_is "$VMHOST" down
+    t_check "4: its VM is lost and its node failed over (retired)" \
+        eval "fo_vm_is $VMHOST $old lost && eng_is \"\$(eng_node_field $old state)\" retired"
+    t_check "4: slot 1 kept its host name, address and marker" \
+        eval "fo_same_slot $HOSTNAME1 $IP1 && eng_wait marker 30 eng_slot_health_is $ENV 1 marker $MARKER1"
+    VMHOST="$other"
+    t_check "4: slots and nodes stay consistent" eng_consistent
+}
+
+# ---- 3: failback to the repaired home node ------------------------------------------------
+scenario_3() {
+    local t vm i mac
+    [ -n "${HOMEG:-}" ] || { t_fail "3: scenario 2 left a home node"; return 1; }
+    vm="$(fo_node_of 1)"
+    for i in "${!ENG_GUESTS[@]}"; do [ "${ENG_GUESTS[$i]}" = "$HOMEG" ] && mac="${ENG_MACS[$i]}"; done
+    eng_mark
+    t="$(eng_now_ms)"
+    lab_start_guest --name "$HOMEG" --firmware bios --nic virtio-net-pci --mac "$mac" --mem 384 --reboot \
+        --extra "-qmp unix:$LAB_DIR/$HOMEG.qmp,server=on,wait=off"
+    if ! eng_wait "slot 1 back on $HOME1" "$timeout" fo_slot_on 1 "$HOME1"; then
+        t_fail "3: slot 1 moved back to its home $HOMEG ($HOME1)"; fo_diag; return 1
+    fi
+    FIG[back]="$(eng_secs_since_ms "$t")"
+    t_ok "3: $HOMEG ($HOME1) came back: slot 1 ready on it again ${FIG[back]} s after its restart"
+    t_check "3: slot 1 kept its host name, address and marker on its home node" \
+        eval "fo_same_slot $HOSTNAME1 $IP1 && eng_wait marker 30 eng_slot_health_is $ENV 1 marker $MARKER1"
+    t_check "3: the VM ($vm on $VMHOST) is stopped and freed" eng_wait "VM stopped" 30 fo_vm_is "$VMHOST" "$vm" stopped
+    t_check "3: failback decision and failback-finished alert" \
+        eng_wait "the events" 15 eval "eng_event_since engine-decision '.detail.action == \"failback\"' && eng_event_since alert '.detail.alert == \"failback-finished\"'"
+    t_check "3: slots and nodes stay consistent" eng_consistent
+}
+
+for s in 1 2 4 3; do
+    echo "== scenario $s"
+    s0=$SECONDS
+    "scenario_$s" || { echo "== scenario $s failed; later ones need its state: stopping"; break; }
+    echo "== scenario $s: $((SECONDS - s0)) s"
+done
+echo "figures: kill -> slot ready on a spare ${FIG[spare]:-?} s; on a new VM (TCG) ${FIG[vm]:-?} s; host death -> ready on the backup host ${FIG[host]:-?} s; failback ${FIG[back]:-?} s"
+eng_fleet_down
+left="$(ip netns list | grep -c "^bootlab-$$-" || true)"
+t_check "no lab namespace left behind" test "$left" = 0
+echo "test-failover: $((SECONDS - t0_all)) s"
+t_summary
