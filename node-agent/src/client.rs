@@ -101,6 +101,15 @@ struct Target {
     pin: Option<String>,
 }
 
+/// How a call presents the client's token.
+#[derive(Debug, Clone, Copy)]
+enum Auth {
+    /// The node agent's header.
+    NodeToken,
+    /// `authorization: Bearer` (a failover host's secret).
+    Bearer,
+}
+
 /// The target and the HTTP agent made for it (TLS settings follow the pin).
 #[derive(Clone)]
 struct Connection {
@@ -229,12 +238,26 @@ impl Client {
         body: Option<&B>,
         timeout: u64,
     ) -> Result<String, CallError> {
+        self.call_as(Auth::NodeToken, method, path, body, timeout)
+    }
+
+    fn call_as<B: Serialize>(
+        &self,
+        auth: Auth,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+        timeout: u64,
+    ) -> Result<String, CallError> {
         let Connection { target, http } = self.conn();
         let http = http.map_err(CallError::Transport)?;
         let req = http
             .request(method, &format!("{}{path}", target.base))
-            .set(AGENT_TOKEN_HEADER, &target.token)
             .timeout(Duration::from_secs(timeout));
+        let req = match auth {
+            Auth::NodeToken => req.set(AGENT_TOKEN_HEADER, &target.token),
+            Auth::Bearer => req.set("authorization", &format!("Bearer {}", target.token)),
+        };
         let sent = match body {
             Some(b) => {
                 let json = serde_json::to_vec(b).map_err(|e| CallError::Body(e.to_string()))?;
@@ -265,6 +288,18 @@ impl Client {
 
     fn post<B: Serialize>(&self, path: &str, body: &B, timeout: u64) -> Result<String, CallError> {
         self.call("POST", path, Some(body), timeout)
+    }
+
+    /// POSTs `body` as JSON with the token as a Bearer credential (a
+    /// failover host's secret) and decodes the answer.
+    pub fn post_bearer<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: u64,
+    ) -> Result<T, CallError> {
+        let r = self.call_as(Auth::Bearer, "POST", path, Some(body), timeout)?;
+        Self::json(&r)
     }
 
     fn json<T: DeserializeOwned>(body: &str) -> Result<T, CallError> {

@@ -8,7 +8,7 @@
 pub mod opts;
 pub mod vm;
 
-use crate::client::{Backoff, CallError};
+use crate::client::{Backoff, CallError, Client};
 use anyhow::{Context, Result};
 use boot_proto::host::{HostCapacity, HostCommand, HostReply, HostReport};
 pub use opts::HostOptions;
@@ -40,29 +40,9 @@ pub fn capacity(reserve: u32, kvm: bool) -> HostCapacity {
 }
 
 /// One poll: sends the report, returns the server's answer.
-fn poll(opts: &HostOptions, secret: &str, report: &HostReport) -> Result<HostReply, CallError> {
-    let url = format!(
-        "{}/api/host/poll?wait={POLL_WAIT_SECS}",
-        opts.server.trim_end_matches('/')
-    );
-    let req = minreq::post(url)
-        .with_timeout(POLL_WAIT_SECS + 10)
-        .with_header("authorization", format!("Bearer {secret}"))
-        .with_json(report)
-        .map_err(|e| CallError::Body(e.to_string()))?;
-    let resp = req
-        .send()
-        .map_err(|e| CallError::Transport(e.to_string()))?;
-    match resp.status_code {
-        200..=299 => {
-            serde_json::from_slice(resp.as_bytes()).map_err(|e| CallError::Body(e.to_string()))
-        }
-        401 | 403 => Err(CallError::Unauthorized(resp.status_code)),
-        s => Err(CallError::Status {
-            status: s,
-            body: resp.as_str().unwrap_or("").chars().take(200).collect(),
-        }),
-    }
+fn poll(client: &Client, report: &HostReport) -> Result<HostReply, CallError> {
+    let path = format!("/api/host/poll?wait={POLL_WAIT_SECS}");
+    client.post_bearer(&path, report, POLL_WAIT_SECS + 10)
 }
 
 /// Runs host mode until killed: poll, act, repeat; server errors are
@@ -88,6 +68,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
     let cap = capacity(opts.reserve, kvm);
     tracing::info!(server = %opts.server, bridge = %opts.bridge, cpus = cap.cpus, memory_mb = cap.memory_bytes >> 20,
         reserve = cap.reserve, kvm, secret = %crate::client::fingerprint(&secret), "host mode");
+    let client = Client::new(&opts.server, &secret);
     let mut vms = Vms::new(opts.clone(), kvm);
     let mut backoff = Backoff::default();
     let mut named = false;
@@ -97,7 +78,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
             capacity: cap.clone(),
             vms: vms.report(),
         };
-        match poll(&opts, &secret, &report) {
+        match poll(&client, &report) {
             Ok(reply) => {
                 backoff.reset();
                 vms.reported();
