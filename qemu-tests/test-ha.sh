@@ -200,6 +200,7 @@ for _ in $(seq 1 80); do
 done
 t_check "server list marks the killed server down" [ "$vrole" = down ]
 
-t_skip "a guest boots to ready with server 1 down" "not implemented in this suite yet"
-t_skip "takeover during an environment scale-up completes it" "not implemented in this suite yet"
+# Not built yet (issue 14): a guest booting to ready with server 1 down, and a
+# takeover in the middle of an environment scale-up. Not reported as skips: a skip
+# says a tool was missing, and these are simply not written.
 finish

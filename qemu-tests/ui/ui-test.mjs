@@ -186,6 +186,12 @@ try {
     ]) {
       await check(`view ${hash} renders`, async () => { await go(hash, sel); await shot(page, n); });
     }
+    await check("hosts: an enrolled failover host is listed", async () => {
+      const made = await api("POST", "/api/hosts", { name: "ui-host" });
+      if (made.status >= 300) throw new Error(`POST /api/hosts: ${made.status} ${made.text.slice(0, 200)}`);
+      await go("#/hosts", '#hosts tr[data-host="ui-host"]');
+      await shot(page, "13b-hosts");
+    });
     await check("events: filtered by node and kind", async () => {
       await go(`#/events?node=${NODE}&kind=agent-ready`, "#event-table tbody tr");
       const kinds = await page.$$eval("#event-table tbody tr td:nth-child(4)", (c) => [...new Set(c.map((x) => x.textContent))]);

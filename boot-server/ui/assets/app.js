@@ -13,10 +13,11 @@ import environment from "./views/environment.js";
 import wizard from "./views/wizard.js";
 import images from "./views/images.js";
 import disks from "./views/disks.js";
+import hosts from "./views/hosts.js";
 import events from "./views/events.js";
 
 const routes = {
-  dashboard, nodes, node, environments, environment, wizard, images, disks, events,
+  dashboard, nodes, node, environments, environment, wizard, images, disks, hosts, events,
 };
 const nav = { node: "nodes", environment: "environments", wizard: "environments" };
 
