@@ -163,10 +163,20 @@ fn init_logging() {
         Ok("error") => tracing::Level::ERROR,
         _ => tracing::Level::INFO,
     };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The HTTP and TLS crates log request preludes (the token header) at
+    // debug level when `log` records reach tracing: never below warn.
+    let quiet = tracing_subscriber::filter::Targets::new()
+        .with_default(level)
+        .with_target("ureq", tracing::Level::WARN)
+        .with_target("rustls", tracing::Level::WARN);
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .finish()
+        .with(quiet)
         .init();
 }
 

@@ -48,7 +48,7 @@ impl ToSchema for Binary {}
             or an API token (`/api/tokens`: admin, read-only, or operator of named environments). \
             Errors are `{\"code\", \"message\"}`."
     ),
-    paths(openapi_json),
+    paths(openapi_json, events_stream),
     components(schemas(ErrorBody))
 )]
 struct Base;
@@ -58,6 +58,21 @@ struct Base;
     responses((status = 200, description = "The OpenAPI document", body = Object)))]
 #[allow(dead_code)]
 fn openapi_json() {}
+
+/// Live events as Server-Sent Events (the web UI's feed): the stored events
+/// after `after` are replayed first (at most 1,000), then new ones as they
+/// happen, each as an `event` whose data is the event's JSON; a client that
+/// falls behind gets one `lagged` event and the stream ends. Documented
+/// here; served by `http::stream`.
+#[utoipa::path(get, path = "/api/events/stream", tag = "events",
+    params(
+        ("after" = Option<i64>, Query, description = "Replay stored events after this id first"),
+        ("node" = Option<String>, Query, description = "Only events about this node (id or MAC)"),
+        ("kind" = Option<String>, Query, description = "Only these kinds, comma-separated"),
+    ),
+    responses((status = 200, description = "An endless text/event-stream", content_type = "text/event-stream", body = String)))]
+#[allow(dead_code)]
+fn events_stream() {}
 
 /// The whole document: every admin route, the error responses, the bearer scheme.
 pub fn document() -> utoipa::openapi::OpenApi {
