@@ -52,6 +52,9 @@ enabled = false
 enabled = false
 [nbd]
 listen = "127.0.0.1:0"
+[power]
+# Generated nodes carry generated BMC addresses: give up on them quickly.
+timeout_ms = 1000
 TOML
 "$server" --config "$dir/server.toml" serve > "$dir/server.log" 2>&1 &
 pid=$!

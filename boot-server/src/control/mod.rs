@@ -4,9 +4,9 @@
 //! event on the [`EventHub`] (store + live broadcast). Errors carry a kind
 //! that the API maps to an HTTP status and the CLI to an exit code.
 
-pub mod cluster;
-mod clone;
 mod bundles;
+mod clone;
+pub mod cluster;
 mod disks;
 mod envs;
 mod hosts;
@@ -17,8 +17,8 @@ mod power;
 pub mod servers;
 mod tokens;
 
-pub use clone::CloneReport;
 pub use bundles::{ExportStream, ImportOptions, ImportPlan, PlanItem, PlanSlot, TokenToCreate};
+pub use clone::CloneReport;
 pub use disks::DiskView;
 pub use envs::{new_slot, EnvHistory, EnvView};
 pub use hosts::{is_virtual, HostView, NewHost, VmRequest};

@@ -125,7 +125,7 @@ fn pairs(what: &str, s: &Option<String>) -> Result<Vec<(String, String)>, ApiErr
 /// is created; the environment is created inactive. With `dry_run`, only the plan.
 #[utoipa::path(post, path = "/api/bundles", tag = "environments",
     params(ImportQuery),
-    request_body(content = Binary, content_type = "application/zstd"),
+    request_body(content = Binary, content_type = "application/octet-stream"),
     responses((status = 201, description = "Created (the plan carried out)", body = ImportPlan),
         (status = 200, description = "Dry run: the plan", body = ImportPlan)))]
 async fn import(
