@@ -116,6 +116,11 @@ pub async fn run(mut config: Config) -> Result<()> {
     let alerting = crate::alerts::spawn(&config.alerts, &events, metrics.clone())
         .context("starting alert delivery")?;
 
+    match control.recover_imports().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(imports = n, "rolled back imports a stop interrupted"),
+        Err(e) => tracing::warn!(error = %e, "interrupted imports not examined"),
+    }
     // What is already in the store is served as is: these only write changes,
     // and a failure (read-only or full disk) is reported, not fatal.
     if let Err(e) = control.import_images().await {

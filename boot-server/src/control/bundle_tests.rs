@@ -426,6 +426,41 @@ async fn a_failure_at_any_step_rolls_everything_back() {
 }
 
 #[tokio::test]
+async fn an_import_cut_short_by_a_stop_is_undone_at_the_next_start() {
+    let s = source().await;
+    let bundle = export(&s, "alpha").await;
+    let t = server(b"k");
+    for step in ["images", "base", "overlays", "environment", "slots"] {
+        let mut o = opts();
+        o.crash_after = Some(step.into());
+        t.c.import_env(std::io::Cursor::new(bundle.clone()), o)
+            .await
+            .unwrap_err();
+        // What the import had made is still there, with its journal...
+        assert!(!t.c.store.images().await.unwrap().is_empty(), "{step}");
+        let staging = t.c.config.state_dir.join("import-staging");
+        let journals: Vec<_> = std::fs::read_dir(&staging)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("journal.json").exists())
+            .collect();
+        assert_eq!(journals.len(), 1, "{step}");
+        // ...until the server starts again.
+        assert_eq!(t.c.recover_imports().await.unwrap(), 1, "{step}");
+        nothing_created(&t).await;
+    }
+    assert_eq!(t.c.recover_imports().await.unwrap(), 0);
+    let plan =
+        t.c.import_env(std::io::Cursor::new(bundle), opts())
+            .await
+            .unwrap();
+    assert!(plan.created);
+    // A finished import is never undone.
+    assert_eq!(t.c.recover_imports().await.unwrap(), 0);
+    assert_eq!(t.c.store.environments().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn mapped_nodes_become_the_slots_preferred_nodes() {
     let s = source().await;
     let bundle = export(&s, "alpha").await;

@@ -59,6 +59,11 @@ pub struct ImportOptions {
     pub map_nodes: BTreeMap<String, String>,
     /// Verify and plan only; create nothing.
     pub dry_run: bool,
+    /// Tests: stop right after this creation step as if the server were
+    /// killed there: no rollback; the staging and its journal stay.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub crash_after: Option<String>,
     /// Tests: fail right after this creation step (`images`, `base`,
     /// `overlays`, `environment`, `slots`) to exercise the rollback.
     #[serde(skip)]
@@ -202,27 +207,39 @@ impl Drop for Snapshots {
     }
 }
 
-/// Imports under way in this process: the first to start removes staging
-/// directories a killed server left behind.
-static IMPORTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-struct RunningImport;
-
-impl RunningImport {
-    fn start(root: &std::path::Path) -> RunningImport {
-        if IMPORTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-            for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
-                tracing::warn!(dir = %e.path().display(), "removing the staging of an interrupted import");
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-        RunningImport
-    }
+/// The journal an import keeps in its staging directory: every creation is
+/// written here (and synced) before it is made, so a server killed during
+/// an import undoes what it had begun at its next start
+/// ([`Control::recover_imports`]). `committed` is set, durably, before the
+/// import reports success; a committed journal is only cleaned up.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Journal {
+    /// The environment being created.
+    environment: String,
+    /// What was begun, in order.
+    undo: Vec<Undo>,
+    /// Everything was created; nothing to undo.
+    committed: bool,
 }
 
-impl Drop for RunningImport {
-    fn drop(&mut self) {
-        IMPORTS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+const JOURNAL: &str = "journal.json";
+
+impl Journal {
+    /// Records `u` durably before its creation starts.
+    async fn intend(&mut self, dir: &std::path::Path, u: Undo) -> Result<()> {
+        self.undo.push(u);
+        self.save(dir).await
+    }
+
+    async fn save(&self, dir: &std::path::Path) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(internal)?;
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            crate::fsutil::write_private(&dir.join(JOURNAL), &bytes)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| Error::new(ErrorKind::Unavailable, format!("import journal: {e:#}")))
     }
 }
 
@@ -535,7 +552,6 @@ impl Control {
         opts: ImportOptions,
     ) -> Result<ImportPlan> {
         let root = self.config.state_dir.join("import-staging");
-        let _running = RunningImport::start(&root);
         let dir = root.join(crate::secret::random_token(8));
         let staging = StagingDir(dir.clone());
         let d = dir.clone();
@@ -557,11 +573,26 @@ impl Control {
             }
             return Ok(plan);
         }
-        let mut undo = Vec::new();
-        match self
-            .apply_import(&staged, &plan, env, &opts, &mut undo)
-            .await
-        {
+        let mut journal = Journal {
+            environment: plan.environment.clone(),
+            ..Default::default()
+        };
+        let applied = self
+            .apply_import(&staged, &plan, env, &opts, &dir, &mut journal)
+            .await;
+        if opts.crash_after.is_some() {
+            // As if killed here: no rollback, the staging and journal stay.
+            std::mem::forget(staging);
+            return Err(Error::new(ErrorKind::Unavailable, "import stopped (test)"));
+        }
+        let applied = match applied {
+            Ok(()) => {
+                journal.committed = true;
+                journal.save(&dir).await
+            }
+            e => e,
+        };
+        match applied {
             Ok(()) => {
                 drop(staging);
                 let mut plan = plan;
@@ -575,7 +606,7 @@ impl Control {
                 Ok(plan)
             }
             Err(e) => {
-                self.roll_back(undo).await;
+                self.roll_back(journal.undo).await;
                 drop(staging);
                 Err(Error::new(
                     e.kind,
@@ -830,10 +861,12 @@ impl Control {
         plan: &ImportPlan,
         env: Environment,
         opts: &ImportOptions,
-        undo: &mut Vec<Undo>,
+        dir: &std::path::Path,
+        journal: &mut Journal,
     ) -> Result<()> {
         let fail = |step: &str| -> Result<()> {
-            if opts.fail_after.as_deref() == Some(step) {
+            if opts.fail_after.as_deref() == Some(step) || opts.crash_after.as_deref() == Some(step)
+            {
                 return Err(Error::new(
                     ErrorKind::Unavailable,
                     format!("injected failure after {step}"),
@@ -861,7 +894,9 @@ impl Control {
                     .clone();
                 copies.push((from, self.config.images_dir.join(&placed.files[n].path)));
             }
-            undo.push(Undo::ImageFiles(dir_abs.clone()));
+            journal
+                .intend(dir, Undo::ImageFiles(dir_abs.clone()))
+                .await?;
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 std::fs::create_dir_all(&dir_abs)?;
                 for (from, to) in copies {
@@ -874,8 +909,10 @@ impl Control {
             })
             .await
             .map_err(internal)??;
+            journal
+                .intend(dir, Undo::Image(placed.name.clone()))
+                .await?;
             self.store.put_image(&placed).await?;
-            undo.push(Undo::Image(placed.name.clone()));
         }
         self.refresh_image_files().await?;
         fail("images")?;
@@ -886,8 +923,8 @@ impl Control {
                     Error::bad_request(format!("bundle lacks the base disk entry {}", b.entry))
                 })?;
                 let n = b.name.clone();
+                journal.intend(dir, Undo::Base(b.name.clone())).await?;
                 self.on_disks(move |d| d.adopt_base(&n, &from)).await?;
-                undo.push(Undo::Base(b.name.clone()));
             }
         }
         fail("base")?;
@@ -901,14 +938,16 @@ impl Control {
                     Error::bad_request(format!("bundle lacks overlay entry {entry}"))
                 })?;
             let i = id.clone();
+            journal.intend(dir, Undo::Overlay(id)).await?;
             self.on_disks(move |d| d.adopt_overlay(&i, &from)).await?;
-            undo.push(Undo::Overlay(id));
         }
         fail("overlays")?;
         // 4. The environment (inactive) and 5. its slots.
         self.check_env(&env).await?;
+        journal
+            .intend(dir, Undo::Environment(env.name.clone()))
+            .await?;
         self.store.put_environment(&env).await?;
-        undo.push(Undo::Environment(env.name.clone()));
         fail("environment")?;
         let writes: Vec<_> = plan
             .slots
@@ -935,23 +974,67 @@ impl Control {
         Ok(())
     }
 
+    /// Undoes the imports a killed server left half done (their journals
+    /// say what they had begun) and removes every leftover staging
+    /// directory. Run at start, before anything is served; returns how many
+    /// imports were rolled back.
+    pub async fn recover_imports(&self) -> Result<usize> {
+        let root = self.config.state_dir.join("import-staging");
+        let dirs: Vec<PathBuf> = match std::fs::read_dir(&root) {
+            Ok(r) => r.flatten().map(|e| e.path()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(internal(format!("reading {}: {e}", root.display()))),
+        };
+        let mut undone = 0;
+        for dir in dirs {
+            let journal: Option<Journal> = std::fs::read(dir.join(JOURNAL))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(j) = journal.filter(|j| !j.committed) {
+                tracing::warn!(env = %j.environment, steps = j.undo.len(), "undoing an import the server was stopped in");
+                self.roll_back(j.undo).await;
+                self.events.emit(
+                    None,
+                    EventKind::EnvChanged,
+                    json!({ "env": j.environment, "change": "import-rolled-back", "why": "the server stopped during the import" }),
+                );
+                undone += 1;
+            }
+            tracing::info!(dir = %dir.display(), "removing an interrupted import's staging");
+            drop(StagingDir(dir));
+        }
+        Ok(undone)
+    }
+
     async fn roll_back(&self, undo: Vec<Undo>) {
         for u in undo.into_iter().rev() {
             let r: anyhow::Result<()> = match &u {
-                Undo::Environment(n) => self.store.delete_environment(n).await,
+                Undo::Environment(n) => match self.store.environment(n).await {
+                    Ok(Some(_)) => self.store.delete_environment(n).await,
+                    other => other.map(|_| ()),
+                },
                 Undo::Overlay(id) => {
                     let i = id.clone();
-                    self.on_disks(move |d| d.delete_overlay(&i))
-                        .await
-                        .map_err(anyhow::Error::from)
+                    self.on_disks(move |d| match d.overlay_path(&i)?.exists() {
+                        true => d.delete_overlay(&i),
+                        false => Ok(()),
+                    })
+                    .await
+                    .map_err(anyhow::Error::from)
                 }
                 Undo::Base(n) => {
                     let b = n.clone();
-                    self.on_disks(move |d| d.delete_base(&b))
-                        .await
-                        .map_err(anyhow::Error::from)
+                    self.on_disks(move |d| match d.base_file(&b)?.exists() {
+                        true => d.delete_base(&b),
+                        false => Ok(()),
+                    })
+                    .await
+                    .map_err(anyhow::Error::from)
                 }
-                Undo::Image(n) => self.store.remove_image(n).await,
+                Undo::Image(n) => match self.store.image(n).await {
+                    Ok(Some(_)) => self.store.remove_image(n).await,
+                    other => other.map(|_| ()),
+                },
                 Undo::ImageFiles(dir) => match std::fs::remove_dir_all(dir) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
                     _ => Ok(()),
@@ -965,8 +1048,9 @@ impl Control {
     }
 }
 
-/// One creation an import made, undone in reverse order on failure.
-#[derive(Debug)]
+/// One creation an import began, undone in reverse order on failure (a
+/// creation that never happened is undone as a no-op).
+#[derive(Debug, Serialize, Deserialize)]
 enum Undo {
     ImageFiles(PathBuf),
     Image(String),

@@ -152,6 +152,7 @@ async fn import(
         map_nodes: pairs("map_nodes", &q.map_nodes)?.into_iter().collect(),
         dry_run: q.dry_run,
         fail_after: None,
+        crash_after: None,
     };
     let stream = body
         .into_data_stream()
