@@ -203,6 +203,20 @@ else
     t_fail "env remove-node clonea 3 --delete-disk"
 fi
 
-echo "figures: template pause ${pause:-?} ms (agent: freeze -> thaw); longest client request ${longest} ms; clone request -> slot 3 ready ${ready_s:-?} s"
+# ---- more clones for the figures (CLONE_RUNS=N; qemu-tests/bench/clone.sh, outside CI) --
+pauses=("${pause:-}") readies=("${ready_s:-}")
+for ((run = 2; run <= ${CLONE_RUNS:-1}; run++)); do
+    t_c="$(eng_now_ms)"
+    o="$(eng_cli env clone clonea 1 --into 3 --force --json 2>&1)" || { t_fail "clone run $run: $o"; break; }
+    eng_wait "run $run: slot 3 ready" 400 eng_env_is clonea 3 || { t_fail "clone run $run: slot 3 ready"; break; }
+    pauses+=("$(jq -r .job.pause_ms <<<"$o")") readies+=("$(eng_secs_since_ms "$t_c")")
+    n3id="$(eng_slot_field clonea 3 node)"
+    if ! eng_cli env remove-node clonea 3 --delete-disk >/dev/null || ! eng_wait "run $run: slot 3 gone" 300 gone; then
+        t_fail "clone run $run: remove-node"; break
+    fi
+done
+median() { printf '%s\n' "$@" | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR ? a[int((NR + 1) / 2)] : "?") }'; }
+echo "figures: longest client request during the first clone ${longest} ms"
+echo "figures over ${#pauses[@]} clone(s): template pause (agent: freeze -> thaw) median $(median "${pauses[@]}") ms [${pauses[*]}]; clone request -> slot 3 ready median $(median "${readies[@]}") s [${readies[*]}]"
 eng_fleet_down
 done_

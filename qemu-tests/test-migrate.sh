@@ -10,7 +10,8 @@
 # Server 2: lab namespace mig2 (br0 10.78.0.1/24, another state dir), 2 guests
 # (52:54:00:e3:00:01..02) idle in the pool.
 # Checks, each as a user sees them (CLI output, exit status, `--json` answers):
-#   - export of alpha from server 1 while it runs (overlay snapshots) to a file
+#   - export of alpha from server 1 while it runs to a file: each slot's agent froze its
+#     file systems for the snapshot (the bundle says `frozen` per slot; pauses printed)
 #   - a truncated and a tampered bundle are refused by server 2 with an error naming the
 #     problem, and nothing is created (no environment, no disk, no image)
 #   - --dry-run prints the plan (addresses moved into 10.78.0.0/24) and creates nothing
@@ -19,6 +20,8 @@
 #   - env activate alpha on server 2: both slots become ready there; each slot's data
 #     file has the SHA-256 it had on server 1; host names equal, addresses moved; slot 0 is
 #     on the mapped node; policy, schedules, hooks, key/values, requirements and sizes equal
+#   - export --halt of alpha on server 2: deactivated, every node released, slots `halted`;
+#     imported again --as beta with --map-addresses: beta's slots at the mapped addresses
 # Prints `N passed, M failed, K skipped` and its elapsed time. Needs root (a skip outside
 # CI, a failure under CI).
 set -uo pipefail
@@ -100,6 +103,8 @@ slot_data() {
 }
 two_with_data() { [ "$(slot_data | awk 'length($4) == 64' | wc -l)" = 2 ]; }
 settings() { eng_cli env show alpha --json | jq -S '{policy, schedules, hooks, config, requirements, min, max, desired, priority, hostname_pattern, boot, description}'; }
+# bundle_captures FILE: how each slot's overlay was captured, comma-separated.
+bundle_captures() { zstd -q -d -c "$1" | tar -xOf - environment.json | jq -r '[.slots[].capture] | join(",")'; }
 nothing_here() {
     [ "$(eng_cli env list --json | jq length)" = 0 ] || return 1
     [ "$(eng_cli disk list --json | jq '[.[] | select(.name == "engbase" or (.name | startswith("alpha")))] | length')" = 0 ] || return 1
@@ -136,6 +141,9 @@ if eng_cli env export alpha -o "$WORK/alpha.bundle" 2>"$WORK/export.err" && [ -s
 else
     t_fail "export of alpha: $(cat "$WORK/export.err")"; finish
 fi
+pauses="$(eng_events_after 0 | jq -r -s '[.[] | select(.kind == "env-changed" and .detail.change == "export-snapshot")] | last | .detail.pause_ms | to_entries | map("slot \(.key) \(.value) ms") | join(", ")')"
+t_check "live export: both slots frozen by their agents for the snapshot (pauses: $pauses)" \
+    eng_is "$(bundle_captures "$WORK/alpha.bundle")" "frozen,frozen"
 lab_stop_guest mig1-g1; lab_stop_guest mig1-g2
 
 # ---- server 2 -----------------------------------------------------------------------
@@ -215,4 +223,23 @@ t_check "slot 0 runs on the mapped node" \
 settings > "$WORK/settings2.json"
 t_check "policy, schedules, hooks, key/values, requirements and sizes equal" \
     diff -u "$WORK/settings1.json" "$WORK/settings2.json"
+
+# Halted export, then an import under another name with an address map.
+th=$SECONDS
+if eng_cli env export alpha --halt -o "$WORK/halted.bundle" 2>"$WORK/halt.err"; then
+    held="$(eng_slots alpha | jq '[.[] | select(.node != null)] | length')"
+    t_check "export --halt: alpha inactive, no node held, each slot captured halted ($((SECONDS - th)) s)" \
+        eng_is "$(eng_cli env show alpha --json | jq -r .active) $held $(bundle_captures "$WORK/halted.bundle")" \
+        "false 0 halted,halted"
+else
+    t_fail "export --halt: $(cat "$WORK/halt.err")"
+fi
+printf '# old -> new: the range moves as one\n10.78.0.210 10.78.0.230\n' > "$WORK/addresses.map"
+if out="$(eng_cli env import "$WORK/halted.bundle" --as beta --map-addresses "$WORK/addresses.map" 2>&1)"; then
+    t_check "import --as beta --map-addresses: beta inactive, its slots at 10.78.0.230 and .231" \
+        eng_is "$(eng_cli env show beta --json | jq -r .active) $(eng_slots beta | jq -r '[.[] | "\(.index)=\(.ip)"] | sort | join(" ")')" \
+        "false 0=10.78.0.230 1=10.78.0.231"
+else
+    t_fail "import --as beta --map-addresses: $out"
+fi
 finish

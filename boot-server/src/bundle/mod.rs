@@ -119,6 +119,11 @@ pub struct SlotRecord {
     pub node: Option<String>,
     /// Per-slot key/values.
     pub config: BTreeMap<String, String>,
+    /// How its overlay was captured: `halted` (no node held it), `frozen`
+    /// (its agent ran `prepare-clone` and froze the file systems) or
+    /// `crash-consistent: <why>` (as a power cut would leave it).
+    #[serde(default)]
+    pub capture: String,
 }
 
 /// The base disk as exported.

@@ -1,13 +1,15 @@
 //! Exporting an environment to a bundle and importing one (see
 //! [`crate::bundle`] for the format). Export: optionally halt the
-//! environment, freeze each slot's overlay as a snapshot (crash-consistent:
-//! the disk store's snapshot flushes and pauses writers; the clone freeze
-//! path is to replace it for a live export once it exists), size and hash
+//! environment, or (live) freeze each ready slot through its agent as a
+//! clone does (see [`super::freeze`]) and snapshot its overlay meanwhile; a
+//! slot no agent can freeze is snapshotted crash-consistent and the bundle
+//! says so per slot; then size and hash
 //! every entry, then stream the bundle. Import: stage and verify the whole
 //! bundle, plan (names, addresses, nodes, conflicts), and only then create
 //! images, base, overlays, the environment (inactive) and its slots, in an
 //! order that is undone in reverse when any step fails.
 
+use super::freeze::Capture;
 use super::{Control, Error, ErrorKind, Result};
 use crate::bundle::chunks::ChunkPlan;
 use crate::bundle::read::Staged;
@@ -190,16 +192,46 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Snapshots taken for an export, deleted when it ends (however it ends).
+/// Snapshots taken for an export (overlay → its snapshot), deleted when it
+/// ends (however it ends).
 struct Snapshots {
     disks: Option<Arc<boot_nbd::DiskStore>>,
+    ids: BTreeMap<String, String>,
+}
+
+/// The overlays of `slots` to export.
+fn overlays_of(slots: &[crate::model::Slot]) -> Vec<String> {
+    slots.iter().filter_map(|s| s.overlay.clone()).collect()
+}
+
+/// Snapshots each existing overlay of `ids` (one moment when their agents
+/// hold a freeze).
+fn snapshot_overlays(
+    disks: Arc<boot_nbd::DiskStore>,
     ids: Vec<String>,
+) -> anyhow::Result<Snapshots> {
+    let mut snaps = Snapshots {
+        disks: Some(disks.clone()),
+        ids: BTreeMap::new(),
+    };
+    for ov in ids {
+        if !disks.overlay_path(&ov)?.exists() {
+            continue;
+        }
+        let snap = format!(
+            "{ov}.export-{}",
+            crate::secret::random_token(6).to_lowercase()
+        );
+        disks.snapshot_overlay(&ov, &snap)?;
+        snaps.ids.insert(ov, snap);
+    }
+    Ok(snaps)
 }
 
 impl Drop for Snapshots {
     fn drop(&mut self) {
         let Some(disks) = &self.disks else { return };
-        for id in &self.ids {
+        for id in self.ids.values() {
             if let Err(e) = disks.delete_overlay(id) {
                 tracing::warn!(snapshot = %id, error = %format!("{e:#}"), "export snapshot not deleted");
             }
@@ -384,14 +416,47 @@ impl Control {
         } else {
             None
         };
+        // Snapshot the overlays: live, while their agents hold a freeze.
+        let captures = match (&disks, live) {
+            (Some(_), true) => self.freeze_slots(&env, &slots).await?,
+            _ => Vec::new(),
+        };
+        let snapped = match &disks {
+            Some(d) => {
+                let (d, ids) = (d.clone(), overlays_of(&slots));
+                tokio::task::spawn_blocking(move || snapshot_overlays(d, ids)).await
+            }
+            None => Ok(Ok(Snapshots {
+                disks: None,
+                ids: BTreeMap::new(),
+            })),
+        };
+        let pauses = self.thaw_slots(&captures).await;
+        let snaps = snapped
+            .map_err(internal)?
+            .map_err(|e| Error::new(ErrorKind::Unavailable, format!("export of {name}: {e:#}")))?;
+        let capture_of = |index: u32| -> String {
+            match captures.iter().find(|(i, _)| *i == index) {
+                Some((_, Capture::Frozen { .. })) => "frozen".into(),
+                Some((_, Capture::CrashConsistent(why))) => format!("crash-consistent: {why}"),
+                None => "halted".into(),
+            }
+        };
+        let slot_captures: BTreeMap<u32, String> = slots
+            .iter()
+            .map(|s| (s.index, capture_of(s.index)))
+            .collect();
+        if live {
+            self.events.emit(
+                None,
+                EventKind::EnvChanged,
+                json!({ "env": name, "change": "export-snapshot", "captures": slot_captures, "pause_ms": pauses.iter().map(|(i, p)| (i.to_string(), *p)).collect::<BTreeMap<_, _>>() }),
+            );
+        }
         let images_dir = self.config.images_dir.clone();
         let server = server_name(self);
         let env_name = name.to_string();
         let work = move || -> anyhow::Result<(Manifest, Vec<Entry>, Snapshots)> {
-            let mut snaps = Snapshots {
-                disks: disks.clone(),
-                ids: Vec::new(),
-            };
             let mut entries = Vec::new();
             let mut image_name = None;
             if let Some(img) = &image {
@@ -433,16 +498,11 @@ impl Control {
                     overlay_allocated: 0,
                     node: s.node.clone(),
                     config: s.config.clone(),
+                    capture: slot_captures.get(&s.index).cloned().unwrap_or_default(),
                 };
                 if let (Some(ov), Some(d)) = (&s.overlay, &disks) {
-                    if d.overlay_path(ov)?.exists() {
-                        let snap = format!(
-                            "{ov}.export-{}",
-                            crate::secret::random_token(6).to_lowercase()
-                        );
-                        d.snapshot_overlay(ov, &snap)?;
-                        snaps.ids.push(snap.clone());
-                        let (_, plan) = ChunkPlan::overlay(&d.overlay_path(&snap)?)?;
+                    if let Some(snap) = snaps.ids.get(ov) {
+                        let (_, plan) = ChunkPlan::overlay(&d.overlay_path(snap)?)?;
                         let entry = format!("disks/overlays/slot{}.chunks", s.index);
                         rec.overlay_entry = Some(entry.clone());
                         rec.overlay_allocated = plan.data_bytes();
@@ -510,7 +570,8 @@ impl Control {
 
     /// Exports environment `name` as a bundle stream. With `halt` the
     /// environment is deactivated first and its slots' release awaited;
-    /// otherwise its overlays are snapshotted live (crash-consistent).
+    /// otherwise each ready slot is frozen by its agent while its overlay is
+    /// snapshotted (crash-consistent where no agent can freeze it).
     pub async fn export_env(&self, name: &str, halt: bool) -> Result<ExportStream> {
         let (manifest, entries, snaps) = self.prepare_export(name, halt).await?;
         let raw_bytes = manifest.entries.iter().map(|e| e.size).sum();

@@ -9,6 +9,7 @@ mod clone;
 pub mod cluster;
 mod disks;
 mod envs;
+mod freeze;
 mod hosts;
 mod images;
 mod network;
