@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # qemu-tests/test-api.sh: the admin REST API against a running `boot-server serve`
-# (temporary state directory, loopback only, admin listener over TLS with its
-# self-signed certificate):
+# (temporary state directory, in a network namespace of its own with only loopback,
+# admin listener over TLS with its self-signed certificate):
 #   tls      : curl trusts the certificate with --cacert and refuses it without;
 #              the CLI works with --ca-file and with --fingerprint, and refuses a wrong pin.
 #   tokens   : a read-only token gets 403 on every state-changing operation of the
@@ -29,6 +29,28 @@ finish() { echo "test-api: $((SECONDS - t0)) s"; t_summary; exit; }
 for tool in curl python3; do
     command -v "$tool" >/dev/null || { t_skip "test-api.sh" "needs $tool"; finish; }
 done
+
+# schemathesis is installed (from PyPI) before the test leaves the network.
+if [ ! -x "$venv/bin/schemathesis" ]; then
+    echo "installing schemathesis $ST_VERSION into $venv"
+    rm -rf "$venv"
+    pip_log="$(mktemp /tmp/test-api-pip.XXXXXX)"
+    if ! { python3 -m venv "$venv" && "$venv/bin/pip" install -q "schemathesis==$ST_VERSION"; } >"$pip_log" 2>&1; then
+        tail -n 5 "$pip_log"; rm -f "$pip_log"
+        t_skip "schemathesis" "could not install schemathesis $ST_VERSION (python3-venv, PyPI)"
+        finish
+    fi
+    rm -f "$pip_log"
+fi
+# The server and every request run in a network namespace of their own with only
+# loopback up: the power commands that generated nodes cause (BMC addresses the
+# generator makes up) can reach nothing outside it. The namespace goes with the process.
+if [ -z "${TEST_API_IN_NETNS:-}" ]; then
+    if [ "$(id -u)" != 0 ] || ! command -v unshare >/dev/null; then
+        t_skip "test-api.sh" "needs root and unshare (util-linux) for its own network namespace"; finish
+    fi
+    exec env TEST_API_IN_NETNS=1 unshare --net -- bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
+fi
 
 dir="$(mktemp -d /tmp/test-api.XXXXXX)"
 pid=""
@@ -171,15 +193,6 @@ t_check "audit: the operator's scale recorded" test "$(val audit_operator_ok)" =
 t_check "audit: no secret in the audit log" test "$(val audit_secret_leaks)" = 0
 
 # --- schemathesis
-if [ ! -x "$venv/bin/schemathesis" ]; then
-    echo "installing schemathesis $ST_VERSION into $venv"
-    rm -rf "$venv"
-    if ! { python3 -m venv "$venv" && "$venv/bin/pip" install -q "schemathesis==$ST_VERSION"; } >"$dir/pip.log" 2>&1; then
-        tail -n 5 "$dir/pip.log"
-        t_skip "schemathesis" "could not install schemathesis $ST_VERSION (python3-venv, PyPI)"
-        finish
-    fi
-fi
 st_t0=$SECONDS
 cd "$dir" || finish  # schemathesis keeps a cache directory in its working directory
 "$venv/bin/schemathesis" run "$url/api/openapi.json" \
