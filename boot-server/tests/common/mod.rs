@@ -126,6 +126,28 @@ impl Drop for Server {
     }
 }
 
+/// Runs `cmd` with `sh -c`; panics with its stderr when it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Network namespaces a test made, deleted when it ends (however it ends).
+pub struct Netns(pub Vec<String>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
 /// curl with the given args; returns (status code, body bytes).
 pub fn curl(args: &[&str]) -> (u16, Vec<u8>) {
     let body = tempfile::NamedTempFile::new().unwrap();
