@@ -6,17 +6,18 @@
 #   fence   node-failed -> fenced (export revoked, power off read back)
 #   claim   fenced -> the slot's disk attached to the new node (spare) / the VM reported
 #           running by its host (VM: the disk is attached when the VM node is claimed)
-#   boot    -> slot-step "starting" (spare: kexec into the slot's image; VM: firmware,
-#           PXE, iPXE, kernel, agent hello)
-#   ready   starting -> ready (slot configuration, start hook, first heartbeat)
+#   pickup  (spare) -> the new node's agent reports on the kexec command it was sent
+#   boot    -> the agent's hello in the slot's image (agent-ready; spare: kexec, kernel,
+#           initrd; VM: firmware, PXE, iPXE, kernel, initrd)
+#   ready   hello -> slot ready (slot configuration, start hook, first heartbeat)
 # Fleet: 3 BIOS TCG guests (MACs 52:54:00:e2:00:01..03, QMP power control), environment
 # bf with 1 slot and a disk, failed-node cool-down 5 s (a restarted guest is a spare
 # again at once). Spare runs: the slot's node is killed, an idle guest (agent up) takes
-# the slot; the killed guest is restarted and waited for idle (untimed... but that
-# restart -> agent up is the conventional recovery, printed beside: restarting the dead
-# machine). VM runs: the idle guests are quarantined, a host-mode agent runs in the lab
-# namespace (TCG VMs on the bridge); the slot's node is killed and a VM takes the slot;
-# then the node is restarted and the slot fails back (time printed), the VM stopped.
+# the slot; the killed guest is then restarted and waited for idle: its restart -> agent
+# up, the conventional recovery (restart the dead machine), is printed beside. VM runs:
+# the idle guests are quarantined, a host-mode agent runs in the lab namespace (TCG VMs
+# on the bridge); the slot's node is killed and a VM takes the slot; then the node is
+# restarted and the slot fails back (time printed), the VM stopped.
 # Not a CI test. Needs root, jq, qemu-system-x86_64, busybox, built boot-server and
 # node-agent, the lab image.
 # Usage: qemu-tests/bench/failover.sh [-n RUNS] [--spare-only|--vm-only]
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
         -n) runs="$2"; shift 2 ;;
         --spare-only) do_vm=0; shift ;;
         --vm-only) do_spare=0; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -67,8 +68,10 @@ restart_guest() {
         --extra "-qmp unix:$LAB_DIR/$1.qmp,server=on,wait=off"
 }
 
-# phases OLD NEW T_MS MODE: one line "total detect fence claim boot ready reason" (seconds)
-# from the events after the mark.
+# phases OLD NEW T_MS MODE: one line "total detect fence claim pickup boot ready reason"
+# (seconds) from the events after the mark: pickup = claim -> the new node's agent reports
+# on its kexec command (spare only); boot = -> the agent's hello in the slot's image
+# (agent-ready); ready = hello -> slot ready (configuration, start hook).
 phases() {
     local old="$1" new="$2" t="$3" mode="$4" ov
     ov="$(eng_slot_field "$ENV" 0 overlay)"
@@ -80,10 +83,12 @@ phases() {
         | (at(.kind == "fenced" and .node == $old)) as $fenced
         | (if $mode == "vm" then at(.kind == "vm" and .detail.action == "running")
            else at(.kind == "disk-attached" and .node == $new and .detail.overlay == $ov) end) as $claimed
-        | (at(.kind == "slot-step" and .detail.env == "bf" and .detail.node == $new and .detail.to == "starting")) as $starting
+        | (if $mode == "vm" then null
+           else at(.kind == "command-result" and .node == $new and .at_ms >= $claimed) end) as $pickup
+        | (at(.kind == "agent-ready" and .node == $new and .at_ms >= $claimed)) as $hello
         | (at(.kind == "slot-step" and .detail.env == "bf" and .detail.node == $new and .detail.to == "ready")) as $ready
         | ([.[] | select(.kind == "node-failed" and .node == $old) | .detail.reason][0] // "?" | gsub(" "; "-")) as $why
-        | "\(s($t; $ready)) \(s($t; $failed)) \(s($failed; $fenced)) \(s($fenced; $claimed)) \(s($claimed; $starting)) \(s($starting; $ready)) \($why)"'
+        | "\(s($t; $ready)) \(s($t; $failed)) \(s($failed; $fenced)) \(s($fenced; $claimed)) \(s($claimed; $pickup)) \(s($pickup // $claimed; $hello)) \(s($hello; $ready)) \($why)"'
 }
 
 lab_gc
@@ -103,7 +108,7 @@ eng_cli env create "$ENV" --image env-a --description "failover bench" --min 1 -
 eng_wait "$ENV ready, 2 idle" "$timeout" eng_env_and_idle "$ENV" 1 2 || { eng_diag; exit 1; }
 
 declare -a SPARE=() VM=() CONV=() BACK=()
-hdr="total detect fence claim boot ready"
+hdr="total detect fence claim pickup boot ready"
 if [ "$do_spare" = 1 ]; then
     echo "== warm spare: the slot's node killed, an idle guest with its agent up takes the slot"
     echo "   run: $hdr (s) | detected by | restart of the killed guest -> agent up (conventional)"
@@ -129,8 +134,8 @@ if [ "$do_spare" = 1 ]; then
         CONV+=("$conv")
         eng_cli node repaired "$old" >/dev/null 2>&1
         eng_wait "2 idle again" "$timeout" eng_env_and_idle "$ENV" 1 2 || { eng_diag; exit 1; }
-        read -r tot det fen cla boo rea why <<<"$line"
-        printf '   %d: %s %s %s %s %s %s | %s | %s\n' "$r" "$tot" "$det" "$fen" "$cla" "$boo" "$rea" "$why" "$conv"
+        read -r tot det fen cla pic boo rea why <<<"$line"
+        printf '   %d: %s %s %s %s %s %s %s | %s | %s\n' "$r" "$tot" "$det" "$fen" "$cla" "$pic" "$boo" "$rea" "$why" "$conv"
         sleep 6 # past the 5 s cool-down of the node just back
     done
 fi
@@ -169,22 +174,22 @@ if [ "$do_vm" = 1 ]; then
         back="$(eng_secs_since_ms "$tb")"
         BACK+=("$back")
         eng_wait "VM stopped" 60 eval "eng_cli host show h1 --json | jq -e '[.vms[] | select(.state == \"running\")] | length == 0'" || { eng_diag; break; }
-        read -r tot det fen cla boo rea why <<<"$line"
-        printf '   %d: %s %s %s %s %s %s | %s | %s\n' "$r" "$tot" "$det" "$fen" "$cla" "$boo" "$rea" "$why" "$back"
+        read -r tot det fen cla pic boo rea why <<<"$line"
+        printf '   %d: %s %s %s %s %s %s %s | %s | %s\n' "$r" "$tot" "$det" "$fen" "$cla" "$pic" "$boo" "$rea" "$why" "$back"
     done
 fi
 
 col() { local i="$1"; shift; for l in "$@"; do echo "$l" | awk -v i="$i" '$i != "-" { print $i }'; done | median; }
 echo
 echo "== medians of $runs (s; load: $(cut -d' ' -f1-3 /proc/loadavg); $((SECONDS - t_start)) s in all)"
-printf '%-28s %7s %7s %7s %7s %7s %7s\n' "" total detect fence claim boot ready
+printf '%-30s %7s %7s %7s %7s %7s %7s %7s\n' "" total detect fence claim pickup boot ready
 for kind in SPARE VM; do
     declare -n arr="$kind"
     [ "${#arr[@]}" -gt 0 ] || continue
     label="kill -> ready on a warm spare"
     [ "$kind" = VM ] && label="kill -> ready on a new VM"
-    printf '%-28s %7s %7s %7s %7s %7s %7s\n' "$label" "$(col 1 "${arr[@]}")" "$(col 2 "${arr[@]}")" \
-        "$(col 3 "${arr[@]}")" "$(col 4 "${arr[@]}")" "$(col 5 "${arr[@]}")" "$(col 6 "${arr[@]}")"
+    printf '%-30s %7s %7s %7s %7s %7s %7s %7s\n' "$label" "$(col 1 "${arr[@]}")" "$(col 2 "${arr[@]}")" \
+        "$(col 3 "${arr[@]}")" "$(col 4 "${arr[@]}")" "$(col 5 "${arr[@]}")" "$(col 6 "${arr[@]}")" "$(col 7 "${arr[@]}")"
 done
 if [ "${#CONV[@]}" -gt 0 ]; then
     mc="$(printf '%s\n' "${CONV[@]}" | median)" ms="$(col 1 "${SPARE[@]}")"
