@@ -18,8 +18,19 @@
 #     down, and slot 1 fails over to a VM on the other (backup) host, marker intact.
 #   3 failback: g3 (the slot's home) comes back: slot 1 moves back to it with its marker,
 #     and the VM is stopped (its host reports it stopped; the VM node is retired).
-# Prints kill -> ready for the spare and for each VM. Needs root (a skip outside CI, a
-# failure under CI), jq, qemu-system-x86_64, busybox.
+#     Meanwhile a 4th guest e4 boots idle with a real IPMI BMC: QEMU's ipmi-bmc-extern +
+#     isa-ipmi-kcs wired to OpenIPMI's ipmi_sim (in the lab namespace: RMCP+ on
+#     10.77.0.1:9623, the VM link on the namespace's loopback), enrolled with
+#     --power ipmi://10.77.0.1:9623 and its login in the server's power.toml (mode 600).
+#   5 IPMI fence: fo grows to 3 slots (e4 takes slot 2) and fails nodes whose health hook
+#     fails 2 heartbeats in a row (--detect health-failures=2); slot 2's health hook starts
+#     failing: e4 is failed for it, fenced by power-off over IPMI (the fence event says
+#     "off via ipmi", the BMC reads off, e4's QEMU is gone) before slot 2's disk is
+#     attached to the VM (on the surviving host) that takes the slot.
+# Detection: fo watches power (--detect power-watch=true): the QEMU kills of 1 and 2 are
+# seen through QMP; kill -> node-failed is printed and must stay under half the heartbeat
+# timeout. Prints kill -> ready for the spare and for each VM. Needs root (a skip outside
+# CI, a failure under CI), jq, qemu-system-x86_64, busybox; scenario 5 ipmi_sim and ipmitool.
 # Usage: qemu-tests/test-failover.sh [--timeout S]
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,7 +39,7 @@ timeout=150
 while [ $# -gt 0 ]; do
     case "$1" in
         --timeout) timeout="$2"; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -43,6 +54,9 @@ ENG_MAC_PREFIX="52:54:00:e1:00"
 t0_all=$SECONDS
 if ! lab_require_root; then t_skip "test-failover.sh" "needs root (network namespaces, tap devices)"; t_summary; exit; fi
 command -v jq >/dev/null || { t_skip "test-failover.sh" "jq missing (qemu-tests/install-deps.sh)"; t_summary; exit; }
+# Scenario 5 alone needs the BMC simulator and ipmitool (Debian openipmi, ipmitool).
+ipmi_missing=""
+for tool in ipmi_sim ipmitool; do command -v "$tool" >/dev/null || ipmi_missing+=" $tool"; done
 td="${CARGO_TARGET_DIR:-$repo/target}"
 server="$td/release/boot-server"
 # The host-mode agent: the newest of the release and the static build (test-all builds
@@ -54,6 +68,60 @@ agent="$(ls -t "$td/release/node-agent" "$td/x86_64-unknown-linux-gnu/release/no
 
 ENV=fo
 declare -A HOST_PID=()
+# The agent's heartbeat timeout in the lab (lab-server.toml): fast detection must beat it.
+HB_TIMEOUT="$(sed -n 's/^heartbeat_timeout_secs = //p' "$here/lab-server.toml")"
+# The IPMI guest's BMC: RMCP+ on the lab bridge address, its VM link on the namespace's
+# own loopback (both inside the lab namespace, so parallel runs do not collide).
+BMC_PORT=9623 BMC_USER=admin BMC_PW="lab-$RANDOM$RANDOM"
+IPMI_GUEST=e4 IPMI_MAC="$ENG_MAC_PREFIX:04" IPMI_NODE=""
+
+# fo_kill_to_failed NODE T_MS: "SECS REASON" from T_MS to NODE's node-failed event after
+# the mark ("? ?" when there is none).
+fo_kill_to_failed() {
+    eng_events_after "$ENG_EV_MARK" | jq -r -s --arg n "$1" --argjson t "$2" \
+        '[.[] | select(.kind == "node-failed" and .node == $n)][0]
+         | if . == null then "? ?" else "\((.at_ms - $t) / 1000) \(.detail.reason | gsub(" "; "-"))" end'
+}
+fo_ipmitool() {
+    lab_exec env IPMI_PASSWORD="$BMC_PW" ipmitool -I lanplus -H "$LAB_BRIDGE_ADDR" -p "$BMC_PORT" \
+        -U "$BMC_USER" -E -C 3 -N 1 -R 2 "$@"
+}
+fo_bmc_reads() { fo_ipmitool chassis power status | grep -qi "is $1"; }
+# The IPMI guest: ipmi_sim in the lab namespace (its power-on command starts the guest's
+# QEMU again from the command line lab_start_guest wrote), the node enrolled with its BMC,
+# the login in the server's credentials file, and the guest booted with the BMC's KCS
+# interface (ipmi-bmc-extern connects to the sim, which reads "on" while QEMU runs; its
+# power-off makes QEMU shut down).
+fo_ipmi_guest_start() {
+    local dir="$LAB_DIR/bmc"
+    mkdir -p "$dir/state" || return 1
+    cat > "$dir/lan.conf" <<CONF
+name "$IPMI_GUEST"
+set_working_mc 0x20
+  startlan 1
+    addr $LAB_BRIDGE_ADDR $BMC_PORT
+    priv_limit admin
+    allowed_auths_admin md5
+    guid a123456789abcdefa123456789abcdef
+  endlan
+  serial 15 127.0.0.1 $((BMC_PORT + 1)) codec VM
+  startcmd "/bin/sh $LAB_DIR/$IPMI_GUEST.cmd"
+  startnow false
+  poweroff_wait 2
+  kill_wait 2
+  user 2 true "$BMC_USER" "$BMC_PW" admin 10 md5
+CONF
+    printf '%s\n' 'mc_setbmc 0x20' \
+        'mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr' 'mc_enable 0x20' > "$dir/bmc.emu"
+    lab_spawn bmc ipmi_sim -c "$dir/lan.conf" -f "$dir/bmc.emu" -s "$dir/state" -n || return 1
+    ( umask 077; printf '[ipmi."%s:%s"]\nuser = "%s"\npassword = "%s"\ncipher_suite = 3\n' \
+        "$LAB_BRIDGE_ADDR" "$BMC_PORT" "$BMC_USER" "$BMC_PW" > "$LAB_DIR/state/power.toml" ) || return 1
+    eng_cli node add --mac "$IPMI_MAC" --power "ipmi://$LAB_BRIDGE_ADDR:$BMC_PORT" >/dev/null || return 1
+    IPMI_NODE="$(eng_node_id "$IPMI_MAC")"
+    ENG_MACS+=("$IPMI_MAC") ENG_GUESTS+=("$IPMI_GUEST")
+    lab_start_guest --name "$IPMI_GUEST" --firmware bios --nic virtio-net-pci --mac "$IPMI_MAC" --mem 384 --reboot \
+        --extra "-chardev socket,id=ipmi0,host=127.0.0.1,port=$((BMC_PORT + 1)),reconnect=1 -device ipmi-bmc-extern,id=bmc0,chardev=ipmi0 -device isa-ipmi-kcs,bmc=bmc0"
+}
 
 fo_node_of() { eng_slot_field "$ENV" "$1" node; }
 fo_guest_of() {
@@ -116,9 +184,11 @@ if ! eng_fleet_up failover 3; then
 fi
 t_ok "fleet: 3 guests idle in the pool on the default image ($(eng_secs_since "$eng_t_fleet") s)"
 eng__write_hooks "$ENV"
+# The health hook fails while the control file fail/<slot host name> holds 1 (scenario 5).
+sed -i 's|^exit 0$|[ "$(get "fail/$h")" = 1 ] \&\& { echo "failing on request"; exit 1; }\nexit 0|' "$ENG_HOOKS/$ENV/health"
 if ! eng_cli env create "$ENV" --image env-a --description "failover lab" --min 2 --nodes 2 --max 2 \
         --priority 10 --disk-base "$ENG_BASE" --hostname-pattern 'fo-{slot}' \
-        --addresses 10.77.0.220-10.77.0.229 --failback immediate \
+        --addresses 10.77.0.220-10.77.0.229 --failback immediate --detect power-watch=true \
         --hook "start=$ENG_HOOKS/$ENV/start" --hook "health=$ENG_HOOKS/$ENV/health" \
         --hook "busy=$ENG_HOOKS/$ENV/busy" >/dev/null; then
     t_fail "environment $ENV created"; fo_diag; t_summary; exit 1
@@ -147,6 +217,11 @@ scenario_1() {
     FIG[spare]="$(eng_secs_since_ms "$t")"
     local m; m="$(fo_node_of 1)"
     t_ok "1: $g ($n) killed: slot 1 ready on the spare $(fo_guest_of "$m") ($m) ${FIG[spare]} s after the kill"
+    local det reason
+    read -r det reason <<<"$(fo_kill_to_failed "$n" "$t")"
+    FIG[detect]="$det"
+    t_check "1: the kill is seen through QMP (power watch) $det s after it, under half the ${HB_TIMEOUT} s heartbeat timeout (reason: $reason)" \
+        awk -v d="$det" -v r="$reason" -v h="$HB_TIMEOUT" 'BEGIN { exit !(r == "power-off" && d + 0 > 0 && d + 0 < h / 2) }'
     t_check "1: slot 1 kept its host name and address ($HOSTNAME1, $IP1)" fo_same_slot "$HOSTNAME1" "$IP1"
     t_check "1: the spare runs from slot 1's disk: the marker slot 1 wrote ($MARKER1)" \
         eng_wait "the marker" 30 eng_slot_health_is "$ENV" 1 marker "$MARKER1"
@@ -181,7 +256,7 @@ scenario_2() {
     FIG[vm]="$(eng_secs_since_ms "$t")"
     local m host; m="$(fo_node_of 1)"; host="$(eng_node_field "$m" labels.host)"
     VMHOST="$host"
-    t_ok "2: $g ($n) killed, no spare: slot 1 ready on VM node $m on host $host ${FIG[vm]} s after the kill"
+    t_ok "2: $g ($n) killed, no spare: slot 1 ready on VM node $m on host $host ${FIG[vm]} s after the kill (node failed after: $(fo_kill_to_failed "$n" "$t") )"
     t_check "2: slot 1 kept its host name and address ($HOSTNAME1, $IP1)" fo_same_slot "$HOSTNAME1" "$IP1"
     t_check "2: the VM runs from slot 1's disk: the marker ($MARKER1)" \
         eng_wait "the marker" 30 eng_slot_health_is "$ENV" 1 marker "$MARKER1"
@@ -228,6 +303,8 @@ scenario_3() {
     t="$(eng_now_ms)"
     lab_start_guest --name "$HOMEG" --firmware bios --nic virtio-net-pci --mac "$mac" --mem 384 --reboot \
         --extra "-qmp unix:$LAB_DIR/$HOMEG.qmp,server=on,wait=off"
+    # Scenario 5's guest boots into the pool meanwhile (fo has no free slot for it yet).
+    [ -n "$ipmi_missing" ] || fo_ipmi_guest_start || t_fail "3: the IPMI guest $IPMI_GUEST and its BMC started"
     if ! eng_wait "slot 1 back on $HOME1" "$timeout" fo_slot_on 1 "$HOME1"; then
         t_fail "3: slot 1 moved back to its home $HOMEG ($HOME1)"; fo_diag; return 1
     fi
@@ -241,13 +318,64 @@ scenario_3() {
     t_check "3: slots and nodes stay consistent" eng_consistent
 }
 
-for s in 1 2 4 3; do
+# ---- 5: a node with an IPMI BMC is powered off over IPMI before its disk moves -----------
+scenario_5() {
+    local t m h2 ip2 ov2 det reason fenced attached
+    [ -n "$IPMI_NODE" ] || { t_fail "5: scenario 3 started the IPMI guest"; return 1; }
+    if ! eng_wait "$IPMI_GUEST idle" "$timeout" eng__node_idle_on "$IPMI_NODE" lab; then
+        t_fail "5: $IPMI_GUEST (IPMI BMC) idle in the pool"; fo_diag; tail -n 5 "$LAB_DIR/bmc.log"; return 1
+    fi
+    t_check "5: the BMC (ipmi_sim over RMCP+) reads $IPMI_GUEST on, and so does the server through it" \
+        eval "fo_bmc_reads on && eng_cli node power $IPMI_NODE status | grep -q 'power on'"
+    eng_cli env set "$ENV" --nodes 3 --max 3 --detect health-failures=2 >/dev/null \
+        || { t_fail "5: env set $ENV --nodes 3 --detect health-failures=2"; return 1; }
+    if ! eng_wait "slot 2 ready on $IPMI_GUEST" "$timeout" fo_slot_on 2 "$IPMI_NODE"; then
+        t_fail "5: slot 2 ready on $IPMI_GUEST"; fo_diag; return 1
+    fi
+    h2="$(eng_slot_field "$ENV" 2 hostname)" ip2="$(eng_slot_field "$ENV" 2 ip)" ov2="$(eng_slot_field "$ENV" 2 overlay)"
+    t_ok "5: slot 2 ($h2, $ip2, disk $ov2) ready on $IPMI_GUEST ($IPMI_NODE)"
+    eng_mark
+    t="$(eng_now_ms)"
+    eng_ctl "fail/$h2" 1
+    if ! eng_wait "$IPMI_NODE failed" 60 eng_event_since node-failed ".node == \"$IPMI_NODE\""; then
+        eng_ctl_rm "fail/$h2"; t_fail "5: $IPMI_GUEST failed once its health hook kept failing"; fo_diag; return 1
+    fi
+    # The slot's next node runs the same hook under the same host name: it must pass.
+    eng_ctl_rm "fail/$h2"
+    read -r det reason <<<"$(fo_kill_to_failed "$IPMI_NODE" "$t")"
+    t_check "5: health-failures=2: $IPMI_GUEST failed $det s after its health hook started failing (reason: $reason)" \
+        eng_event_since node-failed ".node == \"$IPMI_NODE\" and .detail.reason == \"health hook failed\" and .detail.heartbeats_failed >= 2"
+    if ! eng_wait "slot 2 ready elsewhere" "$timeout" eng_slot_moved "$ENV" 2 "$IPMI_NODE"; then
+        t_fail "5: slot 2 ready on another node after $IPMI_GUEST was fenced"; fo_diag; return 1
+    fi
+    FIG[ipmi]="$(eng_secs_since_ms "$t")"
+    m="$(fo_node_of 2)"
+    t_ok "5: slot 2 ready on $m (host $(eng_node_field "$m" 'labels.host // "none"')) ${FIG[ipmi]} s after its health hook started failing"
+    t_check "5: the fence event says off via ipmi (proven, export revoked)" \
+        eng_event_since fenced ".node == \"$IPMI_NODE\" and .detail.fence.power == \"off via ipmi\" and .detail.fence.proven == true and .detail.fence.export_revoked == true"
+    echo "   fence: $(eng_events_after "$ENG_EV_MARK" | jq -c --arg n "$IPMI_NODE" 'select(.kind == "fenced" and .node == $n) | .detail.fence' | head -n 1)"
+    t_check "5: the BMC reads chassis power off (ipmitool over RMCP+)" fo_bmc_reads off
+    t_check "5: $IPMI_GUEST's QEMU was shut down by its BMC" eng_wait "QEMU gone" 10 eval "! kill -0 ${LAB_GUEST_PID[$IPMI_GUEST]}"
+    fenced="$(eng_events_after "$ENG_EV_MARK" | jq -r -s --arg n "$IPMI_NODE" '[.[] | select(.kind == "fenced" and .node == $n) | .id][0] // 0')"
+    attached="$(eng_events_after "$ENG_EV_MARK" | jq -r -s --arg o "$ov2" --arg m "$m" '[.[] | select(.kind == "disk-attached" and .detail.overlay == $o and .node == $m) | .id][0] // 0')"
+    t_check "5: the power-off (event $fenced) came before slot 2's disk was attached to $m (event $attached)" \
+        test "$fenced" -gt 0 -a "$attached" -gt "$fenced"
+    t_check "5: slot 2 kept its host name and address ($h2, $ip2)" \
+        eng_is "$(eng_slot_field "$ENV" 2 hostname) $(eng_slot_field "$ENV" 2 ip)" "$h2 $ip2"
+    t_check "5: the new node reports slot 2's host name and address from inside" eng_slots_match "$ENV" env-a 1
+    t_check "5: slots and nodes stay consistent" eng_consistent
+}
+
+for s in 1 2 4 3 5; do
+    if [ "$s" = 5 ] && [ -n "$ipmi_missing" ]; then
+        t_skip "5: IPMI fence" "missing$ipmi_missing (qemu-tests/install-deps.sh)"; continue
+    fi
     echo "== scenario $s"
     s0=$SECONDS
     "scenario_$s" || { echo "== scenario $s failed; later ones need its state: stopping"; break; }
     echo "== scenario $s: $((SECONDS - s0)) s"
 done
-echo "figures: kill -> slot ready on a spare ${FIG[spare]:-?} s; on a new VM (TCG) ${FIG[vm]:-?} s; host death -> ready on the backup host ${FIG[host]:-?} s; failback ${FIG[back]:-?} s"
+echo "figures: kill -> node failed (power watch) ${FIG[detect]:-?} s; health hook failing -> IPMI fence -> ready on a VM ${FIG[ipmi]:-?} s; kill -> slot ready on a spare ${FIG[spare]:-?} s; on a new VM (TCG) ${FIG[vm]:-?} s; host death -> ready on the backup host ${FIG[host]:-?} s; failback ${FIG[back]:-?} s"
 eng_fleet_down
 left="$(ip netns list | grep -c "^bootlab-$$-" || true)"
 t_check "no lab namespace left behind" test "$left" = 0

@@ -1,7 +1,8 @@
 //! Failure detection: a node whose heartbeats stop is marked failed
 //! (heartbeat watchdog), and so is a node holding a slot whose BMC or QEMU
-//! monitor reads power off three rounds in a row (power watch) — which sees a
-//! dead machine within a few seconds instead of waiting out the heartbeat
+//! monitor reads power off three readings in a row (power watch; the
+//! second and third follow the first within a fraction of a second) — which
+//! sees a dead machine in about a second instead of waiting out the heartbeat
 //! timeout — and, where its environment asks for it, a node whose health hook
 //! failed several heartbeats in a row or whose agent reports the application
 //! failed ([`judge_heartbeat`]). Each environment tunes these
@@ -159,8 +160,9 @@ pub async fn judge_heartbeat(
 }
 
 /// Reads, every `[power] poll_ms`, the power state of each heart-beating
-/// node that holds a slot and has power control; one that reads off is
-/// marked failed at once. A BMC that does not answer proves nothing.
+/// node that holds a slot and has power control; one that reads off
+/// [`OFF_READINGS`] times in a row (re-read every [`CONFIRM_AFTER`]) is
+/// marked failed. A BMC that does not answer proves nothing.
 pub async fn power_watch(control: Arc<Control>) -> Result<()> {
     let poll = control.config.power.poll_ms;
     if poll == 0 {
@@ -170,7 +172,13 @@ pub async fn power_watch(control: Arc<Control>) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut offs = HashMap::new();
     loop {
-        tick.tick().await;
+        // An off reading is confirmed at once rather than at the next
+        // ticks: a dead machine is failed about a second after it died.
+        if offs.is_empty() {
+            tick.tick().await;
+        } else {
+            tokio::time::sleep(CONFIRM_AFTER).await;
+        }
         if let Err(e) = power_round(&control, &mut offs).await {
             tracing::warn!(error = %format!("{e:#}"), "power watch round failed");
         }
@@ -181,6 +189,11 @@ pub async fn power_watch(control: Arc<Control>) -> Result<()> {
 /// that is briefly busy (QEMU serves one QMP client at a time) must not
 /// fail a live node.
 pub const OFF_READINGS: u32 = 3;
+
+/// Pause before the next reading once a node read off (instead of the
+/// `[power] poll_ms` tick), so that the [`OFF_READINGS`] come in well under
+/// a second.
+pub const CONFIRM_AFTER: Duration = Duration::from_millis(200);
 
 /// One round of the power watch; the nodes it marked failed. `offs` counts
 /// each node's off readings in a row across rounds.
