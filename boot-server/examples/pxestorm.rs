@@ -12,7 +12,9 @@
 //! The leased addresses must be local to the client's network namespace (the
 //! bench routes the DHCP pool to `lo`), so each client binds its own source
 //! address once leased. All DHCP traffic shares one socket on port 68, replies
-//! are told apart by transaction id.
+//! are told apart by transaction id. Retransmissions as iPXE (1, 2, 4, 8 s);
+//! a NAK restarts discovery (a server that does not reserve what it offered
+//! NAKs the loser of two clients offered the same address).
 //!
 //! `pxestorm -n N [--mac-byte B] [--timeout S]` prints one line per failure
 //! (`FAIL client=I phase=P: reason`) and a summary line:
@@ -40,6 +42,9 @@ type Waiters = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Message>>>>;
 /// iPXE-like DHCP retransmission: waits of 1, 2, 4, 8 s, then the phase fails.
 const DHCP_WAITS: [u64; 4] = [1, 2, 4, 8];
 const BLKSIZE: usize = 1468;
+/// DISCOVERs started again after a NAK before the client gives up (iPXE has no
+/// limit but its overall timeout; this stays well inside the bench's).
+const NAK_RESTARTS: usize = 1000;
 
 #[derive(Default, Clone, Copy)]
 struct Phases {
@@ -74,7 +79,14 @@ async fn run(n: usize, mac_byte: u8, timeout: Duration) -> Result<()> {
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let (sock, waiters) = (sock.clone(), waiters.clone());
-        let mac = [0x02, 0x53, mac_byte, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let mac = [
+            0x02,
+            0x53,
+            mac_byte,
+            (i >> 16) as u8,
+            (i >> 8) as u8,
+            i as u8,
+        ];
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
             let r = tokio::time::timeout(timeout, client(i, mac, sock, waiters)).await;
@@ -157,7 +169,11 @@ async fn dispatch(sock: Arc<UdpSocket>, waiters: Waiters) {
         if m.opcode() != Opcode::BootReply {
             continue;
         }
-        let tx = waiters.lock().unwrap_or_else(|p| p.into_inner()).get(&m.xid()).cloned();
+        let tx = waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&m.xid())
+            .cloned();
         if let Some(tx) = tx {
             let _ = tx.send(m);
         }
@@ -169,20 +185,36 @@ async fn client(i: usize, mac: [u8; 6], sock: Arc<UdpSocket>, waiters: Waiters) 
     let t = Instant::now();
     let xid = 0x5000_0000 | i as u32;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    waiters.lock().unwrap_or_else(|e| e.into_inner()).insert(xid, tx);
-    let lease = dora(&sock, &mut rx, xid, mac, false).await.context("phase=dhcp")?;
+    waiters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(xid, tx);
+    let lease = dora(&sock, &mut rx, xid, mac, false)
+        .await
+        .context("phase=dhcp")?;
     p.dhcp = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let next = if lease.siaddr.is_unspecified() { lease.server } else { lease.siaddr };
-    p.bytes += tftp_get(lease.ip, next, &lease.file).await.context("phase=tftp")?;
+    let next = if lease.siaddr.is_unspecified() {
+        lease.server
+    } else {
+        lease.siaddr
+    };
+    p.bytes += tftp_get(lease.ip, next, &lease.file)
+        .await
+        .context("phase=tftp")?;
     p.tftp = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     let xid2 = xid | 0x0800_0000;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    waiters.lock().unwrap_or_else(|e| e.into_inner()).insert(xid2, tx);
-    let ipxe = dora(&sock, &mut rx, xid2, mac, true).await.context("phase=ipxe-dhcp")?;
+    waiters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(xid2, tx);
+    let ipxe = dora(&sock, &mut rx, xid2, mac, true)
+        .await
+        .context("phase=ipxe-dhcp")?;
     {
         let mut w = waiters.lock().unwrap_or_else(|e| e.into_inner());
         w.remove(&xid);
@@ -190,7 +222,11 @@ async fn client(i: usize, mac: [u8; 6], sock: Arc<UdpSocket>, waiters: Waiters) 
     }
     p.ipxe_dhcp = t.elapsed().as_secs_f64();
     if ipxe.ip != lease.ip {
-        bail!("phase=ipxe-dhcp: address changed from {} to {}", lease.ip, ipxe.ip);
+        bail!(
+            "phase=ipxe-dhcp: address changed from {} to {}",
+            lease.ip,
+            ipxe.ip
+        );
     }
 
     let t = Instant::now();
@@ -246,7 +282,8 @@ fn request(mtype: MessageType, xid: u32, mac: [u8; 6], ipxe: bool) -> Message {
     m
 }
 
-/// DISCOVER -> OFFER -> REQUEST -> ACK, with retransmissions.
+/// DISCOVER -> OFFER -> REQUEST -> ACK, with retransmissions; a NAK sends the
+/// client back to DISCOVER (as iPXE and PXE ROMs do), at most [`NAK_RESTARTS`] times.
 async fn dora(
     sock: &UdpSocket,
     rx: &mut mpsc::UnboundedReceiver<Message>,
@@ -256,45 +293,60 @@ async fn dora(
 ) -> Result<Lease> {
     let bcast = SocketAddr::from((Ipv4Addr::BROADCAST, 67));
     let discover = request(MessageType::Discover, xid, mac, ipxe).to_vec()?;
-    let offer = exchange(sock, rx, &discover, bcast, MessageType::Offer)
-        .await
-        .context("no OFFER")?;
-    let server = match offer.opts().get(OptionCode::ServerIdentifier) {
-        Some(DhcpOption::ServerIdentifier(s)) => *s,
-        _ => bail!("OFFER without server identifier"),
-    };
-    let mut req = request(MessageType::Request, xid, mac, ipxe);
-    req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
-    req.opts_mut().insert(DhcpOption::ServerIdentifier(server));
-    let ack = exchange(sock, rx, &req.to_vec()?, bcast, MessageType::Ack)
-        .await
-        .context("no ACK")?;
-    let file = match ack.opts().get(OptionCode::BootfileName) {
-        Some(DhcpOption::BootfileName(f)) => f.clone(),
-        _ => ack.fname().unwrap_or_default().to_vec(),
-    };
-    let file = String::from_utf8_lossy(&file).trim_end_matches('\0').to_string();
-    if file.is_empty() {
-        bail!("ACK without a boot file name");
+    for _ in 0..=NAK_RESTARTS {
+        let offer = exchange(sock, rx, &discover, bcast, MessageType::Offer)
+            .await
+            .context("no OFFER")?
+            .context("NAK to DISCOVER")?;
+        let server = match offer.opts().get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(s)) => *s,
+            _ => bail!("OFFER without server identifier"),
+        };
+        let mut req = request(MessageType::Request, xid, mac, ipxe);
+        req.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        req.opts_mut().insert(DhcpOption::ServerIdentifier(server));
+        let Some(ack) = exchange(sock, rx, &req.to_vec()?, bcast, MessageType::Ack)
+            .await
+            .context("no ACK")?
+        else {
+            continue;
+        };
+        let file = match ack.opts().get(OptionCode::BootfileName) {
+            Some(DhcpOption::BootfileName(f)) => f.clone(),
+            _ => ack.fname().unwrap_or_default().to_vec(),
+        };
+        let file = String::from_utf8_lossy(&file)
+            .trim_end_matches('\0')
+            .to_string();
+        if file.is_empty() {
+            bail!("ACK without a boot file name");
+        }
+        return Ok(Lease {
+            ip: ack.yiaddr(),
+            server,
+            siaddr: ack.siaddr(),
+            file,
+        });
     }
-    Ok(Lease { ip: ack.yiaddr(), server, siaddr: ack.siaddr(), file })
+    bail!("NAK after {NAK_RESTARTS} restarts")
 }
 
-/// Sends `packet` until a reply of type `want` arrives (a NAK fails at once).
+/// Sends `packet` until a reply of type `want` arrives; `None` for a NAK.
 async fn exchange(
     sock: &UdpSocket,
     rx: &mut mpsc::UnboundedReceiver<Message>,
     packet: &[u8],
     to: SocketAddr,
     want: MessageType,
-) -> Result<Message> {
+) -> Result<Option<Message>> {
     for wait in DHCP_WAITS {
         sock.send_to(packet, to).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
         while let Ok(Some(m)) = tokio::time::timeout_at(deadline, rx.recv()).await {
             match m.opts().get(OptionCode::MessageType) {
-                Some(DhcpOption::MessageType(t)) if *t == want => return Ok(m),
-                Some(DhcpOption::MessageType(MessageType::Nak)) => bail!("NAK"),
+                Some(DhcpOption::MessageType(t)) if *t == want => return Ok(Some(m)),
+                Some(DhcpOption::MessageType(MessageType::Nak)) => return Ok(None),
                 _ => {}
             }
         }
@@ -399,7 +451,10 @@ async fn http_boot(local: Ipv4Addr, url: &str) -> Result<u64> {
         if u.host() != uri.host() || u.port_u16().unwrap_or(80) != port {
             bail!("{u} is on another server");
         }
-        total += get(&mut send, &u, Some(usize::MAX)).await.with_context(|| u.to_string())?.0;
+        total += get(&mut send, &u, Some(usize::MAX))
+            .await
+            .with_context(|| u.to_string())?
+            .0;
         fetched += 1;
     }
     if fetched < 2 {
@@ -416,7 +471,10 @@ async fn get(
 ) -> Result<(u64, Vec<u8>)> {
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, uri.authority().map(|a| a.as_str()).unwrap_or(""))
+        .header(
+            hyper::header::HOST,
+            uri.authority().map(|a| a.as_str()).unwrap_or(""),
+        )
         .header(hyper::header::CONNECTION, "keep-alive")
         .body(Empty::<Bytes>::new())?;
     send.ready().await?;

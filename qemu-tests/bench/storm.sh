@@ -19,7 +19,9 @@
 # ping here; a real PXE client does not, and dnsmasq would wait up to 3 s per new
 # lease) and tftp-max=1000 (default 50 concurrent transfers); nginx with sendfile, 2
 # workers, 4096 connections each, no access log. Needs root, dnsmasq, nginx.
-# Env: BIN (boot-server), STORM_CLIENT (pxestorm), R.
+# Env: BIN (boot-server), STORM_CLIENT (pxestorm), R, STORM_ONLY="boot-server" or
+# "conventional", STORM_KEEP=1 (keep the work dir: logs, configs),
+# STORM_DNSMASQ_EXTRA (more dnsmasq.conf lines, e.g. log-dhcp).
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -43,11 +45,14 @@ done
 td="${CARGO_TARGET_DIR:-$repo/target}"
 BIN="${BIN:-$td/release/boot-server}"
 STORM_CLIENT="${STORM_CLIENT:-$td/release/examples/pxestorm}"
-if [ ! -x "$STORM_CLIENT" ] || [ ! -x "$BIN" ]; then
+if [ -z "${BENCH_PREBUILT:-}" ] && { [ ! -x "$STORM_CLIENT" ] || [ ! -x "$BIN" ]; }; then
     echo "== building boot-server and the storm client (release)"
     (cd "$repo" && cargo build --quiet --release -p boot-server --bin boot-server --example pxestorm) \
         || { t_fail "storm: build"; t_summary; exit 1; }
 fi
+for x in "$BIN" "$STORM_CLIENT"; do
+    [ -x "$x" ] || { t_fail "storm: $x not built (cargo build --release -p boot-server --bin boot-server --example pxestorm)"; t_summary; exit 1; }
+done
 lab="$repo/images/build/lab"
 [ -s "$lab/vmlinuz" ] && [ -s "$lab/initrd.img" ] || { t_fail "storm: no lab image (images/build-lab-image.sh)"; t_summary; exit 1; }
 cmdline="$(sed -n 's/^cmdline *= *"\([^"]*\)".*/\1/p' "$repo/images/lab/image.toml")"
@@ -145,6 +150,7 @@ dhcp-lease-max=4096
 dhcp-leasefile=$d/dnsmasq.leases
 dhcp-authoritative
 no-ping
+${STORM_DNSMASQ_EXTRA:-}
 pid-file=$d/dnsmasq.pid
 user=root
 enable-tftp
@@ -190,6 +196,16 @@ EOF
     server_pids="$dp $np $(cat /proc/"$np"/task/*/children 2>/dev/null)"
 }
 
+# CPU seconds (user + system) summed over the server's processes.
+server_cpu() {
+    local p t=0 v
+    for p in $server_pids; do
+        v="$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null)"
+        t=$((t + ${v:-0}))
+    done
+    awk -v t="$t" 'BEGIN { printf "%.2f", t / 100 }'
+}
+
 # Peak RSS (VmHWM) summed over the server's processes, in MiB.
 peak_rss() {
     local p kb=0 v
@@ -203,28 +219,30 @@ peak_rss() {
 field() { sed -nE "s/.*(^| )$1=([^ ]*).*/\\2/p" <<<"$2"; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else print a[int((NR+1)/2)]}'; }
 
-declare -A all=() p50=() p99=() fails=() rss=() ccpu=()
+declare -A all=() p50=() p99=() fails=() rss=() ccpu=() scpu=()
 echo "== storm: N=$n clients, R=$R rounds; client $STORM_CLIENT"
 for r in $(seq "$R"); do
-    for kind in boot-server conventional; do
+    for kind in ${STORM_ONLY:-boot-server conventional}; do
         net_up || { t_fail "storm: namespaces"; continue; }
         if [ "$kind" = boot-server ]; then start_boot_server; else start_conventional; fi \
             || { t_fail "storm: $kind starts (round $r)"; stop_servers; continue; }
         out="$(ip netns exec "$cli" "$STORM_CLIENT" -n "$n" --mac-byte "$r" --timeout 300 2>&1)"
         summary="$(grep '^clients=' <<<"$out")"
-        mem="$(peak_rss)"
+        mem="$(peak_rss)" cpu="$(server_cpu)"
+        threads="$(for p in $server_pids; do awk '/^Threads:/ {print $2}' "/proc/$p/status" 2>/dev/null; done | paste -sd+ | bc)"
         stop_servers
         grep '^FAIL' <<<"$out" | head -n 5 | sed "s/^/    $kind: /"
         if [ -z "$summary" ]; then
             t_fail "storm: $kind client gave no summary (round $r): $(tail -n 3 <<<"$out")"
             continue
         fi
-        echo "run $r $kind: all done $(field all_secs "$summary") s, p50 $(field p50_secs "$summary") s, p99 $(field p99_secs "$summary") s, failed $(field failed "$summary")/$n, peak RSS $mem MiB, client CPU $(field client_cpu_secs "$summary") s ($summary)"
+        echo "run $r $kind: all done $(field all_secs "$summary") s, p50 $(field p50_secs "$summary") s, p99 $(field p99_secs "$summary") s, failed $(field failed "$summary")/$n, peak RSS $mem MiB, server CPU $cpu s, server threads at the end $threads, client CPU $(field client_cpu_secs "$summary") s ($summary)"
         all[$kind]+=" $(field all_secs "$summary")"
         p50[$kind]+=" $(field p50_secs "$summary")"
         p99[$kind]+=" $(field p99_secs "$summary")"
         fails[$kind]+=" $(field failed "$summary")"
         rss[$kind]+=" $mem"
+        scpu[$kind]+=" $cpu"
         ccpu[$kind]+=" $(field client_cpu_secs "$summary")"
     done
 done
@@ -232,15 +250,21 @@ declare -A m=()
 for kind in boot-server conventional; do
     m[$kind]="$(median <<<"${all[$kind]:-}")"
     label="$kind"; [ "$kind" = conventional ] && label="dnsmasq+nginx"
-    echo "$label: all $n done $(median <<<"${all[$kind]:-}") s, p50 $(median <<<"${p50[$kind]:-}") s, p99 $(median <<<"${p99[$kind]:-}") s, failures$(echo "${fails[$kind]:-}" | tr -s ' ' | sed 's/ /,/2g') , peak RSS $(median <<<"${rss[$kind]:-}") MiB, client CPU $(median <<<"${ccpu[$kind]:-}") s (medians of $R)"
+    echo "$label: all $n done $(median <<<"${all[$kind]:-}") s, p50 $(median <<<"${p50[$kind]:-}") s, p99 $(median <<<"${p99[$kind]:-}") s, failures$(echo "${fails[$kind]:-}" | tr -s ' ' | sed 's/ /,/2g') , peak RSS $(median <<<"${rss[$kind]:-}") MiB, server CPU $(median <<<"${scpu[$kind]:-}") s, client CPU $(median <<<"${ccpu[$kind]:-}") s (medians of $R)"
 done
 if [ "${m[boot-server]}" != - ] && [ "${m[conventional]}" != - ]; then
     echo "ratio boot-server / dnsmasq+nginx (time until all $n done): $(awk -v a="${m[boot-server]}" -v b="${m[conventional]}" 'BEGIN { printf "%.2f", a / b }') ($(awk -v a="${m[boot-server]}" -v b="${m[conventional]}" 'BEGIN { printf "%.2f", b / a }')x faster)"
 fi
-for kind in boot-server conventional; do
+# boot-server must serve every client; the conventional stack's failures are a
+# figure (dnsmasq does not reserve what it offers: NAK races under a storm).
+for kind in ${STORM_ONLY:-boot-server conventional}; do
     total_fail=0
     for f in ${fails[$kind]:-}; do total_fail=$((total_fail + f)); done
     ran="$(wc -w <<<"${all[$kind]:-}")"
-    t_check "storm: $kind: $ran/$R rounds ran, $total_fail client failures" test "$ran" = "$R" -a "$total_fail" = 0
+    if [ "$kind" = boot-server ]; then
+        t_check "storm: $kind: $ran/$R rounds ran, $total_fail client failures" test "$ran" = "$R" -a "$total_fail" = 0
+    else
+        t_check "storm: $kind: $ran/$R rounds ran ($total_fail client failures)" test "$ran" = "$R"
+    fi
 done
 t_summary
