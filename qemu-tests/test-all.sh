@@ -97,6 +97,8 @@ if [ "$lab" = 1 ]; then
     suite lab-sanboot script "$here/test-sanboot.sh"
     suite lab-failover script "$here/test-failover.sh"
     suite lab-ui script "$here/test-ui.sh"
+    # Every benchmark once at a tiny size (does it still work; no figure is a claim).
+    suite bench-smoke script "$here/bench/all.sh" --smoke
 fi
 if [ "$fuzz" = 1 ]; then
     suite fuzz-smoke step env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" "$repo/boot-server/fuzz/smoke.sh"

@@ -4,6 +4,9 @@
 #            (OVMF, e1000) side by side network-boot the default image; both agents
 #            report ready with inventory and heartbeats; DHCP leases are recorded; a
 #            forged agent token is refused; stopping a guest marks its node failed.
+#            Beside them a UEFI HTTP boot guest (OVMF's own HTTPv4 boot: no NIC ROM,
+#            PXE off, DHCP option 60 HTTPClient answered with the loader's http://
+#            URL, no TFTP) reaches agent ready; prints power-on -> agent ready.
 #   proxy  : dnsmasq (own namespace on the same bridge) hands out addresses only;
 #            boot-server in proxy mode adds the boot answers; a BIOS guest boots.
 #   kexec  : an admin `node kexec` moves a running node to another image without
@@ -48,10 +51,12 @@ ok() { t_ok "$1"; }
 not_ok() { t_fail "$1"; }
 check() { t_check "$@"; }
 
-# Starts boot-server in the current lab with the lab config; $1 = dhcp mode.
+# Starts boot-server in the current lab with the lab config; $1 = dhcp mode,
+# more arguments are sed arguments editing the config.
 start_server() {
     state="$LAB_DIR/state"
-    lab_start_boot_server "$server" "$state" -e "s|^mode = \"full\"|mode = \"$1\"|" || return 1
+    local mode="$1"; shift
+    lab_start_boot_server "$server" "$state" -e "s|^mode = \"full\"|mode = \"$mode\"|" "$@" || return 1
     config="$LAB_SERVER_CONFIG"
 }
 cli() { "$server" --config "$config" "$@"; }
@@ -69,23 +74,44 @@ node_field() { cli node show "$1" --json | tr -d ' \n' | grep -o "\"$2\":[^,}]*"
 
 test_full() {
     lab_create full || { not_ok "full: lab namespace"; return; }
-    start_server full || { not_ok "full: server starts"; return; }
-    local bios=52:54:00:20:00:01 uefi=52:54:00:20:00:02
+    # Debian's /usr/lib/ipxe/ipxe.efi is a symlink to /boot, which the server's
+    # no-escape path rule refuses: the loaders are copied into the lab.
+    mkdir -p "$LAB_DIR/loaders"
+    cp -L /usr/lib/ipxe/undionly.kpxe /usr/lib/ipxe/ipxe.efi "$LAB_DIR/loaders/"
+    start_server full -e "s|^loaders_dir = .*|loaders_dir = \"$LAB_DIR/loaders\"|" \
+        || { not_ok "full: server starts"; return; }
+    local bios=52:54:00:20:00:01 uefi=52:54:00:20:00:02 hboot=52:54:00:20:00:03
     lab_start_guest --name bios --firmware bios --nic virtio-net-pci --mac "$bios" --stamp
     lab_start_guest --name uefi --firmware uefi --nic e1000 --mac "$uefi" --stamp
-    local tl
+    lab_start_guest --name hboot --firmware uefi --nic virtio-net-pci --mac "$hboot" --stamp --http-boot
+    local tl i
     tl="$(wait_ready "$bios" bios)"; echo "$tl"
     check "full: BIOS guest boots the default image and its agent reports ready" grep -q "agent    ready on lab" <<<"$tl"
     check "full: BIOS timeline shows dhcp, script, kernel, initrd" \
         bash -c 'grep -q " dhcp " <<<"$1" && grep -q " script " <<<"$1" && grep -q " kernel " <<<"$1" && grep -q " initrd " <<<"$1"' _ "$tl"
     tl="$(wait_ready "$uefi" uefi)"; echo "$tl"
     check "full: UEFI guest (OVMF) boots the default image and its agent reports ready" grep -q "agent    ready on lab" <<<"$tl"
+    # UEFI HTTP boot: the firmware's own DHCP (option 60 HTTPClient) gets the
+    # loader's URL; iPXE loaded over HTTP then boots the image as usual.
+    tl="$(wait_ready "$hboot" hboot)"; echo "$tl"
+    check "full: UEFI HTTP boot guest (OVMF HTTPv4, no NIC ROM) reaches agent ready" grep -q "agent    ready on lab" <<<"$tl"
+    check "full: the firmware's DHCP answer is the loader's http:// URL" \
+        grep -q "offer/ack -> http://$LAB_BRIDGE_ADDR:8080/loaders/ipxe.efi" <<<"$tl"
+    check "full: the firmware fetched its loader over HTTP" \
+        grep -q "Downloading...100%" "${LAB_GUEST_LOG[hboot]}"
+    check "full: no TFTP on the HTTP boot path" bash -c '! grep -q " tftp " <<<"$1"' _ "$tl"
+    # Seconds since QEMU's launch, from the time-stamped serial log.
+    local ts="$LAB_DIR/hboot.serial.ts" t_http="" t_ready=""
+    for i in $(seq 50); do grep -aq 'agent ready' "$ts" 2>/dev/null && break; sleep 0.1; done
+    t_http="$(grep -a -m1 'Start HTTP Boot' "$ts" | awk '{print $1}')"
+    t_ready="$(grep -a -m1 'agent ready' "$ts" | awk '{print $1}')"
+    echo "full: UEFI HTTP boot: power-on -> firmware HTTP boot start ${t_http:-?} s -> agent ready ${t_ready:-?} s"
     check "full: inventory says bios for the BIOS node" grep -q '"firmware":"bios"' <<<"$(cli node show "$bios" --json | tr -d ' \n')"
     check "full: inventory says uefi for the UEFI node" grep -q '"firmware":"uefi"' <<<"$(cli node show "$uefi" --json | tr -d ' \n')"
     local leases; leases="$(cli leases)"; echo "$leases"
     check "full: both guests hold durable leases" bash -c 'grep -q "$1" <<<"$3" && grep -q "$2" <<<"$3"' _ "$bios" "$uefi" "$leases"
     # Heartbeats keep arriving: the heartbeat timestamp moves.
-    local hb1 hb2 i
+    local hb1 hb2
     hb1="$(node_field "$bios" last_heartbeat_ms)"
     for i in $(seq 100); do hb2="$(node_field "$bios" last_heartbeat_ms)"; [ "$hb2" != "$hb1" ] && break; sleep 0.1; done
     check "full: live heartbeats ($hb1 -> $hb2)" test "$hb2" != "$hb1"

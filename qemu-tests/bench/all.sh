@@ -6,7 +6,10 @@
 #   qemu-tests/bench/all.sh            full sizes, medians of 5 (N) — outside CI, ~1 h
 #   qemu-tests/bench/all.sh --smoke    tiny sizes, one run each: does every bench still
 #                                      work? (CI's bench-smoke suite; prints
-#                                      `N passed, M failed, K skipped`; no figure is a claim)
+#                                      `N passed, M failed, K skipped`; no figure is a claim).
+#                                      Uses the cargo suite's release binaries (no
+#                                      build); UEFI boot runs the boot-server half only
+#                                      (BIOS runs both halves of the same script).
 # Env: N (runs per bench, default 5), ONLY="dhcp tftp ..." to pick benches.
 # Logs: qemu-tests/run/bench-all/<bench>.log. Needs root (benches use namespaces).
 set -uo pipefail
@@ -14,6 +17,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 smoke=0
 [ "${1:-}" = --smoke ] && smoke=1
+# The smoke (CI) uses the binaries the cargo suite built: a bench's own cargo
+# build may differ in features from the workspace build and recompile for minutes.
+[ "$smoke" = 1 ] && export BENCH_PREBUILT=1
 n="${N:-5}"
 out="$repo/qemu-tests/run/bench-all"
 mkdir -p "$out"
@@ -26,9 +32,10 @@ benches=(
   "dhcp|$here/dhcp.sh 25000 10 50000|$here/dhcp.sh 500 2 500|^ratio |exchanges/s|per exchange"
   "tftp|env N=$n $here/tftp.sh|env N=1 SIZE_MB=4 BLKSIZES=1468 WINDOWS=4 $here/tftp.sh|ratio boot-tftp"
   "http|env C=500 R=$n $here/http.sh|env C=5 R=1 $here/http.sh|^ratio |^(boot-server|nginx) "
+  "storm|env R=$n $here/storm.sh 500|$here/storm.sh --smoke|^ratio |^(boot-server|dnsmasq\+nginx): "
   "nbd|env N=$n $here/nbd.sh|env N=1 SIZE_MB=16 $here/nbd.sh|^ratio |MB/s"
   "boot-bios|$here/boot.sh -n $n --kernels lab|$here/boot.sh -n 1|^(median|ratio) "
-  "boot-uefi|$here/boot.sh -n $n --firmware uefi|$here/boot.sh -n 1 --firmware uefi|^(median|ratio) "
+  "boot-uefi|$here/boot.sh -n $n --firmware uefi|$here/boot.sh -n 1 --firmware uefi --only server|^(median|ratio) "
   "reprovision|$here/reprovision.sh -n $n|$here/reprovision.sh -n 1|^median "
 )
 [ -x "$here/iscsi.sh" ] && benches+=("iscsi|env N=$n $here/iscsi.sh|env N=1 SMOKE=1 $here/iscsi.sh|^ratio |MB/s|IOPS")

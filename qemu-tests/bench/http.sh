@@ -23,8 +23,11 @@ for t in curl nginx; do
   command -v "$t" >/dev/null || { echo "http bench: $t not installed (apt-get install curl nginx-light)" >&2; exit 1; }
 done
 if [ -z "${BIN:-}" ]; then
-  echo "== building boot-server (release)"
-  (cd "$repo" && cargo build --quiet --release -p boot-server)
+  # BENCH_PREBUILT=1 (CI's bench smoke): use what the cargo suite built.
+  if [ -z "${BENCH_PREBUILT:-}" ]; then
+    echo "== building boot-server (release)"
+    (cd "$repo" && cargo build --quiet --release -p boot-server)
+  fi
   BIN="${CARGO_TARGET_DIR:-$repo/target}/release/boot-server"
 fi
 

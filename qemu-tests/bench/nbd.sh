@@ -27,8 +27,11 @@ for t in "${need[@]}"; do
   command -v "$t" >/dev/null || { echo "nbd bench: $t not installed" >&2; exit 1; }
 done
 
-echo "== building boot-server (release)"
-(cd "$repo" && cargo build --quiet --release -p boot-server --bin boot-server)
+# BENCH_PREBUILT=1 (CI's bench smoke): use what the cargo suite built.
+if [ -z "${BENCH_PREBUILT:-}" ]; then
+  echo "== building boot-server (release)"
+  (cd "$repo" && cargo build --quiet --release -p boot-server --bin boot-server)
+fi
 target=${CARGO_TARGET_DIR:-$repo/target}
 bs="$target/release/boot-server"
 
@@ -57,9 +60,6 @@ enabled = false
 [nbd]
 listen = "127.0.0.1:0"
 EOF
-"$bs" --config "$work/bs.toml" disk add-base bench "$work/base.raw" >/dev/null
-"$bs" --config "$work/bs.toml" disk create empty --base bench >/dev/null
-token=$("$bs" --config "$work/bs.toml" admin-token)
 RUST_LOG=warn,boot_server=info "$bs" --config "$work/bs.toml" serve 2> "$work/bs.log" &
 pids+=($!)
 kit_port=$(free_port)
@@ -70,6 +70,10 @@ pids+=($!)
 for _ in $(seq 300); do grep -q 'boot-server ready:' "$work/bs.log" 2>/dev/null && break; sleep 0.1; done
 nbd=$(sed -n 's/.*boot-server ready:.* nbd=\([0-9.:]*\).*/\1/p' "$work/bs.log")
 [ -n "$nbd" ] || { echo "boot-server did not start:"; cat "$work/bs.log"; exit 1; }
+# The admin CLI talks to the running server (its admin socket).
+"$bs" --config "$work/bs.toml" disk add-base bench "$work/base.raw" >/dev/null
+"$bs" --config "$work/bs.toml" disk create empty --base bench >/dev/null
+token=$("$bs" --config "$work/bs.toml" admin-token)
 kit="nbd://127.0.0.1:$kit_port/"
 for _ in $(seq 100); do nbdinfo --size "$kit" >/dev/null 2>&1 && break; sleep 0.1; done
 

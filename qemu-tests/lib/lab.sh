@@ -30,6 +30,12 @@
 #       --stamp              also write NAME.serial.ts: every serial line prefixed
 #                            with seconds since QEMU launch (phase breakdowns)
 #       --extra "ARGS"       more QEMU arguments (word-split)
+#       --no-rom             no option ROM on the NIC (romfile=): under OVMF the
+#                            firmware's own network stack (PXE / HTTP boot) drives it
+#                            instead of the iPXE ROM QEMU ships for the NIC
+#       --http-boot          UEFI HTTP boot: --no-rom, and OVMF's PXE and IPv6 are
+#                            switched off (fw_cfg), so its only network boot option
+#                            is HTTPv4 (DHCP with option 60 HTTPClient, URL answer)
 #       --reboot             a guest reboot restarts the machine (default: QEMU exits)
 #     sets LAB_GUEST_PID[NAME], LAB_GUEST_LOG[NAME] (serial log), LAB_GUEST_T0[NAME]
 #   lab_wait_console GUEST REGEX TIMEOUT
@@ -150,7 +156,7 @@ lab_spawn() {
 
 lab_start_guest() {
     local name="" fw=bios nic=virtio-net-pci mac="" tap="" kernel="" initrd="" append=""
-    local mem=512 extra="" sga=0 stamp=0 reboot=-no-reboot
+    local mem=512 extra="" sga=0 stamp=0 reboot=-no-reboot rom=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --name) name="$2"; shift 2 ;;
@@ -166,6 +172,11 @@ lab_start_guest() {
             --sga) sga=1; shift ;;
             --stamp) stamp=1; shift ;;
             --reboot) reboot=""; shift ;;
+            --no-rom) rom=",romfile="; shift ;;
+            --http-boot) rom=",romfile="
+                extra="$extra -fw_cfg name=opt/org.tianocore/IPv4PXESupport,string=no"
+                extra="$extra -fw_cfg name=opt/org.tianocore/IPv6Support,string=no"
+                shift ;;
             *) lab_log "lab_start_guest: unknown option $1"; return 1 ;;
         esac
     done
@@ -195,7 +206,7 @@ lab_start_guest() {
         local bootidx=""
         [ -z "$kernel" ] && bootidx=",bootindex=1"
         args+=(-netdev "tap,id=n0,ifname=$tap,script=no,downscript=no"
-            -device "$nic,netdev=n0,mac=$mac$bootidx")
+            -device "$nic,netdev=n0,mac=$mac$bootidx$rom")
     fi
     if [ -n "$kernel" ]; then
         args+=(-kernel "$kernel")

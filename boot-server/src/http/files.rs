@@ -3,10 +3,14 @@
 //! `Range` requests answered with 206 for HTTP SAN boot. Paths are resolved by
 //! the same no-escape rule as TFTP ([`boot_fs::resolve_path`]).
 //!
-//! Bodies are read with positioned reads of [`CHUNK`] bytes on the blocking
-//! pool, one chunk at a time and only when hyper asks for more (its write
-//! queue is bounded by the listener's `max_buf_size`), so memory per
-//! download is a few chunks however many nodes boot at once. The previous
+//! Bodies are read with positioned reads of [`CHUNK`] bytes, one chunk at a
+//! time and only when hyper asks for more (its write queue is bounded by the
+//! listener's `max_buf_size`), so memory per download is a few chunks however
+//! many nodes boot at once. A chunk the page cache holds is read right on the
+//! async worker (`preadv2` with `RWF_NOWAIT` never waits for the disk); only
+//! a chunk that needs the disk goes to the blocking pool. In a boot storm every
+//! node reads the same cached image, and the hand-off per chunk to the blocking
+//! pool and back cost more CPU than the read itself. The previous
 //! `ReaderStream` over `tokio::fs::File` held a 256 KiB stream buffer plus
 //! tokio's own file buffer per download (500 downloads: 307 MB RSS).
 //! tower-http's `ServeDir` is not used: it follows symlinks out of its root
@@ -84,8 +88,13 @@ fn file_body(file: std::fs::File, start: u64, count: u64) -> Body {
                 return None;
             }
             let want = left.min(CHUNK as u64) as usize;
-            let reader = file.clone();
-            let read = tokio::task::spawn_blocking(move || read_chunk(&reader, pos, want)).await;
+            let read = match read_cached(&file, pos, want) {
+                Some(chunk) => Ok(Ok(chunk)),
+                None => {
+                    let reader = file.clone();
+                    tokio::task::spawn_blocking(move || read_chunk(&reader, pos, want)).await
+                }
+            };
             match read {
                 Ok(Ok(chunk)) => {
                     let got = chunk.len() as u64;
@@ -98,6 +107,31 @@ fn file_body(file: std::fs::File, start: u64, count: u64) -> Body {
             }
         });
     Body::from_stream(chunks)
+}
+
+/// Up to `len` bytes at `pos` if the page cache holds them (at least the
+/// first page), without waiting for the disk; `None` when the read would
+/// block, the file system does not support `RWF_NOWAIT`, or it hit the end
+/// (the blocking path then reports the short file).
+fn read_cached(file: &std::fs::File, pos: u64, len: usize) -> Option<Bytes> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; len];
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let offset = libc::off_t::try_from(pos).ok()?;
+    // SAFETY: `iov` points at `buf`, which is `len` writable bytes and outlives
+    // the call; the descriptor is open for the lifetime of `file`.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    match n {
+        n if n > 0 => {
+            buf.truncate(n as usize);
+            Some(Bytes::from(buf))
+        }
+        // 0 (end of file), EAGAIN (not cached), EOPNOTSUPP, ENOSYS, EINTR, …
+        _ => None,
+    }
 }
 
 /// Exactly `len` bytes at `pos`; a file that shrank meanwhile is an error.

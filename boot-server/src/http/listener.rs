@@ -58,7 +58,9 @@ pub struct ListenerConfig {
     /// connections are dropped.
     pub shutdown_grace: Duration,
     /// hyper's per-connection buffer bound (request head and queued response
-    /// bytes); it bounds memory per download.
+    /// bytes); it bounds memory per download. One file chunk
+    /// ([`super::files::CHUNK`]): the socket's send buffer is the queue that
+    /// matters, and a 500-client storm peaked at 67 MiB RSS with 64 KiB.
     pub max_buf_size: usize,
 }
 
@@ -71,7 +73,7 @@ impl Default for ListenerConfig {
             send_stall_timeout: Duration::from_secs(60),
             request_body_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
-            max_buf_size: 64 * 1024,
+            max_buf_size: super::files::CHUNK,
         }
     }
 }
