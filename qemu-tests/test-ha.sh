@@ -5,16 +5,26 @@
 # database of the private cluster qemu-tests/lib/test-postgres.sh starts
 # (reached over its Unix socket, which every namespace sees).
 #   - servers: both register and heart-beat (`server list`), one is controller
+#   - images: only srv1's images directory holds the lab image; srv2 pulls
+#     its files by SHA-256 (verified) and serves identical bytes
 #   - wake: a command queued on server 1 reaches an agent long-polling
 #     server 2 within 100 ms (LISTEN/NOTIFY)
 #   - events: an event written by server 1 reaches server 2's long poll
 #   - dhcp: perfdhcp against both servers at once, same pool (relayed):
 #     every ACKed address is held by exactly one MAC in the database;
 #     exchanges/s of two servers and of one
-#   - takeover: kill -9 of the controller; the other takes over within 5 s
-#     (printed), `server list` shows the dead one down
-# Not covered yet (reported as skips): a QEMU guest booting with server 1
-# down, and a takeover during an environment scale-up.
+#   - takeover: srv1 is made the preferred controller (`server prefer`);
+#     kill -9 of it; srv2 takes over within 5 s (printed), `server list`
+#     shows the dead one down
+#   - boot with srv1 down: two BIOS TCG guests (MACs 52:54:00:61:01:0x) netboot
+#     from srv2 alone (DHCP, iPXE script and image over HTTP) and their agents
+#     reach `idle` (agent API on srv2)
+#   - takeover during a scale-up: srv1 comes back and takes the lease again
+#     (preferred); an environment (cold moves) is created for one node and scaled
+#     to two while its first node is being claimed, and srv1 is killed -9 at
+#     once; srv2 takes over within 5 s (printed) and finishes the scale-up (both
+#     slots ready on their nodes); the database holds no node in two slots and
+#     every node's slot agrees with its slot
 # Prints `N passed, M failed, K skipped` and its elapsed time. Needs root.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,7 +36,7 @@ bin=${BOOT_SERVER:-$target/release/boot-server}
 finish() { echo "elapsed: $(($(date +%s) - started)) s"; t_summary; exit $?; }
 
 [ "$(id -u)" = 0 ] || { t_skip "test-ha" "needs root (network namespaces)"; finish; }
-for tool in perfdhcp psql curl; do
+for tool in perfdhcp psql curl jq qemu-system-x86_64; do
   command -v "$tool" >/dev/null || { t_skip "test-ha" "$tool missing (qemu-tests/install-deps.sh)"; finish; }
 done
 [ -x "$bin" ] || (cd "$repo" && cargo build -q --release -p boot-server) || { t_fail "boot-server builds"; finish; }
@@ -64,16 +74,25 @@ for i in 1 2; do
 done
 
 admin=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-mkdir -p "$work/images/lab"
-head -c 300000 /dev/urandom >"$work/images/lab/vmlinuz"
-head -c 100000 /dev/urandom >"$work/images/lab/initrd.img"
-printf '%s\n' 'name = "lab"' 'version = "1"' 'kind = "linux"' 'kernel = "lab/vmlinuz"' \
-  'initrd = "lab/initrd.img"' 'cmdline = "console=ttyS0"' >"$work/images/lab/image.toml"
+# The lab image (built by images/build-lab-image.sh, as test-all does before
+# the lab suites): the default image, and the same files as the environment's.
+lab=$repo/images/build/lab
+[ -f "$lab/vmlinuz" ] && [ -f "$lab/initrd.img" ] || { t_fail "lab image built ($lab: images/build-lab-image.sh)"; finish; }
+# Only srv1 has them: srv2's images directory starts empty, and srv2 pulls
+# each file by its SHA-256 in the image table from srv1 (verified).
+mkdir -p "$work/images1/lab" "$work/images1/ha-env" "$work/images2"
+cp "$lab/vmlinuz" "$lab/initrd.img" "$work/images1/lab/"
+for img in lab ha-env; do
+  printf '%s\n' "name = \"$img\"" 'version = "1"' 'kind = "linux"' 'kernel = "lab/vmlinuz"' \
+    'initrd = "lab/initrd.img"' 'cmdline = "console=ttyS0 quiet cryptomgr.notests no_timer_check"' \
+    'archs = ["bios"]' >"$work/images1/$img/image.toml"
+done
 config() { # server number
-  printf '%s\n' "state_dir = \"$work/state$1\"" "images_dir = \"$work/images\"" \
+  printf '%s\n' "state_dir = \"$work/state$1\"" "images_dir = \"$work/images$1\"" \
     "server_ip = \"10.61.0.$1\"" 'interface = "eth0"' "admin_token = \"$admin\"" \
-    'trust_boot_network = true' 'default_image = "lab"' \
-    '[http]' 'listen = "0.0.0.0:8080"' '[tftp]' 'enabled = false' '[nbd]' 'enabled = false' \
+    'trust_boot_network = true' 'default_image = "lab"' 'loaders_dir = "/usr/lib/ipxe"' \
+    '[http]' 'listen = "0.0.0.0:8080"' '[tftp]' 'enabled = true' 'listen = "0.0.0.0:69"' '[nbd]' 'enabled = false' \
+    '[agent]' 'heartbeat_interval_secs = 2' 'heartbeat_timeout_secs = 10' \
     '[ra]' 'enabled = false' '[dhcp]' 'mode = "full"' 'proxy_port = 0' \
     '[[dhcp.subnet]]' 'network = "10.61.0.0/16"' 'range = ["10.61.1.0", "10.61.15.255"]' 'lease_secs = 3600' \
     '[store]' "url = \"$url\"" 'controller_ttl_ms = 3000' "server_name = \"srv$1\"" 'segment = "10.61.0.0/16"' \
@@ -84,6 +103,14 @@ start_server() { # number
     >"$work/s$1.out" 2>"$work/s$1.err" &
   pids+=($!); eval "pid$1=$!"
 }
+cli() { # server args... (the server's admin socket)
+  local s=$1; shift
+  "$bin" --config "$work/s$s.toml" "$@"
+}
+role_of() { # asking-server name -> controller | member | down | ""
+  api "$1" GET /api/servers 2>/dev/null | jq -r --arg n "$2" '.[] | select(.name == $n) | .role' 2>/dev/null
+}
+role_is() { [ "$(role_of "$1" "$2")" = "$3" ]; }
 api() { # server method path [curl args...]
   local s=$1 m=$2 p=$3; shift 3
   ip netns exec "$c" curl -sS -m 30 -X "$m" -H "authorization: Bearer $admin" "$@" "http://10.61.0.$s:8080$p"
@@ -102,7 +129,7 @@ if ! wait_up 1 || ! wait_up 2; then
 fi
 t_ok "both servers start on one PostgreSQL store"
 
-# --- registry: both listed, exactly one controller ---
+# --- registry: both listed, exactly one controller; srv1 preferred ---
 controller=""
 for _ in $(seq 1 50); do
   list=$(api 2 GET /api/servers)
@@ -113,7 +140,17 @@ for _ in $(seq 1 50); do
 done
 t_check "server list shows both servers up, one controller" [ "$n_up" = 2 -a "$n_ctl" = 1 ]
 ip netns exec "$s2" "$bin" --config "$work/s2.toml" server list | sed 's/^/    /'
-controller=$(echo "$list" | python3 -c 'import json,sys; print([s["name"] for s in json.load(sys.stdin) if s["role"]=="controller"][0])' 2>/dev/null)
+cli 2 server prefer srv1 >/dev/null || t_fail "server prefer srv1 accepted"
+for _ in $(seq 1 100); do [ "$(role_of 2 srv1)" = controller ] && break; sleep 0.1; done
+t_check "server prefer srv1 (given to srv2): srv1 holds the controller lease" [ "$(role_of 2 srv1)" = controller ]
+controller=srv1
+
+# --- images: srv2 pulled the lab image's files from srv1 by SHA-256 ---
+synced() { cmp -s "$lab/vmlinuz" "$work/images2/lab/vmlinuz" && cmp -s "$lab/initrd.img" "$work/images2/lab/initrd.img"; }
+for _ in $(seq 1 100); do synced && break; sleep 0.2; done
+t_check "srv2 (empty images directory) pulled the lab image's files from srv1, verified by SHA-256" synced
+code=$(ip netns exec "$c" curl -s -o "$work/k2" -w '%{http_code}' "http://10.61.0.2:8080/images/lab/vmlinuz")
+t_check "srv2 serves the pulled kernel, identical to srv1's ($code)" sh -c "[ $code = 200 ] && cmp -s '$lab/vmlinuz' '$work/k2'"
 
 # --- wake: a command queued on server 1 reaches an agent polling server 2 ---
 mac=52:54:00:61:00:01
@@ -200,7 +237,90 @@ for _ in $(seq 1 80); do
 done
 t_check "server list marks the killed server down" [ "$vrole" = down ]
 
-# Not built yet (issue 14): a guest booting to ready with server 1 down, and a
-# takeover in the middle of an environment scale-up. Not reported as skips: a skip
-# says a tool was missing, and these are simply not written.
+# --- boot with srv1 down: srv2 answers DHCP, the iPXE script, the image, the agent ---
+guests=()
+start_guest() { # name mac
+  local tap=${tag}$1
+  ip -n "$c" tuntap add dev "$tap" mode tap && ip -n "$c" link set "$tap" master br0 && ip -n "$c" link set "$tap" up
+  ip netns exec "$c" qemu-system-x86_64 -accel tcg -m 384 -smp 1 -display none -monitor none \
+    -serial "file:$work/$1.serial" -name "$1" -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" \
+    -device "virtio-net-pci,netdev=n0,mac=$2,bootindex=1" -boot n >"$work/$1.qemu.log" 2>&1 &
+  pids+=($!); guests+=("$1")
+}
+node_of() { echo "node-${1//:/}"; }
+idle_on() { # server node image
+  cli "$1" node show "$2" --json 2>/dev/null | jq -e --arg img "$3" \
+    '.state == "idle" and .booted_image == $img and .heartbeat != null' >/dev/null
+}
+wait_for() { # seconds cmd... (polled every 0.5 s)
+  local until=$(( $(date +%s) + $1 )); shift
+  while ! "$@"; do [ "$(date +%s)" -lt "$until" ] || return 1; sleep 0.5; done
+}
+diag() {
+  for g in "${guests[@]}"; do echo "--- console of $g:"; tr -d '\r' <"$work/$g.serial" | tail -n 6; done
+  for i in 1 2; do echo "--- srv$i log:"; tail -n 15 "$work/s$i.err"; done
+}
+g1=52:54:00:61:01:01 g2=52:54:00:61:01:02
+if [ "$victim" = 1 ] && [ "$vrole" = down ]; then
+  t1=$(date +%s%N)
+  start_guest g1 "$g1"; start_guest g2 "$g2"
+  ok=1
+  for m in "$g1" "$g2"; do wait_for 150 idle_on 2 "$(node_of "$m")" lab || ok=0; done
+  s=$(( ($(date +%s%N) - t1) / 1000000 ))
+  echo "    two guests netbooted from srv2 alone to agent idle in $s ms"
+  held=$(psql_ -d "$db" -c "SELECT count(*) FROM leases WHERE mac IN ('$g1', '$g2')")
+  t_check "with srv1 down two guests netboot from srv2 (DHCP, iPXE, image, agent API) to idle (${s} ms, $held leases)" \
+    [ "$ok" = 1 -a "$held" = 2 ]
+  [ "$ok" = 1 ] || diag
+else
+  t_fail "boot with srv1 down: srv1 was not the controller killed above"; ok=0
+fi
+
+# --- kill -9 of the controller during an environment scale-up ---
+slots_json() { cli 2 slot list hax --json 2>/dev/null; }
+claiming() { slots_json | jq -e '[.[] | select(.node != null)] | length >= 1' >/dev/null; }
+scaled() { slots_json | jq -e '([.[] | select(.node != null and .step == "ready")] | length) == 2' >/dev/null; }
+if [ "$ok" = 1 ]; then
+  start_server 1
+  wait_up 1 || t_fail "srv1 restarts"
+  wait_for 10 role_is 2 srv1 controller
+  t_check "srv1 back: it takes the controller lease again (preferred)" [ "$(role_of 2 srv1)" = controller ]
+  t2=$(date +%s%N)
+  mkdir -p "$work/hooks"; printf '#!/bin/sh\nexit 0\n' >"$work/hooks/start"
+  cli 2 env create hax --image ha-env --min 1 --nodes 1 --max 2 --boot cold --hostname-pattern 'hax-{slot}' \
+    --hook "start=$work/hooks/start" >/dev/null \
+    || t_fail "env create hax accepted"
+  wait_for 20 claiming || t_fail "srv1's engine claims a node for hax"
+  cli 2 env scale hax 2 >/dev/null || t_fail "env scale hax 2 accepted"
+  at_kill=$(slots_json | jq -r '[.[] | "\(.index):\(.node // "-"):\(.step)"] | join(" ")')
+  t0=$(date +%s%N)
+  kill -9 "$pid1"
+  took=""
+  for _ in $(seq 1 100); do
+    if [ "$(role_of 2 srv2)" = controller ]; then took=$(( ($(date +%s%N) - t0) / 1000000 )); break; fi
+    sleep 0.05
+  done
+  echo "    slots when srv1 was killed: $at_kill; srv2 took over after ${took:-none} ms"
+  t_check "kill -9 of srv1 during the scale-up: srv2 takes over within 5 s (${took:-never} ms)" \
+    sh -c "[ -n '$took' ] && [ '$took' -le 5000 ]"
+  if wait_for 150 scaled; then
+    s=$(( ($(date +%s%N) - t2) / 1000000 ))
+    t_ok "srv2 completes the scale-up: hax has 2 ready slots ($s ms from env create)"
+  else
+    t_fail "srv2 completes the scale-up: hax has 2 ready slots"
+    slots_json | jq -c '.[]'; diag
+  fi
+  # The database: no node in two slots, no slot row twice, every node's
+  # environment and slot agree with the slot that holds it.
+  twice=$(psql_ -d "$db" -c "SELECT count(*) FROM (SELECT node FROM slots WHERE node IS NOT NULL GROUP BY node HAVING count(*) > 1) d")
+  held=$(psql_ -d "$db" -c "SELECT count(DISTINCT node) || '/' || count(*) FROM slots WHERE environment = 'hax' AND node IS NOT NULL")
+  bad=$(jq -n -r --argjson s "$(cli 2 slot list --json)" --argjson n "$(cli 2 node list --json)" '
+    ($n[] | select(.environment != null) | . as $x | [$s[] | select(.node == $x.id)] as $h
+      | select(($h | length) != 1 or $h[0].environment != $x.environment or $h[0].index != $x.slot) | $x.id),
+    ($s[] | select(.node != null) | . as $y | [$n[] | select(.id == $y.node)][0] as $x
+      | select($x == null or $x.environment != $y.environment or $x.slot != $y.index) | "\($y.environment)/\($y.index)")' 2>&1)
+  echo "    database after the takeover: nodes held by two slots $twice; hax holds $held (distinct/slots); disagreements: ${bad:-none}"
+  t_check "no node is held by two slots and no slot by two nodes (database: $twice, hax $held)" \
+    [ "$twice" = 0 -a "$held" = 2/2 -a -z "$bad" ]
+fi
 finish

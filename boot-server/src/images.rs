@@ -166,6 +166,19 @@ impl ImageFiles {
         }
     }
 
+    /// The path (under the images directory) of an image file whose recorded
+    /// SHA-256 is `sha256` (lowercase hex), if any image has one.
+    pub fn path_by_digest(&self, sha256: &str) -> Option<String> {
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<&String> = files
+            .iter()
+            .filter(|(_, k)| k.sha256 == sha256)
+            .map(|(p, _)| p)
+            .collect();
+        found.sort();
+        found.first().map(|p| p.to_string())
+    }
+
     /// Checks `rel` (a path under the images directory) before it is served:
     /// re-hashes it only when its size or modification time moved since the
     /// last verification.

@@ -23,6 +23,7 @@ pub mod events;
 pub mod fsutil;
 pub mod http;
 pub mod images;
+pub mod imagesync;
 pub mod iscsi;
 pub mod metrics;
 pub mod model;

@@ -342,6 +342,15 @@ pub async fn run(mut config: Config) -> Result<()> {
             pg.listen(),
         ));
         ready.push("peers=listen".into());
+        // Image files follow the table: what this server lacks it pulls from
+        // the others (by SHA-256, verified); peers find it at its public URL.
+        let sync = crate::imagesync::ImageSync::new(control.clone(), &config.store.server_name())?;
+        tasks.spawn(sync.run());
+        ready.push(format!(
+            "{}{}",
+            crate::imagesync::URL_PREFIX,
+            config.public_url()
+        ));
     }
     if alerting {
         ready.push("alerts=on".into());

@@ -61,6 +61,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     r.route("/boot.ipxe", get(chain_script))
         .route("/ipxe/{mac}", get(node_script))
         .route("/images/{*path}", get(image_file).head(image_file))
+        .route(
+            "/files/sha256/{digest}",
+            get(file_by_digest).head(file_by_digest),
+        )
         .route("/loaders/{*path}", get(loader_file).head(loader_file))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(if state.control.config.agent.tls_listen.is_some() {
@@ -264,6 +268,41 @@ async fn image_file(
         });
     }
     response
+}
+
+/// An image file by its recorded SHA-256 (what other servers pull,
+/// crate::imagesync): served only while it still matches that digest.
+async fn file_by_digest(
+    State(s): State<Arc<AppState>>,
+    Path(digest): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let c = &s.control;
+    let digest = digest.to_ascii_lowercase();
+    let Some(rel) = c.image_files.path_by_digest(&digest) else {
+        return (StatusCode::NOT_FOUND, "no image file has this SHA-256\n").into_response();
+    };
+    let files = c.image_files.clone();
+    let p = rel.clone();
+    let integrity = tokio::task::spawn_blocking(move || files.check(&p))
+        .await
+        .unwrap_or(Integrity::Unlisted);
+    if let Integrity::Changed { image, reason } = integrity {
+        tracing::error!(path = %rel, %image, %reason, "image file changed since it was added: not serving it to a peer");
+        return (
+            StatusCode::CONFLICT,
+            "image file does not match its manifest\n",
+        )
+            .into_response();
+    }
+    files::serve(
+        std::slice::from_ref(&c.config.images_dir),
+        &rel,
+        &method,
+        &headers,
+    )
+    .await
 }
 
 async fn loader_file(

@@ -40,8 +40,10 @@ impl PgStore {
     /// Takes the controller lease if it is free (expired), or renews it if
     /// `holder` holds it with `held`. Returns the fence while held. Server
     /// `name` neither takes nor renews it while another server is the
-    /// preferred controller and up (a candidate whose heartbeat is younger
-    /// than [`SERVER_DOWN_AFTER_MS`]).
+    /// preferred controller and up: a candidate whose heartbeat is younger
+    /// than the lease time (at most [`SERVER_DOWN_AFTER_MS`]), so that a dead
+    /// preferred controller is replaced as fast as any other (its heartbeat
+    /// goes stale with its lease, not 5 s later).
     pub async fn claim_controller(
         &self,
         holder: &str,
@@ -51,6 +53,7 @@ impl PgStore {
     ) -> Result<Option<Fence>> {
         let held = held.map(|f| f.0 as i64).unwrap_or(-1);
         let ttl_s = ttl.as_secs_f64();
+        let preferred_up_ms = (ttl.as_millis() as i64).min(SERVER_DOWN_AFTER_MS);
         let row = self
             .client()
             .await?
@@ -71,7 +74,7 @@ impl PgStore {
                  WHERE id = 1 AND NOT preferred.elsewhere
                    AND ((holder = $1 AND fence = $2) OR expires_at <= now())
                  RETURNING fence",
-                &[&holder, &held, &ttl_s, &name, &SERVER_DOWN_AFTER_MS],
+                &[&holder, &held, &ttl_s, &name, &preferred_up_ms],
             )
             .await?;
         Ok(row.map(|r| Fence(r.get::<_, i64>(0) as u64)))
