@@ -8,6 +8,11 @@
 # from the iBFT (iscsistart -b) and runs the root's init, which counts boots on the
 # disk and syncs. Each guest is then powered off and started again: the second boot
 # must see the first boot's record (`boot=2 previous="boot 1 firmware bios|uefi"`).
+# Agent attach: a third (BIOS) guest boots the lab image (kernel + initrd-iscsi.img,
+# `disk_transport = "iscsi"`) with its root on its own iSCSI overlay of the lab
+# rootfs: the initramfs's `node-agent attach-iscsi` logs in with the node's CHAP
+# login (iscsistart), mounts the disk and switches root; the agent reports ready; a
+# second boot (to its root's init) counts boots=2 on the same disk.
 # Prints `N passed, M failed, K skipped` and the elapsed time.
 # Usage: qemu-tests/test-sanboot.sh [--timeout S]
 # Needs root, the lab image's kernel (images/build-lab-image.sh), the packages of
@@ -61,6 +66,22 @@ printf 'name = "sanboot-base"\nversion = "1"\nkind = "sanboot"\narchs = ["bios",
 cli image add --server-path "$manifest" >/dev/null || t_fail "image add sanboot-base"
 cli disk add-base sanbase "$base" >/dev/null || t_fail "disk add-base"
 declare -A MAC=([bios]=52:54:00:15:00:01 [uefi]=52:54:00:15:00:02)
+# The lab image with its root over iSCSI (initrd with iscsistart).
+agent_mac=52:54:00:15:00:03
+lab_ird="$repo/images/build/lab/initrd-iscsi.img"
+if [ -f "$lab_ird" ] && [ -f "$repo/images/build/lab/rootfs.raw" ]; then
+    sed -e 's/^name = "lab"/name = "lab-iscsi"/' -e 's|^initrd = .*|initrd = "build/lab/initrd-iscsi.img"|' \
+        "$repo/images/lab/image.toml" > "$LAB_DIR/lab-iscsi.toml"
+    echo 'disk_transport = "iscsi"' >> "$LAB_DIR/lab-iscsi.toml"
+    cli image add --server-path "$LAB_DIR/lab-iscsi.toml" >/dev/null || t_fail "image add lab-iscsi"
+    cli disk add-base labroot "$repo/images/build/lab/rootfs.raw" >/dev/null || t_fail "disk add-base labroot"
+    cli disk create ov-agent --base labroot >/dev/null
+    cli node add --mac "$agent_mac" >/dev/null
+    cli disk attach ov-agent --node "$agent_mac" >/dev/null || t_fail "disk attach ov-agent"
+    cli assign --mac "$agent_mac" lab-iscsi >/dev/null
+else
+    agent_mac=""
+fi
 for fw in bios uefi; do
     mac="${MAC[$fw]}"
     cli disk create "ov-$fw" --base sanbase >/dev/null
@@ -101,8 +122,50 @@ boot() {
     done
     for fw in bios uefi; do lab_stop_guest "$fw$n"; done
 }
+# Polls the node's timeline (since T0_MS) until its agent is ready on lab-iscsi.
+agent_ready() {
+    local i
+    for i in $(seq $((timeout * 2))); do
+        tl="$(cli node timeline "$agent_mac" --since-ms "$1" 2>&1)"
+        grep -q "agent    ready on lab-iscsi" <<<"$tl" && return 0
+        sleep 0.5
+    done
+    return 1
+}
+# The agent attaches its root over iSCSI: boot N of the lab image to agent ready.
+agent_boot() {
+    local n="$1" g="agent$1"
+    lab_start_guest --name "$g" --firmware bios --mac "$agent_mac" --mem 384 --stamp
+    local t0_ms
+    t0_ms="$(awk -v t="${LAB_GUEST_T0[$g]}" 'BEGIN { printf "%.0f", t * 1000 }')"
+    if lab_wait_console "$g" "LAB-ROOT-NBD boots=" "$timeout" && [[ "$LAB_LINE" == *"boots=$n"* ]]; then
+        t_ok "lab guest, boot $n: node-agent attach-iscsi -> root on iSCSI, boots=$n (${LAB_ELAPSED}s)"
+        t_check "lab guest, boot $n: the agent logged in to its overlay's target" \
+            grep -aq "iscsi iqn.2026-12.boot-server:ov-agent attached as /dev/sd" "${LAB_GUEST_LOG[$g]}"
+        # Boot 1 runs to the agent's ready; boot 2 only has to see boot 1's write.
+        local tl=""
+        if [ "$n" = 2 ]; then
+            :
+        elif agent_ready "$t0_ms"; then
+            t_ok "lab guest, boot $n: its agent reports ready with its root on iSCSI ($(lab_secs "${LAB_GUEST_T0[$g]}" "$(lab_now)")s)"
+        else
+            t_fail "lab guest, boot $n: its agent reports ready"; echo "$tl"; dump "$g"
+        fi
+    else
+        t_fail "lab guest, boot $n: wanted 'LAB-ROOT-NBD boots=$n', saw '${LAB_LINE:-nothing}'"; dump "$g"
+    fi
+    lab_stop_guest "$g"
+}
 boot 1
 boot 2
+if [ -n "$agent_mac" ]; then
+    a0="$(date +%s.%N)"
+    agent_boot 1
+    agent_boot 2
+    echo "test-sanboot: lab image over iSCSI, two boots: $(awk -v a="$a0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+else
+    t_skip "lab image with its root over iSCSI" "no images/build/lab/initrd-iscsi.img (images/build-lab-image.sh with open-iscsi installed)"
+fi
 # The script fetch brought the node's target up: iPXE's first login was not refused
 # (a node whose lease is seconds old would otherwise wait for the export table's
 # next refresh and iPXE's 5 s retry).

@@ -2,7 +2,8 @@
 //! may open. A node opens only the overlays attached to it, by an export name
 //! holding a random secret, and only from the node's current address (its
 //! live lease or observed address, as [`BootPlan::node_address`] decides). The admin opens
-//! any overlay or base as `admin:<admin-token>:<name>`. Secrets (the admin token,
+//! any overlay or base as `admin:<admin-token>:<name>` (over iSCSI: every target, with
+//! CHAP user `admin` and the token as the secret, from any address). Secrets (the admin token,
 //! export names) are compared in constant time and logged only as fingerprints.
 //!
 //! The NBD crate asks synchronously, so the attachment table is a snapshot
@@ -65,6 +66,7 @@ pub struct NodeExports {
     store: Arc<dyn Store>,
     plan: Arc<BootPlan>,
     disks: Arc<DiskStore>,
+    admin_token: String,
     admin_prefix: String,
     table: RwLock<Table>,
     nbd: OnceLock<NbdHandle>,
@@ -83,6 +85,7 @@ impl NodeExports {
             store,
             plan,
             disks,
+            admin_token: admin_token.to_string(),
             admin_prefix: format!("admin:{admin_token}:"),
             table: RwLock::new(Table::default()),
             nbd: OnceLock::new(),
@@ -102,7 +105,11 @@ impl NodeExports {
     pub fn set_iscsi(&self, handle: boot_iscsi::IscsiHandle) {
         // Under the table lock, so that no refresh or revocation interleaves.
         let t = self.table.write().unwrap_or_else(|p| p.into_inner());
-        if self.iscsi.set(IscsiTargets::new(handle)).is_ok() {
+        if self
+            .iscsi
+            .set(IscsiTargets::new(handle, &self.admin_token))
+            .is_ok()
+        {
             if let Some(i) = self.iscsi.get() {
                 i.sync(t.reachable());
             }

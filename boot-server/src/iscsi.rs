@@ -15,6 +15,9 @@
 //!   RFC 7143 §12.1.3 wants the two directions to differ); an initiator that asks
 //!   for nothing more does one-way CHAP. Secrets are never logged; the log shows
 //!   fingerprints.
+//! * Admin: CHAP user [`ADMIN_USER`] with the admin token as its secret logs in to
+//!   every target from any address and lists every target in discovery (like NBD's
+//!   `admin:<token>:<name>`); mutual CHAP answers with [`admin_reverse_secret`].
 //! * The table follows the attachments: a refresh adds, changes and withdraws targets
 //!   (withdrawing leaves open sessions running, like an NBD export name that stops
 //!   working); a revocation (detach, fencing) also closes every session on the overlay.
@@ -55,6 +58,32 @@ pub fn chap_secret(export: &str) -> String {
 pub fn reverse_secret(export: &str) -> String {
     let d = Sha256::digest(format!("boot-server iSCSI reverse CHAP secret\0{export}").as_bytes());
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The CHAP user of the admin credential.
+pub const ADMIN_USER: &str = "admin";
+
+/// The secret the target proves itself with to the admin in mutual CHAP: 32 hex
+/// digits of SHA-256 over a fixed label and the admin token.
+pub fn admin_reverse_secret(admin_token: &str) -> String {
+    let d =
+        Sha256::digest(format!("boot-server iSCSI admin reverse CHAP\0{admin_token}").as_bytes());
+    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The admin's iSCSI credential: [`ADMIN_USER`] with the admin token as the secret
+/// (None when the token is too long for CHAP: 255 bytes).
+pub fn admin_chap(admin_token: &str) -> Option<Chap> {
+    (admin_token.len() <= 255).then(|| Chap {
+        initiator: ChapSecret {
+            user: ADMIN_USER.to_string(),
+            secret: admin_token.to_string(),
+        },
+        target: Some(ChapSecret {
+            user: "boot-server".to_string(),
+            secret: admin_reverse_secret(admin_token),
+        }),
+    })
 }
 
 /// What a node needs to log in to its overlay's target.
@@ -102,6 +131,23 @@ pub fn node_target(overlay: &str, node: &str, export: &str) -> Option<NodeTarget
     })
 }
 
+/// The `bootsrv.root=` value of a node whose root disk goes over iSCSI:
+/// `iscsi:IP:PORT:USER:SECRET:REVERSE-SECRET:TARGET` (the target name last: it holds
+/// colons; the reverse user is the target name). The node's agent logs in with it
+/// (mutual CHAP). Like the NBD export name on the same command line, it is a secret
+/// of that node's boot.
+pub fn root_spec(portal: std::net::SocketAddr, t: &NodeTarget) -> String {
+    format!(
+        "iscsi:{}:{}:{}:{}:{}:{}",
+        portal.ip(),
+        portal.port(),
+        t.chap_user,
+        t.chap_secret,
+        t.reverse_secret,
+        t.target
+    )
+}
+
 /// One attachment as the NBD export table sees it, reachable from `address`.
 pub struct Reachable<'a> {
     /// The overlay id.
@@ -120,8 +166,16 @@ pub struct IscsiTargets {
 }
 
 impl IscsiTargets {
-    /// Drives the server behind `handle`.
-    pub fn new(handle: IscsiHandle) -> IscsiTargets {
+    /// Drives the server behind `handle`, which accepts the admin credential of
+    /// `admin_token` ([`admin_chap`]) for every target.
+    pub fn new(handle: IscsiHandle, admin_token: &str) -> IscsiTargets {
+        let admin = admin_chap(admin_token);
+        if admin.is_none() {
+            tracing::warn!("admin token longer than 255 bytes: no admin access over iSCSI");
+        }
+        if let Err(e) = handle.set_admin(admin) {
+            tracing::warn!(error = %format!("{e:#}"), "no admin access over iSCSI");
+        }
         IscsiTargets { handle }
     }
 

@@ -456,16 +456,43 @@ impl BootPlan {
         if let Some(pin) = &self.agent_tls_pin {
             cmdline.push_str(&format!(" {}={pin}", boot_proto::cmdline::TLS_PIN));
         }
-        // A virtual disk attached to the node becomes its root file system.
-        if let (true, Some(ip)) = (self.config.nbd.enabled, self.config.server_ip) {
-            let attached = self.store.disk_attachments().await?;
-            if let Some(disk) = attached.iter().find(|a| a.node == node.id) {
-                let port = self.config.nbd.listen.port();
-                cmdline.push_str(&format!(
-                    " {}=nbd:{ip}:{port}:{}",
-                    boot_proto::cmdline::ROOT,
-                    disk.export
-                ));
+        // A virtual disk attached to the node becomes its root file system, over the
+        // image's disk transport.
+        let attached = self.store.disk_attachments().await?;
+        if let Some(disk) = attached.iter().find(|a| a.node == node.id) {
+            match image.disk_transport {
+                crate::model::DiskTransport::Nbd => {
+                    if let (true, Some(ip)) = (self.config.nbd.enabled, self.config.server_ip) {
+                        let port = self.config.nbd.listen.port();
+                        cmdline.push_str(&format!(
+                            " {}=nbd:{ip}:{port}:{}",
+                            boot_proto::cmdline::ROOT,
+                            disk.export
+                        ));
+                    }
+                }
+                crate::model::DiskTransport::Iscsi => {
+                    let login = crate::iscsi::node_target(&disk.overlay, &node.id, &disk.export);
+                    if let (Some(portal), Some(login)) = (self.iscsi_portal(), login) {
+                        cmdline.push_str(&format!(
+                            " {}={}",
+                            boot_proto::cmdline::ROOT,
+                            crate::iscsi::root_spec(portal, &login)
+                        ));
+                        // The node may log in seconds after its lease: bring its
+                        // target up now rather than at the next refresh.
+                        if let Some(exports) = self.exports.get().and_then(std::sync::Weak::upgrade)
+                        {
+                            exports
+                                .refresh()
+                                .await
+                                .context("refreshing the iSCSI targets")?;
+                        }
+                    } else {
+                        tracing::warn!(node = node.id, image = image.name,
+                            "image wants its root over iSCSI, but iSCSI is off or the server has no address; no root disk");
+                    }
+                }
             }
         }
         Ok(LinuxBoot {

@@ -3,7 +3,9 @@
 //! login (and the target's reverse login for mutual CHAP); the login goes only to the
 //! node's own address, and libiscsi's initiator logs in with exactly what the script
 //! says (mutual CHAP, a wrong reverse secret refused). A sanboot image with a fixed
-//! `san_url` boots that shared URL without credentials.
+//! `san_url` boots that shared URL without credentials. A Linux image with
+//! `disk_transport = "iscsi"` hands the node's agent the same login on the kernel
+//! command line (`bootsrv.root=iscsi:...`).
 
 mod common;
 use common::*;
@@ -86,6 +88,10 @@ fn sanboot_script_logs_in_to_the_nodes_overlay_only_from_its_address() {
     );
     let base = dir.path().join("base.raw");
     std::fs::write(&base, random_bytes(1 << 20)).unwrap();
+    write_image(&images, "rootiscsi", &[]);
+    let m = images.join("rootiscsi/image.toml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, format!("{text}disk_transport = \"iscsi\"\n")).unwrap();
     let s = Server::start_in(dir, config);
     s.cli(&["default-image", "disk"]);
     s.cli(&["node", "add", "--mac", MAC]);
@@ -173,6 +179,17 @@ fn sanboot_script_logs_in_to_the_nodes_overlay_only_from_its_address() {
         "{script}"
     );
     assert!(!script.contains("set password"), "{script}");
+
+    // A Linux image whose root disk goes over iSCSI: the kernel command line names
+    // the portal, the node's login (mutual) and the target, for the agent's login.
+    s.cli(&["assign", "--mac", MAC, "rootiscsi"]);
+    let script = script_from(&s, "127.0.0.1", &format!("/ipxe/{MAC}"));
+    let root =
+        format!("bootsrv.root=iscsi:127.0.0.1:{port}:node-525400000051:{secret}:{reverse}:{iqn}");
+    assert!(
+        script.split_whitespace().any(|w| w == root),
+        "no {root} in {script}"
+    );
 
     // The secrets never reach the log.
     let log = s.log.lock().unwrap().join("\n");

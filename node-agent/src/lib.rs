@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod host;
 pub mod identity;
 pub mod inventory;
+pub mod iscsi;
 pub mod nbd;
 pub mod outbox;
 pub mod power;

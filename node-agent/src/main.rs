@@ -124,6 +124,22 @@ fn tool(args: &[String]) -> Option<anyhow::Result<String>> {
             }
             Ok(a.to_string())
         })(),
+        "attach-iscsi" => (|| {
+            let spec = get("--root").ok_or_else(|| anyhow::anyhow!("--root iscsi:..."))?;
+            let root = node_agent::iscsi::IscsiRoot::parse(&spec)?;
+            let wait = match get("--wait") {
+                Some(t) => t
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--wait {t:?}: {e}"))?,
+                None => 0,
+            };
+            let a = node_agent::iscsi::attach(
+                &root,
+                get("--mount").as_deref().map(std::path::Path::new),
+                std::time::Duration::from_secs(wait),
+            )?;
+            Ok(a.to_string())
+        })(),
         "detach-disk" => (|| {
             let index = get("--index").unwrap_or_else(|| "0".into()).parse()?;
             node_agent::nbd::netlink::disconnect(index)?;
@@ -184,7 +200,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if matches!(
         args.first().map(String::as_str),
-        Some("attach-disk" | "detach-disk" | "set-netboot" | "kexec")
+        Some("attach-disk" | "attach-iscsi" | "detach-disk" | "set-netboot" | "kexec")
     ) {
         init_logging();
     }

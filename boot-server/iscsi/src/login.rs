@@ -44,8 +44,12 @@ pub struct Chap {
 pub enum Lookup {
     /// No such target, or the peer's address may not reach it.
     NotFound,
-    /// The peer may log in, with this authentication (None: no authentication).
+    /// The peer may log in, with this authentication (None: no authentication);
+    /// the admin credential ([`Login::with_admin`]) is accepted too.
     Allowed(Option<Chap>),
+    /// The target exists but the peer's address may not reach it: only the admin
+    /// credential logs in.
+    AdminOnly,
 }
 
 /// Values this target offers / accepts.
@@ -136,6 +140,8 @@ pub struct Negotiated {
     pub exp_cmd_sn: u32,
     /// The CHAP user that authenticated, if any.
     pub chap_user: Option<String>,
+    /// Authenticated with the admin credential (sees and opens every target).
+    pub admin: bool,
 }
 
 /// Login status class/detail (RFC 7143 §11.13.5).
@@ -201,6 +207,16 @@ pub struct Login {
     auth: Auth,
     chap: Option<Chap>,
     chap_user: Option<String>,
+    /// The server-wide admin credential (accepted for every target, from anywhere).
+    admin: Option<Chap>,
+    /// Discovery: the credentials of the targets this peer may see.
+    discovery_chaps: Vec<Chap>,
+    /// The target is reachable by the admin credential only.
+    admin_only: bool,
+    /// Discovery settled on CHAP (the initiator preferred it).
+    discovery_chap: bool,
+    /// Authenticated with the admin credential.
+    is_admin: bool,
     kind: Option<SessionKind>,
     initiator: Option<String>,
     params: Params,
@@ -337,6 +353,11 @@ impl Login {
             auth: Auth::Start,
             chap: None,
             chap_user: None,
+            admin: None,
+            discovery_chaps: Vec::new(),
+            admin_only: false,
+            discovery_chap: false,
+            is_admin: false,
             kind: None,
             initiator: None,
             declared: false,
@@ -346,6 +367,21 @@ impl Login {
             isid: [0; 6],
             tsih: 0,
         }
+    }
+
+    /// Accepts `admin` for every target, from any address, and in discovery (where
+    /// it shows every target). `discovery_chaps` are the credentials of the targets
+    /// this peer may see: a discovery session offering CHAP first logs in with one of
+    /// them or with `admin`.
+    pub fn with_admin(mut self, admin: Option<Chap>, discovery_chaps: Vec<Chap>) -> Self {
+        self.admin = admin;
+        self.discovery_chaps = discovery_chaps;
+        self
+    }
+
+    /// Whether security negotiation must settle on CHAP.
+    fn wants_chap(&self) -> bool {
+        self.chap.is_some() || self.admin_only || self.discovery_chap
     }
 
     /// The peer address this login is for.
@@ -461,10 +497,14 @@ impl Login {
                 Some(SessionKind::Discovery) => self.chap = None,
                 Some(SessionKind::Normal(t)) => match lookup(&t) {
                     Lookup::NotFound => return self.fail(req, Status::NotFound),
+                    Lookup::AdminOnly if self.admin.is_none() => {
+                        return self.fail(req, Status::NotFound)
+                    }
+                    Lookup::AdminOnly => self.admin_only = true,
                     Lookup::Allowed(c) => self.chap = c,
                 },
             }
-            if self.chap.is_none() && csg == 1 {
+            if !self.wants_chap() && csg == 1 {
                 self.auth = Auth::Done;
             }
             if self.kind != Some(SessionKind::Discovery) {
@@ -481,7 +521,17 @@ impl Login {
                 "InitiatorName" | "InitiatorAlias" | "TargetName" | "SessionType" => {}
                 "AuthMethod" if csg == 0 => {
                     let offered: Vec<&str> = v.split(',').collect();
-                    let want = if self.chap.is_some() { "CHAP" } else { "None" };
+                    // Discovery: CHAP when the initiator prefers it and there is a
+                    // credential to check it against (the admin's, or a visible
+                    // target's); otherwise None, as before.
+                    if self.kind == Some(SessionKind::Discovery)
+                        && self.auth == Auth::Start
+                        && offered.first() == Some(&"CHAP")
+                        && (self.admin.is_some() || !self.discovery_chaps.is_empty())
+                    {
+                        self.discovery_chap = true;
+                    }
+                    let want = if self.wants_chap() { "CHAP" } else { "None" };
                     if self.auth != Auth::Start || !offered.contains(&want) {
                         out.push((k.clone(), "Reject".into()));
                         return self.fail(req, Status::AuthFailure);
@@ -508,7 +558,7 @@ impl Login {
             if let Err(st) = self.chap_step(&pairs, &mut out) {
                 return self.fail(req, st);
             }
-            if self.chap.is_none() && self.auth == Auth::Start {
+            if !self.wants_chap() && self.auth == Auth::Start {
                 // AuthMethod defaults to None.
                 self.auth = Auth::Done;
             }
@@ -540,6 +590,7 @@ impl Login {
                 stat_sn: self.stat_sn,
                 exp_cmd_sn: req.u32_at(24),
                 chap_user: self.chap_user.clone(),
+                admin: self.is_admin,
             };
             return Step::Done(resp, Box::new(neg));
         }
@@ -575,16 +626,34 @@ impl Login {
                 Ok(())
             }
             Auth::ChapR { id, challenge } => {
-                let chap = self.chap.clone().ok_or(Status::AuthFailure)?;
                 let (Some(n), Some(r)) = (get("CHAP_N"), get("CHAP_R")) else {
                     return Err(Status::AuthFailure);
                 };
                 let r = parse_chap_binary(r).ok_or(Status::AuthFailure)?;
-                let expect = chap_response(id, chap.initiator.secret.as_bytes(), &challenge);
-                if n != chap.initiator.user || !ct_eq(&r, &expect) {
+                // The credentials this login accepts: the target's own (not for a
+                // target reachable by the admin only), a visible target's in
+                // discovery, and the admin's. Each one whose user is CHAP_N is
+                // checked (constant time), so a node named like the admin user
+                // still logs in with its own secret.
+                let mut candidates: Vec<(&Chap, bool)> = Vec::new();
+                if let Some(c) = self.chap.as_ref().filter(|_| !self.admin_only) {
+                    candidates.push((c, false));
+                }
+                if self.kind == Some(SessionKind::Discovery) {
+                    candidates.extend(self.discovery_chaps.iter().map(|c| (c, false)));
+                }
+                if let Some(a) = &self.admin {
+                    candidates.push((a, true));
+                }
+                let matched = candidates.into_iter().find(|(c, _)| {
+                    let expect = chap_response(id, c.initiator.secret.as_bytes(), &challenge);
+                    n == c.initiator.user && ct_eq(&r, &expect)
+                });
+                let Some((chap, admin)) = matched else {
                     tracing::info!(peer = %self.peer, user = n, "CHAP authentication failed");
                     return Err(Status::AuthFailure);
-                }
+                };
+                let chap = chap.clone();
                 // Mutual CHAP: the initiator challenges us.
                 if let (Some(i), Some(c)) = (get("CHAP_I"), get("CHAP_C")) {
                     let t = chap.target.as_ref().ok_or(Status::AuthFailure)?;
@@ -603,6 +672,7 @@ impl Login {
                     return Err(Status::AuthFailure);
                 }
                 self.chap_user = Some(n.to_string());
+                self.is_admin = admin;
                 self.auth = Auth::Done;
                 Ok(())
             }
@@ -827,6 +897,172 @@ mod tests {
             &mut || 1,
         );
         assert!(matches!(r, Step::Fail(_, Status::AuthFailure)));
+    }
+
+    fn admin() -> Chap {
+        Chap {
+            initiator: ChapSecret {
+                user: "admin".into(),
+                secret: "adminsecret0123".into(),
+            },
+            target: Some(ChapSecret {
+                user: "boot-server".into(),
+                secret: "adminreverse0123".into(),
+            }),
+        }
+    }
+
+    /// A whole CHAP login (security, operational, full feature) to `first`'s target
+    /// or discovery, as `user` with `secret`; the Negotiated, or the failure status.
+    fn login(
+        lookup: Lookup,
+        admin: Option<Chap>,
+        discovery_chaps: Vec<Chap>,
+        first: &str,
+        user: &str,
+        secret: &str,
+    ) -> Result<Negotiated, Status> {
+        let lk = move |_: &str| lookup.clone();
+        let mut l = Login::new("10.0.0.9".parse().unwrap(), Limits::default())
+            .with_admin(admin, discovery_chaps);
+        let fail = |r: Step| match r {
+            Step::Fail(_, st) => Err(st),
+            r => panic!("{r:?}"),
+        };
+        let r = l.step(&req(0, 1, false, first), &lk, &mut || 1);
+        let Step::Reply(p) = r else { return fail(r) };
+        if get(&p, "AuthMethod").as_deref() != Some("CHAP") {
+            panic!("AuthMethod {:?}", get(&p, "AuthMethod"));
+        }
+        let r = l.step(&req(0, 1, false, "CHAP_A=5;"), &lk, &mut || 1);
+        let Step::Reply(p) = r else { return fail(r) };
+        let id: u8 = get(&p, "CHAP_I").unwrap().parse().unwrap();
+        let ch = parse_chap_binary(&get(&p, "CHAP_C").unwrap()).unwrap();
+        let resp = chap_response(id, secret.as_bytes(), &ch);
+        let t = format!(
+            "CHAP_N={user};CHAP_R={};CHAP_I=3;CHAP_C=0x0a0b0c0d;",
+            hex(&resp)
+        );
+        let r = l.step(&req(0, 1, true, &t), &lk, &mut || 1);
+        let Step::Reply(_) = r else { return fail(r) };
+        match l.step(&req(1, 3, true, ""), &lk, &mut || 1) {
+            Step::Done(_, n) => Ok(*n),
+            r => fail(r),
+        }
+    }
+
+    #[test]
+    fn admin_credential_opens_every_target_and_nothing_else_does() {
+        let normal = "InitiatorName=iqn.i;TargetName=iqn.x;AuthMethod=CHAP,None;";
+        // The node's own target from its address: node or admin credential.
+        let n = login(
+            Lookup::Allowed(Some(chap())),
+            Some(admin()),
+            vec![],
+            normal,
+            "u",
+            "initiatorsecret",
+        )
+        .unwrap();
+        assert!(!n.admin);
+        let n = login(
+            Lookup::Allowed(Some(chap())),
+            Some(admin()),
+            vec![],
+            normal,
+            "admin",
+            "adminsecret0123",
+        )
+        .unwrap();
+        assert!(n.admin);
+        assert_eq!(n.chap_user.as_deref(), Some("admin"));
+        // From another address: the admin only, and only when an admin is configured.
+        assert_eq!(
+            login(
+                Lookup::AdminOnly,
+                Some(admin()),
+                vec![],
+                normal,
+                "u",
+                "initiatorsecret"
+            )
+            .unwrap_err(),
+            Status::AuthFailure
+        );
+        assert!(
+            login(
+                Lookup::AdminOnly,
+                Some(admin()),
+                vec![],
+                normal,
+                "admin",
+                "adminsecret0123"
+            )
+            .unwrap()
+            .admin
+        );
+        assert_eq!(
+            login(
+                Lookup::AdminOnly,
+                Some(admin()),
+                vec![],
+                normal,
+                "admin",
+                "wrongsecret01"
+            )
+            .unwrap_err(),
+            Status::AuthFailure
+        );
+        assert_eq!(
+            login(
+                Lookup::AdminOnly,
+                None,
+                vec![],
+                normal,
+                "admin",
+                "adminsecret0123"
+            )
+            .unwrap_err(),
+            Status::NotFound
+        );
+        // Discovery preferring CHAP: the admin, or a visible target's credential.
+        let disc = "InitiatorName=iqn.i;SessionType=Discovery;AuthMethod=CHAP,None;";
+        assert!(
+            login(
+                Lookup::NotFound,
+                Some(admin()),
+                vec![chap()],
+                disc,
+                "admin",
+                "adminsecret0123"
+            )
+            .unwrap()
+            .admin
+        );
+        assert!(
+            !login(
+                Lookup::NotFound,
+                Some(admin()),
+                vec![chap()],
+                disc,
+                "u",
+                "initiatorsecret"
+            )
+            .unwrap()
+            .admin
+        );
+        assert_eq!(
+            login(
+                Lookup::NotFound,
+                Some(admin()),
+                vec![],
+                disc,
+                "u",
+                "initiatorsecret"
+            )
+            .unwrap_err(),
+            Status::AuthFailure
+        );
     }
 
     #[test]

@@ -38,6 +38,15 @@ pub struct TargetConfig {
     pub chap: Option<Chap>,
 }
 
+impl TargetConfig {
+    /// The address rule: whether an initiator at `peer` may reach this target without
+    /// the admin credential (the one check behind login, discovery and the
+    /// credentials a discovery session may use).
+    pub fn admits(&self, peer: IpAddr) -> bool {
+        self.allowed_initiator.is_none_or(|a| a == peer)
+    }
+}
+
 /// Resource limits of an [`IscsiServer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IscsiLimits {
@@ -90,6 +99,8 @@ pub struct SessionInfo {
     pub target: Option<String>,
     /// The CHAP user that authenticated, if any.
     pub chap_user: Option<String>,
+    /// Logged in with the admin credential.
+    pub admin: bool,
     /// CRC32C header digest in use.
     pub header_digest: bool,
     /// CRC32C data digest in use.
@@ -108,6 +119,8 @@ struct Entry {
 struct Inner {
     targets: BTreeMap<String, Target>,
     conns: HashMap<u64, Entry>,
+    /// The admin credential: logs in to every target from any address.
+    admin: Option<Chap>,
     next_id: u64,
     next_generation: u64,
     next_tsih: u16,
@@ -130,6 +143,8 @@ fn shutdown(fd: &OwnedFd) {
 pub(crate) struct Resolved {
     pub(crate) cfg: TargetConfig,
     pub(crate) generation: u64,
+    /// The peer's address may reach it (else only the admin credential may).
+    pub(crate) address_ok: bool,
 }
 
 impl Registry {
@@ -166,27 +181,43 @@ impl Registry {
         })
     }
 
-    /// What `peer` may do with target `iqn`.
+    /// What `peer` may do with target `iqn`: None if there is no such target, or the
+    /// peer's address may not reach it and there is no admin credential.
     pub(crate) fn lookup(&self, iqn: &str, peer: IpAddr) -> Option<Resolved> {
         let g = self.lock();
         let t = g.targets.get(iqn)?;
-        if t.cfg.allowed_initiator.is_some_and(|a| a != peer) {
+        let address_ok = t.cfg.admits(peer);
+        if !address_ok && g.admin.is_none() {
             return None;
         }
         Some(Resolved {
             cfg: t.cfg.clone(),
             generation: t.generation,
+            address_ok,
         })
     }
 
-    /// Targets `peer` may see in discovery.
-    pub(crate) fn visible(&self, peer: IpAddr) -> Vec<String> {
+    /// Targets `peer` may see in discovery (every one for the admin).
+    pub(crate) fn visible(&self, peer: IpAddr, admin: bool) -> Vec<String> {
         self.lock()
             .targets
             .iter()
-            .filter(|(_, t)| t.cfg.allowed_initiator.is_none_or(|a| a == peer))
+            .filter(|(_, t)| admin || t.cfg.admits(peer))
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// The admin credential, and the CHAP credentials of the targets `peer` may see
+    /// (what a discovery session may log in with).
+    pub(crate) fn credentials(&self, peer: IpAddr) -> (Option<Chap>, Vec<Chap>) {
+        let g = self.lock();
+        let visible = g
+            .targets
+            .values()
+            .filter(|t| t.cfg.admits(peer))
+            .filter_map(|t| t.cfg.chap.clone())
+            .collect();
+        (g.admin.clone(), visible)
     }
 
     pub(crate) fn new_tsih(&self) -> u16 {
@@ -307,6 +338,28 @@ impl IscsiHandle {
         }
         tracing::info!(target_iqn = iqn, disk = ?cfg.disk, allowed = ?cfg.allowed_initiator,
             chap = cfg.chap.is_some(), "iSCSI target added");
+        Ok(())
+    }
+
+    /// Sets (or with None removes) the admin credential: an initiator presenting it
+    /// with CHAP logs in to every target from any address, and its discovery sessions
+    /// list every target. Removing it leaves admin sessions already open running.
+    pub fn set_admin(&self, admin: Option<Chap>) -> Result<()> {
+        if let Some(c) = &admin {
+            if c.initiator.secret.len() < 12 || c.initiator.secret.len() > 255 {
+                bail!("the admin CHAP secret must be 12..=255 bytes");
+            }
+            if let Some(t) = &c.target {
+                if t.secret.len() < 12 || t.secret == c.initiator.secret {
+                    bail!("the admin's mutual CHAP secret must be 12+ bytes and differ from the initiator's");
+                }
+            }
+        }
+        tracing::info!(
+            admin_user = admin.as_ref().map(|c| c.initiator.user.as_str()),
+            "iSCSI admin credential set"
+        );
+        self.reg.lock().admin = admin;
         Ok(())
     }
 

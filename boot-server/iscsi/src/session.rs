@@ -36,12 +36,15 @@ pub(crate) fn connection(sock: TcpStream, peer: SocketAddr, ticket: Ticket) -> R
     let mut writer = sock.try_clone()?;
 
     // Login phase.
-    let mut login = Login::new(peer.ip(), reg.limits.negotiation.clone());
+    let (admin, discovery_chaps) = reg.credentials(peer.ip());
+    let mut login =
+        Login::new(peer.ip(), reg.limits.negotiation.clone()).with_admin(admin, discovery_chaps);
     let resolved: RefCell<Option<(String, Resolved)>> = RefCell::new(None);
     let lookup = |iqn: &str| {
         let r = reg.lookup(iqn, peer.ip());
         let ans = match &r {
-            Some(r) => crate::login::Lookup::Allowed(r.cfg.chap.clone()),
+            Some(r) if r.address_ok => crate::login::Lookup::Allowed(r.cfg.chap.clone()),
+            Some(_) => crate::login::Lookup::AdminOnly,
             None => crate::login::Lookup::NotFound,
         };
         *resolved.borrow_mut() = r.map(|r| (iqn.to_string(), r));
@@ -104,7 +107,7 @@ pub(crate) fn connection(sock: TcpStream, peer: SocketAddr, ticket: Ticket) -> R
         }
     };
     tracing::info!(%peer, initiator = %neg.initiator, kind = ?neg.kind,
-        chap_user = neg.chap_user.as_deref().unwrap_or("-"),
+        chap_user = neg.chap_user.as_deref().unwrap_or("-"), admin = neg.admin,
         header_digest = neg.params.header_digest, data_digest = neg.params.data_digest,
         "iSCSI login");
     ticket.set_info(crate::server::SessionInfo {
@@ -115,6 +118,7 @@ pub(crate) fn connection(sock: TcpStream, peer: SocketAddr, ticket: Ticket) -> R
             SessionKind::Discovery => None,
         },
         chap_user: neg.chap_user.clone(),
+        admin: neg.admin,
         header_digest: neg.params.header_digest,
         data_digest: neg.params.data_digest,
     });
@@ -339,7 +343,7 @@ impl Session<'_> {
             let mut out = Vec::new();
             for (k, v) in pairs {
                 if k == "SendTargets" {
-                    let vis = self.reg.visible(self.peer.ip());
+                    let vis = self.reg.visible(self.peer.ip(), self.neg.admin);
                     // In a normal session only the session's own target may be named.
                     let vis: Vec<String> = match &self.neg.kind {
                         SessionKind::Discovery => vis,

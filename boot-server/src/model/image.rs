@@ -25,6 +25,18 @@ impl ImageKind {
     }
 }
 
+/// How a Linux image's node reaches its attached disk (its root file system).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskTransport {
+    /// NBD: `bootsrv.root=nbd:HOST:PORT:EXPORT` (the agent's kernel NBD client).
+    #[default]
+    Nbd,
+    /// iSCSI: `bootsrv.root=iscsi:HOST:PORT:USER:SECRET:TARGET`, the node's CHAP login
+    /// (the image's initramfs must carry a login tool: `iscsistart`).
+    Iscsi,
+}
+
 /// A row of the boot-image table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BootImage {
@@ -52,6 +64,9 @@ pub struct BootImage {
     /// with its own CHAP login.
     #[serde(default)]
     pub san_url: Option<String>,
+    /// Linux images: how the node's attached disk becomes its root (default NBD).
+    #[serde(default, skip_serializing_if = "is_nbd")]
+    pub disk_transport: DiskTransport,
     /// SHA-256 of kernel then initrd, hex, computed when the image is added.
     #[serde(default)]
     pub checksum: Option<String>,
@@ -63,6 +78,10 @@ pub struct BootImage {
     /// changed since is not served.
     #[serde(default)]
     pub files: Vec<ImageFile>,
+}
+
+fn is_nbd(t: &DiskTransport) -> bool {
+    *t == DiskTransport::Nbd
 }
 
 /// One file of an image with its size and digest.

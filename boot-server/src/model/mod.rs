@@ -22,7 +22,7 @@ pub use env::{
 };
 pub use event::{Event, EventKind};
 pub use host::{Host, HostCapacity, HostState, Vm, VmState, HOST_LABEL, VIRTUAL_LABEL};
-pub use image::{BootImage, Firmware, ImageFile, ImageKind};
+pub use image::{BootImage, DiskTransport, Firmware, ImageFile, ImageKind};
 pub use lease::{Lease, Reservation};
 pub use mac::{BadMac, MacAddr};
 pub use node::{DiskAttachment, HelloFacts, Node, NodeState, Selector, Sighting, Transition};

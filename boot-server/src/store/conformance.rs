@@ -51,6 +51,7 @@ fn image(name: &str) -> BootImage {
         cmdline: String::new(),
         archs: vec![],
         san_url: None,
+        disk_transport: Default::default(),
         checksum: None,
         size_bytes: 0,
         files: vec![],
