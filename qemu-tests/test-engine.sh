@@ -367,7 +367,15 @@ eng_staged_nodes() {
         | map(select(.kind == "command-result" and .detail.status == "succeeded" and $q[.detail.id | tostring] != null and (.detail.detail | startswith("staged image"))) | $q[.detail.id | tostring])
         | unique | join(" ")'
 }
-eng_staged_at_least() { [ "$(wc -w <<<"$(eng_staged_nodes)")" -ge "$1" ]; }
+# Prestage commands of env-c queued since the mark and not finished yet.
+eng_stages_open() {
+    eng_events_after "$ENG_EV_MARK" | jq -r -s '
+        (map(select(.kind == "command-queued" and .detail.command.kind == "prestage" and (.detail.command.cmdline | test("bootsrv.image=env-c ")))) | map(.detail.id)) as $q
+        | (map(select(.kind == "command-result" and .detail.status != "started") | .detail.id)) as $done
+        | [$q[] | select(. as $i | $done | index($i) | not)] | length'
+}
+# At least $1 nodes staged env-c, and no stage of it still under way.
+eng_staged_at_least() { [ "$(wc -w <<<"$(eng_staged_nodes)")" -ge "$1" ] && [ "$(eng_stages_open)" = 0 ]; }
 scenario_9() {
     local mf="$LAB_DIR/env-c.toml" g="$ENG_HOOKS/beta"
     sed -e 's/^name = "lab"/name = "env-c"/' "$repo/images/lab/image.toml" > "$mf"

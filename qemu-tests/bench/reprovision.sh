@@ -9,15 +9,19 @@
 #   cold:   `boot-server node reboot` (firmware, PXE/iPXE, HTTP, kernel)
 # N runs of each (default 5), interleaved; the image alternates between `lab` and
 # `lab-b` (same files, another name) so every run is a real move.
-# For the kexec moves it prints a per-phase breakdown from what the agents reported
-# (command results and the new boot's hello: its uptime, init's and the agent's start):
-#   queue   decision -> the agent started the command
+# For the kexec moves it prints a per-phase breakdown: what the agent reported in its
+# command result (the server's events) and, for the new boot, the host's timestamps
+# of the guest's serial console lines (n.serial.ts): under TCG the guest's own clock
+# is not trustworthy across kexec (its uptime goes on from the TSC).
+#   queue   decision -> the agent started the command (server events)
 #   get     download (or image-cache read) of kernel + initrd, as the agent timed it
 #   load    kexec_file_load, as the agent timed it (0: staged, already loaded)
-#   jump    the command's result at the server -> the new kernel's clock starts
-#           (result post, sync, reboot(KEXEC), purgatory, decompression)
-#   kernel  the new kernel's start -> init (PID 1) starts
-#   init    init -> the agent process starts
+#   jump    decision -> the agent's "jumping to the new kernel" line (queue + get +
+#           load + result post + sync)
+#   kernel  that line -> the new boot's /init starts (LAB-INIT-START): reboot(KEXEC),
+#           purgatory (checks the segments' SHA-256), decompression, kernel init
+#   dhcp    /init start -> its DHCP done (LAB-DHCP-DONE)
+#   init    DHCP done -> the agent starts (LAB-AGENT-START)
 #   agent   agent start -> hello accepted (inventory, hand-off, hello)
 # (No stop phase: these moves have no application; the engine's moves add the
 # stop hook, see test-engine.sh scenario 9.)
@@ -68,34 +72,40 @@ command_done() {
     return 1
 }
 
-# The breakdown of the kexec move that started after event $1 at $2 (ms): one line
-# "queue get load jump kernel init agent" (seconds), or nothing.
+# The breakdown of the kexec move that started after event $1 at $2 (ms) and after
+# line $3 of the serial timestamps: one line "queue get load jump kernel dhcp init
+# agent" (seconds), or nothing.
 breakdown() {
-    local after="$1" t1="$2"
-    cli events --node "$node_id" --after "$after" --limit 100000 | jq -s -r --argjson t1 "$t1" '
+    local after="$1" t1="$2" from="$3" srv ser
+    srv="$(cli events --node "$node_id" --after "$after" --limit 100000 | jq -s -r --argjson t1 "$t1" '
         (map(select(.kind == "command-queued" and .detail.command.kind == "kexec")) | first) as $q
         | (map(select(.kind == "command-result" and .detail.id == $q.detail.id)) ) as $r
         | ($r | map(select(.detail.status == "started")) | first) as $st
         | ($r | map(select(.detail.status == "succeeded")) | first) as $ok
-        | (map(select(.kind == "agent-ready")) | last) as $rd
         | ($ok.detail.detail // "") as $d
         | (if ($d | test("download [0-9]+ ms")) then ($d | capture("download (?<v>[0-9]+) ms").v | tonumber) else 0 end) as $get
-        | (if ($d | test("load [0-9]+ ms")) then ($d | capture("load (?<v>[0-9]+) ms").v | tonumber) else 0 end) as $load
-        | ($rd.at_ms - $rd.detail.uptime_ms) as $kstart
-        | [ ($st.at_ms - $t1), $get, $load, ($kstart - $ok.at_ms),
-            ($rd.detail.init_ms // 0), (($rd.detail.agent_start_ms // 0) - ($rd.detail.init_ms // 0)),
-            ($rd.detail.uptime_ms - ($rd.detail.agent_start_ms // 0)) ]
-        | map(. / 1000 | tostring) | join(" ")' 2>/dev/null || true
+        | (if ($d | test(" load [0-9]+ ms")) then ($d | capture(" load (?<v>[0-9]+) ms").v | tonumber) else 0 end) as $load
+        | [ ($st.at_ms - $t1), $get, $load ] | map(. / 1000 | tostring) | join(" ")' 2>/dev/null)" || true
+    # Host times (s since the guest's start) of the new boot's serial lines.
+    ser="$(tail -n +"$((from + 1))" "$LAB_DIR/n.serial.ts" | awk -v t0="${LAB_GUEST_T0[n]}" -v t1="$t1" '
+        /jumping to the new kernel/ && !j { j = $1 }
+        j && /LAB-INIT-START/ && !i { i = $1 }
+        i && /LAB-DHCP-DONE/ && !d { d = $1 }
+        i && /LAB-AGENT-START/ && !a { a = $1 }
+        a && /agent ready \(hello accepted\)/ && !r { r = $1 }
+        END { if (r) printf "%.3f %.3f %.3f %.3f %.3f", (t0 + j) - t1 / 1000, i - j, d - i, a - d, r - a }')"
+    echo "$srv $ser"
 }
 
 # One move: $1 = staged|warm|cold, $2 = image; prints "seconds [breakdown]".
 move() {
-    local kind="$1" image="$2" t1 line after qid
+    local kind="$1" image="$2" t1 line after qid lines
     if [ "$kind" = staged ]; then
         qid="$(cli node prestage "$mac" "$image" | awk '{ print $3 }')"
         command_done "$qid" >/dev/null || { echo FAIL; return; }
     fi
     after="$(last_event)"
+    lines="$(wc -l < "$LAB_DIR/n.serial.ts")"
     t1="$(date +%s%3N)"
     if [ "$kind" = cold ]; then
         cli assign --mac "$mac" "$image"
@@ -107,7 +117,7 @@ move() {
     if [ "$kind" = cold ]; then
         awk '{ print $1 }' <<<"$line"
     else
-        echo "$(awk '{ print $1 }' <<<"$line") $(breakdown "$after" "$t1")"
+        echo "$(awk '{ print $1 }' <<<"$line") $(breakdown "$after" "$t1" "$lines")"
     fi
 }
 median() { sort -n | awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
@@ -122,7 +132,7 @@ for i in $(seq "$runs"); do
         res[$kind]+="$r"$'\n'
     done
 done
-phases=(total queue get load jump kernel init agent)
+phases=(total queue get load jump kernel dhcp init agent)
 for kind in staged warm cold; do
     rows="${res[$kind]:-}"
     n="$(grep -c . <<<"$rows" || true)"
