@@ -251,7 +251,10 @@ pub struct Hello {
     /// The image the node believes it is running (from the command line).
     #[serde(default)]
     pub image: Option<String>,
-    /// Milliseconds since the kernel started when PID 1 (init) started.
+    /// PID 1's start time, milliseconds on the kernel's boot clock. PID 1 is
+    /// created early in kernel init (before it execs `/init`), and under
+    /// emulation the boot clock can go on across kexec: a diagnostic only
+    /// (bench/reprovision.sh takes its phases from the serial console).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_ms: Option<u64>,
     /// Milliseconds since the kernel started when the agent process started.

@@ -322,7 +322,7 @@ mod tests {
         )
         .unwrap();
         let app = App::new(
-            Hooks::new(&dir.join("hooks"), dir.join("slot-hooks")),
+            Hooks::new(dir.join("hooks"), dir.join("slot-hooks")),
             std::sync::Arc::new(|| {}),
         );
         Executor::new(cfg, app, None)
