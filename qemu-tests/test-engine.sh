@@ -29,13 +29,19 @@
 #   8 failover: the QEMU of the node holding alpha's highest ready slot is killed; its power (QMP) reads
 #     off, it is fenced (proven) and an idle spare comes up as slot 1 with the slot's host
 #     name, address and the marker its disk holds; time kill -> ready printed
+#   9 pre-staged warm move: a new inactive environment gamma (image env-c, no disk, highest
+#     priority): the engine pre-stages env-c on the nodes most likely to join it (the agent
+#     downloads and kexec_file_loads it; the command line carries a hand-off credential,
+#     no token); gamma is activated: the node that joins it only jumps (the kexec result
+#     says the staged image was used), fetches its token with the credential (handoff
+#     event), and gamma's slot is ready; decision -> agent ready and -> slot ready printed
 # The agents talk to the server's agent API over TLS with its certificate pinned
 # (bootsrv.tlspin on the kernel command line).
 # Assertions read what a user sees: `slot list --json`, `node list/show --json`,
 # `events`. Waits poll the CLI with a deadline. Prints `N passed, M failed, K skipped`.
 # Needs root (a skip outside CI, a failure under CI).
 # Usage: qemu-tests/test-engine.sh [--timeout S] [--fleet-only] [SCENARIO...]
-#   SCENARIO: 1..8 (default all, in order; each builds on the state the previous left)
+#   SCENARIO: 1..9 (default all, in order; each builds on the state the previous left)
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -47,11 +53,11 @@ while [ $# -gt 0 ]; do
         --timeout) timeout="$2"; shift 2 ;;
         --fleet-only) fleet_only=1; shift ;;
         -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
-        [1-8]) scenarios+=("$1"); shift ;;
+        [1-9]) scenarios+=("$1"); shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(1 2 3 4 5 6 7 8)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(1 2 3 4 5 6 7 8 9)
 
 # shellcheck source=lib/lab.sh
 . "$here/lib/lab.sh"
@@ -351,6 +357,69 @@ scenario_8() {
     t_check "8: failover-started and failover-finished alerts" \
         eng_wait "the event" 15 eng_event_since alert '.detail.alert == "failover-finished"'
     t_check "8: slots and nodes stay consistent" eng_consistent
+}
+
+# ---- 9: pre-staged warm move ------------------------------------------------------------
+# Nodes (ids) whose latest prestage of env-c since the mark succeeded.
+eng_staged_nodes() {
+    eng_events_after "$ENG_EV_MARK" | jq -r -s '
+        (map(select(.kind == "command-queued" and .detail.command.kind == "prestage")) | map({key: (.detail.id | tostring), value: .node}) | from_entries) as $q
+        | map(select(.kind == "command-result" and .detail.status == "succeeded" and $q[.detail.id | tostring] != null and (.detail.detail | startswith("staged image"))) | $q[.detail.id | tostring])
+        | unique | join(" ")'
+}
+# Prestage commands of env-c queued since the mark and not finished yet.
+eng_stages_open() {
+    eng_events_after "$ENG_EV_MARK" | jq -r -s '
+        (map(select(.kind == "command-queued" and .detail.command.kind == "prestage" and (.detail.command.cmdline | test("bootsrv.image=env-c ")))) | map(.detail.id)) as $q
+        | (map(select(.kind == "command-result" and .detail.status != "started") | .detail.id)) as $done
+        | [$q[] | select(. as $i | $done | index($i) | not)] | length'
+}
+# At least $1 nodes staged env-c, and no stage of it still under way.
+eng_staged_at_least() { [ "$(wc -w <<<"$(eng_staged_nodes)")" -ge "$1" ] && [ "$(eng_stages_open)" = 0 ]; }
+scenario_9() {
+    local mf="$LAB_DIR/env-c.toml" g="$ENG_HOOKS/beta"
+    sed -e 's/^name = "lab"/name = "env-c"/' "$repo/images/lab/image.toml" > "$mf"
+    eng_cli image add --server-path "$mf" >/dev/null || { t_fail "9: image env-c added"; return; }
+    eng_mark
+    # Who can join gamma: idle nodes, else alpha's (preemptible, lower priority).
+    local want=1
+    [ "$(eng_idle_count)" -ge 1 ] || want="$(eng_env_ready alpha)"
+    eng_cli env create gamma --image env-c --description "engine lab gamma (pre-staged)" --min 0 --nodes 1 --max 1         --priority 30 --hostname-pattern 'gamma-{slot}' --addresses 10.77.0.240-10.77.0.249 --inactive         --hook "start=$g/start" --hook "health=$g/health" --hook "busy=$g/busy" >/dev/null         || { t_fail "9: env create gamma"; return; }
+    if eng_wait "env-c staged on $want node(s)" 90 eng_staged_at_least "$want"; then
+        t_ok "9: the engine pre-staged env-c on $(eng_staged_nodes) (download + kexec_file_load ahead, no token on its command line)"
+    else
+        t_fail "9: the engine pre-staged env-c on $want node(s)"; eng_diag; return
+    fi
+    local staged; staged="$(eng_staged_nodes)"
+    t_check "9: no token in a prestage command (hand-off credential only, fingerprinted in the log)" \
+        eng_is "$(eng_events_after "$ENG_EV_MARK" | jq -s '[.[] | select(.kind == "command-queued" and .detail.command.kind == "prestage") | .detail.command.cmdline | select(test("bootsrv.token=") or (test("bootsrv.handoff=<[0-9a-f]{8}>") | not))] | length')" 0
+    eng_mark
+    local t; t="$(eng_now_ms)"
+    eng_cli env activate gamma >/dev/null || { t_fail "9: env activate gamma"; return; }
+    if eng_wait "gamma has 1 ready slot" "$timeout" eng_env_is gamma 1; then
+        t_ok "9: gamma activated: slot ready ($(eng_secs_since_ms "$t") s)"
+    else
+        t_fail "9: gamma activated: slot ready"; eng_diag; return
+    fi
+    local n; n="$(eng_slot_field gamma 0 node)"
+    t_check "9: gamma's node ($n) is one the engine pre-staged ($staged)" grep -qw -- "$n" <<<"$staged"
+    t_check "9: the kexec was planned on the staged image" \
+        eng_event_since kexec-planned ".node == \"$n\" and .detail.image == \"env-c\" and .detail.staged != null"
+    t_check "9: the agent used the staged image (kexec result: staged image ... used, nothing loaded)" \
+        eng_event_since command-result ".node == \"$n\" and .detail.status == \"succeeded\" and (.detail.detail | test(\"^staged image s[0-9a-f]+ used\"))"
+    t_check "9: the new boot fetched its token with the hand-off credential (handoff event)" \
+        eng_event_since handoff ".node == \"$n\""
+    # decision (the engine's claim) -> the agent's hello on env-c, and -> slot ready.
+    local times
+    times="$(eng_events_after "$ENG_EV_MARK" | jq -r -s --arg n "$n" '
+        (map(select(.kind == "engine-decision" and .detail.env == "gamma" and (.detail.action == "claim" or .detail.action == "preempt") and ((.detail.nodes // []) | index($n)) != null)) | first | .at_ms) as $d
+        | (map(select(.kind == "agent-ready" and .node == $n and .detail.image == "env-c")) | first | .at_ms) as $a
+        | (map(select(.kind == "slot-step" and .detail.env == "gamma" and .detail.to == "ready")) | first | .at_ms) as $r
+        | "\(($a - $d) / 1000) \(($r - $d) / 1000)"')"
+    read -r d_agent d_ready <<<"$times"
+    echo "   PRESTAGED_MOVE decision -> agent ready ${d_agent} s, -> slot ready ${d_ready} s"
+    t_check "9: decision -> agent ready measured (${d_agent} s)" test -n "$d_agent" -a "$d_agent" != null
+    t_check "9: slots and nodes stay consistent" eng_consistent
 }
 
 for s in "${scenarios[@]}"; do

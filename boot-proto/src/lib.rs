@@ -13,6 +13,11 @@ pub use mac::{fmt_mac, write_mac};
 /// Header carrying the per-node, per-boot agent token minted into the boot
 /// script's kernel command line (`bootsrv.token=`).
 pub const AGENT_TOKEN_HEADER: &str = "x-node-token";
+
+/// Header carrying a pre-staged boot's one-time hand-off credential
+/// (`bootsrv.handoff`), exchanged at `POST /api/agent/handoff` for the
+/// boot's agent token.
+pub const AGENT_HANDOFF_HEADER: &str = "x-node-handoff";
 /// Header carrying the admin token for the admin API.
 pub const ADMIN_TOKEN_HEADER: &str = "authorization";
 
@@ -54,6 +59,10 @@ pub mod cmdline {
     pub const GATEWAY: &str = "bootsrv.gateway";
     /// pxelinux convention: `01-` + the boot NIC's MAC with dashes.
     pub const BOOTIF: &str = "BOOTIF";
+    /// One-time hand-off credential of a pre-staged boot (instead of
+    /// [`TOKEN`]): the new boot exchanges it for its token once the server
+    /// has bound it to the decision.
+    pub const HANDOFF: &str = "bootsrv.handoff";
 }
 
 /// NBD wire constants (NetworkBlockDevice `doc/proto.md`) shared by the
@@ -242,6 +251,30 @@ pub struct Hello {
     /// The image the node believes it is running (from the command line).
     #[serde(default)]
     pub image: Option<String>,
+    /// PID 1's start time, milliseconds on the kernel's boot clock. PID 1 is
+    /// created early in kernel init (before it execs `/init`), and under
+    /// emulation the boot clock can go on across kexec: a diagnostic only
+    /// (bench/reprovision.sh takes its phases from the serial console).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_ms: Option<u64>,
+    /// Milliseconds since the kernel started when the agent process started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_start_ms: Option<u64>,
+}
+
+/// The server's answer to a hand-off (`POST /api/agent/handoff`): the
+/// boot's agent token, given once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffReply {
+    /// The agent token of this boot.
+    pub token: String,
+}
+
+impl std::fmt::Debug for HandoffReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("HandoffReply").finish_non_exhaustive()
+    }
 }
 
 /// The server's answer to a [`Hello`]: who the node is and how often to report.
@@ -410,6 +443,39 @@ pub enum CommandKind {
         initrd_url: Option<String>,
         /// Kernel command line for the new kernel.
         cmdline: String,
+        /// SHA-256 (hex) of the kernel: the agent's image cache serves a
+        /// known one without downloading it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kernel_sha256: Option<String>,
+        /// SHA-256 (hex) of the initrd.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initrd_sha256: Option<String>,
+        /// Id of a [`CommandKind::Prestage`] image this boot may use as it
+        /// is (already loaded): the agent then only jumps. An agent that
+        /// does not hold that staged image loads the URLs above instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        staged: Option<String>,
+    },
+    /// Download kernel + initrd (through the image cache) and load them
+    /// with `kexec_file_load` now, without jumping: a later
+    /// [`CommandKind::Kexec`] naming `id` in `staged` only jumps. The
+    /// command line carries no token, only a one-time hand-off credential.
+    Prestage {
+        /// Id of this staged image, quoted back by the [`CommandKind::Kexec`]
+        /// that uses it (not `id`: the command's own id shares the object).
+        stage: String,
+        /// URL of the kernel.
+        kernel_url: String,
+        /// URL of the initrd, if any.
+        initrd_url: Option<String>,
+        /// Kernel command line (with `bootsrv.handoff`, never a token).
+        cmdline: String,
+        /// SHA-256 (hex) of the kernel.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kernel_sha256: Option<String>,
+        /// SHA-256 (hex) of the initrd.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initrd_sha256: Option<String>,
     },
     /// Run the node's application start hook.
     StartApp {
@@ -563,6 +629,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prestage_round_trips_beside_the_command_id() {
+        let c = Command {
+            id: 9,
+            kind: CommandKind::Prestage {
+                stage: "s1".into(),
+                kernel_url: "http://s/k".into(),
+                initrd_url: None,
+                cmdline: "bootsrv.handoff=h".into(),
+                kernel_sha256: None,
+                initrd_sha256: None,
+            },
+        };
+        let s = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Command>(&s).unwrap(), c);
+    }
+
+    #[test]
     fn command_round_trips_with_flat_tag() {
         let c = Command {
             id: 7,
@@ -570,6 +653,9 @@ mod tests {
                 kernel_url: "http://s/k".into(),
                 initrd_url: None,
                 cmdline: "console=ttyS0".into(),
+                kernel_sha256: None,
+                initrd_sha256: None,
+                staged: None,
             },
         };
         let s = serde_json::to_string(&c).unwrap();

@@ -21,6 +21,7 @@ pub mod disks;
 pub mod engine;
 pub mod events;
 pub mod fsutil;
+pub mod handoff;
 pub mod http;
 pub mod images;
 pub mod imagesync;

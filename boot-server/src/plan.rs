@@ -109,6 +109,8 @@ pub struct BootPlan {
     /// The NBD/iSCSI export table (weak: it holds the plan), refreshed before a
     /// sanboot script goes out.
     exports: std::sync::OnceLock<std::sync::Weak<crate::disks::NodeExports>>,
+    /// Pre-staged boots and their hand-off credentials.
+    pub handoffs: crate::handoff::Handoffs,
 }
 
 const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
@@ -157,6 +159,7 @@ impl BootPlan {
             seen: Mutex::new(HashMap::new()),
             http_discovered: AtomicUsize::new(0),
             exports: std::sync::OnceLock::new(),
+            handoffs: Default::default(),
         })
     }
 
@@ -308,7 +311,10 @@ impl BootPlan {
         ctx["image"] = json!(image.name);
         let template = match image.kind {
             ImageKind::Linux => {
-                let boot = self.linux_boot(&node, &image).await?;
+                let token = crate::secret::random_token(16);
+                let boot = self
+                    .linux_boot(&node, &image, Credential::Token(&token))
+                    .await?;
                 ctx["kernel_url"] = json!(boot.kernel_url);
                 ctx["initrd_url"] = json!(boot.initrd_url);
                 ctx["cmdline"] = json!(boot.cmdline);
@@ -423,30 +429,112 @@ impl BootPlan {
             ),
             Err(reason) => anyhow::bail!("node {} has no image: {reason}", node.id),
         };
-        let boot = self.linux_boot(node, &image).await?;
+        let token = crate::secret::random_token(16);
+        let boot = self
+            .linux_boot(node, &image, Credential::Token(&token))
+            .await?;
         self.store.set_booted_image(&node.id, &image.name).await?;
+        // The image staged on the node, when this boot is that one: the new
+        // boot fetches this token with the stage's hand-off credential.
+        let files = crate::handoff::BootFiles {
+            kernel_url: boot.kernel_url.clone(),
+            initrd_url: boot.initrd_url.clone(),
+            cmdline: boot.cmdline.clone(),
+        };
+        let staged = self
+            .handoffs
+            .bind(&node.id, &files, &token, crate::model::now_ms());
+        let (staged, why) = match staged {
+            Ok(id) => (Some(id), None),
+            Err(why) => (None, Some(why)),
+        };
         self.events.emit(
             Some(node.id.clone()),
             EventKind::KexecPlanned,
-            json!({ "image": image.name }),
+            json!({ "image": image.name, "staged": staged, "not_staged": why }),
         );
+        let (kernel_sha256, initrd_sha256) = file_digests(&image);
         Ok(boot_proto::CommandKind::Kexec {
             kernel_url: boot.kernel_url,
             initrd_url: boot.initrd_url,
             cmdline: boot.cmdline,
+            kernel_sha256,
+            initrd_sha256,
+            staged,
+        })
+    }
+
+    /// A `prestage` command that loads `image` on `node` ahead of a decision:
+    /// its command line is what a kexec into `image` would carry now, with a
+    /// one-time hand-off credential instead of a token; the stage is
+    /// remembered for [`BootPlan::kexec_command`] to bind.
+    pub async fn prestage_command(
+        &self,
+        node: &Node,
+        image: &str,
+    ) -> Result<boot_proto::CommandKind> {
+        let Some(image) = self.store.image(image).await? else {
+            anyhow::bail!("no image {image}");
+        };
+        if image.kind != ImageKind::Linux {
+            anyhow::bail!(
+                "image {} is not a linux image: nothing to stage",
+                image.name
+            );
+        }
+        if let (Some(arch), false) = (&node.arch, image.archs.is_empty()) {
+            if !image.archs.iter().any(|a| a == arch) {
+                anyhow::bail!("image {} does not support {arch}", image.name);
+            }
+        }
+        let handoff = crate::secret::random_token(16);
+        let boot = self
+            .linux_boot(node, &image, Credential::Handoff(&handoff))
+            .await?;
+        let files = crate::handoff::BootFiles {
+            kernel_url: boot.kernel_url.clone(),
+            initrd_url: boot.initrd_url.clone(),
+            cmdline: boot.cmdline.clone(),
+        };
+        let id = self.handoffs.stage(
+            &node.id,
+            &image.name,
+            &files,
+            &crate::secret::digest(&handoff),
+            crate::model::now_ms(),
+        );
+        let (kernel_sha256, initrd_sha256) = file_digests(&image);
+        Ok(boot_proto::CommandKind::Prestage {
+            stage: id,
+            kernel_url: boot.kernel_url,
+            initrd_url: boot.initrd_url,
+            cmdline: boot.cmdline,
+            kernel_sha256,
+            initrd_sha256,
         })
     }
 
     /// Kernel/initrd URLs and command line for one boot of a Linux image,
     /// with a fresh token for that boot (stored as a digest; the running
     /// boot's token keeps working until the new boot says hello).
-    async fn linux_boot(&self, node: &Node, image: &BootImage) -> Result<LinuxBoot> {
+    async fn linux_boot(
+        &self,
+        node: &Node,
+        image: &BootImage,
+        cred: Credential<'_>,
+    ) -> Result<LinuxBoot> {
         let base = self.config.public_url();
-        let token = crate::secret::random_token(16);
-        self.store
-            .set_next_token(&node.id, &crate::secret::digest(&token))
-            .await?;
-        let mut cmdline = kernel_cmdline(image, node, &base, &token);
+        let (key, secret) = match cred {
+            Credential::Token(token) => {
+                self.store
+                    .set_next_token(&node.id, &crate::secret::digest(token))
+                    .await?;
+                (boot_proto::cmdline::TOKEN, token)
+            }
+            // No token yet: the decision binds one to the credential.
+            Credential::Handoff(h) => (boot_proto::cmdline::HANDOFF, h),
+        };
+        let mut cmdline = kernel_cmdline(image, node, &base, key, secret);
         // The agent's server, and the certificate it pins when that is TLS.
         cmdline.push_str(&format!(
             " {}={}",
@@ -647,7 +735,28 @@ fn is_real_uuid(u: &str) -> bool {
 /// The image's command-line template with the node's values, plus the keys
 /// the agent reads (`bootsrv.*` but the server, which the caller adds) and
 /// `BOOTIF` (pxelinux convention).
-fn kernel_cmdline(image: &BootImage, node: &Node, base: &str, token: &str) -> String {
+/// The per-boot credential a kernel command line carries.
+enum Credential<'a> {
+    /// The boot's agent token (stored as the node's next token).
+    Token(&'a str),
+    /// A pre-staged boot's one-time hand-off credential.
+    Handoff(&'a str),
+}
+
+/// SHA-256 of an image's kernel and initrd, as recorded when it was added.
+fn file_digests(image: &BootImage) -> (Option<String>, Option<String>) {
+    let of = |path: &Option<String>| {
+        let p = path.as_deref()?;
+        image
+            .files
+            .iter()
+            .find(|f| f.path == p)
+            .map(|f| f.sha256.clone())
+    };
+    (of(&image.kernel), of(&image.initrd))
+}
+
+fn kernel_cmdline(image: &BootImage, node: &Node, base: &str, key: &str, secret: &str) -> String {
     use boot_proto::cmdline as k;
     let custom = image
         .cmdline
@@ -656,10 +765,9 @@ fn kernel_cmdline(image: &BootImage, node: &Node, base: &str, token: &str) -> St
         .replace("{mac}", &node.mac.to_string())
         .replace("{image}", &image.name);
     format!(
-        "{custom} {}={} {}={token} {}={} {}={}",
+        "{custom} {}={} {key}={secret} {}={} {}={}",
         k::NODE,
         node.id,
-        k::TOKEN,
         k::IMAGE,
         image.name,
         k::BOOTIF,

@@ -149,7 +149,103 @@ pub fn hello_body(cfg: &Config, inventory: boot_proto::Inventory) -> Hello {
         inventory,
         uptime_ms: None,
         image: cfg.image.clone(),
+        init_ms: start_ms_of("/proc/1/stat"),
+        agent_start_ms: start_ms_of("/proc/self/stat"),
     }
+}
+
+/// When a process started, in milliseconds since the kernel started: field
+/// 22 (`starttime`, clock ticks) of its `/proc/PID/stat`.
+fn start_ms_of(stat: &str) -> Option<u64> {
+    let ticks = starttime_ticks(&fs::read_to_string(stat).ok()?)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks * 1000 / hz as u64)
+}
+
+/// `starttime` of a `/proc/PID/stat` line (the command name, in
+/// parentheses, may hold spaces: fields are counted after its last `)`).
+fn starttime_ticks(line: &str) -> Option<u64> {
+    let rest = &line[line.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A command for the log: the kexec kinds without their command line (it
+/// holds the boot's token or hand-off credential).
+fn describe(kind: &boot_proto::CommandKind) -> String {
+    use boot_proto::CommandKind as K;
+    match kind {
+        K::Kexec {
+            kernel_url, staged, ..
+        } => format!("kexec {kernel_url} (staged: {staged:?})"),
+        K::Prestage {
+            stage, kernel_url, ..
+        } => format!("prestage {stage} {kernel_url}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A pre-staged boot (command line with `bootsrv.handoff`, no token):
+/// exchanges the hand-off credential for this boot's token, retrying until
+/// the server gives it, and writes it to the credentials file (0600) where
+/// every later reload finds it. Returns the configuration re-read.
+fn take_handoff(cfg: Config) -> Config {
+    let Some(handoff) = cfg.handoff.clone() else {
+        return cfg;
+    };
+    if !cfg.token.is_empty() {
+        return cfg;
+    }
+    let client = Client::pinned(&cfg.server, &handoff, cfg.tls_pin.as_deref());
+    let t = Instant::now();
+    let mut backoff = Backoff::default();
+    let token = loop {
+        match client.handoff() {
+            Ok(r) => break r.token,
+            Err(e) => {
+                let d = backoff.next_delay().min(Duration::from_secs(2));
+                warn!(error = %e, handoff = %crate::client::fingerprint(&handoff), "hand-off refused or failed, retrying");
+                std::thread::sleep(d);
+            }
+        }
+    };
+    let line = format!("{}={token}\n", boot_proto::cmdline::TOKEN);
+    if let Err(e) = write_private(&cfg.credentials_file, line.as_bytes()) {
+        warn!(error = %format!("{e:#}"), "cannot store the handed-off token; using it for this process only");
+        let mut c = cfg;
+        c.token = token;
+        return c;
+    }
+    info!(token = %crate::client::fingerprint(&token), handoff_ms = t.elapsed().as_millis() as u64, "hand-off: token received");
+    match cfg.reload(&|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "cannot re-read the configuration");
+            let mut c = cfg;
+            c.token = token;
+            c
+        }
+    }
+}
+
+fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("new");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(data)?;
+    drop(f);
+    fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
 }
 
 /// How long a reboot or kexec waits for its result to reach the server.
@@ -158,6 +254,7 @@ pub const POWER_RESULT_WAIT: Duration = Duration::from_secs(10);
 /// Runs the agent forever.
 pub fn run(cfg: Config) -> ! {
     let started = Instant::now();
+    let cfg = take_handoff(cfg);
     let inv = inventory::collect(cfg.bootif_mac.as_deref());
     let boot_mac = inv.boot_mac.clone();
     let session = Session::new(cfg.clone(), hello_body(&cfg, inv));
@@ -272,7 +369,7 @@ fn handle(exec: &Executor, outbox: &Outbox, c: Command) {
         outbox.repost(prev);
         return;
     }
-    info!(id = c.id, kind = ?c.kind, "command started");
+    info!(id = c.id, kind = %describe(&c.kind), "command started");
     outbox.push(CommandResult {
         id: c.id,
         status: CommandStatus::Started,
@@ -378,6 +475,37 @@ mod tests {
             // Started + final, each once: the re-report does not pile up.
             assert_eq!(outbox.pending(), 2);
         }
+    }
+
+    #[test]
+    fn process_start_times_are_read_from_proc_stat() {
+        let line = "1 (init (x) y) S 0 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 137 1000 10";
+        assert_eq!(starttime_ticks(line), Some(137));
+        assert_eq!(starttime_ticks("garbage"), None);
+        let me = start_ms_of("/proc/self/stat").expect("own start time");
+        assert!(me <= inventory::uptime_ms(), "{me}");
+    }
+
+    #[test]
+    fn kexec_commands_are_logged_without_their_command_line() {
+        let k = boot_proto::CommandKind::Prestage {
+            stage: "s1".into(),
+            kernel_url: "http://s/k".into(),
+            initrd_url: None,
+            cmdline: "bootsrv.handoff=SECRET".into(),
+            kernel_sha256: None,
+            initrd_sha256: None,
+        };
+        assert!(!describe(&k).contains("SECRET"));
+        let k = boot_proto::CommandKind::Kexec {
+            kernel_url: "http://s/k".into(),
+            initrd_url: None,
+            cmdline: "bootsrv.token=SECRET".into(),
+            kernel_sha256: None,
+            initrd_sha256: None,
+            staged: None,
+        };
+        assert!(!describe(&k).contains("SECRET"));
     }
 
     #[test]

@@ -108,6 +108,8 @@ enum Auth {
     NodeToken,
     /// `authorization: Bearer` (a failover host's secret).
     Bearer,
+    /// A pre-staged boot's one-time hand-off credential.
+    Handoff,
 }
 
 /// The target and the HTTP agent made for it (TLS settings follow the pin).
@@ -257,6 +259,7 @@ impl Client {
         let req = match auth {
             Auth::NodeToken => req.set(AGENT_TOKEN_HEADER, &target.token),
             Auth::Bearer => req.set("authorization", &format!("Bearer {}", target.token)),
+            Auth::Handoff => req.set(boot_proto::AGENT_HANDOFF_HEADER, &target.token),
         };
         let sent = match body {
             Some(b) => {
@@ -304,6 +307,13 @@ impl Client {
 
     fn json<T: DeserializeOwned>(body: &str) -> Result<T, CallError> {
         serde_json::from_str(body).map_err(|e| CallError::Body(e.to_string()))
+    }
+
+    /// Exchanges the hand-off credential this client holds (in place of a
+    /// token) for the boot's token (`POST /api/agent/handoff`).
+    pub fn handoff(&self) -> Result<boot_proto::HandoffReply, CallError> {
+        let r = self.call_as::<()>(Auth::Handoff, "POST", "/api/agent/handoff", None, 10)?;
+        Self::json(&r)
     }
 
     /// Announces the node (`POST /api/agent/hello`); the reply names it.

@@ -52,6 +52,12 @@ pub struct Config {
     pub identity_root: Option<PathBuf>,
     /// Optional credentials file (see the module doc).
     pub credentials_file: PathBuf,
+    /// Directory of the image cache (`--image-cache`; `<state dir>/images`,
+    /// in RAM, by default).
+    pub image_cache: PathBuf,
+    /// One-time hand-off credential of a pre-staged boot (`bootsrv.handoff`,
+    /// kernel command line only), exchanged for the token at start.
+    pub handoff: Option<String>,
     /// The arguments this configuration came from, for [`Config::reload`].
     pub args: Vec<String>,
 }
@@ -112,7 +118,7 @@ pub fn parse_bootif(v: &str) -> Option<String> {
 
 const USAGE: &str = "usage: node-agent [--server URL] [--tls-pin SHA256] [--token T] [--node ID] [--image NAME] \
 [--cmdline-file PATH] [--efivars-dir DIR] [--hooks-dir DIR] [--http-boot-url URL] \
-[--poll-wait SECS] [--state-dir DIR] [--credentials-file PATH] [--hostname-file PATH] [--identity-root DIR] [--dry-run]\n\
+[--poll-wait SECS] [--state-dir DIR] [--credentials-file PATH] [--hostname-file PATH] [--identity-root DIR] [--image-cache DIR] [--dry-run]\n\
 env: BOOTSRV_SERVER BOOTSRV_TLS_PIN BOOTSRV_TOKEN BOOTSRV_NODE BOOTSRV_IMAGE NODE_AGENT_DRY_RUN=1 NODE_AGENT_LOG=debug";
 
 impl Config {
@@ -131,7 +137,8 @@ impl Config {
                 "--dry-run" => flags.push((name, None)),
                 "--server" | "--tls-pin" | "--token" | "--node" | "--image" | "--cmdline-file"
                 | "--efivars-dir" | "--hooks-dir" | "--http-boot-url" | "--poll-wait"
-                | "--state-dir" | "--credentials-file" | "--hostname-file" | "--identity-root" => {
+                | "--state-dir" | "--credentials-file" | "--hostname-file" | "--identity-root"
+                | "--image-cache" => {
                     let v = match inline {
                         Some(v) => v,
                         None => it
@@ -229,9 +236,15 @@ impl Config {
             http_boot_url: pick("--http-boot-url", "BOOTSRV_HTTPBOOT", cmdline::HTTPBOOT),
             dry_run,
             poll_wait_secs,
-            state_dir,
             hostname_file,
             credentials_file,
+            image_cache: flag("--image-cache")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| state_dir.join("images")),
+            handoff: lookup(&kv, cmdline::HANDOFF)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            state_dir,
             args: args.to_vec(),
         })
     }

@@ -13,6 +13,7 @@ pub mod health;
 pub mod hooks;
 pub mod host;
 pub mod identity;
+pub mod imagecache;
 pub mod inventory;
 pub mod iscsi;
 pub mod nbd;

@@ -3,6 +3,7 @@
 //! the kexec-tools binary, then `reboot(LINUX_REBOOT_CMD_KEXEC)`).
 
 use crate::client::Client;
+use crate::imagecache::{ImageCache, Source};
 use anyhow::{bail, Context, Result};
 use std::ffi::CString;
 use std::fs::File;
@@ -54,11 +55,15 @@ pub fn memfd(name: &str, data: &[u8]) -> Result<File> {
 /// What [`kexec_prepare`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KexecReport {
-    /// Size of the downloaded kernel.
+    /// Size of the kernel.
     pub kernel_bytes: usize,
-    /// Size of the downloaded initrd (0 without one).
+    /// Size of the initrd (0 without one).
     pub initrd_bytes: usize,
-    /// Milliseconds the downloads took.
+    /// Where the kernel came from (cache or download).
+    pub kernel_from: Source,
+    /// Where the initrd came from, if there is one.
+    pub initrd_from: Option<Source>,
+    /// Milliseconds getting the files took (downloads or cache reads).
     pub download_ms: u64,
     /// Milliseconds loading into the kernel took.
     pub load_ms: u64,
@@ -70,10 +75,31 @@ impl std::fmt::Display for KexecReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "kernel {} B, initrd {} B, download {} ms, load {} ms via {}",
-            self.kernel_bytes, self.initrd_bytes, self.download_ms, self.load_ms, self.method
+            "kernel {} B ({}), initrd {} B ({}), download {} ms, load {} ms via {}",
+            self.kernel_bytes,
+            self.kernel_from.as_str(),
+            self.initrd_bytes,
+            self.initrd_from.map_or("none", Source::as_str),
+            self.download_ms,
+            self.load_ms,
+            self.method
         )
     }
+}
+
+/// One kexec image: where its files are, their digests and its command line.
+#[derive(Debug, Clone, Copy)]
+pub struct KexecImage<'a> {
+    /// URL of the kernel.
+    pub kernel_url: &'a str,
+    /// URL of the initrd, if any.
+    pub initrd_url: Option<&'a str>,
+    /// Kernel command line.
+    pub cmdline: &'a str,
+    /// SHA-256 of the kernel, when the server named it.
+    pub kernel_sha256: Option<&'a str>,
+    /// SHA-256 of the initrd, when the server named it.
+    pub initrd_sha256: Option<&'a str>,
 }
 
 fn kexec_file_load(kernel: &File, initrd: Option<&File>, cmdline: &CString) -> std::io::Result<()> {
@@ -137,11 +163,39 @@ pub fn kexec_prepare(
     cmdline: &str,
     dry_run: bool,
 ) -> Result<KexecReport> {
+    let img = KexecImage {
+        kernel_url,
+        initrd_url,
+        cmdline,
+        kernel_sha256: None,
+        initrd_sha256: None,
+    };
+    kexec_prepare_cached(&img, None, dry_run)
+}
+
+/// Gets the image's files (from `cache` when it holds their digests, else
+/// downloaded, verified and cached) and loads them; does not execute. In
+/// dry-run mode the files are fetched but not loaded.
+pub fn kexec_prepare_cached(
+    img: &KexecImage,
+    cache: Option<&ImageCache>,
+    dry_run: bool,
+) -> Result<KexecReport> {
     let t0 = Instant::now();
-    let kernel = Client::download(kernel_url, 120)?;
-    let initrd = match initrd_url {
-        Some(u) => Some(Client::download(u, 300)?),
-        None => None,
+    let fetch = |url: &str, digest: Option<&str>, timeout: u64| -> Result<(Vec<u8>, Source)> {
+        let dl = move |u: &str| Client::download(u, timeout);
+        match cache {
+            Some(c) => c.fetch(url, digest, &dl),
+            None => Ok((dl(url)?, Source::Download)),
+        }
+    };
+    let (kernel, kernel_from) = fetch(img.kernel_url, img.kernel_sha256, 120)?;
+    let (initrd, initrd_from) = match img.initrd_url {
+        Some(u) => {
+            let (d, s) = fetch(u, img.initrd_sha256, 300)?;
+            (Some(d), Some(s))
+        }
+        None => (None, None),
     };
     let kfile = memfd("kexec-kernel", &kernel)?;
     let ifile = initrd
@@ -150,7 +204,7 @@ pub fn kexec_prepare(
         .transpose()?;
     let download_ms = t0.elapsed().as_millis() as u64;
     let t1 = Instant::now();
-    let ccmd = CString::new(cmdline).context("kexec cmdline has a NUL byte")?;
+    let ccmd = CString::new(img.cmdline).context("kexec cmdline has a NUL byte")?;
     let method = if dry_run {
         "dry-run (not loaded)".to_string()
     } else {
@@ -158,7 +212,7 @@ pub fn kexec_prepare(
             Ok(()) => "kexec_file_load".to_string(),
             Err(e) => {
                 tracing::warn!(error = %e, "kexec_file_load refused, trying kexec-tools");
-                kexec_tools(&kfile, ifile.as_ref(), cmdline)
+                kexec_tools(&kfile, ifile.as_ref(), img.cmdline)
                     .with_context(|| format!("kexec_file_load: {e}"))?;
                 format!("kexec-tools (kexec_file_load: {e})")
             }
@@ -167,6 +221,8 @@ pub fn kexec_prepare(
     Ok(KexecReport {
         kernel_bytes: kernel.len(),
         initrd_bytes: initrd.as_ref().map_or(0, Vec::len),
+        kernel_from,
+        initrd_from,
         download_ms,
         load_ms: t1.elapsed().as_millis() as u64,
         method,

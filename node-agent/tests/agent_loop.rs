@@ -111,7 +111,7 @@ fn agent_against_real_server_recovers_and_delivers_results() {
     let (st, detail) = lab.final_status(kexec, Duration::from_secs(30));
     assert_eq!(st, "succeeded", "{detail}");
     assert!(
-        detail.contains("kernel 70000 B, initrd 30000 B"),
+        detail.contains("kernel 70000 B (download), initrd 30000 B (download)"),
         "{detail}"
     );
     let (st, detail) = lab.final_status(attach, Duration::from_secs(30));

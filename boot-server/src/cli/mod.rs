@@ -452,6 +452,15 @@ pub enum NodeCmd {
         /// Image to boot.
         image: String,
     },
+    /// Load IMAGE on the node ahead of a decision (no jump): a later
+    /// `kexec` into IMAGE only jumps. The engine does this by itself for the
+    /// environment an idle node most likely joins next.
+    Prestage {
+        /// Node id or MAC.
+        id: String,
+        /// Image to stage.
+        image: String,
+    },
     /// Power control through the node's BMC or QEMU monitor: status, on,
     /// off (hard), cycle, pxe (boot from the network next).
     Power {
@@ -1243,6 +1252,9 @@ async fn node_command(c: &Client, cmd: NodeCmd) -> std::result::Result<(), Failu
         NodeCmd::Reprovision { id } => queue(id, json!({ "kind": "reprovision" })).await?,
         NodeCmd::Kexec { id, image } => {
             queue(id, json!({ "kind": "kexec", "image": image })).await?
+        }
+        NodeCmd::Prestage { id, image } => {
+            queue(id, json!({ "kind": "prestage", "image": image })).await?
         }
         NodeCmd::Power { id, action } => {
             let path = format!("/api/nodes/{}/power", enc(&id));

@@ -24,12 +24,44 @@ pub enum NodeCommand {
         /// Image to boot.
         image: String,
     },
+    /// Load `image` on the node ahead of a decision (kexec_file_load, no
+    /// jump): a later `kexec` into the same image only jumps.
+    Prestage {
+        /// Image to stage.
+        image: String,
+    },
     /// Any agent command as is (advanced; disk attach goes through `disk attach`).
     Raw {
         /// The command, sent as is.
         #[schema(value_type = Object)]
         command: CommandKind,
     },
+}
+
+/// A command for the event log: a kexec or prestage command line's token or
+/// hand-off credential replaced by its fingerprint.
+pub fn redacted(kind: &CommandKind) -> CommandKind {
+    use boot_proto::cmdline::{HANDOFF, TOKEN};
+    let hide = |cmdline: &str| {
+        cmdline
+            .split(' ')
+            .map(|w| match w.split_once('=') {
+                Some((k, v)) if k == TOKEN || k == HANDOFF => {
+                    format!("{k}=<{}>", crate::secret::fingerprint(v))
+                }
+                _ => w.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut k = kind.clone();
+    match &mut k {
+        CommandKind::Kexec { cmdline, .. } | CommandKind::Prestage { cmdline, .. } => {
+            *cmdline = hide(cmdline)
+        }
+        _ => {}
+    }
+    k
 }
 
 impl Control {
@@ -93,6 +125,11 @@ impl Control {
                     .await
                     .map_err(|e| Error::conflict(format!("{e:#}")))?
             }
+            NodeCommand::Prestage { image } => self
+                .plan
+                .prestage_command(&node, &image)
+                .await
+                .map_err(|e| Error::conflict(format!("{e:#}")))?,
         };
         self.queue(&node.id, kind).await
     }
@@ -103,7 +140,7 @@ impl Control {
         self.events.emit(
             Some(node_id.to_string()),
             EventKind::CommandQueued,
-            json!({ "id": id, "command": kind }),
+            json!({ "id": id, "command": redacted(&kind) }),
         );
         self.wakeups.wake(node_id);
         Ok(id)

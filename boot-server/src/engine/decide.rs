@@ -468,6 +468,111 @@ pub fn decide(w: &World) -> Vec<Decision> {
     out
 }
 
+/// A node's most likely next environment: pre-stage its image there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    /// The node to pre-stage.
+    pub node: String,
+    /// The environment it is most likely to join next.
+    pub env: String,
+    /// Why, for the log.
+    pub reason: String,
+}
+
+/// Where each idle node, and each node of a preemptible environment's ready
+/// slot, most likely goes next, so that its agent can download and load that
+/// environment's image ahead of the decision. Environments that boot warm
+/// offer places, best first: nodes they want now and lack (unmet demand),
+/// then nodes their next scheduled scale-up (`scale_ups`: environment →
+/// target) will want, then room to grow (up to `max`; an inactive
+/// environment up to its desired count), each class by priority (highest
+/// first), then name. Places are filled by idle nodes (best fit first, as
+/// [`decide`] picks them); each node a higher-priority environment could
+/// preempt stages the best place idle nodes left. A node only stages an
+/// environment whose requirements it meets. Environments whose slots have
+/// disks are not staged (the slot's root disk is on the command line).
+pub fn likely_next(w: &World, scale_ups: &HashMap<String, u32>) -> Vec<Stage> {
+    use crate::model::BootMode;
+    // (class, -priority, env name, why) per place.
+    let mut places: Vec<(u8, i32, &Environment, &'static str)> = Vec::new();
+    // An environment whose slots have disks boots from the slot's disk,
+    // slot data the command line would carry: not staged.
+    for env in w
+        .envs
+        .iter()
+        .filter(|e| e.boot == BootMode::Warm && e.disk_base.is_none())
+    {
+        let held = holding(w.slots, &env.name);
+        let target = env.target();
+        let unmet = target.saturating_sub(held);
+        let scheduled = scale_ups
+            .get(&env.name)
+            .map_or(0, |t| t.min(&env.max).saturating_sub(held.max(target)));
+        let potential = if env.active {
+            env.max
+        } else {
+            env.desired.clamp(env.min, env.max)
+        };
+        let room = potential.saturating_sub(held.max(target) + scheduled);
+        for (class, n, why) in [
+            (0, unmet, "wants nodes it lacks now"),
+            (1, scheduled, "its next scheduled scale-up wants nodes"),
+            (2, room, "has room to grow"),
+        ] {
+            places.extend((0..n).map(|_| (class, -env.priority, env, why)));
+        }
+    }
+    places.sort_by(|a, b| (a.0, a.1, &a.2.name).cmp(&(b.0, b.1, &b.2.name)));
+    let mut idle: Vec<&Node> = w.nodes.iter().filter(|n| w.eligible(n)).collect();
+    idle.sort_by_key(|n| fit_rank(n));
+    // Nodes a higher-priority environment could take: ready, not busy, in a
+    // preemptible environment.
+    let preemptible: Vec<(&Node, &Environment)> = w
+        .slots
+        .iter()
+        .filter(|s| s.step == SlotStep::Ready && !s.cloning())
+        .filter_map(|s| {
+            let node = w.node(s.node.as_deref()?)?;
+            let env = w.envs.iter().find(|e| e.name == s.environment)?;
+            (env.preemptible && node.busy() != Some(true)).then_some((node, env))
+        })
+        .collect();
+    let mut used: HashSet<&str> = HashSet::new();
+    let mut out = Vec::new();
+    let mut left = Vec::new();
+    for (_, _, env, why) in places {
+        let Some(node) = idle
+            .iter()
+            .find(|n| !used.contains(n.id.as_str()) && env.requirements.met_by(n))
+        else {
+            left.push((env, why));
+            continue;
+        };
+        used.insert(&node.id);
+        out.push(Stage {
+            node: node.id.clone(),
+            env: env.name.clone(),
+            reason: format!("{} {why}; node idle", env.name),
+        });
+    }
+    // The places idle nodes could not fill go to preemption; which victim
+    // it takes depends on load at the time, so every node it could take
+    // stages the best such place (without using it up).
+    for (node, from) in preemptible {
+        let best = left.iter().find(|(env, _)| {
+            from.name != env.name && from.priority < env.priority && env.requirements.met_by(node)
+        });
+        if let Some((env, why)) = best {
+            out.push(Stage {
+                node: node.id.clone(),
+                env: env.name.clone(),
+                reason: format!("{} {why}; node preemptible in {}", env.name, from.name),
+            });
+        }
+    }
+    out
+}
+
 /// Which of `env`'s nodes to give back: ready ones that are not busy, the
 /// highest slot index first (so slot numbers stay dense and each slot
 /// keeps its disk for when the environment grows again).
@@ -979,5 +1084,148 @@ mod tests {
         n.arch = Some("uefi-x64".into());
         assert_eq!(vm_size(Some(&n)), (1, 512, FirmwareKind::Uefi));
         assert_eq!(vm_size(None), (1, 512, FirmwareKind::Bios));
+    }
+
+    fn stage_run(
+        envs: &[Environment],
+        slots: &[Slot],
+        nodes: &[Node],
+        ups: &[(&str, u32)],
+    ) -> Vec<(String, String)> {
+        let cooling = HashSet::new();
+        let usage = HashMap::new();
+        let ups: HashMap<String, u32> = ups.iter().map(|(e, t)| (e.to_string(), *t)).collect();
+        likely_next(
+            &World {
+                envs,
+                slots,
+                nodes,
+                now_ms: NOW,
+                fresh_ms: 10_000,
+                manual_enrolment: false,
+                cooling: &cooling,
+                usage: &usage,
+                hosts: &[],
+                vms: &[],
+            },
+            &ups,
+        )
+        .into_iter()
+        .map(|s| (s.node, s.env))
+        .collect()
+    }
+
+    fn named(name: &str, desired: u32, max: u32, priority: i32) -> Environment {
+        Environment {
+            name: name.into(),
+            image: format!("{name}-img"),
+            desired,
+            min: 0,
+            max,
+            priority,
+            active: true,
+            ..Default::default()
+        }
+    }
+
+    fn held(env: &str, index: u32, node: &str) -> Slot {
+        Slot {
+            environment: env.into(),
+            index,
+            node: Some(node.into()),
+            step: SlotStep::Ready,
+            ..Default::default()
+        }
+    }
+
+    fn pair(n: &str, e: &str) -> (String, String) {
+        (n.to_string(), e.to_string())
+    }
+
+    #[test]
+    fn idle_nodes_stage_unmet_demand_first_then_schedules_then_room_by_priority() {
+        // low lacks one node now; high's schedule wants one more soon; big
+        // (highest priority) only has room to grow.
+        let low = named("low", 2, 2, 1);
+        let high = named("high", 1, 3, 5);
+        let big = named("big", 0, 1, 9);
+        let slots = vec![held("low", 0, "n9"), held("high", 0, "n8")];
+        let mut nodes: Vec<Node> = (1..=4).map(|i| node(i, NodeState::Idle)).collect();
+        for (id, env) in [("n9", "low"), ("n8", "high")] {
+            let mut n = node(id[1..].parse().unwrap(), NodeState::Ready);
+            n.environment = Some(env.into());
+            nodes.push(n);
+        }
+        let got = stage_run(&[low, high, big], &slots, &nodes, &[("high", 2)]);
+        assert_eq!(
+            got,
+            vec![
+                pair("n1", "low"),  // unmet demand now
+                pair("n2", "high"), // next scheduled scale-up
+                pair("n3", "big"),  // room to grow, highest priority
+                pair("n4", "high"), // room to grow (max 3), next priority
+            ]
+        );
+    }
+
+    #[test]
+    fn a_node_stages_only_an_environment_whose_requirements_it_meets_and_cold_ones_never() {
+        let mut picky = named("picky", 1, 1, 9);
+        picky.requirements.min_cpus = Some(64);
+        let mut cold = named("cold", 1, 1, 8);
+        cold.boot = crate::model::BootMode::Cold;
+        let plain = named("plain", 0, 1, 1);
+        let mut disk = named("disk", 1, 1, 7);
+        disk.disk_base = Some("base".into());
+        let nodes = vec![node(1, NodeState::Idle)];
+        let got = stage_run(&[picky, cold, disk, plain], &[], &nodes, &[]);
+        assert_eq!(got, vec![pair("n1", "plain")]);
+        // No place at all: nothing staged.
+        let full = named("full", 1, 1, 1);
+        let mut n2 = node(2, NodeState::Ready);
+        n2.environment = Some("full".into());
+        assert!(stage_run(&[full], &[held("full", 0, "n2")], &[n2], &[]).is_empty());
+    }
+
+    #[test]
+    fn an_inactive_environment_stages_its_desired_count_and_preemptible_nodes_stage_higher_priorities(
+    ) {
+        // beta is inactive (desired 1): the node most likely to serve it when
+        // activated is a node of the preemptible, lower-priority alpha.
+        let mut beta = named("beta", 1, 3, 10);
+        beta.active = false;
+        let mut alpha = named("alpha", 1, 1, 1);
+        alpha.preemptible = true;
+        let mut n1 = node(1, NodeState::Ready);
+        n1.environment = Some("alpha".into());
+        let got = stage_run(
+            &[beta.clone(), alpha.clone()],
+            &[held("alpha", 0, "n1")],
+            &[n1.clone()],
+            &[],
+        );
+        assert_eq!(got, vec![pair("n1", "beta")]);
+        // Every node beta could preempt stages it: the victim is picked by
+        // load at the decision.
+        let mut alpha2 = alpha.clone();
+        alpha2.desired = 2;
+        alpha2.max = 2;
+        let mut n2 = node(2, NodeState::Ready);
+        n2.environment = Some("alpha".into());
+        let two = [held("alpha", 0, "n1"), held("alpha", 1, "n2")];
+        let got = stage_run(&[beta.clone(), alpha2], &two, &[n1.clone(), n2], &[]);
+        assert_eq!(got, vec![pair("n1", "beta"), pair("n2", "beta")]);
+        // Not when alpha is not preemptible, nor for a lower priority.
+        alpha.preemptible = false;
+        assert!(stage_run(
+            &[beta.clone(), alpha.clone()],
+            &[held("alpha", 0, "n1")],
+            &[n1.clone()],
+            &[]
+        )
+        .is_empty());
+        alpha.preemptible = true;
+        beta.priority = 0;
+        assert!(stage_run(&[beta, alpha], &[held("alpha", 0, "n1")], &[n1], &[]).is_empty());
     }
 }

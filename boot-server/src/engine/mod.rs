@@ -51,6 +51,34 @@ struct Memory {
     pruned_ms: i64,
     /// Failing-over slots with an open "failover-failed" alert.
     failover_failed: HashSet<(String, u32)>,
+    /// (node, image) pairs that cannot be pre-staged, until when.
+    stage_refused: HashMap<(String, String), i64>,
+}
+
+/// Each environment's target after its next schedule that adds nodes
+/// (scale up or activate), if its next schedule does.
+fn scale_ups(envs: &[Environment], now: i64) -> HashMap<String, u32> {
+    use chrono::{TimeZone, Utc};
+    let Some(from) = Utc.timestamp_millis_opt(now).single() else {
+        return HashMap::new();
+    };
+    let mut out = HashMap::new();
+    for env in envs {
+        let next = env
+            .schedules
+            .iter()
+            .filter_map(|s| Some((s.parse_cron().ok()?.after(&from).next()?, &s.action)))
+            .min_by_key(|(t, _)| *t);
+        let target = match next {
+            Some((_, ScheduleAction::Scale(n))) => (*n).clamp(env.min, env.max),
+            Some((_, ScheduleAction::Activate)) => env.desired.clamp(env.min, env.max),
+            _ => continue,
+        };
+        if target > env.target() {
+            out.insert(env.name.clone(), target);
+        }
+    }
+    out
 }
 
 /// The engine.
@@ -197,7 +225,76 @@ impl Engine {
         // Alerts on what the steps just did, not on what the pass began with.
         let slots = self.c.store.slots(None).await?;
         self.env_alerts(&envs, &slots);
+        if let Err(e) = self.prestage(now, &envs, &slots, &cooling).await {
+            tracing::warn!(error = %format!("{e:#}"), "pre-staging skipped this pass");
+        }
         self.prune(now).await;
+        Ok(())
+    }
+
+    /// Pre-staging: tells each idle or preemptible node to load the image of
+    /// the environment it most likely joins next ([`decide::likely_next`]),
+    /// unless that image is staged there already. Runs after the pass's
+    /// decisions and steps, on what they left.
+    async fn prestage(
+        &self,
+        now: i64,
+        envs: &[Environment],
+        slots: &[Slot],
+        cooling: &HashSet<String>,
+    ) -> Result<()> {
+        let nodes = self.c.store.nodes().await?;
+        let usage = HashMap::new();
+        let world = World {
+            envs,
+            slots,
+            nodes: &nodes,
+            now_ms: now,
+            fresh_ms: self.fresh_ms(),
+            manual_enrolment: self.cfg().manual_enrolment,
+            cooling,
+            usage: &usage,
+            hosts: &[],
+            vms: &[],
+        };
+        let ups = scale_ups(envs, now);
+        let wall = crate::model::now_ms();
+        for st in decide::likely_next(&world, &ups) {
+            let (Some(env), Some(node)) = (
+                envs.iter().find(|e| e.name == st.env),
+                nodes.iter().find(|n| n.id == st.node),
+            ) else {
+                continue;
+            };
+            if self.c.plan.handoffs.staged_image(&node.id, wall).as_deref() == Some(&env.image) {
+                continue;
+            }
+            let key = (node.id.clone(), env.image.clone());
+            if self
+                .mem()
+                .stage_refused
+                .get(&key)
+                .is_some_and(|until| *until > now)
+            {
+                continue;
+            }
+            let kind = match self.c.plan.prestage_command(node, &env.image).await {
+                Ok(k) => k,
+                Err(e) => {
+                    // Not a Linux image, another architecture: not again soon.
+                    tracing::debug!(node = %node.id, env = %env.name, error = %format!("{e:#}"), "not pre-staged");
+                    self.mem().stage_refused.insert(key, now + 600_000);
+                    continue;
+                }
+            };
+            self.c.queue(&node.id, kind).await?;
+            tracing::info!(node = %node.id, env = %env.name, image = %env.image, reason = %st.reason, "pre-staging");
+            self.c.events.emit(
+                Some(node.id.clone()),
+                EventKind::EngineDecision,
+                json!({ "env": env.name, "action": "prestage", "nodes": [node.id], "image": env.image, "reason": st.reason }),
+            );
+        }
         Ok(())
     }
 

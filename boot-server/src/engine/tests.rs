@@ -949,3 +949,92 @@ async fn a_restart_mid_clone_snapshots_in_time_or_fails_and_thaws() {
         .iter()
         .any(|s| s.index == 2 && (s.reidentify || s.step == SlotStep::Ready)));
 }
+
+/// The `kexec-planned` events of `node`: (image, staged id, why not staged).
+async fn kexec_plans(l: &Lab, node: &str) -> Vec<(String, Option<String>, Option<String>)> {
+    // The event hub writes in the background.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    l.c.store
+        .events(0, Some(node), 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::KexecPlanned)
+        .map(|e| {
+            let s = |k: &str| e.detail[k].as_str().map(str::to_string);
+            (s("image").unwrap_or_default(), s("staged"), s("not_staged"))
+        })
+        .collect()
+}
+
+/// Pre-staging: an idle node stages the image of the inactive environment it
+/// most likely joins (a prestage command with a hand-off credential, no
+/// token); when that environment takes it the kexec names the stage; when
+/// another environment takes it instead, the kexec names none (the agent
+/// loads the right image) and the stale stage is forgotten.
+#[tokio::test]
+async fn idle_nodes_prestage_the_likely_environment_and_a_different_decision_falls_back() {
+    for (activate, staged) in [("a", true), ("b", false)] {
+        let l = lab(1).await;
+        let node = l.c.store.nodes().await.unwrap()[0].id.clone();
+        env(&l, "a", "img-a", |e| {
+            e.desired = 1;
+            e.priority = 10;
+            e.active = false;
+        })
+        .await;
+        env(&l, "b", "img-b", |e| {
+            e.desired = 1;
+            e.active = false;
+        })
+        .await;
+        l.engine.pass().await.unwrap();
+        let cmds = l.c.store.commands_of(&node, 100).await.unwrap();
+        let stages: Vec<_> = cmds
+            .iter()
+            .filter_map(|c| match &c.command {
+                CommandKind::Prestage { stage, cmdline, .. } => {
+                    Some((stage.clone(), cmdline.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stages.len(), 1, "{cmds:?}");
+        let (stage, cmdline) = &stages[0];
+        assert!(cmdline.contains("bootsrv.image=img-a"), "{cmdline}");
+        assert!(cmdline.contains("bootsrv.handoff="), "{cmdline}");
+        assert!(!cmdline.contains("bootsrv.token="), "{cmdline}");
+        // Staged once: the next passes do not stage it again.
+        agents(&l, &[]).await;
+        l.engine.pass().await.unwrap();
+        let again = l.c.store.commands_of(&node, 100).await.unwrap();
+        let n = again
+            .iter()
+            .filter(|c| matches!(c.command, CommandKind::Prestage { .. }))
+            .count();
+        assert_eq!(n, 1);
+        // The decision.
+        l.c.update_env(activate, serde_json::json!({"active": true}))
+            .await
+            .unwrap();
+        settle(&l, &[], 12).await;
+        assert_eq!(ready_nodes(&l, activate).await, vec![node.clone()]);
+        let plans = kexec_plans(&l, &node).await;
+        let img = format!("img-{activate}");
+        let plan = plans
+            .iter()
+            .find(|p| p.0 == img)
+            .expect("a kexec into the env's image");
+        if staged {
+            assert_eq!(plan.1.as_deref(), Some(stage.as_str()), "{plans:?}");
+        } else {
+            assert_eq!(plan.1, None, "{plans:?}");
+            assert!(
+                plan.2
+                    .as_deref()
+                    .is_some_and(|w| w.contains("img-a differs")),
+                "{plans:?}"
+            );
+        }
+    }
+}

@@ -39,6 +39,8 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/agent/commands", get(commands))
         .route("/api/agent/results", post(result))
         .route_layer(middleware::from_fn_with_state(state, authenticate))
+        // Authenticated by the hand-off credential itself, not a token.
+        .route("/api/agent/handoff", post(handoff))
 }
 
 /// With `[agent] tls_listen` set, the plain listener's agent routes answer
@@ -59,6 +61,7 @@ pub fn refused_in_the_clear() -> Router<Arc<AppState>> {
         .route("/api/agent/heartbeat", post(refuse))
         .route("/api/agent/commands", get(refuse))
         .route("/api/agent/results", post(refuse))
+        .route("/api/agent/handoff", post(refuse))
 }
 
 fn unauthorized(m: &str) -> Response {
@@ -101,6 +104,66 @@ async fn at_node_address(s: &AppState, node: &Node, peer: IpAddr) -> Result<bool
         // the token alone identifies the boot.
         None => true,
     })
+}
+
+/// A pre-staged boot exchanges its one-time hand-off credential
+/// (`x-node-handoff`) for its agent token: once, after the decision bound
+/// it, from the node's own address. 401 for an unknown, used or expired
+/// credential; 409 while no decision has bound it (the agent retries).
+async fn handoff(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    use crate::handoff::Take;
+    let c = &s.control;
+    let Some(secret) = headers
+        .get(boot_proto::AGENT_HANDOFF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+    else {
+        return Ok(unauthorized(&format!(
+            "missing {}",
+            boot_proto::AGENT_HANDOFF_HEADER
+        )));
+    };
+    let fp = crate::secret::fingerprint(secret);
+    // The address is checked before the credential is used up.
+    let node_of = |id: String| async move { c.store.node(&id).await };
+    let now = crate::model::now_ms();
+    let holder = match c.plan.handoffs.take_peek(secret, now) {
+        Some(n) => n,
+        None => {
+            tracing::warn!(handoff = %fp, peer = %peer.ip(), "hand-off refused: unknown, used or expired");
+            return Ok(unauthorized("unknown, used or expired hand-off credential"));
+        }
+    };
+    let Some(node) = node_of(holder).await? else {
+        return Ok(unauthorized("the hand-off's node is gone"));
+    };
+    if !at_node_address(&s, &node, peer.ip()).await? {
+        tracing::warn!(node = %node.id, peer = %peer.ip(), handoff = %fp, "hand-off refused: not the node's address");
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "hand-off from an address that is not the node's",
+        ));
+    }
+    match c.plan.handoffs.take(secret, now) {
+        Take::Token { node: id, token } => {
+            c.events.emit(
+                Some(id.clone()),
+                EventKind::Handoff,
+                json!({ "handoff": fp, "token": crate::secret::fingerprint(&token) }),
+            );
+            tracing::info!(node = %id, handoff = %fp, "hand-off: token given");
+            Ok(Json(boot_proto::HandoffReply { token }).into_response())
+        }
+        Take::Unbound { .. } => Err(ApiError::new(
+            ErrorKind::Conflict,
+            "no decision has bound this hand-off yet",
+        )),
+        Take::Unknown => Ok(unauthorized("unknown, used or expired hand-off credential")),
+    }
 }
 
 async fn hello(
@@ -159,7 +222,7 @@ async fn hello(
     c.events.emit(
         Some(node.id.clone()),
         EventKind::AgentReady,
-        json!({ "image": body.image, "uptime_ms": body.uptime_ms, "agent_version": body.agent_version, "protocol": body.protocol_version }),
+        json!({ "image": body.image, "uptime_ms": body.uptime_ms, "init_ms": body.init_ms, "agent_start_ms": body.agent_start_ms, "agent_version": body.agent_version, "protocol": body.protocol_version }),
     );
     tracing::info!(node = %node.id, image = ?body.image, uptime_ms = ?body.uptime_ms, "agent ready");
     Ok(Json(HelloReply {

@@ -20,6 +20,8 @@ pub enum EventKind {
     HttpFile,
     /// A warm reprovision (kexec) was planned.
     KexecPlanned,
+    /// A pre-staged boot exchanged its hand-off credential for its token.
+    Handoff,
     /// First sight of a node.
     NodeDiscovered,
     /// An admin registered a node.
@@ -98,6 +100,7 @@ impl EventKind {
         EventKind::ScriptWait,
         EventKind::HttpFile,
         EventKind::KexecPlanned,
+        EventKind::Handoff,
         EventKind::NodeDiscovered,
         EventKind::NodeEnrolled,
         EventKind::AgentReady,
@@ -141,6 +144,7 @@ impl EventKind {
             EventKind::ScriptWait => "script-wait",
             EventKind::HttpFile => "http-file",
             EventKind::KexecPlanned => "kexec-planned",
+            EventKind::Handoff => "handoff",
             EventKind::NodeDiscovered => "node-discovered",
             EventKind::NodeEnrolled => "node-enrolled",
             EventKind::AgentReady => "agent-ready",
