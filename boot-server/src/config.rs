@@ -416,6 +416,9 @@ pub struct EngineConfig {
     /// Longest freeze of a clone's template: its agent thaws by itself
     /// after this, and a snapshot not taken by then fails the clone.
     pub clone_hold_secs: u64,
+    /// Pre-stage: tell idle and preemptible nodes to download and load the
+    /// image they most likely boot next, so a warm move only jumps.
+    pub prestage: bool,
 }
 
 impl Default for EngineConfig {
@@ -431,6 +434,7 @@ impl Default for EngineConfig {
             entitlement_window_secs: 3600,
             load_retain_secs: 86_400,
             clone_hold_secs: 60,
+            prestage: true,
         }
     }
 }

@@ -225,8 +225,10 @@ impl Engine {
         // Alerts on what the steps just did, not on what the pass began with.
         let slots = self.c.store.slots(None).await?;
         self.env_alerts(&envs, &slots);
-        if let Err(e) = self.prestage(now, &envs, &slots, &cooling).await {
-            tracing::warn!(error = %format!("{e:#}"), "pre-staging skipped this pass");
+        if self.cfg().prestage {
+            if let Err(e) = self.prestage(now, &envs, &slots, &cooling).await {
+                tracing::warn!(error = %format!("{e:#}"), "pre-staging skipped this pass");
+            }
         }
         self.prune(now).await;
         Ok(())
