@@ -15,9 +15,14 @@
 #     is killed: a host starts a VM sized like g3 that takes slot 1 with its host name,
 #     address and marker; the VM's node is virtual with its host.
 #   4 host death: the host running that VM is killed (agent and its QEMU): it is marked
-#     down, and slot 1 fails over to a VM on the other (backup) host, marker intact.
+#     down, and slot 1 fails over to a VM on the other (backup) host, marker intact; the
+#     lost VM's fence event says unproven (its host is down or silent).
+#   4b adoption: the backup host's agent alone is killed (its VM's QEMU runs on) and
+#     restarted on the same state dir: it adopts the VM from its record, the server keeps
+#     the VM running and slot 1 on it (no VM ended, no fence).
 #   3 failback: g3 (the slot's home) comes back: slot 1 moves back to it with its marker,
-#     and the VM is stopped (its host reports it stopped; the VM node is retired).
+#     and the VM is stopped (its host reports it stopped; the VM node is retired) — by the
+#     restarted agent, through the adopted QEMU's pid.
 # Prints kill -> ready for the spare and for each VM. Needs root (a skip outside CI, a
 # failure under CI), jq, qemu-system-x86_64, busybox.
 # Usage: qemu-tests/test-failover.sh [--timeout S]
@@ -85,10 +90,17 @@ fo_host_start() {
     mkdir -p "$dir"
     eng_cli host add "$h" > "$dir/secret" || return 1
     chmod 600 "$dir/secret"
+    fo_host_spawn "$h"
+}
+fo_host_spawn() {
+    local h="$1" dir="$LAB_DIR/host-$1"
     lab_spawn "host-$h" "$agent" host --server "http://$LAB_BRIDGE_ADDR:8080" \
         --credential-file "$dir/secret" --bridge br0 --reserve 1 --accel tcg --state-dir "$dir"
     HOST_PID[$h]="${LAB_PID[host-$h]}"
 }
+# fo_gone PID: the process is gone (or a zombie nobody reaped yet).
+fo_gone() { [ ! -e "/proc/$1" ] || [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" = Z ]; }
+fo_host_seen_after() { eng_cli host show "$1" --json | jq -e --argjson t "$2" '.last_seen_ms > $t' >/dev/null; }
 # The whole failover host dies: its agent and the VMs it started.
 fo_host_kill() {
     local pid="${HOST_PID[$1]}"
@@ -214,8 +226,36 @@ scenario_4() {
         eval "fo_vm_is $VMHOST $old lost && eng_is \"\$(eng_node_field $old state)\" retired"
     t_check "4: slot 1 kept its host name, address and marker" \
         eval "fo_same_slot $HOSTNAME1 $IP1 && eng_wait marker 30 eng_slot_health_is $ENV 1 marker $MARKER1"
+    t_check "4: the lost VM's fence says unproven (its host is down or silent)" \
+        eng_wait "the event" 15 eng_event_since fenced ".node == \"$old\" and .detail.fence.proven == false and (.detail.fence.power | test(\"down|silent\"))"
+    echo "   fence: $(eng_events_after "$ENG_EV_MARK" | jq -c --arg n "$old" 'select(.kind == "fenced" and .node == $n) | .detail.fence' | head -n 1)"
     VMHOST="$other"
     t_check "4: slots and nodes stay consistent" eng_consistent
+}
+
+# ---- 4b: a restarted host agent adopts its running VM ---------------------------------------
+scenario_4b() {
+    local vm pid t0 t
+    vm="$(fo_node_of 1)"
+    QPID="$(cat "$LAB_DIR/host-$VMHOST"/vm-*.vm.json 2>/dev/null | jq -r .pid | head -n 1)"
+    if [ -z "$QPID" ] || fo_gone "$QPID"; then
+        t_fail "4b: $VMHOST's VM record names its running QEMU"; fo_diag; return 1
+    fi
+    eng_mark
+    t0=$SECONDS
+    pid="${HOST_PID[$VMHOST]}"
+    kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+    t_check "4b: $VMHOST's agent killed, its VM's QEMU ($QPID) runs on" eval "! fo_gone $QPID"
+    t="$(eng_now_ms)"
+    fo_host_spawn "$VMHOST"
+    if ! eng_wait "the agent adopted the VM" 30 grep -q "adopted a running VM" "$LAB_DIR/host-$VMHOST.log"; then
+        t_fail "4b: the restarted agent adopted the VM"; fo_diag; return 1
+    fi
+    t_ok "4b: the restarted agent on $VMHOST adopted its running VM ($((SECONDS - t0)) s from the kill)"
+    # Two polls after the restart: the server has seen what the new agent reports.
+    eng_wait "a poll after the restart" 30 fo_host_seen_after "$VMHOST" "$((t + 4000))"
+    t_check "4b: the server keeps the VM running and slot 1 on it (no VM ended, no failover)" \
+        eval "fo_vm_is $VMHOST $vm running && fo_slot_on 1 $vm && ! eng_event_since vm '.detail.action == \"ended\"' && ! eng_event_since fenced true"
 }
 
 # ---- 3: failback to the repaired home node ------------------------------------------------
@@ -236,12 +276,13 @@ scenario_3() {
     t_check "3: slot 1 kept its host name, address and marker on its home node" \
         eval "fo_same_slot $HOSTNAME1 $IP1 && eng_wait marker 30 eng_slot_health_is $ENV 1 marker $MARKER1"
     t_check "3: the VM ($vm on $VMHOST) is stopped and freed" eng_wait "VM stopped" 30 fo_vm_is "$VMHOST" "$vm" stopped
+    t_check "3: the adopted VM's QEMU ($QPID) was stopped by the restarted agent" eng_wait "QEMU gone" 15 fo_gone "$QPID"
     t_check "3: failback decision and failback-finished alert" \
         eng_wait "the events" 15 eval "eng_event_since engine-decision '.detail.action == \"failback\"' && eng_event_since alert '.detail.alert == \"failback-finished\"'"
     t_check "3: slots and nodes stay consistent" eng_consistent
 }
 
-for s in 1 2 4 3; do
+for s in 1 2 4 4b 3; do
     echo "== scenario $s"
     s0=$SECONDS
     "scenario_$s" || { echo "== scenario $s failed; later ones need its state: stopping"; break; }

@@ -416,6 +416,10 @@ pub struct EngineConfig {
     /// Longest freeze of a clone's template: its agent thaws by itself
     /// after this, and a snapshot not taken by then fails the clone.
     pub clone_hold_secs: u64,
+    /// Fencing a failed VM node: how long to wait for its host to report
+    /// the VM's QEMU gone before its slot's disk goes elsewhere anyway
+    /// (the fence event then says unproven).
+    pub vm_fence_timeout_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -431,6 +435,7 @@ impl Default for EngineConfig {
             entitlement_window_secs: 3600,
             load_retain_secs: 86_400,
             clone_hold_secs: 60,
+            vm_fence_timeout_secs: 15,
         }
     }
 }
