@@ -1215,7 +1215,7 @@ mod tests {
         let nodes = [with_slot(node(1, NodeState::Ready), "web", 0), big];
         let hosts = [host("h1", 1, NOW), host("h2", 2, NOW)];
         let e = one_to_one(env(Failback::Immediate));
-        let d = run(&[e.clone()], &slots, &nodes, &hosts, &[], &[]);
+        let d = run(std::slice::from_ref(&e), &slots, &nodes, &hosts, &[], &[]);
         let mut got: Vec<(&str, u32, &str, u32, u64)> = d
             .iter()
             .filter_map(|d| match d {
@@ -1241,7 +1241,7 @@ mod tests {
         // Reserved already: nothing more. Sequential: none wanted, and the
         // ones there are dropped.
         let vms = [reserved("a", "h1", "n1"), reserved("b", "h2", "n2")];
-        let d = run(&[e.clone()], &slots, &nodes, &hosts, &vms, &[]);
+        let d = run(std::slice::from_ref(&e), &slots, &nodes, &hosts, &vms, &[]);
         assert!(d.is_empty(), "{d:?}");
         let d = run(
             &[env(Failback::Immediate)],
@@ -1259,7 +1259,14 @@ mod tests {
             "{d:?}"
         );
         // A node that left the environment loses its standby.
-        let d = run(&[e.clone()], &slots[..1], &nodes, &hosts, &vms, &[]);
+        let d = run(
+            std::slice::from_ref(&e),
+            &slots[..1],
+            &nodes,
+            &hosts,
+            &vms,
+            &[],
+        );
         assert!(
             d.iter().any(
                 |d| matches!(d, Decision::DropStandby { vm, node, .. } if vm == "b" && node == "node-b")
@@ -1289,7 +1296,7 @@ mod tests {
         // n2's standby is on h2 although h1 is as loaded: it is used.
         let vms = [reserved("s1", "h1", "n1"), reserved("s2", "h2", "n2")];
         let d = run(
-            &[e.clone()],
+            std::slice::from_ref(&e),
             &failing_slots(),
             &nodes,
             &hosts,
@@ -1313,7 +1320,7 @@ mod tests {
         let mut with_spare = nodes.to_vec();
         with_spare.push(node(3, NodeState::Idle));
         let d = run(
-            &[e.clone()],
+            std::slice::from_ref(&e),
             &failing_slots(),
             &with_spare,
             &hosts,
