@@ -23,6 +23,9 @@
 #   3 failback: g3 (the slot's home) comes back: slot 1 moves back to it with its marker,
 #     and the VM is stopped (its host reports it stopped; the VM node is retired) — by the
 #     restarted agent, through the adopted QEMU's pid.
+#   map: `env set --vm-mapping one-to-one --failback window=22:00-02:00`: a standby VM is
+#     reserved on h2 (the live host, reserve 1) for a node holding a slot, not running;
+#     back to sequential frees it.
 # Prints kill -> ready for the spare and for each VM. Needs root (a skip outside CI, a
 # failure under CI), jq, qemu-system-x86_64, busybox.
 # Usage: qemu-tests/test-failover.sh [--timeout S]
@@ -282,7 +285,32 @@ scenario_3() {
     t_check "3: slots and nodes stay consistent" eng_consistent
 }
 
-for s in 1 2 4 4b 3; do
+# ---- map: the 1:1 mapping reserves a standby per protected node -----------------------------
+fo_standbys() { [ "$(eng_cli host show "$1" --json | jq '[.vms[] | select(.state == "reserved")] | length')" = "$2" ]; }
+scenario_map() {
+    local t0=$SECONDS sb
+    eng_mark
+    if ! eng_cli env set "$ENV" --vm-mapping one-to-one --failback 'window=22:00-02:00' >/dev/null; then
+        t_fail "map: env set --vm-mapping one-to-one --failback window=22:00-02:00"; return 1
+    fi
+    t_check "map: the environment shows the mapping and the failback window" \
+        eval "eng_cli env show $ENV --json | jq -e '.vm_mapping == \"one-to-one\" and .failback == \"window\" and .failback_window == \"22:00-02:00\"'"
+    # h1 is down since scenario 4 and h2 reserves 1 VM: one of the two slot nodes gets one.
+    if ! eng_wait "a standby reserved on h2" 30 fo_standbys h2 1; then
+        t_fail "map: a standby VM reserved on h2"; fo_diag; return 1
+    fi
+    sb="$(eng_cli host show h2 --json | jq -c '[.vms[] | select(.state == "reserved")][0] | {id, stands_in_for, cpus, memory_mb}')"
+    t_ok "map: one-to-one: standby $sb reserved on h2 ($((SECONDS - t0)) s)"
+    t_check "map: it stands in for a node holding a slot of $ENV" \
+        eval "jq -e --arg a \"$(fo_node_of 0)\" --arg b \"$(fo_node_of 1)\" '.stands_in_for == \$a or .stands_in_for == \$b' <<<'$sb'"
+    t_check "map: it is not running (no QEMU record in h2's state dir)" \
+        eval "! ls $LAB_DIR/host-h2/*.vm.json >/dev/null 2>&1"
+    t_check "map: a reserve-vm decision" eng_wait "the event" 15 eng_event_since engine-decision '.detail.action == "reserve-vm"'
+    eng_cli env set "$ENV" --vm-mapping sequential >/dev/null
+    t_check "map: back to sequential, the standby is freed" eng_wait "standby freed" 30 fo_standbys h2 0
+}
+
+for s in 1 2 4 4b 3 map; do
     echo "== scenario $s"
     s0=$SECONDS
     "scenario_$s" || { echo "== scenario $s failed; later ones need its state: stopping"; break; }
