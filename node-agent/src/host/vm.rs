@@ -467,6 +467,17 @@ mod tests {
             .spawn()
             .unwrap();
         // `sh -c CMD ARG0 ARGS`: the cmdline is sh -c "sleep 30" -name vm-live.
+        // Until the child has exec'd, its /proc cmdline is the test's.
+        let execd = |pid: u32, id: &str| {
+            for _ in 0..500 {
+                if qemu_alive(pid as i32, id) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("child {pid} never ran");
+        };
+        execd(child.id(), "vm-live");
         let rec = |pid: i32| format!("{{\"pid\":{pid},\"tap\":\"vnonexistent0\"}}");
         std::fs::write(dir.path().join("vm-live.vm.json"), rec(child.id() as i32)).unwrap();
         // A record whose process is gone (a pid that names another VM).
@@ -496,13 +507,15 @@ mod tests {
         assert!(!r[0].running && r[0].detail.contains("server's request"));
         // An adopted VM that exits by itself is noticed.
         let mut c2 = Command::new("sh")
-            .args(["-c", "sleep 0.2; true", "-name", "vm-short"])
+            .args(["-c", "sleep 30; true", "-name", "vm-short"])
             .spawn()
             .unwrap();
+        execd(c2.id(), "vm-short");
         std::fs::write(dir.path().join("vm-short.vm.json"), rec(c2.id() as i32)).unwrap();
         v.reported();
         assert_eq!(v.adopt(), ["vm-short"]);
-        let _ = c2.wait(); // reaped: gone from /proc
+        let _ = c2.kill(); // it ends (not by the agent)
+        let _ = c2.wait();
         v.reap();
         let r = v.report();
         assert!(r.iter().any(|x| x.id == "vm-short" && !x.running), "{r:?}");
