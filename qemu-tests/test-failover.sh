@@ -15,13 +15,21 @@
 #     is killed: a host starts a VM sized like g3 that takes slot 1 with its host name,
 #     address and marker; the VM's node is virtual with its host.
 #   4 host death: the host running that VM is killed (agent and its QEMU): it is marked
-#     down, and slot 1 fails over to a VM on the other (backup) host, marker intact.
+#     down, and slot 1 fails over to a VM on the other (backup) host, marker intact; the
+#     lost VM's fence event says unproven (its host is down or silent).
+#   4b adoption: the backup host's agent alone is killed (its VM's QEMU runs on) and
+#     restarted on the same state dir: it adopts the VM from its record, the server keeps
+#     the VM running and slot 1 on it (no VM ended, no fence).
 #   3 failback: g3 (the slot's home) comes back: slot 1 moves back to it with its marker,
-#     and the VM is stopped (its host reports it stopped; the VM node is retired).
+#     and the VM is stopped (its host reports it stopped; the VM node is retired) — by the
+#     restarted agent, through the adopted QEMU's pid.
 #     Meanwhile a 4th guest e4 boots idle with a real IPMI BMC: QEMU's ipmi-bmc-extern +
 #     isa-ipmi-kcs wired to OpenIPMI's ipmi_sim (in the lab namespace: RMCP+ on
 #     10.77.0.1:9623, the VM link on the namespace's loopback), enrolled with
 #     --power ipmi://10.77.0.1:9623 and its login in the server's power.toml (mode 600).
+#   map: `env set --vm-mapping one-to-one --failback window=22:00-02:00`: a standby VM is
+#     reserved on h2 (the live host, reserve 1) for a node holding a slot, not running;
+#     back to sequential frees it.
 #   5 IPMI fence: fo grows to 3 slots (e4 takes slot 2) and fails nodes whose health hook
 #     fails 2 heartbeats in a row (--detect health-failures=2); slot 2's health hook starts
 #     failing: e4 is failed for it, fenced by power-off over IPMI (the fence event says
@@ -153,10 +161,17 @@ fo_host_start() {
     mkdir -p "$dir"
     eng_cli host add "$h" > "$dir/secret" || return 1
     chmod 600 "$dir/secret"
+    fo_host_spawn "$h"
+}
+fo_host_spawn() {
+    local h="$1" dir="$LAB_DIR/host-$1"
     lab_spawn "host-$h" "$agent" host --server "http://$LAB_BRIDGE_ADDR:8080" \
         --credential-file "$dir/secret" --bridge br0 --reserve 1 --accel tcg --state-dir "$dir"
     HOST_PID[$h]="${LAB_PID[host-$h]}"
 }
+# fo_gone PID: the process is gone (or a zombie nobody reaped yet).
+fo_gone() { [ ! -e "/proc/$1" ] || [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" = Z ]; }
+fo_host_seen_after() { eng_cli host show "$1" --json | jq -e --argjson t "$2" '.last_seen_ms > $t' >/dev/null; }
 # The whole failover host dies: its agent and the VMs it started.
 fo_host_kill() {
     local pid="${HOST_PID[$1]}"
@@ -289,8 +304,36 @@ scenario_4() {
         eval "fo_vm_is $VMHOST $old lost && eng_is \"\$(eng_node_field $old state)\" retired"
     t_check "4: slot 1 kept its host name, address and marker" \
         eval "fo_same_slot $HOSTNAME1 $IP1 && eng_wait marker 30 eng_slot_health_is $ENV 1 marker $MARKER1"
+    t_check "4: the lost VM's fence says unproven (its host is down or silent)" \
+        eng_wait "the event" 15 eng_event_since fenced ".node == \"$old\" and .detail.fence.proven == false and (.detail.fence.power | test(\"down|silent\"))"
+    echo "   fence: $(eng_events_after "$ENG_EV_MARK" | jq -c --arg n "$old" 'select(.kind == "fenced" and .node == $n) | .detail.fence' | head -n 1)"
     VMHOST="$other"
     t_check "4: slots and nodes stay consistent" eng_consistent
+}
+
+# ---- 4b: a restarted host agent adopts its running VM ---------------------------------------
+scenario_4b() {
+    local vm pid t0 t
+    vm="$(fo_node_of 1)"
+    QPID="$(cat "$LAB_DIR/host-$VMHOST"/vm-*.vm.json 2>/dev/null | jq -r .pid | head -n 1)"
+    if [ -z "$QPID" ] || fo_gone "$QPID"; then
+        t_fail "4b: $VMHOST's VM record names its running QEMU"; fo_diag; return 1
+    fi
+    eng_mark
+    t0=$SECONDS
+    pid="${HOST_PID[$VMHOST]}"
+    kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+    t_check "4b: $VMHOST's agent killed, its VM's QEMU ($QPID) runs on" eval "! fo_gone $QPID"
+    t="$(eng_now_ms)"
+    fo_host_spawn "$VMHOST"
+    if ! eng_wait "the agent adopted the VM" 30 grep -q "adopted a running VM" "$LAB_DIR/host-$VMHOST.log"; then
+        t_fail "4b: the restarted agent adopted the VM"; fo_diag; return 1
+    fi
+    t_ok "4b: the restarted agent on $VMHOST adopted its running VM ($((SECONDS - t0)) s from the kill)"
+    # Two polls after the restart: the server has seen what the new agent reports.
+    eng_wait "a poll after the restart" 30 fo_host_seen_after "$VMHOST" "$((t + 4000))"
+    t_check "4b: the server keeps the VM running and slot 1 on it (no VM ended, no failover)" \
+        eval "fo_vm_is $VMHOST $vm running && fo_slot_on 1 $vm && ! eng_event_since vm '.detail.action == \"ended\"' && ! eng_event_since fenced true"
 }
 
 # ---- 3: failback to the repaired home node ------------------------------------------------
@@ -313,10 +356,37 @@ scenario_3() {
     t_check "3: slot 1 kept its host name, address and marker on its home node" \
         eval "fo_same_slot $HOSTNAME1 $IP1 && eng_wait marker 30 eng_slot_health_is $ENV 1 marker $MARKER1"
     t_check "3: the VM ($vm on $VMHOST) is stopped and freed" eng_wait "VM stopped" 30 fo_vm_is "$VMHOST" "$vm" stopped
+    t_check "3: the adopted VM's QEMU ($QPID) was stopped by the restarted agent" eng_wait "QEMU gone" 15 fo_gone "$QPID"
     t_check "3: failback decision and failback-finished alert" \
         eng_wait "the events" 15 eval "eng_event_since engine-decision '.detail.action == \"failback\"' && eng_event_since alert '.detail.alert == \"failback-finished\"'"
     t_check "3: slots and nodes stay consistent" eng_consistent
 }
+
+# ---- map: the 1:1 mapping reserves a standby per protected node -----------------------------
+fo_standbys() { [ "$(eng_cli host show "$1" --json | jq '[.vms[] | select(.state == "reserved")] | length')" = "$2" ]; }
+scenario_map() {
+    local t0=$SECONDS sb
+    eng_mark
+    if ! eng_cli env set "$ENV" --vm-mapping one-to-one --failback 'window=22:00-02:00' >/dev/null; then
+        t_fail "map: env set --vm-mapping one-to-one --failback window=22:00-02:00"; return 1
+    fi
+    t_check "map: the environment shows the mapping and the failback window" \
+        eval "eng_cli env show $ENV --json | jq -e '.vm_mapping == \"one-to-one\" and .failback == \"window\" and .failback_window == \"22:00-02:00\"'"
+    # h1 is down since scenario 4 and h2 reserves 1 VM: one of the two slot nodes gets one.
+    if ! eng_wait "a standby reserved on h2" 30 fo_standbys h2 1; then
+        t_fail "map: a standby VM reserved on h2"; fo_diag; return 1
+    fi
+    sb="$(eng_cli host show h2 --json | jq -c '[.vms[] | select(.state == "reserved")][0] | {id, stands_in_for, cpus, memory_mb}')"
+    t_ok "map: one-to-one: standby $sb reserved on h2 ($((SECONDS - t0)) s)"
+    t_check "map: it stands in for a node holding a slot of $ENV" \
+        eval "jq -e --arg a \"$(fo_node_of 0)\" --arg b \"$(fo_node_of 1)\" '.stands_in_for == \$a or .stands_in_for == \$b' <<<'$sb'"
+    t_check "map: it is not running (no QEMU record in h2's state dir)" \
+        eval "! ls $LAB_DIR/host-h2/*.vm.json >/dev/null 2>&1"
+    t_check "map: a reserve-vm decision" eng_wait "the event" 15 eng_event_since engine-decision '.detail.action == "reserve-vm"'
+    eng_cli env set "$ENV" --vm-mapping sequential >/dev/null
+    t_check "map: back to sequential, the standby is freed" eng_wait "standby freed" 30 fo_standbys h2 0
+}
+
 
 # ---- 5: a node with an IPMI BMC is powered off over IPMI before its disk moves -----------
 scenario_5() {
@@ -366,7 +436,7 @@ scenario_5() {
     t_check "5: slots and nodes stay consistent" eng_consistent
 }
 
-for s in 1 2 4 3 5; do
+for s in 1 2 4 4b 3 map 5; do
     if [ "$s" = 5 ] && [ -n "$ipmi_missing" ]; then
         t_skip "5: IPMI fence" "missing$ipmi_missing (qemu-tests/install-deps.sh)"; continue
     fi

@@ -419,6 +419,10 @@ pub struct EngineConfig {
     /// Pre-stage: tell idle and preemptible nodes to download and load the
     /// image they most likely boot next, so a warm move only jumps.
     pub prestage: bool,
+    /// Fencing a failed VM node: how long to wait for its host to report
+    /// the VM's QEMU gone before its slot's disk goes elsewhere anyway
+    /// (the fence event then says unproven).
+    pub vm_fence_timeout_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -435,6 +439,7 @@ impl Default for EngineConfig {
             load_retain_secs: 86_400,
             clone_hold_secs: 60,
             prestage: true,
+            vm_fence_timeout_secs: 15,
         }
     }
 }

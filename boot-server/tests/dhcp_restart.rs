@@ -8,7 +8,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-
 fn start(ns: &str, config: &std::path::Path) -> Child {
     let mut child = Command::new("ip")
         .args([

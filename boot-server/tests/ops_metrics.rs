@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use test_support::Need;
 
-
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {

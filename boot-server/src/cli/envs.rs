@@ -241,9 +241,16 @@ pub struct EnvOpts {
     #[arg(long = "detect", value_name = "KEY=VALUE", value_parser = parse_detect)]
     detect: Vec<(String, Value)>,
     /// When a slot standing on a VM moves back to its repaired node:
-    /// immediate, when-idle (its busy hook says not busy) or never.
-    #[arg(long, value_parser = ["immediate", "when-idle", "never"])]
-    failback: Option<String>,
+    /// immediate, when-idle (its busy hook says not busy), never, or
+    /// window=HH:MM-HH:MM (UTC, may wrap midnight) | window=CRON (seconds
+    /// first; open during each minute it matches: '0 * 2 * * *' is 02:00-03:00).
+    #[arg(long, value_name = "POLICY", value_parser = parse_failback)]
+    failback: Option<(String, Option<String>)>,
+    /// Which VM a failing-over slot gets when no spare node is free:
+    /// sequential (the next free place on the least-loaded host) or
+    /// one-to-one (a standby VM reserved per protected node).
+    #[arg(long, value_parser = ["sequential", "one-to-one"])]
+    vm_mapping: Option<String>,
     /// Version label of what it runs.
     #[arg(long)]
     version: Option<String>,
@@ -313,6 +320,19 @@ fn clearable<T>(s: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<Cleara
         Ok(Clearable::Clear)
     } else {
         f(s).map(Clearable::Set)
+    }
+}
+
+fn parse_failback(s: &str) -> Result<(String, Option<String>), String> {
+    if let Some(w) = s.strip_prefix("window=") {
+        crate::model::failback_window_open(w, 0)?;
+        return Ok(("window".into(), Some(w.trim().to_string())));
+    }
+    match s {
+        "immediate" | "when-idle" | "never" => Ok((s.to_string(), None)),
+        _ => Err(format!(
+            "{s:?}: immediate, when-idle, never, window=HH:MM-HH:MM or window=CRON"
+        )),
     }
 }
 
@@ -481,8 +501,12 @@ fn fields(opts: EnvOpts, current: Option<&Value>) -> Map<String, Value> {
     if let Some(v) = opts.boot {
         put("boot", json!(v));
     }
-    if let Some(v) = opts.failback {
-        put("failback", json!(v));
+    if let Some((policy, window)) = opts.failback {
+        put("failback", json!(policy));
+        put("failback_window", json!(window));
+    }
+    if let Some(v) = opts.vm_mapping {
+        put("vm_mapping", json!(v));
     }
     if let Some(v) = opts.version {
         put("version", json!(v));
@@ -982,11 +1006,19 @@ mod tests {
             inactive: Some(false),
             boot: Some("cold".into()),
             detect: vec![parse_detect("health-failures=3").unwrap()],
-            failback: Some("never".into()),
+            failback: Some(parse_failback("window=22:00-02:00").unwrap()),
+            vm_mapping: Some("one-to-one".into()),
             version: None,
         };
         let f = Value::Object(fields(opts, Some(&current)));
-        assert_eq!(f["failback"], json!("never"));
+        assert_eq!(f["failback"], json!("window"));
+        assert_eq!(f["failback_window"], json!("22:00-02:00"));
+        assert_eq!(f["vm_mapping"], json!("one-to-one"));
+        assert_eq!(parse_failback("never").unwrap(), ("never".into(), None));
+        assert!(parse_failback("window=0 * 2 * * *").is_ok());
+        assert!(parse_failback("window=25:00-01:00").is_err());
+        assert!(parse_failback("window=not cron").is_err());
+        assert!(parse_failback("sometimes").is_err());
         assert_eq!(f["config"], json!({"a": "1", "b": "3"}));
         assert_eq!(f["hooks"], json!({"start": "old", "health": "echo load=1"}));
         assert_eq!(

@@ -308,7 +308,16 @@ impl Control {
                 json!({ "host": h.name, "action": "down", "silent_ms": silent_ms }),
             );
             for mut vm in self.store.vms().await? {
-                if vm.host == h.name && vm.state.live() {
+                if vm.host == h.name && vm.state == VmState::Reserved {
+                    // A standby that never ran: nothing failed; the engine
+                    // reserves another on a live host.
+                    vm.state = VmState::Lost;
+                    vm.ended_ms = Some(now);
+                    vm.detail = format!("standby lost: its host {} went down", h.name);
+                    self.store.put_vm(&vm).await?;
+                    self.vm_event(&vm, "ended", json!({ "why": vm.detail }));
+                    self.retire_vm_node(&vm.node, &vm.detail).await?;
+                } else if vm.host == h.name && vm.state.live() {
                     let why = format!("its host {} went down", h.name);
                     self.vm_ended(&mut vm, VmState::Lost, &why, now).await?;
                 }
@@ -322,6 +331,42 @@ impl Control {
     /// node enrolled as virtual (so it joins no pool but its slot), the
     /// host's poll woken. The slot is claimed for the node by the engine.
     pub async fn start_vm(&self, req: &VmRequest) -> Result<Vm> {
+        self.new_vm(req, VmState::Requested).await
+    }
+
+    /// Reserves a standby VM (1:1 mapping) for the node `req.stands_in_for`:
+    /// its MAC and node are made and it holds a place on its host, but the
+    /// host is not asked to run it until [`Control::start_standby`].
+    pub async fn reserve_vm(&self, req: &VmRequest) -> Result<Vm> {
+        self.new_vm(req, VmState::Reserved).await
+    }
+
+    /// Starts the reserved standby VM `id` for slot `slot` of its
+    /// environment (its node failed): asked of its host now.
+    pub async fn start_standby(&self, id: &str, slot: u32) -> Result<Vm> {
+        let mut vm = self
+            .store
+            .vms()
+            .await?
+            .into_iter()
+            .find(|v| v.id == id && v.state == VmState::Reserved)
+            .ok_or_else(|| Error::conflict(format!("no reserved standby VM {id}")))?;
+        vm.state = VmState::Requested;
+        vm.slot = slot;
+        vm.requested_ms = now_ms();
+        vm.detail = "standby asked of its host".into();
+        self.store.put_vm(&vm).await?;
+        tracing::info!(vm = %vm.id, host = %vm.host, env = %vm.environment, slot, "standby VM requested");
+        self.vm_event(
+            &vm,
+            "requested",
+            json!({ "standby": true, "stands_in_for": vm.stands_in_for }),
+        );
+        self.wakeups.wake(&host_key(&vm.host));
+        Ok(vm)
+    }
+
+    async fn new_vm(&self, req: &VmRequest, state: VmState) -> Result<Vm> {
         let nodes = self.store.nodes().await?;
         let mac = loop {
             let mut b = [0u8; 6];
@@ -358,20 +403,31 @@ impl Control {
             environment: req.environment.clone(),
             slot: req.slot,
             stands_in_for: req.stands_in_for.clone(),
-            state: VmState::Requested,
+            state,
             requested_ms: now_ms(),
             started_ms: None,
             ended_ms: None,
-            detail: "asked of its host".into(),
+            detail: if state == VmState::Reserved {
+                "standby: reserved on its host, not running".into()
+            } else {
+                "asked of its host".into()
+            },
         };
         self.store.put_vm(&vm).await?;
-        tracing::info!(vm = %vm.id, host = %vm.host, env = %vm.environment, slot = vm.slot, "VM requested");
+        let action = if state == VmState::Reserved {
+            "reserved"
+        } else {
+            "requested"
+        };
+        tracing::info!(vm = %vm.id, host = %vm.host, env = %vm.environment, slot = vm.slot, action, "VM");
         self.vm_event(
             &vm,
-            "requested",
+            action,
             json!({ "cpus": vm.cpus, "memory_mb": vm.memory_mb, "firmware": vm.firmware, "mac": vm.mac, "stands_in_for": vm.stands_in_for }),
         );
-        self.wakeups.wake(&host_key(&vm.host));
+        if state != VmState::Reserved {
+            self.wakeups.wake(&host_key(&vm.host));
+        }
         Ok(vm)
     }
 
@@ -388,13 +444,26 @@ impl Control {
         else {
             return Ok(None);
         };
-        if vm.state.live() {
+        if vm.state == VmState::Reserved {
+            // Never ran: freed at once.
+            vm.state = VmState::Stopped;
+            vm.ended_ms = Some(now_ms());
+            vm.detail = format!("standby freed: {why}");
+            self.store.put_vm(&vm).await?;
+            self.vm_event(&vm, "stopped", json!({ "why": why }));
+        } else if vm.state.live() {
             vm.state = VmState::Stopping;
             vm.detail = why.to_string();
             self.store.put_vm(&vm).await?;
             self.vm_event(&vm, "stopping", json!({ "why": why }));
             self.wakeups.wake(&host_key(&vm.host));
         }
+        self.retire_vm_node(node, why).await?;
+        Ok(Some(vm))
+    }
+
+    /// Retires a VM's node (a VM is never reused).
+    async fn retire_vm_node(&self, node: &str, why: &str) -> Result<()> {
         if let Some((from, to)) = self.store.transition_node(node, Transition::Retire).await? {
             self.events.emit(
                 Some(node.to_string()),
@@ -402,7 +471,7 @@ impl Control {
                 json!({ "from": from.as_str(), "to": to.as_str(), "by": "failover", "why": why }),
             );
         }
-        Ok(Some(vm))
+        Ok(())
     }
 
     /// An admin says a failed node is repaired: it leaves the failed state
@@ -444,7 +513,7 @@ impl Control {
     }
 }
 
-fn host_key(name: &str) -> String {
+pub(super) fn host_key(name: &str) -> String {
     format!("host:{name}")
 }
 

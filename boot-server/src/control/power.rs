@@ -1,6 +1,7 @@
 //! Power control and fencing as admin operations: a node's power state and
 //! actions through its BMC (or QEMU monitor), and the fence the failover
-//! path puts up before a failed node's slot disk goes to another machine.
+//! path puts up before a failed node's slot disk goes to another machine
+//! (for a VM node: its host reporting the VM's QEMU gone).
 
 use super::{Control, Error, Result};
 use crate::model::{EventKind, Node};
@@ -111,6 +112,7 @@ impl Control {
             }
         }
         let (power, proven) = match self.power_driver_of(node) {
+            Ok(None) if super::is_virtual(node) => self.fence_vm(node).await,
             Ok(None) => ("no power control".to_string(), false),
             Err(e) => (format!("power control unusable: {}", e.message), false),
             Ok(Some(driver)) => {
@@ -139,6 +141,112 @@ impl Control {
         };
         tracing::warn!(node = %node.id, disk = ?disk, cut = fence.connections_cut, power = %fence.power, proven = fence.proven, "node fenced");
         fence
+    }
+}
+
+/// A failover host polls at least every few seconds; one silent longer is
+/// not waited for when fencing its VM.
+const HOST_SILENT_MS: i64 = 10_000;
+
+impl Control {
+    /// Fences a VM node: asks its host to stop the VM and waits (up to
+    /// `[engine] vm_fence_timeout_secs`) until the host reports its QEMU
+    /// gone — that is the proof. A host that is down cannot say so:
+    /// unproven. Says what happened and whether it is proven.
+    async fn fence_vm(&self, node: &Node) -> (String, bool) {
+        use crate::model::VmState;
+        let limit = Duration::from_secs(self.config.engine.vm_fence_timeout_secs);
+        let started = std::time::Instant::now();
+        let mut asked = false;
+        loop {
+            let vm = match self.store.vms().await {
+                Ok(vms) => vms
+                    .into_iter()
+                    .filter(|v| v.node == node.id)
+                    .max_by_key(|v| v.requested_ms),
+                Err(e) => return (format!("VM record unreadable: {e:#}"), false),
+            };
+            let Some(mut vm) = vm else {
+                return ("no VM record for this virtual node".into(), false);
+            };
+            let waited = started.elapsed().as_millis() as u64;
+            match vm.state {
+                VmState::Stopped | VmState::Exited => {
+                    return (
+                        format!(
+                            "VM {} gone: host {} reports its QEMU ended ({}; waited {waited} ms)",
+                            vm.id, vm.host, vm.detail
+                        ),
+                        true,
+                    )
+                }
+                VmState::Lost => {
+                    return (
+                        format!(
+                            "VM {}: its host {} is down, QEMU not proven gone",
+                            vm.id, vm.host
+                        ),
+                        false,
+                    )
+                }
+                VmState::Reserved => {
+                    return (format!("VM {} never ran (standby)", vm.id), true);
+                }
+                VmState::Requested | VmState::Running | VmState::Stopping => {}
+            }
+            // A host that is down or silent cannot stop it or say so.
+            let host = self
+                .store
+                .hosts()
+                .await
+                .ok()
+                .and_then(|hs| hs.into_iter().find(|h| h.name == vm.host));
+            let silent_ms = host
+                .as_ref()
+                .and_then(|h| h.last_seen_ms)
+                .map_or(i64::MAX, |t| crate::model::now_ms() - t);
+            let down = host
+                .as_ref()
+                .is_none_or(|h| h.state == crate::model::HostState::Down);
+            if down || silent_ms > HOST_SILENT_MS {
+                return (
+                    format!(
+                        "VM {}: its host {} is {}: QEMU not proven gone",
+                        vm.id,
+                        vm.host,
+                        if down {
+                            "down".to_string()
+                        } else {
+                            format!("silent for {} s", silent_ms / 1000)
+                        }
+                    ),
+                    false,
+                );
+            }
+            if started.elapsed() >= limit {
+                return (
+                    format!(
+                        "VM {}: host {} did not report its QEMU gone within {} s: unproven",
+                        vm.id,
+                        vm.host,
+                        limit.as_secs()
+                    ),
+                    false,
+                );
+            }
+            if !asked {
+                asked = true;
+                if vm.state != VmState::Stopping {
+                    vm.state = VmState::Stopping;
+                    vm.detail = "fencing: stop asked of its host".into();
+                    if let Err(e) = self.store.put_vm(&vm).await {
+                        return (format!("VM {} stop not recorded: {e:#}", vm.id), false);
+                    }
+                }
+                self.wakeups.wake(&super::hosts::host_key(&vm.host));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -3,11 +3,16 @@
 //! from a lower-priority or over-entitled preemptible environment, else —
 //! for a slot failing over — a VM on the least-loaded live failover host),
 //! which slots give their node back when an environment shrinks, and which
-//! slots standing on a VM go back to their repaired home node. No I/O:
+//! slots standing on a VM go back to their repaired home node (inside the
+//! maintenance window when the policy names one), and — for environments
+//! with the 1:1 VM mapping — which standby VMs to reserve or drop. No I/O:
 //! unit tests feed it plain values.
 
 use crate::control::is_virtual;
-use crate::model::{Environment, Failback, Host, HostState, Node, NodeState, Slot, SlotStep, Vm};
+use crate::model::{
+    failback_window_open, Environment, Failback, Host, HostState, Node, NodeState, Slot, SlotStep,
+    Vm, VmMapping, VmState,
+};
 use boot_proto::FirmwareKind;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -44,8 +49,10 @@ pub enum Decision {
         failing_over: Option<u32>,
     },
     /// Start a VM on failover host `host` for slot `index` of `env`, which
-    /// is failing over and found no spare node; the slot takes the VM's
-    /// node. Sized from the node it stands in for (`stands_in_for`).
+    /// is failing over (or a clone waiting for its node) and found no spare
+    /// node; the slot takes the VM's node. Sized from the node it stands in
+    /// for (`stands_in_for`; a clone: its template's node). `standby`: the
+    /// reserved standby VM (1:1 mapping) to start instead of a new one.
     #[allow(missing_docs)]
     StartVm {
         env: String,
@@ -55,6 +62,28 @@ pub enum Decision {
         memory_mb: u64,
         firmware: FirmwareKind,
         stands_in_for: Option<String>,
+        standby: Option<String>,
+        reason: String,
+    },
+    /// 1:1 mapping: reserve a standby VM on `host` for the physical node
+    /// `protects`, which holds a slot of `env` (sized from its inventory).
+    #[allow(missing_docs)]
+    ReserveVm {
+        env: String,
+        index: u32,
+        protects: String,
+        host: String,
+        cpus: u32,
+        memory_mb: u64,
+        firmware: FirmwareKind,
+        reason: String,
+    },
+    /// A reserved standby VM no longer protects anything (its node left the
+    /// environment, or the environment left the 1:1 mapping): free it.
+    #[allow(missing_docs)]
+    DropStandby {
+        vm: String,
+        node: String,
         reason: String,
     },
     /// Slot `index` of `env` stands on the VM node `vm` and its home node
@@ -260,6 +289,11 @@ impl HostLoad {
         HostLoad { hosts }
     }
 
+    /// Whether `name` is a live host.
+    fn is_live(&self, name: &str) -> bool {
+        self.hosts.iter().any(|(h, ..)| h.name == name)
+    }
+
     /// The least-loaded live host (VMs in use against its reserve, then
     /// name) with a free VM and room for `cpus` and `memory_mb`; counts the
     /// VM as placed. Also says why.
@@ -319,6 +353,14 @@ fn failbacks(w: &World, env: &Environment, used: &mut HashSet<String>) -> Vec<De
         if env.failback == Failback::WhenIdle && vm.busy() == Some(true) {
             continue;
         }
+        if env.failback == Failback::Window
+            && !env
+                .failback_window
+                .as_deref()
+                .is_some_and(|spec| failback_window_open(spec, w.now_ms).unwrap_or(false))
+        {
+            continue;
+        }
         used.insert(home_id.clone());
         out.push(Decision::Failback {
             env: env.name.clone(),
@@ -330,8 +372,12 @@ fn failbacks(w: &World, env: &Environment, used: &mut HashSet<String>) -> Vec<De
                 s.index,
                 env.name,
                 match env.failback {
-                    Failback::Immediate => "immediate",
-                    _ => "when-idle",
+                    Failback::Immediate => "immediate".to_string(),
+                    Failback::Window => format!(
+                        "in its window {}",
+                        env.failback_window.as_deref().unwrap_or("?")
+                    ),
+                    _ => "when-idle".to_string(),
                 }
             ),
         });
@@ -402,15 +448,24 @@ pub fn decide(w: &World) -> Vec<Decision> {
                     Some((v_env, victim.index)),
                     why,
                 )
-            } else if failing_over(w.slots, env, index) {
-                let slot = w
-                    .slots
-                    .iter()
-                    .find(|s| s.environment == env.name && s.index == index);
-                let home = slot.and_then(|s| s.home.as_deref()).and_then(|h| w.node(h));
-                let (cpus, memory_mb, firmware) = vm_size(home);
-                match hosts.pick(cpus, memory_mb) {
-                    Some((host, why)) => {
+            } else if let Some(want) = vm_wanted(w, env, index) {
+                let standby = (env.vm_mapping == VmMapping::OneToOne)
+                    .then(|| want.home.and_then(|h| standby_of(w, env, &h.id, &hosts)))
+                    .flatten();
+                let (cpus, memory_mb, firmware) = vm_size(want.sized_from);
+                let placed = match standby {
+                    Some(v) => Some((
+                        v.host.clone(),
+                        format!("its standby VM {} on host {} (1:1 mapping)", v.id, v.host),
+                        Some(v.id.clone()),
+                        (v.cpus, v.memory_mb, firmware_of(v)),
+                    )),
+                    None => hosts
+                        .pick(cpus, memory_mb)
+                        .map(|(h, why)| (h, why, None, (cpus, memory_mb, firmware))),
+                };
+                match placed {
+                    Some((host, why, standby, (cpus, memory_mb, firmware))) => {
                         taken_slots.insert((env.name.clone(), index));
                         out.push(Decision::StartVm {
                             env: env.name.clone(),
@@ -419,10 +474,11 @@ pub fn decide(w: &World) -> Vec<Decision> {
                             cpus,
                             memory_mb,
                             firmware,
-                            stands_in_for: home.map(|h| h.id.clone()),
+                            stands_in_for: want.home.map(|h| h.id.clone()),
+                            standby,
                             reason: format!(
-                                "slot {index} of {} is failing over and no spare node is free; {why}",
-                                env.name
+                                "slot {index} of {} {} and no spare node is free; {why}",
+                                env.name, want.why
                             ),
                         });
                         have += 1;
@@ -463,6 +519,149 @@ pub fn decide(w: &World) -> Vec<Decision> {
         held.insert(env.name.clone(), have);
         if have > target {
             out.extend(releases(w, env, have - target, target));
+        }
+    }
+    // Standbys last: failovers above had the first pick of host capacity.
+    out.extend(standbys(w, &out, &mut hosts));
+    out
+}
+
+/// Why slot `index` of `env` may get a VM: it is failing over (sized from
+/// its home node) or it is a clone waiting for its node (sized from its
+/// template's node).
+struct VmWant<'a> {
+    home: Option<&'a Node>,
+    sized_from: Option<&'a Node>,
+    why: &'static str,
+}
+
+fn vm_wanted<'a>(w: &'a World, env: &Environment, index: u32) -> Option<VmWant<'a>> {
+    let slot = w
+        .slots
+        .iter()
+        .find(|s| s.environment == env.name && s.index == index)?;
+    if failing_over(w.slots, env, index) {
+        let home = slot.home.as_deref().and_then(|h| w.node(h));
+        return Some(VmWant {
+            home,
+            sized_from: home,
+            why: "is failing over",
+        });
+    }
+    if slot.node.is_none() && slot.reidentify && slot.removal.is_none() {
+        let template = slot
+            .clone_of
+            .as_ref()
+            .and_then(|o| o.node.as_deref())
+            .and_then(|n| w.node(n));
+        return Some(VmWant {
+            home: None,
+            sized_from: template,
+            why: "is a clone waiting for its node",
+        });
+    }
+    None
+}
+
+/// The reserved standby VM of physical node `node` in `env` on a live host, if any.
+fn standby_of<'a>(w: &'a World, env: &Environment, node: &str, hosts: &HostLoad) -> Option<&'a Vm> {
+    w.vms.iter().find(|v| {
+        v.state == VmState::Reserved
+            && v.environment == env.name
+            && v.stands_in_for.as_deref() == Some(node)
+            && hosts.is_live(&v.host)
+    })
+}
+
+fn firmware_of(v: &Vm) -> FirmwareKind {
+    if v.firmware == "uefi" {
+        FirmwareKind::Uefi
+    } else {
+        FirmwareKind::Bios
+    }
+}
+
+/// The 1:1 mapping's standbys: every physical node holding a slot of an
+/// active environment with that mapping has one reserved VM (on the
+/// least-loaded live host with room); a reserved VM that protects nothing
+/// any more is dropped. A node whose slot is failing over keeps its
+/// standby until the failover above starts it.
+fn standbys(w: &World, decided: &[Decision], hosts: &mut HostLoad) -> Vec<Decision> {
+    let mut out = Vec::new();
+    let started: HashSet<&str> = decided
+        .iter()
+        .filter_map(|d| match d {
+            Decision::StartVm {
+                standby: Some(v), ..
+            } => Some(v.as_str()),
+            _ => None,
+        })
+        .collect();
+    // (env, node) pairs that want a standby.
+    let mut protected: BTreeMap<(String, String), (&Node, u32)> = BTreeMap::new();
+    for env in w
+        .envs
+        .iter()
+        .filter(|e| e.vm_mapping == VmMapping::OneToOne && e.active)
+    {
+        for s in w.slots.iter().filter(|s| s.environment == env.name) {
+            let holder = match (&s.node, &s.home) {
+                (Some(n), _) if !matches!(s.step, SlotStep::Releasing | SlotStep::Failed) => {
+                    Some(n)
+                }
+                // Failing over from its home: the standby is about to serve.
+                (None, Some(h)) if s.failed_over_ms.is_some() => Some(h),
+                _ => None,
+            };
+            let Some(n) = holder.and_then(|id| w.node(id)) else {
+                continue;
+            };
+            if !is_virtual(n) {
+                protected.insert((env.name.clone(), n.id.clone()), (n, s.index));
+            }
+        }
+    }
+    for v in w.vms.iter().filter(|v| v.state == VmState::Reserved) {
+        let key = (
+            v.environment.clone(),
+            v.stands_in_for.clone().unwrap_or_default(),
+        );
+        if !protected.contains_key(&key) && !started.contains(v.id.as_str()) {
+            out.push(Decision::DropStandby {
+                vm: v.id.clone(),
+                node: v.node.clone(),
+                reason: format!(
+                    "standby VM {} of {} in {} protects nothing now",
+                    v.id, key.1, key.0
+                ),
+            });
+        }
+    }
+    for ((env, node_id), (node, index)) in protected {
+        let has = w.vms.iter().any(|v| {
+            v.state == VmState::Reserved
+                && v.environment == env
+                && v.stands_in_for.as_deref() == Some(node_id.as_str())
+                && hosts.is_live(&v.host)
+        });
+        let failing = w.slots.iter().any(|s| {
+            s.environment == env && s.node.is_none() && s.home.as_deref() == Some(&node_id)
+        });
+        if has || failing {
+            continue;
+        }
+        let (cpus, memory_mb, firmware) = vm_size(Some(node));
+        if let Some((host, why)) = hosts.pick(cpus, memory_mb) {
+            out.push(Decision::ReserveVm {
+                env: env.clone(),
+                index,
+                protects: node_id.clone(),
+                host,
+                cpus,
+                memory_mb,
+                firmware,
+                reason: format!("{node_id} serves {env} (1:1 mapping); standby {why}"),
+            });
         }
     }
     out
@@ -1227,5 +1426,287 @@ mod tests {
         alpha.preemptible = true;
         beta.priority = 0;
         assert!(stage_run(&[beta, alpha], &[held("alpha", 0, "n1")], &[n1], &[]).is_empty());
+    }
+
+    fn one_to_one(mut e: Environment) -> Environment {
+        e.vm_mapping = VmMapping::OneToOne;
+        e
+    }
+
+    fn reserved(id: &str, host: &str, protects: &str) -> Vm {
+        let mut v = vm(id, host, VmState::Reserved);
+        v.environment = "web".into();
+        v.stands_in_for = Some(protects.into());
+        v
+    }
+
+    #[test]
+    fn one_to_one_reserves_a_standby_per_protected_node_sized_like_it() {
+        let slots = vec![
+            Slot {
+                environment: "web".into(),
+                index: 0,
+                node: Some("n1".into()),
+                step: SlotStep::Ready,
+                ..Default::default()
+            },
+            Slot {
+                environment: "web".into(),
+                index: 1,
+                node: Some("n2".into()),
+                step: SlotStep::Ready,
+                ..Default::default()
+            },
+        ];
+        let mut big = with_slot(node(2, NodeState::Ready), "web", 1);
+        big.inventory = Some(serde_json::json!({"cpus": 4, "memory_bytes": 1u64 << 30}));
+        let nodes = [with_slot(node(1, NodeState::Ready), "web", 0), big];
+        let hosts = [host("h1", 1, NOW), host("h2", 2, NOW)];
+        let e = one_to_one(env(Failback::Immediate));
+        let d = run(std::slice::from_ref(&e), &slots, &nodes, &hosts, &[], &[]);
+        let mut got: Vec<(&str, u32, &str, u32, u64)> = d
+            .iter()
+            .filter_map(|d| match d {
+                Decision::ReserveVm {
+                    protects,
+                    index,
+                    host,
+                    cpus,
+                    memory_mb,
+                    ..
+                } => Some((protects.as_str(), *index, host.as_str(), *cpus, *memory_mb)),
+                _ => None,
+            })
+            .collect();
+        got.sort();
+        // One each, spread by load (h1 takes 1 of 1, h2 1 of 2), sized from
+        // the protected node's inventory.
+        assert_eq!(
+            got,
+            [("n1", 0, "h1", 2, 384), ("n2", 1, "h2", 4, 1024)],
+            "{d:?}"
+        );
+        // Reserved already: nothing more. Sequential: none wanted, and the
+        // ones there are dropped.
+        let vms = [reserved("a", "h1", "n1"), reserved("b", "h2", "n2")];
+        let d = run(std::slice::from_ref(&e), &slots, &nodes, &hosts, &vms, &[]);
+        assert!(d.is_empty(), "{d:?}");
+        let d = run(
+            &[env(Failback::Immediate)],
+            &slots,
+            &nodes,
+            &hosts,
+            &vms,
+            &[],
+        );
+        assert_eq!(
+            d.iter()
+                .filter(|d| matches!(d, Decision::DropStandby { .. }))
+                .count(),
+            2,
+            "{d:?}"
+        );
+        // A node that left the environment loses its standby.
+        let d = run(
+            std::slice::from_ref(&e),
+            &slots[..1],
+            &nodes,
+            &hosts,
+            &vms,
+            &[],
+        );
+        assert!(
+            d.iter().any(
+                |d| matches!(d, Decision::DropStandby { vm, node, .. } if vm == "b" && node == "node-b")
+            ),
+            "{d:?}"
+        );
+        // Reserved VMs hold their host's places: a full host takes no more.
+        let d = run(
+            &[e],
+            &slots,
+            &nodes,
+            &[host("h1", 1, NOW)],
+            &[reserved("a", "h1", "n1")],
+            &[],
+        );
+        assert!(d.is_empty(), "n2 finds no room: {d:?}");
+    }
+
+    #[test]
+    fn one_to_one_failover_starts_the_nodes_own_standby() {
+        let e = one_to_one(env(Failback::Immediate));
+        let nodes = [
+            with_slot(node(1, NodeState::Ready), "web", 0),
+            node(2, NodeState::Failed),
+        ];
+        let hosts = [host("h1", 2, NOW), host("h2", 2, NOW)];
+        // n2's standby is on h2 although h1 is as loaded: it is used.
+        let vms = [reserved("s1", "h1", "n1"), reserved("s2", "h2", "n2")];
+        let d = run(
+            std::slice::from_ref(&e),
+            &failing_slots(),
+            &nodes,
+            &hosts,
+            &vms,
+            &["n2"],
+        );
+        match &d[..] {
+            [Decision::StartVm {
+                index: 1,
+                host,
+                standby: Some(v),
+                stands_in_for: Some(home),
+                ..
+            }] => assert_eq!(
+                (host.as_str(), v.as_str(), home.as_str()),
+                ("h2", "s2", "n2")
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A spare physical node still comes first.
+        let mut with_spare = nodes.to_vec();
+        with_spare.push(node(3, NodeState::Idle));
+        let d = run(
+            std::slice::from_ref(&e),
+            &failing_slots(),
+            &with_spare,
+            &hosts,
+            &vms,
+            &["n2"],
+        );
+        assert!(
+            d.iter()
+                .any(|d| matches!(d, Decision::Claim { index: 1, node, .. } if node == "n3")),
+            "{d:?}"
+        );
+        // Its standby's host is silent: a new VM on a live host (sequential),
+        // and the silent host's standby is not dropped while n2 still wants one.
+        let hosts = [host("h1", 2, NOW), host("h2", 2, NOW - 60_000)];
+        let d = run(&[e], &failing_slots(), &nodes, &hosts, &vms, &["n2"]);
+        assert!(
+            matches!(&d[..], [Decision::StartVm { host, standby: None, .. }] if host == "h1"),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn failback_in_a_window_waits_for_it() {
+        // NOW is 00:16:40 UTC.
+        let (slots, mut nodes) = on_vm();
+        nodes[1].last_hello_ms = Some(NOW - 10);
+        let at = |w: &str| {
+            let mut e = env(Failback::Window);
+            e.failback_window = Some(w.into());
+            run(&[e], &slots, &nodes, &[], &[], &["n2"])
+        };
+        for open in ["00:10-00:20", "23:00-00:30", "0 16 0 * * *", "0 * 0 * * *"] {
+            let d = at(open);
+            assert!(
+                matches!(&d[..], [Decision::Failback { reason, .. }] if reason.contains(open)),
+                "{open}: {d:?}"
+            );
+        }
+        for shut in ["00:17-00:20", "01:00-00:10", "0 17 0 * * *", "0 * 2 * * *"] {
+            assert!(at(shut).is_empty(), "{shut}");
+        }
+        // Window policy without a window, or a broken one: never.
+        let mut e = env(Failback::Window);
+        assert!(run(&[e.clone()], &slots, &nodes, &[], &[], &["n2"]).is_empty());
+        e.failback_window = Some("bad".into());
+        assert!(run(&[e], &slots, &nodes, &[], &[], &["n2"]).is_empty());
+    }
+
+    #[test]
+    fn failback_window_specs() {
+        let at = |h: i64, m: i64| (h * 60 + m) * 60_000 + 30_000;
+        let open = |w: &str, t: i64| failback_window_open(w, t).unwrap();
+        assert!(open("02:00-04:00", at(2, 0)) && open("02:00-04:00", at(3, 59)));
+        assert!(!open("02:00-04:00", at(4, 0)) && !open("02:00-04:00", at(1, 59)));
+        assert!(open("22:00-02:00", at(23, 0)) && open("22:00-02:00", at(1, 0)));
+        assert!(!open("22:00-02:00", at(12, 0)));
+        // Days later, same time of day.
+        assert!(open("02:00-04:00", at(2, 30) + 5 * 86_400_000));
+        // Cron: every minute of hour 2 on Thursdays (1970-01-01 was one).
+        assert!(open("0 * 2 * * Thu", at(2, 30)));
+        assert!(!open("0 * 2 * * Fri", at(2, 30)));
+        assert!(failback_window_open("02:00-02:00", 0).is_err());
+        assert!(failback_window_open("2-4", 0).is_err());
+        assert!(failback_window_open("* * *", 0).is_err());
+    }
+
+    #[test]
+    fn a_clone_with_no_free_node_gets_a_vm_sized_from_its_template() {
+        let mut tmpl = with_slot(node(1, NodeState::Ready), "web", 0);
+        tmpl.inventory = Some(serde_json::json!({"cpus": 3, "memory_bytes": 768u64 << 20}));
+        let slots = vec![
+            Slot {
+                environment: "web".into(),
+                index: 0,
+                node: Some("n1".into()),
+                step: SlotStep::Ready,
+                ..Default::default()
+            },
+            Slot {
+                environment: "web".into(),
+                index: 1,
+                step: SlotStep::Vacant,
+                reidentify: true,
+                clone_of: Some(crate::model::CloneOrigin {
+                    slot: 0,
+                    node: Some("n1".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ];
+        let d = run(
+            &[env(Failback::Immediate)],
+            &slots,
+            &[tmpl.clone()],
+            &[host("h1", 2, NOW)],
+            &[],
+            &[],
+        );
+        match &d[..] {
+            [Decision::StartVm {
+                index: 1,
+                host,
+                cpus: 3,
+                memory_mb: 768,
+                stands_in_for: None,
+                standby: None,
+                reason,
+                ..
+            }] => assert!(host == "h1" && reason.contains("clone"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // A free physical node comes first; a slot being removed gets nothing.
+        let d = run(
+            &[env(Failback::Immediate)],
+            &slots,
+            &[tmpl.clone(), node(2, NodeState::Idle)],
+            &[host("h1", 2, NOW)],
+            &[],
+            &[],
+        );
+        assert!(
+            matches!(&d[..], [Decision::Claim { node, .. }] if node == "n2"),
+            "{d:?}"
+        );
+        let mut removing = slots.clone();
+        removing[1].removal = Some(Default::default());
+        let d = run(
+            &[env(Failback::Immediate)],
+            &removing,
+            &[tmpl],
+            &[host("h1", 2, NOW)],
+            &[],
+            &[],
+        );
+        assert!(
+            !d.iter().any(|d| matches!(d, Decision::StartVm { .. })),
+            "{d:?}"
+        );
     }
 }

@@ -324,24 +324,31 @@ impl Engine {
                 memory_mb,
                 firmware,
                 stands_in_for,
+                standby,
                 reason,
             } => {
                 // The VM's node takes the slot at once: the slot is pointed
                 // (address, disk, image) before the VM's first network boot.
-                let req = crate::control::VmRequest {
-                    host: host.clone(),
-                    environment: env.clone(),
-                    slot: index,
-                    cpus,
-                    memory_mb,
-                    firmware,
-                    stands_in_for,
+                let vm = match &standby {
+                    Some(id) => self.c.start_standby(id, index).await?,
+                    None => {
+                        let req = crate::control::VmRequest {
+                            host: host.clone(),
+                            environment: env.clone(),
+                            slot: index,
+                            cpus,
+                            memory_mb,
+                            firmware,
+                            stands_in_for,
+                        };
+                        self.c.start_vm(&req).await?
+                    }
                 };
-                let vm = self.c.start_vm(&req).await?;
                 self.c.events.emit(
                     Some(vm.node.clone()),
                     EventKind::EngineDecision,
-                    json!({ "env": env, "action": "start-vm", "slot": index, "host": host, "vm": vm.id, "nodes": [vm.node], "reason": reason }),
+                    json!({ "env": env, "action": "start-vm", "slot": index, "host": host, "vm": vm.id,
+                            "standby": standby.is_some(), "nodes": [vm.node], "reason": reason }),
                 );
                 Decision::Claim {
                     env,
@@ -355,6 +362,44 @@ impl Engine {
         };
         match d {
             Decision::StartVm { .. } => {}
+            Decision::ReserveVm {
+                env,
+                index,
+                protects,
+                host,
+                cpus,
+                memory_mb,
+                firmware,
+                reason,
+            } => {
+                let req = crate::control::VmRequest {
+                    host: host.clone(),
+                    environment: env.clone(),
+                    slot: index,
+                    cpus,
+                    memory_mb,
+                    firmware,
+                    stands_in_for: Some(protects.clone()),
+                };
+                let vm = self.c.reserve_vm(&req).await?;
+                tracing::info!(env = %env, node = %protects, vm = %vm.id, host = %host, "standby VM reserved");
+                self.c.events.emit(
+                    Some(protects.clone()),
+                    EventKind::EngineDecision,
+                    json!({ "env": env, "action": "reserve-vm", "slot": index, "host": host, "vm": vm.id,
+                            "nodes": [protects], "reason": reason }),
+                );
+            }
+            Decision::DropStandby { vm, node, reason } => {
+                if self.c.stop_vm_of(&node, &reason).await?.is_some() {
+                    tracing::info!(vm = %vm, "standby VM dropped");
+                    self.c.events.emit(
+                        Some(node.clone()),
+                        EventKind::EngineDecision,
+                        json!({ "action": "drop-standby", "vm": vm, "nodes": [node], "reason": reason }),
+                    );
+                }
+            }
             Decision::Failback {
                 env,
                 index,

@@ -48,6 +48,7 @@ async fn lab(nodes: u8) -> Lab {
     };
     // Heartbeats are stamped by the real clock; the test clock runs ahead.
     config.agent.heartbeat_timeout_secs = 86_400;
+    config.engine.vm_fence_timeout_secs = 2;
     let config = Arc::new(config);
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let events = EventHub::start(store.clone(), 10_000);
@@ -1037,4 +1038,305 @@ async fn idle_nodes_prestage_the_likely_environment_and_a_different_decision_fal
             );
         }
     }
+}
+
+/// A failover host played by the test: it polls like `node-agent host`
+/// and runs the VMs it is told to (ids in `running`).
+async fn host_round(c: &Control, name: &str, running: &mut std::collections::BTreeSet<String>) {
+    use boot_proto::host::{HostCapacity, HostCommand, HostReport, VmReport};
+    let host = c
+        .store
+        .hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|h| h.name == name)
+        .unwrap();
+    let report = HostReport {
+        agent_version: "test".into(),
+        capacity: HostCapacity {
+            cpus: 8,
+            memory_bytes: 8 << 30,
+            reserve: 3,
+            kvm: false,
+        },
+        vms: running
+            .iter()
+            .map(|id| VmReport {
+                id: id.clone(),
+                running: true,
+                detail: String::new(),
+            })
+            .collect(),
+    };
+    for cmd in c.host_poll(&host, &report).await.unwrap() {
+        match cmd {
+            HostCommand::StartVm { vm } => {
+                running.insert(vm.id);
+            }
+            HostCommand::StopVm { id } => {
+                running.remove(&id);
+            }
+        }
+    }
+}
+
+/// [`settle`] with the failover host `h1` polling between passes.
+async fn settle_with_host(
+    l: &Lab,
+    running: &mut std::collections::BTreeSet<String>,
+    rounds: usize,
+) {
+    for _ in 0..rounds {
+        l.engine.pass().await.unwrap();
+        host_round(&l.c, "h1", running).await;
+        agents(l, &[]).await;
+        l.clock.advance(100);
+    }
+}
+
+async fn vms(l: &Lab) -> Vec<crate::model::Vm> {
+    l.c.store.vms().await.unwrap()
+}
+
+async fn wait_event(l: &Lab, what: impl Fn(&crate::model::Event) -> bool) -> crate::model::Event {
+    for _ in 0..200 {
+        let ev = l.c.store.events(0, None, 10_000).await.unwrap();
+        if let Some(e) = ev.into_iter().rev().find(|e| what(e)) {
+            return e;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("event not seen");
+}
+
+#[tokio::test]
+async fn one_to_one_standby_takes_the_slot_fails_back_in_its_window_and_a_vm_is_fenced_by_its_host()
+{
+    use crate::model::{Failback, VmMapping, VmState};
+    let l = lab(2).await;
+    l.c.add_host("h1", "test").await.unwrap();
+    let mut running = std::collections::BTreeSet::new();
+    host_round(&l.c, "h1", &mut running).await;
+    // A window that opens 30 minutes from now, by the engine's clock.
+    let hhmm = |m: i64| format!("{:02}:{:02}", m.rem_euclid(1440) / 60, m.rem_euclid(60));
+    let m0 = l.clock.now_ms().div_euclid(60_000).rem_euclid(1440);
+    let window = format!("{}-{}", hhmm(m0 + 30), hhmm(m0 + 60));
+    env(&l, "a", "img-a", |e| {
+        e.desired = 2;
+        e.min = 2;
+        e.max = 2;
+        e.vm_mapping = VmMapping::OneToOne;
+        e.failback = Failback::Window;
+        e.failback_window = Some(window.clone());
+    })
+    .await;
+    settle_with_host(&l, &mut running, 12).await;
+    let ready = ready_nodes(&l, "a").await;
+    assert_eq!(ready.len(), 2);
+    // One standby per node holding a slot, reserved, not running.
+    let standby: std::collections::BTreeMap<String, crate::model::Vm> = vms(&l)
+        .await
+        .into_iter()
+        .filter(|v| v.state == VmState::Reserved)
+        .map(|v| (v.stands_in_for.clone().unwrap(), v))
+        .collect();
+    assert_eq!(standby.keys().cloned().collect::<Vec<_>>(), {
+        let mut r = ready.clone();
+        r.sort();
+        r
+    });
+    assert!(running.is_empty(), "standbys do not run: {running:?}");
+
+    // Slot 1's node fails: its own standby starts and takes the slot.
+    let s1 = l.c.store.slots(Some("a")).await.unwrap()[1].clone();
+    let home = s1.node.clone().unwrap();
+    l.c.store
+        .transition_node(&home, Transition::Fail)
+        .await
+        .unwrap();
+    settle_with_host(&l, &mut running, 15).await;
+    let s1 = l.c.store.slots(Some("a")).await.unwrap()[1].clone();
+    let mine = &standby[&home];
+    assert_eq!(s1.step, SlotStep::Ready, "{s1:?}");
+    assert_eq!(s1.node.as_deref(), Some(mine.node.as_str()));
+    assert!(running.contains(&mine.id));
+    assert_eq!(
+        vms(&l)
+            .await
+            .iter()
+            .find(|v| v.id == mine.id)
+            .unwrap()
+            .state,
+        VmState::Running
+    );
+
+    // The home is repaired and back; outside the window the slot stays.
+    l.c.node_repaired(&home, "test").await.unwrap();
+    hello(&l.c, &home, "pool").await;
+    settle_with_host(&l, &mut running, 10).await;
+    let s1 = l.c.store.slots(Some("a")).await.unwrap()[1].clone();
+    assert_eq!(
+        s1.node.as_deref(),
+        Some(mine.node.as_str()),
+        "no failback outside {window}"
+    );
+    // The engine's clock reaches the window: it moves back, the VM stops.
+    l.clock.advance(31 * 60_000);
+    settle_with_host(&l, &mut running, 20).await;
+    let s1 = l.c.store.slots(Some("a")).await.unwrap()[1].clone();
+    assert_eq!(
+        (s1.step, s1.node.as_deref()),
+        (SlotStep::Ready, Some(home.as_str()))
+    );
+    assert!(!running.contains(&mine.id));
+    let d = wait_event(&l, |e| e.detail["action"] == "failback").await;
+    assert!(
+        d.detail["reason"].as_str().unwrap().contains(&window),
+        "{d:?}"
+    );
+    // The home has a new standby (the old one is spent).
+    let fresh = vms(&l)
+        .await
+        .into_iter()
+        .find(|v| v.state == VmState::Reserved && v.stands_in_for.as_deref() == Some(&home))
+        .expect("a new standby for the home node");
+    assert_ne!(fresh.id, mine.id);
+
+    // Fail the home again: the new standby serves; then that VM's node
+    // fails while its QEMU runs: the fence waits for the host to report it
+    // gone, and says proven.
+    l.c.store
+        .transition_node(&home, Transition::Fail)
+        .await
+        .unwrap();
+    settle_with_host(&l, &mut running, 15).await;
+    let s1 = l.c.store.slots(Some("a")).await.unwrap()[1].clone();
+    assert_eq!(s1.node.as_deref(), Some(fresh.node.as_str()));
+    assert!(running.contains(&fresh.id));
+    l.c.store
+        .transition_node(&fresh.node, Transition::Fail)
+        .await
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (c, stop) = (l.c.clone(), stop.clone());
+        let mut r = running.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                host_round(&c, "h1", &mut r).await;
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            }
+            r
+        })
+    };
+    l.engine.pass().await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    running = poller.await.unwrap();
+    let f = wait_event(&l, |e| {
+        e.kind == EventKind::Fenced && e.node.as_deref() == Some(fresh.node.as_str())
+    })
+    .await;
+    assert_eq!(f.detail["fence"]["proven"], true, "{f:?}");
+    assert!(
+        f.detail["fence"]["power"]
+            .as_str()
+            .unwrap()
+            .contains("reports its QEMU ended"),
+        "{f:?}"
+    );
+    assert!(!running.contains(&fresh.id));
+    assert_eq!(
+        vms(&l)
+            .await
+            .iter()
+            .find(|v| v.id == fresh.id)
+            .unwrap()
+            .state,
+        VmState::Stopped
+    );
+}
+
+#[tokio::test]
+async fn a_vm_whose_host_never_answers_is_fenced_unproven_after_the_timeout() {
+    let l = lab(1).await;
+    l.c.add_host("h1", "test").await.unwrap();
+    let mut running = std::collections::BTreeSet::new();
+    host_round(&l.c, "h1", &mut running).await;
+    let vm =
+        l.c.start_vm(&crate::control::VmRequest {
+            host: "h1".into(),
+            environment: "a".into(),
+            slot: 0,
+            cpus: 1,
+            memory_mb: 256,
+            firmware: boot_proto::FirmwareKind::Bios,
+            stands_in_for: None,
+        })
+        .await
+        .unwrap();
+    host_round(&l.c, "h1", &mut running).await;
+    host_round(&l.c, "h1", &mut running).await;
+    let node = l.c.store.node(&vm.node).await.unwrap().unwrap();
+    // The host stops polling (the lab's timeout: 2 s).
+    let t = std::time::Instant::now();
+    let f = l.c.fence(&node, None).await;
+    assert!(!f.proven, "{f:?}");
+    assert!(f.power.contains("did not report its QEMU gone"), "{f:?}");
+    assert!(t.elapsed() >= std::time::Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_clone_goes_onto_a_vm_when_no_node_is_free_and_remove_node_destroys_it() {
+    use crate::model::VmState;
+    let l = lab(2).await;
+    l.c.add_host("h1", "test").await.unwrap();
+    let mut running = std::collections::BTreeSet::new();
+    host_round(&l.c, "h1", &mut running).await;
+    env(&l, "a", "img-a", |e| {
+        e.desired = 2;
+        e.disk_base = Some("base".into());
+    })
+    .await;
+    settle(&l, &[], 15).await;
+    assert_eq!(ready_nodes(&l, "a").await.len(), 2);
+    let r = run_clone(&l, 1, Some(3), false, false).await.unwrap();
+    assert_eq!(r.job.phase, ClonePhaseT::Done, "{r:?}");
+    settle_with_host(&l, &mut running, 20).await;
+    let s3 =
+        l.c.store
+            .slots(Some("a"))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.index == 3)
+            .unwrap();
+    assert_eq!(s3.step, SlotStep::Ready, "{s3:?}");
+    let vm = vms(&l)
+        .await
+        .into_iter()
+        .find(|v| Some(&v.node) == s3.node.as_ref())
+        .expect("slot 3 on a VM");
+    // Sized from the template's node (2 CPUs, 1 GiB), started on h1.
+    assert_eq!(
+        (vm.host.as_str(), vm.cpus, vm.memory_mb, vm.state),
+        ("h1", 2, 1024, VmState::Running)
+    );
+    assert!(running.contains(&vm.id));
+    // remove-node of the clone: its VM is destroyed, its node retired.
+    l.c.env_remove("a", Some(&vm.node), None, true)
+        .await
+        .unwrap();
+    settle_with_host(&l, &mut running, 15).await;
+    let slots = l.c.store.slots(Some("a")).await.unwrap();
+    assert!(slots.iter().all(|s| s.index != 3), "{slots:?}");
+    assert!(!running.contains(&vm.id), "the VM is stopped on its host");
+    assert_eq!(
+        vms(&l).await.iter().find(|v| v.id == vm.id).unwrap().state,
+        VmState::Stopped
+    );
+    assert_eq!(
+        l.c.store.node(&vm.node).await.unwrap().unwrap().state,
+        NodeState::Retired
+    );
 }

@@ -58,6 +58,13 @@ pub struct Environment {
     pub detection: Detection,
     /// When a slot that failed over to a VM moves back to its repaired node.
     pub failback: Failback,
+    /// The maintenance window of `failback: window`: `HH:MM-HH:MM` (UTC;
+    /// it may wrap past midnight) or a cron expression with seconds first
+    /// whose matching minutes make the window ([`failback_window_open`]).
+    pub failback_window: Option<String>,
+    /// Which VM a slot failing over from one of its physical nodes gets
+    /// when no spare node is free.
+    pub vm_mapping: VmMapping,
     /// Software version label of what the environment runs.
     pub version: String,
     /// When it was created and last changed (ms since the epoch).
@@ -90,6 +97,8 @@ impl Default for Environment {
             boot: BootMode::Warm,
             detection: Detection::default(),
             failback: Failback::default(),
+            failback_window: None,
+            vm_mapping: VmMapping::default(),
             version: String::new(),
             created_ms: 0,
             updated_ms: 0,
@@ -156,6 +165,17 @@ impl Environment {
             }
         }
         self.detection.validate()?;
+        match (&self.failback, &self.failback_window) {
+            (Failback::Window, None) => {
+                return Err(
+                    "failback window needs its window: window=HH:MM-HH:MM or window=CRON".into(),
+                )
+            }
+            (_, Some(w)) => {
+                failback_window_open(w, 0)?;
+            }
+            _ => {}
+        }
         if let Some(r) = &self.addresses {
             if r.len() < self.max as u64 {
                 return Err(format!(
@@ -198,6 +218,9 @@ pub enum Failback {
     WhenIdle,
     /// Never: the slot stays on the VM until an admin moves it.
     Never,
+    /// Only inside the environment's maintenance window
+    /// ([`Environment::failback_window`]); then as `immediate`.
+    Window,
 }
 
 impl Failback {
@@ -207,6 +230,82 @@ impl Failback {
             "immediate" => Some(Failback::Immediate),
             "when-idle" => Some(Failback::WhenIdle),
             "never" => Some(Failback::Never),
+            "window" => Some(Failback::Window),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the maintenance window `spec` is open at `now_ms` (UTC), or
+/// why `spec` is no window. `HH:MM-HH:MM`: from the first time (included)
+/// to the second (excluded), wrapping past midnight when the second is
+/// earlier. Otherwise a cron expression (the `cron` crate's syntax, seconds
+/// first): the window is open during every minute that starts at a time it
+/// matches, so `0 * 2 * * *` is 02:00-03:00 every day and `0 * 2-3 * * Sun`
+/// is 02:00-04:00 on Sundays.
+pub fn failback_window_open(spec: &str, now_ms: i64) -> Result<bool, String> {
+    let spec = spec.trim();
+    if let Some((a, b)) = spec.split_once('-').filter(|_| !spec.contains(' ')) {
+        let minute = |t: &str| -> Result<i64, String> {
+            let (h, m) = t
+                .split_once(':')
+                .ok_or_else(|| format!("{t:?}: write HH:MM"))?;
+            let (h, m): (i64, i64) = (
+                h.parse()
+                    .map_err(|_| format!("{t:?}: hour is not a number"))?,
+                m.parse()
+                    .map_err(|_| format!("{t:?}: minute is not a number"))?,
+            );
+            if !(0..24).contains(&h) || !(0..60).contains(&m) {
+                return Err(format!("{t:?}: not a time of day (00:00-23:59)"));
+            }
+            Ok(h * 60 + m)
+        };
+        let (start, end) = (minute(a)?, minute(b)?);
+        if start == end {
+            return Err(format!("failback window {spec:?} is empty"));
+        }
+        let now = now_ms.div_euclid(60_000).rem_euclid(1440);
+        return Ok(if start < end {
+            (start..end).contains(&now)
+        } else {
+            now >= start || now < end
+        });
+    }
+    use chrono::{TimeZone, Utc};
+    let cron: cron::Schedule = spec.parse().map_err(|e| {
+        format!("failback window {spec:?}: {e} (HH:MM-HH:MM, or cron: sec min hour dom month dow [year])")
+    })?;
+    let Some(from) = Utc.timestamp_millis_opt(now_ms - 60_000).single() else {
+        return Ok(false);
+    };
+    Ok(cron
+        .after(&from)
+        .next()
+        .is_some_and(|t| t.timestamp_millis() <= now_ms))
+}
+
+/// How a failing-over slot's VM is found when no spare node is free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmMapping {
+    /// The next free VM place on the least-loaded live failover host.
+    #[default]
+    Sequential,
+    /// Each physical node holding a slot has its own standby VM reserved on
+    /// a failover host ([`crate::model::VmState::Reserved`]: defined — MAC,
+    /// node, size, host — and counted against the host's reserve, but not
+    /// running); that node's failover starts that VM. Without a usable
+    /// standby (its host down) the slot falls back to sequential.
+    OneToOne,
+}
+
+impl VmMapping {
+    /// Parses the kebab-case names.
+    pub fn parse(s: &str) -> Option<VmMapping> {
+        match s {
+            "sequential" => Some(VmMapping::Sequential),
+            "one-to-one" => Some(VmMapping::OneToOne),
             _ => None,
         }
     }

@@ -78,6 +78,10 @@ pub enum VmState {
     Exited,
     /// Its host went down while it ran.
     Lost,
+    /// A standby of the 1:1 mapping: defined for one protected node (its
+    /// MAC, node and size fixed) and holding a place on its host, but not
+    /// running until that node fails.
+    Reserved,
 }
 
 impl VmState {
@@ -85,7 +89,7 @@ impl VmState {
     pub fn live(self) -> bool {
         matches!(
             self,
-            VmState::Requested | VmState::Running | VmState::Stopping
+            VmState::Requested | VmState::Running | VmState::Stopping | VmState::Reserved
         )
     }
 }

@@ -16,9 +16,10 @@ mod server;
 mod token;
 
 pub use command::{CommandStatus, QueuedCommand};
+pub use env::failback_window_open;
 pub use env::{
     AddressRange, BootMode, CloneJob, CloneOrigin, ClonePhase, Detection, Environment, Failback,
-    LoadSample, Policy, Removal, Requirements, Schedule, ScheduleAction, Slot, SlotStep,
+    LoadSample, Policy, Removal, Requirements, Schedule, ScheduleAction, Slot, SlotStep, VmMapping,
 };
 pub use event::{Event, EventKind};
 pub use host::{Host, HostCapacity, HostState, Vm, VmState, HOST_LABEL, VIRTUAL_LABEL};

@@ -2,7 +2,7 @@
 //! registers the host's capacity (CPUs, memory, the VMs it reserves for
 //! failover), polls the server with what its VMs do, and starts and stops
 //! QEMU VMs on the server's command ([`vm`]); a VM that ends is reported at
-//! the next poll. The server authenticates it by the secret an admin
+//! the next poll. A restarted agent adopts the VMs still running. The server authenticates it by the secret an admin
 //! issued (`boot-server host add NAME`), read from a file.
 
 pub mod opts;
@@ -70,6 +70,10 @@ pub fn run(opts: HostOptions) -> Result<()> {
         reserve = cap.reserve, kvm, secret = %crate::client::fingerprint(&secret), "host mode");
     let client = Client::new(&opts.server, &secret);
     let mut vms = Vms::new(opts.clone(), kvm);
+    let adopted = vms.adopt();
+    if !adopted.is_empty() {
+        tracing::info!(vms = ?adopted, "adopted VMs an earlier agent started");
+    }
     let mut backoff = Backoff::default();
     let mut named = false;
     loop {

@@ -2,6 +2,10 @@
 //! bridge, netbooting from its MAC (KVM when `/dev/kvm` works, else TCG),
 //! BIOS or UEFI (OVMF, a copy of the variables per VM). What happened to
 //! each VM since the last poll is kept until a poll carried it.
+//!
+//! Each running VM has a record `<id>.vm.json` (QEMU's pid, its tap) in the
+//! state directory, so that a restarted agent adopts the VMs still running
+//! ([`Vms::adopt`]) instead of losing them: it watches and stops them by pid.
 
 use super::HostOptions;
 use boot_proto::host::{VmReport, VmSpec};
@@ -86,9 +90,46 @@ pub fn qemu_args(opts: &HostOptions, kvm: bool, vm: &VmSpec, tap: &str) -> Vec<S
     a
 }
 
+/// A VM's QEMU: started by this agent, or adopted from an earlier one.
+enum Qemu {
+    Child(Child),
+    Adopted(i32),
+}
+
 struct Running {
-    child: Child,
+    qemu: Qemu,
     tap: String,
+}
+
+/// What `<id>.vm.json` holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    pid: i32,
+    tap: String,
+}
+
+fn record_path(dir: &std::path::Path, id: &str) -> std::path::PathBuf {
+    dir.join(format!("{id}.vm.json"))
+}
+
+/// Whether `pid` is a live (not zombie) QEMU of VM `id`: its command line
+/// names the VM (`-name <id>`), so a reused pid is not mistaken for it.
+fn qemu_alive(pid: i32, id: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let named = args
+        .windows(2)
+        .any(|w| w[0] == b"-name" && w[1] == id.as_bytes());
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| {
+            st.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
+        })
+        .unwrap_or(true);
+    named && !zombie
 }
 
 /// The host's VMs.
@@ -154,19 +195,75 @@ impl Vms {
         self.sent = 0;
     }
 
+    /// Adopts the VMs an earlier agent started that still run (their
+    /// records in the state directory); records of VMs that ended meanwhile
+    /// are reported as ended and removed. Returns the adopted VMs' ids.
+    pub fn adopt(&mut self) -> Vec<String> {
+        let mut adopted = Vec::new();
+        let Ok(dir) = std::fs::read_dir(&self.opts.state_dir) else {
+            return adopted;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(id) = name.strip_suffix(".vm.json") else {
+                continue;
+            };
+            if !safe_id(id) || self.running.contains_key(id) {
+                continue;
+            }
+            let rec: Option<Record> = std::fs::read(entry.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            match rec {
+                Some(r) if r.pid > 0 && qemu_alive(r.pid, id) => {
+                    tracing::info!(vm = %id, pid = r.pid, tap = %r.tap, "adopted a running VM");
+                    self.running.insert(
+                        id.to_string(),
+                        Running {
+                            qemu: Qemu::Adopted(r.pid),
+                            tap: r.tap,
+                        },
+                    );
+                    adopted.push(id.to_string());
+                }
+                r => {
+                    if let Some(r) = r {
+                        let _ = ip(&["link", "del", &r.tap]);
+                    }
+                    let _ = std::fs::remove_file(entry.path());
+                    tracing::warn!(vm = %id, "VM ended while the agent was down");
+                    self.ended.push(VmReport {
+                        id: id.to_string(),
+                        running: false,
+                        detail: "QEMU ended while the host agent was down".into(),
+                    });
+                }
+            }
+        }
+        adopted
+    }
+
     /// Notes VMs whose QEMU ended.
     pub fn reap(&mut self) {
         let mut gone = Vec::new();
         for (id, r) in self.running.iter_mut() {
-            match r.child.try_wait() {
-                Ok(Some(st)) => gone.push((id.clone(), format!("QEMU exited ({st})"))),
-                Ok(None) => {}
-                Err(e) => gone.push((id.clone(), format!("QEMU lost: {e}"))),
+            match &mut r.qemu {
+                Qemu::Child(child) => match child.try_wait() {
+                    Ok(Some(st)) => gone.push((id.clone(), format!("QEMU exited ({st})"))),
+                    Ok(None) => {}
+                    Err(e) => gone.push((id.clone(), format!("QEMU lost: {e}"))),
+                },
+                Qemu::Adopted(pid) => {
+                    if !qemu_alive(*pid, id) {
+                        gone.push((id.clone(), "QEMU exited (adopted; status unknown)".into()));
+                    }
+                }
             }
         }
         for (id, detail) in gone {
             if let Some(r) = self.running.remove(&id) {
                 let _ = ip(&["link", "del", &r.tap]);
+                let _ = std::fs::remove_file(record_path(&self.opts.state_dir, &id));
                 tracing::warn!(vm = %id, %detail, "VM ended");
                 self.ended.push(VmReport {
                     id,
@@ -230,7 +327,24 @@ impl Vms {
             Ok(child) => {
                 tracing::info!(vm = %vm.id, mac = %vm.mac, cpus = vm.cpus, memory_mb = vm.memory_mb,
                     firmware = ?vm.firmware, kvm = self.kvm, pid = child.id(), %tap, "VM started");
-                self.running.insert(vm.id.clone(), Running { child, tap });
+                let rec = Record {
+                    pid: child.id() as i32,
+                    tap: tap.clone(),
+                };
+                let path = record_path(dir, &vm.id);
+                if let Err(e) = serde_json::to_vec(&rec)
+                    .map_err(std::io::Error::other)
+                    .and_then(|b| std::fs::write(&path, b))
+                {
+                    tracing::warn!(vm = %vm.id, error = %e, path = %path.display(), "VM record not written: a restarted agent will not adopt it");
+                }
+                self.running.insert(
+                    vm.id.clone(),
+                    Running {
+                        qemu: Qemu::Child(child),
+                        tap,
+                    },
+                );
                 Ok(())
             }
             Err(e) => {
@@ -242,11 +356,27 @@ impl Vms {
 
     /// Stops a VM (kills its QEMU) and frees its tap.
     pub fn stop(&mut self, id: &str) {
-        let Some(mut r) = self.running.remove(id) else {
+        let Some(r) = self.running.remove(id) else {
             return;
         };
-        let _ = r.child.kill();
-        let _ = r.child.wait();
+        match r.qemu {
+            Qemu::Child(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Qemu::Adopted(pid) => {
+                use nix::sys::signal::{kill, Signal};
+                let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                // Not our child: its parent reaps it; wait until it is gone.
+                for _ in 0..100 {
+                    if !qemu_alive(pid, id) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(record_path(&self.opts.state_dir, id));
         let _ = ip(&["link", "del", &r.tap]);
         tracing::info!(vm = %id, "VM stopped");
         self.ended.push(VmReport {
@@ -316,5 +446,78 @@ mod tests {
         assert_eq!(v.report().len(), 1);
         v.reported();
         assert!(v.report().is_empty());
+    }
+
+    #[test]
+    fn a_restarted_agent_adopts_its_running_vms_and_reports_ended_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = super::super::HostOptions::parse(
+            &format!(
+                "--server http://s:1 --credential-file /c --bridge br0 --state-dir {}",
+                dir.path().display()
+            )
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        // A stand-in for QEMU whose command line names the VM.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30; true", "-name", "vm-live"])
+            .spawn()
+            .unwrap();
+        // `sh -c CMD ARG0 ARGS`: the cmdline is sh -c "sleep 30" -name vm-live.
+        // Until the child has exec'd, its /proc cmdline is the test's.
+        let execd = |pid: u32, id: &str| {
+            for _ in 0..500 {
+                if qemu_alive(pid as i32, id) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("child {pid} never ran");
+        };
+        execd(child.id(), "vm-live");
+        let rec = |pid: i32| format!("{{\"pid\":{pid},\"tap\":\"vnonexistent0\"}}");
+        std::fs::write(dir.path().join("vm-live.vm.json"), rec(child.id() as i32)).unwrap();
+        // A record whose process is gone (a pid that names another VM).
+        std::fs::write(dir.path().join("vm-gone.vm.json"), rec(child.id() as i32)).unwrap();
+        std::fs::write(dir.path().join("junk.vm.json"), "not json").unwrap();
+        let mut v = Vms::new(opts, false);
+        let adopted = v.adopt();
+        assert_eq!(adopted, ["vm-live"]);
+        let r = v.report();
+        let live = r.iter().find(|x| x.id == "vm-live").unwrap();
+        assert!(live.running);
+        for gone in ["vm-gone", "junk"] {
+            let g = r.iter().find(|x| x.id == gone).unwrap();
+            assert!(
+                !g.running && g.detail.contains("while the host agent was down"),
+                "{g:?}"
+            );
+            assert!(!dir.path().join(format!("{gone}.vm.json")).exists());
+        }
+        v.reported();
+        // The adopted VM is stopped by pid; its record goes.
+        v.stop("vm-live");
+        let _ = child.wait();
+        assert!(!dir.path().join("vm-live.vm.json").exists());
+        let r = v.report();
+        assert_eq!(r.len(), 1);
+        assert!(!r[0].running && r[0].detail.contains("server's request"));
+        // An adopted VM that exits by itself is noticed.
+        let mut c2 = Command::new("sh")
+            .args(["-c", "sleep 30; true", "-name", "vm-short"])
+            .spawn()
+            .unwrap();
+        execd(c2.id(), "vm-short");
+        std::fs::write(dir.path().join("vm-short.vm.json"), rec(c2.id() as i32)).unwrap();
+        v.reported();
+        assert_eq!(v.adopt(), ["vm-short"]);
+        let _ = c2.kill(); // it ends (not by the agent)
+        let _ = c2.wait();
+        v.reap();
+        let r = v.report();
+        assert!(r.iter().any(|x| x.id == "vm-short" && !x.running), "{r:?}");
     }
 }
