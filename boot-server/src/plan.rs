@@ -524,6 +524,7 @@ impl BootPlan {
         cred: Credential<'_>,
     ) -> Result<LinuxBoot> {
         let base = self.config.public_url();
+        let staged = matches!(cred, Credential::Handoff(_));
         let (key, secret) = match cred {
             Credential::Token(token) => {
                 self.store
@@ -545,8 +546,13 @@ impl BootPlan {
             cmdline.push_str(&format!(" {}={pin}", boot_proto::cmdline::TLS_PIN));
         }
         // A virtual disk attached to the node becomes its root file system, over the
-        // image's disk transport.
-        let attached = self.store.disk_attachments().await?;
+        // image's disk transport. Not for a pre-staged boot: the disk attached now is
+        // the node's present slot's, detached at the decision (environments with slot
+        // disks are never staged).
+        let attached = match staged {
+            false => self.store.disk_attachments().await?,
+            true => Vec::new(),
+        };
         if let Some(disk) = attached.iter().find(|a| a.node == node.id) {
             match image.disk_transport {
                 crate::model::DiskTransport::Nbd => {

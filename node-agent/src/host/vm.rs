@@ -418,19 +418,24 @@ mod tests {
         assert!(valid_mac("02:b5:01:02:03:04") && !valid_mac("02:b5:01:02:03"));
     }
 
-    #[test]
-    fn a_failed_start_is_reported_once_it_went_through() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = super::super::HostOptions::parse(
+    /// Host-mode options with `dir` as the state directory.
+    fn options_in(dir: &std::path::Path) -> super::super::HostOptions {
+        super::super::HostOptions::parse(
             &format!(
                 "--server http://s:1 --credential-file /c --bridge br0 --state-dir {}",
-                dir.path().display()
+                dir.display()
             )
             .split_whitespace()
             .map(String::from)
             .collect::<Vec<_>>(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_failed_start_is_reported_once_it_went_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options_in(dir.path());
         let mut v = Vms::new(opts, false);
         v.start(&VmSpec {
             id: "../bad".into(),
@@ -451,16 +456,7 @@ mod tests {
     #[test]
     fn a_restarted_agent_adopts_its_running_vms_and_reports_ended_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = super::super::HostOptions::parse(
-            &format!(
-                "--server http://s:1 --credential-file /c --bridge br0 --state-dir {}",
-                dir.path().display()
-            )
-            .split_whitespace()
-            .map(String::from)
-            .collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let opts = options_in(dir.path());
         // A stand-in for QEMU whose command line names the VM.
         let mut child = Command::new("sh")
             .args(["-c", "sleep 30; true", "-name", "vm-live"])
