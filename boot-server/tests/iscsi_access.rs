@@ -101,6 +101,33 @@ fn qemu_has_iscsi() -> bool {
     String::from_utf8_lossy(&out.stdout).contains("iscsi")
 }
 
+/// Whether qemu-img has its iscsi driver; else `name` is skipped (a
+/// failure under CI).
+fn qemu_can_iscsi(name: &str) -> bool {
+    qemu_has_iscsi()
+        || !test_support::skip(
+            name,
+            "qemu-img has no iscsi driver (install qemu-block-extra)",
+        )
+}
+
+/// A server with iSCSI on loopback, overlay ov1 of a 4 MiB random base `b`
+/// attached to node MAC: the server, the base's bytes, the iSCSI portal and
+/// `disk attach`'s output.
+fn attached_overlay_server() -> (Server, Vec<u8>, String, String) {
+    let (dir, config) = Server::prepare("[iscsi]\nenabled = true\nlisten = \"127.0.0.1:0\"\n");
+    let base = dir.path().join("base.raw");
+    let data = random_bytes(4 << 20);
+    std::fs::write(&base, &data).unwrap();
+    let s = Server::start_in(dir, config);
+    let portal = portal_of(&s);
+    s.cli(&["disk", "add-base", "b", base.to_str().unwrap()]);
+    s.cli(&["disk", "create", "ov1", "--base", "b"]);
+    s.cli(&["node", "add", "--mac", MAC]);
+    let out = s.cli(&["disk", "attach", "ov1", "--node", MAC]);
+    (s, data, portal, out)
+}
+
 #[test]
 fn attached_overlay_is_a_chap_target_of_its_node_until_detached() {
     let name = "attached_overlay_is_a_chap_target";
@@ -117,26 +144,11 @@ fn attached_overlay_is_a_chap_target_of_its_node_until_detached() {
     ) {
         return;
     }
-    if !qemu_has_iscsi()
-        && test_support::skip(
-            name,
-            "qemu-img has no iscsi driver (install qemu-block-extra)",
-        )
-    {
+    if !qemu_can_iscsi(name) {
         return;
     }
-    let (dir, config) = Server::prepare("[iscsi]\nenabled = true\nlisten = \"127.0.0.1:0\"\n");
-    let base = dir.path().join("base.raw");
-    let data = random_bytes(4 << 20);
-    std::fs::write(&base, &data).unwrap();
-    let s = Server::start_in(dir, config);
-    let portal = portal_of(&s);
+    let (s, data, portal, out) = attached_overlay_server();
     assert!(portal.starts_with("127.0.0.1:"), "{portal}");
-
-    s.cli(&["disk", "add-base", "b", base.to_str().unwrap()]);
-    s.cli(&["disk", "create", "ov1", "--base", "b"]);
-    s.cli(&["node", "add", "--mac", MAC]);
-    let out = s.cli(&["disk", "attach", "ov1", "--node", MAC]);
     let iqn = field(&out, "target");
     let user = field(&out, "chap-user");
     let secret = field(&out, "chap-secret");
@@ -275,26 +287,12 @@ fn admin_credential_reaches_every_target_from_any_address() {
     ) {
         return;
     }
-    if !qemu_has_iscsi()
-        && test_support::skip(
-            name,
-            "qemu-img has no iscsi driver (install qemu-block-extra)",
-        )
-    {
+    if !qemu_can_iscsi(name) {
         return;
     }
-    let (dir, config) = Server::prepare("[iscsi]\nenabled = true\nlisten = \"127.0.0.1:0\"\n");
-    let base = dir.path().join("base.raw");
-    let mut data = random_bytes(4 << 20);
-    std::fs::write(&base, &data).unwrap();
-    let s = Server::start_in(dir, config);
-    let portal = portal_of(&s);
+    let (s, mut data, portal, out) = attached_overlay_server();
     let nbd = s.nbd.clone().expect("nbd address");
     let token = s.admin_token();
-    s.cli(&["disk", "add-base", "b", base.to_str().unwrap()]);
-    s.cli(&["disk", "create", "ov1", "--base", "b"]);
-    s.cli(&["node", "add", "--mac", MAC]);
-    let out = s.cli(&["disk", "attach", "ov1", "--node", MAC]);
     let iqn = field(&out, "target");
     let user = field(&out, "chap-user");
     let secret = field(&out, "chap-secret");
