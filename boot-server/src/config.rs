@@ -472,6 +472,19 @@ pub struct LoaderConfig {
     pub uefi_arm64: String,
 }
 
+impl Config {
+    /// The configured loaders, served by their names even when they are
+    /// symlinks out of `loaders_dir` (Debian's `ipxe.efi`): see
+    /// [`boot_fs::Pinned`].
+    pub fn pinned_loaders(&self) -> boot_fs::Pinned {
+        let l = &self.loaders;
+        boot_fs::Pinned::new(
+            &self.loaders_dir,
+            [l.bios.as_str(), l.uefi_x64.as_str(), l.uefi_arm64.as_str()],
+        )
+    }
+}
+
 fn default_lease_secs() -> u64 {
     3600
 }

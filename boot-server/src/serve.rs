@@ -220,12 +220,12 @@ pub async fn run(mut config: Config) -> Result<()> {
         }
     }
 
-    warn_unservable_loaders(&config);
     // TFTP: loaders first, then image files.
     if config.tftp.enabled {
         let tftp_config = boot_tftp::TftpConfig {
             listen: config.tftp.listen,
             roots: vec![config.loaders_dir.clone(), config.images_dir.clone()],
+            pinned: config.pinned_loaders(),
             max_blksize: config.tftp.max_blksize,
             ..Default::default()
         };
@@ -552,28 +552,5 @@ fn dhcp_reservation(r: &Reservation) -> boot_dhcp::Reservation {
         mac: r.mac.octets(),
         ip: r.ip,
         hostname: r.hostname.clone(),
-    }
-}
-
-/// Says at start which configured loader cannot be served: missing, or a
-/// symlink out of `loaders_dir` (Debian's `/usr/lib/ipxe/ipxe.efi` points to
-/// `/boot`), which the rule that served paths never leave their root
-/// refuses — a node would otherwise only see a 404 or a TFTP error.
-fn warn_unservable_loaders(config: &Config) {
-    let l = &config.loaders;
-    for name in [&l.bios, &l.uefi_x64, &l.uefi_arm64] {
-        let path = config.loaders_dir.join(name);
-        if std::fs::symlink_metadata(&path).is_err() {
-            continue; // not installed: the boot plan says so per node
-        }
-        if let Err(e) = boot_fs::resolve_path(std::slice::from_ref(&config.loaders_dir), name) {
-            let target = std::fs::canonicalize(&path)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "?".into());
-            tracing::warn!(
-                loader = %path.display(), target = %target, error = %e,
-                "loader cannot be served from loaders_dir; copy it (cp -L) into a directory of its own and point loaders_dir there"
-            );
-        }
     }
 }

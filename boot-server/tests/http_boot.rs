@@ -58,6 +58,45 @@ fn range_head_and_escape_rules() {
     }
 }
 
+/// The configured loaders are served by name through a symlink out of
+/// `loaders_dir` (Debian's `ipxe.efi` → `/boot/ipxe.efi`), over HTTP and TFTP;
+/// any other link out of it is still refused.
+#[test]
+fn configured_loaders_follow_their_symlink_other_names_do_not() {
+    let (dir, config) = Server::prepare("loaders_dir = \"loaders\"");
+    let loaders = dir.path().join("loaders");
+    let boot = dir.path().join("boot");
+    std::fs::create_dir_all(&loaders).unwrap();
+    std::fs::create_dir_all(&boot).unwrap();
+    let efi = random_bytes(70_001);
+    std::fs::write(boot.join("ipxe.efi"), &efi).unwrap();
+    std::fs::write(boot.join("secret"), b"outside").unwrap();
+    symlink(boot.join("ipxe.efi"), loaders.join("ipxe.efi")).unwrap();
+    symlink(boot.join("secret"), loaders.join("other.efi")).unwrap();
+    let s = Server::start_in(dir, config);
+
+    let (code, body) = curl(&[&s.url("/loaders/ipxe.efi")]);
+    assert_eq!(code, 200, "configured loader over HTTP");
+    assert!(body == efi, "HTTP loader bytes differ");
+    let tftp = format!("tftp://{}/ipxe.efi", s.tftp.as_deref().unwrap());
+    let (code, body) = curl(&["--tftp-blksize", "1468", &tftp]);
+    assert_eq!(code, 0, "configured loader over TFTP");
+    assert!(body == efi, "TFTP loader bytes differ");
+
+    let (code, body) = curl(&[&s.url("/loaders/other.efi")]);
+    assert_eq!(
+        code, 404,
+        "a link out of loaders_dir that is not a configured loader"
+    );
+    assert!(!String::from_utf8_lossy(&body).contains("outside"));
+    let tftp = format!("tftp://{}/other.efi", s.tftp.as_deref().unwrap());
+    let (_, body) = curl(&[&tftp]);
+    assert!(
+        !String::from_utf8_lossy(&body).contains("outside"),
+        "TFTP leaked"
+    );
+}
+
 fn token_of(script: &str) -> Option<String> {
     script
         .split_whitespace()

@@ -94,6 +94,60 @@ pub fn resolve_path(roots: &[PathBuf], requested: &str) -> Result<PathBuf, PathE
     }
 }
 
+/// Files the server's own configuration names (the iPXE loaders), served by
+/// that name even when it is a symlink leading out of its root. The no-escape
+/// rule guards the names *clients* choose; these names the admin chose, as
+/// with Debian's `/usr/lib/ipxe/ipxe.efi` → `/boot/ipxe.efi`. Only the exact
+/// configured names are pinned, and the link is followed at each request (a
+/// package upgrade that moves the target is seen); the target must be a
+/// regular file.
+#[derive(Debug, Clone, Default)]
+pub struct Pinned(Vec<(PathBuf, PathBuf)>);
+
+impl Pinned {
+    /// Pins each of `names` (relative to `root`); a name that does not
+    /// normalise is skipped.
+    pub fn new<'a>(root: &Path, names: impl IntoIterator<Item = &'a str>) -> Pinned {
+        Pinned(
+            names
+                .into_iter()
+                .filter_map(|n| normalise(n).ok())
+                .map(|rel| {
+                    let full = root.join(&rel);
+                    (rel, full)
+                })
+                .collect(),
+        )
+    }
+
+    /// The canonical file behind a pinned name, when `requested` is one.
+    fn lookup(&self, requested: &str) -> Option<Result<PathBuf, PathError>> {
+        let rel = normalise(requested).ok()?;
+        let (_, full) = self.0.iter().find(|(r, _)| *r == rel)?;
+        Some(match full.canonicalize() {
+            Ok(real) => check_file(&real).map(|()| real),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(PathError::NotFound),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                Err(PathError::PermissionDenied)
+            }
+            Err(e) => Err(PathError::Io(e)),
+        })
+    }
+}
+
+/// [`resolve_path`], except that a name in `pinned` is served from its
+/// configured file (see [`Pinned`]).
+pub fn resolve_pinned(
+    pinned: &Pinned,
+    roots: &[PathBuf],
+    requested: &str,
+) -> Result<PathBuf, PathError> {
+    match pinned.lookup(requested) {
+        Some(found) => found,
+        None => resolve_path(roots, requested),
+    }
+}
+
 fn check_file(real: &Path) -> Result<(), PathError> {
     match std::fs::metadata(real) {
         Ok(m) if m.is_file() => Ok(()),
@@ -226,6 +280,35 @@ mod tests {
         assert_eq!(
             resolve_path(&r, "inlink").unwrap(),
             t.base.join("root1/sub/b.txt")
+        );
+    }
+
+    #[test]
+    fn pinned_names_follow_their_link_and_nothing_else_does() {
+        let t = tree();
+        let r = roots(&t);
+        let pinned = Pinned::new(&t.base.join("root1"), ["out", "missing"]);
+        // The configured name is served through its link out of the root.
+        assert_eq!(
+            resolve_pinned(&pinned, &r, "/out").unwrap(),
+            t.base.join("secret")
+        );
+        // Other names keep the rule; an absent pinned file is "not found".
+        assert!(matches!(
+            resolve_pinned(&pinned, &r, "abs"),
+            Err(PathError::OutsideRoot)
+        ));
+        assert!(matches!(
+            resolve_pinned(&pinned, &r, "missing"),
+            Err(PathError::NotFound)
+        ));
+        assert!(matches!(
+            resolve_pinned(&pinned, &r, "out/../abs"),
+            Err(PathError::Traversal)
+        ));
+        assert_eq!(
+            resolve_pinned(&pinned, &r, "a.txt").unwrap(),
+            t.base.join("root1/a.txt")
         );
     }
 

@@ -27,9 +27,16 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Serves `rel` from `roots` (first root holding it wins).
-pub async fn serve(roots: &[PathBuf], rel: &str, method: &Method, headers: &HeaderMap) -> Response {
-    let path = match boot_fs::resolve_path(roots, rel) {
+/// Serves `rel` from `roots` (first root holding it wins; a `pinned` name
+/// from its configured file).
+pub async fn serve(
+    pinned: &boot_fs::Pinned,
+    roots: &[PathBuf],
+    rel: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
+    let path = match boot_fs::resolve_pinned(pinned, roots, rel) {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(path = rel, error = %e, "file refused");

@@ -245,6 +245,7 @@ async fn image_file(
             .into_response();
     }
     let response = files::serve(
+        &boot_fs::Pinned::default(),
         std::slice::from_ref(&c.config.images_dir),
         &path,
         &method,
@@ -297,6 +298,7 @@ async fn file_by_digest(
             .into_response();
     }
     files::serve(
+        &boot_fs::Pinned::default(),
         std::slice::from_ref(&c.config.images_dir),
         &rel,
         &method,
@@ -312,6 +314,7 @@ async fn loader_file(
     headers: HeaderMap,
 ) -> Response {
     files::serve(
+        &s.control.config.pinned_loaders(),
         std::slice::from_ref(&s.control.config.loaders_dir),
         &path,
         &method,

@@ -68,6 +68,9 @@ pub struct TftpConfig {
     pub listen: SocketAddr,
     /// Directories searched in order for a requested file.
     pub roots: Vec<PathBuf>,
+    /// Configured names served even through a symlink out of their root
+    /// (the loaders; see [`boot_fs::Pinned`]).
+    pub pinned: boot_fs::Pinned,
     /// Cap for a negotiated blksize (RFC 2348); clamped to 8..=65464.
     pub max_blksize: u16,
     /// Cap for a negotiated RFC 7440 windowsize; clamped to >= 1.
@@ -90,6 +93,7 @@ impl Default for TftpConfig {
         TftpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 69)),
             roots: Vec::new(),
+            pinned: boot_fs::Pinned::default(),
             max_blksize: 1468,
             max_windowsize: 64,
             timeout: Duration::from_secs(1),

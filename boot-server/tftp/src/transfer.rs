@@ -29,7 +29,7 @@ use crate::path::tftp_code;
 use crate::source::Source;
 use crate::stats::TftpStats;
 use crate::{TftpConfig, TransferObserver};
-use boot_fs::resolve_path;
+use boot_fs::resolve_pinned;
 
 /// Longest single blocking wait, so a stopped server's transfers end promptly.
 const POLL_SLICE: Duration = Duration::from_millis(200);
@@ -130,7 +130,7 @@ fn run(
             "mail mode is not supported".into(),
         );
     }
-    let path = match resolve_path(&shared.config.roots, file) {
+    let path = match resolve_pinned(&shared.config.pinned, &shared.config.roots, file) {
         Ok(p) => p,
         Err(e) => return refuse(sock, peer, file, tftp_code(&e), format!("{file}: {e}")),
     };
