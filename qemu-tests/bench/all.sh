@@ -27,7 +27,7 @@ mkdir -p "$out"
 . "$here/../lib/summary.sh"
 t_all=$SECONDS
 
-# name | command (full) | command (smoke) | what the table keeps (ERE on the bench's output)
+# name | command (full) | command (smoke, - for none) | what the table keeps (ERE on the bench's output)
 benches=(
   "dhcp|$here/dhcp.sh 25000 10 50000|$here/dhcp.sh 500 2 500|^ratio |exchanges/s|per exchange"
   "tftp|env N=$n $here/tftp.sh|env N=1 SIZE_MB=4 BLKSIZES=1468 WINDOWS=4 $here/tftp.sh|ratio boot-tftp"
@@ -36,6 +36,7 @@ benches=(
   "nbd|env N=$n $here/nbd.sh|env N=1 SIZE_MB=16 $here/nbd.sh|^ratio |MB/s"
   "boot-bios|$here/boot.sh -n $n --kernels lab|$here/boot.sh -n 1|^(median|ratio) "
   "boot-uefi|$here/boot.sh -n $n --firmware uefi|$here/boot.sh -n 1 --firmware uefi --only server|^(median|ratio) "
+  "boot-tuned|$here/boot.sh -n $n --conv-tricks --kernels lab,debian|-|^ratio boot-server agent ready \\(lab"
   "reprovision|$here/reprovision.sh -n $n|$here/reprovision.sh -n 1|^median "
 )
 [ -x "$here/iscsi.sh" ] && benches+=("iscsi|env N=$n $here/iscsi.sh|env N=1 SMOKE=1 $here/iscsi.sh|^ratio |MB/s|IOPS")
@@ -46,6 +47,7 @@ for b in "${benches[@]}"; do
     if [ -n "${ONLY:-}" ] && ! grep -qw "$name" <<<"$ONLY"; then continue; fi
     cmd="$full"
     [ "$smoke" = 1 ] && cmd="$tiny"
+    [ "$cmd" = - ] && continue # a full-size-only bench (its smoke adds nothing the others test)
     echo "== $name: $cmd"
     t0=$SECONDS
     # shellcheck disable=SC2086 # the command is word-split on purpose
