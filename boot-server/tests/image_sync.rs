@@ -8,38 +8,8 @@
 
 mod common;
 
-use common::{curl, Server};
+use common::{curl, fresh_database, Server};
 use std::time::{Duration, Instant};
-
-/// A fresh database on the test cluster: its URL, and a client to drop it.
-async fn fresh_database(test: &str) -> Option<(String, tokio_postgres::Client, String)> {
-    let Ok(url) = std::env::var("BOOT_TEST_PG_URL") else {
-        test_support::skip(
-            test,
-            "BOOT_TEST_PG_URL is not set (qemu-tests/lib/test-postgres.sh start prints one)",
-        );
-        return None;
-    };
-    let (client, conn) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-        Ok(c) => c,
-        Err(e) => {
-            test_support::skip(test, &format!("PostgreSQL at {url} is unreachable: {e}"));
-            return None;
-        }
-    };
-    tokio::spawn(conn);
-    let db = format!("imgsync_{}", std::process::id());
-    client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
-    Some((format!("{base}/{db}"), client, db))
-}
 
 fn config(url: &str, name: &str) -> String {
     format!("[store]\nurl = \"{url}\"\nserver_name = \"{name}\"\ncontroller_ttl_ms = 3000\n")
@@ -67,7 +37,7 @@ fn sha256_hex(data: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_added_on_one_server_is_served_by_the_other() {
     let test = "image_sync::an_image_added_on_one_server_is_served_by_the_other";
-    let Some((url, admin, db)) = fresh_database(test).await else {
+    let Some((url, admin, db)) = fresh_database(test, "imgsync").await else {
         return;
     };
     // Server A holds the image's files; B's images directory is empty.

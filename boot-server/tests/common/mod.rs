@@ -189,3 +189,38 @@ pub fn write_image(images: &Path, name: &str, archs: &[&str]) {
     )
     .unwrap();
 }
+
+/// A fresh database `<prefix>_<pid>` on the PostgreSQL test cluster
+/// (`BOOT_TEST_PG_URL`): its URL, a client, and its name (to drop it). `None`
+/// after a skip (a failure under CI) when no cluster is set or reachable.
+pub async fn fresh_database(
+    test: &str,
+    prefix: &str,
+) -> Option<(String, tokio_postgres::Client, String)> {
+    let Ok(url) = std::env::var("BOOT_TEST_PG_URL") else {
+        test_support::skip(
+            test,
+            "BOOT_TEST_PG_URL is not set (qemu-tests/lib/test-postgres.sh start prints one)",
+        );
+        return None;
+    };
+    let (client, conn) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => {
+            test_support::skip(test, &format!("PostgreSQL at {url} is unreachable: {e}"));
+            return None;
+        }
+    };
+    tokio::spawn(conn);
+    let db = format!("{prefix}_{}", std::process::id());
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
+    Some((format!("{base}/{db}"), client, db))
+}
