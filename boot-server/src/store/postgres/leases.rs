@@ -14,6 +14,13 @@ use deadpool_postgres::GenericClient;
 use std::net::Ipv4Addr;
 use tokio_postgres::Row;
 
+/// [`PgStore::allocate_address`] shed the request: as many allocations as
+/// the store runs at once were busy for the whole queue wait (an OFFER
+/// promises nothing; the client asks again).
+#[derive(Debug, thiserror::Error)]
+#[error("the database is saturated: address allocation shed after waiting {0:?}")]
+pub struct OffersBusy(pub std::time::Duration);
+
 const LEASE_COLS: &str = "mac, ip, expires_at_ms, hostname, client_id";
 
 fn to_lease(r: &Row) -> Result<Lease> {
@@ -67,6 +74,8 @@ impl PgStore {
     /// settles races: a candidate another server took meanwhile is skipped.
     /// Addresses reserved for other MACs are never chosen. `None`: full.
     /// One round trip: the database's `boot_offer` (schema V9) does it all.
+    /// At most [`super::OFFERS_AT_ONCE`] run at once; a call that waited
+    /// [`super::OFFER_QUEUE_WAIT`] for its turn fails with [`OffersBusy`].
     pub async fn allocate_address(
         &self,
         mac: MacAddr,
@@ -82,6 +91,11 @@ impl PgStore {
         let spread = i64::from(u32::from_be_bytes([mac.0[2], mac.0[3], mac.0[4], mac.0[5]]));
         let start = lo_n + spread % size;
         let prefer: Vec<i64> = prefer.iter().map(|p| u32::from(*p) as i64).collect();
+        let _turn = match tokio::time::timeout(super::OFFER_QUEUE_WAIT, self.offers.acquire()).await
+        {
+            Ok(turn) => turn.context("the allocation gate closed")?,
+            Err(_) => return Err(OffersBusy(super::OFFER_QUEUE_WAIT).into()),
+        };
         let c = self.client().await?;
         let st = c
             .prepare_cached("SELECT boot_offer($1, $2, $3, $4, $5, $6, $7)")
@@ -249,6 +263,38 @@ mod allocate_tests {
             .unwrap()
             .get(0);
         assert_eq!(held.as_deref(), Some("02:00:00:00:00:01"));
+    }
+
+    /// With every allocation turn taken, a DISCOVER is shed after the queue
+    /// wait (no database work, no hold); once a turn frees, it is served.
+    #[tokio::test]
+    async fn a_saturated_store_sheds_offers_after_the_queue_wait() {
+        let test = "store::postgres::leases::allocate_tests::a_saturated_store_sheds_offers_after_the_queue_wait";
+        let Some(s) = pg_store(test).await else {
+            return;
+        };
+        let range: (Ipv4Addr, Ipv4Addr) =
+            ("10.7.0.0".parse().unwrap(), "10.7.0.9".parse().unwrap());
+        let hold = now_ms() + 60_000;
+        let turns = s
+            .offers
+            .acquire_many(super::super::OFFERS_AT_ONCE as u32)
+            .await
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let e = s
+            .allocate_address(mac(1), range, &[], hold)
+            .await
+            .unwrap_err();
+        assert!(e.is::<OffersBusy>(), "{e:#}");
+        assert!(t0.elapsed() >= super::super::OFFER_QUEUE_WAIT);
+        assert!(s.leases().await.unwrap().is_empty());
+        drop(turns);
+        assert!(s
+            .allocate_address(mac(1), range, &[], hold)
+            .await
+            .unwrap()
+            .is_some());
     }
 
     /// Two servers allocate for 40 clients at once from one 32-address
