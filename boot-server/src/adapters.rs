@@ -115,10 +115,16 @@ impl boot_dhcp::LeaseStore for DhcpBackend {
         hold_until: SystemTime,
     ) -> anyhow::Result<Option<std::net::Ipv4Addr>> {
         match &self.shared {
-            Some(pg) => {
-                pg.allocate_address(MacAddr(mac), range, prefer, to_ms(hold_until))
-                    .await
-            }
+            Some(pg) => pg
+                .allocate_address(MacAddr(mac), range, prefer, to_ms(hold_until))
+                .await
+                .map_err(|e| {
+                    if e.is::<crate::store::postgres::OffersBusy>() {
+                        e.context(boot_dhcp::StoreBusy)
+                    } else {
+                        e
+                    }
+                }),
             None => Ok(None),
         }
     }

@@ -20,7 +20,9 @@ use crate::pool::Pool;
 use crate::reply;
 use crate::reservations::Reservations;
 use crate::stats::DhcpStats;
-use crate::types::{AddressTaken, BootAdvisor, ClientFacts, DhcpConfig, Lease, LeaseStore, Mode};
+use crate::types::{
+    AddressTaken, BootAdvisor, ClientFacts, DhcpConfig, Lease, LeaseStore, Mode, StoreBusy,
+};
 
 /// How long a shared store holds an offered address for the client.
 const OFFER_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
@@ -324,6 +326,11 @@ impl Handler {
                 .await
             {
                 Ok(ip) => ip,
+                Err(e) if e.downcast_ref::<StoreBusy>().is_some() => {
+                    DhcpStats::inc(&self.stats.store_busy);
+                    debug!(mac = %fmt_mac(&facts.mac), "store busy: DISCOVER shed");
+                    return None;
+                }
                 Err(e) => {
                     self.store_error(
                         "allocating an address, no OFFER",

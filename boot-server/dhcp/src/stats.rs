@@ -35,6 +35,9 @@ pub struct DhcpStats {
     pub store_errors: AtomicU64,
     /// DECLINEs from a MAC that does not hold the address (ignored).
     pub declines_ignored: AtomicU64,
+    /// DISCOVERs left unanswered because the shared store shed them
+    /// ([`crate::StoreBusy`]: saturated; the client retries).
+    pub store_busy: AtomicU64,
     /// Full-mode requests dropped because the leases are not loaded yet.
     pub not_ready: AtomicU64,
     /// Replies the socket failed to send.

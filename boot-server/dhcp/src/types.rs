@@ -110,6 +110,14 @@ pub struct Lease {
 #[error("address {0} is leased to another client")]
 pub struct AddressTaken(pub Ipv4Addr);
 
+/// In the error chain of [`LeaseStore::allocate`]: the shared store is
+/// saturated and shed this DISCOVER before doing any work for it (an OFFER
+/// promises nothing; the client sends another). Counted in
+/// [`crate::DhcpStats::store_busy`], logged at debug only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("lease store busy: DISCOVER shed")]
+pub struct StoreBusy;
+
 /// Durable lease storage, owned by the integrator.
 ///
 /// Any error is counted ([`crate::DhcpStats::store_errors`]), logged and

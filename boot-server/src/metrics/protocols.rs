@@ -132,7 +132,7 @@ impl Collector for Sources {
             counter(
                 e,
                 "boot_dhcp_errors",
-                "DHCP failures by kind (commit: no ACK sent; store: any failed lease store operation; send: reply not sent; pool_exhausted: DISCOVER unanswered; not_ready: leases not loaded yet)",
+                "DHCP failures by kind (commit: no ACK sent; store: any failed lease store operation; send: reply not sent; pool_exhausted: DISCOVER unanswered; not_ready: leases not loaded yet; store_busy: DISCOVER shed by a saturated shared store)",
                 Some("kind"),
                 &[
                     ("commit", get(&s.commit_failures)),
@@ -140,6 +140,7 @@ impl Collector for Sources {
                     ("send", get(&s.send_errors)),
                     ("pool_exhausted", get(&s.pool_exhausted)),
                     ("not_ready", get(&s.not_ready)),
+                    ("store_busy", get(&s.store_busy)),
                 ],
             )?;
         }

@@ -5,7 +5,7 @@
 //! deleted and replaced in the same transaction.
 
 use super::nodes::node_where;
-use super::{unique_violation, PgStore};
+use super::PgStore;
 use crate::model::{now_ms, Lease, MacAddr, Node};
 use crate::store::{LeaseStore, Refused, Result};
 use anyhow::Context;
@@ -13,6 +13,13 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use std::net::Ipv4Addr;
 use tokio_postgres::Row;
+
+/// [`PgStore::allocate_address`] shed the request: as many allocations as
+/// the store runs at once were busy for the whole queue wait (an OFFER
+/// promises nothing; the client asks again).
+#[derive(Debug, thiserror::Error)]
+#[error("the database is saturated: address allocation shed after waiting {0:?}")]
+pub struct OffersBusy(pub std::time::Duration);
 
 const LEASE_COLS: &str = "mac, ip, expires_at_ms, hostname, client_id";
 
@@ -30,38 +37,30 @@ fn to_lease(r: &Row) -> Result<Lease> {
 }
 
 impl PgStore {
-    /// One attempt at storing `l`: `Ok(None)` when stored, `Ok(Some(()))`
-    /// when the address's unique constraint refused it.
-    async fn try_put_lease(&self, l: &Lease) -> Result<Option<()>> {
-        let (ip, mac) = (l.ip.to_string(), l.mac.to_string());
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // Another client's expired lease on the address frees it.
-        tx.execute(
-            "DELETE FROM leases WHERE ip = $1 AND mac <> $2 AND expires_at_ms <= $3",
-            &[&ip, &mac, &now_ms()],
-        )
-        .await?;
-        let put = tx
-            .execute(
-                "INSERT INTO leases(mac, ip, expires_at_ms, hostname, client_id) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT(mac) DO UPDATE SET ip = excluded.ip, expires_at_ms = excluded.expires_at_ms, hostname = excluded.hostname, client_id = excluded.client_id",
-                &[&mac, &ip, &l.expires_at_ms, &l.hostname, &l.client_id],
+    /// One attempt at storing `l`, in one round trip (`boot_put_lease`,
+    /// schema V9; the commit is durable): `Ok(None)` when stored,
+    /// `Ok(Some(holder))` when another MAC's live lease holds the address
+    /// (`holder` empty: it let go meanwhile, try again).
+    async fn try_put_lease(&self, l: &Lease) -> Result<Option<String>> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached("SELECT boot_put_lease($1, $2, $3, $4, $5, $6)")
+            .await?;
+        let row = c
+            .query_one(
+                &st,
+                &[
+                    &l.mac.to_string(),
+                    &l.ip.to_string(),
+                    &l.expires_at_ms,
+                    &l.hostname,
+                    &l.client_id,
+                    &now_ms(),
+                ],
             )
-            .await;
-        match put {
-            Ok(_) => {
-                tx.commit().await.context("committing the lease")?;
-                Ok(None)
-            }
-            Err(e) => {
-                let e = anyhow::Error::from(e);
-                if unique_violation(&e).as_deref() == Some("leases_ip_unique") {
-                    return Ok(Some(()));
-                }
-                Err(e)
-            }
-        }
+            .await
+            .with_context(|| format!("storing the lease of {} on {}", l.mac, l.ip))?;
+        Ok(row.get(0))
     }
 }
 
@@ -74,6 +73,9 @@ impl PgStore {
     /// until `hold_until_ms` (the offer). The unique address constraint
     /// settles races: a candidate another server took meanwhile is skipped.
     /// Addresses reserved for other MACs are never chosen. `None`: full.
+    /// One round trip: the database's `boot_offer` (schema V9) does it all.
+    /// At most [`super::OFFERS_AT_ONCE`] run at once; a call that waited
+    /// [`super::OFFER_QUEUE_WAIT`] for its turn fails with [`OffersBusy`].
     pub async fn allocate_address(
         &self,
         mac: MacAddr,
@@ -85,109 +87,37 @@ impl PgStore {
         if hi_n < lo_n {
             return Ok(None);
         }
-        let mac_s = mac.to_string();
-        let now = now_ms();
-        let c = self.client().await?;
-        if let Some(r) = c
-            .query_opt(
-                "SELECT ip FROM leases WHERE mac = $1 AND expires_at_ms > $2",
-                &[&mac_s, &now],
-            )
-            .await?
-        {
-            let ip: Ipv4Addr = r
-                .get::<_, &str>(0)
-                .parse()
-                .context("stored lease address")?;
-            let n = u32::from(ip) as i64;
-            if (lo_n..=hi_n).contains(&n) || prefer.contains(&ip) {
-                return Ok(Some(ip));
-            }
-        }
         let size = hi_n - lo_n + 1;
         let spread = i64::from(u32::from_be_bytes([mac.0[2], mac.0[3], mac.0[4], mac.0[5]]));
         let start = lo_n + spread % size;
-        let free = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.ip = host('0.0.0.0'::inet + g.n) AND l.mac <> $1 AND l.expires_at_ms > $2)
-                    AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.ip = host('0.0.0.0'::inet + g.n) AND r.mac <> $1)";
-        let mut candidates: Vec<Ipv4Addr> = Vec::new();
-        for p in prefer {
-            let n = u32::from(*p) as i64;
-            let ok: bool = c
-                .query_one(
-                    format!("SELECT {free} FROM (SELECT $3::BIGINT AS n) g").as_str(),
-                    &[&mac_s, &now, &n],
-                )
-                .await?
-                .get(0);
-            if ok {
-                candidates.push(*p);
-            }
-        }
-        drop(c);
-        for ip in candidates {
-            if self.try_candidates(mac, &[ip], hold_until_ms).await? {
-                return Ok(Some(ip));
-            }
-        }
-        // Windows of the range from `start` around to it again: each
-        // query materialises at most WINDOW numbers (generate_series in
-        // FROM is computed whole), and the first window nearly always has
-        // a free address.
-        const WINDOW: i64 = 512;
-        let mut windows = Vec::new();
-        let mut from = start;
-        while from <= hi_n {
-            let to = (from + WINDOW - 1).min(hi_n);
-            windows.push((from, to));
-            from = to + 1;
-        }
-        from = lo_n;
-        while from < start {
-            let to = (from + WINDOW - 1).min(start - 1);
-            windows.push((from, to));
-            from = to + 1;
-        }
-        for (from, to) in windows {
-            let rows = self
-                .client()
-                .await?
-                .query(
-                    format!(
-                        "SELECT g.n FROM generate_series($3::BIGINT, $4::BIGINT) g(n) WHERE {free} ORDER BY g.n LIMIT 16"
-                    )
-                    .as_str(),
-                    &[&mac_s, &now, &from, &to],
-                )
-                .await?;
-            let found: Vec<Ipv4Addr> = rows
-                .iter()
-                .map(|r| Ipv4Addr::from(r.get::<_, i64>(0) as u32))
-                .collect();
-            for ip in found {
-                if self.try_candidates(mac, &[ip], hold_until_ms).await? {
-                    return Ok(Some(ip));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// Holds the first of `ips` that is free for `mac` until `until_ms`;
-    /// whether one was.
-    async fn try_candidates(&self, mac: MacAddr, ips: &[Ipv4Addr], until_ms: i64) -> Result<bool> {
-        for ip in ips {
-            let hold = Lease {
-                mac,
-                ip: *ip,
-                expires_at_ms: until_ms,
-                hostname: None,
-                client_id: None,
-            };
-            if self.try_put_lease(&hold).await?.is_none() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        let prefer: Vec<i64> = prefer.iter().map(|p| u32::from(*p) as i64).collect();
+        let _turn = match tokio::time::timeout(super::OFFER_QUEUE_WAIT, self.offers.acquire()).await
+        {
+            Ok(turn) => turn.context("the allocation gate closed")?,
+            Err(_) => return Err(OffersBusy(super::OFFER_QUEUE_WAIT).into()),
+        };
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached("SELECT boot_offer($1, $2, $3, $4, $5, $6, $7)")
+            .await?;
+        let row = c
+            .query_one(
+                &st,
+                &[
+                    &mac.to_string(),
+                    &lo_n,
+                    &hi_n,
+                    &start,
+                    &prefer,
+                    &now_ms(),
+                    &hold_until_ms,
+                ],
+            )
+            .await
+            .with_context(|| format!("allocating an address for {mac}"))?;
+        Ok(row
+            .get::<_, Option<i64>>(0)
+            .map(|n| Ipv4Addr::from(n as u32)))
     }
 }
 
@@ -208,23 +138,16 @@ impl LeaseStore for PgStore {
     async fn put_lease(&self, l: &Lease) -> Result<()> {
         // The holder may let go between the refusal and the look-up: try again then.
         for _ in 0..3 {
-            if self.try_put_lease(l).await?.is_none() {
-                return Ok(());
-            }
-            let holder = self
-                .client()
-                .await?
-                .query_opt(
-                    "SELECT mac FROM leases WHERE ip = $1 AND mac <> $2",
-                    &[&l.ip.to_string(), &l.mac.to_string()],
-                )
-                .await?;
-            if let Some(h) = holder {
-                return Err(Refused::AddressHeld {
-                    ip: l.ip,
-                    holder: h.get::<_, &str>(0).parse().unwrap_or_default(),
+            match self.try_put_lease(l).await?.as_deref() {
+                None => return Ok(()),
+                Some("") => continue,
+                Some(h) => {
+                    return Err(Refused::AddressHeld {
+                        ip: l.ip,
+                        holder: h.parse().unwrap_or_default(),
+                    }
+                    .into())
                 }
-                .into());
             }
         }
         anyhow::bail!("lease of {} on {} kept conflicting; try again", l.mac, l.ip)
@@ -302,6 +225,77 @@ mod allocate_tests {
     use crate::store::ReservationStore;
     use std::collections::HashSet;
     use std::sync::Arc;
+
+    /// An OFFER's hold commits without waiting for the disk; the setting
+    /// ends with its transaction, so the ACK's commit on the same
+    /// connection waits again (the lease is durable before the ACK).
+    #[tokio::test]
+    async fn only_the_offer_skips_the_disk_wait() {
+        let test = "store::postgres::leases::allocate_tests::only_the_offer_skips_the_disk_wait";
+        let Some(s) = pg_store(test).await else {
+            return;
+        };
+        let c = s.client().await.unwrap();
+        let show = "SHOW synchronous_commit";
+        assert_eq!(
+            c.query_one(show, &[]).await.unwrap().get::<_, &str>(0),
+            "on"
+        );
+        let n: Option<i64> = c
+            .query_one(
+                "SELECT boot_offer('02:00:00:00:00:01', 10, 20, 12, '{}', $1, $2)",
+                &[&now_ms(), &(now_ms() + 60_000)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, Some(12));
+        assert_eq!(
+            c.query_one(show, &[]).await.unwrap().get::<_, &str>(0),
+            "on"
+        );
+        let held: Option<String> = c
+            .query_one(
+                "SELECT boot_put_lease('02:00:00:00:00:02', '0.0.0.12', $1, NULL, NULL, $2)",
+                &[&(now_ms() + 60_000), &now_ms()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(held.as_deref(), Some("02:00:00:00:00:01"));
+    }
+
+    /// With every allocation turn taken, a DISCOVER is shed after the queue
+    /// wait (no database work, no hold); once a turn frees, it is served.
+    #[tokio::test]
+    async fn a_saturated_store_sheds_offers_after_the_queue_wait() {
+        let test = "store::postgres::leases::allocate_tests::a_saturated_store_sheds_offers_after_the_queue_wait";
+        let Some(s) = pg_store(test).await else {
+            return;
+        };
+        let range: (Ipv4Addr, Ipv4Addr) =
+            ("10.7.0.0".parse().unwrap(), "10.7.0.9".parse().unwrap());
+        let hold = now_ms() + 60_000;
+        let turns = s
+            .offers
+            .acquire_many(super::super::OFFERS_AT_ONCE as u32)
+            .await
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let e = s
+            .allocate_address(mac(1), range, &[], hold)
+            .await
+            .unwrap_err();
+        assert!(e.is::<OffersBusy>(), "{e:#}");
+        assert!(t0.elapsed() >= super::super::OFFER_QUEUE_WAIT);
+        assert!(s.leases().await.unwrap().is_empty());
+        drop(turns);
+        assert!(s
+            .allocate_address(mac(1), range, &[], hold)
+            .await
+            .unwrap()
+            .is_some());
+    }
 
     /// Two servers allocate for 40 clients at once from one 32-address
     /// range: every address goes to one MAC, the reserved one to nobody

@@ -147,7 +147,122 @@ CREATE TABLE vms (
 CREATE INDEX vms_host ON vms(host);
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+/// Version 9 (several servers' DHCP, issue 14): the database chooses and
+/// holds an OFFER's address (`boot_offer`) and stores an ACK's lease
+/// (`boot_put_lease`), each in one call, so an exchange costs the DHCP server
+/// two round trips to the database. SQLite's V9 is empty (one server
+/// allocates in memory there).
+///
+/// `boot_offer(mac, lo, hi, start, prefer, now, until)`: the MAC's live lease
+/// if it lies in `lo..=hi` or in `prefer`; else the first free address of
+/// `prefer`, else the first free one of `start..=hi` then `lo..start`
+/// (searched 256 numbers at a time, stopping at the first free one), held
+/// for the MAC until `until` (`boot_hold`). Free: no live lease of another
+/// MAC, no reservation for another MAC. The unique address index settles
+/// races with other servers: a candidate taken since the search raises
+/// `unique_violation` in `boot_hold`, and the search goes on after it.
+/// Addresses are numbers (`inet - '0.0.0.0'`); NULL: the range is full. The
+/// hold commits without waiting for the disk (for this transaction only) —
+/// an OFFER promises nothing, and the ACK's commit, which does wait, flushes
+/// the log up to it.
+///
+/// `boot_put_lease(mac, ip, until, hostname, client_id, now)`: stores the
+/// MAC's lease (replacing its previous one) unless another MAC's live lease
+/// holds the address; NULL when stored, else that MAC ('' if it let go
+/// meanwhile: try again). The caller's commit is durable.
+const V9: &str = r#"
+CREATE FUNCTION boot_free(p_mac TEXT, p_n BIGINT, p_now BIGINT)
+RETURNS BOOLEAN LANGUAGE sql STABLE AS $fn$
+    SELECT NOT EXISTS (SELECT 1 FROM leases l WHERE l.ip = host('0.0.0.0'::inet + p_n)
+                       AND l.mac <> p_mac AND l.expires_at_ms > p_now)
+       AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.ip = host('0.0.0.0'::inet + p_n)
+                       AND r.mac <> p_mac)
+$fn$;
+
+CREATE FUNCTION boot_hold(p_mac TEXT, p_n BIGINT, p_now BIGINT, p_until BIGINT)
+RETURNS BOOLEAN LANGUAGE plpgsql AS $fn$
+BEGIN
+    DELETE FROM leases WHERE ip = host('0.0.0.0'::inet + p_n) AND mac <> p_mac
+        AND expires_at_ms <= p_now;
+    INSERT INTO leases(mac, ip, expires_at_ms, hostname, client_id)
+    VALUES (p_mac, host('0.0.0.0'::inet + p_n), p_until, NULL, NULL)
+    ON CONFLICT (mac) DO UPDATE SET ip = excluded.ip, expires_at_ms = excluded.expires_at_ms,
+        hostname = NULL, client_id = NULL;
+    RETURN true;
+EXCEPTION WHEN unique_violation THEN
+    RETURN false;
+END
+$fn$;
+
+CREATE FUNCTION boot_offer(p_mac TEXT, p_lo BIGINT, p_hi BIGINT, p_start BIGINT,
+                           p_prefer BIGINT[], p_now BIGINT, p_until BIGINT)
+RETURNS BIGINT LANGUAGE plpgsql AS $fn$
+DECLARE
+    cur TEXT;
+    n BIGINT;
+    phase INT;
+    w_from BIGINT;
+    w_end BIGINT;
+    w_to BIGINT;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT l.ip INTO cur FROM leases l WHERE l.mac = p_mac AND l.expires_at_ms > p_now;
+    IF cur IS NOT NULL THEN
+        n := cur::inet - '0.0.0.0'::inet;
+        IF (n BETWEEN p_lo AND p_hi) OR n = ANY(p_prefer) THEN
+            RETURN n;
+        END IF;
+    END IF;
+    FOREACH n IN ARRAY coalesce(p_prefer, '{}') LOOP
+        IF boot_free(p_mac, n, p_now) AND boot_hold(p_mac, n, p_now, p_until) THEN
+            RETURN n;
+        END IF;
+    END LOOP;
+    FOR phase IN 1..2 LOOP
+        IF phase = 1 THEN
+            w_from := p_start; w_end := p_hi;
+        ELSE
+            w_from := p_lo; w_end := p_start - 1;
+        END IF;
+        WHILE w_from <= w_end LOOP
+            w_to := least(w_from + 255, w_end);
+            SELECT g INTO n FROM generate_series(w_from, w_to) g
+                WHERE boot_free(p_mac, g, p_now) LIMIT 1;
+            IF NOT FOUND THEN
+                w_from := w_to + 1;
+            ELSIF boot_hold(p_mac, n, p_now, p_until) THEN
+                RETURN n;
+            ELSE
+                w_from := n + 1;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN NULL;
+END
+$fn$;
+
+CREATE FUNCTION boot_put_lease(p_mac TEXT, p_ip TEXT, p_until BIGINT, p_hostname TEXT,
+                               p_client_id BYTEA, p_now BIGINT)
+RETURNS TEXT LANGUAGE plpgsql AS $fn$
+DECLARE
+    holder TEXT;
+BEGIN
+    DELETE FROM leases WHERE ip = p_ip AND mac <> p_mac AND expires_at_ms <= p_now;
+    BEGIN
+        INSERT INTO leases(mac, ip, expires_at_ms, hostname, client_id)
+        VALUES (p_mac, p_ip, p_until, p_hostname, p_client_id)
+        ON CONFLICT (mac) DO UPDATE SET ip = excluded.ip, expires_at_ms = excluded.expires_at_ms,
+            hostname = excluded.hostname, client_id = excluded.client_id;
+        RETURN NULL;
+    EXCEPTION WHEN unique_violation THEN
+        SELECT l.mac INTO holder FROM leases l WHERE l.ip = p_ip AND l.mac <> p_mac;
+        RETURN coalesce(holder, '');
+    END;
+END
+$fn$;
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V9];
 
 /// The schema version this build writes (the same number as SQLite's).
 pub fn latest_version() -> usize {

@@ -140,6 +140,11 @@ CREATE TABLE vms (
 CREATE INDEX vms_host ON vms(host);
 "#;
 
+/// Version 9: nothing here — PostgreSQL's V9 adds the functions through
+/// which several servers allocate DHCP addresses; one server with SQLite
+/// allocates in memory. (Kept so both backends count versions alike.)
+const V9: &str = "-- nothing to change in SQLite";
+
 /// Round-1 tokens were stored in plain text: store their digests instead.
 fn hash_round1_tokens(tx: &rusqlite::Transaction) -> rusqlite_migration::HookResult {
     let rows: Vec<(String, Option<String>, Option<String>)> = {
@@ -165,12 +170,13 @@ fn migrations() -> Migrations<'static> {
         M::up(V4),
         M::up(V5),
         M::up(V6),
+        M::up(V9),
     ])
 }
 
 /// The schema version this build writes.
 pub fn latest_version() -> usize {
-    6
+    7
 }
 
 fn version_of(conn: &Connection) -> Result<usize> {
