@@ -9,7 +9,9 @@
 # Usage: qemu-tests/bench/dhcp.sh [rate] [seconds] [clients]
 #   defaults: 25000 10 50000. Needs root. Env: CARGO_TARGET_DIR (default
 #   /work/targets/dhcp), LEASE_DIR (default: a temp dir under the target dir,
-#   on disk so fdatasync is real).
+#   on disk so fdatasync is real), SERVERS (default "dhcpd boot-server dnsmasq
+#   dnsmasq-ro kea": which to run), PERF_DIR (record `perf record -g` of each
+#   server into PERF_DIR/<name>.perf while perfdhcp runs).
 set -euo pipefail
 rate=${1:-25000}
 secs=${2:-10}
@@ -28,6 +30,16 @@ if [ -z "${BENCH_PREBUILT:-}" ]; then
   (cd "$repo" && CARGO_TARGET_DIR=$target cargo build -q --release -p boot-dhcp --example dhcpd)
 fi
 [ -x "$dhcpd" ] || { echo "dhcp bench: $dhcpd not built (cargo build --release -p boot-dhcp --example dhcpd)"; exit 1; }
+
+servers=" ${SERVERS:-dhcpd boot-server dnsmasq dnsmasq-ro kea} "
+want() { [[ $servers == *" $1 "* ]]; }
+perf_start() { # pid name: profile the server while perfdhcp runs (PERF_DIR)
+  [ -n "${PERF_DIR:-}" ] || return 0
+  mkdir -p "$PERF_DIR"
+  perf record -q -g -p "$1" -o "$PERF_DIR/$2.perf" >/dev/null 2>&1 &
+  perf_pid=$!
+}
+perf_stop() { [ -n "${perf_pid:-}" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; perf_pid=""; }; return 0; }
 
 tag=dhb$$
 s=${tag}s c=${tag}c si=${tag}a ci=${tag}b
@@ -122,25 +134,31 @@ summary() { # file label
   echo "$r" >"$f.rate"; echo "$drops" >"$f.drops"
 }
 
-echo "== boot-dhcp example (durable group-committed leases on $(df --output=source "$work" | tail -1)) rate=$rate/s for ${secs}s, $clients clients"
-ip netns exec "$s" "$dhcpd" --interface "$si" --server-ip 10.9.0.1 \
-  --subnet 10.9.0.0/16 --range 10.9.1.0-10.9.255.254 --lease-secs 3600 \
-  --leases "$work/leases.jsonl" --proxy-port 0 >"$work/dhcpd.out" 2>"$work/dhcpd.err" &
-pids+=($!); dpid=$!
-wait_port67
-run_perfdhcp "$work/ours.txt"
-# server CPU time (user+system, incl. the kernel network path it drives)
-read -r utime stime < <(awk '{print $14, $15}' "/proc/$dpid/stat")
-echo "kernel UDP counters: client ns: $(udp_errors "$c") server ns: $(udp_errors "$s")"
-kill -TERM "$dpid"; wait "$dpid" 2>/dev/null || true
-grep -E "STATS|STORE" "$work/dhcpd.out" || true
-acks=$(sed -n 's/.* acks=\([0-9]*\).*/\1/p' "$work/dhcpd.out")
-awk -v u="$utime" -v s="$stime" -v hz="$(getconf CLK_TCK)" -v a="${acks:-0}" 'BEGIN {
-  cpu = (u + s) / hz; if (a > 0) printf "server CPU: %.2f s user+sys for %d DORA = %.1f us per exchange (~%.0f exchanges/s per dedicated core)\n", cpu, a, cpu * 1e6 / a, a / cpu }'
-echo "lease log: $(wc -l <"$work/leases.jsonl") records, $(du -h "$work/leases.jsonl" | cut -f1)"
+if want dhcpd; then
+  echo "== boot-dhcp example (durable group-committed leases on $(df --output=source "$work" | tail -1)) rate=$rate/s for ${secs}s, $clients clients"
+  ip netns exec "$s" "$dhcpd" --interface "$si" --server-ip 10.9.0.1 \
+    --subnet 10.9.0.0/16 --range 10.9.1.0-10.9.255.254 --lease-secs 3600 \
+    --leases "$work/leases.jsonl" --proxy-port 0 >"$work/dhcpd.out" 2>"$work/dhcpd.err" &
+  pids+=($!); dpid=$!
+  wait_port67
+  perf_start "$dpid" dhcpd
+  run_perfdhcp "$work/ours.txt"
+  perf_stop
+  # server CPU time (user+system, incl. the kernel network path it drives)
+  read -r utime stime < <(awk '{print $14, $15}' "/proc/$dpid/stat")
+  echo "kernel UDP counters: client ns: $(udp_errors "$c") server ns: $(udp_errors "$s")"
+  kill -TERM "$dpid"; wait "$dpid" 2>/dev/null || true
+  grep -E "STATS|STORE" "$work/dhcpd.out" || true
+  acks=$(sed -n 's/.* acks=\([0-9]*\).*/\1/p' "$work/dhcpd.out")
+  awk -v u="$utime" -v s="$stime" -v hz="$(getconf CLK_TCK)" -v a="${acks:-0}" 'BEGIN {
+    cpu = (u + s) / hz; if (a > 0) printf "server CPU: %.2f s user+sys for %d DORA = %.1f us per exchange (~%.0f exchanges/s per dedicated core)\n", cpu, a, cpu * 1e6 / a, a / cpu }'
+  echo "lease log: $(wc -l <"$work/leases.jsonl") records, $(du -h "$work/leases.jsonl" | cut -f1)"
+fi
 
 bootsrv="${BOOT_SERVER:-$repo/target/release/boot-server}"
-if [ -x "$bootsrv" ]; then
+if ! want boot-server; then
+  :
+elif [ -x "$bootsrv" ]; then
   echo "== boot-server serve (SQLite store: WAL, synchronous=FULL, group commit)"
   mkdir -p "$work/images"
   printf '%s\n' "state_dir = \"$work/state\"" "images_dir = \"$work/images\"" \
@@ -152,7 +170,9 @@ if [ -x "$bootsrv" ]; then
   ip netns exec "$s" env RUST_LOG=warn "$bootsrv" --config "$work/boot-server.toml" serve >"$work/bs.out" 2>"$work/bs.err" &
   pids+=($!); bpid=$!
   wait_port67
+  perf_start "$bpid" boot-server
   run_perfdhcp "$work/boot-server.txt"
+  perf_stop
   cpu_secs "$bpid" >"$work/boot-server.txt.cpu"
   kill -TERM "$bpid"; wait "$bpid" 2>/dev/null || true
   echo "leases durable in the store after the run: $(sqlite3 "$work/state/state.db" 'select count(*) from leases')"
@@ -160,27 +180,35 @@ else
   echo "== boot-server: $bootsrv not built (cargo build --release -p boot-server); skipped"
 fi
 
-echo "== dnsmasq --no-ping"
-ip netns exec "$s" dnsmasq --keep-in-foreground --port=0 --no-ping --interface="$si" --bind-interfaces \
-  --dhcp-range=10.9.1.0,10.9.255.254,255.255.0.0,1h --dhcp-lease-max=200000 \
-  --dhcp-leasefile="$work/dnsmasq.leases" --pid-file="$work/dnsmasq.pid" --log-facility=/dev/null &
-pids+=($!); mpid=$!
-wait_port67
-run_perfdhcp "$work/dnsmasq.txt"
-cpu_secs "$mpid" >"$work/dnsmasq.txt.cpu"
-echo "kernel UDP counters (cumulative): client ns: $(udp_errors "$c") server ns: $(udp_errors "$s")"
-kill -TERM "$mpid"; wait "$mpid" 2>/dev/null || true
+if want dnsmasq; then
+  echo "== dnsmasq --no-ping"
+  ip netns exec "$s" dnsmasq --keep-in-foreground --port=0 --no-ping --interface="$si" --bind-interfaces \
+    --dhcp-range=10.9.1.0,10.9.255.254,255.255.0.0,1h --dhcp-lease-max=200000 \
+    --dhcp-leasefile="$work/dnsmasq.leases" --pid-file="$work/dnsmasq.pid" --log-facility=/dev/null &
+  pids+=($!); mpid=$!
+  wait_port67
+  perf_start "$mpid" dnsmasq
+  run_perfdhcp "$work/dnsmasq.txt"
+  perf_stop
+  cpu_secs "$mpid" >"$work/dnsmasq.txt.cpu"
+  echo "kernel UDP counters (cumulative): client ns: $(udp_errors "$c") server ns: $(udp_errors "$s")"
+  kill -TERM "$mpid"; wait "$mpid" 2>/dev/null || true
+fi
 
-echo "== dnsmasq --no-ping --leasefile-ro (no lease persistence)"
-ip netns exec "$s" dnsmasq --keep-in-foreground --port=0 --no-ping --interface="$si" --bind-interfaces \
-  --dhcp-range=10.9.1.0,10.9.255.254,255.255.0.0,1h --dhcp-lease-max=200000 --leasefile-ro \
-  --pid-file="$work/dnsmasq2.pid" --log-facility=/dev/null &
-pids+=($!); mpid=$!
-wait_port67
-run_perfdhcp "$work/dnsmasq-ro.txt"
-kill -TERM "$mpid"; wait "$mpid" 2>/dev/null || true
+if want dnsmasq-ro; then
+  echo "== dnsmasq --no-ping --leasefile-ro (no lease persistence)"
+  ip netns exec "$s" dnsmasq --keep-in-foreground --port=0 --no-ping --interface="$si" --bind-interfaces \
+    --dhcp-range=10.9.1.0,10.9.255.254,255.255.0.0,1h --dhcp-lease-max=200000 --leasefile-ro \
+    --pid-file="$work/dnsmasq2.pid" --log-facility=/dev/null &
+  pids+=($!); mpid=$!
+  wait_port67
+  run_perfdhcp "$work/dnsmasq-ro.txt"
+  kill -TERM "$mpid"; wait "$mpid" 2>/dev/null || true
+fi
 
-if [ -n "$kea" ]; then
+if ! want kea; then
+  :
+elif [ -n "$kea" ]; then
   echo "== kea-dhcp4 $("$kea" -v) (memfile, persist: CSV appended, not fsync'ed)"
   # perfdhcp relays (giaddr 10.9.0.2): UDP sockets, the subnet chosen by giaddr
   cat >"$work/kea.json" <<JSON
@@ -196,7 +224,9 @@ JSON
     >"$work/kea.out" 2>&1 &
   pids+=($!); kpid=$!
   wait_port67
+  perf_start "$kpid" kea
   run_perfdhcp "$work/kea.txt"
+  perf_stop
   cpu_secs "$kpid" >"$work/kea.txt.cpu"
   kill -TERM "$kpid"; wait "$kpid" 2>/dev/null || true
   echo "kea lease file: $(wc -l <"$work/kea-leases4.csv") lines"
@@ -206,18 +236,18 @@ fi
 
 echo
 echo "== results (perfdhcp -r $rate -p $secs -R $clients, DORA, $procs perfdhcp process(es))"
-summary "$work/ours.txt" "boot-dhcp (durable, group commit)"
+[ -f "$work/ours.txt" ] && summary "$work/ours.txt" "boot-dhcp (durable, group commit)"
 [ -f "$work/boot-server.txt" ] && summary "$work/boot-server.txt" "boot-server (SQLite, durable)"
-summary "$work/dnsmasq.txt" "dnsmasq --no-ping"
-summary "$work/dnsmasq-ro.txt" "dnsmasq --no-ping --leasefile-ro"
+[ -f "$work/dnsmasq.txt" ] && summary "$work/dnsmasq.txt" "dnsmasq --no-ping"
+[ -f "$work/dnsmasq-ro.txt" ] && summary "$work/dnsmasq-ro.txt" "dnsmasq --no-ping --leasefile-ro"
 [ -f "$work/kea.txt" ] && summary "$work/kea.txt" "kea-dhcp4 (memfile persist)"
 echo "-- server CPU time per exchange (user+sys of the server process)"
 [ -f "$work/boot-server.txt.cpu" ] && cpu_line "$work/boot-server.txt" "boot-server (SQLite, durable)"
-cpu_line "$work/dnsmasq.txt" "dnsmasq --no-ping"
+[ -f "$work/dnsmasq.txt.cpu" ] && cpu_line "$work/dnsmasq.txt" "dnsmasq --no-ping"
 [ -f "$work/kea.txt.cpu" ] && cpu_line "$work/kea.txt" "kea-dhcp4 (memfile persist)"
-awk -v a="$(cat "$work/ours.txt.rate")" -v b="$(cat "$work/dnsmasq.txt.rate")" \
+[ -f "$work/ours.txt.rate" ] && [ -f "$work/dnsmasq.txt.rate" ] && awk -v a="$(cat "$work/ours.txt.rate")" -v b="$(cat "$work/dnsmasq.txt.rate")" \
   'BEGIN { if (b > 0) printf "ratio boot-dhcp / dnsmasq: %.2f\n", a / b }'
-[ -f "$work/boot-server.txt.rate" ] && awk -v a="$(cat "$work/boot-server.txt.rate")" -v b="$(cat "$work/dnsmasq.txt.rate")" \
+[ -f "$work/boot-server.txt.rate" ] && [ -f "$work/dnsmasq.txt.rate" ] && awk -v a="$(cat "$work/boot-server.txt.rate")" -v b="$(cat "$work/dnsmasq.txt.rate")" \
   'BEGIN { if (b > 0) printf "ratio boot-server / dnsmasq: %.2f\n", a / b }'
 if [ -f "$work/boot-server.txt.us" ] && [ -f "$work/kea.txt.us" ]; then
   awk -v a="$(cat "$work/boot-server.txt.us")" -v b="$(cat "$work/kea.txt.us")" \
@@ -225,4 +255,5 @@ if [ -f "$work/boot-server.txt.us" ] && [ -f "$work/kea.txt.us" ]; then
   awk -v a="$(cat "$work/boot-server.txt.rate")" -v b="$(cat "$work/kea.txt.rate")" \
     'BEGIN { if (b > 0) printf "throughput ratio boot-server / kea: %.2f\n", a / b }'
 fi
-if [ -n "${VERBOSE:-}" ]; then echo "--- ours"; cat "$work/ours.txt"; echo "--- dnsmasq"; cat "$work/dnsmasq.txt"; fi
+if [ -n "${VERBOSE:-}" ]; then for f in "$work"/*.txt; do echo "--- $f"; cat "$f"; done; fi
+true

@@ -26,7 +26,7 @@
 //!   renewal between the sweep and the delete wins. Store errors are counted
 //!   ([`DhcpStats::store_errors`]) and retried; until the leases are loaded
 //!   (retried with backoff) full mode answers nothing.
-//!   Requests are handled concurrently (one task per datagram), so a store
+//!   Requests are handled concurrently (in the socket's task), so a store
 //!   that batches concurrent commits into one fsync gets group commit.
 //! - INIT-REBOOT / RENEWING / REBINDING for an address that is free and in
 //!   range is ACKed even without a record (authoritative); wrong network or an

@@ -1,6 +1,6 @@
 //! Socket side of the DHCP server: binds port 67 (and the PXE port 4011) with
 //! SO_BROADCAST / SO_REUSEADDR / SO_BINDTODEVICE, hands every datagram to the
-//! [`Handler`] in its own task (so durable commits can batch), sends replies,
+//! [`Handler`] (concurrently, so durable commits can batch), sends replies,
 //! runs lease expiry, and (re)tries loading the leases with backoff until the
 //! store answers: a failing store never stops the server.
 
@@ -11,16 +11,20 @@ use std::time::Duration;
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::handler::{Handler, Ingress};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+
+use crate::handler::{Handler, Ingress, Outgoing};
 use crate::reservations::Reservations;
 use crate::stats::DhcpStats;
 use crate::types::{BootAdvisor, DhcpConfig, LeaseStore, Mode};
 
-/// Requests processed concurrently at most (back-pressure under floods).
+/// Requests in flight per socket at most (back-pressure under floods).
 const MAX_IN_FLIGHT: usize = 8192;
+/// Datagrams taken in between two yields to the runtime.
+const YIELD_EVERY: usize = 256;
 /// How often expired leases are swept.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);
 /// First and longest wait between lease-load attempts.
@@ -136,7 +140,6 @@ impl DhcpServer {
 
     /// Serve until an unrecoverable socket error.
     pub async fn run(self) -> anyhow::Result<()> {
-        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let expiry = {
             let h = self.handler.clone();
             tokio::spawn(async move {
@@ -151,15 +154,18 @@ impl DhcpServer {
                 }
             })
         };
-        let main = serve(
+        // Unconstrained: tokio's cooperative budget (128 operations per
+        // poll of a task) would make every commit's completion look pending
+        // once a few hundred requests share this task, and the task would
+        // spin re-polling them. `serve` yields to the runtime by itself.
+        let main = tokio::task::unconstrained(serve(
             self.handler.clone(),
             self.dhcp.clone(),
             Ingress::Dhcp,
-            permits.clone(),
-        );
+        ));
         let res = match self.pxe.clone() {
             Some(pxe) => {
-                let p = serve(self.handler.clone(), pxe, Ingress::Pxe, permits);
+                let p = tokio::task::unconstrained(serve(self.handler.clone(), pxe, Ingress::Pxe));
                 tokio::try_join!(main, p).map(|_| ())
             }
             None => main.await,
@@ -184,40 +190,79 @@ async fn load_until_loaded(h: &Handler) {
     }
 }
 
+/// Receive, handle and answer on one socket, all in this one task: the
+/// datagrams waiting on the socket are read in a row, their handlers run
+/// concurrently in this task (a REQUEST waits for its durable commit while
+/// the next datagrams are handled, so concurrent commits share one fsync),
+/// and each reply leaves as soon as its handler is done. No task per
+/// datagram: spawning, a semaphore and hand-offs between worker threads
+/// cost more CPU than handling a DISCOVER.
 async fn serve(
     handler: Arc<Handler>,
     sock: Arc<UdpSocket>,
     ingress: Ingress,
-    permits: Arc<Semaphore>,
 ) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 65_536];
+    let mut inflight = FuturesUnordered::new();
+    let h = &*handler;
+    let mut since_yield = 0usize;
     loop {
-        let (n, src) = match sock.recv_from(&mut buf).await {
-            Ok(v) => v,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                // ICMP errors surface here (ECONNREFUSED...): not fatal.
-                warn!("DHCP recv error: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let SocketAddr::V4(src) = src else { continue };
-        let packet = buf[..n].to_vec();
-        let permit = permits.clone().acquire_owned().await?;
-        let h = handler.clone();
-        let s = sock.clone();
-        tokio::spawn(async move {
-            if let Some(out) = h.handle(&packet, src, ingress).await {
-                match s.send_to(&out.packet, out.dest).await {
-                    Ok(n) => DhcpStats::add(&h.stats().bytes_sent, n),
-                    Err(e) => {
-                        DhcpStats::inc(&h.stats().send_errors);
-                        warn!(dest = %out.dest, "sending DHCP reply: {e}");
-                    }
+        // Under a flood the socket never runs dry: let the runtime's other
+        // tasks on this worker run now and then.
+        if since_yield >= YIELD_EVERY {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+        // Everything already queued on the socket, up to the in-flight bound
+        // (back-pressure under floods: the rest waits in the socket buffer).
+        while inflight.len() < MAX_IN_FLIGHT {
+            match sock.try_recv_from(&mut buf) {
+                Ok((n, SocketAddr::V4(src))) => {
+                    let packet = buf[..n].to_vec();
+                    inflight.push(async move { h.handle(&packet, src, ingress).await });
+                    since_yield += 1;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // ICMP errors surface here (ECONNREFUSED...): not fatal.
+                    warn!("DHCP recv error: {e}");
+                    break;
                 }
             }
-            drop(permit);
-        });
+        }
+        // Replies that are ready now (DISCOVERs need no store: all of them).
+        while let Some(Some(out)) = inflight.next().now_or_never() {
+            send(h, &sock, out).await;
+        }
+        tokio::select! {
+            biased;
+            Some(out) = inflight.next(), if !inflight.is_empty() => send(h, &sock, out).await,
+            r = sock.readable(), if inflight.len() < MAX_IN_FLIGHT => {
+                if let Err(e) = r {
+                    warn!("DHCP socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Send one reply (the handler's answer, if any); failures are counted.
+async fn send(h: &Handler, sock: &UdpSocket, out: Option<Outgoing>) {
+    let Some(out) = out else { return };
+    let sent = match sock.try_send_to(&out.packet, out.dest.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            sock.send_to(&out.packet, out.dest).await
+        }
+        r => r,
+    };
+    match sent {
+        Ok(n) => DhcpStats::add(&h.stats().bytes_sent, n),
+        Err(e) => {
+            DhcpStats::inc(&h.stats().send_errors);
+            warn!(dest = %out.dest, "sending DHCP reply: {e}");
+        }
     }
 }

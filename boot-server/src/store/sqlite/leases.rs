@@ -43,12 +43,10 @@ impl LeaseStore for SqliteStore {
         let l = l.clone();
         self.write(move |c| {
             let (ip, mac) = (l.ip.to_string(), l.mac.to_string());
+            // Cached statements: a DHCP ACK waits on this write.
             let holder: Option<(String, i64)> = c
-                .query_row(
-                    "SELECT mac, expires_at_ms FROM leases WHERE ip = ?1 AND mac <> ?2",
-                    params![ip, mac],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .prepare_cached("SELECT mac, expires_at_ms FROM leases WHERE ip = ?1 AND mac <> ?2")?
+                .query_row(params![ip, mac], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             if let Some((holder, expires)) = holder {
                 if expires > now_ms() {
@@ -61,11 +59,11 @@ impl LeaseStore for SqliteStore {
                 // The other client's lease has expired: the address is free.
                 c.execute("DELETE FROM leases WHERE ip = ?1 AND mac = ?2", params![ip, holder])?;
             }
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO leases(mac, ip, expires_at_ms, hostname, client_id) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(mac) DO UPDATE SET ip = excluded.ip, expires_at_ms = excluded.expires_at_ms, hostname = excluded.hostname, client_id = excluded.client_id",
-                params![mac, ip, l.expires_at_ms, l.hostname, l.client_id],
-            )?;
+            )?
+            .execute(params![mac, ip, l.expires_at_ms, l.hostname, l.client_id])?;
             Ok(())
         })
         .await
