@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
     qemu-system-x86 ipxe-qemu ipxe ovmf linux-image-amd64 busybox-static kexec-tools
     dnsmasq nginx-light udhcpc isc-dhcp-client atftp nbdkit libnbd-bin qemu-utils fio
-    kea-admin iproute2 cpio zstd lz4 xz-utils sqlite3 tcpdump curl perl kmod file e2fsprogs gcc jq binutils
+    kea-admin kea-dhcp4-server iproute2 cpio zstd lz4 xz-utils sqlite3 tcpdump curl perl kmod file e2fsprogs gcc jq binutils
     linux-source bc bison flex libelf-dev libssl-dev make  # the lab kernel (images/build-lab-kernel.sh)
     ipmitool openipmi  # BMC power control and its simulator (failover fencing)
     libiscsi-bin  # iSCSI initiator tools + iscsi-test-cu conformance suite (boot-iscsi tests)

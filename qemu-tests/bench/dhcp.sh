@@ -22,7 +22,7 @@ target=${CARGO_TARGET_DIR:-$repo/target}
 [ "$(id -u)" = 0 ] || { echo "SKIP: needs root (network namespaces)"; exit 0; }
 command -v perfdhcp >/dev/null || { echo "perfdhcp missing (apt-get install kea-admin)"; exit 1; }
 command -v dnsmasq >/dev/null || { echo "dnsmasq missing"; exit 1; }
-kea=$(command -v kea-dhcp4 || true) # optional: apt-get install kea-dhcp4-server
+kea=$(command -v kea-dhcp4 || true) # qemu-tests/install-deps.sh installs kea-dhcp4-server
 
 dhcpd=$target/release/examples/dhcpd
 # BENCH_PREBUILT=1 (CI's bench smoke): use what the cargo suite built, no build here.
