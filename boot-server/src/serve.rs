@@ -274,7 +274,10 @@ pub async fn run(mut config: Config) -> Result<()> {
         // Every overlay here is served by this server unless recorded otherwise.
         match control.adopt_local_overlays().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(overlays = n, "recorded this server as the serving server of its unrecorded overlays"),
+            Ok(n) => tracing::info!(
+                overlays = n,
+                "recorded this server as the serving server of its unrecorded overlays"
+            ),
             Err(e) => tracing::warn!(error = %e.message, "overlays in disks_dir not recorded"),
         }
         if let Err(e) = exports.refresh().await {

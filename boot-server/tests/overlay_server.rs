@@ -167,7 +167,8 @@ async fn an_overlay_is_exported_by_its_serving_server_and_booted_from_it() {
         assert_eq!(server_of(&disk_list(&s2), "ov1").as_deref(), Some("srv1"));
         let text = s2.cli(&["disk", "list"]);
         assert!(
-            text.lines().any(|l| l.contains("ov1") && l.trim_end().ends_with("srv1")),
+            text.lines()
+                .any(|l| l.contains("ov1") && l.trim_end().ends_with("srv1")),
             "{text}"
         );
 
@@ -186,17 +187,28 @@ async fn an_overlay_is_exported_by_its_serving_server_and_booted_from_it() {
         // Server 1 exports it to the node's address; server 2 refuses the
         // same name, and says which server serves it.
         assert!(
-            wait_for(10, || nbdinfo_ok(&format!("nbd://{nbd1}/{export}")).then_some(())).is_some(),
+            wait_for(10, || nbdinfo_ok(&format!("nbd://{nbd1}/{export}"))
+                .then_some(()))
+            .is_some(),
             "server 1 never exported ov1 to the node's address; log: {:?}",
             s1.log.lock().unwrap()
         );
-        assert!(
-            !nbdinfo_ok(&format!("nbd://{nbd2}/{export}")),
-            "server 2 exported an overlay server 1 serves"
-        );
+        // (Server 2's export table learns of the attachment within a second.)
+        let named = wait_for(10, || {
+            assert!(
+                !nbdinfo_ok(&format!("nbd://{nbd2}/{export}")),
+                "server 2 exported an overlay server 1 serves"
+            );
+            s2.log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("another server serves this overlay") && l.contains("srv1"))
+                .then_some(())
+        });
         let log2 = s2.log.lock().unwrap().join("\n");
         assert!(
-            log2.contains("another server serves this overlay") && log2.contains("srv1"),
+            named.is_some(),
             "server 2's refusal does not name srv1:\n{log2}"
         );
         assert!(
@@ -221,7 +233,10 @@ async fn an_overlay_is_exported_by_its_serving_server_and_booted_from_it() {
         let mut conn = nbd_open(&nbd1, &export);
         let t0 = Instant::now();
         let out = s2.cli(&["disk", "detach", "ov1"]);
-        assert!(out.contains("(1 open"), "detach closed no connection: {out}");
+        assert!(
+            out.contains("(1 open"),
+            "detach closed no connection: {out}"
+        );
         conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 1];
         use std::io::Read;

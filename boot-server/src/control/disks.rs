@@ -684,7 +684,11 @@ impl Control {
             (false, true) => 0,
             (false, false) => {
                 // The export name stops working there at once, too.
-                if let Err(e) = self.store.queue_disk_request(&a.server, &DiskOp::Refresh).await {
+                if let Err(e) = self
+                    .store
+                    .queue_disk_request(&a.server, &DiskOp::Refresh)
+                    .await
+                {
                     tracing::warn!(overlay = id, server = a.server, error = %format!("{e:#}"), "serving server not told of the detach; it notices within a second");
                 }
                 0
@@ -731,7 +735,11 @@ impl Control {
     async fn refresh_exports_of(&self, server: &str) {
         if self.serves(server) {
             self.refresh_exports().await;
-        } else if let Err(e) = self.store.queue_disk_request(server, &DiskOp::Refresh).await {
+        } else if let Err(e) = self
+            .store
+            .queue_disk_request(server, &DiskOp::Refresh)
+            .await
+        {
             tracing::warn!(%server, error = %format!("{e:#}"), "serving server not told to refresh its exports; it does within a second");
         }
     }

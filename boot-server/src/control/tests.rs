@@ -273,11 +273,7 @@ async fn servers_register_and_only_an_engine_server_is_preferred() {
 
 /// A control layer named `name` on `store` with its own disk store, like one
 /// of several servers sharing a database (no sockets).
-fn disk_server(
-    name: &str,
-    store: Arc<dyn Store>,
-    dir: &std::path::Path,
-) -> Arc<Control> {
+fn disk_server(name: &str, store: Arc<dyn Store>, dir: &std::path::Path) -> Arc<Control> {
     let mut config = Config {
         images_dir: dir.join("images"),
         state_dir: dir.join(format!("state-{name}")),
@@ -318,7 +314,10 @@ async fn a_node_boots_its_disk_from_the_server_that_serves_it() {
         .await
         .unwrap();
     let node = c.store.node_by_mac(MAC).await.unwrap().unwrap();
-    c.store.attach_disk("ov1", &node.id, "ov1.s3cret").await.unwrap();
+    c.store
+        .attach_disk("ov1", &node.id, "ov1.s3cret")
+        .await
+        .unwrap();
     let mut srv1 = server("srv1", "", Member);
     srv1.listen = vec![
         "http=0.0.0.0:80".into(),
@@ -386,7 +385,10 @@ async fn disk_operations_run_on_the_overlays_serving_server() {
     let a = disk_server("a", store.clone(), dir.path());
     let b = disk_server("b", store.clone(), dir.path());
     for s in ["a", "b"] {
-        store.heartbeat_server(&server(s, "", Member)).await.unwrap();
+        store
+            .heartbeat_server(&server(s, "", Member))
+            .await
+            .unwrap();
     }
     let base = dir.path().join("base.raw");
     std::fs::write(&base, vec![7u8; 1 << 20]).unwrap();
@@ -413,7 +415,10 @@ async fn disk_operations_run_on_the_overlays_serving_server() {
     let snap = b.snapshot("ov1".into(), "snap1".into()).await.unwrap();
     assert_eq!(snap.server.as_deref(), Some("a"));
     let on_a = a.list_disks().await.unwrap();
-    let s1 = on_a.iter().find(|d| d.name == "snap1").expect("A holds snap1");
+    let s1 = on_a
+        .iter()
+        .find(|d| d.name == "snap1")
+        .expect("A holds snap1");
     assert_eq!(s1.kind, "snapshot");
     assert!(!b
         .on_disks(|d| d.list_overlays())

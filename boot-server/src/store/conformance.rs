@@ -796,11 +796,17 @@ async fn disk_requests_are_taken_once_by_their_server(s: Arc<dyn Store>) {
         wait_ms: Some(500),
     };
     let r1 = s.queue_disk_request("srv1", &op("ov1")).await.unwrap();
-    let r2 = s.queue_disk_request("srv2", &DiskOp::Refresh).await.unwrap();
+    let r2 = s
+        .queue_disk_request("srv2", &DiskOp::Refresh)
+        .await
+        .unwrap();
     let r3 = s.queue_disk_request("srv1", &op("ov3")).await.unwrap();
     assert!(r1 < r3);
     let q = s.disk_request(r1).await.unwrap().unwrap();
-    assert_eq!((q.status, q.server.as_str()), (DiskRequestStatus::Queued, "srv1"));
+    assert_eq!(
+        (q.status, q.server.as_str()),
+        (DiskRequestStatus::Queued, "srv1")
+    );
     let taken = s.take_disk_requests("srv1").await.unwrap();
     assert_eq!(taken.iter().map(|r| r.id).collect::<Vec<_>>(), [r1, r3]);
     assert_eq!(taken[0].op, op("ov1"));
@@ -808,11 +814,17 @@ async fn disk_requests_are_taken_once_by_their_server(s: Arc<dyn Store>) {
     // Handed out once; other servers' requests are not taken.
     assert!(s.take_disk_requests("srv1").await.unwrap().is_empty());
     assert!(s.finish_disk_request(r1, true, "2").await.unwrap());
-    assert!(s.finish_disk_request(r3, false, "no overlay ov3").await.unwrap());
+    assert!(s
+        .finish_disk_request(r3, false, "no overlay ov3")
+        .await
+        .unwrap());
     // A finished request is never reopened.
     assert!(!s.finish_disk_request(r1, false, "late").await.unwrap());
     let d = s.disk_request(r1).await.unwrap().unwrap();
-    assert_eq!((d.status, d.result.as_str()), (DiskRequestStatus::Done, "2"));
+    assert_eq!(
+        (d.status, d.result.as_str()),
+        (DiskRequestStatus::Done, "2")
+    );
     let f = s.disk_request(r3).await.unwrap().unwrap();
     assert_eq!(f.status, DiskRequestStatus::Failed);
     let other = s.take_disk_requests("srv2").await.unwrap();

@@ -20,9 +20,10 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::model::{
-    ApiToken, BootImage, CommandStatus, DiskAttachment, DiskOp, DiskRequest, OverlayRecord, Environment, Event, EventKind, HelloFacts,
-    Host, Lease, LoadSample, MacAddr, Node, NodeState, QueuedCommand, Reservation, Selector,
-    ServerInfo, ServerRecord, Sighting, Slot, SlotStep, Transition, Vm,
+    ApiToken, BootImage, CommandStatus, DiskAttachment, DiskOp, DiskRequest, Environment, Event,
+    EventKind, HelloFacts, Host, Lease, LoadSample, MacAddr, Node, NodeState, OverlayRecord,
+    QueuedCommand, Reservation, Selector, ServerInfo, ServerRecord, Sighting, Slot, SlotStep,
+    Transition, Vm,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
