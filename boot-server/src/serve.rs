@@ -272,7 +272,7 @@ pub async fn run(mut config: Config) -> Result<()> {
     // Virtual disks over NBD and iSCSI, both following the export table.
     if let (Some(disks), Some(exports)) = (disks, exports) {
         // Every overlay here is served by this server unless recorded otherwise.
-        match control.adopt_local_overlays().await {
+        match control.adopt_local_overlays(pg.is_none()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 overlays = n,

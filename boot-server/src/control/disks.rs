@@ -146,8 +146,10 @@ impl Control {
     /// Records every overlay in this server's `disks_dir` that the overlay
     /// table does not know yet as served by this server (a store from before
     /// the table, a bundle import, an overlay copied in by hand); how many.
-    /// Run at start.
-    pub async fn adopt_local_overlays(&self) -> Result<usize> {
+    /// With `single` (the embedded store: one server holds every overlay)
+    /// also those recorded under another name (the server's name changed, a
+    /// state restored on another host). Run at start.
+    pub async fn adopt_local_overlays(&self, single: bool) -> Result<usize> {
         if self.disks.is_none() {
             return Ok(0);
         }
@@ -161,6 +163,10 @@ impl Control {
                 created_ms: now_ms(),
             };
             if self.store.record_overlay_if_new(&rec).await? {
+                n += 1;
+            } else if single && self.overlay_server(&rec.overlay).await?.as_ref() != Some(&self.me)
+            {
+                self.store.record_overlay(&rec).await?;
                 n += 1;
             }
         }
@@ -756,8 +762,8 @@ pub async fn run_disk_requests(control: Arc<Control>) -> anyhow::Result<()> {
                 failing = false;
                 for r in requests {
                     let c = control.clone();
-                    // Each on its own: a long snapshot does not hold up a fence.
-                    tokio::spawn(async move {
+                    let on_its_own = matches!(r.op, DiskOp::Snapshot { .. });
+                    let job = async move {
                         let op = format!("{:?}", r.op);
                         let (ok, result) = match c.carry_out_disk_op(r.op).await {
                             Ok(answer) => (true, answer),
@@ -767,7 +773,14 @@ pub async fn run_disk_requests(control: Arc<Control>) -> anyhow::Result<()> {
                         if let Err(e) = c.store.finish_disk_request(r.id, ok, &result).await {
                             tracing::warn!(request = r.id, error = %format!("{e:#}"), "disk request's outcome not stored");
                         }
-                    });
+                    };
+                    // In the order queued (a cut before the delete that follows
+                    // it), but a snapshot, which copies data, runs on its own.
+                    if on_its_own {
+                        tokio::spawn(job);
+                    } else {
+                        job.await;
+                    }
                 }
             }
             Err(e) if !failing => {

@@ -478,3 +478,41 @@ async fn disk_operations_run_on_the_overlays_serving_server() {
     assert_eq!(e.kind, ErrorKind::Unavailable);
     assert!(e.message.contains("served by server a"), "{}", e.message);
 }
+
+#[tokio::test]
+async fn a_single_server_adopts_every_overlay_it_holds() {
+    use crate::model::OverlayRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let a = disk_server("a", store.clone(), dir.path());
+    let base = dir.path().join("base.raw");
+    std::fs::write(&base, vec![1u8; 1 << 20]).unwrap();
+    a.add_base("b".into(), base).await.unwrap();
+    for id in ["ov1", "ov2", "ov3"] {
+        a.on_disks(move |d| d.create_overlay(id, "b"))
+            .await
+            .unwrap();
+    }
+    // ov1 unrecorded (a store from before schema 7), ov2 recorded under the
+    // server's former name, ov3 already its own.
+    let rec = |o: &str, s: &str| OverlayRecord {
+        overlay: o.into(),
+        server: s.into(),
+        base: "b".into(),
+        created_ms: 1,
+    };
+    store.record_overlay(&rec("ov2", "old-name")).await.unwrap();
+    store.record_overlay(&rec("ov3", "a")).await.unwrap();
+    // Shared store: only the unrecorded one is taken (ov2 may be another
+    // server's file on shared storage).
+    assert_eq!(a.adopt_local_overlays(false).await.unwrap(), 1);
+    assert_eq!(a.overlay_server("ov1").await.unwrap().as_deref(), Some("a"));
+    assert_eq!(
+        a.overlay_server("ov2").await.unwrap().as_deref(),
+        Some("old-name")
+    );
+    // The embedded store's one server holds every overlay it has.
+    assert_eq!(a.adopt_local_overlays(true).await.unwrap(), 1);
+    assert_eq!(a.overlay_server("ov2").await.unwrap().as_deref(), Some("a"));
+    assert_eq!(a.adopt_local_overlays(true).await.unwrap(), 0);
+}
