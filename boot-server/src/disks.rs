@@ -12,6 +12,12 @@
 //! open connections. When iSCSI runs, the same snapshot and address rule drive
 //! its target table (`crate::iscsi`): every refresh syncs it, every revocation
 //! cuts iSCSI sessions too (one path for both protocols).
+//!
+//! With several servers on one store, a server exports only the overlays it
+//! serves (the overlay table names each overlay's serving server; an
+//! unrecorded one is served by whoever holds its file). A valid export name
+//! of an overlay another server serves is refused here with a log line naming
+//! that server; the node's boot plan points it there.
 
 use crate::iscsi::{IscsiTargets, Reachable};
 use crate::plan::BootPlan;
@@ -39,6 +45,8 @@ struct Table {
     /// Bumped by every revocation, so a refresh that read the store before it
     /// cannot bring a revoked export back.
     revocations: u64,
+    /// Attached overlays other servers serve: overlay id -> that server.
+    elsewhere: HashMap<String, String>,
 }
 
 impl Table {
@@ -68,6 +76,8 @@ pub struct NodeExports {
     disks: Arc<DiskStore>,
     admin_token: String,
     admin_prefix: String,
+    /// This server's registry name: it exports the overlays recorded with it.
+    me: String,
     table: RwLock<Table>,
     nbd: OnceLock<NbdHandle>,
     iscsi: OnceLock<IscsiTargets>,
@@ -81,12 +91,14 @@ impl NodeExports {
         disks: Arc<DiskStore>,
         admin_token: &str,
     ) -> Arc<Self> {
+        let me = plan.server_name().to_string();
         Arc::new(NodeExports {
             store,
             plan,
             disks,
             admin_token: admin_token.to_string(),
             admin_prefix: format!("admin:{admin_token}:"),
+            me,
             table: RwLock::new(Table::default()),
             nbd: OnceLock::new(),
             iscsi: OnceLock::new(),
@@ -122,7 +134,12 @@ impl NodeExports {
         let seen = self.read().revocations;
         let mut by_overlay = HashMap::new();
         let mut node_ip = HashMap::new();
+        let mut elsewhere = HashMap::new();
         for a in self.store.disk_attachments().await? {
+            if !a.server.is_empty() && a.server != self.me {
+                elsewhere.insert(a.overlay, a.server);
+                continue;
+            }
             if let Some(n) = self.store.node(&a.node).await? {
                 if let Some(ip) = self.plan.node_address(&n).await? {
                     node_ip.insert(n.id.clone(), IpAddr::V4(ip));
@@ -140,6 +157,7 @@ impl NodeExports {
         if t.revocations == seen {
             t.by_overlay = by_overlay;
             t.node_ip = node_ip;
+            t.elsewhere = elsewhere;
             if let Some(i) = self.iscsi.get() {
                 i.sync(t.reachable());
             }
@@ -220,7 +238,17 @@ impl ExportResolver for NodeExports {
         // the whole name in constant time.
         let (overlay, _) = name.rsplit_once('.')?;
         let t = self.read();
-        let a = t.by_overlay.get(overlay)?;
+        let Some(a) = t.by_overlay.get(overlay) else {
+            if let Some(server) = t.elsewhere.get(overlay) {
+                tracing::warn!(
+                    export = self.display_name(name),
+                    %peer,
+                    %server,
+                    "NBD export refused: another server serves this overlay"
+                );
+            }
+            return None;
+        };
         if !constant_time_eq(name.as_bytes(), a.export.as_bytes()) {
             return None;
         }

@@ -111,7 +111,18 @@ pub struct BootPlan {
     exports: std::sync::OnceLock<std::sync::Weak<crate::disks::NodeExports>>,
     /// Pre-staged boots and their hand-off credentials.
     pub handoffs: crate::handoff::Handoffs,
+    /// This server's registry name (overlays it serves point at its own address).
+    me: String,
+    /// The ports NBD and iSCSI are bound to (`listen` may say port 0).
+    bound_nbd: std::sync::OnceLock<u16>,
+    bound_iscsi: std::sync::OnceLock<u16>,
 }
+
+/// Where a server's NBD export is reached by nodes, as it registers it
+/// among its addresses in the server registry (`nbd-node=IP:PORT`).
+pub const NBD_NODE_PREFIX: &str = "nbd-node=";
+/// Where a server's iSCSI portal is reached by nodes (`iscsi-node=IP:PORT`).
+pub const ISCSI_NODE_PREFIX: &str = "iscsi-node=";
 
 const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
     ("linux.ipxe", include_str!("../../ipxe-scripts/linux.ipxe")),
@@ -150,6 +161,7 @@ impl BootPlan {
                 .add_template_owned(name.to_string(), text)
                 .with_context(|| format!("parsing script template {name}"))?;
         }
+        let me = config.store.server_name();
         Ok(BootPlan {
             agent_tls_pin: None,
             store,
@@ -160,6 +172,9 @@ impl BootPlan {
             http_discovered: AtomicUsize::new(0),
             exports: std::sync::OnceLock::new(),
             handoffs: Default::default(),
+            me,
+            bound_nbd: std::sync::OnceLock::new(),
+            bound_iscsi: std::sync::OnceLock::new(),
         })
     }
 
@@ -553,21 +568,25 @@ impl BootPlan {
             false => self.store.disk_attachments().await?,
             true => Vec::new(),
         };
+        // The disk is reached on the server that serves it (from the registry),
+        // whichever server answers this boot.
         if let Some(disk) = attached.iter().find(|a| a.node == node.id) {
-            match image.disk_transport {
-                crate::model::DiskTransport::Nbd => {
-                    if let (true, Some(ip)) = (self.config.nbd.enabled, self.config.server_ip) {
-                        let port = self.config.nbd.listen.port();
-                        cmdline.push_str(&format!(
-                            " {}=nbd:{ip}:{port}:{}",
-                            boot_proto::cmdline::ROOT,
-                            disk.export
-                        ));
-                    }
+            let transport = image.disk_transport;
+            let addr = self.disk_address(&disk.server, transport).await?;
+            match (transport, addr) {
+                (crate::model::DiskTransport::Nbd, Some(addr)) => {
+                    cmdline.push_str(&format!(
+                        " {}=nbd:{}:{}:{}",
+                        boot_proto::cmdline::ROOT,
+                        addr.ip(),
+                        addr.port(),
+                        disk.export
+                    ));
                 }
-                crate::model::DiskTransport::Iscsi => {
-                    let login = crate::iscsi::node_target(&disk.overlay, &node.id, &disk.export);
-                    if let (Some(portal), Some(login)) = (self.iscsi_portal(), login) {
+                (crate::model::DiskTransport::Iscsi, Some(portal)) => {
+                    if let Some(login) =
+                        crate::iscsi::node_target(&disk.overlay, &node.id, &disk.export)
+                    {
                         cmdline.push_str(&format!(
                             " {}={}",
                             boot_proto::cmdline::ROOT,
@@ -575,17 +594,13 @@ impl BootPlan {
                         ));
                         // The node may log in seconds after its lease: bring its
                         // target up now rather than at the next refresh.
-                        if let Some(exports) = self.exports.get().and_then(std::sync::Weak::upgrade)
-                        {
-                            exports
-                                .refresh()
-                                .await
-                                .context("refreshing the iSCSI targets")?;
-                        }
-                    } else {
-                        tracing::warn!(node = node.id, image = image.name,
-                            "image wants its root over iSCSI, but iSCSI is off or the server has no address; no root disk");
+                        self.refresh_exports_of(&disk.server).await?;
                     }
+                }
+                (transport, None) => {
+                    tracing::warn!(node = node.id, image = image.name, overlay = disk.overlay,
+                        server = disk.server, ?transport,
+                        "the node's disk has no address to reach it by (the protocol is off, or its serving server has none); no root disk");
                 }
             }
         }
@@ -615,17 +630,21 @@ impl BootPlan {
                 login: None,
             }));
         }
-        let Some(portal) = self.iscsi_portal() else {
-            return Ok(Err(format!(
-                "image {} boots the node's iSCSI disk, but iSCSI is off ([iscsi] enabled) or the server has no address",
-                image.name
-            )));
-        };
         let attached = self.store.disk_attachments().await?;
         let Some(disk) = attached.iter().find(|a| a.node == node.id) else {
             return Ok(Err(format!(
                 "image {} boots the node's iSCSI disk, and none is attached (boot-server disk attach OVERLAY --node {})",
                 image.name, node.mac
+            )));
+        };
+        let Some(portal) = self
+            .disk_address(&disk.server, crate::model::DiskTransport::Iscsi)
+            .await?
+        else {
+            return Ok(Err(format!(
+                "image {} boots the node's iSCSI disk, but iSCSI is off ([iscsi] enabled) or the disk's server {} has no address",
+                image.name,
+                if disk.server.is_empty() { &self.me } else { &disk.server }
             )));
         };
         let Some(login) = crate::iscsi::node_target(&disk.overlay, &node.id, &disk.export) else {
@@ -634,12 +653,7 @@ impl BootPlan {
                 disk.overlay
             )));
         };
-        if let Some(exports) = self.exports.get().and_then(std::sync::Weak::upgrade) {
-            exports
-                .refresh()
-                .await
-                .context("refreshing the iSCSI targets")?;
-        }
+        self.refresh_exports_of(&disk.server).await?;
         Ok(Ok(SanBoot {
             // RFC 4173 root path: iscsi:<server>:<proto>:<port>:<lun>:<target>
             url: format!("iscsi:{}::{}::{}", portal.ip(), portal.port(), login.target),
@@ -647,9 +661,95 @@ impl BootPlan {
         }))
     }
 
+    /// Where nodes reach a disk served by `server` over `transport`: this
+    /// server's own address when it is this one (or unrecorded, `""`), else
+    /// the address that server registered (`nbd-node=`/`iscsi-node=` in
+    /// `server list`). None when the protocol is off here, or the other
+    /// server is unknown or registered none. A server that is down is still
+    /// named (the node cannot reach its disk until it is back; logged).
+    pub async fn disk_address(
+        &self,
+        server: &str,
+        transport: crate::model::DiskTransport,
+    ) -> Result<Option<std::net::SocketAddr>> {
+        if server.is_empty() || server == self.me {
+            return Ok(match transport {
+                crate::model::DiskTransport::Nbd => self.nbd_address(),
+                crate::model::DiskTransport::Iscsi => self.iscsi_portal(),
+            });
+        }
+        let prefix = match transport {
+            crate::model::DiskTransport::Nbd => NBD_NODE_PREFIX,
+            crate::model::DiskTransport::Iscsi => ISCSI_NODE_PREFIX,
+        };
+        let servers = self.store.servers().await?;
+        let Some(r) = servers.iter().find(|r| r.info.name == server) else {
+            tracing::warn!(%server, "a node's disk is served by a server that is not registered");
+            return Ok(None);
+        };
+        if r.age_ms >= crate::model::SERVER_DOWN_AFTER_MS {
+            tracing::warn!(%server, heartbeat_age_ms = r.age_ms,
+                "a node's disk is served by a server that is down: the node cannot reach it until that server is back");
+        }
+        Ok(r.info
+            .listen
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix)?.parse().ok()))
+    }
+
+    /// Brings the export table of the server serving a disk up to date: this
+    /// server's at once, another's by a request queued for it (heard at once
+    /// over the shared store; not awaited).
+    async fn refresh_exports_of(&self, server: &str) -> Result<()> {
+        if server.is_empty() || server == self.me {
+            if let Some(exports) = self.exports.get().and_then(std::sync::Weak::upgrade) {
+                exports
+                    .refresh()
+                    .await
+                    .context("refreshing the iSCSI targets")?;
+            }
+        } else {
+            self.store
+                .queue_disk_request(server, &crate::model::DiskOp::Refresh)
+                .await
+                .with_context(|| format!("asking server {server} to refresh its exports"))?;
+        }
+        Ok(())
+    }
+
+    /// This server's registry name.
+    pub fn server_name(&self) -> &str {
+        &self.me
+    }
+
+    /// The ports the NBD and iSCSI servers are bound to (their `listen` may
+    /// say port 0). Only the first call takes effect.
+    pub fn set_bound_ports(&self, nbd: Option<u16>, iscsi: Option<u16>) {
+        if let Some(p) = nbd {
+            let _ = self.bound_nbd.set(p);
+        }
+        if let Some(p) = iscsi {
+            let _ = self.bound_iscsi.set(p);
+        }
+    }
+
+    /// The address nodes reach this server's NBD exports on (None when NBD
+    /// is off or the server has no address).
+    pub fn nbd_address(&self) -> Option<std::net::SocketAddr> {
+        let nbd = &self.config.nbd;
+        if !nbd.enabled {
+            return None;
+        }
+        let port = self.bound_nbd.get().copied().unwrap_or(nbd.listen.port());
+        Some(std::net::SocketAddr::new(
+            IpAddr::V4(self.config.server_ip?),
+            port,
+        ))
+    }
+
     /// The address nodes reach the iSCSI target on (None when iSCSI is off or
     /// the server has no address).
-    fn iscsi_portal(&self) -> Option<std::net::SocketAddr> {
+    pub fn iscsi_portal(&self) -> Option<std::net::SocketAddr> {
         let iscsi = &self.config.iscsi;
         if !iscsi.enabled {
             return None;
@@ -658,7 +758,12 @@ impl BootPlan {
             ip if ip.is_unspecified() => IpAddr::V4(self.config.server_ip?),
             ip => ip,
         };
-        Some(std::net::SocketAddr::new(ip, iscsi.listen.port()))
+        let port = self
+            .bound_iscsi
+            .get()
+            .copied()
+            .unwrap_or(iscsi.listen.port());
+        Some(std::net::SocketAddr::new(ip, port))
     }
 
     /// The generic entry script (`/boot.ipxe`) for iPXE sent here by other means.

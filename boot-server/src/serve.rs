@@ -271,6 +271,15 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     // Virtual disks over NBD and iSCSI, both following the export table.
     if let (Some(disks), Some(exports)) = (disks, exports) {
+        // Every overlay here is served by this server unless recorded otherwise.
+        match control.adopt_local_overlays(pg.is_none()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                overlays = n,
+                "recorded this server as the serving server of its unrecorded overlays"
+            ),
+            Err(e) => tracing::warn!(error = %e.message, "overlays in disks_dir not recorded"),
+        }
         if let Err(e) = exports.refresh().await {
             tracing::warn!(error = %format!("{e:#}"), "export table not built yet; retrying every second");
         }
@@ -283,6 +292,12 @@ pub async fn run(mut config: Config) -> Result<()> {
             exports.set_nbd(server.handle()); // detach: exports.revoke(overlay)
             let _ = metrics.sources.nbd.set(server.handle());
             ready.push(format!("nbd={}", server.local_addr()));
+            plan.set_bound_ports(Some(server.local_addr().port()), None);
+            // Where nodes reach the overlays this server serves (the boot plans
+            // of the other servers read it from the registry).
+            if let Some(a) = plan.nbd_address() {
+                ready.push(format!("{}{a}", crate::plan::NBD_NODE_PREFIX));
+            }
             tasks.spawn(async move { server.run().await.context("NBD server") });
         }
         if config.iscsi.enabled {
@@ -295,6 +310,10 @@ pub async fn run(mut config: Config) -> Result<()> {
             .with_context(|| format!("binding iSCSI on {}", config.iscsi.listen))?;
             exports.set_iscsi(server.handle()); // targets follow the table; revoke cuts
             ready.push(format!("iscsi={}", server.local_addr()));
+            plan.set_bound_ports(None, Some(server.local_addr().port()));
+            if let Some(a) = plan.iscsi_portal() {
+                ready.push(format!("{}{a}", crate::plan::ISCSI_NODE_PREFIX));
+            }
             tasks.spawn(async move { server.run().await.context("iSCSI server") });
         }
     }
@@ -338,6 +357,10 @@ pub async fn run(mut config: Config) -> Result<()> {
             pg.clone(),
             controller.as_ref().map(|(_, _, lease)| lease.clone()),
         )));
+        // Disk operations other servers queue for the overlays this one serves.
+        if control.has_disks() {
+            tasks.spawn(crate::control::disks::run_disk_requests(control.clone()));
+        }
         tasks.spawn(crate::control::cluster::follow_wakeups(
             control.clone(),
             pg.listen(),

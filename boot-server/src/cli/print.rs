@@ -167,18 +167,19 @@ pub fn reservations(v: &Value) {
 
 pub fn disks(v: &Value) {
     println!(
-        "{:<8} {:<20} {:<16} {:>14} {:>14}  NODE",
-        "KIND", "NAME", "BASE", "SIZE", "ALLOCATED"
+        "{:<8} {:<20} {:<16} {:>14} {:>14}  {:<18} SERVER",
+        "KIND", "NAME", "BASE", "SIZE", "ALLOCATED", "NODE"
     );
     for d in v.as_array().into_iter().flatten() {
         println!(
-            "{:<8} {:<20} {:<16} {:>14} {:>14}  {}",
+            "{:<8} {:<20} {:<16} {:>14} {:>14}  {:<18} {}",
             s(d, "kind"),
             s(d, "name"),
             s(d, "base"),
             s(d, "size"),
             s(d, "allocated_bytes"),
-            s(d, "node")
+            s(d, "node"),
+            s(d, "server")
         );
     }
 }

@@ -30,10 +30,16 @@ impl Control {
             Wake::Command(node) => self.wakeups.wake(&node),
             Wake::Events => self.events.poke(),
             Wake::Engine => self.engine_wake.notify_one(),
+            Wake::Disks(server) => {
+                if server == self.me {
+                    self.disk_wake.notify_one();
+                }
+            }
             Wake::Resync => {
                 self.wakeups.wake_all();
                 self.events.poke();
                 self.engine_wake.notify_one();
+                self.disk_wake.notify_one();
             }
         }
     }

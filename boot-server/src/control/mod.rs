@@ -7,7 +7,7 @@
 mod bundles;
 mod clone;
 pub mod cluster;
-mod disks;
+pub mod disks;
 mod envs;
 mod freeze;
 mod hosts;
@@ -179,6 +179,11 @@ pub struct Control {
     dhcp: Mutex<Option<Arc<dyn DhcpLink>>>,
     peers: Mutex<Option<Arc<dyn cluster::PeerLink>>>,
     sqlite: Mutex<Option<Arc<crate::store::SqliteStore>>>,
+    /// This server's registry name: the serving server recorded for the
+    /// overlays it creates.
+    me: String,
+    /// Wakes this server's disk-request worker (a request was queued for it).
+    pub disk_wake: Notify,
 }
 
 impl Control {
@@ -192,6 +197,7 @@ impl Control {
         disks: Option<Arc<boot_nbd::DiskStore>>,
         exports: Option<Arc<dyn ExportControl>>,
     ) -> Control {
+        let me = config.store.server_name();
         Control {
             store,
             config,
@@ -205,6 +211,8 @@ impl Control {
             dhcp: Mutex::new(None),
             peers: Mutex::new(None),
             sqlite: Mutex::new(None),
+            me,
+            disk_wake: Notify::new(),
         }
     }
 

@@ -98,16 +98,15 @@ impl Control {
                     false
                 }
             };
-            self.refresh_exports().await;
-            if let Some(x) = &self.exports {
-                match x.revoke_and_wait(d, Duration::from_secs(10)).await {
-                    Ok(n) => {
-                        connections_cut = n;
-                        export_revoked = detached;
-                    }
-                    Err(e) => {
-                        tracing::warn!(disk = d, error = %format!("{e:#}"), "fence: connections still open")
-                    }
+            // On the server that serves the disk (queued for it when that is
+            // another one; refused when it is down).
+            match self.cut_disk_and_wait(d, Duration::from_secs(10)).await {
+                Ok(n) => {
+                    connections_cut = n;
+                    export_revoked = detached;
+                }
+                Err(e) => {
+                    tracing::warn!(disk = d, error = %e.message, "fence: connections still open")
                 }
             }
         }

@@ -270,3 +270,249 @@ async fn servers_register_and_only_an_engine_server_is_preferred() {
         ErrorKind::Conflict
     );
 }
+
+/// A control layer named `name` on `store` with its own disk store, like one
+/// of several servers sharing a database (no sockets).
+fn disk_server(name: &str, store: Arc<dyn Store>, dir: &std::path::Path) -> Arc<Control> {
+    let mut config = Config {
+        images_dir: dir.join("images"),
+        state_dir: dir.join(format!("state-{name}")),
+        server_ip: Some(Ipv4Addr::new(10, 0, 0, 1)),
+        ..Default::default()
+    };
+    config.store.server_name = Some(name.into());
+    let config = Arc::new(config);
+    let events = EventHub::start(store.clone(), 1000);
+    let plan = Arc::new(BootPlan::new(store.clone(), config.clone(), events.clone()).unwrap());
+    let files = Arc::new(ImageFiles::new(&config.images_dir));
+    let disks = Arc::new(boot_nbd::DiskStore::open(&dir.join(format!("disks-{name}"))).unwrap());
+    Arc::new(Control::new(
+        store,
+        config,
+        plan,
+        events,
+        files,
+        Some(disks),
+        None,
+    ))
+}
+
+fn root_of(text: &str) -> Option<&str> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("bootsrv.root="))
+}
+
+#[tokio::test]
+async fn a_node_boots_its_disk_from_the_server_that_serves_it() {
+    use crate::model::{OverlayRecord, ServerRole::Member};
+    let (c, _d) = setup(true);
+    lab_image(&c).await;
+    let here: IpAddr = Ipv4Addr::new(10, 0, 0, 150).into();
+    let me = c.server_name().to_string();
+    c.plan
+        .script(MAC, &ScriptHints::default(), here)
+        .await
+        .unwrap();
+    let node = c.store.node_by_mac(MAC).await.unwrap().unwrap();
+    c.store
+        .attach_disk("ov1", &node.id, "ov1.s3cret")
+        .await
+        .unwrap();
+    let mut srv1 = server("srv1", "", Member);
+    srv1.listen = vec![
+        "http=0.0.0.0:80".into(),
+        "nbd-node=10.0.1.1:10999".into(),
+        "iscsi-node=10.0.1.1:3261".into(),
+    ];
+    c.store.heartbeat_server(&srv1).await.unwrap();
+    let record = |server: &str| OverlayRecord {
+        overlay: "ov1".into(),
+        server: server.into(),
+        base: "b".into(),
+        created_ms: 1,
+    };
+    let root = |c: Arc<Control>| async move {
+        let s = c
+            .plan
+            .script(MAC, &ScriptHints::default(), here)
+            .await
+            .unwrap();
+        root_of(&s.text).map(str::to_string)
+    };
+    // Unrecorded (a store from before the overlay table): this server's address.
+    assert_eq!(
+        root(c.clone()).await.as_deref(),
+        Some("nbd:10.0.0.1:10809:ov1.s3cret")
+    );
+    // Served by srv1: its registered address, whichever server answers.
+    c.store.record_overlay(&record("srv1")).await.unwrap();
+    assert_eq!(
+        root(c.clone()).await.as_deref(),
+        Some("nbd:10.0.1.1:10999:ov1.s3cret")
+    );
+    assert_eq!(
+        c.plan
+            .disk_address("srv1", crate::model::DiskTransport::Iscsi)
+            .await
+            .unwrap(),
+        Some("10.0.1.1:3261".parse().unwrap())
+    );
+    // Served here.
+    c.store.record_overlay(&record(&me)).await.unwrap();
+    assert_eq!(
+        root(c.clone()).await.as_deref(),
+        Some("nbd:10.0.0.1:10809:ov1.s3cret")
+    );
+    // Served by a server nobody registered: no address, so no root disk
+    // (rather than pointing the node at a server that does not hold it).
+    c.store.record_overlay(&record("gone")).await.unwrap();
+    assert_eq!(root(c.clone()).await, None);
+    // An overlay another server serves is listed with that server.
+    c.store.record_overlay(&record("srv1")).await.unwrap();
+    let listed = c.list_disks().await;
+    // (No disk store in this setup: disks are off, so only the table is listed.)
+    let listed = listed.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].server.as_deref(), Some("srv1"));
+    assert_eq!(listed[0].node.as_deref(), Some(node.id.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_operations_run_on_the_overlays_serving_server() {
+    use crate::model::ServerRole::Member;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let a = disk_server("a", store.clone(), dir.path());
+    let b = disk_server("b", store.clone(), dir.path());
+    for s in ["a", "b"] {
+        store
+            .heartbeat_server(&server(s, "", Member))
+            .await
+            .unwrap();
+    }
+    let base = dir.path().join("base.raw");
+    std::fs::write(&base, vec![7u8; 1 << 20]).unwrap();
+    a.add_base("b".into(), base.clone()).await.unwrap();
+    b.add_base("b".into(), base).await.unwrap();
+    let worker_a = tokio::spawn(crate::control::disks::run_disk_requests(a.clone()));
+
+    // Created through A: held and served by A, listed by B with A's name.
+    let v = a.create_overlay("ov1".into(), "b".into()).await.unwrap();
+    assert_eq!(v.server.as_deref(), Some("a"));
+    assert!(dir.path().join("disks-a").read_dir().is_ok());
+    let on_b = b.list_disks().await.unwrap();
+    let ov1 = on_b.iter().find(|d| d.name == "ov1").expect("B lists ov1");
+    assert_eq!(ov1.server.as_deref(), Some("a"));
+    // B cannot create another ov1 of its own.
+    assert_eq!(
+        b.create_overlay("ov1".into(), "b".into())
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::Conflict
+    );
+    // A snapshot asked of B is taken on A (A's worker), served by A.
+    let snap = b.snapshot("ov1".into(), "snap1".into()).await.unwrap();
+    assert_eq!(snap.server.as_deref(), Some("a"));
+    let on_a = a.list_disks().await.unwrap();
+    let s1 = on_a
+        .iter()
+        .find(|d| d.name == "snap1")
+        .expect("A holds snap1");
+    assert_eq!(s1.kind, "snapshot");
+    assert!(!b
+        .on_disks(|d| d.list_overlays())
+        .await
+        .unwrap()
+        .iter()
+        .any(|o| o.id == "snap1"));
+    // Attached through B (a row in the store); deleting through B is refused
+    // on A while attached, then done on A once detached.
+    let (node, export, _) = {
+        let n = b
+            .enrol(Enrolment {
+                mac: MAC,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        b.attach_disk("snap1".into(), &n.id, false, None)
+            .await
+            .unwrap()
+    };
+    assert!(export.starts_with("snap1."));
+    let att = store.disk_attachments().await.unwrap();
+    assert_eq!(
+        (att[0].node.as_str(), att[0].server.as_str()),
+        (node.as_str(), "a")
+    );
+    let e = b.delete_disk("snap1".into(), false).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict, "{}", e.message);
+    // Fencing from B: the cut runs on A (no NBD server here: 0 cut).
+    assert_eq!(
+        b.cut_disk_and_wait("snap1", std::time::Duration::from_secs(1))
+            .await
+            .unwrap(),
+        0
+    );
+    b.detach_disk("snap1").await.unwrap();
+    b.delete_disk("snap1".into(), false).await.unwrap();
+    assert!(!a
+        .on_disks(|d| d.list_overlays())
+        .await
+        .unwrap()
+        .iter()
+        .any(|o| o.id == "snap1"));
+    assert!(!store
+        .overlays()
+        .await
+        .unwrap()
+        .iter()
+        .any(|o| o.overlay == "snap1"));
+
+    // A gone from the registry (the memory store cannot age a heartbeat; a
+    // down server takes the same refusal): B's requests fail at once, naming A.
+    worker_a.abort();
+    store.forget_server("a").await.unwrap();
+    let e = b.delete_disk("ov1".into(), false).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable);
+    assert!(e.message.contains("served by server a"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn a_single_server_adopts_every_overlay_it_holds() {
+    use crate::model::OverlayRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let a = disk_server("a", store.clone(), dir.path());
+    let base = dir.path().join("base.raw");
+    std::fs::write(&base, vec![1u8; 1 << 20]).unwrap();
+    a.add_base("b".into(), base).await.unwrap();
+    for id in ["ov1", "ov2", "ov3"] {
+        a.on_disks(move |d| d.create_overlay(id, "b"))
+            .await
+            .unwrap();
+    }
+    // ov1 unrecorded (a store from before schema 7), ov2 recorded under the
+    // server's former name, ov3 already its own.
+    let rec = |o: &str, s: &str| OverlayRecord {
+        overlay: o.into(),
+        server: s.into(),
+        base: "b".into(),
+        created_ms: 1,
+    };
+    store.record_overlay(&rec("ov2", "old-name")).await.unwrap();
+    store.record_overlay(&rec("ov3", "a")).await.unwrap();
+    // Shared store: only the unrecorded one is taken (ov2 may be another
+    // server's file on shared storage).
+    assert_eq!(a.adopt_local_overlays(false).await.unwrap(), 1);
+    assert_eq!(a.overlay_server("ov1").await.unwrap().as_deref(), Some("a"));
+    assert_eq!(
+        a.overlay_server("ov2").await.unwrap().as_deref(),
+        Some("old-name")
+    );
+    // The embedded store's one server holds every overlay it has.
+    assert_eq!(a.adopt_local_overlays(true).await.unwrap(), 1);
+    assert_eq!(a.overlay_server("ov2").await.unwrap().as_deref(), Some("a"));
+    assert_eq!(a.adopt_local_overlays(true).await.unwrap(), 0);
+}

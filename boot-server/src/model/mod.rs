@@ -5,6 +5,7 @@
 //! nothing in this module does I/O.
 
 mod command;
+mod disk;
 mod env;
 mod event;
 mod host;
@@ -16,6 +17,7 @@ mod server;
 mod token;
 
 pub use command::{CommandStatus, QueuedCommand};
+pub use disk::{DiskOp, DiskRequest, DiskRequestStatus, OverlayRecord};
 pub use env::failback_window_open;
 pub use env::{
     AddressRange, BootMode, CloneJob, CloneOrigin, ClonePhase, Detection, Environment, Failback,

@@ -281,6 +281,11 @@ pub struct DiskAttachment {
     pub export: String,
     /// When it was attached (ms since the Unix epoch).
     pub created_ms: i64,
+    /// The server that holds and serves the overlay (its registry name, from
+    /// the overlay table); empty when the overlay was never recorded (a
+    /// store from before schema 7 whose server has not started since).
+    #[serde(default)]
+    pub server: String,
 }
 
 #[cfg(test)]

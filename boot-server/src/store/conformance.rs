@@ -164,6 +164,8 @@ conformance_tests!(
     events_append_in_order_and_prune,
     reservations_hold_one_address_per_mac,
     disks_attach_and_detach,
+    each_overlay_has_one_serving_server,
+    disk_requests_are_taken_once_by_their_server,
     hosts_and_their_vms,
 );
 
@@ -749,4 +751,84 @@ async fn disks_attach_and_detach(s: Arc<dyn Store>) {
     );
     assert!(s.detach_disk("ov1").await.unwrap());
     assert!(!s.detach_disk("ov1").await.unwrap());
+}
+
+async fn each_overlay_has_one_serving_server(s: Arc<dyn Store>) {
+    use crate::model::OverlayRecord;
+    let rec = |overlay: &str, server: &str| OverlayRecord {
+        overlay: overlay.into(),
+        server: server.into(),
+        base: "b".into(),
+        created_ms: 7,
+    };
+    // An attachment of an overlay nobody recorded names no server.
+    s.attach_disk("ov1", "n1", "exp-1").await.unwrap();
+    assert_eq!(s.disk_attachments().await.unwrap()[0].server, "");
+    s.record_overlay(&rec("ov1", "srv1")).await.unwrap();
+    s.record_overlay(&rec("ov2", "srv2")).await.unwrap();
+    let a = s.disk_attachments().await.unwrap();
+    assert_eq!((a.len(), a[0].server.as_str()), (1, "srv1"));
+    // Recording again replaces (one server per overlay); "if new" never does.
+    s.record_overlay(&rec("ov1", "srv2")).await.unwrap();
+    assert!(!s.record_overlay_if_new(&rec("ov1", "srv3")).await.unwrap());
+    assert!(s.record_overlay_if_new(&rec("ov3", "srv3")).await.unwrap());
+    let all = s.overlays().await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|o| (o.overlay.as_str(), o.server.as_str()))
+            .collect::<Vec<_>>(),
+        [("ov1", "srv2"), ("ov2", "srv2"), ("ov3", "srv3")]
+    );
+    assert_eq!(all[0], rec("ov1", "srv2"));
+    assert_eq!(s.disk_attachments().await.unwrap()[0].server, "srv2");
+    // Detaching keeps the record (the overlay still lives on its server).
+    assert!(s.detach_disk("ov1").await.unwrap());
+    assert_eq!(s.overlays().await.unwrap().len(), 3);
+    assert!(s.forget_overlay("ov1").await.unwrap());
+    assert!(!s.forget_overlay("ov1").await.unwrap());
+    assert_eq!(s.overlays().await.unwrap().len(), 2);
+}
+
+async fn disk_requests_are_taken_once_by_their_server(s: Arc<dyn Store>) {
+    use crate::model::{DiskOp, DiskRequestStatus};
+    let op = |o: &str| DiskOp::Revoke {
+        overlay: o.into(),
+        wait_ms: Some(500),
+    };
+    let r1 = s.queue_disk_request("srv1", &op("ov1")).await.unwrap();
+    let r2 = s
+        .queue_disk_request("srv2", &DiskOp::Refresh)
+        .await
+        .unwrap();
+    let r3 = s.queue_disk_request("srv1", &op("ov3")).await.unwrap();
+    assert!(r1 < r3);
+    let q = s.disk_request(r1).await.unwrap().unwrap();
+    assert_eq!(
+        (q.status, q.server.as_str()),
+        (DiskRequestStatus::Queued, "srv1")
+    );
+    let taken = s.take_disk_requests("srv1").await.unwrap();
+    assert_eq!(taken.iter().map(|r| r.id).collect::<Vec<_>>(), [r1, r3]);
+    assert_eq!(taken[0].op, op("ov1"));
+    assert!(taken.iter().all(|r| r.status == DiskRequestStatus::Taken));
+    // Handed out once; other servers' requests are not taken.
+    assert!(s.take_disk_requests("srv1").await.unwrap().is_empty());
+    assert!(s.finish_disk_request(r1, true, "2").await.unwrap());
+    assert!(s
+        .finish_disk_request(r3, false, "no overlay ov3")
+        .await
+        .unwrap());
+    // A finished request is never reopened.
+    assert!(!s.finish_disk_request(r1, false, "late").await.unwrap());
+    let d = s.disk_request(r1).await.unwrap().unwrap();
+    assert_eq!(
+        (d.status, d.result.as_str()),
+        (DiskRequestStatus::Done, "2")
+    );
+    let f = s.disk_request(r3).await.unwrap().unwrap();
+    assert_eq!(f.status, DiskRequestStatus::Failed);
+    let other = s.take_disk_requests("srv2").await.unwrap();
+    assert_eq!(other.len(), 1);
+    assert_eq!((other[0].id, &other[0].op), (r2, &DiskOp::Refresh));
+    assert!(s.disk_request(9_999_999).await.unwrap().is_none());
 }

@@ -17,6 +17,9 @@ struct Data {
     leases: BTreeMap<MacAddr, Lease>,
     reservations: BTreeMap<MacAddr, Reservation>,
     attachments: BTreeMap<String, DiskAttachment>,
+    overlays: BTreeMap<String, OverlayRecord>,
+    disk_requests: BTreeMap<i64, DiskRequest>,
+    next_disk_request: i64,
     commands: BTreeMap<i64, QueuedCommand>,
     next_command: i64,
     events: Vec<Event>,
@@ -443,6 +446,7 @@ impl DiskAttachmentStore for MemoryStore {
                     node: node.to_string(),
                     export: export.to_string(),
                     created_ms: now_ms(),
+                    server: String::new(),
                 },
             );
             Ok(())
@@ -452,7 +456,84 @@ impl DiskAttachmentStore for MemoryStore {
         self.with(|d| Ok(d.attachments.remove(overlay).is_some()))
     }
     async fn disk_attachments(&self) -> Result<Vec<DiskAttachment>> {
-        self.with(|d| Ok(d.attachments.values().cloned().collect()))
+        self.with(|d| {
+            Ok(d.attachments
+                .values()
+                .map(|a| DiskAttachment {
+                    server: d
+                        .overlays
+                        .get(&a.overlay)
+                        .map(|o| o.server.clone())
+                        .unwrap_or_default(),
+                    ..a.clone()
+                })
+                .collect())
+        })
+    }
+    async fn record_overlay(&self, o: &OverlayRecord) -> Result<()> {
+        self.with(|d| {
+            d.overlays.insert(o.overlay.clone(), o.clone());
+            Ok(())
+        })
+    }
+    async fn record_overlay_if_new(&self, o: &OverlayRecord) -> Result<bool> {
+        self.with(|d| {
+            if d.overlays.contains_key(&o.overlay) {
+                return Ok(false);
+            }
+            d.overlays.insert(o.overlay.clone(), o.clone());
+            Ok(true)
+        })
+    }
+    async fn forget_overlay(&self, overlay: &str) -> Result<bool> {
+        self.with(|d| Ok(d.overlays.remove(overlay).is_some()))
+    }
+    async fn overlays(&self) -> Result<Vec<OverlayRecord>> {
+        self.with(|d| Ok(d.overlays.values().cloned().collect()))
+    }
+    async fn queue_disk_request(&self, server: &str, op: &DiskOp) -> Result<i64> {
+        self.with(|d| {
+            d.next_disk_request += 1;
+            let id = d.next_disk_request;
+            d.disk_requests.insert(
+                id,
+                DiskRequest {
+                    id,
+                    server: server.to_string(),
+                    op: op.clone(),
+                    status: crate::model::DiskRequestStatus::Queued,
+                    result: String::new(),
+                },
+            );
+            Ok(id)
+        })
+    }
+    async fn take_disk_requests(&self, server: &str) -> Result<Vec<DiskRequest>> {
+        use crate::model::DiskRequestStatus as S;
+        self.with(|d| {
+            let mut out = Vec::new();
+            for r in d.disk_requests.values_mut() {
+                if r.server == server && r.status == S::Queued {
+                    r.status = S::Taken;
+                    out.push(r.clone());
+                }
+            }
+            Ok(out)
+        })
+    }
+    async fn finish_disk_request(&self, id: i64, ok: bool, result: &str) -> Result<bool> {
+        use crate::model::DiskRequestStatus as S;
+        self.with(|d| match d.disk_requests.get_mut(&id) {
+            Some(r) if matches!(r.status, S::Queued | S::Taken) => {
+                r.status = if ok { S::Done } else { S::Failed };
+                r.result = result.to_string();
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+    }
+    async fn disk_request(&self, id: i64) -> Result<Option<DiskRequest>> {
+        self.with(|d| Ok(d.disk_requests.get(&id).cloned()))
     }
 }
 

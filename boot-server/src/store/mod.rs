@@ -20,9 +20,10 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::model::{
-    ApiToken, BootImage, CommandStatus, DiskAttachment, Environment, Event, EventKind, HelloFacts,
-    Host, Lease, LoadSample, MacAddr, Node, NodeState, QueuedCommand, Reservation, Selector,
-    ServerInfo, ServerRecord, Sighting, Slot, SlotStep, Transition, Vm,
+    ApiToken, BootImage, CommandStatus, DiskAttachment, DiskOp, DiskRequest, Environment, Event,
+    EventKind, HelloFacts, Host, Lease, LoadSample, MacAddr, Node, NodeState, OverlayRecord,
+    QueuedCommand, Reservation, Selector, ServerInfo, ServerRecord, Sighting, Slot, SlotStep,
+    Transition, Vm,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -190,8 +191,28 @@ pub trait DiskAttachmentStore: Send + Sync {
     async fn attach_disk(&self, overlay: &str, node: &str, export: &str) -> Result<()>;
     /// Detaches an overlay; false if it was not attached.
     async fn detach_disk(&self, overlay: &str) -> Result<bool>;
-    /// Every attachment.
+    /// Every attachment, with the overlay's serving server (empty when unrecorded).
     async fn disk_attachments(&self) -> Result<Vec<DiskAttachment>>;
+    /// Records the server that holds and serves an overlay (replacing an
+    /// earlier record of that overlay).
+    async fn record_overlay(&self, record: &OverlayRecord) -> Result<()>;
+    /// Records an overlay only if it has no record yet; whether it was added.
+    async fn record_overlay_if_new(&self, record: &OverlayRecord) -> Result<bool>;
+    /// Forgets an overlay's record; false if there was none.
+    async fn forget_overlay(&self, overlay: &str) -> Result<bool>;
+    /// Every recorded overlay, by id.
+    async fn overlays(&self) -> Result<Vec<OverlayRecord>>;
+    /// Queues a disk operation for `server` (the overlay's serving server);
+    /// returns its id. A shared store wakes that server at once.
+    async fn queue_disk_request(&self, server: &str, op: &DiskOp) -> Result<i64>;
+    /// The queued requests for `server`, oldest first, marked taken (each is
+    /// handed out once). Finished requests older than an hour are removed.
+    async fn take_disk_requests(&self, server: &str) -> Result<Vec<DiskRequest>>;
+    /// Records a taken request's outcome; false when there is no such
+    /// request or it is already finished.
+    async fn finish_disk_request(&self, id: i64, ok: bool, result: &str) -> Result<bool>;
+    /// A request by id.
+    async fn disk_request(&self, id: i64) -> Result<Option<DiskRequest>>;
 }
 
 /// Agent commands, delivered at least once.

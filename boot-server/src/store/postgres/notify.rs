@@ -1,6 +1,7 @@
 //! Cross-server wake-ups over PostgreSQL's LISTEN/NOTIFY: the store
 //! notifies in the transaction that queues a command (`c:<node id>`) or
-//! appends events (`e`), and every server listening on the store's channel
+//! appends events (`e`) or queues a disk operation for a server
+//! (`d:<server>`), and every server listening on the store's channel
 //! hears it when that transaction commits. The channel is per schema
 //! (`boot_wake_<md5 of the schema>`), so stores sharing one database (tests,
 //! deployments) do not wake each other.
@@ -30,6 +31,8 @@ pub enum Wake {
     /// Something the engine decides on changed (the controller's engine
     /// runs a pass).
     Engine,
+    /// A disk operation was queued for this server (by name).
+    Disks(String),
     /// The listener (re)connected: anything may have changed meanwhile.
     Resync,
 }
@@ -38,6 +41,7 @@ impl Wake {
     fn parse(payload: &str) -> Option<Wake> {
         match payload.split_once(':') {
             Some(("c", node)) if !node.is_empty() => Some(Wake::Command(node.to_string())),
+            Some(("d", server)) if !server.is_empty() => Some(Wake::Disks(server.to_string())),
             _ if payload == "e" => Some(Wake::Events),
             _ if payload == "w" => Some(Wake::Engine),
             _ => None,
@@ -157,6 +161,8 @@ mod tests {
         assert_eq!(Wake::parse("e"), Some(Wake::Events));
         assert_eq!(Wake::parse("w"), Some(Wake::Engine));
         assert_eq!(Wake::parse("c:"), None);
+        assert_eq!(Wake::parse("d:srv1"), Some(Wake::Disks("srv1".into())));
+        assert_eq!(Wake::parse("d:"), None);
         assert_eq!(Wake::parse("x"), None);
     }
 

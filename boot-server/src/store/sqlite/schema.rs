@@ -140,6 +140,28 @@ CREATE TABLE vms (
 CREATE INDEX vms_host ON vms(host);
 "#;
 
+/// Version 7 (a serving server per overlay): which server holds and serves
+/// each overlay, and the disk operations queued for an overlay's server.
+const V7: &str = r#"
+CREATE TABLE overlays (
+    overlay TEXT PRIMARY KEY,
+    server TEXT NOT NULL,
+    base TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX overlays_server ON overlays(server);
+CREATE TABLE disk_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    server TEXT NOT NULL,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT NOT NULL DEFAULT '',
+    created_ms BIGINT NOT NULL,
+    done_ms BIGINT
+);
+CREATE INDEX disk_requests_server ON disk_requests(server, status);
+"#;
+
 /// Version 9: nothing here — PostgreSQL's V9 adds the functions through
 /// which several servers allocate DHCP addresses; one server with SQLite
 /// allocates in memory. (Kept so both backends count versions alike.)
@@ -170,13 +192,14 @@ fn migrations() -> Migrations<'static> {
         M::up(V4),
         M::up(V5),
         M::up(V6),
+        M::up(V7),
         M::up(V9),
     ])
 }
 
 /// The schema version this build writes.
 pub fn latest_version() -> usize {
-    7
+    8
 }
 
 fn version_of(conn: &Connection) -> Result<usize> {

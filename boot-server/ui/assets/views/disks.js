@@ -1,5 +1,6 @@
-// Disks: bases, overlays (with their allocated size and the node they are
-// attached to) and snapshots; snapshot, detach and delete.
+// Disks: bases, overlays (with their allocated size, the node they are
+// attached to and the server that serves them) and snapshots; snapshot,
+// detach and delete.
 import { get, post, del } from "../api.js";
 import { h, fill, bytes, toast } from "../dom.js";
 
@@ -13,10 +14,10 @@ export default async function disks(root) {
     const group = (kind, title, extra) => {
       const rows = list.filter((d) => d.kind === kind);
       return [h("h2", {}, title), h("div", { class: "panel" }, rows.length === 0 ? h("p", { class: "muted" }, "None.") :
-        h("table", { id: "disks-" + kind }, h("thead", {}, h("tr", {}, ["name", "base / origin", "size", "allocated", "attached to", ""].map((c) => h("th", {}, c)))),
+        h("table", { id: "disks-" + kind }, h("thead", {}, h("tr", {}, ["name", "base / origin", "size", "allocated", "attached to", "served by", ""].map((c) => h("th", {}, c)))),
           h("tbody", {}, rows.map((d) => h("tr", { dataset: { disk: d.name } },
             h("td", {}, d.name), h("td", {}, d.base || d.origin || ""), h("td", {}, bytes(d.size)), h("td", {}, bytes(d.allocated_bytes)),
-            h("td", {}, d.node ? h("a", { href: "#/node/" + d.node }, d.node) : "—"), h("td", {}, extra(d)))))))];
+            h("td", {}, d.node ? h("a", { href: "#/node/" + d.node }, d.node) : "—"), h("td", { class: "server" }, d.server || "—"), h("td", {}, extra(d)))))))];
     };
     const del_ = (d) => h("button", { class: "danger", onclick: () => { if (confirm(`Delete ${d.name}?`)) act(`delete ${d.name}`, () => del(`/api/disks/${encodeURIComponent(d.name)}${d.kind === "base" ? "?base=true" : ""}`)); } }, "Delete");
     fill(box,
