@@ -12,6 +12,7 @@
 //!   shared store has several servers) the designated-controller lease row.
 //! - 4: API tokens.
 //! - 5: the server registry (name, registration, last heartbeat).
+//! - 8: node boot counter, the boot each command is bound to.
 
 use anyhow::{bail, Context, Result};
 
@@ -147,7 +148,15 @@ CREATE TABLE vms (
 CREATE INDEX vms_host ON vms(host);
 "#;
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+/// Version 8 (V7 is another branch's; the lead orders them at merge): each
+/// node's boot counter, advanced by every new boot's hello, and the boot
+/// each command was queued for.
+const V8: &str = r#"
+ALTER TABLE nodes ADD COLUMN boot BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE commands ADD COLUMN boot BIGINT NOT NULL DEFAULT 0;
+"#;
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V8];
 
 /// The schema version this build writes (the same number as SQLite's).
 pub fn latest_version() -> usize {

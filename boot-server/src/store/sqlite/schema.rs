@@ -11,6 +11,7 @@
 //!   samples; what a node's hello said (time, image, agent protocol).
 //! - 4: API tokens.
 //! - 5: failover hosts and their VMs.
+//! - 8: node boot counter, the boot each command is bound to.
 
 use anyhow::{bail, Context, Result};
 use rusqlite::Connection;
@@ -140,6 +141,14 @@ CREATE TABLE vms (
 CREATE INDEX vms_host ON vms(host);
 "#;
 
+/// Version 8 (V7 is another branch's; the lead orders them at merge): each
+/// node's boot counter, advanced by every new boot's hello, and the boot
+/// each command was queued for.
+const V8: &str = r#"
+ALTER TABLE nodes ADD COLUMN boot INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE commands ADD COLUMN boot INTEGER NOT NULL DEFAULT 0;
+"#;
+
 /// Round-1 tokens were stored in plain text: store their digests instead.
 fn hash_round1_tokens(tx: &rusqlite::Transaction) -> rusqlite_migration::HookResult {
     let rows: Vec<(String, Option<String>, Option<String>)> = {
@@ -165,12 +174,13 @@ fn migrations() -> Migrations<'static> {
         M::up(V4),
         M::up(V5),
         M::up(V6),
+        M::up(V8),
     ])
 }
 
 /// The schema version this build writes.
 pub fn latest_version() -> usize {
-    6
+    7
 }
 
 fn version_of(conn: &Connection) -> Result<usize> {
