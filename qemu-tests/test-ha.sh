@@ -349,8 +349,9 @@ if [ "$ok" = 1 ] && scaled; then
   listed=$(date +%s%3N)
   learned() { for n in "${hn[@]}"; do [ "$(hb_of 2 "$n")" -gt "$listed" ] || return 1; done; }
   wait_for 10 learned || t_fail "the hax nodes heart-beat to srv2 after srv1 is back"
-  t0=$(date +%s%N); t0ms=$(( t0 / 1000000 ))
-  kill -9 "$pid2"
+  t0=$(date +%s%N)
+  kill -9 "$pid2"; wait "$pid2" 2>/dev/null
+  t0ms=$(date +%s%3N) # srv2 is gone: a heartbeat stored after this went through srv1
   followed() { for n in "${hn[@]}"; do [ "$(hb_of 1 "$n")" -gt "$t0ms" ] || return 1; done; }
   if wait_for 20 followed; then
     s=$(( ($(date +%s%N) - t0) / 1000000 ))

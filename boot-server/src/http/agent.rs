@@ -352,7 +352,8 @@ struct Wait {
 /// (max 60) for the control layer to queue one. Delivery is at least once:
 /// a command handed out stays due until the agent reports it started.
 /// Only the commands of the boot the token belongs to: a next boot's token
-/// before its hello, or a poll outliving its boot, takes nothing.
+/// before its hello (answered at once), or a poll outliving its boot, takes
+/// nothing.
 async fn commands(
     State(s): State<Arc<AppState>>,
     Extension(a): Extension<AgentNode>,
@@ -360,9 +361,9 @@ async fn commands(
 ) -> Result<Response, ApiError> {
     let c = &s.control;
     let Some(boot) = c.store.boot_of_token(&a.node.id, &a.token_digest).await? else {
-        return Ok(unauthorized(
-            "this boot has not said hello (its token is not the node's present one)",
-        ));
+        // A next boot's token before its hello: nothing of the present
+        // boot's is for it (its agent says hello before it polls).
+        return Ok(Json(Vec::<Command>::new()).into_response());
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0).min(60));
     let wakeup = c.wakeups.for_node(&a.node.id);

@@ -705,6 +705,8 @@ async fn commands_are_bound_to_the_boot_they_were_queued_for(s: Arc<dyn Store>) 
         .unwrap();
     let id = n.id.as_str();
     s.set_next_token(id, "boot-1").await.unwrap();
+    // Its first boot, before its hello: no other boot to tell it from.
+    assert_eq!(s.boot_of_token(id, "boot-1").await.unwrap(), Some(0));
     assert!(s.promote_token(id, "boot-1").await.unwrap());
     assert_eq!(s.node_boot(id).await.unwrap(), 1);
     assert_eq!(s.boot_of_token(id, "boot-1").await.unwrap(), Some(1));

@@ -552,7 +552,11 @@ impl CommandStore for MemoryStore {
     }
     async fn boot_of_token(&self, node: &str, token: &str) -> Result<Option<i64>> {
         self.with(|d| {
-            let present = d.tokens.get(node).and_then(|t| t.0.as_deref()) == Some(token);
+            let present = match d.tokens.get(node) {
+                Some((Some(cur), _)) => cur == token,
+                Some((None, next)) => next.as_deref() == Some(token),
+                None => false,
+            };
             Ok(present.then(|| d.boots.get(node).copied().unwrap_or(0)))
         })
     }

@@ -229,8 +229,10 @@ pub trait CommandStore: Send + Sync {
     /// The node's present boot (its boot counter; 0 for an unknown node).
     async fn node_boot(&self, node: &str) -> Result<i64>;
     /// The present boot of the node when `token_sha256` is its present
-    /// boot's token (promoted by that boot's hello), else `None` (a next
-    /// boot's token before its hello, or a token that is no longer valid).
+    /// boot's token (promoted by that boot's hello), or the token of its
+    /// first boot before that boot's hello (no other boot to tell it from);
+    /// else `None` (a next boot's token before its hello, or a token that
+    /// is no longer valid).
     async fn boot_of_token(&self, node: &str, token_sha256: &str) -> Result<Option<i64>>;
     /// A new boot of the node said hello (its token promoted, the boot
     /// counter advanced): every unfinished command of an earlier boot is

@@ -153,7 +153,8 @@ impl CommandStore for PgStore {
             .client()
             .await?
             .query_opt(
-                "SELECT boot FROM nodes WHERE id = $1 AND agent_token = $2",
+                "SELECT boot FROM nodes WHERE id = $1 \
+                 AND (agent_token = $2 OR (agent_token IS NULL AND next_agent_token = $2))",
                 &[&node, &token_sha256],
             )
             .await?

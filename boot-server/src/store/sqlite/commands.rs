@@ -165,7 +165,8 @@ impl CommandStore for SqliteStore {
         let (node, token) = (node.to_string(), token_sha256.to_string());
         self.read(move |c| {
             Ok(c.query_row(
-                "SELECT boot FROM nodes WHERE id = ?1 AND agent_token = ?2",
+                "SELECT boot FROM nodes WHERE id = ?1 \
+                 AND (agent_token = ?2 OR (agent_token IS NULL AND next_agent_token = ?2))",
                 params![node, token],
                 |r| r.get(0),
             )
