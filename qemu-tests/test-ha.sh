@@ -330,7 +330,7 @@ if [ "$ok" = 1 ]; then
     [ "$twice" = 0 -a "$held" = 2/2 -a -z "$bad" ]
   # No boot command was carried out by a boot it was not queued for: every
   # command a hax node's present boot was handed is that boot's own.
-  stray=$(psql_ -d "$db" -c "SELECT count(*) FROM commands c JOIN nodes n ON n.id = c.node WHERE n.environment = 'hax' AND c.boot <> n.boot AND c.status IN ('delivered', 'started')")
+  stray=$(psql_ -d "$db" -c "SELECT count(*) FROM commands c JOIN nodes n ON n.id = c.node JOIN slots s ON s.node = n.id WHERE s.environment = 'hax' AND c.boot <> n.boot AND c.status IN ('queued', 'delivered', 'started')")
   t_check "no command of an earlier boot is open on a hax node ($stray)" [ "$stray" = 0 ]
 fi
 
