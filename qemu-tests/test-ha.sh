@@ -24,7 +24,13 @@
 #     to two while its first node is being claimed, and srv1 is killed -9 at
 #     once; srv2 takes over within 5 s (printed) and finishes the scale-up (both
 #     slots ready on their nodes); the database holds no node in two slots and
-#     every node's slot agrees with its slot
+#     every node's slot agrees with its slot; no command of an earlier boot
+#     is open on a node
+#   - agents follow the servers: srv1 back; kill -9 of srv2, the server the
+#     hax nodes booted from: their agents go on heart-beating through srv1
+#     (learned from srv2's heartbeat answers), and a scale-down queued on
+#     srv1 kexecs the released node back to the pool image (a warm move after
+#     the server that booted it died)
 # Prints `N passed, M failed, K skipped` and its elapsed time. Needs root.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -322,5 +328,54 @@ if [ "$ok" = 1 ]; then
   echo "    database after the takeover: nodes held by two slots $twice; hax holds $held (distinct/slots); disagreements: ${bad:-none}"
   t_check "no node is held by two slots and no slot by two nodes (database: $twice, hax $held)" \
     [ "$twice" = 0 -a "$held" = 2/2 -a -z "$bad" ]
+  # No boot command was carried out by a boot it was not queued for: every
+  # command a hax node's present boot was handed is that boot's own.
+  stray=$(psql_ -d "$db" -c "SELECT count(*) FROM commands c JOIN nodes n ON n.id = c.node JOIN slots s ON s.node = n.id WHERE s.environment = 'hax' AND c.boot <> n.boot AND c.status IN ('queued', 'delivered', 'started')")
+  t_check "no command of an earlier boot is open on a hax node ($stray)" [ "$stray" = 0 ]
+fi
+
+# --- agents follow the servers: the hax nodes booted from srv2 (their
+# bootsrv.server); srv1 comes back, the agents learn it from srv2's
+# heartbeat answers; kill -9 of srv2: heartbeats go on through srv1 and a
+# warm move (kexec back to the pool image) queued on srv1 reaches its agent ---
+hb_of() { cli "$1" node show "$2" --json 2>/dev/null | jq -r '.last_heartbeat_ms // 0'; }
+hax_nodes() { slots_json | jq -r '.[] | select(.node != null) | .node'; }
+if [ "$ok" = 1 ] && scaled; then
+  mapfile -t hn < <(hax_nodes)
+  start_server 1
+  wait_up 1 || t_fail "srv1 restarts"
+  wait_for 10 role_is 2 srv1 controller
+  # Every heartbeat srv2 answers from now on lists srv1: wait for one per node.
+  listed=$(date +%s%3N)
+  learned() { for n in "${hn[@]}"; do [ "$(hb_of 2 "$n")" -gt "$listed" ] || return 1; done; }
+  wait_for 10 learned || t_fail "the hax nodes heart-beat to srv2 after srv1 is back"
+  t0=$(date +%s%N)
+  kill -9 "$pid2"; wait "$pid2" 2>/dev/null
+  t0ms=$(date +%s%3N) # srv2 is gone: a heartbeat stored after this went through srv1
+  followed() { for n in "${hn[@]}"; do [ "$(hb_of 1 "$n")" -gt "$t0ms" ] || return 1; done; }
+  if wait_for 20 followed; then
+    s=$(( ($(date +%s%N) - t0) / 1000000 ))
+    t_ok "kill -9 of srv2 (the server that booted them): both hax agents heart-beat through srv1 (${s} ms)"
+  else
+    t_fail "kill -9 of srv2: both hax agents heart-beat through srv1"; diag
+  fi
+  cli 1 env scale hax 1 >/dev/null || t_fail "env scale hax 1 (on srv1) accepted"
+  back() { # one hax node left in the pool image, idle, heart-beating through srv1
+    [ "$(slots_json1 | jq '[.[] | select(.node != null and .step == "ready")] | length')" = 1 ] || return 1
+    for n in "${hn[@]}"; do idle_on 1 "$n" lab && return 0; done
+    return 1
+  }
+  slots_json1() { cli 1 slot list hax --json 2>/dev/null; }
+  t3=$(date +%s%N)
+  if wait_for 90 back; then
+    s=$(( ($(date +%s%N) - t3) / 1000000 ))
+    kx=$(for n in "${hn[@]}"; do cli 1 node commands "$n" --json 2>/dev/null; done | jq -s '[.[][] | select(.command.kind == "kexec" and .status == "succeeded")] | length')
+    t_ok "scale-down queued on srv1 with srv2 dead: the released node kexecs back to the pool image and is idle on srv1 (${s} ms, $kx kexec)"
+  else
+    t_fail "scale-down queued on srv1 with srv2 dead: a released node is back idle in the pool image"
+    slots_json1 | jq -c '.[]'; diag
+  fi
+  failed=$(for n in "${hn[@]}"; do cli 1 node show "$n" --json | jq -r .state; done | grep -c failed)
+  t_check "no hax node was marked failed while its server was gone ($failed)" [ "$failed" = 0 ]
 fi
 finish

@@ -284,6 +284,30 @@ pub struct HelloReply {
     pub node_id: String,
     /// Seconds between heartbeats the server expects.
     pub heartbeat_interval_secs: u64,
+    /// Every live boot server's agent API (several servers on one store):
+    /// where the agent goes on when its server stops answering. Empty from
+    /// a server that does not say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<AgentServer>,
+}
+
+/// One boot server's agent API, as a server the agent trusts lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentServer {
+    /// Base URL (`http://…` or `https://…`).
+    pub url: String,
+    /// SHA-256 of its certificate (hex), for an `https://` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+}
+
+/// The server's answer to a [`Heartbeat`] (an empty body from a server
+/// that says nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// As [`HelloReply::servers`], refreshed with every heartbeat.
+    #[serde(default)]
+    pub servers: Vec<AgentServer>,
 }
 
 /// State of the node's application work, as the hooks report it.

@@ -156,6 +156,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         listen_cfg.clone(),
         stopped(stop_rx.clone()),
     ));
+    let agent_pin = agent_tls.as_ref().map(|(_, t)| t.fingerprint.clone());
     if let Some((l, tls)) = agent_tls {
         tracing::info!(
             listen = %l.local_addr()?,
@@ -375,6 +376,15 @@ pub async fn run(mut config: Config) -> Result<()> {
             crate::imagesync::URL_PREFIX,
             config.public_url()
         ));
+    }
+    // Agents learn every live server's agent API from the registry.
+    ready.push(format!(
+        "{}{}",
+        crate::http::agent::AGENT_URL_PREFIX,
+        config.agent_url()
+    ));
+    if let Some(pin) = &agent_pin {
+        ready.push(format!("{}{pin}", crate::http::agent::AGENT_PIN_PREFIX));
     }
     if alerting {
         ready.push("alerts=on".into());

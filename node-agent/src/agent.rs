@@ -258,6 +258,10 @@ pub fn run(cfg: Config) -> ! {
     let inv = inventory::collect(cfg.bootif_mac.as_deref());
     let boot_mac = inv.boot_mac.clone();
     let session = Session::new(cfg.clone(), hello_body(&cfg, inv));
+    // The other servers learned by an earlier agent process of this boot.
+    session
+        .client()
+        .keep_servers_in(cfg.state_dir.join("servers"));
     info!(server = %cfg.server, node = ?cfg.node, token = %session.client().token_fingerprint(), inventory_ms = started.elapsed().as_millis() as u64, "agent starting");
     let reply = loop {
         if let Some(r) = session.rehello(session.generation()) {

@@ -175,9 +175,12 @@ impl Engine {
         }
         match (slot.command, up) {
             (None, true) => {
-                // A restart between queuing the boot and storing its id must
-                // not boot twice (the second kexec would carry a newer token).
-                if let Some(id) = self.open_command(&node.id, is_boot).await? {
+                // A restart (or a takeover by another server) between
+                // queuing the boot and storing its id must not boot twice:
+                // the node may have carried it out already and be on its way
+                // down with its heartbeat still fresh; a second kexec would
+                // carry a newer token, a second reboot would end the new boot.
+                if let Some(id) = self.boot_command_of_present_boot(&node.id).await? {
                     return self.set_command(&slot, id, "rebooting").await;
                 }
                 let (kind, how) = self.boot_command(env, node).await;
@@ -686,6 +689,21 @@ impl Engine {
             .await?
             .into_iter()
             .find(|c| !c.status.is_final() && kind(&c.command))
+            .map(|c| c.id))
+    }
+
+    /// A boot-ending command queued for the node's present boot that has not
+    /// failed (queued, under way, or reported done before the node went
+    /// down), newest first.
+    pub(super) async fn boot_command_of_present_boot(&self, node: &str) -> Result<Option<i64>> {
+        let boot = self.c.store.node_boot(node).await?;
+        Ok(self
+            .c
+            .store
+            .commands_of(node, 20)
+            .await?
+            .into_iter()
+            .find(|c| c.boot == boot && c.status != CommandStatus::Failed && is_boot(&c.command))
             .map(|c| c.id))
     }
 

@@ -120,6 +120,23 @@ async fn hello(c: &Control, node: &str, image: &str) {
         .unwrap();
 }
 
+/// The boot a kexec command line starts says hello as the agent endpoint
+/// does: its token promoted (the boot counter advances), the hello stored,
+/// then the earlier boots' unfinished commands closed.
+async fn new_boot(c: &Control, node: &str, cmdline: &str, image: &str) {
+    if let Some(token) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bootsrv.token="))
+    {
+        c.store
+            .promote_token(node, &crate::secret::digest(token))
+            .await
+            .unwrap();
+    }
+    hello(c, node, image).await;
+    c.store.close_commands_of_previous_boot(node).await.unwrap();
+}
+
 /// Plays every node's agent once: runs its due commands like node-agent.
 async fn agents(l: &Lab, busy: &[&str]) {
     agents_answering(l, busy, |_| None).await
@@ -141,7 +158,8 @@ async fn agents_answering(
             .record_heartbeat(&n.id, &hb, serving)
             .await
             .unwrap();
-        for cmd in l.c.store.take_commands(&n.id, 0).await.unwrap() {
+        let boot = l.c.store.node_boot(&n.id).await.unwrap();
+        for cmd in l.c.store.take_commands(&n.id, boot, 0).await.unwrap() {
             match &cmd.command {
                 CommandKind::Kexec { cmdline, .. } => {
                     let image = cmdline
@@ -149,11 +167,7 @@ async fn agents_answering(
                         .find_map(|w| w.strip_prefix("bootsrv.image="))
                         .unwrap()
                         .to_string();
-                    l.c.store
-                        .close_commands_of_previous_boot(&n.id)
-                        .await
-                        .unwrap();
-                    hello(&l.c, &n.id, &image).await;
+                    new_boot(&l.c, &n.id, cmdline, &image).await;
                     break;
                 }
                 k => {
@@ -1338,5 +1352,102 @@ async fn a_clone_goes_onto_a_vm_when_no_node_is_free_and_remove_node_destroys_it
     assert_eq!(
         l.c.store.node(&vm.node).await.unwrap().unwrap().state,
         NodeState::Retired
+    );
+}
+
+/// A takeover between queuing a slot's boot command and storing its id:
+/// the node already carried the command out (reported it done and is going
+/// down, its heartbeat still fresh). The new controller finds the slot
+/// `booting` with no command and adopts that command instead of queuing a
+/// second one; a boot command queued for the old boot anyway (the race the
+/// binding closes) is never handed to the new boot: its hello closes it as
+/// not carried out, and the slot goes on to ready.
+#[tokio::test]
+async fn a_takeover_mid_boot_never_boots_the_new_boot_again() {
+    let l = lab(1).await;
+    let node = l.c.store.nodes().await.unwrap()[0].id.clone();
+    env(&l, "a", "img-a", |e| {
+        e.desired = 1;
+        e.boot = crate::model::BootMode::Cold;
+    })
+    .await;
+    let mut booting = None;
+    for _ in 0..12 {
+        l.engine.pass().await.unwrap();
+        agents(&l, &[]).await;
+        l.clock.advance(100);
+        let s = l.c.store.slots(Some("a")).await.unwrap()[0].clone();
+        if s.step == SlotStep::Booting && s.command.is_some() {
+            booting = Some(s);
+            break;
+        }
+    }
+    let slot = booting.expect("the slot reaches booting with its boot command");
+    let first = slot.command.unwrap();
+    let done = l.c.store.command(first).await.unwrap().unwrap();
+    assert_eq!(done.command, CommandKind::Reprovision);
+    assert_eq!(
+        done.status,
+        CommandStatus::Succeeded,
+        "the agent reported it"
+    );
+    // The old controller died before storing the command's id.
+    let mut lost = slot.clone();
+    lost.command = None;
+    assert!(l
+        .c
+        .store
+        .write_slots(Fence(0), &[(lost, Expect::Any)])
+        .await
+        .unwrap());
+    l.engine.pass().await.unwrap();
+    let boots = |cmds: &[crate::model::QueuedCommand]| {
+        cmds.iter()
+            .filter(|c| matches!(c.command, CommandKind::Reprovision | CommandKind::Reboot))
+            .map(|c| c.id)
+            .collect::<Vec<_>>()
+    };
+    let cmds = l.c.store.commands_of(&node, 100).await.unwrap();
+    assert_eq!(
+        boots(&cmds),
+        vec![first],
+        "no second boot command: {cmds:?}"
+    );
+    let s = l.c.store.slots(Some("a")).await.unwrap()[0].clone();
+    assert_eq!((s.step, s.command), (SlotStep::Booting, Some(first)));
+    // A boot command queued for the old boot after its last poll anyway.
+    let stray =
+        l.c.store
+            .queue_command(&node, &CommandKind::Reboot)
+            .await
+            .unwrap();
+    // The new boot (network boot: its script minted the token) says hello.
+    l.c.store
+        .set_next_token(&node, &crate::secret::digest("boot-2"))
+        .await
+        .unwrap();
+    new_boot(&l.c, &node, "bootsrv.token=boot-2", "img-a").await;
+    let boot = l.c.store.node_boot(&node).await.unwrap();
+    let stray = l.c.store.command(stray).await.unwrap().unwrap();
+    assert_eq!(stray.status, CommandStatus::Failed);
+    assert!(
+        stray.detail.starts_with("not carried out"),
+        "{}",
+        stray.detail
+    );
+    settle(&l, &[], 10).await;
+    assert_eq!(ready_nodes(&l, "a").await, vec![node.clone()]);
+    // Everything the new boot was handed is its own, and no boot command.
+    let cmds = l.c.store.commands_of(&node, 100).await.unwrap();
+    let handed: Vec<_> = cmds
+        .iter()
+        .filter(|c| c.status != CommandStatus::Queued && c.boot == boot)
+        .collect();
+    assert!(!handed.is_empty(), "{cmds:?}");
+    assert!(
+        boots(&cmds)
+            .iter()
+            .all(|id| cmds.iter().any(|c| c.id == *id && c.boot < boot)),
+        "{cmds:?}"
     );
 }

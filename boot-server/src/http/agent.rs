@@ -5,6 +5,13 @@
 //! see and answer its own commands. A token from an older boot stops working
 //! when the next boot says hello, and a hello is refused from any address
 //! but the node's own.
+//!
+//! Commands are bound to a boot: a poll takes only the commands queued for
+//! the boot whose token it carries, and a new boot's hello closes what the
+//! earlier boots left unfinished (`CommandStore`). Hello and heartbeat
+//! answers list every live server's agent API (from the server registry's
+//! [`AGENT_URL_PREFIX`]/[`AGENT_PIN_PREFIX`] entries) so that an agent goes
+//! on with another server when its own stops answering.
 
 use super::{ApiError, AppState};
 use crate::control::ErrorKind;
@@ -15,12 +22,52 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use boot_proto::{Command, CommandResult, Heartbeat, Hello, HelloReply, AGENT_TOKEN_HEADER};
+use boot_proto::{
+    AgentServer, Command, CommandResult, Heartbeat, HeartbeatReply, Hello, HelloReply,
+    AGENT_TOKEN_HEADER,
+};
 use serde::Deserialize;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Registry entry (`listen`) naming a server's agent API base URL.
+pub const AGENT_URL_PREFIX: &str = "agent-url=";
+/// Registry entry naming the SHA-256 of its agent API certificate (TLS).
+pub const AGENT_PIN_PREFIX: &str = "agent-pin=";
+
+/// Every live server's agent API from the registry, this server first. An
+/// error reading the registry lists this server alone (the agent keeps
+/// what it knew).
+async fn agent_servers(s: &AppState) -> Vec<AgentServer> {
+    let c = &s.control;
+    let me = c.config.store.server_name();
+    let mut out: Vec<AgentServer> = Vec::new();
+    let records = match c.store.servers().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "server registry unreadable; agents keep their list");
+            return out;
+        }
+    };
+    let mut records: Vec<_> = records
+        .into_iter()
+        .filter(|r| r.age_ms < crate::model::SERVER_DOWN_AFTER_MS)
+        .collect();
+    // This server first, then by name: every agent tries them in one order.
+    records.sort_by_key(|r| (r.info.name != me, r.info.name.clone()));
+    for r in records {
+        let find = |p: &str| r.info.listen.iter().find_map(|l| l.strip_prefix(p));
+        if let Some(url) = find(AGENT_URL_PREFIX) {
+            out.push(AgentServer {
+                url: url.to_string(),
+                pin: find(AGENT_PIN_PREFIX).map(str::to_string),
+            });
+        }
+    }
+    out
+}
 
 /// The node an agent request authenticated as.
 #[derive(Clone)]
@@ -198,10 +245,10 @@ async fn hello(
         ));
     }
     if a.next_boot {
-        // The new boot is up: the previous boot's token stops working now,
-        // and what that boot had taken but not finished is closed.
+        // The new boot is up: the previous boot's token stops working now
+        // and the node's boot counter advances (commands queued from now on
+        // are this boot's).
         c.store.promote_token(&node.id, &a.token_digest).await?;
-        c.store.close_commands_of_previous_boot(&node.id).await?;
     }
     let inventory = serde_json::to_value(&body.inventory).map_err(anyhow::Error::from)?;
     let serving = serving(&s, &node).await?;
@@ -211,6 +258,15 @@ async fn hello(
         protocol: body.protocol_version,
     };
     c.store.record_hello(&node.id, &facts, serving).await?;
+    if a.next_boot {
+        // After the hello is stored: whoever waits on a closed command
+        // (the engine's slot steps) sees the new boot first. What the
+        // earlier boots had not finished, or never took, is closed.
+        let closed = c.store.close_commands_of_previous_boot(&node.id).await?;
+        if closed > 0 {
+            tracing::info!(node = %node.id, closed, "commands of the previous boot closed");
+        }
+    }
     if c.config.engine.manual_enrolment && !node.enrolled && node.state == NodeState::Discovered {
         // Manual enrolment: an agent's hello does not put an unknown node
         // into the pool; an admin's `node add` does.
@@ -228,6 +284,7 @@ async fn hello(
     Ok(Json(HelloReply {
         node_id: node.id,
         heartbeat_interval_secs: c.config.agent.heartbeat_interval_secs,
+        servers: agent_servers(&s).await,
     })
     .into_response())
 }
@@ -259,7 +316,7 @@ async fn heartbeat(
     State(s): State<Arc<AppState>>,
     Extension(a): Extension<AgentNode>,
     Json(body): Json<Heartbeat>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<HeartbeatReply>, ApiError> {
     let c = &s.control;
     let value = serde_json::to_value(&body).map_err(anyhow::Error::from)?;
     let serving = a.node.state == NodeState::Ready || serving(&s, &a.node).await?;
@@ -281,7 +338,9 @@ async fn heartbeat(
             tracing::warn!(node = %a.node.id, error = %format!("{e:#}"), "could not judge the heartbeat's health");
         }
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(HeartbeatReply {
+        servers: agent_servers(&s).await,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -292,12 +351,20 @@ struct Wait {
 /// Long poll: returns due commands at once, else waits up to `wait` seconds
 /// (max 60) for the control layer to queue one. Delivery is at least once:
 /// a command handed out stays due until the agent reports it started.
+/// Only the commands of the boot the token belongs to: a next boot's token
+/// before its hello (answered at once), or a poll outliving its boot, takes
+/// nothing.
 async fn commands(
     State(s): State<Arc<AppState>>,
     Extension(a): Extension<AgentNode>,
     Query(q): Query<Wait>,
 ) -> Result<Response, ApiError> {
     let c = &s.control;
+    let Some(boot) = c.store.boot_of_token(&a.node.id, &a.token_digest).await? else {
+        // A next boot's token before its hello: nothing of the present
+        // boot's is for it (its agent says hello before it polls).
+        return Ok(Json(Vec::<Command>::new()).into_response());
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0).min(60));
     let wakeup = c.wakeups.for_node(&a.node.id);
     loop {
@@ -305,7 +372,7 @@ async fn commands(
         let notified = wakeup.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let due = c.store.take_commands(&a.node.id, 0).await?;
+        let due = c.store.take_commands(&a.node.id, boot, 0).await?;
         if !due.is_empty() {
             let out: Vec<Command> = due
                 .into_iter()

@@ -23,6 +23,11 @@ pub struct QueuedCommand {
     /// When it was last handed to the agent (redelivered until started).
     #[serde(default)]
     pub delivered_ms: Option<i64>,
+    /// The boot of the node it was queued for (the node's boot counter,
+    /// advanced by each new boot's hello): only that boot's agent is handed
+    /// it; a later boot's hello closes it.
+    #[serde(default)]
+    pub boot: i64,
 }
 
 /// OpenAPI schema of [`CommandStatus`] (defined in boot-proto, which does

@@ -161,6 +161,7 @@ conformance_tests!(
     load_history_downsamples,
     nodes_move_through_their_states_and_tokens,
     commands_are_delivered_at_least_once_and_never_reopened,
+    commands_are_bound_to_the_boot_they_were_queued_for,
     events_append_in_order_and_prune,
     reservations_hold_one_address_per_mac,
     disks_attach_and_detach,
@@ -661,13 +662,13 @@ async fn commands_are_delivered_at_least_once_and_never_reopened(s: Arc<dyn Stor
     let a = s.queue_command("n1", &CommandKind::Reboot).await.unwrap();
     let b = s.queue_command("n1", &CommandKind::Quiesce).await.unwrap();
     assert!(b > a);
-    let taken = s.take_commands("n1", 60_000).await.unwrap();
+    let taken = s.take_commands("n1", 0, 60_000).await.unwrap();
     assert_eq!(taken.iter().map(|c| c.id).collect::<Vec<_>>(), vec![a, b]);
     assert!(taken.iter().all(|c| c.status == CommandStatus::Delivered));
     // Not started yet, but not due for redelivery either.
-    assert!(s.take_commands("n1", 60_000).await.unwrap().is_empty());
+    assert!(s.take_commands("n1", 0, 60_000).await.unwrap().is_empty());
     // Due: handed out again.
-    assert_eq!(s.take_commands("n1", -1).await.unwrap().len(), 2);
+    assert_eq!(s.take_commands("n1", 0, -1).await.unwrap().len(), 2);
     assert!(s
         .update_command("n1", b, CommandStatus::Failed, "no")
         .await
@@ -685,15 +686,96 @@ async fn commands_are_delivered_at_least_once_and_never_reopened(s: Arc<dyn Stor
         .update_command("n2", b, CommandStatus::Started, "")
         .await
         .unwrap());
-    // A new boot closes what the previous one took: the reboot succeeded.
-    assert_eq!(s.close_commands_of_previous_boot("n1").await.unwrap(), 1);
-    assert_eq!(
-        s.command(a).await.unwrap().unwrap().status,
-        CommandStatus::Succeeded
-    );
     let newest = s.commands_of("n1", 1).await.unwrap();
     assert_eq!(newest.len(), 1);
     assert_eq!(newest[0].id, b);
+}
+
+/// A command belongs to the boot it was queued for: a later boot's poll
+/// never takes it, and the later boot's hello closes it with a detail that
+/// says so (handed out: a reboot succeeded, anything else failed; never
+/// handed out: failed, not carried out). An old boot's poll takes nothing
+/// of the new boot's.
+async fn commands_are_bound_to_the_boot_they_were_queued_for(s: Arc<dyn Store>) {
+    use boot_proto::CommandKind;
+    let (n, _) = s
+        .observe_node(&Sighting {
+            mac: mac(9),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = n.id.as_str();
+    s.set_next_token(id, "boot-1").await.unwrap();
+    // Its first boot, before its hello: no other boot to tell it from.
+    assert_eq!(s.boot_of_token(id, "boot-1").await.unwrap(), Some(0));
+    assert!(s.promote_token(id, "boot-1").await.unwrap());
+    assert_eq!(s.node_boot(id).await.unwrap(), 1);
+    assert_eq!(s.boot_of_token(id, "boot-1").await.unwrap(), Some(1));
+    // Boot 1 takes a reboot and starts a stop; a kexec and a start are
+    // queued after its last poll.
+    let reboot = s.queue_command(id, &CommandKind::Reboot).await.unwrap();
+    let stop = s
+        .queue_command(id, &CommandKind::StopApp { timeout_secs: 5 })
+        .await
+        .unwrap();
+    assert_eq!(s.command(reboot).await.unwrap().unwrap().boot, 1);
+    assert_eq!(s.take_commands(id, 1, 0).await.unwrap().len(), 2);
+    assert!(s
+        .update_command(id, stop, CommandStatus::Started, "")
+        .await
+        .unwrap());
+    let late_boot = s
+        .queue_command(id, &CommandKind::Reprovision)
+        .await
+        .unwrap();
+    let late_start = s
+        .queue_command(id, &CommandKind::StartApp { timeout_secs: 5 })
+        .await
+        .unwrap();
+    // Boot 2's token is minted (not yet promoted): boot 1 still polls.
+    s.set_next_token(id, "boot-2").await.unwrap();
+    assert_eq!(s.boot_of_token(id, "boot-2").await.unwrap(), None);
+    // Boot 2 says hello: the counter advances, a poll as boot 1 takes nothing.
+    assert!(s.promote_token(id, "boot-2").await.unwrap());
+    assert_eq!(s.node_boot(id).await.unwrap(), 2);
+    assert_eq!(s.boot_of_token(id, "boot-1").await.unwrap(), None);
+    assert!(s.take_commands(id, 1, 0).await.unwrap().is_empty());
+    // Not before the close either: boot 2's poll does not see boot 1's work.
+    assert!(s.take_commands(id, 2, 0).await.unwrap().is_empty());
+    let fresh = s.queue_command(id, &CommandKind::Quiesce).await.unwrap();
+    assert_eq!(s.close_commands_of_previous_boot(id).await.unwrap(), 4);
+    let get = |c: i64| {
+        let s = s.clone();
+        async move { s.command(c).await.unwrap().unwrap() }
+    };
+    let r = get(reboot).await;
+    assert_eq!(r.status, CommandStatus::Succeeded, "{r:?}");
+    assert!(r.detail.contains("booted again"), "{}", r.detail);
+    let st = get(stop).await;
+    assert_eq!(st.status, CommandStatus::Failed);
+    assert!(
+        st.detail.contains("boot 1") && st.detail.contains("before its agent reported"),
+        "{}",
+        st.detail
+    );
+    for c in [late_boot, late_start] {
+        let c = get(c).await;
+        assert_eq!(c.status, CommandStatus::Failed, "{c:?}");
+        assert!(
+            c.detail.starts_with("not carried out: queued for boot 1")
+                && c.detail.contains("boot 2 said hello"),
+            "{}",
+            c.detail
+        );
+    }
+    // Boot 2's own command is untouched and is what its poll takes.
+    assert_eq!(get(fresh).await.status, CommandStatus::Queued);
+    let taken = s.take_commands(id, 2, 0).await.unwrap();
+    assert_eq!(taken.iter().map(|c| c.id).collect::<Vec<_>>(), vec![fresh]);
+    // A second close finds nothing; a hello of the same boot closes nothing.
+    assert_eq!(s.close_commands_of_previous_boot(id).await.unwrap(), 0);
+    assert_eq!(get(fresh).await.status, CommandStatus::Delivered);
 }
 
 async fn events_append_in_order_and_prune(s: Arc<dyn Store>) {

@@ -14,6 +14,8 @@ struct Data {
     assignments: BTreeMap<String, (Selector, String)>,
     nodes: BTreeMap<String, Node>,
     tokens: HashMap<String, (Option<String>, Option<String>)>,
+    /// Each node's boot counter (advanced by a promoted token).
+    boots: HashMap<String, i64>,
     leases: BTreeMap<MacAddr, Lease>,
     reservations: BTreeMap<MacAddr, Reservation>,
     attachments: BTreeMap<String, DiskAttachment>,
@@ -320,6 +322,7 @@ impl NodeStore for MemoryStore {
             let t = d.tokens.entry(id.to_string()).or_default();
             if t.1.as_deref() == Some(token) {
                 t.0 = t.1.take();
+                *d.boots.entry(id.to_string()).or_default() += 1;
                 Ok(true)
             } else {
                 Ok(false)
@@ -543,6 +546,7 @@ impl CommandStore for MemoryStore {
         self.with(|d| {
             d.next_command += 1;
             let id = d.next_command;
+            let boot = d.boots.get(node).copied().unwrap_or(0);
             d.commands.insert(
                 id,
                 QueuedCommand {
@@ -553,6 +557,7 @@ impl CommandStore for MemoryStore {
                     detail: String::new(),
                     created_ms: now_ms(),
                     delivered_ms: None,
+                    boot,
                 },
             );
             Ok(id)
@@ -561,12 +566,20 @@ impl CommandStore for MemoryStore {
     async fn take_commands(
         &self,
         node: &str,
+        boot: i64,
         redeliver_after_ms: i64,
     ) -> Result<Vec<QueuedCommand>> {
         self.with(|d| {
             let now = now_ms();
             let mut out = Vec::new();
-            for c in d.commands.values_mut().filter(|c| c.node == node) {
+            if d.boots.get(node).copied().unwrap_or(0) != boot {
+                return Ok(out);
+            }
+            for c in d
+                .commands
+                .values_mut()
+                .filter(|c| c.node == node && c.boot == boot)
+            {
                 let due = match c.status {
                     CommandStatus::Queued => true,
                     CommandStatus::Delivered => {
@@ -615,20 +628,29 @@ impl CommandStore for MemoryStore {
             _ => Ok(false),
         })
     }
+    async fn node_boot(&self, node: &str) -> Result<i64> {
+        self.with(|d| Ok(d.boots.get(node).copied().unwrap_or(0)))
+    }
+    async fn boot_of_token(&self, node: &str, token: &str) -> Result<Option<i64>> {
+        self.with(|d| {
+            let present = match d.tokens.get(node) {
+                Some((Some(cur), _)) => cur == token,
+                Some((None, next)) => next.as_deref() == Some(token),
+                None => false,
+            };
+            Ok(present.then(|| d.boots.get(node).copied().unwrap_or(0)))
+        })
+    }
     async fn close_commands_of_previous_boot(&self, node: &str) -> Result<usize> {
         self.with(|d| {
+            let present = d.boots.get(node).copied().unwrap_or(0);
             let mut n = 0;
-            for c in d.commands.values_mut().filter(|c| {
-                c.node == node
-                    && matches!(c.status, CommandStatus::Delivered | CommandStatus::Started)
-            }) {
-                if ends_boot(&c.command) {
-                    c.status = CommandStatus::Succeeded;
-                    c.detail = "the node booted again".into();
-                } else {
-                    c.status = CommandStatus::Failed;
-                    c.detail = "the node rebooted before reporting".into();
-                }
+            for c in d
+                .commands
+                .values_mut()
+                .filter(|c| c.node == node && c.boot < present && !c.status.is_final())
+            {
+                (c.status, c.detail) = closed_by_new_boot(&c.command, c.status, c.boot, present);
                 n += 1;
             }
             Ok(n)

@@ -215,17 +215,23 @@ pub trait DiskAttachmentStore: Send + Sync {
     async fn disk_request(&self, id: i64) -> Result<Option<DiskRequest>>;
 }
 
-/// Agent commands, delivered at least once.
+/// Agent commands, delivered at least once, each bound to one boot of its
+/// node: a node's boot counter (0 until a new boot's hello first promotes
+/// its token) advances with every new boot's hello; a command carries the
+/// counter of the boot it was queued for, only that boot's agent is handed
+/// it, and the next boot's hello closes whatever it left unfinished.
 #[async_trait]
 pub trait CommandStore: Send + Sync {
-    /// Queues a command for a node; returns its id.
+    /// Queues a command for the node's present boot; returns its id.
     async fn queue_command(&self, node: &str, command: &boot_proto::CommandKind) -> Result<i64>;
-    /// Commands for a node's poll: queued ones, and delivered ones not
-    /// started within `redeliver_after_ms` (their delivery may have been
-    /// lost). Marks them delivered.
+    /// Commands for a poll by boot `boot` of the node: its queued ones, and
+    /// its delivered ones not started within `redeliver_after_ms` (their
+    /// delivery may have been lost). Marks them delivered. Nothing when
+    /// `boot` is not the node's present boot.
     async fn take_commands(
         &self,
         node: &str,
+        boot: i64,
         redeliver_after_ms: i64,
     ) -> Result<Vec<QueuedCommand>>;
     /// The command with id `id`, if any.
@@ -241,9 +247,49 @@ pub trait CommandStore: Send + Sync {
         status: CommandStatus,
         detail: &str,
     ) -> Result<bool>;
-    /// A new boot of the node said hello: commands the previous boot had
-    /// taken but not finished are closed (reboots succeeded, others failed).
+    /// The node's present boot (its boot counter; 0 for an unknown node).
+    async fn node_boot(&self, node: &str) -> Result<i64>;
+    /// The present boot of the node when `token_sha256` is its present
+    /// boot's token (promoted by that boot's hello), or the token of its
+    /// first boot before that boot's hello (no other boot to tell it from);
+    /// else `None` (a next boot's token before its hello, or a token that
+    /// is no longer valid).
+    async fn boot_of_token(&self, node: &str, token_sha256: &str) -> Result<Option<i64>>;
+    /// A new boot of the node said hello (its token promoted, the boot
+    /// counter advanced): every unfinished command of an earlier boot is
+    /// closed. Handed out and not reported: a boot-ending one
+    /// ([`ends_boot`]) succeeded, any other failed; never handed out:
+    /// failed, not carried out. The detail says which boot it was for.
     async fn close_commands_of_previous_boot(&self, node: &str) -> Result<usize>;
+}
+
+/// How a new boot's hello closes an unfinished command of an earlier boot
+/// (`status` as stored, `boot` the command's, `now` the node's present
+/// boot): the final status and the detail that says why.
+pub fn closed_by_new_boot(
+    kind: &boot_proto::CommandKind,
+    status: CommandStatus,
+    boot: i64,
+    now: i64,
+) -> (CommandStatus, String) {
+    match status {
+        CommandStatus::Queued => (
+            CommandStatus::Failed,
+            format!(
+                "not carried out: queued for boot {boot} of the node, which ended before its agent took it (boot {now} said hello)"
+            ),
+        ),
+        _ if ends_boot(kind) => (
+            CommandStatus::Succeeded,
+            format!("the node booted again (boot {now} said hello)"),
+        ),
+        _ => (
+            CommandStatus::Failed,
+            format!(
+                "boot {boot} of the node ended before its agent reported this command (boot {now} said hello)"
+            ),
+        ),
+    }
 }
 
 /// An event not yet stored.

@@ -1,5 +1,7 @@
 //! Agent commands (table `commands`), delivered at least once: a delivered
-//! command is handed out again until the agent reports it started. Taking
+//! command is handed out again until the agent reports it started. Each is
+//! bound to the boot it was queued for (`commands.boot`, the node's
+//! `nodes.boot` when it was queued): only that boot's poll takes it. Taking
 //! commands locks their rows (`FOR UPDATE SKIP LOCKED`), so two servers
 //! answering polls of one node never hand out one command twice at once.
 //! Queueing notifies every server (`notify`), so a poll waiting on any of
@@ -7,13 +9,13 @@
 
 use super::PgStore;
 use crate::model::{now_ms, CommandStatus, QueuedCommand};
-use crate::store::{ends_boot, CommandStore, Result};
+use crate::store::{closed_by_new_boot, CommandStore, Result};
 use anyhow::Context;
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-const COMMAND_COLS: &str = "id, node, body, status, detail, created_ms, delivered_ms";
+const COMMAND_COLS: &str = "id, node, body, status, detail, created_ms, delivered_ms, boot";
 
 fn to_command(r: &Row) -> Result<QueuedCommand> {
     Ok(QueuedCommand {
@@ -24,6 +26,7 @@ fn to_command(r: &Row) -> Result<QueuedCommand> {
         detail: r.get(4),
         created_ms: r.get(5),
         delivered_ms: r.get(6),
+        boot: r.get(7),
     })
 }
 
@@ -35,7 +38,8 @@ impl CommandStore for PgStore {
         let tx = client.transaction().await?;
         let id: i64 = tx
             .query_one(
-                "INSERT INTO commands(node, body, status, created_ms) VALUES ($1, $2, 'queued', $3) RETURNING id",
+                "INSERT INTO commands(node, body, status, created_ms, boot) \
+                 VALUES ($1, $2, 'queued', $3, COALESCE((SELECT boot FROM nodes WHERE id = $1), 0)) RETURNING id",
                 &[&node, &body, &now_ms()],
             )
             .await?
@@ -49,22 +53,27 @@ impl CommandStore for PgStore {
     async fn take_commands(
         &self,
         node: &str,
+        boot: i64,
         redeliver_after_ms: i64,
     ) -> Result<Vec<QueuedCommand>> {
         let now = now_ms();
         let due = now - redeliver_after_ms;
+        // The node row is read in the same statement: a boot that is no
+        // longer the node's present one takes nothing.
         let rows = self
             .client()
             .await?
             .query(
                 format!(
                     "UPDATE commands SET status = 'delivered', delivered_ms = $3 WHERE id IN (
-                         SELECT id FROM commands WHERE node = $1 AND (status = 'queued' OR (status = 'delivered' AND COALESCE(delivered_ms, 0) <= $2))
+                         SELECT id FROM commands WHERE node = $1 AND boot = $4
+                           AND (status = 'queued' OR (status = 'delivered' AND COALESCE(delivered_ms, 0) <= $2))
+                           AND NOT EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND boot <> $4)
                          ORDER BY id FOR UPDATE SKIP LOCKED)
                      RETURNING {COMMAND_COLS}"
                 )
                 .as_str(),
-                &[&node, &due, &now],
+                &[&node, &due, &now, &boot],
             )
             .await?;
         let mut out = rows.iter().map(to_command).collect::<Result<Vec<_>>>()?;
@@ -130,25 +139,52 @@ impl CommandStore for PgStore {
         Ok(true)
     }
 
+    async fn node_boot(&self, node: &str) -> Result<i64> {
+        Ok(self
+            .client()
+            .await?
+            .query_opt("SELECT boot FROM nodes WHERE id = $1", &[&node])
+            .await?
+            .map_or(0, |r| r.get(0)))
+    }
+
+    async fn boot_of_token(&self, node: &str, token_sha256: &str) -> Result<Option<i64>> {
+        Ok(self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT boot FROM nodes WHERE id = $1 \
+                 AND (agent_token = $2 OR (agent_token IS NULL AND next_agent_token = $2))",
+                &[&node, &token_sha256],
+            )
+            .await?
+            .map(|r| r.get(0)))
+    }
+
     async fn close_commands_of_previous_boot(&self, node: &str) -> Result<usize> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // The node row first: a hello advancing the counter meanwhile waits.
+        let Some(present) = tx
+            .query_opt("SELECT boot FROM nodes WHERE id = $1 FOR SHARE", &[&node])
+            .await?
+            .map(|r| r.get::<_, i64>(0))
+        else {
+            return Ok(0);
+        };
         let rows = tx
             .query(
                 format!(
-                    "SELECT {COMMAND_COLS} FROM commands WHERE node = $1 AND status IN ('delivered', 'started') FOR UPDATE"
+                    "SELECT {COMMAND_COLS} FROM commands WHERE node = $1 AND boot < $2 \
+                     AND status IN ('queued', 'delivered', 'started') FOR UPDATE"
                 )
                 .as_str(),
-                &[&node],
+                &[&node, &present],
             )
             .await?;
         for row in &rows {
             let cmd = to_command(row)?;
-            let (status, detail) = if ends_boot(&cmd.command) {
-                (CommandStatus::Succeeded, "the node booted again")
-            } else {
-                (CommandStatus::Failed, "the node rebooted before reporting")
-            };
+            let (status, detail) = closed_by_new_boot(&cmd.command, cmd.status, cmd.boot, present);
             tx.execute(
                 "UPDATE commands SET status = $2, detail = $3 WHERE id = $1",
                 &[&cmd.id, &status.as_str(), &detail],

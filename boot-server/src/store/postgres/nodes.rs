@@ -274,7 +274,7 @@ impl NodeStore for PgStore {
             .client()
             .await?
             .execute(
-                "UPDATE nodes SET agent_token = next_agent_token, next_agent_token = NULL WHERE id = $1 AND next_agent_token = $2",
+                "UPDATE nodes SET agent_token = next_agent_token, next_agent_token = NULL, boot = boot + 1 WHERE id = $1 AND next_agent_token = $2",
                 &[&id, &token_sha256],
             )
             .await?

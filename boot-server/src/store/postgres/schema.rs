@@ -12,6 +12,7 @@
 //!   shared store has several servers) the designated-controller lease row.
 //! - 4: API tokens.
 //! - 5: the server registry (name, registration, last heartbeat).
+//! - 8: node boot counter, the boot each command is bound to.
 
 use anyhow::{bail, Context, Result};
 
@@ -170,6 +171,14 @@ CREATE INDEX disk_requests_server ON disk_requests(server, status);
 "#;
 
 
+/// Version 8 (commands bound to a boot): each
+/// node's boot counter, advanced by every new boot's hello, and the boot
+/// each command was queued for.
+const V8: &str = r#"
+ALTER TABLE nodes ADD COLUMN boot BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE commands ADD COLUMN boot BIGINT NOT NULL DEFAULT 0;
+"#;
+
 /// Version 9 (several servers' DHCP, issue 14): the database chooses and
 /// holds an OFFER's address (`boot_offer`) and stores an ACK's lease
 /// (`boot_put_lease`), each in one call, so an exchange costs the DHCP server
@@ -285,8 +294,7 @@ END
 $fn$;
 "#;
 
-
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V9];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
 
 /// The schema version this build writes (the same number as SQLite's).
 pub fn latest_version() -> usize {

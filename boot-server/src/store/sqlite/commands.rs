@@ -1,16 +1,18 @@
 //! Agent commands (table `commands`), delivered at least once: a delivered
-//! command is handed out again until the agent reports it started.
+//! command is handed out again until the agent reports it started. Each is
+//! bound to the boot it was queued for (`commands.boot`, the node's
+//! `nodes.boot` when it was queued): only that boot's poll takes it.
 
 use super::SqliteStore;
 use crate::model::{now_ms, CommandStatus, QueuedCommand};
-use crate::store::{ends_boot, CommandStore, Result};
+use crate::store::{closed_by_new_boot, CommandStore, Result};
 use anyhow::Context;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
-const COMMAND_COLS: &str = "id, node, body, status, detail, created_ms, delivered_ms";
+const COMMAND_COLS: &str = "id, node, body, status, detail, created_ms, delivered_ms, boot";
 
-type RawCommand = (i64, String, String, String, String, i64, Option<i64>);
+type RawCommand = (i64, String, String, String, String, i64, Option<i64>, i64);
 
 fn command_from_row(r: &Row) -> rusqlite::Result<RawCommand> {
     Ok((
@@ -21,6 +23,7 @@ fn command_from_row(r: &Row) -> rusqlite::Result<RawCommand> {
         r.get(4)?,
         r.get(5)?,
         r.get(6)?,
+        r.get(7)?,
     ))
 }
 
@@ -33,6 +36,7 @@ fn to_command(t: RawCommand) -> Result<QueuedCommand> {
         detail: t.4,
         created_ms: t.5,
         delivered_ms: t.6,
+        boot: t.7,
     })
 }
 
@@ -42,7 +46,8 @@ impl CommandStore for SqliteStore {
         let (node, body) = (node.to_string(), serde_json::to_string(command)?);
         self.write(move |c| {
             c.execute(
-                "INSERT INTO commands(node, body, status, created_ms) VALUES (?1, ?2, 'queued', ?3)",
+                "INSERT INTO commands(node, body, status, created_ms, boot) \
+                 VALUES (?1, ?2, 'queued', ?3, COALESCE((SELECT boot FROM nodes WHERE id = ?1), 0))",
                 params![node, body, now_ms()],
             )?;
             Ok(c.last_insert_rowid())
@@ -53,17 +58,21 @@ impl CommandStore for SqliteStore {
     async fn take_commands(
         &self,
         node: &str,
+        boot: i64,
         redeliver_after_ms: i64,
     ) -> Result<Vec<QueuedCommand>> {
         let node = node.to_string();
         self.write(move |c| {
             let now = now_ms();
             let due = now - redeliver_after_ms;
+            // One writer: the node's boot cannot advance between the two.
             let mut st = c.prepare(&format!(
-                "SELECT {COMMAND_COLS} FROM commands WHERE node = ?1 AND (status = 'queued' OR (status = 'delivered' AND COALESCE(delivered_ms, 0) <= ?2)) ORDER BY id"
+                "SELECT {COMMAND_COLS} FROM commands WHERE node = ?1 AND boot = ?3 \
+                 AND (status = 'queued' OR (status = 'delivered' AND COALESCE(delivered_ms, 0) <= ?2)) \
+                 AND NOT EXISTS (SELECT 1 FROM nodes WHERE id = ?1 AND boot <> ?3) ORDER BY id"
             ))?;
             let rows: Vec<_> = st
-                .query_map(params![node, due], command_from_row)?
+                .query_map(params![node, due, boot], command_from_row)?
                 .collect::<rusqlite::Result<_>>()?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
@@ -138,23 +147,57 @@ impl CommandStore for SqliteStore {
         .await
     }
 
+    async fn node_boot(&self, node: &str) -> Result<i64> {
+        let node = node.to_string();
+        self.read(move |c| {
+            Ok(
+                c.query_row("SELECT boot FROM nodes WHERE id = ?1", params![node], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .unwrap_or(0),
+            )
+        })
+        .await
+    }
+
+    async fn boot_of_token(&self, node: &str, token_sha256: &str) -> Result<Option<i64>> {
+        let (node, token) = (node.to_string(), token_sha256.to_string());
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT boot FROM nodes WHERE id = ?1 \
+                 AND (agent_token = ?2 OR (agent_token IS NULL AND next_agent_token = ?2))",
+                params![node, token],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     async fn close_commands_of_previous_boot(&self, node: &str) -> Result<usize> {
         let node = node.to_string();
         self.write(move |c| {
+            let present: Option<i64> = c
+                .query_row("SELECT boot FROM nodes WHERE id = ?1", params![node], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(present) = present else {
+                return Ok(0);
+            };
             let mut st = c.prepare(&format!(
-                "SELECT {COMMAND_COLS} FROM commands WHERE node = ?1 AND status IN ('delivered', 'started')"
+                "SELECT {COMMAND_COLS} FROM commands WHERE node = ?1 AND boot < ?2 \
+                 AND status IN ('queued', 'delivered', 'started')"
             ))?;
             let rows: Vec<_> = st
-                .query_map(params![node], command_from_row)?
+                .query_map(params![node, present], command_from_row)?
                 .collect::<rusqlite::Result<_>>()?;
             let n = rows.len();
             for row in rows {
                 let cmd = to_command(row)?;
-                let (status, detail) = if ends_boot(&cmd.command) {
-                    (CommandStatus::Succeeded, "the node booted again")
-                } else {
-                    (CommandStatus::Failed, "the node rebooted before reporting")
-                };
+                let (status, detail) =
+                    closed_by_new_boot(&cmd.command, cmd.status, cmd.boot, present);
                 c.execute(
                     "UPDATE commands SET status = ?2, detail = ?3 WHERE id = ?1",
                     params![cmd.id, status.as_str(), detail],

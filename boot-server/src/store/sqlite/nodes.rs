@@ -235,7 +235,7 @@ impl NodeStore for SqliteStore {
     async fn promote_token(&self, id: &str, token_sha256: &str) -> Result<bool> {
         Ok(self
             .exec(
-                "UPDATE nodes SET agent_token = next_agent_token, next_agent_token = NULL WHERE id = ?1 AND next_agent_token = ?2",
+                "UPDATE nodes SET agent_token = next_agent_token, next_agent_token = NULL, boot = boot + 1 WHERE id = ?1 AND next_agent_token = ?2",
                 vec![id.to_string().into(), token_sha256.to_string().into()],
             )
             .await?

@@ -11,6 +11,7 @@
 //!   samples; what a node's hello said (time, image, agent protocol).
 //! - 4: API tokens.
 //! - 5: failover hosts and their VMs.
+//! - 8: node boot counter, the boot each command is bound to.
 
 use anyhow::{bail, Context, Result};
 use rusqlite::Connection;
@@ -162,6 +163,14 @@ CREATE TABLE disk_requests (
 CREATE INDEX disk_requests_server ON disk_requests(server, status);
 "#;
 
+/// Version 8 (commands bound to a boot): each
+/// node's boot counter, advanced by every new boot's hello, and the boot
+/// each command was queued for.
+const V8: &str = r#"
+ALTER TABLE nodes ADD COLUMN boot INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE commands ADD COLUMN boot INTEGER NOT NULL DEFAULT 0;
+"#;
+
 /// Version 9: nothing here — PostgreSQL's V9 adds the functions through
 /// which several servers allocate DHCP addresses; one server with SQLite
 /// allocates in memory. (Kept so both backends count versions alike.)
@@ -193,13 +202,14 @@ fn migrations() -> Migrations<'static> {
         M::up(V5),
         M::up(V6),
         M::up(V7),
+        M::up(V8),
         M::up(V9),
     ])
 }
 
 /// The schema version this build writes.
 pub fn latest_version() -> usize {
-    8
+    9
 }
 
 fn version_of(conn: &Connection) -> Result<usize> {
