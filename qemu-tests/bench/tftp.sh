@@ -2,7 +2,8 @@
 # TFTP throughput: boot-tftp (example `tftpd`) against dnsmasq's built-in TFTP
 # server. Both run on the loopback of a private network namespace created here
 # (dnsmasq can only serve TFTP on port 69); curl fetches a 64 MiB file from
-# each, alternating, N times per block size, and the medians are printed.
+# each, alternating, N times per block size, and the medians are printed with each
+# server's median CPU time per MB (utime + stime over the fetch) and the load.
 # Then the same with the crate's RFC 7440 client (example `tftpget`) asking
 # windowsize W at blksize 1468: a server without windowsize (dnsmasq 2.90)
 # leaves it out of its OACK and the client runs lock-step; the window each
@@ -76,6 +77,8 @@ ip netns exec "$ns" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 
 pids+=($!)
 ip netns exec "$ns" "$tftpd" --listen 127.0.0.1:6969 --root "$work/root" > "$work/tftpd.out" 2> "$work/tftpd.log" &
 pids+=($!)
+# Server process by port (ip netns exec execs the server: $! is its pid).
+declare -A SPID=([6969]=$!)
 
 # Optional third contender, run as `$ASYNC_TFTP_BIN DIR 127.0.0.1:7070`.
 if [ -n "${ASYNC_TFTP_BIN:-}" ]; then
@@ -90,11 +93,26 @@ for port in 69 6969 ${ASYNC_TFTP_BIN:+7070}; do
   ready $port || { echo "server on port $port did not come up" >&2; cat "$work"/*.log >&2; exit 1; }
 done
 
+SPID[69]=$(cat "$work/dnsmasq.pid" 2>/dev/null || pgrep -f "tftp-root=$work/root" | head -1)
+[ -n "${ASYNC_TFTP_BIN:-}" ] && SPID[7070]=$(pgrep -f "$ASYNC_TFTP_BIN" | head -1)
+hz=$(getconf CLK_TCK)
+# CPU clock ticks (utime + stime) the server on PORT has used so far.
+ticks() { awk '{print $14 + $15}' "/proc/${SPID[$1]}/stat"; }
+# cpu_note PORT TICKS_BEFORE: appends the server's CPU µs per MB of the last fetch
+# to $work/cpu.PORT.
+cpu_note() {
+  awk -v a="$2" -v b="$(ticks "$1")" -v hz="$hz" -v mb="$SIZE_MB" \
+    'BEGIN { printf "%.0f\n", (b - a) * 1e6 / hz / (mb * 1.048576) }' >> "$work/cpu.$1"
+}
+cpu_median() { median < "$work/cpu.$1"; rm -f "$work/cpu.$1"; }
+
 # fetch PORT BLKSIZE -> prints MB/s (10^6 bytes), checks the bytes.
 fetch() {
-  local speed
+  local speed c0
+  c0=$(ticks "$1")
   speed=$(inns curl -sf --max-time 120 --tftp-blksize "$2" -w '%{speed_download}' \
     "tftp://127.0.0.1:$1/big" -o "$work/out")
+  cpu_note "$1" "$c0"
   cmp -s "$work/out" "$work/root/big" || { echo "port $1: data differs" >&2; exit 1; }
   awk -v s="$speed" 'BEGIN { printf "%.1f\n", s / 1e6 }'
 }
@@ -120,9 +138,9 @@ for bs in $BLKSIZES; do
   line="blksize $bs:"
   for s in $(seq 0 $((k - 1))); do
     med[$s]=$(printf '%s\n' ${runs[$s]} | median)
-    line+=" ${names[$s]} ${med[$s]} MB/s [${runs[$s]% }],"
+    line+=" ${names[$s]} ${med[$s]} MB/s, CPU $(cpu_median "${ports[$s]}") us/MB [${runs[$s]% }],"
   done
-  echo "${line%,}"
+  echo "${line%,}  (load: $(cut -d' ' -f1-3 /proc/loadavg))"
   for s in $(seq 1 $((k - 1))); do
     echo "  ratio boot-tftp/${names[$s]} at $bs: $(awk -v a="${med[0]}" -v b="${med[$s]}" 'BEGIN { printf "%.2f", a / b }')"
   done
@@ -132,8 +150,10 @@ done
 # fetchw PORT WINDOW -> prints MB/s with tftpget (blksize 1468), checks the
 # bytes, and records the window the server granted in $work/granted.PORT.
 fetchw() {
-  local line
+  local line c0
+  c0=$(ticks "$1")
   line=$(inns "$tftpget" --blksize 1468 --windowsize "$2" "127.0.0.1:$1" big "$work/out")
+  cpu_note "$1" "$c0"
   cmp -s "$work/out" "$work/root/big" || { echo "port $1: data differs" >&2; exit 1; }
   echo "$line" | sed -n 's/.*windowsize=\([0-9]*\).*/\1/p' > "$work/granted.$1"
   echo "$line" | sed -n 's/.*mb_per_s=\([0-9.]*\).*/\1/p'
@@ -152,9 +172,9 @@ for w in $WINDOWS; do
   line="windowsize $w:"
   for s in $(seq 0 $((k - 1))); do
     med[$s]=$(printf '%s\n' ${runs[$s]} | median)
-    line+=" ${names[$s]} ${med[$s]} MB/s (granted $(cat "$work/granted.${ports[$s]}")) [${runs[$s]% }],"
+    line+=" ${names[$s]} ${med[$s]} MB/s, CPU $(cpu_median "${ports[$s]}") us/MB (granted $(cat "$work/granted.${ports[$s]}")) [${runs[$s]% }],"
   done
-  echo "${line%,}"
+  echo "${line%,}  (load: $(cut -d' ' -f1-3 /proc/loadavg))"
   for s in $(seq 1 $((k - 1))); do
     echo "  ratio boot-tftp/${names[$s]} at windowsize $w: $(awk -v a="${med[0]}" -v b="${med[$s]}" 'BEGIN { printf "%.2f", a / b }')"
   done

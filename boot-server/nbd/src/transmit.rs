@@ -6,6 +6,17 @@
 //! matched by cookie. Threads per connection and the large WRITE buffers across all
 //! connections are bounded by the server's `NbdLimits` (see `conns`).
 //! Simple replies unless the client negotiated structured replies.
+//!
+//! Leader/follower for reads that cannot block: a READ whose bytes are all in the page
+//! cache (read with `preadv2(RWF_NOWAIT)`, which never waits for the disk) is answered
+//! by the worker that read it *while it still holds the reader lock*, and that worker
+//! goes on reading the next request. A sequential read from a warm cache is then
+//! served by one thread that never hands a lock to another: before, every request
+//! passed the reader lock and then the writer lock between sleeping threads (futex
+//! wake-ups and, on a busy machine, waits for a CPU per request). Requests that may
+//! block (a READ that needs the disk, WRITE, FLUSH, TRIM, ...) release the reader lock
+//! first, so they still run in parallel. A READ reply (header and data) leaves in one
+//! write(2) from the worker's buffer.
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -42,69 +53,40 @@ enum Out {
     /// The first n bytes of the worker's buffer.
     Buf(usize),
     Small(Vec<u8>),
-    /// Reply header, then the export's bytes [off, off+len) sent with sendfile(2).
-    Sendfile(Vec<u8>, u64, u64),
 }
 
-/// READs at least this long are sent with sendfile(2) (one copy less than pread+write).
-const SENDFILE_MIN: usize = 64 * 1024;
-static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+/// preadv2(2) with RWF_NOWAIT: reads `buf` at `off` only from the page cache. Some(n)
+/// bytes read (0 at end of file), None when the data needs the disk (EAGAIN) or the
+/// kernel cannot say (EOPNOTSUPP, ENOSYS, EINTR...).
+fn pread_nowait(f: &std::fs::File, buf: &mut [u8], off: u64) -> Option<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let off = libc::off_t::try_from(off).ok()?;
+    // SAFETY: `iov` describes `buf`, `buf.len()` writable bytes that outlive the call;
+    // the descriptor stays open for the lifetime of `f`.
+    let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    usize::try_from(n).ok()
+}
 
-/// send(2) with MSG_MORE so the header shares a segment with the data after it.
-fn send_more(sock: &TcpStream, mut b: &[u8]) -> io::Result<()> {
-    while !b.is_empty() {
-        // SAFETY: `sock` keeps the fd open; the pointer and length come from
-        // the live slice `b`, which send(2) only reads.
-        let n = unsafe {
-            libc::send(
-                sock.as_raw_fd(),
-                b.as_ptr().cast(),
-                b.len(),
-                libc::MSG_MORE | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+/// Fills `buf` with [off, off + buf.len()) of `f` from the page cache only (zeros past
+/// the end of the file); false as soon as a part needs the disk.
+fn read_cached(f: &std::fs::File, mut buf: &mut [u8], mut off: u64) -> bool {
+    while !buf.is_empty() {
+        match pread_nowait(f, buf, off) {
+            Some(0) => {
+                buf.fill(0);
+                return true;
             }
-            return Err(e);
-        }
-        b = &b[n as usize..];
-    }
-    Ok(())
-}
-
-/// sendfile(2) of [off, end) of `f`; zeros past end of file.
-fn send_file(sock: &mut TcpStream, f: &std::fs::File, mut off: u64, end: u64) -> io::Result<()> {
-    while off < end {
-        let mut o = off as libc::off_t;
-        let want = (end - off).min(1 << 30) as usize;
-        // SAFETY: valid fds; `o` is a local offset, the file position is not used.
-        let n = unsafe { libc::sendfile(sock.as_raw_fd(), f.as_raw_fd(), &mut o, want) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+            Some(n) => {
+                buf = &mut buf[n..];
+                off += n as u64;
             }
-            return Err(e);
+            None => return false,
         }
-        if n == 0 {
-            // Past end of file: the rest reads as zeros.
-            return send_zeros(sock, end - off);
-        }
-        off += n as u64;
     }
-    Ok(())
-}
-
-fn send_zeros(sock: &mut TcpStream, mut n: u64) -> io::Result<()> {
-    while n > 0 {
-        let k = n.min(ZEROS.len() as u64) as usize;
-        sock.write_all(&ZEROS[..k])?;
-        n -= k as u64;
-    }
-    Ok(())
+    true
 }
 
 struct Conn {
@@ -169,29 +151,11 @@ impl Conn {
         v
     }
 
-    /// Builds a READ reply in `buf`; returns what to send.
-    fn read(&self, req: &Request, buf: &mut Vec<u8>) -> Out {
-        let len = req.length as usize;
-        if len == 0 {
-            return Out::Small(self.ok_reply(req.cookie));
-        }
+    /// Writes a READ reply's header into `buf` (grown to hold the data after it);
+    /// returns the header's length.
+    fn read_header(&self, req: &Request, buf: &mut Vec<u8>) -> usize {
         let hdr = if self.structured { 28 } else { 16 };
-        if len >= SENDFILE_MIN {
-            // Header now, data straight from the page cache at send time.
-            let mut h = Vec::with_capacity(28);
-            if self.structured {
-                h.extend_from_slice(&structured_header(
-                    REPLY_FLAG_DONE,
-                    REPLY_TYPE_OFFSET_DATA,
-                    req.cookie,
-                    8 + req.length,
-                ));
-                h.extend_from_slice(&req.offset.to_be_bytes());
-            } else {
-                h.extend_from_slice(&simple_reply(0, req.cookie));
-            }
-            return Out::Sendfile(h, req.offset, u64::from(req.length));
-        }
+        let len = req.length as usize;
         if buf.len() < hdr + len {
             buf.resize(hdr + len, 0);
         }
@@ -207,6 +171,41 @@ impl Conn {
         } else {
             buf[..16].copy_from_slice(&simple_reply(0, req.cookie));
         }
+        hdr
+    }
+
+    /// Builds a READ reply in `buf` from the page cache alone (preadv2 RWF_NOWAIT);
+    /// None when some of it needs the disk.
+    fn read_from_cache(&self, req: &Request, buf: &mut Vec<u8>) -> Option<Out> {
+        if req.length == 0 {
+            return Some(Out::Small(self.ok_reply(req.cookie)));
+        }
+        let hdr = self.read_header(req, buf);
+        for (src, a, b) in self.disk.read_plan(req.offset, u64::from(req.length)) {
+            let at = hdr + (a - req.offset) as usize;
+            let part = &mut buf[at..at + (b - a) as usize];
+            match src {
+                Some(f) => {
+                    if !read_cached(f, part, a) {
+                        return None;
+                    }
+                }
+                None => part.fill(0),
+            }
+        }
+        Some(Out::Buf(hdr + req.length as usize))
+    }
+
+    /// Builds a READ reply in `buf` (header and data, sent with one write).
+    /// Measured on loopback: sendfile(2) of the data, as before, cost the reading
+    /// client twice the kernel CPU (nbdcopy: ~0.5 s vs ~0.25 s per GiB) and took
+    /// ~1.5x the time of one write from this buffer.
+    fn read(&self, req: &Request, buf: &mut Vec<u8>) -> Out {
+        let len = req.length as usize;
+        if len == 0 {
+            return Out::Small(self.ok_reply(req.cookie));
+        }
+        let hdr = self.read_header(req, buf);
         match self.disk.read_at(&mut buf[hdr..hdr + len], req.offset) {
             Ok(()) => Out::Buf(hdr + len),
             Err(e) => {
@@ -389,8 +388,13 @@ enum Next<'a> {
     Stop,
 }
 
-fn read_next<'a>(sh: &'a Shared<'_>, buf: &mut Vec<u8>) -> Result<Next<'a>> {
-    let mut rd = sh.reader.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+/// Reads the next request (and a WRITE's payload) from `rd`, the reader the caller
+/// holds locked.
+fn read_next<'a>(
+    sh: &'a Shared<'_>,
+    rd: &mut BufReader<TcpStream>,
+    buf: &mut Vec<u8>,
+) -> Result<Next<'a>> {
     if sh.stop.load(Ordering::SeqCst) {
         return Ok(Next::Stop);
     }
@@ -433,6 +437,10 @@ fn read_next<'a>(sh: &'a Shared<'_>, buf: &mut Vec<u8>) -> Result<Next<'a>> {
         return Ok(Next::Refuse(req, err));
     }
     let mut budget = None;
+    if req.command == Command::Read && req.length as usize > SMALL_BUF {
+        // A READ's reply is built in a buffer as large as the read.
+        budget = Some(sh.ticket.registry().buffers().acquire(req.length as usize));
+    }
     if req.command == Command::Write {
         let len = req.length as usize;
         if len > SMALL_BUF {
@@ -449,12 +457,66 @@ fn read_next<'a>(sh: &'a Shared<'_>, buf: &mut Vec<u8>) -> Result<Next<'a>> {
     Ok(Next::Run(req, budget))
 }
 
+/// Counts a request that ran with reply `out`.
+fn count(sh: &Shared<'_>, req: &Request, out: &Out) {
+    let stats = sh.ticket.registry().stats();
+    let counter = match req.command {
+        Command::Read => &stats.reads,
+        Command::Write => &stats.writes,
+        _ => &stats.other_requests,
+    };
+    NbdStats::add(counter, 1);
+    if req.command == Command::Read && !matches!(out, Out::Small(_)) {
+        NbdStats::add(&stats.bytes_read, u64::from(req.length));
+    }
+}
+
+/// Runs a validated request and counts it.
+fn run(sh: &Shared<'_>, req: &Request, buf: &mut Vec<u8>) -> Out {
+    let out = sh.conn.execute(req, buf);
+    count(sh, req, &out);
+    out
+}
+
+/// Sends a reply under the writer lock; `buf` holds an `Out::Buf` reply.
+fn send(sh: &Shared<'_>, out: &Out, buf: &[u8]) -> Result<()> {
+    let mut w = sh.writer.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    match out {
+        Out::Buf(n) => w.write_all(&buf[..*n]).context("send reply")?,
+        Out::Small(v) => w.write_all(v).context("send reply")?,
+    }
+    Ok(())
+}
+
 fn worker(sh: &Shared<'_>) -> Result<()> {
     let stats = sh.ticket.registry().stats();
     let mut buf: Vec<u8> = Vec::new();
     loop {
+        let next = {
+            let mut rd = sh.reader.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            loop {
+                match read_next(sh, &mut rd, &mut buf)? {
+                    // The leader answers reads from memory itself and keeps reading:
+                    // no lock changes hands (see the module doc).
+                    Next::Run(req, budget) if req.command == Command::Read => {
+                        match sh.conn.read_from_cache(&req, &mut buf) {
+                            Some(out) => {
+                                count(sh, &req, &out);
+                                send(sh, &out, &buf)?;
+                                drop(budget);
+                                if buf.len() > SMALL_BUF {
+                                    buf = Vec::new();
+                                }
+                            }
+                            None => break Next::Run(req, budget),
+                        }
+                    }
+                    other => break other,
+                }
+            }
+        };
         let mut budget = None;
-        let out = match read_next(sh, &mut buf)? {
+        let out = match next {
             Next::Stop => return Ok(()),
             Next::Refuse(req, err) => {
                 NbdStats::add(&stats.errors, 1);
@@ -463,35 +525,10 @@ fn worker(sh: &Shared<'_>) -> Result<()> {
             }
             Next::Run(req, b) => {
                 budget = b;
-                let counter = match req.command {
-                    Command::Read => &stats.reads,
-                    Command::Write => &stats.writes,
-                    _ => &stats.other_requests,
-                };
-                NbdStats::add(counter, 1);
-                let out = sh.conn.execute(&req, &mut buf);
-                if req.command == Command::Read && !matches!(out, Out::Small(_)) {
-                    NbdStats::add(&stats.bytes_read, u64::from(req.length));
-                }
-                out
+                run(sh, &req, &mut buf)
             }
         };
-        let mut w = sh.writer.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        match &out {
-            Out::Buf(n) => w.write_all(&buf[..*n]).context("send reply")?,
-            Out::Small(v) => w.write_all(v).context("send reply")?,
-            Out::Sendfile(h, off, len) => {
-                send_more(&w, h).context("send reply header")?;
-                for (src, a, b) in sh.conn.disk.read_plan(*off, *len) {
-                    match src {
-                        Some(f) => send_file(&mut w, f, a, b),
-                        None => send_zeros(&mut w, b - a),
-                    }
-                    .context("send read data")?;
-                }
-            }
-        }
-        drop(w);
+        send(sh, &out, &buf)?;
         // Large buffers are only lent by the budget for one request.
         if buf.len() > SMALL_BUF {
             buf = Vec::new();

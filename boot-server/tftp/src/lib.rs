@@ -36,6 +36,8 @@
 //! client. A short busy-poll before blocking was tried and was slower on
 //! 2 cores (it steals the client's CPU). UEFI clients negotiate windowsize 4,
 //! which this server honours and dnsmasq 2.90 does not.
+//! A window of W blocks leaves in one `sendmmsg` call (W `sendto` calls
+//! before).
 //!
 //! Module map: [`packet`] wire format, [`path`] the answer to a refused name
 //! (names are resolved by `boot_fs::resolve_path`),
