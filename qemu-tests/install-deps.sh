@@ -33,6 +33,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+# qemu-block-extra (Debian 12's 7.2) conflicts with a newer qemu-utils from
+# backports, and apt resolves that by *removing* qemu-utils: put the matching
+# one back, else qemu-img (NBD, iSCSI and snapshot tests) is gone.
+if ! command -v qemu-img >/dev/null; then
+    echo "install-deps: qemu-img is missing (qemu-utils removed by a version conflict?); installing qemu-utils" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-utils
+fi
 # Services the packages start on install would hold the lab's ports; the lab
 # runs its own instances inside namespaces.
 for svc in dnsmasq nginx prometheus tgt iscsid; do
