@@ -33,7 +33,7 @@ benches=(
   "tftp|env N=$n $here/tftp.sh|env N=1 SIZE_MB=4 BLKSIZES=1468 WINDOWS=4 $here/tftp.sh|ratio boot-tftp"
   "http|env C=500 R=$n $here/http.sh|env C=5 R=1 $here/http.sh|^ratio |^(boot-server|nginx) "
   "storm|env R=$n $here/storm.sh 500|$here/storm.sh --smoke|^ratio |^(boot-server|dnsmasq\+nginx): "
-  "nbd|env N=$n $here/nbd.sh|env N=1 SIZE_MB=16 $here/nbd.sh|^ratio |MB/s"
+  "nbd|env N=$n $here/nbd.sh|env N=1 WRITE_N=1 SIZE_MB=16 $here/nbd.sh|^ratio |MB/s"
   "boot-bios|$here/boot.sh -n $n --kernels lab|$here/boot.sh -n 1|^(median|ratio) "
   "boot-uefi|$here/boot.sh -n $n --firmware uefi|$here/boot.sh -n 1 --firmware uefi --only server|^(median|ratio) "
   "boot-tuned|$here/boot.sh -n $n --conv-tricks --kernels lab,debian|-|^ratio boot-server agent ready \\(lab"
