@@ -8,25 +8,10 @@
 
 mod common;
 
-use common::{curl, fresh_database, Server};
-use std::time::{Duration, Instant};
+use common::{curl, fresh_database, wait_for, Server};
 
 fn config(url: &str, name: &str) -> String {
     format!("[store]\nurl = \"{url}\"\nserver_name = \"{name}\"\ncontroller_ttl_ms = 3000\n")
-}
-
-/// Polls `f` every 100 ms until it gives `Some`, for at most `secs`.
-fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let until = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > until {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn sha256_hex(data: &[u8]) -> String {

@@ -10,61 +10,17 @@
 
 mod common;
 
-use common::{curl, random_bytes, write_image, Server};
+use common::{curl, fresh_database, random_bytes, wait_for, write_image, Server};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use test_support::Need;
 
 const MAC: &str = "52:54:00:00:0e:01";
 
-/// A fresh database on the test cluster: its URL, and a client to drop it.
-async fn fresh_database(test: &str) -> Option<(String, tokio_postgres::Client, String)> {
-    let Ok(url) = std::env::var("BOOT_TEST_PG_URL") else {
-        test_support::skip(
-            test,
-            "BOOT_TEST_PG_URL is not set (qemu-tests/lib/test-postgres.sh start prints one)",
-        );
-        return None;
-    };
-    let (client, conn) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-        Ok(c) => c,
-        Err(e) => {
-            test_support::skip(test, &format!("PostgreSQL at {url} is unreachable: {e}"));
-            return None;
-        }
-    };
-    tokio::spawn(conn);
-    let db = format!("ovlsrv_{}", std::process::id());
-    client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
-    Some((format!("{base}/{db}"), client, db))
-}
-
 fn config(url: &str, name: &str) -> String {
     format!(
         "server_ip = \"127.0.0.1\"\n[store]\nurl = \"{url}\"\nserver_name = \"{name}\"\ncontroller_ttl_ms = 3000\n"
     )
-}
-
-/// Polls `f` every 100 ms until it gives `Some`, for at most `secs`.
-fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let until = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > until {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn nbdinfo_ok(url: &str) -> bool {
@@ -126,7 +82,7 @@ async fn an_overlay_is_exported_by_its_serving_server_and_booted_from_it() {
     if !test_support::require(test, &[Need::Tool("nbdinfo"), Need::Tool("curl")]) {
         return;
     }
-    let Some((url, admin, db)) = fresh_database(test).await else {
+    let Some((url, admin, db)) = fresh_database(test, "ovlsrv").await else {
         return;
     };
     let (dir1, cfg1) = Server::prepare(&config(&url, "srv1"));

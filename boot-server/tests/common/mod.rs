@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Server {
     pub child: Child,
@@ -223,4 +223,18 @@ pub async fn fresh_database(
         .unwrap();
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
     Some((format!("{base}/{db}"), client, db))
+}
+
+/// Polls `f` every 100 ms until it gives `Some`, for at most `secs`.
+pub fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -170,7 +170,6 @@ CREATE TABLE disk_requests (
 CREATE INDEX disk_requests_server ON disk_requests(server, status);
 "#;
 
-
 /// Version 8 (commands bound to a boot): each
 /// node's boot counter, advanced by every new boot's hello, and the boot
 /// each command was queued for.
