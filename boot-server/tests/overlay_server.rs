@@ -10,8 +10,9 @@
 
 mod common;
 
-use common::{curl, fresh_database, random_bytes, wait_for, write_image, Server};
-use std::process::Command;
+use common::{
+    curl, fresh_database, nbd_open, nbdinfo, random_bytes, wait_for, write_image, Server,
+};
 use std::time::{Duration, Instant};
 use test_support::Need;
 
@@ -21,48 +22,6 @@ fn config(url: &str, name: &str) -> String {
     format!(
         "server_ip = \"127.0.0.1\"\n[store]\nurl = \"{url}\"\nserver_name = \"{name}\"\ncontroller_ttl_ms = 3000\n"
     )
-}
-
-fn nbdinfo_ok(url: &str) -> bool {
-    Command::new("nbdinfo")
-        .arg("--size")
-        .arg(url)
-        .output()
-        .expect("nbdinfo (libnbd-bin)")
-        .status
-        .success()
-}
-
-/// Opens `name` over NBD (fixed newstyle + GO) and returns the connected
-/// socket in transmission mode: the export stays open while it lives.
-fn nbd_open(addr: &str, name: &str) -> std::net::TcpStream {
-    use boot_proto::nbd::*;
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let mut hello = [0u8; 18];
-    s.read_exact(&mut hello).unwrap();
-    s.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())
-        .unwrap();
-    let mut opt = Vec::new();
-    opt.extend_from_slice(&IHAVEOPT.to_be_bytes());
-    opt.extend_from_slice(&OPT_GO.to_be_bytes());
-    opt.extend_from_slice(&((4 + name.len() + 2) as u32).to_be_bytes());
-    opt.extend_from_slice(&(name.len() as u32).to_be_bytes());
-    opt.extend_from_slice(name.as_bytes());
-    opt.extend_from_slice(&0u16.to_be_bytes());
-    s.write_all(&opt).unwrap();
-    loop {
-        let mut h = [0u8; 20];
-        s.read_exact(&mut h).unwrap();
-        let typ = u32::from_be_bytes(h[12..16].try_into().unwrap());
-        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
-        let mut body = vec![0u8; len];
-        s.read_exact(&mut body).unwrap();
-        assert!(typ & (1 << 31) == 0, "GO {name} refused ({typ:#x})");
-        if typ == REP_ACK {
-            return s;
-        }
-    }
 }
 
 fn disk_list(s: &Server) -> serde_json::Value {
@@ -143,7 +102,8 @@ async fn an_overlay_is_exported_by_its_serving_server_and_booted_from_it() {
         // Server 1 exports it to the node's address; server 2 refuses the
         // same name, and says which server serves it.
         assert!(
-            wait_for(10, || nbdinfo_ok(&format!("nbd://{nbd1}/{export}"))
+            wait_for(10, || nbdinfo(&format!("nbd://{nbd1}/{export}"))
+                .0
                 .then_some(()))
             .is_some(),
             "server 1 never exported ov1 to the node's address; log: {:?}",
@@ -152,7 +112,7 @@ async fn an_overlay_is_exported_by_its_serving_server_and_booted_from_it() {
         // (Server 2's export table learns of the attachment within a second.)
         let named = wait_for(10, || {
             assert!(
-                !nbdinfo_ok(&format!("nbd://{nbd2}/{export}")),
+                !nbdinfo(&format!("nbd://{nbd2}/{export}")).0,
                 "server 2 exported an overlay server 1 serves"
             );
             s2.log
@@ -200,7 +160,7 @@ async fn an_overlay_is_exported_by_its_serving_server_and_booted_from_it() {
             Ok(0) | Err(_) if t0.elapsed() < Duration::from_secs(5) => {}
             other => panic!("server 1 kept the connection open after the detach: {other:?}"),
         }
-        assert!(!nbdinfo_ok(&format!("nbd://{nbd1}/{export}")));
+        assert!(!nbdinfo(&format!("nbd://{nbd1}/{export}")).0);
 
         // Deleting through server 2 removes the file on server 1.
         s2.cli(&["disk", "delete", "snap1"]);

@@ -238,3 +238,48 @@ pub fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `nbdinfo --size URL`: whether it opened, and what it printed.
+pub fn nbdinfo(url: &str) -> (bool, String) {
+    let out = std::process::Command::new("nbdinfo")
+        .arg("--size")
+        .arg(url)
+        .output()
+        .expect("nbdinfo (libnbd-bin)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+/// Opens `name` over NBD (fixed newstyle + GO) and returns the connected
+/// socket, left in transmission mode: the export stays open while it lives.
+pub fn nbd_open(addr: &str, name: &str) -> std::net::TcpStream {
+    use boot_proto::nbd::*;
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello).unwrap();
+    s.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())
+        .unwrap();
+    let mut opt = Vec::new();
+    opt.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    opt.extend_from_slice(&OPT_GO.to_be_bytes());
+    opt.extend_from_slice(&((4 + name.len() + 2) as u32).to_be_bytes());
+    opt.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    opt.extend_from_slice(name.as_bytes());
+    opt.extend_from_slice(&0u16.to_be_bytes());
+    s.write_all(&opt).unwrap();
+    loop {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h).unwrap();
+        let typ = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+        assert!(typ & (1 << 31) == 0, "GO {name} refused ({typ:#x})");
+        if typ == REP_ACK {
+            return s;
+        }
+    }
+}
