@@ -65,19 +65,7 @@ ip -n "$c" addr add 10.9.0.2/16 dev "$ci"; ip -n "$c" link set "$ci" up; ip -n "
 # sysctls; RAW_PERFDHCP=1 runs perfdhcp unmodified.
 preload=""
 if [ -z "${RAW_PERFDHCP:-}" ] && command -v cc >/dev/null; then
-  cat >"$work/rcvbuf.c" <<'C'
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <sys/socket.h>
-int bind(int fd, const struct sockaddr *a, socklen_t l) {
-  static int (*real)(int, const struct sockaddr *, socklen_t);
-  if (!real) real = dlsym(RTLD_NEXT, "bind");
-  int sz = 16 << 20;
-  setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof sz);
-  return real(fd, a, l);
-}
-C
-  cc -shared -fPIC -O2 -o "$work/rcvbuf.so" "$work/rcvbuf.c" -ldl && preload="$work/rcvbuf.so"
+  cc -shared -fPIC -O2 -o "$work/rcvbuf.so" "$here/../lib/rcvbuf.c" -ldl && preload="$work/rcvbuf.so"
 fi
 
 # perfdhcp acts as a relay (giaddr = 10.9.0.2, port 67): the servers see

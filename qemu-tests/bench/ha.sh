@@ -71,19 +71,7 @@ done
 # of replies overflow the kernel default and would count as drops.
 preload=""
 if command -v cc >/dev/null; then
-  cat >"$work/rcvbuf.c" <<'C'
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <sys/socket.h>
-int bind(int fd, const struct sockaddr *a, socklen_t l) {
-  static int (*real)(int, const struct sockaddr *, socklen_t);
-  if (!real) real = dlsym(RTLD_NEXT, "bind");
-  int sz = 16 << 20;
-  setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof sz);
-  return real(fd, a, l);
-}
-C
-  cc -shared -fPIC -O2 -o "$work/rcvbuf.so" "$work/rcvbuf.c" -ldl && preload="$work/rcvbuf.so"
+  cc -shared -fPIC -O2 -o "$work/rcvbuf.so" "$here/../lib/rcvbuf.c" -ldl && preload="$work/rcvbuf.so"
 fi
 
 wait_port67() { # server number
