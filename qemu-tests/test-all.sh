@@ -103,6 +103,12 @@ fi
 if [ "$fuzz" = 1 ]; then
     suite fuzz-smoke step env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" "$repo/boot-server/fuzz/smoke.sh"
 fi
+# What failed, again at the very end (where a CI log's tail shows it).
+for name in "${failures[@]}"; do
+    echo "---- $name: its failures and last lines"
+    grep -E '^(not ok|FAIL|SKIP)|panicked at|^test .* FAILED$' "$logs/$name.log" | head -n 20
+    tail -n 15 "$logs/$name.log"
+done
 [ ${#failures[@]} -eq 0 ] || echo "failed suites: ${failures[*]}"
 echo "test-all: $total_p passed, $total_f failed, $total_s skipped ($((SECONDS - t_all)) s; logs in $logs)"
 [ "$total_f" = 0 ]

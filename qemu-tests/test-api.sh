@@ -210,7 +210,8 @@ echo "schemathesis: ${ops:-?} operations, ${cases:-?} test cases, $((SECONDS - s
 if [ "$rc" = 0 ]; then
     t_ok "schemathesis: no 5xx, responses match the spec (${ops:-?} operations, ${cases:-?} cases)"
 else
-    grep -E "^_{3,}|^- ST|curl " "$dir/schemathesis.out" | head -n 40
+    # What went wrong, and the curl line that reproduces it.
+    sed -En '/^=+ (ERRORS|FAILURES) =+$/,/^=+ SUMMARY =+$/p' "$dir/schemathesis.out" | head -n 60
     t_fail "schemathesis: failures (see above)"
 fi
 t_check "server still running" kill -0 "$pid"

@@ -217,9 +217,11 @@ where
         max_per_ip: config.max_connections_per_ip.max(1),
         counts: Mutex::new(Counts::default()),
     });
-    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        config.request_body_timeout,
-    ));
+    let app = app
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            config.request_body_timeout,
+        ))
+        .layer(axum::middleware::from_fn(super::linger::drain_unread_body));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)

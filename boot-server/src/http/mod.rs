@@ -12,6 +12,7 @@ pub mod envs;
 pub mod extract;
 pub mod files;
 pub mod hosts;
+pub mod linger;
 pub mod listener;
 pub mod openapi;
 pub mod range;
