@@ -39,7 +39,7 @@ benches=(
   "boot-tuned|$here/boot.sh -n $n --conv-tricks --kernels lab,debian|-|^ratio boot-server agent ready \\(lab"
   "reprovision|$here/reprovision.sh -n $n|$here/reprovision.sh -n 1|^median "
 )
-[ -x "$here/iscsi.sh" ] && benches+=("iscsi|env N=$n $here/iscsi.sh|env N=1 SMOKE=1 $here/iscsi.sh|^ratio |MB/s|IOPS")
+[ -x "$here/iscsi.sh" ] && benches+=("iscsi|$here/iscsi.sh --runs $n|$here/iscsi.sh --size-mib 16 --runs 1 --secs 1|^ratio |MB/s|IOPS")
 
 declare -A figures=() secs=()
 for b in "${benches[@]}"; do

@@ -7,6 +7,10 @@
 //! the result is canonicalised so that a symlink leading out of its root is
 //! refused too. An absolute request like `/etc/passwd` is looked up *inside*
 //! the roots (as `etc/passwd`), never on the host.
+//!
+//! [`range`] answers an HTTP `Range` header for such a file.
+
+pub mod range;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 #![no_main]
-use boot_server::http::range::{answer, RangeAnswer};
+use boot_fs::range::{answer, RangeAnswer};
 use libfuzzer_sys::fuzz_target;
 
 // Any Range header against any length: never panics, and a partial answer

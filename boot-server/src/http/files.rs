@@ -17,7 +17,7 @@
 //! and answers multi-range requests with 416 where iPXE-friendly servers
 //! send the whole file.
 
-use super::range::{answer, RangeAnswer};
+use boot_fs::range::{answer, RangeAnswer};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -15,7 +15,6 @@ pub mod hosts;
 pub mod linger;
 pub mod listener;
 pub mod openapi;
-pub mod range;
 pub mod servers;
 pub mod stream;
 pub mod tokens;
