@@ -41,6 +41,8 @@ cleanup() {
     local p
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    # Safety net: anything still running inside our own namespace.
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
     rm -rf "$work"
 }
@@ -68,7 +70,9 @@ listen = "127.0.0.1:3260"
 [engine]
 enabled = false
 EOF
-inns "$server" --config "$work/boot-server.toml" serve > "$work/server.log" 2>&1 &
+# Not through inns: $! of a backgrounded function is a subshell, and killing
+# it would leave the server running.
+ip netns exec "$ns" "$server" --config "$work/boot-server.toml" serve > "$work/server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
     inns curl -sf -o /dev/null http://127.0.0.1:8080/healthz && break
@@ -90,7 +94,7 @@ for _ in $(seq 50); do inns iscsi-inq "$ours" >/dev/null 2>&1 && break; sleep 0.
 inns iscsi-inq "$ours" >/dev/null 2>&1 || die "cannot log in to boot-server's target"
 
 # tgt: the same base file, LUN 1 (LUN 0 is tgt's controller).
-inns tgtd -f -C "$cport" --iscsi portal=127.0.0.1:3261 > "$work/tgtd.log" 2>&1 &
+ip netns exec "$ns" tgtd -f -C "$cport" --iscsi portal=127.0.0.1:3261 > "$work/tgtd.log" 2>&1 &
 pids+=($!)
 tgt() { inns tgtadm -C "$cport" --lld iscsi "$@"; }
 for _ in $(seq 50); do tgt --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
