@@ -39,10 +39,11 @@ cport=$((20000 + $$ % 10000))   # tgtd's management port (its socket is per port
 pids=()
 cleanup() {
     local p
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    # tgtd ignores SIGTERM while it has targets: SIGKILL (nothing of it is kept).
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     # Safety net: anything still running inside our own namespace.
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
     rm -rf "$work"
 }
