@@ -17,10 +17,10 @@
 //! and answers multi-range requests with 416 where iPXE-friendly servers
 //! send the whole file.
 
-use boot_fs::range::{answer, RangeAnswer};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use boot_fs::range::{answer, RangeAnswer};
 use bytes::Bytes;
 use std::io;
 use std::os::unix::fs::FileExt;
