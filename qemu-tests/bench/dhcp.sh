@@ -11,7 +11,10 @@
 #   /work/targets/dhcp), LEASE_DIR (default: a temp dir under the target dir,
 #   on disk so fdatasync is real), SERVERS (default "dhcpd boot-server dnsmasq
 #   dnsmasq-ro kea": which to run), PERF_DIR (record `perf record -g` of each
-#   server into PERF_DIR/<name>.perf while perfdhcp runs).
+#   server into PERF_DIR/<name>.perf while perfdhcp runs), PERFDHCP_PROCS (split
+#   the load over N perfdhcp processes), KEA_MT (Kea's multi-threading with N
+#   threads; off, Kea 2.2's default, when unset). Kea gets the same 16 MB
+#   receive buffer as perfdhcp (boot-server asks 8 MB for itself).
 set -euo pipefail
 rate=${1:-25000}
 secs=${2:-10}
@@ -198,17 +201,22 @@ if ! want kea; then
   :
 elif [ -n "$kea" ]; then
   echo "== kea-dhcp4 $("$kea" -v) (memfile, persist: CSV appended, not fsync'ed)"
+  # KEA_MT=N: Kea's multi-threading with N threads (off by default in Kea 2.2).
+  kea_mt=""
+  [ -n "${KEA_MT:-}" ] && kea_mt="
+  \"multi-threading\": { \"enable-multi-threading\": true, \"thread-pool-size\": $KEA_MT, \"packet-queue-size\": 1024 },"
   # perfdhcp relays (giaddr 10.9.0.2): UDP sockets, the subnet chosen by giaddr
   cat >"$work/kea.json" <<JSON
 { "Dhcp4": {
   "interfaces-config": { "interfaces": [ "$si" ], "dhcp-socket-type": "udp" },
-  "lease-database": { "type": "memfile", "persist": true, "name": "$work/kea-leases4.csv", "lfc-interval": 0 },
+  "lease-database": { "type": "memfile", "persist": true, "name": "$work/kea-leases4.csv", "lfc-interval": 0 },$kea_mt
   "valid-lifetime": 3600,
   "subnet4": [ { "id": 1, "subnet": "10.9.0.0/16", "pools": [ { "pool": "10.9.1.0 - 10.9.255.254" } ] } ],
   "loggers": [ { "name": "kea-dhcp4", "output_options": [ { "output": "$work/kea.log" } ], "severity": "WARN" } ]
 } }
 JSON
-  ip netns exec "$s" env KEA_LOCKFILE_DIR="$work" KEA_PIDFILE_DIR="$work" "$kea" -c "$work/kea.json" \
+  # The same 16 MB receive buffer as perfdhcp (boot-server asks 8 MB itself).
+  ip netns exec "$s" env ${preload:+LD_PRELOAD=$preload} KEA_LOCKFILE_DIR="$work" KEA_PIDFILE_DIR="$work" "$kea" -c "$work/kea.json" \
     >"$work/kea.out" 2>&1 &
   pids+=($!); kpid=$!
   wait_port67
