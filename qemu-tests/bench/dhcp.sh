@@ -13,8 +13,8 @@
 #   dnsmasq-ro kea": which to run), PERF_DIR (record `perf record -g` of each
 #   server into PERF_DIR/<name>.perf while perfdhcp runs), PERFDHCP_PROCS (split
 #   the load over N perfdhcp processes), KEA_MT (Kea's multi-threading with N
-#   threads; off, Kea 2.2's default, when unset). Kea gets the same 16 MB
-#   receive buffer as perfdhcp (boot-server asks 8 MB for itself).
+#   threads; off, Kea 2.2's default, when unset). Kea and dnsmasq get the same
+#   16 MB receive buffer as perfdhcp (boot-server asks 8 MB for itself).
 set -euo pipefail
 rate=${1:-25000}
 secs=${2:-10}
@@ -173,7 +173,7 @@ fi
 
 if want dnsmasq; then
   echo "== dnsmasq --no-ping"
-  ip netns exec "$s" dnsmasq --keep-in-foreground --port=0 --no-ping --interface="$si" --bind-interfaces \
+  ip netns exec "$s" env ${preload:+LD_PRELOAD=$preload} dnsmasq --keep-in-foreground --port=0 --no-ping --interface="$si" --bind-interfaces \
     --dhcp-range=10.9.1.0,10.9.255.254,255.255.0.0,1h --dhcp-lease-max=200000 \
     --dhcp-leasefile="$work/dnsmasq.leases" --pid-file="$work/dnsmasq.pid" --log-facility=/dev/null &
   pids+=($!); mpid=$!
@@ -188,7 +188,7 @@ fi
 
 if want dnsmasq-ro; then
   echo "== dnsmasq --no-ping --leasefile-ro (no lease persistence)"
-  ip netns exec "$s" dnsmasq --keep-in-foreground --port=0 --no-ping --interface="$si" --bind-interfaces \
+  ip netns exec "$s" env ${preload:+LD_PRELOAD=$preload} dnsmasq --keep-in-foreground --port=0 --no-ping --interface="$si" --bind-interfaces \
     --dhcp-range=10.9.1.0,10.9.255.254,255.255.0.0,1h --dhcp-lease-max=200000 --leasefile-ro \
     --pid-file="$work/dnsmasq2.pid" --log-facility=/dev/null &
   pids+=($!); mpid=$!
