@@ -138,7 +138,7 @@ agent_boot() {
     lab_start_guest --name "$g" --firmware bios --mac "$agent_mac" --mem 384 --stamp
     local t0_ms
     t0_ms="$(awk -v t="${LAB_GUEST_T0[$g]}" 'BEGIN { printf "%.0f", t * 1000 }')"
-    if lab_wait_console "$g" "LAB-ROOT-NBD boots=" "$timeout" && [[ "$LAB_LINE" == *"boots=$n"* ]]; then
+    if lab_wait_console "$g" "LAB-ROOT-NBD boots=|LAB-ROOT-ISCSI-FAILED" "$timeout" && [[ "$LAB_LINE" == *"boots=$n"* ]]; then
         t_ok "lab guest, boot $n: node-agent attach-iscsi -> root on iSCSI, boots=$n (${LAB_ELAPSED}s)"
         t_check "lab guest, boot $n: the agent logged in to its overlay's target" \
             grep -aq "iscsi iqn.2026-12.boot-server:ov-agent attached as /dev/sd" "${LAB_GUEST_LOG[$g]}"

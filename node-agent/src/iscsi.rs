@@ -226,13 +226,7 @@ pub fn attach(root: &IscsiRoot, mount: Option<&Path>, wait: Duration) -> Result<
         std::thread::sleep(Duration::from_millis(100));
     };
     let device = PathBuf::from(format!("/dev/{name}"));
-    // devtmpfs creates the node; give it a moment.
-    for _ in 0..50 {
-        if device.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_openable(&name, &device, Duration::from_secs(10))?;
     let mounted = match mount {
         Some(m) => Some((m.to_path_buf(), crate::nbd::mount_auto(&device, m)?)),
         None => None,
@@ -242,6 +236,35 @@ pub fn attach(root: &IscsiRoot, mount: Option<&Path>, wait: Duration) -> Result<
         target: root.target.clone(),
         mounted,
     })
+}
+
+/// Waits until the session's disk has a size and its node opens. sysfs names the disk,
+/// and devtmpfs makes its node, a moment before the kernel has finished adding it: an
+/// open (or a mount) in that window fails with ENXIO (seen once in CI: the root mount
+/// failed with "ENXIO: No such device or address" right after the login).
+fn wait_until_openable(name: &str, device: &Path, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    let size = PathBuf::from(format!("/sys/block/{name}/size"));
+    loop {
+        let sized = std::fs::read_to_string(&size)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_some_and(|s| s > 0);
+        let opened = if sized {
+            std::fs::File::open(device).map(drop)
+        } else {
+            Err(std::io::Error::from_raw_os_error(libc::ENXIO))
+        };
+        match opened {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e).with_context(|| {
+                    format!("{} did not become usable within {limit:?}", device.display())
+                })
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 #[cfg(test)]
