@@ -235,6 +235,9 @@ pub struct TftpConfig {
     pub listen: SocketAddr,
     /// Largest block size granted to clients; default 1468 (fits a 1500-byte MTU).
     pub max_blksize: u16,
+    /// Microseconds a transfer polls for the client's next ACK before it sleeps
+    /// (`boot_tftp::spin`); default 50, 0 turns polling off.
+    pub spin_us: u64,
 }
 
 /// `dhcp.mode`: which DHCP service runs.
@@ -536,6 +539,7 @@ impl Default for TftpConfig {
             enabled: true,
             listen: "0.0.0.0:69".parse().unwrap(),
             max_blksize: 1468,
+            spin_us: boot_tftp::spin::DEFAULT_BUDGET.as_micros() as u64,
         }
     }
 }

@@ -228,6 +228,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             roots: vec![config.loaders_dir.clone(), config.images_dir.clone()],
             pinned: config.pinned_loaders(),
             max_blksize: config.tftp.max_blksize,
+            spin: std::time::Duration::from_micros(config.tftp.spin_us),
             ..Default::default()
         };
         let server = boot_tftp::TftpServer::bind(

@@ -259,7 +259,10 @@ fn wait_until_openable(name: &str, device: &Path, limit: Duration) -> Result<()>
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
                 return Err(e).with_context(|| {
-                    format!("{} did not become usable within {limit:?}", device.display())
+                    format!(
+                        "{} did not become usable within {limit:?}",
+                        device.display()
+                    )
                 })
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),

@@ -1,7 +1,7 @@
 //! Minimal stand-alone TFTP daemon over boot-tftp, used by
 //! `qemu-tests/bench/tftp.sh` and for manual tests:
 //!
-//! `cargo run --release -p boot-tftp --example tftpd -- --listen 127.0.0.1:6969 --root DIR [--root DIR2] [--max-blksize N] [--max-windowsize N]`
+//! `cargo run --release -p boot-tftp --example tftpd -- --listen 127.0.0.1:6969 --root DIR [--root DIR2] [--max-blksize N] [--max-windowsize N] [--spin-us N]`
 //!
 //! Prints `listening on ADDR` on stdout once bound.
 
@@ -29,6 +29,9 @@ fn main() -> anyhow::Result<()> {
             "--max-blksize" => config.max_blksize = val()?.parse().context("--max-blksize")?,
             "--max-windowsize" => {
                 config.max_windowsize = val()?.parse().context("--max-windowsize")?
+            }
+            "--spin-us" => {
+                config.spin = std::time::Duration::from_micros(val()?.parse().context("--spin-us")?)
             }
             other => bail!("unknown argument {other}"),
         }

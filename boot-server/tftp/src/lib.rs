@@ -52,6 +52,7 @@ pub mod packet;
 pub mod path;
 pub mod server;
 pub mod source;
+pub mod spin;
 pub mod stats;
 pub mod transfer;
 
@@ -88,6 +89,9 @@ pub struct TftpConfig {
     /// further requests from it get ERROR 0. PXE firmware runs one transfer
     /// at a time (two with EDK2's tsize probe), so 8 leaves ample room.
     pub max_transfers_per_client: usize,
+    /// How long a transfer polls its socket for the next ACK before it sleeps
+    /// (see [`spin`]); zero never polls.
+    pub spin: Duration,
 }
 
 impl Default for TftpConfig {
@@ -102,6 +106,7 @@ impl Default for TftpConfig {
             retries: 5,
             max_transfers: 512,
             max_transfers_per_client: 8,
+            spin: spin::DEFAULT_BUDGET,
         }
     }
 }

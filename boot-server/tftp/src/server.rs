@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Refusal};
 use crate::packet::{error_code, parse_request};
+use crate::spin::SpinSlots;
 use crate::stats::TftpStats;
 use crate::transfer::{self, Shared};
 use crate::{TftpConfig, TransferObserver};
@@ -126,6 +127,7 @@ impl TftpServer {
                 observer,
                 stats: Arc::new(TftpStats::default()),
                 stop: Arc::new(AtomicBool::new(false)),
+                spin_slots: Arc::new(SpinSlots::for_this_machine()),
             },
         })
     }

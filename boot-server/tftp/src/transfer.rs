@@ -28,6 +28,7 @@ use crate::packet::{
 };
 use crate::path::tftp_code;
 use crate::source::Source;
+use crate::spin::{SpinSlots, Spinner};
 use crate::stats::TftpStats;
 use crate::{TftpConfig, TransferObserver};
 use boot_fs::resolve_pinned;
@@ -42,6 +43,7 @@ pub(crate) struct Shared {
     pub observer: Arc<dyn TransferObserver>,
     pub stats: Arc<TftpStats>,
     pub stop: Arc<AtomicBool>,
+    pub spin_slots: Arc<SpinSlots>,
 }
 
 /// How a transfer ended, before it is reported.
@@ -161,6 +163,7 @@ fn run(
         permit,
         timeout: neg.timeout,
         retries: shared.config.retries,
+        spinner: Spinner::new(shared.config.spin),
     };
 
     if let Some(oack) = &neg.oack {
@@ -220,6 +223,7 @@ struct Link<'a> {
     permit: &'a Permit,
     timeout: Duration,
     retries: u32,
+    spinner: Spinner,
 }
 
 impl Link<'_> {
@@ -240,7 +244,11 @@ impl Link<'_> {
             if Instant::now() >= deadline {
                 return Ok(Event::Deadline);
             }
-            match self.sock.recv(buf) {
+            let received = match self.spinner.poll(&self.shared.spin_slots, self.sock, buf) {
+                Some(r) => r,
+                None => self.sock.recv(buf),
+            };
+            match received {
                 Ok(n) => match parse_client_packet(&buf[..n]) {
                     Some(ClientPacket::Ack(b)) => {
                         self.permit.confirm();
