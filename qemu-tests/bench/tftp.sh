@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# TFTP throughput: boot-tftp (example `tftpd`) against dnsmasq's built-in TFTP
-# server. Both run on the loopback of a private network namespace created here
-# (dnsmasq can only serve TFTP on port 69); curl fetches a 64 MiB file from
-# each, alternating, N times per block size, and the medians are printed with each
-# server's median CPU time per MB (utime + stime over the fetch) and the load.
+# TFTP throughput: boot-server (`boot-server serve`, as users run it: its TFTP
+# server with the boot server's audit events, serving from its images directory)
+# against dnsmasq's built-in TFTP server. Both run on the loopback of a private
+# network namespace created here (dnsmasq can only serve TFTP on port 69); curl
+# fetches a 64 MiB file from each, alternating, N times per block size, and the
+# medians are printed with each server's median CPU time per MB (utime + stime
+# over the fetch) and the load.
 # Then the same with the crate's RFC 7440 client (example `tftpget`) asking
 # windowsize W at blksize 1468: a server without windowsize (dnsmasq 2.90)
 # leaves it out of its OACK and the client runs lock-step; the window each
@@ -11,6 +13,7 @@
 #
 #   sudo qemu-tests/bench/tftp.sh            # N=5, sizes 1468 and 512, windows 1 4 16
 #   N=9 SIZE_MB=32 BLKSIZES="1468" WINDOWS="4" qemu-tests/bench/tftp.sh
+#   SPIN_US=0 qemu-tests/bench/tftp.sh      # boot-server's [tftp] spin_us (default 50)
 #   ASYNC_TFTP=1 qemu-tests/bench/tftp.sh   # also measure the async-tftp crate
 #     (builds boot-server/tftp/bench/async-tftp-server; or give ASYNC_TFTP_BIN=path)
 #
@@ -32,15 +35,15 @@ for t in dnsmasq curl ip; do
 done
 
 target=${CARGO_TARGET_DIR:-$repo/target}
-tftpd="$target/release/examples/tftpd"
+bootsrv="$target/release/boot-server"
 tftpget="$target/release/examples/tftpget"
 # BENCH_PREBUILT=1 (CI's bench smoke): use what the cargo suite built, no build here.
 if [ -z "${BENCH_PREBUILT:-}" ]; then
-  echo "== building tftpd example (release)"
-  (cd "$repo" && cargo build --quiet --release -p boot-tftp --example tftpd --example tftpget)
+  echo "== building boot-server and the tftpget example (release)"
+  (cd "$repo" && cargo build --quiet --release -p boot-server --bin boot-server && cargo build --quiet --release -p boot-tftp --example tftpget)
 fi
-for x in "$tftpd" "$tftpget"; do
-  [ -x "$x" ] || { echo "tftp bench: $x not built (cargo build --release -p boot-tftp --examples)" >&2; exit 1; }
+for x in "$bootsrv" "$tftpget"; do
+  [ -x "$x" ] || { echo "tftp bench: $x not built (cargo build --release -p boot-server -p boot-tftp --bins --examples)" >&2; exit 1; }
 done
 if [ -n "${ASYNC_TFTP:-}" ] && [ -z "${ASYNC_TFTP_BIN:-}" ]; then
   echo "== building async-tftp comparison server (release)"
@@ -75,7 +78,25 @@ ip netns exec "$ns" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 
   --listen-address=127.0.0.1 --bind-interfaces --enable-tftp --tftp-root="$work/root" \
   --quiet-tftp --pid-file="$work/dnsmasq.pid" --log-facility="$work/dnsmasq.log" &
 pids+=($!)
-ip netns exec "$ns" "$tftpd" --listen 127.0.0.1:6969 --root "$work/root" > "$work/tftpd.out" 2> "$work/tftpd.log" &
+mkdir -m 700 "$work/loaders" "$work/state"
+cat > "$work/boot-server.toml" <<EOF
+state_dir = "$work/state"
+images_dir = "$work/root"
+loaders_dir = "$work/loaders"
+server_ip = "127.0.0.1"
+[http]
+listen = "127.0.0.1:0"
+[tftp]
+listen = "127.0.0.1:6969"
+spin_us = ${SPIN_US:-50}
+[dhcp]
+mode = "off"
+[nbd]
+enabled = false
+[ra]
+enabled = false
+EOF
+ip netns exec "$ns" env RUST_LOG=warn "$bootsrv" --config "$work/boot-server.toml" serve > "$work/boot-server.log" 2>&1 &
 pids+=($!)
 # Server process by port (ip netns exec execs the server: $! is its pid).
 declare -A SPID=([6969]=$!)
@@ -118,7 +139,7 @@ fetch() {
 }
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-names=(boot-tftp dnsmasq)
+names=(boot-server dnsmasq)
 ports=(6969 69)
 if [ -n "${ASYNC_TFTP_BIN:-}" ]; then
   names+=(async-tftp)
@@ -142,7 +163,7 @@ for bs in $BLKSIZES; do
   done
   echo "${line%,}  (load: $(cut -d' ' -f1-3 /proc/loadavg))"
   for s in $(seq 1 $((k - 1))); do
-    echo "  ratio boot-tftp/${names[$s]} at $bs: $(awk -v a="${med[0]}" -v b="${med[$s]}" 'BEGIN { printf "%.2f", a / b }')"
+    echo "  ratio boot-server/${names[$s]} at $bs: $(awk -v a="${med[0]}" -v b="${med[$s]}" 'BEGIN { printf "%.2f", a / b }')"
   done
   unset runs
 done
@@ -176,7 +197,7 @@ for w in $WINDOWS; do
   done
   echo "${line%,}  (load: $(cut -d' ' -f1-3 /proc/loadavg))"
   for s in $(seq 1 $((k - 1))); do
-    echo "  ratio boot-tftp/${names[$s]} at windowsize $w: $(awk -v a="${med[0]}" -v b="${med[$s]}" 'BEGIN { printf "%.2f", a / b }')"
+    echo "  ratio boot-server/${names[$s]} at windowsize $w: $(awk -v a="${med[0]}" -v b="${med[$s]}" 'BEGIN { printf "%.2f", a / b }')"
   done
   unset runs
 done
