@@ -5,8 +5,9 @@
 //! costs more than the wait itself: profiled here, two thirds of a transfer thread's
 //! CPU time went to the sleep/wake path (`finish_task_switch`,
 //! `_raw_spin_unlock_irqrestore`). Polling the socket for a short budget first
-//! removes that cost from the round trip (64 MiB with curl at blksize 1468 on
-//! loopback: 24 → 63 MB/s, with the same CPU time per transfer).
+//! removes that cost from the round trip (`qemu-tests/bench/tftp.sh`, 64 MiB with
+//! curl at blksize 1468 on loopback: 23 → 56 MB/s, at about the same CPU time per
+//! MB: 16–17 ms with or without).
 //!
 //! Spinning must never cost more than it saves, so it is bounded three ways:
 //! - a budget per wait ([`crate::TftpConfig::spin`], 0 turns it off);
