@@ -98,13 +98,7 @@ fn env(failback: Failback) -> Environment {
 /// Slot 0 ready on n1; slot 1 vacant and failing over from n2 (home).
 fn failing_slots() -> Vec<Slot> {
     vec![
-        Slot {
-            environment: "web".into(),
-            index: 0,
-            node: Some("n1".into()),
-            step: SlotStep::Ready,
-            ..Default::default()
-        },
+        held("web", 0, "n1"),
         Slot {
             environment: "web".into(),
             index: 1,
@@ -579,22 +573,7 @@ fn reserved(id: &str, host: &str, protects: &str) -> Vm {
 
 #[test]
 fn one_to_one_reserves_a_standby_per_protected_node_sized_like_it() {
-    let slots = vec![
-        Slot {
-            environment: "web".into(),
-            index: 0,
-            node: Some("n1".into()),
-            step: SlotStep::Ready,
-            ..Default::default()
-        },
-        Slot {
-            environment: "web".into(),
-            index: 1,
-            node: Some("n2".into()),
-            step: SlotStep::Ready,
-            ..Default::default()
-        },
-    ];
+    let slots = vec![held("web", 0, "n1"), held("web", 1, "n2")];
     let mut big = with_slot(node(2, NodeState::Ready), "web", 1);
     big.inventory = Some(serde_json::json!({"cpus": 4, "memory_bytes": 1u64 << 30}));
     let nodes = [with_slot(node(1, NodeState::Ready), "web", 0), big];
@@ -777,13 +756,7 @@ fn a_clone_with_no_free_node_gets_a_vm_sized_from_its_template() {
     let mut tmpl = with_slot(node(1, NodeState::Ready), "web", 0);
     tmpl.inventory = Some(serde_json::json!({"cpus": 3, "memory_bytes": 768u64 << 20}));
     let slots = vec![
-        Slot {
-            environment: "web".into(),
-            index: 0,
-            node: Some("n1".into()),
-            step: SlotStep::Ready,
-            ..Default::default()
-        },
+        held("web", 0, "n1"),
         Slot {
             environment: "web".into(),
             index: 1,
