@@ -1,5 +1,7 @@
-//! Minimal stand-alone TFTP daemon over boot-tftp, used by
-//! `qemu-tests/bench/tftp.sh` and for manual tests:
+//! Minimal stand-alone TFTP daemon over boot-tftp (the crate alone, without
+//! boot-server around it), used by `qemu-tests/bench/tftp-flood.sh`,
+//! `scripts/ovmf-pxe-check.sh` and for
+//! manual tests:
 //!
 //! `cargo run --release -p boot-tftp --example tftpd -- --listen 127.0.0.1:6969 --root DIR [--root DIR2] [--max-blksize N] [--max-windowsize N] [--spin-us N]`
 //!

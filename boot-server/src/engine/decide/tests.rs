@@ -111,17 +111,20 @@ fn failing_slots() -> Vec<Slot> {
     ]
 }
 
-fn run(
+/// Calls `f` with a world of these values at `NOW` (10 s freshness, no
+/// enrolment, no usage history), `cooling` nodes cooling down.
+fn in_world<T>(
     envs: &[Environment],
     slots: &[Slot],
     nodes: &[Node],
     hosts: &[Host],
     vms: &[Vm],
     cooling: &[&str],
-) -> Vec<Decision> {
+    f: impl FnOnce(&World) -> T,
+) -> T {
     let cooling: HashSet<String> = cooling.iter().map(|s| s.to_string()).collect();
     let usage = HashMap::new();
-    decide(&World {
+    f(&World {
         envs,
         slots,
         nodes,
@@ -133,6 +136,17 @@ fn run(
         hosts,
         vms,
     })
+}
+
+fn run(
+    envs: &[Environment],
+    slots: &[Slot],
+    nodes: &[Node],
+    hosts: &[Host],
+    vms: &[Vm],
+    cooling: &[&str],
+) -> Vec<Decision> {
+    in_world(envs, slots, nodes, hosts, vms, cooling, decide)
 }
 
 fn with_slot(mut n: Node, env: &str, i: u32) -> Node {
@@ -321,47 +335,37 @@ fn on_vm() -> (Vec<Slot>, Vec<Node>) {
     (slots, nodes)
 }
 
+/// `decide` for the slots and nodes of [`on_vm`] under failback `policy`,
+/// with no hosts or VMs and `cooling` nodes cooling down.
+fn failback_run(
+    policy: Failback,
+    slots: &[Slot],
+    nodes: &[Node],
+    cooling: &[&str],
+) -> Vec<Decision> {
+    run(&[env(policy)], slots, nodes, &[], &[], cooling)
+}
+
 #[test]
 fn failback_when_the_home_node_is_back_as_the_policy_says() {
     let (slots, mut nodes) = on_vm();
     // The home node rebooted since the slot left it (hello after): back,
     // cool-down or not.
     nodes[1].last_hello_ms = Some(NOW - 10);
-    let d = run(
-        &[env(Failback::Immediate)],
-        &slots,
-        &nodes,
-        &[],
-        &[],
-        &["n2"],
-    );
+    let d = failback_run(Failback::Immediate, &slots, &nodes, &["n2"]);
     assert!(
         matches!(&d[..], [Decision::Failback { index: 1, vm, home, .. }] if vm == "n5" && home == "n2"),
         "{d:?}"
     );
     // never: stays on the VM.
-    let d = run(&[env(Failback::Never)], &slots, &nodes, &[], &[], &["n2"]);
+    let d = failback_run(Failback::Never, &slots, &nodes, &["n2"]);
     assert!(d.is_empty(), "{d:?}");
     // when-idle: not while the VM says busy.
     nodes[2].heartbeat = Some(serde_json::json!({"busy": true}));
-    let d = run(
-        &[env(Failback::WhenIdle)],
-        &slots,
-        &nodes,
-        &[],
-        &[],
-        &["n2"],
-    );
+    let d = failback_run(Failback::WhenIdle, &slots, &nodes, &["n2"]);
     assert!(d.is_empty(), "{d:?}");
     nodes[2].heartbeat = Some(serde_json::json!({"busy": false}));
-    let d = run(
-        &[env(Failback::WhenIdle)],
-        &slots,
-        &nodes,
-        &[],
-        &[],
-        &["n2"],
-    );
+    let d = failback_run(Failback::WhenIdle, &slots, &nodes, &["n2"]);
     assert!(matches!(&d[..], [Decision::Failback { .. }]), "{d:?}");
 }
 
@@ -369,38 +373,24 @@ fn failback_when_the_home_node_is_back_as_the_policy_says() {
 fn no_failback_to_a_home_node_that_is_not_back() {
     let (mut slots, mut nodes) = on_vm();
     // Still cooling down and no hello since it failed: not back.
-    let d = run(
-        &[env(Failback::Immediate)],
-        &slots,
-        &nodes,
-        &[],
-        &[],
-        &["n2"],
-    );
+    let d = failback_run(Failback::Immediate, &slots, &nodes, &["n2"]);
     assert!(d.is_empty(), "{d:?}");
     // An admin marked it repaired: back.
     slots[1].home_repaired = true;
-    let d = run(
-        &[env(Failback::Immediate)],
-        &slots,
-        &nodes,
-        &[],
-        &[],
-        &["n2"],
-    );
+    let d = failback_run(Failback::Immediate, &slots, &nodes, &["n2"]);
     assert!(matches!(&d[..], [Decision::Failback { .. }]), "{d:?}");
     // Its agent is down, or it is failed: not back, repaired or not.
     nodes[1].last_heartbeat_ms = Some(NOW - 60_000);
-    let d = run(&[env(Failback::Immediate)], &slots, &nodes, &[], &[], &[]);
+    let d = failback_run(Failback::Immediate, &slots, &nodes, &[]);
     assert!(d.is_empty(), "{d:?}");
     nodes[1].last_heartbeat_ms = Some(NOW);
     nodes[1].state = NodeState::Failed;
-    let d = run(&[env(Failback::Immediate)], &slots, &nodes, &[], &[], &[]);
+    let d = failback_run(Failback::Immediate, &slots, &nodes, &[]);
     assert!(d.is_empty(), "{d:?}");
     // A slot failing back already is not asked twice.
     nodes[1].state = NodeState::Idle;
     slots[1].failing_back = true;
-    let d = run(&[env(Failback::Immediate)], &slots, &nodes, &[], &[], &[]);
+    let d = failback_run(Failback::Immediate, &slots, &nodes, &[]);
     assert!(d.is_empty(), "{d:?}");
 }
 
@@ -422,27 +412,11 @@ fn stage_run(
     nodes: &[Node],
     ups: &[(&str, u32)],
 ) -> Vec<(String, String)> {
-    let cooling = HashSet::new();
-    let usage = HashMap::new();
     let ups: HashMap<String, u32> = ups.iter().map(|(e, t)| (e.to_string(), *t)).collect();
-    likely_next(
-        &World {
-            envs,
-            slots,
-            nodes,
-            now_ms: NOW,
-            fresh_ms: 10_000,
-            manual_enrolment: false,
-            cooling: &cooling,
-            usage: &usage,
-            hosts: &[],
-            vms: &[],
-        },
-        &ups,
-    )
-    .into_iter()
-    .map(|s| (s.node, s.env))
-    .collect()
+    in_world(envs, slots, nodes, &[], &[], &[], |w| likely_next(w, &ups))
+        .into_iter()
+        .map(|s| (s.node, s.env))
+        .collect()
 }
 
 fn named(name: &str, desired: u32, max: u32, priority: i32) -> Environment {
