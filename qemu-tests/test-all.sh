@@ -24,6 +24,8 @@ cd "$repo"
 export CARGO_TERM_COLOR=never
 td="${CARGO_TARGET_DIR:-$repo/target}"
 logs="$(mktemp -d /tmp/test-all.XXXXXX)"
+# A lab run with failed checks leaves its server log and guest serials here.
+export LAB_FAILED_LOGS="$logs/lab-failed"
 t_all=$SECONDS
 
 total_p=0 total_f=0 total_s=0 failures=()

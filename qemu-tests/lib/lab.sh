@@ -54,7 +54,9 @@
 #   lab_gc                           -> delete `bootlab-*` namespaces of dead runs
 #
 # Environment knobs: LAB_QEMU (default qemu-system-x86_64), LAB_OVMF_CODE,
-# LAB_OVMF_VARS, LAB_KEEP_LOGS=1 keeps $LAB_DIR after cleanup.
+# LAB_OVMF_VARS, LAB_KEEP_LOGS=1 keeps $LAB_DIR after cleanup; LAB_FAILED_LOGS=DIR
+# (test-all sets it) receives the text logs (*.log, *.serial, *.toml) of a run whose
+# checks failed, so a CI failure can be read after its lab is gone.
 
 LAB_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LAB_QEMU="${LAB_QEMU:-qemu-system-x86_64}"
@@ -328,6 +330,16 @@ lab__kill_ns_pids() {
     done
 }
 
+# Copy DIR's text logs (small: no disks, no images) into DEST.
+lab__keep_text_logs() {
+    local src="$1" dest="$2"
+    [ -d "$src" ] || return 0
+    mkdir -p "$dest" || return 0
+    (cd "$src" && find . -maxdepth 2 -type f \( -name '*.log' -o -name '*.serial' -o -name '*.toml' \) \
+        -size -64M -exec cp --parents -t "$dest" {} +) 2>/dev/null
+    lab_log "logs of the failed run copied to $dest"
+}
+
 lab_cleanup() {
     local rc=$? g ns d p
     for p in "${LAB_WAIT_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -341,6 +353,9 @@ lab_cleanup() {
     for g in "${!LAB_PID[@]}"; do wait "${LAB_PID[$g]}" 2>/dev/null || true; done
     # Serial stampers end by themselves within a second of their QEMU (tail --pid).
     for p in "${LAB_STAMP_PIDS[@]}" "${LAB_WAIT_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [ -n "${LAB_FAILED_LOGS:-}" ] && { [ "${T_FAILED:-0}" -gt 0 ] || [ "$rc" != 0 ]; }; then
+        for d in "${LAB_DIRS[@]}"; do lab__keep_text_logs "$d" "$LAB_FAILED_LOGS/$(basename "$d")"; done
+    fi
     if [ "${LAB_KEEP_LOGS:-0}" != 1 ]; then
         for d in "${LAB_DIRS[@]}"; do rm -rf "$d"; done
     elif [ "${#LAB_DIRS[@]}" -gt 0 ]; then
