@@ -173,9 +173,9 @@ scenario_2() {
     # beta asks for a third node: only alpha's slots are left, and alpha is at its minimum.
     eng_mark
     eng_cli env scale beta 3 >/dev/null || { t_fail "2: env scale beta 3 accepted"; return; }
-    # Give the reconciler several rounds (heartbeats are 2 s): wait for a decision
-    # about beta after the scale, then 10 s more.
-    eng_wait "an engine decision after scaling beta to 3" 30 eng_event_since engine-decision 'true' || true
+    # The engine says why beta stays at 2; then 10 s more of reconciler rounds.
+    t_check "2: the engine says beta is short (wants 3, holds 2)" \
+        eng_wait "beta short" 30 eng_event_since engine-decision '.detail.action == "short" and .detail.env == "beta" and .detail.target == 3 and .detail.holding == 2'
     eng_hold 10 eng_env_at_least alpha 2
     t_check "2: beta asking for 3 never took alpha below its minimum of 2 (alpha: $(eng_env_ready alpha) ready, beta: $(eng_env_ready beta) ready)" \
         eng_fleet_is alpha 2 beta 2

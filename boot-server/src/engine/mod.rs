@@ -39,6 +39,8 @@ struct Memory {
     usage: VecDeque<(i64, HashMap<String, u32>)>,
     /// Environments with an open "below minimum" alert.
     short: HashSet<String>,
+    /// Short environments, with the (holding, target) last reported for them.
+    waiting: HashMap<String, (u32, u32)>,
     /// Environments whose target was met (for started/stopped alerts).
     met: HashMap<String, bool>,
     /// Last time each environment's schedules were checked.
@@ -187,6 +189,7 @@ impl Engine {
             }
         }
         self.mem().short.retain(|e| shorts.contains(e));
+        self.mem().waiting.retain(|e, _| shorts.contains(e));
         self.mem().failover_failed.retain(|k| unplaced.contains(k));
         // Advance every slot that holds a node, each on its own, so that many
         // nodes move in parallel and one slow store call delays no other.
@@ -518,6 +521,20 @@ impl Engine {
                             json!({ "alert": "failover-failed", "env": env, "slot": i, "reason": "no idle compatible spare node and no live failover host with a free VM" }),
                         );
                     }
+                }
+                let seen = self.mem().waiting.insert(env.clone(), (holding, target));
+                if seen != Some((holding, target)) {
+                    // Said once per shortage (and again when it changes), so
+                    // that "why does it not grow?" has an answer in the log.
+                    let reason = format!(
+                        "{env} wants {target} nodes, holds {holding}: no idle compatible node, none it may preempt"
+                    );
+                    tracing::info!(env = %env, holding, target, "{reason}");
+                    self.c.events.emit(
+                        None,
+                        EventKind::EngineDecision,
+                        json!({ "env": env, "action": "short", "holding": holding, "target": target, "below_min": below_min, "reason": reason }),
+                    );
                 }
                 if below_min && self.mem().short.insert(env.clone()) {
                     self.c.events.emit(

@@ -193,23 +193,36 @@ impl Engine {
                     .await
             }
             (Some(id), _) => {
-                // A warm boot that failed (kexec download or load) falls back to cold, once.
                 if let Wait::Failed(d) = self.command_wait(Some(id)).await? {
-                    let is_kexec = matches!(
-                        self.c.store.command(id).await?.map(|c| c.command),
-                        Some(CommandKind::Kexec { .. })
-                    );
-                    if is_kexec && up {
-                        let id = self.c.queue(&node.id, CommandKind::Reprovision).await?;
-                        return self
-                            .set_command(&slot, id, &format!("kexec failed ({d}); cold reboot"))
-                            .await;
+                    if self.cold_after_failed_kexec(&slot, node, &d).await? {
+                        return Ok(());
                     }
                     return self.fail(&slot, &format!("reboot failed: {d}")).await;
                 }
                 Ok(())
             }
         }
+    }
+
+    /// A warm boot whose command failed (kexec download or load) falls back
+    /// to a cold reboot, once: true when the reboot was queued. The agent
+    /// that reported the failure is alive, though the node counts as
+    /// provisioning (not up) since the kexec was planned.
+    async fn cold_after_failed_kexec(&self, slot: &Slot, node: &Node, why: &str) -> Result<bool> {
+        let Some(id) = slot.command else {
+            return Ok(false);
+        };
+        let was_kexec = matches!(
+            self.c.store.command(id).await?.map(|c| c.command),
+            Some(CommandKind::Kexec { .. })
+        );
+        if !was_kexec {
+            return Ok(false);
+        }
+        let id = self.c.queue(&node.id, CommandKind::Reprovision).await?;
+        self.set_command(slot, id, &format!("kexec failed ({why}); cold reboot"))
+            .await?;
+        Ok(true)
     }
 
     /// Warm (kexec) when the environment allows it, the agent is up and the
@@ -411,8 +424,13 @@ impl Engine {
     async fn releasing(&self, slot: Slot, node: &Node, up: bool, waited: i64) -> Result<()> {
         if slot.returning {
             let left = node.last_hello_ms.is_some() && node.last_hello_ms != slot.hello_before;
-            let gave_up = matches!(self.command_wait(slot.command).await?, Wait::Failed(_))
-                || waited > self.cfg().boot_timeout_secs as i64 * 1000;
+            let mut gave_up = waited > self.cfg().boot_timeout_secs as i64 * 1000;
+            if let (false, Wait::Failed(d)) = (left, self.command_wait(slot.command).await?) {
+                if self.cold_after_failed_kexec(&slot, node, &d).await? {
+                    return Ok(());
+                }
+                gave_up = true;
+            }
             if !(left || gave_up) {
                 return Ok(());
             }

@@ -285,15 +285,24 @@ async fn higher_priority_preempts_but_never_below_minimum() {
     assert_eq!(ready_nodes(&l, "b").await.len(), 1);
     let events = l.c.store.events(0, None, 10_000).await.unwrap();
     assert!(events.iter().any(|e| e.detail["action"] == "preempt"));
-    assert!(events
-        .iter()
-        .any(|e| e.detail["alert"] == "env-below-minimum" || e.detail["env"] == "b"));
+    // B stays short: the engine says why, once (not on every pass).
+    let short = |e: &crate::model::Event| {
+        e.detail["action"] == "short" && e.detail["env"] == "b" && e.detail["holding"] == 1
+    };
+    let said = wait_event(&l, short).await;
+    assert_eq!(said.detail["target"], 2);
+    assert!(said.detail["reason"]
+        .as_str()
+        .unwrap()
+        .contains("b wants 2 nodes, holds 1"));
     // A not preemptible: nothing more moves even with a lower minimum.
     l.c.update_env("a", serde_json::json!({"min": 0, "preemptible": false}))
         .await
         .unwrap();
     settle(&l, &[], 6).await;
     assert_eq!(ready_nodes(&l, "b").await.len(), 1);
+    let events = l.c.store.events(0, None, 10_000).await.unwrap();
+    assert_eq!(events.iter().filter(|e| short(e)).count(), 1);
 }
 
 #[tokio::test]
@@ -320,6 +329,98 @@ async fn a_busy_node_is_released_only_once_idle() {
     let slots = l.c.store.slots(Some("a")).await.unwrap();
     assert_eq!(slots[0].node.as_deref(), Some(n0.as_str()));
     assert_eq!(slots[1].node, None, "{slots:?}");
+}
+
+/// One agent round where every kexec fails to load and a cold reboot comes
+/// back up in the image the boot plan gives, which must be `image`.
+async fn agents_without_kexec(l: &Lab, image: &str) {
+    for n in l.c.store.nodes().await.unwrap() {
+        let serving = n.environment.is_some();
+        let hb = serde_json::json!({"load1": 0.1, "busy": false});
+        l.c.store
+            .record_heartbeat(&n.id, &hb, serving)
+            .await
+            .unwrap();
+        let boot = l.c.store.node_boot(&n.id).await.unwrap();
+        for cmd in l.c.store.take_commands(&n.id, boot, 0).await.unwrap() {
+            match cmd.command {
+                CommandKind::Kexec { .. } => {
+                    l.c.store
+                        .update_command(
+                            &n.id,
+                            cmd.id,
+                            CommandStatus::Failed,
+                            "kexec_file_load: EPERM",
+                        )
+                        .await
+                        .unwrap();
+                }
+                CommandKind::Reprovision => {
+                    // The firmware's network boot: the boot plan picks the
+                    // image (and mints the boot's token) as for a script.
+                    let node = l.c.store.node(&n.id).await.unwrap().unwrap();
+                    let CommandKind::Kexec { cmdline, .. } =
+                        l.c.plan.kexec_command(&node).await.unwrap()
+                    else {
+                        unreachable!()
+                    };
+                    assert!(
+                        cmdline.contains(&format!("bootsrv.image={image}")),
+                        "{cmdline}"
+                    );
+                    new_boot(&l.c, &n.id, &cmdline, image).await;
+                    break;
+                }
+                _ => {
+                    l.c.store
+                        .update_command(&n.id, cmd.id, CommandStatus::Succeeded, "ok")
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+}
+
+async fn settle_without_kexec(l: &Lab, image: &str, rounds: usize) {
+    for _ in 0..rounds {
+        l.engine.pass().await.unwrap();
+        agents_without_kexec(l, image).await;
+        l.clock.advance(100);
+    }
+}
+
+#[tokio::test]
+async fn a_kexec_that_fails_falls_back_to_a_cold_reboot_both_ways() {
+    let l = lab(1).await;
+    env(&l, "a", "img-a", |e| e.desired = 1).await;
+    settle_without_kexec(&l, "img-a", 12).await;
+    let slots = l.c.store.slots(Some("a")).await.unwrap();
+    assert_eq!(slots[0].step, SlotStep::Ready, "{slots:?}");
+    let node = slots[0].node.clone().unwrap();
+    // Back to the pool: the kexec fails again, the node reboots cold, and
+    // only its new boot in the pool image frees the slot.
+    l.c.scale_env("a", 0).await.unwrap();
+    settle_without_kexec(&l, "pool", 12).await;
+    let slots = l.c.store.slots(Some("a")).await.unwrap();
+    assert!(slots.iter().all(|s| s.node.is_none()), "{slots:?}");
+    let n = l.c.store.node(&node).await.unwrap().unwrap();
+    assert_eq!(
+        (n.state, n.running_image.as_deref()),
+        (NodeState::Idle, Some("pool"))
+    );
+    let cmds = l.c.store.commands_of(&node, 100).await.unwrap();
+    let count = |f: fn(&CommandKind) -> bool| cmds.iter().filter(|c| f(&c.command)).count();
+    assert_eq!(
+        count(|k| matches!(k, CommandKind::Kexec { .. })),
+        2,
+        "{cmds:?}"
+    );
+    assert_eq!(
+        count(|k| matches!(k, CommandKind::Reprovision)),
+        2,
+        "{cmds:?}"
+    );
 }
 
 #[tokio::test]
