@@ -293,6 +293,8 @@ impl Control {
         }
         slot.step = SlotStep::Releasing;
         slot.step_since_ms = now_ms();
+        // A command of the step it leaves (a start under way) is not the stop.
+        slot.command = None;
         slot.detail = "removed by an admin".into();
         if !self
             .store
