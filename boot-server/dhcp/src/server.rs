@@ -5,17 +5,20 @@
 //! store answers: a failing store never stops the server.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::{info, warn};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 
+use crate::batch::{send_batch, RecvBatch, RECV_BATCH};
 use crate::handler::{Handler, Ingress, Outgoing};
 use crate::reservations::Reservations;
 use crate::stats::DhcpStats;
@@ -191,18 +194,21 @@ async fn load_until_loaded(h: &Handler) {
 }
 
 /// Receive, handle and answer on one socket, all in this one task: the
-/// datagrams waiting on the socket are read in a row, their handlers run
-/// concurrently in this task (a REQUEST waits for its durable commit while
-/// the next datagrams are handled, so concurrent commits share one fsync),
-/// and each reply leaves as soon as its handler is done. No task per
-/// datagram: spawning, a semaphore and hand-offs between worker threads
-/// cost more CPU than handling a DISCOVER.
+/// datagrams waiting on the socket are read in a row (`recvmmsg`, a batch
+/// per call), their handlers run concurrently in this task (a REQUEST waits
+/// for its durable commit while the next datagrams are handled, so
+/// concurrent commits share one fsync), and the replies ready together
+/// leave together (`sendmmsg`). No task per datagram: spawning, a semaphore
+/// and hand-offs between worker threads cost more CPU than handling a
+/// DISCOVER.
 async fn serve(
     handler: Arc<Handler>,
     sock: Arc<UdpSocket>,
     ingress: Ingress,
 ) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; 65_536];
+    let fd = sock.as_raw_fd();
+    let mut batch = RecvBatch::default();
+    let mut ready: Vec<Outgoing> = Vec::new();
     let mut inflight = FuturesUnordered::new();
     let h = &*handler;
     let mut since_yield = 0usize;
@@ -216,29 +222,48 @@ async fn serve(
         // Everything already queued on the socket, up to the in-flight bound
         // (back-pressure under floods: the rest waits in the socket buffer).
         while inflight.len() < MAX_IN_FLIGHT {
-            match sock.try_recv_from(&mut buf) {
-                Ok((n, SocketAddr::V4(src))) => {
-                    let packet = buf[..n].to_vec();
-                    inflight.push(async move { h.handle(&packet, src, ingress).await });
-                    since_yield += 1;
-                }
-                Ok(_) => {}
+            let room = MAX_IN_FLIGHT - inflight.len();
+            let n = match sock.try_io(Interest::READABLE, || batch.recv(fd, room)) {
+                Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // ICMP errors surface here (ECONNREFUSED...): not fatal.
                     warn!("DHCP recv error: {e}");
                     break;
                 }
+            };
+            for i in 0..n {
+                match batch.get(i) {
+                    Some((d, src)) => {
+                        let packet = d.to_vec();
+                        inflight.push(async move { h.handle(&packet, src, ingress).await });
+                    }
+                    None => {
+                        DhcpStats::inc(&h.stats().received);
+                        DhcpStats::inc(&h.stats().malformed_dropped);
+                    }
+                }
+            }
+            since_yield += n;
+            if n < room.min(RECV_BATCH) {
+                break; // the socket had no more: skip the call that says so
             }
         }
         // Replies that are ready now (DISCOVERs need no store: all of them).
         while let Some(Some(out)) = inflight.next().now_or_never() {
-            send(h, &sock, out).await;
+            ready.extend(out);
         }
+        send_all(h, &sock, &mut ready).await;
         tokio::select! {
             biased;
-            Some(out) = inflight.next(), if !inflight.is_empty() => send(h, &sock, out).await,
+            Some(out) = inflight.next(), if !inflight.is_empty() => {
+                ready.extend(out);
+                // A group commit completes many REQUESTs at once.
+                while let Some(Some(out)) = inflight.next().now_or_never() {
+                    ready.extend(out);
+                }
+                send_all(h, &sock, &mut ready).await;
+            }
             r = sock.readable(), if inflight.len() < MAX_IN_FLIGHT => {
                 if let Err(e) = r {
                     warn!("DHCP socket: {e}");
@@ -249,20 +274,42 @@ async fn serve(
     }
 }
 
-/// Send one reply (the handler's answer, if any); failures are counted.
-async fn send(h: &Handler, sock: &UdpSocket, out: Option<Outgoing>) {
-    let Some(out) = out else { return };
-    let sent = match sock.try_send_to(&out.packet, out.dest.into()) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            sock.send_to(&out.packet, out.dest).await
+/// Sends the replies in `ready` (one `sendmmsg` per batch; what a full send
+/// buffer refuses waits for room) and empties it; failures are counted.
+async fn send_all(h: &Handler, sock: &UdpSocket, ready: &mut Vec<Outgoing>) {
+    let mut from = 0;
+    while from < ready.len() {
+        let rest: Vec<(&[u8], SocketAddrV4)> = ready[from..]
+            .iter()
+            .map(|o| (&o.packet[..], o.dest))
+            .collect();
+        let r = sock.try_io(Interest::WRITABLE, || {
+            match send_batch(sock.as_raw_fd(), &rest) {
+                (0, None) => Err(std::io::ErrorKind::WouldBlock.into()),
+                r => Ok(r),
+            }
+        });
+        let (sent, err) = match r {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Err(e) = sock.writable().await {
+                    warn!("DHCP socket: {e}");
+                    break;
+                }
+                continue;
+            }
+            Err(e) => (0, Some(e)),
+        };
+        for o in &ready[from..from + sent] {
+            DhcpStats::add(&h.stats().bytes_sent, o.packet.len());
         }
-        r => r,
-    };
-    match sent {
-        Ok(n) => DhcpStats::add(&h.stats().bytes_sent, n),
-        Err(e) => {
+        from += sent;
+        if let Some(e) = err {
+            // This reply cannot go (e.g. no route): count it, go on.
             DhcpStats::inc(&h.stats().send_errors);
-            warn!(dest = %out.dest, "sending DHCP reply: {e}");
+            warn!(dest = %ready[from].dest, "sending DHCP reply: {e}");
+            from += 1;
         }
     }
+    ready.clear();
 }
