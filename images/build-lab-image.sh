@@ -155,6 +155,8 @@ hash_inputs() {
         sha256sum "$kernel" "$busybox" "${BASH_SOURCE[0]}" "$here/lab/init" "$here/lab/udhcpc.script"
         iscsistart="$(PATH="$PATH:/usr/sbin:/sbin" command -v iscsistart || true)"
         [ -n "$iscsistart" ] && sha256sum "$iscsistart"
+        iscsid="$(PATH="$PATH:/usr/sbin:/sbin" command -v iscsid || true)"
+        [ -n "$iscsid" ] && sha256sum "$iscsid"
         [ "$no_agent" = 1 ] && echo "no-agent" || sha256sum "$agent"
         for f in "${allmodfiles[@]}"; do sha256sum "$moddir/$f"; done
     } | sed "s|$repo/||" | sha256sum | cut -d' ' -f1
@@ -231,7 +233,14 @@ mkfs.ext4 -q -F -L labroot -d "$root" "$work/rootfs.raw" 64M
 # libraries (a second compressed cpio appended: the kernel unpacks both), for images
 # whose root disk goes over iSCSI (disk_transport = "iscsi"). Only those nodes load
 # the extra ~3.5 MB; the plain initrd.img stays as it was.
+# It also carries iscsid with its own libraries and loader under /opt/iscsid: /init
+# copies that directory to /run (a tmpfs that moves into the new root) and starts
+# iscsid chrooted into the new root just before switch_root. iscsid adopts the
+# session iscsistart made (reading its CHAP logins back from sysfs) and logs in again
+# whenever the connection drops, e.g. across a boot-server restart; without it the
+# kernel's session stays failed and the root's I/O fails after the replacement timeout.
 iscsistart="$(PATH="$PATH:/usr/sbin:/sbin" command -v iscsistart || true)"
+iscsid="$(PATH="$PATH:/usr/sbin:/sbin" command -v iscsid || true)"
 if [ -n "$iscsistart" ]; then
     add="$work/iscsi-add"
     mkdir -p "$add/sbin" "$add/etc/iscsi" "$add/run/lock/iscsi"
@@ -240,6 +249,25 @@ if [ -n "$iscsistart" ]; then
         mkdir -p "$add$(dirname "$lib")"
         cp -L "$lib" "$add$lib"
     done
+    if [ -n "$iscsid" ]; then
+        keep="$add/opt/iscsid"
+        mkdir -p "$keep/lib"
+        cp "$iscsid" "$keep/iscsid"
+        ldd "$iscsid" | awk '/=> \//{print $3}' | while read -r lib; do cp -L "$lib" "$keep/lib/"; done
+        cp -L "$(ldd "$iscsid" | awk '/^\t\/[^ ]*ld-linux/{print $1}')" "$keep/ld.so"
+        # Re-login settings: a dead connection is noticed by NOP-Outs within ~15 s,
+        # iscsid retries for ever, and the kernel holds the root's I/O for up to
+        # 600 s meanwhile (as the NBD keeper's --dead-timeout 600).
+        cat > "$keep/iscsid.conf" <<'CONF'
+node.session.timeo.replacement_timeout = 600
+node.conn[0].timeo.noop_out_interval = 5
+node.conn[0].timeo.noop_out_timeout = 10
+node.conn[0].timeo.login_timeout = 15
+node.session.reopen_max = 0
+CONF
+    else
+        echo "build-lab-image: iscsid not found (open-iscsi): iSCSI roots will not log in again after a server restart" >&2
+    fi
     (cd "$add" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) \
         | "${ccmd[@]}" > "$work/iscsi-add.img"
     cat "$work/initrd.img" "$work/iscsi-add.img" > "$work/initrd-iscsi.img"

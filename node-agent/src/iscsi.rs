@@ -1,11 +1,13 @@
 //! Attaching the node's disk over iSCSI: parses the server's
 //! `bootsrv.root=iscsi:IP:PORT:USER:SECRET:REVERSE-SECRET:TARGET`, logs in through the
-//! kernel's `iscsi_tcp` with open-iscsi's `iscsistart` (one session, mutual CHAP, no
-//! iscsid: the session lives in the kernel and survives `switch_root`), waits for the
-//! session's SCSI disk to appear and mounts it. The login itself is iscsistart's
-//! (driving iscsi_tcp over its netlink interface is what iscsid/iscsistart exist for);
-//! the image carries it only when it needs it (images/build-lab-image.sh
-//! `initrd-iscsi.img`). Secrets never reach the log.
+//! kernel's `iscsi_tcp` with open-iscsi's `iscsistart` (one session, mutual CHAP: the
+//! session lives in the kernel and survives `switch_root`), waits for the session's
+//! SCSI disk to appear and mounts it. The login itself is iscsistart's (driving
+//! iscsi_tcp over its netlink interface is what iscsid/iscsistart exist for); the
+//! image carries it only when it needs it (images/build-lab-image.sh
+//! `initrd-iscsi.img`). Logging in again after a dropped connection is iscsid's, which
+//! the image's /init starts in the new root (it adopts this session). Secrets never
+//! reach the log.
 
 use anyhow::{bail, Context, Result};
 use std::fmt;

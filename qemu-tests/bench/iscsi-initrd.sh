@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What carrying iscsistart costs a lab boot: the lab initramfs (initrd.img) against
-# initrd-iscsi.img (the same plus iscsistart and its libraries, used only by images
+# What carrying open-iscsi costs a lab boot: the lab initramfs (initrd.img) against
+# initrd-iscsi.img (the same plus iscsistart, iscsid and their libraries, used only by images
 # with disk_transport = "iscsi"), same kernel, direct kernel boot under TCG (as the
 # lab runs), no network, interleaved runs: sizes, and the median time from QEMU launch
 # to LAB-INIT-READY (wall clock) and the guest's uptime at LAB-INIT-START.
