@@ -195,9 +195,13 @@ t_check "audit: no secret in the audit log" test "$(val audit_secret_leaks)" = 0
 # --- schemathesis
 st_t0=$SECONDS
 cd "$dir" || finish  # schemathesis keeps a cache directory in its working directory
+# One worker: with two, CPython 3.11's ast module (hypothesis describes its filter
+# lambdas with ast.parse) races between the worker threads and schemathesis itself
+# crashes now and then ("SystemError: AST constructor recursion depth mismatch",
+# CPython gh-106905), which would read as a failure of the server.
 "$venv/bin/schemathesis" run "$url/api/openapi.json" \
     --tls-verify "$ca" -H "Authorization: Bearer $token" \
-    --max-examples "${ST_MAX_EXAMPLES:-25}" --seed 1 -w 2 \
+    --max-examples "${ST_MAX_EXAMPLES:-25}" --seed 1 -w 1 \
     --exclude-path /api/events \
     --exclude-path /api/events/stream \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \

@@ -18,6 +18,18 @@ pub const RECV_BATCH: usize = 32;
 /// are dropped as malformed.
 const SLOT: usize = 4096;
 
+/// One message header: a single buffer and an IPv4 peer address (the
+/// caller keeps both alive, and in place, while the kernel uses them).
+fn message(iov: &mut libc::iovec, addr: &mut libc::sockaddr_in) -> libc::mmsghdr {
+    // SAFETY: mmsghdr is a plain C struct; all-zero is valid.
+    let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+    m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
+    m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    m.msg_hdr.msg_iov = iov;
+    m.msg_hdr.msg_iovlen = 1;
+    m
+}
+
 /// Receive buffers for one socket's serving loop.
 pub struct RecvBatch {
     bufs: Vec<u8>,
@@ -58,15 +70,7 @@ impl RecvBatch {
         let mut msgs: Vec<libc::mmsghdr> = iovs
             .iter_mut()
             .zip(self.addrs.iter_mut())
-            .map(|(iov, addr)| {
-                // SAFETY: mmsghdr is a plain C struct; all-zero is valid.
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
-                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
+            .map(|(iov, addr)| message(iov, addr))
             .collect();
         self.n = 0;
         let got = loop {
@@ -140,15 +144,7 @@ pub fn send_batch(fd: RawFd, packets: &[(&[u8], SocketAddrV4)]) -> (usize, Optio
     let mut msgs: Vec<libc::mmsghdr> = iovs
         .iter_mut()
         .zip(addrs.iter_mut())
-        .map(|(iov, addr)| {
-            // SAFETY: mmsghdr is a plain C struct; all-zero is valid.
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
-            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
+        .map(|(iov, addr)| message(iov, addr))
         .collect();
     let mut sent = 0;
     while sent < msgs.len() {

@@ -137,6 +137,15 @@ async fn new_boot(c: &Control, node: &str, cmdline: &str, image: &str) {
     c.store.close_commands_of_previous_boot(node).await.unwrap();
 }
 
+/// One heartbeat of `n`'s agent.
+async fn beat(l: &Lab, n: &crate::model::Node, busy: bool) {
+    let hb = serde_json::json!({"load1": 0.1, "busy": busy});
+    l.c.store
+        .record_heartbeat(&n.id, &hb, n.environment.is_some())
+        .await
+        .unwrap();
+}
+
 /// Plays every node's agent once: runs its due commands like node-agent.
 async fn agents(l: &Lab, busy: &[&str]) {
     agents_answering(l, busy, |_| None).await
@@ -152,12 +161,7 @@ async fn agents_answering(
         if n.state == NodeState::Failed {
             continue; // a failed node's agent is dead
         }
-        let serving = n.environment.is_some();
-        let hb = serde_json::json!({"load1": 0.1, "busy": busy.contains(&n.id.as_str())});
-        l.c.store
-            .record_heartbeat(&n.id, &hb, serving)
-            .await
-            .unwrap();
+        beat(l, &n, busy.contains(&n.id.as_str())).await;
         let boot = l.c.store.node_boot(&n.id).await.unwrap();
         for cmd in l.c.store.take_commands(&n.id, boot, 0).await.unwrap() {
             match &cmd.command {
@@ -335,12 +339,7 @@ async fn a_busy_node_is_released_only_once_idle() {
 /// back up in the image the boot plan gives, which must be `image`.
 async fn agents_without_kexec(l: &Lab, image: &str) {
     for n in l.c.store.nodes().await.unwrap() {
-        let serving = n.environment.is_some();
-        let hb = serde_json::json!({"load1": 0.1, "busy": false});
-        l.c.store
-            .record_heartbeat(&n.id, &hb, serving)
-            .await
-            .unwrap();
+        beat(l, &n, false).await;
         let boot = l.c.store.node_boot(&n.id).await.unwrap();
         for cmd in l.c.store.take_commands(&n.id, boot, 0).await.unwrap() {
             match cmd.command {
