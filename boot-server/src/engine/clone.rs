@@ -364,8 +364,7 @@ impl Engine {
         if slot.node.is_some() || slot.step != SlotStep::Vacant {
             return Ok(());
         }
-        // TODO(failover VMs): when the node that left was a VM of the
-        // failover host agent, destroy it here (it is the clone's own VM).
+        // A VM that held the slot was already stopped by the releasing step.
         if removal.delete_disk {
             if let Some(o) = &slot.overlay {
                 let exists = self
