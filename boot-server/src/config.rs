@@ -262,6 +262,10 @@ pub struct DhcpConfig {
     pub port: u16,
     /// PXE boot-server port (proxy requests); default 4011, 0 disables it.
     pub proxy_port: u16,
+    /// Under load (wake-ups closer than this), microseconds the server lets
+    /// datagrams gather before it reads the next batch; default 1000, 0 off.
+    /// An idle server answers at once.
+    pub coalesce_us: u64,
     /// `[[dhcp.subnet]]` tables: the address pools (full mode).
     #[serde(rename = "subnet")]
     pub subnets: Vec<SubnetConfig>,
@@ -342,6 +346,10 @@ pub struct StoreConfig {
     /// The network segment this server answers (shown by `server list`);
     /// default its DHCP subnets.
     pub segment: Option<String>,
+    /// SQLite: microseconds concurrent writes gather before one commit (one
+    /// fsync) takes them all; default 1000, 0 commits at once. A lone write
+    /// never waits.
+    pub commit_delay_us: u64,
 }
 
 impl Default for StoreConfig {
@@ -351,6 +359,7 @@ impl Default for StoreConfig {
             controller_ttl_ms: 3000,
             server_name: None,
             segment: None,
+            commit_delay_us: crate::store::sqlite::DEFAULT_COMMIT_DELAY.as_micros() as u64,
         }
     }
 }
@@ -379,6 +388,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("controller_ttl_ms", &self.controller_ttl_ms)
             .field("server_name", &self.server_name)
             .field("segment", &self.segment)
+            .field("commit_delay_us", &self.commit_delay_us)
             .finish()
     }
 }
@@ -550,6 +560,7 @@ impl Default for DhcpConfig {
             mode: DhcpMode::Off,
             port: 67,
             proxy_port: 4011,
+            coalesce_us: boot_dhcp::DEFAULT_COALESCE.as_micros() as u64,
             subnets: Vec::new(),
         }
     }

@@ -57,7 +57,10 @@ pub async fn run(mut config: Config) -> Result<()> {
             (pg.clone(), None, Some(pg))
         }
         None => {
-            let sqlite = Arc::new(SqliteStore::open(&config.state_dir)?);
+            let sqlite = Arc::new(SqliteStore::open_with(
+                &config.state_dir,
+                Duration::from_micros(config.store.commit_delay_us),
+            )?);
             (sqlite.clone(), Some(sqlite), None)
         }
     };
@@ -593,6 +596,7 @@ fn dhcp_config(config: &Config, reservations: &[Reservation]) -> Result<boot_dhc
         subnets,
         listen_port: config.dhcp.port,
         proxy_port: config.dhcp.proxy_port,
+        coalesce: Duration::from_micros(config.dhcp.coalesce_us),
         reservations: reservations.iter().map(dhcp_reservation).collect(),
     })
 }

@@ -52,6 +52,7 @@ fn packaged_config_loads_and_documents_the_defaults() {
         "events",
         "tftp",
         "dhcp",
+        "store",
         "ra",
         "nbd",
         "agent",

