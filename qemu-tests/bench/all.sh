@@ -29,7 +29,9 @@ t_all=$SECONDS
 
 # name | command (full) | command (smoke, - for none) | what the table keeps (ERE on the bench's output)
 benches=(
-  "dhcp|$here/dhcp.sh 25000 10 50000|$here/dhcp.sh 500 2 500|^ratio boot-server|^throughput ratio|^(boot-server|kea-dhcp4).*(exchanges/s|per exchange)"
+  # DHCP at 16,000/s: what one perfdhcp offers reliably here and Kea answers without
+  # loss (at 25,000/s the generator falls short and Kea drops, which skews CPU/exchange).
+  "dhcp|env R=$n SERVERS=boot-server,kea,dnsmasq $here/dhcp.sh 16000 10 50000|$here/dhcp.sh 500 2 500|^ratio boot-server|^throughput ratio|^(boot-server|kea-dhcp4).*(exchanges/s|per exchange)"
   "tftp|env N=$n $here/tftp.sh|env N=1 SIZE_MB=4 BLKSIZES=1468 WINDOWS=4 $here/tftp.sh|ratio boot-server"
   "http|env C=500 R=$n $here/http.sh|env C=5 R=1 $here/http.sh|^ratio |^(boot-server|nginx) "
   "storm|env R=$n $here/storm.sh 500|$here/storm.sh --smoke|^ratio |^(boot-server|dnsmasq\+nginx): "

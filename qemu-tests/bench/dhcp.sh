@@ -13,13 +13,42 @@
 #   dnsmasq-ro kea": which to run), PERF_DIR (record `perf record -g` of each
 #   server into PERF_DIR/<name>.perf while perfdhcp runs), PERFDHCP_PROCS (split
 #   the load over N perfdhcp processes), KEA_MT (Kea's multi-threading with N
-#   threads; off, Kea 2.2's default, when unset). Kea and dnsmasq get the same
+#   threads; off, Kea 2.2's default, when unset), COALESCE_US and
+#   COMMIT_DELAY_US (boot-server's [dhcp] coalesce_us and [store]
+#   commit_delay_us; 0 shows what each buys), R (repeat the whole comparison
+#   R times and print the median of each figure). Kea and dnsmasq get the same
 #   16 MB receive buffer as perfdhcp (boot-server asks 8 MB for itself).
 set -euo pipefail
 rate=${1:-25000}
 secs=${2:-10}
 clients=${3:-50000}
 here=$(cd "$(dirname "$0")" && pwd)
+# R=n: the whole comparison n times over (each run starts every server afresh),
+# then the median of each figure across the runs.
+if [ "${R:-1}" -gt 1 ]; then
+  runs=$(mktemp -d)
+  trap 'rm -rf "$runs"' EXIT
+  for i in $(seq 1 "$R"); do
+    echo "==== run $i of $R"
+    R=1 "$0" "$@" | tee "$runs/$i" | sed 's/^/  | /' # indented: the summary below is what all.sh keeps
+  done
+  echo
+  echo "== medians of $R runs (perfdhcp -r $rate -p $secs -R $clients)"
+  median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+  for label in "boot-server (SQLite, durable)" "kea-dhcp4 (memfile persist)" "dnsmasq --no-ping"; do
+    grep -qF "$label" "$runs/1" || continue
+    ex=$(cat "$runs"/* | grep -F "$label" | grep ' exchanges/s ' | awk '{ for (i = 1; i < NF; i++) if ($(i + 1) == "exchanges/s") print $i }' | median)
+    us=$(cat "$runs"/* | grep -F "$label" | sed -n 's/.*= \([0-9.]*\) us per exchange.*/\1/p' | median)
+    all=$(cat "$runs"/* | grep -F "$label" | sed -n 's/.*= \([0-9.]*\) us per exchange.*/\1/p' | tr '\n' ' ')
+    printf '%-36s median %s exchanges/s, %s us per exchange (runs: %s)\n' "$label" "$ex" "$us" "${all% }"
+  done
+  for what in "ratio boot-server / kea" "throughput ratio boot-server / kea" "ratio boot-server / dnsmasq"; do
+    vals=$(cat "$runs"/* | grep "^$what: " | sed "s|^$what: \([0-9.]*\).*|\1|")
+    [ -n "$vals" ] || continue
+    echo "$what: $(echo "$vals" | median) (median of $R; runs: $(echo "$vals" | tr '\n' ' ' | sed 's/ $//'))"
+  done
+  exit 0
+fi
 repo=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
 [ "$(id -u)" = 0 ] || { echo "SKIP: needs root (network namespaces)"; exit 0; }
@@ -35,6 +64,7 @@ fi
 [ -x "$dhcpd" ] || { echo "dhcp bench: $dhcpd not built (cargo build --release -p boot-dhcp --example dhcpd)"; exit 1; }
 
 servers=" ${SERVERS:-dhcpd boot-server dnsmasq dnsmasq-ro kea} "
+servers=${servers//,/ } # SERVERS=boot-server,kea works where spaces cannot (all.sh)
 want() { [[ $servers == *" $1 "* ]]; }
 perf_start() { # pid name: profile the server while perfdhcp runs (PERF_DIR)
   [ -n "${PERF_DIR:-}" ] || return 0
@@ -122,6 +152,10 @@ summary() { # file label
   # what perfdhcp managed to offer (it is CPU-bound itself on small machines)
   offered=$(awk -v secs="$secs" '/^\*\*\*Statistics for: DISCOVER/ {x=1} /^\*\*\*Statistics for: REQUEST/ {x=0} x && /^sent packets:/ {s+=$3} END {printf "%.0f", s/secs}' "$f")
   printf '%-36s %8s exchanges/s   drops %s of %s packets sent   (perfdhcp offered %s DISCOVER/s)\n' "$label" "$r" "$drops" "$sent" "$offered"
+  # what a client waits (the price of batching: group commit, wake-up moderation)
+  awk -v l="$label" '/^\*\*\*Statistics for: DISCOVER-OFFER/ {x="do"} /^\*\*\*Statistics for: REQUEST-ACK/ {x="ra"}
+    /^avg delay:/ && x { s[x] += $3; n[x]++ } /^max delay:/ && x { if ($3 > m[x]) m[x] = $3 }
+    END { if (n["do"] && n["ra"]) printf "%-36s delay DISCOVER-OFFER avg %.2f ms (max %.1f), REQUEST-ACK avg %.2f ms (max %.1f)\n", l, s["do"] / n["do"], m["do"], s["ra"] / n["ra"], m["ra"] }' "$f"
   echo "$r" >"$f.rate"; echo "$drops" >"$f.drops"
 }
 
@@ -156,8 +190,10 @@ elif [ -x "$bootsrv" ]; then
     'server_ip = "10.9.0.1"' "interface = \"$si\"" \
     '[http]' 'listen = "127.0.0.1:0"' '[tftp]' 'enabled = false' '[nbd]' 'enabled = false' \
     '[ra]' 'enabled = false' '[dhcp]' 'mode = "full"' 'proxy_port = 0' \
+    ${COALESCE_US:+"coalesce_us = $COALESCE_US"} \
     '[[dhcp.subnet]]' 'network = "10.9.0.0/16"' 'range = ["10.9.1.0", "10.9.255.254"]' 'lease_secs = 3600' \
     >"$work/boot-server.toml"
+  [ -n "${COMMIT_DELAY_US:-}" ] && printf '[store]\ncommit_delay_us = %s\n' "$COMMIT_DELAY_US" >>"$work/boot-server.toml"
   ip netns exec "$s" env RUST_LOG=warn "$bootsrv" --config "$work/boot-server.toml" serve >"$work/bs.out" 2>"$work/bs.err" &
   pids+=($!); bpid=$!
   wait_port67
