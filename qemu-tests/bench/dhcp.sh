@@ -13,7 +13,8 @@
 #   dnsmasq-ro kea": which to run), PERF_DIR (record `perf record -g` of each
 #   server into PERF_DIR/<name>.perf while perfdhcp runs), PERFDHCP_PROCS (split
 #   the load over N perfdhcp processes), KEA_MT (Kea's multi-threading with N
-#   threads; off, Kea 2.2's default, when unset), COALESCE_US and
+#   threads; off, Kea 2.2's default, when unset), GEN=dhcpgen (load from
+#   boot-dhcp's lean generator example instead of perfdhcp), COALESCE_US and
 #   COMMIT_DELAY_US (boot-server's [dhcp] coalesce_us and [store]
 #   commit_delay_us; 0 shows what each buys), R (repeat the whole comparison
 #   R times and print the median of each figure). Kea and dnsmasq get the same
@@ -33,7 +34,7 @@ if [ "${R:-1}" -gt 1 ]; then
     R=1 "$0" "$@" | tee "$runs/$i" | sed 's/^/  | /' # indented: the summary below is what all.sh keeps
   done
   echo
-  echo "== medians of $R runs (perfdhcp -r $rate -p $secs -R $clients)"
+  echo "== medians of $R runs (${GEN:-perfdhcp} -r $rate -p $secs -R $clients)"
   median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
   for label in "boot-server (SQLite, durable)" "kea-dhcp4 (memfile persist)" "dnsmasq --no-ping"; do
     grep -qF "$label" "$runs/1" || continue
@@ -59,7 +60,7 @@ kea=$(command -v kea-dhcp4 || true) # qemu-tests/install-deps.sh installs kea-dh
 dhcpd=$target/release/examples/dhcpd
 # BENCH_PREBUILT=1 (CI's bench smoke): use what the cargo suite built, no build here.
 if [ -z "${BENCH_PREBUILT:-}" ]; then
-  (cd "$repo" && CARGO_TARGET_DIR=$target cargo build -q --release -p boot-dhcp --example dhcpd)
+  (cd "$repo" && CARGO_TARGET_DIR=$target cargo build -q --release -p boot-dhcp --example dhcpd --example dhcpgen)
 fi
 [ -x "$dhcpd" ] || { echo "dhcp bench: $dhcpd not built (cargo build --release -p boot-dhcp --example dhcpd)"; exit 1; }
 
@@ -109,13 +110,23 @@ udp_errors() { # namespace: UDP InErrors / RcvbufErrors / SndbufErrors
 # PERFDHCP_PROCS=N splits the load over N perfdhcp processes (own relay
 # address 10.9.0.2+i and MAC base each), when one generator is the limit.
 procs=${PERFDHCP_PROCS:-1}
+# GEN=dhcpgen: the lean generator (boot-dhcp's example) instead of perfdhcp, for
+# every server alike; it leaves more of these 2 cores to the server under test.
+gen=${GEN:-perfdhcp}
+dhcpgen=$target/release/examples/dhcpgen
+[ "$gen" = perfdhcp ] || [ -x "$dhcpgen" ] || { echo "dhcp bench: $dhcpgen not built"; exit 1; }
 for i in $(seq 1 $((procs - 1))); do ip -n "$c" addr add "10.9.0.$((2 + i))/16" dev "$ci"; done
 run_perfdhcp() { # output file
   local i ppids=()
   for i in $(seq 0 $((procs - 1))); do
-    ip netns exec "$c" env ${preload:+LD_PRELOAD=$preload} perfdhcp -4 -l "10.9.0.$((2 + i))" \
-      -b "mac=00:0c:0$i:02:03:04" -r "$((rate / procs))" -p "$secs" -R "$((clients / procs))" \
-      -d 2 -W 2000000 ${PERFDHCP_ARGS:-} 10.9.0.1 >"$1.$i" 2>&1 &
+    if [ "$gen" = dhcpgen ]; then
+      ip netns exec "$c" "$dhcpgen" --local "10.9.0.$((2 + i))" --server 10.9.0.1 --rate "$((rate / procs))" \
+        --secs "$secs" --clients "$((clients / procs))" --mac-base "$i" --drain-ms 2000 >"$1.$i" 2>&1 &
+    else
+      ip netns exec "$c" env ${preload:+LD_PRELOAD=$preload} perfdhcp -4 -l "10.9.0.$((2 + i))" \
+        -b "mac=00:0c:0$i:02:03:04" -r "$((rate / procs))" -p "$secs" -R "$((clients / procs))" \
+        -d 2 -W 2000000 ${PERFDHCP_ARGS:-} 10.9.0.1 >"$1.$i" 2>&1 &
+    fi
     ppids+=($!)
   done
   wait "${ppids[@]}" || true
@@ -267,7 +278,7 @@ else
 fi
 
 echo
-echo "== results (perfdhcp -r $rate -p $secs -R $clients, DORA, $procs perfdhcp process(es))"
+echo "== results ($gen -r $rate -p $secs -R $clients, DORA, $procs generator process(es))"
 [ -f "$work/ours.txt" ] && summary "$work/ours.txt" "boot-dhcp (durable, group commit)"
 [ -f "$work/boot-server.txt" ] && summary "$work/boot-server.txt" "boot-server (SQLite, durable)"
 [ -f "$work/dnsmasq.txt" ] && summary "$work/dnsmasq.txt" "dnsmasq --no-ping"

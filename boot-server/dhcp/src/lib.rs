@@ -51,7 +51,7 @@
 //!   [`DhcpStats::malformed_dropped`] and dropped; BOOTP (no option 53) and
 //!   replies are ignored.
 
-mod batch;
+pub mod batch;
 mod codec;
 mod facts;
 mod handler;
