@@ -150,21 +150,12 @@ impl Leg {
         println!("sent packets: {}", self.sent);
         println!("received packets: {}", self.received);
         println!("drops: {}", self.sent.saturating_sub(self.received));
-        if !self.delays_us.is_empty() {
-            let ms = |us: u64| us as f64 / 1000.0;
-            let sum: u64 = self.delays_us.iter().sum();
-            println!(
-                "min delay: {:.3} ms",
-                ms(*self.delays_us.iter().min().unwrap_or(&0))
-            );
-            println!(
-                "avg delay: {:.3} ms",
-                sum as f64 / self.delays_us.len() as f64 / 1000.0
-            );
-            println!(
-                "max delay: {:.3} ms",
-                ms(*self.delays_us.iter().max().unwrap_or(&0))
-            );
+        let d = &self.delays_us;
+        if let (Some(min), Some(max)) = (d.iter().min(), d.iter().max()) {
+            let avg = d.iter().sum::<u64>() as f64 / d.len() as f64;
+            for (what, us) in [("min", *min as f64), ("avg", avg), ("max", *max as f64)] {
+                println!("{what} delay: {:.3} ms", us / 1000.0);
+            }
         }
         println!();
     }
