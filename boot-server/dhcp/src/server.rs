@@ -293,10 +293,11 @@ async fn serve(
 /// Interrupt moderation in user space ([`crate::DEFAULT_COALESCE`]): when
 /// the server comes back to wait less than `pause` after it last began to
 /// wait (datagrams or commits keep waking it), it is busy, and it sleeps
-/// `pause` first so that the next read takes a batch. It blocks the thread on purpose: the server runs
-/// on a thread of its own, and an async timer would wake the task for every
-/// commit completing meanwhile (measured: 20 µs per exchange with the sleep,
-/// 23 µs with tokio's timer, 32 µs without either).
+/// `pause` first so that the next read takes a batch. It blocks the thread
+/// on purpose: the server runs on a thread of its own, and an async timer
+/// would wake the task for every commit completing meanwhile. Measured at
+/// 16,000 exchanges/s: 20-21 µs of CPU per exchange with the sleep, 22-24 µs
+/// with tokio's timer, 29 µs without moderation.
 struct Moderation {
     pause: Duration,
     wait_began: std::time::Instant,
