@@ -300,14 +300,15 @@ async fn serve(
 /// with tokio's timer, 29 µs without moderation.
 struct Moderation {
     pause: Duration,
-    wait_began: std::time::Instant,
+    /// When the server last began to wait (`None`: never yet).
+    wait_began: Option<std::time::Instant>,
 }
 
 impl Moderation {
     fn new(pause: Duration) -> Self {
         Moderation {
             pause,
-            wait_began: std::time::Instant::now(),
+            wait_began: None,
         }
     }
 
@@ -316,10 +317,38 @@ impl Moderation {
         if self.pause.is_zero() {
             return;
         }
-        if self.wait_began.elapsed() < self.pause {
+        if self.wait_began.is_some_and(|t| t.elapsed() < self.pause) {
             std::thread::sleep(self.pause);
         }
-        self.wait_began = std::time::Instant::now();
+        self.wait_began = Some(std::time::Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn moderation_pauses_a_busy_server_and_never_an_idle_one() {
+        let pause = Duration::from_millis(200);
+        let mut m = Moderation::new(pause);
+        let timed = |m: &mut Moderation| {
+            let t = Instant::now();
+            m.before_wait();
+            t.elapsed()
+        };
+        assert!(timed(&mut m) < pause, "the first wait is not delayed");
+        // Back to wait at once: busy, so it pauses.
+        assert!(timed(&mut m) >= pause, "a busy server pauses");
+        // The last wait lasted longer than the pause: idle, no pause.
+        std::thread::sleep(pause + Duration::from_millis(50));
+        assert!(timed(&mut m) < pause, "an idle server answers at once");
+        // Off: never pauses.
+        let mut off = Moderation::new(Duration::ZERO);
+        for _ in 0..3 {
+            assert!(timed(&mut off) < pause);
+        }
     }
 }
 

@@ -377,6 +377,55 @@ mod tests {
         assert_eq!(store.leases().await.unwrap().len(), 400);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_write_never_waits_out_the_commit_delay_and_concurrent_ones_share_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let delay = std::time::Duration::from_millis(500);
+        let store = Arc::new(SqliteStore::open_with(dir.path(), delay).unwrap());
+        let commits = |s: &SqliteStore| s.writer_stats().commits.load(Ordering::Relaxed);
+        // One writer, one write at a time: each commits as soon as it comes.
+        for i in 0..3u32 {
+            let t = std::time::Instant::now();
+            store
+                .put_lease(&lease(mac(i), [10, 0, 0, i as u8], 60_000))
+                .await
+                .unwrap();
+            assert!(t.elapsed() < delay, "lone write {i} took {:?}", t.elapsed());
+        }
+        let before = commits(&store);
+        // Four waves of concurrent writes, 100 ms apart: once the writer has
+        // seen writes arrive together it waits for more, so the later waves
+        // join the first one's transaction. Committing at once would take at
+        // least one transaction per wave.
+        let mut waves = Vec::new();
+        for wave in 0..4u32 {
+            let writes: Vec<_> = (0..10u32)
+                .map(|i| {
+                    let store = store.clone();
+                    let i = 100 + wave * 10 + i;
+                    async move {
+                        store
+                            .put_lease(&lease(mac(i), [10, 0, 1, i as u8], 60_000))
+                            .await
+                    }
+                })
+                .collect();
+            waves.push(tokio::spawn(futures_util::future::join_all(writes)));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        for w in waves {
+            for r in w.await.unwrap() {
+                r.unwrap();
+            }
+        }
+        let used = commits(&store) - before;
+        assert!(
+            used <= 3,
+            "{used} commits for 4 waves of 10 concurrent writes"
+        );
+        assert_eq!(store.leases().await.unwrap().len(), 43);
+    }
+
     #[tokio::test]
     async fn a_round_one_database_upgrades_with_a_backup() {
         let dir = tempfile::tempdir().unwrap();
