@@ -160,9 +160,9 @@ summary() { # file label
   r=$(awk -v secs="$secs" '/^\*\*\*Statistics for: REQUEST-ACK/ {x=1} /^\*\*\*Statistics for: DISCOVER/ {x=0} x && /^received packets:/ {s+=$3} END {printf "%.0f", s/secs}' "$f")
   drops=$(awk '/^drops:/ {s+=$2} END {print s+0}' "$f")
   sent=$(awk '/^sent packets:/ {s+=$3} END {print s+0}' "$f")
-  # what perfdhcp managed to offer (it is CPU-bound itself on small machines)
+  # what the generator managed to offer (perfdhcp is CPU-bound itself on small machines)
   offered=$(awk -v secs="$secs" '/^\*\*\*Statistics for: DISCOVER/ {x=1} /^\*\*\*Statistics for: REQUEST/ {x=0} x && /^sent packets:/ {s+=$3} END {printf "%.0f", s/secs}' "$f")
-  printf '%-36s %8s exchanges/s   drops %s of %s packets sent   (perfdhcp offered %s DISCOVER/s)\n' "$label" "$r" "$drops" "$sent" "$offered"
+  printf '%-36s %8s exchanges/s   drops %s of %s packets sent   (the generator offered %s DISCOVER/s)\n' "$label" "$r" "$drops" "$sent" "$offered"
   # what a client waits (the price of batching: group commit, wake-up moderation)
   awk -v l="$label" '/^\*\*\*Statistics for: DISCOVER-OFFER/ {x="do"} /^\*\*\*Statistics for: REQUEST-ACK/ {x="ra"}
     /^avg delay:/ && x { s[x] += $3; n[x]++ } /^max delay:/ && x { if ($3 > m[x]) m[x] = $3 }
