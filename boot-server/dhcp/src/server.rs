@@ -324,34 +324,6 @@ impl Moderation {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-
-    #[test]
-    fn moderation_pauses_a_busy_server_and_never_an_idle_one() {
-        let pause = Duration::from_millis(200);
-        let mut m = Moderation::new(pause);
-        let timed = |m: &mut Moderation| {
-            let t = Instant::now();
-            m.before_wait();
-            t.elapsed()
-        };
-        assert!(timed(&mut m) < pause, "the first wait is not delayed");
-        // Back to wait at once: busy, so it pauses.
-        assert!(timed(&mut m) >= pause, "a busy server pauses");
-        // The last wait lasted longer than the pause: idle, no pause.
-        std::thread::sleep(pause + Duration::from_millis(50));
-        assert!(timed(&mut m) < pause, "an idle server answers at once");
-        // Off: never pauses.
-        let mut off = Moderation::new(Duration::ZERO);
-        for _ in 0..3 {
-            assert!(timed(&mut off) < pause);
-        }
-    }
-}
-
 /// Sends the replies in `ready` (one `sendmmsg` per batch; what a full send
 /// buffer refuses waits for room) and empties it; failures are counted.
 async fn send_all(h: &Handler, sock: &UdpSocket, ready: &mut Vec<Outgoing>) {
@@ -390,4 +362,32 @@ async fn send_all(h: &Handler, sock: &UdpSocket, ready: &mut Vec<Outgoing>) {
         }
     }
     ready.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn moderation_pauses_a_busy_server_and_never_an_idle_one() {
+        let pause = Duration::from_millis(200);
+        let mut m = Moderation::new(pause);
+        let timed = |m: &mut Moderation| {
+            let t = Instant::now();
+            m.before_wait();
+            t.elapsed()
+        };
+        assert!(timed(&mut m) < pause, "the first wait is not delayed");
+        // Back to wait at once: busy, so it pauses.
+        assert!(timed(&mut m) >= pause, "a busy server pauses");
+        // The last wait lasted longer than the pause: idle, no pause.
+        std::thread::sleep(pause + Duration::from_millis(50));
+        assert!(timed(&mut m) < pause, "an idle server answers at once");
+        // Off: never pauses.
+        let mut off = Moderation::new(Duration::ZERO);
+        for _ in 0..3 {
+            assert!(timed(&mut off) < pause);
+        }
+    }
 }
