@@ -347,8 +347,8 @@ pub struct StoreConfig {
     /// default its DHCP subnets.
     pub segment: Option<String>,
     /// SQLite: microseconds concurrent writes gather before one commit (one
-    /// fsync) takes them all; default 1000, 0 commits at once. A lone write
-    /// never waits.
+    /// fsync) takes them all; default 1000, 0 commits at once. Writes that
+    /// come one at a time never wait.
     pub commit_delay_us: u64,
 }
 

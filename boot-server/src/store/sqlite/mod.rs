@@ -220,8 +220,8 @@ fn writer_loop(
         drain(&rx, &mut batch);
         // Writes arriving together (now or in the last batch) mean several
         // writers: give the others `commit_delay` to join this transaction,
-        // one fsync and one wake-up for all of them. A lone write (an admin
-        // command, the engine's step) never waits. A sleep, not a timed
+        // one fsync and one wake-up for all of them. Writes that come one at
+        // a time (an admin command, the engine's steps) never wait. A sleep, not a timed
         // receive: that would wake this thread for every write that joins.
         if !commit_delay.is_zero() && (concurrent || batch.len() > 1) {
             std::thread::sleep(commit_delay);
