@@ -120,7 +120,7 @@ async fn run(n: usize, mac_byte: u8, timeout: Duration) -> Result<()> {
         pick(|p| p.tftp),
         pick(|p| p.ipxe_dhcp),
         pick(|p| p.http),
-        cpu_secs(),
+        test_support::process_cpu_secs(),
     );
     Ok(())
 }
@@ -133,16 +133,6 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
     v[rank.clamp(1, v.len()) - 1]
-}
-
-/// User + system CPU seconds of this process.
-fn cpu_secs() -> f64 {
-    // /proc/self/stat fields 14 and 15 (utime, stime) in clock ticks (100/s on Linux).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn dhcp_socket() -> Result<Arc<UdpSocket>> {

@@ -39,9 +39,8 @@ if [ "${R:-1}" -gt 1 ]; then
   for label in "boot-server (SQLite, durable)" "kea-dhcp4 (memfile persist)" "dnsmasq --no-ping"; do
     grep -qF "$label" "$runs/1" || continue
     ex=$(cat "$runs"/* | grep -F "$label" | grep ' exchanges/s ' | awk '{ for (i = 1; i < NF; i++) if ($(i + 1) == "exchanges/s") print $i }' | median)
-    us=$(cat "$runs"/* | grep -F "$label" | sed -n 's/.*= \([0-9.]*\) us per exchange.*/\1/p' | median)
-    all=$(cat "$runs"/* | grep -F "$label" | sed -n 's/.*= \([0-9.]*\) us per exchange.*/\1/p' | tr '\n' ' ')
-    printf '%-36s median %s exchanges/s, %s us per exchange (runs: %s)\n' "$label" "$ex" "$us" "${all% }"
+    us=$(cat "$runs"/* | grep -F "$label" | sed -n 's/.*= \([0-9.]*\) us per exchange.*/\1/p')
+    printf '%-36s median %s exchanges/s, %s us per exchange (runs: %s)\n' "$label" "$ex" "$(median <<<"$us")" "$(echo $us)"
   done
   for what in "ratio boot-server / kea" "throughput ratio boot-server / kea" "ratio boot-server / dnsmasq"; do
     vals=$(cat "$runs"/* | grep "^$what: " | sed "s|^$what: \([0-9.]*\).*|\1|")

@@ -12,6 +12,9 @@
 //!
 //! `qemu-tests/test-all.sh` counts the `SKIP:` lines and reports them as
 //! skipped, not passed.
+//!
+//! **CPU time.** [`process_cpu_secs`] is what the benches' load tools
+//! (`pxestorm`, `dhcpgen`) report of their own cost.
 
 use std::io::Write;
 use std::path::Path;
@@ -111,6 +114,19 @@ pub fn require(test: &str, needs: &[Need]) -> bool {
         }
     }
     true
+}
+
+/// User + system CPU seconds this process has used so far: fields 14 and 15
+/// (`utime`, `stime`, in clock ticks) of `/proc/self/stat`, counted after the
+/// command name's last `)` (the name may hold spaces); 0 when unreadable.
+pub fn process_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
 }
 
 #[cfg(test)]

@@ -191,7 +191,7 @@ fn main() -> anyhow::Result<()> {
         ]
     };
     let start = Instant::now();
-    let cpu0 = cpu_secs();
+    let cpu0 = test_support::process_cpu_secs();
     let stop_sending = Duration::from_secs_f64(a.secs);
     let mut next = 0u64;
     loop {
@@ -272,20 +272,8 @@ fn main() -> anyhow::Result<()> {
     req.print("REQUEST-ACK");
     println!(
         "generator CPU: {:.2} s for {} exchanges started",
-        cpu_secs() - cpu0,
+        test_support::process_cpu_secs() - cpu0,
         disc.sent
     );
     Ok(())
-}
-
-/// This process's user+system CPU seconds.
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks / hz
 }
